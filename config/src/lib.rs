@@ -1,0 +1,227 @@
+//! edgeplane configuration: TOML in, a typed and validated [`Config`] out.
+//!
+//! Flow: [`load`] reads the file, parses it into [`raw::RawConfig`] (serde,
+//! unknown keys rejected), then [`validate`] applies the `DEFAULT_*`
+//! constants, resolves relative paths against the config file's folder,
+//! reads secret files (content trimmed) and checks every value. Any failure
+//! is a [`ConfigError`] that prints as `file:line: key: message`, the form
+//! `edgeplane check` shows operators. A config that fails to load changes
+//! nothing: callers keep the config they had.
+//!
+//! Invariant: a [`Config`] value is always valid; code downstream never
+//! re-checks it. Every key is documented with its default in
+//! `config/examples/edgeplane.toml`. Start reading at [`Config`].
+
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// Default listeners of the proxy service.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default worker threads of the proxy service.
+pub const DEFAULT_THREADS: usize = 2;
+/// Default grace period after SIGTERM/SIGQUIT before connections are cut.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Default hosting suffix: apps are `<slug>.repl.co`.
+pub const DEFAULT_SUFFIX: &str = "repl.co";
+/// Default path prefix of workspace WebSocket sessions (`/__ws/<repl-id>`).
+pub const DEFAULT_WORKSPACE_PATH_PREFIX: &str = "/__ws/";
+/// Default balancer policy. Only `least-loaded` exists until the subsetting
+/// balancer lands; other names are rejected with a clear message.
+pub const DEFAULT_POLICY: &str = "least-loaded";
+/// How long the pick of a VM for a not-running repl is remembered, so
+/// concurrent first connections of one repl land on one VM.
+pub const DEFAULT_PICK_TTL: Duration = Duration::from_secs(10);
+/// Largest allowed pick memory (the packed memory counts in 10 ms units).
+pub const MAX_PICK_TTL: Duration = Duration::from_secs(60);
+/// Total request header bytes above which the edge answers 431 (Envoy: 60 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Header count above which the edge answers 431 (Envoy: 100).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Idle time a client keep-alive connection may wait for its next request.
+/// Pingora's default after the first request is forever.
+pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// TCP connect timeout to a VM or peer edge.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time to wait for each read from a VM on plain HTTP.
+pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle time after which a WebSocket tunnel is closed.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Forwards between edges allowed in total before the edge answers 508.
+pub const DEFAULT_MAX_HOPS: u8 = 2;
+
+/// A validated edge configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (for messages and relative paths).
+    pub path: PathBuf,
+    pub edge: EdgeConfig,
+    pub hosting: HostingConfig,
+    pub placement: PlacementConfig,
+    pub balancer: BalancerConfig,
+    pub limits: LimitsConfig,
+    pub security: SecurityConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// This edge's region (must exist in the placement snapshot).
+    pub region: String,
+    /// Stable id of this instance (subsetting seed, request ids, logs).
+    pub instance_id: String,
+    /// Proxy listeners. Port 0 asks the OS for a free port; the chosen
+    /// ports are printed at start-up.
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostingConfig {
+    /// Lower-case suffixes without leading dot, e.g. `repl.co`.
+    pub suffixes: Vec<String>,
+    /// Starts and ends with `/`, e.g. `/__ws/`.
+    pub workspace_path_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementSource {
+    /// A JSON snapshot file (the embedded default; no database).
+    File(PathBuf),
+    /// The PostgreSQL control plane.
+    Postgres(String),
+    /// The legacy Redis store.
+    Redis(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    pub source: PlacementSource,
+    pub last_known_good: Option<PathBuf>,
+    /// Secondary source compared against the primary ("redis"), if any.
+    pub shadow: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BalancerConfig {
+    pub policy: String,
+    pub pick_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub keepalive_idle: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+    pub max_hops: u8,
+}
+
+/// Secrets are held as bytes read from their files (whitespace trimmed).
+#[derive(Clone)]
+pub struct SecurityConfig {
+    pub hop_secret: Vec<u8>,
+    pub workspace_token_key: Option<Vec<u8>>,
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityConfig")
+            .field("hop_secret", &"<redacted>")
+            .field(
+                "workspace_token_key",
+                &self.workspace_token_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A config error, located in the file: prints as `file:line: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    /// Dotted key path, e.g. `edge.listen`; `-` when the file as a whole is wrong.
+    pub key: String,
+    pub message: String,
+}
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        key: "-".into(),
+        message: format!("cannot read file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text` as if it were the file at `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of_offset(text, s.start)).unwrap_or(1);
+        ConfigError {
+            file: path.display().to_string(),
+            line,
+            key: key_of_toml_error(text, &e),
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    validate(path, text, raw)
+}
+
+/// 1-based line number of a byte offset.
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Best-effort dotted key for a parse error: the section header above the
+/// error plus the key on the error's line.
+fn key_of_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "-".into();
+    };
+    let line_no = line_of_offset(text, span.start);
+    let mut section = String::new();
+    let mut key = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if i + 1 > line_no {
+            break;
+        }
+        if t.starts_with('[') && !t.starts_with("[[") {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            key.clear();
+        }
+        if i + 1 == line_no {
+            if let Some((k, _)) = t.split_once('=') {
+                key = k.trim().to_string();
+            }
+        }
+    }
+    match (section.is_empty(), key.is_empty()) {
+        (true, true) => "-".into(),
+        (false, true) => section,
+        (true, false) => key,
+        (false, false) => format!("{section}.{key}"),
+    }
+}

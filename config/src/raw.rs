@@ -1,0 +1,78 @@
+//! Raw configuration: exactly what the TOML file says, before validation.
+//!
+//! Every struct rejects unknown keys (`deny_unknown_fields`) so a typo is an
+//! error, not a silently ignored setting. Optional values stay `Option` here;
+//! defaults and cross-checks are applied by [`crate::validate`], which turns
+//! a [`RawConfig`] into a [`crate::Config`]. Start reading at [`RawConfig`].
+
+use serde::Deserialize;
+
+/// The whole file, one field per top-level section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub edge: Option<RawEdge>,
+    pub hosting: Option<RawHosting>,
+    pub placement: Option<RawPlacement>,
+    pub balancer: Option<RawBalancer>,
+    pub limits: Option<RawLimits>,
+    pub security: Option<RawSecurity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEdge {
+    pub region: Option<String>,
+    pub instance_id: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub admin_listen: Option<String>,
+    pub threads: Option<usize>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub grace_period_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHosting {
+    pub suffixes: Option<Vec<String>>,
+    pub workspace_path_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlacement {
+    pub source: Option<String>,
+    pub file: Option<String>,
+    pub postgres_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub last_known_good: Option<String>,
+    pub shadow: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBalancer {
+    pub policy: Option<String>,
+    pub pick_ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub keepalive_idle_ms: Option<u64>,
+    pub upstream_connect_timeout_ms: Option<u64>,
+    pub upstream_read_timeout_ms: Option<u64>,
+    pub tunnel_idle_timeout_ms: Option<u64>,
+    pub max_hops: Option<u8>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    pub hop_secret_file: Option<String>,
+    pub workspace_token_key_file: Option<String>,
+    pub admin_token_file: Option<String>,
+}

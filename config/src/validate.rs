@@ -1,0 +1,450 @@
+//! Raw -> validated: defaults, relative paths, secrets and value checks.
+//!
+//! Sits between [`crate::raw`] (what the file says) and [`crate::Config`]
+//! (what the edge runs with). Each check reports the dotted key it is about;
+//! [`Locator`] finds that key's line in the original text so the error reads
+//! `file:line: key: message`. Start reading at [`validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::raw::RawConfig;
+use crate::*;
+
+/// Finds the line of `section.key` in the TOML text (1-based). Falls back to
+/// the section header's line, then to line 1.
+struct Locator<'a> {
+    file: String,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, dotted: &str) -> usize {
+        let (section, key) = dotted.split_once('.').unwrap_or((dotted, ""));
+        let mut in_section = false;
+        let mut section_line = None;
+        for (i, line) in self.text.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                let name = t.trim_matches(|c| c == '[' || c == ']').trim();
+                in_section = name == section;
+                if in_section && section_line.is_none() {
+                    section_line = Some(i + 1);
+                }
+                continue;
+            }
+            if in_section && !key.is_empty() {
+                if let Some((k, _)) = t.split_once('=') {
+                    if k.trim() == key {
+                        return i + 1;
+                    }
+                }
+            }
+        }
+        section_line.unwrap_or(1)
+    }
+
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line_of(key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+fn ms(v: Option<u64>, default: Duration) -> Duration {
+    v.map(Duration::from_millis).unwrap_or(default)
+}
+
+/// Turns what the file says into a [`Config`], or the first error found.
+pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+    let loc = Locator {
+        file: path.display().to_string(),
+        text,
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+
+    // [edge]
+    let e = raw.edge.unwrap_or_default();
+    let region = e.region.ok_or_else(|| loc.err("edge.region", "required"))?;
+    check_name(&region).map_err(|m| loc.err("edge.region", m))?;
+    let instance_id = e.instance_id.unwrap_or_else(|| "edge-1".into());
+    check_name(&instance_id).map_err(|m| loc.err("edge.instance_id", m))?;
+    let listen_raw = e.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.into()]);
+    if listen_raw.is_empty() {
+        return Err(loc.err("edge.listen", "at least one listener is required"));
+    }
+    let mut listen = Vec::with_capacity(listen_raw.len());
+    for l in &listen_raw {
+        let a: SocketAddr = l
+            .parse()
+            .map_err(|_| loc.err("edge.listen", format!("{l:?} is not an ip:port address")))?;
+        listen.push(a);
+    }
+    let admin_raw = e
+        .admin_listen
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
+    let admin_listen: SocketAddr = admin_raw.parse().map_err(|_| {
+        loc.err(
+            "edge.admin_listen",
+            format!("{admin_raw:?} is not an ip:port address"),
+        )
+    })?;
+    let threads = e.threads.unwrap_or(DEFAULT_THREADS);
+    if !(1..=256).contains(&threads) {
+        return Err(loc.err("edge.threads", "must be between 1 and 256"));
+    }
+    let pid_file = resolve(
+        &e.pid_file
+            .unwrap_or_else(|| format!("/tmp/edgeplane-{instance_id}.pid")),
+    );
+    let upgrade_sock = resolve(
+        &e.upgrade_sock
+            .unwrap_or_else(|| format!("/tmp/edgeplane-{instance_id}.sock")),
+    );
+    let grace_period = ms(e.grace_period_ms, DEFAULT_GRACE_PERIOD);
+
+    // [hosting]
+    let h = raw.hosting.unwrap_or_default();
+    let mut suffixes = Vec::new();
+    for s in h.suffixes.unwrap_or_else(|| vec![DEFAULT_SUFFIX.into()]) {
+        let s = s
+            .trim_start_matches('.')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if s.is_empty()
+            || !s.contains('.')
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(loc.err(
+                "hosting.suffixes",
+                format!("{s:?} is not a domain suffix like \"repl.co\""),
+            ));
+        }
+        suffixes.push(s);
+    }
+    if suffixes.is_empty() {
+        return Err(loc.err(
+            "hosting.suffixes",
+            "at least one hosting suffix is required",
+        ));
+    }
+    let workspace_path_prefix = h
+        .workspace_path_prefix
+        .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH_PREFIX.into());
+    if !workspace_path_prefix.starts_with('/')
+        || !workspace_path_prefix.ends_with('/')
+        || workspace_path_prefix.len() < 3
+    {
+        return Err(loc.err(
+            "hosting.workspace_path_prefix",
+            "must start and end with '/', e.g. \"/__ws/\"",
+        ));
+    }
+
+    // [placement]
+    let p = raw.placement.unwrap_or_default();
+    let source =
+        match p.source.as_deref().unwrap_or("file") {
+            "file" => {
+                let f = p
+                    .file
+                    .ok_or_else(|| loc.err("placement.file", "required when source = \"file\""))?;
+                PlacementSource::File(resolve(&f))
+            }
+            "postgres" => PlacementSource::Postgres(p.postgres_url.ok_or_else(|| {
+                loc.err(
+                    "placement.postgres_url",
+                    "required when source = \"postgres\"",
+                )
+            })?),
+            "redis" => PlacementSource::Redis(p.redis_url.ok_or_else(|| {
+                loc.err("placement.redis_url", "required when source = \"redis\"")
+            })?),
+            other => {
+                return Err(loc.err(
+                    "placement.source",
+                    format!("{other:?} is not one of \"file\", \"postgres\", \"redis\""),
+                ))
+            }
+        };
+    let shadow = match p.shadow.as_deref() {
+        None | Some("none") | Some("") => None,
+        Some("redis") => Some("redis".to_string()),
+        Some(other) => {
+            return Err(loc.err(
+                "placement.shadow",
+                format!("{other:?} is not \"redis\" or \"none\""),
+            ))
+        }
+    };
+    let placement = PlacementConfig {
+        source,
+        last_known_good: p.last_known_good.as_deref().map(resolve),
+        shadow,
+    };
+
+    // [balancer]
+    let b = raw.balancer.unwrap_or_default();
+    let policy = b.policy.unwrap_or_else(|| DEFAULT_POLICY.into());
+    if policy != "least-loaded" {
+        return Err(loc.err(
+            "balancer.policy",
+            format!("{policy:?} is not available in this build (only \"least-loaded\")"),
+        ));
+    }
+    let pick_ttl = ms(b.pick_ttl_ms, DEFAULT_PICK_TTL);
+    if pick_ttl.is_zero() || pick_ttl > MAX_PICK_TTL {
+        return Err(loc.err(
+            "balancer.pick_ttl_ms",
+            format!("must be between 1 and {}", MAX_PICK_TTL.as_millis()),
+        ));
+    }
+
+    // [limits]
+    let l = raw.limits.unwrap_or_default();
+    let limits = LimitsConfig {
+        max_header_bytes: l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+        keepalive_idle: ms(l.keepalive_idle_ms, DEFAULT_KEEPALIVE_IDLE),
+        upstream_connect_timeout: ms(
+            l.upstream_connect_timeout_ms,
+            DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+        ),
+        upstream_read_timeout: ms(l.upstream_read_timeout_ms, DEFAULT_UPSTREAM_READ_TIMEOUT),
+        tunnel_idle_timeout: ms(l.tunnel_idle_timeout_ms, DEFAULT_TUNNEL_IDLE_TIMEOUT),
+        max_hops: l.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
+    };
+    if limits.max_header_bytes < 1024 {
+        return Err(loc.err("limits.max_header_bytes", "must be at least 1024"));
+    }
+    if limits.max_headers < 8 {
+        return Err(loc.err("limits.max_headers", "must be at least 8"));
+    }
+    if limits.keepalive_idle < Duration::from_secs(1) {
+        return Err(loc.err("limits.keepalive_idle_ms", "must be at least 1000"));
+    }
+    for (key, d) in [
+        (
+            "limits.upstream_connect_timeout_ms",
+            limits.upstream_connect_timeout,
+        ),
+        (
+            "limits.upstream_read_timeout_ms",
+            limits.upstream_read_timeout,
+        ),
+        ("limits.tunnel_idle_timeout_ms", limits.tunnel_idle_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(loc.err(key, "must be greater than 0"));
+        }
+    }
+    if !(1..=8).contains(&limits.max_hops) {
+        return Err(loc.err("limits.max_hops", "must be between 1 and 8"));
+    }
+
+    // [security]
+    let s = raw.security.unwrap_or_default();
+    let read_secret = |key: &str, file: &str| -> Result<Vec<u8>, ConfigError> {
+        let path = resolve(file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| loc.err(key, format!("cannot read {}: {e}", path.display())))?;
+        let trimmed = bytes.trim_ascii();
+        if trimmed.len() < 16 {
+            return Err(loc.err(
+                key,
+                format!("{} holds fewer than 16 bytes of secret", path.display()),
+            ));
+        }
+        Ok(trimmed.to_vec())
+    };
+    let hop_file = s
+        .hop_secret_file
+        .ok_or_else(|| loc.err("security.hop_secret_file", "required"))?;
+    let hop_secret = read_secret("security.hop_secret_file", &hop_file)?;
+    let workspace_token_key = match s.workspace_token_key_file {
+        Some(f) => Some(read_secret("security.workspace_token_key_file", &f)?),
+        None => None,
+    };
+    let admin_token = match s.admin_token_file {
+        Some(f) => Some(
+            String::from_utf8(read_secret("security.admin_token_file", &f)?)
+                .map_err(|_| loc.err("security.admin_token_file", "token is not UTF-8"))?,
+        ),
+        None => None,
+    };
+    if !admin_listen.ip().is_loopback() && admin_token.is_none() {
+        return Err(loc.err(
+            "edge.admin_listen",
+            "a non-loopback admin listener needs security.admin_token_file",
+        ));
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        edge: EdgeConfig {
+            region,
+            instance_id,
+            listen,
+            admin_listen,
+            threads,
+            pid_file,
+            upgrade_sock,
+            grace_period,
+        },
+        hosting: HostingConfig {
+            suffixes,
+            workspace_path_prefix,
+        },
+        placement,
+        balancer: BalancerConfig { policy, pick_ttl },
+        limits,
+        security: SecurityConfig {
+            hop_secret,
+            workspace_token_key,
+            admin_token,
+        },
+    })
+}
+
+/// Names (regions, instance ids) are short, printable and header-safe.
+fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err("must be 1 to 63 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(format!(
+            "{s:?} may only hold letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(body: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hop.secret"), "  0123456789abcdef0123  \n").unwrap();
+        let path = dir.path().join("edge.toml");
+        std::fs::write(&path, body).unwrap();
+        (dir, path)
+    }
+
+    const MINIMAL: &str = "[edge]\nregion = \"us-east1\"\n\n[placement]\nfile = \"snap.json\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let (dir, path) = setup(MINIMAL);
+        let c = crate::load(&path).unwrap();
+        assert_eq!(c.edge.region, "us-east1");
+        assert_eq!(
+            c.edge.listen,
+            vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.hosting.suffixes, vec!["repl.co".to_string()]);
+        assert_eq!(c.limits.keepalive_idle, DEFAULT_KEEPALIVE_IDLE);
+        assert_eq!(
+            c.placement.source,
+            PlacementSource::File(dir.path().join("snap.json"))
+        );
+        assert_eq!(
+            c.security.hop_secret,
+            b"0123456789abcdef0123".to_vec(),
+            "secret is trimmed"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let (_d, path) = setup(&format!("{MINIMAL}\n[limits]\nmax_hopz = 3\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!(e.line, 11, "{e}");
+        assert_eq!(e.key, "limits.max_hopz");
+        assert!(e.message.contains("unknown field"), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with(&format!("{}:11: limits.max_hopz: ", path.display())));
+    }
+
+    #[test]
+    fn bad_value_is_located_by_key() {
+        let body = MINIMAL.replace(
+            "[edge]\n",
+            "[edge]\nlisten = [\"127.0.0.1:80\", \"nope\"]\n",
+        );
+        let (_d, path) = setup(&body);
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "edge.listen"), "{e}");
+        assert!(e.message.contains("\"nope\""));
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let (_d, path) = setup(&format!("{MINIMAL}[limits]\nmax_hops = \"two\"\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!(e.line, 10, "{e}");
+        assert_eq!(e.key, "limits.max_hops");
+    }
+
+    #[test]
+    fn missing_region_and_secret_are_errors() {
+        let (_d, path) = setup("[placement]\nfile = \"x.json\"\n");
+        assert_eq!(crate::load(&path).unwrap_err().key, "edge.region");
+        let (_d, path) = setup(&MINIMAL.replace("hop.secret", "missing.secret"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("security.hop_secret_file", 8));
+    }
+
+    #[test]
+    fn short_secret_and_open_admin_are_rejected() {
+        let (dir, path) = setup(MINIMAL);
+        std::fs::write(dir.path().join("hop.secret"), "short\n").unwrap();
+        assert!(crate::load(&path)
+            .unwrap_err()
+            .message
+            .contains("fewer than 16"));
+        let (_d, path) =
+            setup(&MINIMAL.replace("[edge]\n", "[edge]\nadmin_listen = \"0.0.0.0:9901\"\n"));
+        assert_eq!(crate::load(&path).unwrap_err().key, "edge.admin_listen");
+    }
+
+    #[test]
+    fn unknown_policy_and_source_are_rejected() {
+        let (_d, path) = setup(&format!("{MINIMAL}[balancer]\npolicy = \"p2c\"\n"));
+        assert_eq!(crate::load(&path).unwrap_err().key, "balancer.policy");
+        let (_d, path) =
+            setup(&MINIMAL.replace("[placement]\n", "[placement]\nsource = \"etcd\"\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("placement.source", 5));
+    }
+
+    #[test]
+    fn suffixes_are_normalised() {
+        let (_d, path) = setup(&format!(
+            "{MINIMAL}[hosting]\nsuffixes = [\".Repl.CO.\", \"example.dev\"]\n"
+        ));
+        let c = crate::load(&path).unwrap();
+        assert_eq!(
+            c.hosting.suffixes,
+            vec!["repl.co".to_string(), "example.dev".to_string()]
+        );
+    }
+}
