@@ -1,0 +1,329 @@
+//! [`decide`]: the steps of DESIGN §2 in order. See the parent module docs.
+
+use edgeplane_control_sync::snapshot::VmState;
+use edgeplane_control_sync::table::{Idx, RoutingTable};
+
+use super::host::{canonical_host, slug_of};
+use super::pick_memory::vm_fingerprint;
+use super::signing::{verify_token, TokenError};
+use super::*;
+
+/// Decides where one request goes. Pure: same inputs, same answer (apart
+/// from the pick memory and ledger in `ctx`, which it updates).
+pub fn decide<E: Explain>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    req: &RouteRequest<'_>,
+    ex: &mut E,
+) -> Decision {
+    let reject = |kind, reason| Decision::Reject { kind, reason };
+    if !t.is_loaded() {
+        ex.step(|| "no placement table loaded yet -> 503".into());
+        return reject(Kind::Unknown, RejectReason::NotReady);
+    }
+    let Some(raw_host) = req.host else {
+        ex.step(|| "no Host header -> 400".into());
+        return reject(Kind::Unknown, RejectReason::MissingHost);
+    };
+    let host = match canonical_host(raw_host) {
+        Ok(h) => h,
+        Err(e) => {
+            ex.step(|| {
+                format!(
+                    "Host {:?} is malformed ({e:?}) -> 400",
+                    String::from_utf8_lossy(raw_host)
+                )
+            });
+            return reject(Kind::Unknown, RejectReason::MalformedHost);
+        }
+    };
+    let host = host.as_str();
+    if let Some(auth) = req.authority {
+        let same = canonical_host(auth.as_bytes())
+            .map(|a| a.as_str() == host)
+            .unwrap_or(false);
+        if !same {
+            ex.step(|| {
+                format!("absolute-form authority {auth:?} differs from Host {host:?} -> 400")
+            });
+            return reject(Kind::Unknown, RejectReason::AuthorityMismatch);
+        }
+    }
+    ex.step(|| format!("host: {:?} -> {host:?}", String::from_utf8_lossy(raw_host)));
+    let now_secs = req.now_ms / 1000;
+
+    let (kind, repl) = if let Some(rest) = req.path.strip_prefix(ctx.workspace_prefix.as_str()) {
+        let id = rest.split('/').next().unwrap_or("");
+        ex.step(|| format!("path {:?}: workspace session for repl {id:?}", req.path));
+        let token = req.query.and_then(token_param).or(req.bearer);
+        let checked = match (&ctx.workspace_key, token) {
+            (None, _) => Err(TokenError::NoKeyConfigured),
+            (_, None) => Err(TokenError::Missing),
+            (Some(key), Some(tok)) => verify_token(key, tok, id, now_secs),
+        };
+        if let Err(e) = checked {
+            ex.step(|| format!("workspace token refused ({e:?}) -> 401"));
+            return reject(Kind::Workspace, RejectReason::BadToken);
+        }
+        ex.step(|| "workspace token valid".into());
+        match t.repl_by_id(id) {
+            Some(r) => (Kind::Workspace, r),
+            None => {
+                ex.step(|| format!("repl {id:?} unknown -> 404"));
+                return reject(Kind::Workspace, RejectReason::UnknownRepl);
+            }
+        }
+    } else if let Some(slug) = slug_of(host, &ctx.suffixes) {
+        match t.repl_by_slug(slug) {
+            Some(r) => {
+                ex.step(|| format!("slug {slug:?} -> repl {:?}", t.repl(r).id));
+                (Kind::App, r)
+            }
+            None => {
+                ex.step(|| format!("slug {slug:?} unknown -> 404"));
+                return reject(Kind::App, RejectReason::UnknownHost);
+            }
+        }
+    } else if let Some(r) = t.repl_by_domain(host) {
+        ex.step(|| format!("custom domain {host:?} -> repl {:?}", t.repl(r).id));
+        (Kind::CustomDomain, r)
+    } else {
+        ex.step(|| format!("{host:?} is neither <slug>.<suffix> nor a custom domain -> 404"));
+        return reject(Kind::Unknown, RejectReason::UnknownHost);
+    };
+    place(ctx, t, kind, repl, req, ex)
+}
+
+/// The `token` query parameter, if present.
+fn token_param(query: &str) -> Option<&str> {
+    query.split('&').find_map(|kv| kv.strip_prefix("token="))
+}
+
+/// Steps 2-5: forward, running VM, or a pick within the repl's cluster.
+fn place<E: Explain>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    kind: Kind,
+    repl: Idx,
+    req: &RouteRequest<'_>,
+    ex: &mut E,
+) -> Decision {
+    let r = t.repl(repl);
+    let local = t.local_region();
+    if r.region != local {
+        let home = t.region(r.region);
+        let live_tomb = t.tombstones(repl).iter().find(|ts| {
+            t.cluster(ts.from_cluster).region == local
+                && ts.expires_at_ms > req.now_ms as i64
+                && t.cluster(ts.to_cluster).region != local
+        });
+        let (target, reason) = match live_tomb {
+            Some(ts) => {
+                ex.step(|| {
+                    format!(
+                        "tombstone: moved from {:?} to {:?} (until {})",
+                        t.cluster(ts.from_cluster).name,
+                        t.cluster(ts.to_cluster).name,
+                        edgeplane_control_sync::snapshot::format_rfc3339_ms(ts.expires_at_ms)
+                    )
+                });
+                (t.cluster(ts.to_cluster).region, ForwardReason::Tombstone)
+            }
+            None => {
+                ex.step(|| {
+                    format!(
+                        "home region {:?} is not this edge's {:?}",
+                        home.name,
+                        t.region(local).name
+                    )
+                });
+                if req.hops > 0 {
+                    ex.step(|| {
+                        "already forwarded once by affinity: not bouncing again -> 508".into()
+                    });
+                    return Decision::Reject {
+                        kind,
+                        reason: RejectReason::ForwardLoop,
+                    };
+                }
+                (r.region, ForwardReason::Affinity)
+            }
+        };
+        if req.hops >= ctx.max_hops {
+            ex.step(|| {
+                format!(
+                    "{} forwards already (max_hops {}) -> 508",
+                    req.hops, ctx.max_hops
+                )
+            });
+            return Decision::Reject {
+                kind,
+                reason: RejectReason::ForwardLoop,
+            };
+        }
+        let region = t.region(target);
+        ex.step(|| {
+            format!(
+                "forward ({}) to region {:?} edge {}",
+                reason.as_str(),
+                region.name,
+                region.edge_addr
+            )
+        });
+        return Decision::Forward {
+            kind,
+            repl,
+            region: target,
+            addr: region.edge_addr,
+            reason,
+            hops: req.hops + 1,
+        };
+    }
+
+    if let Some(v) = r.vm {
+        let vm = t.vm(v);
+        if vm.state != VmState::Down {
+            ex.step(|| format!("running on vm {:?} ({}) -> proxy there", vm.id, vm.addr));
+            return Decision::Vm {
+                kind,
+                repl,
+                vm: v,
+                addr: vm.addr,
+                reason: VmReason::Running,
+                transfer_from: None,
+            };
+        }
+        ex.step(|| {
+            format!(
+                "container row names vm {:?}, which is down: placing anew",
+                vm.id
+            )
+        });
+    } else {
+        ex.step(|| "not running".into());
+    }
+
+    let mut cluster = match r.cluster {
+        Some(c) => {
+            ex.step(|| format!("pinned to cluster {:?}", t.cluster(c).name));
+            c
+        }
+        None => match t.ring(local).lookup_hash(r.id_hash) {
+            Some(c) => {
+                ex.step(|| {
+                    format!(
+                        "ring (table version {}) -> cluster {:?}",
+                        t.version(),
+                        t.cluster(c).name
+                    )
+                });
+                c
+            }
+            None => {
+                ex.step(|| "region has no active cluster -> 503".into());
+                return Decision::Reject {
+                    kind,
+                    reason: RejectReason::NoUsableVm,
+                };
+            }
+        },
+    };
+    let mut transfer_from = None;
+    if let Some(to) = r.transfer_to {
+        if to != cluster {
+            ex.step(|| {
+                format!(
+                    "lazy transfer pending: {:?} -> {:?}",
+                    t.cluster(cluster).name,
+                    t.cluster(to).name
+                )
+            });
+            transfer_from = Some(cluster);
+            cluster = to;
+        }
+    }
+    match pick_vm(ctx, t, cluster, r.id_hash, req.now_ms, ex) {
+        Some((vm, reason)) => Decision::Vm {
+            kind,
+            repl,
+            vm,
+            addr: t.vm(vm).addr,
+            reason,
+            transfer_from,
+        },
+        None => {
+            ex.step(|| {
+                format!(
+                    "cluster {:?} has no active VM -> 503",
+                    t.cluster(cluster).name
+                )
+            });
+            Decision::Reject {
+                kind,
+                reason: RejectReason::NoUsableVm,
+            }
+        }
+    }
+}
+
+/// splitmix64's finaliser: spreads ties differently for every repl.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+/// Placeholder balancer until the subsetting balancer lands: the active VM
+/// with the fewest containers (snapshot count plus this edge's recent
+/// placements), ties broken by a stable hash of (repl, vm).
+fn pick_vm<E: Explain>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    cluster: Idx,
+    repl_hash: u64,
+    now_ms: u64,
+    ex: &mut E,
+) -> Option<(Idx, VmReason)> {
+    ctx.ledger.track_version(t.version());
+    let vms = &t.cluster(cluster).vms;
+    let active = |&&v: &&Idx| t.vm(v).state == VmState::Active;
+    let by_fp = |fp: u16| {
+        vms.iter()
+            .filter(active)
+            .copied()
+            .find(|&v| vm_fingerprint(t.vm(v).id_hash) == fp)
+    };
+
+    if let Some(v) = ctx.memory.recall(repl_hash, now_ms).and_then(by_fp) {
+        ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).addr));
+        return Some((v, VmReason::Remembered));
+    }
+    let best = vms.iter().filter(active).copied().min_by_key(|&v| {
+        let vm = t.vm(v);
+        (
+            vm.containers + ctx.ledger.placed(vm.id_hash),
+            mix(repl_hash ^ vm.id_hash),
+        )
+    })?;
+    let fp = vm_fingerprint(t.vm(best).id_hash);
+    let won = ctx.memory.remember(repl_hash, fp, now_ms);
+    if won == fp {
+        ctx.ledger.record(t.vm(best).id_hash);
+        ex.step(|| {
+            let vm = t.vm(best);
+            format!(
+                "least loaded active vm: {:?} ({}), {} containers known",
+                vm.id, vm.addr, vm.containers
+            )
+        });
+        return Some((best, VmReason::Picked));
+    }
+    // Another request picked first: follow it.
+    let v = by_fp(won).unwrap_or(best);
+    ex.step(|| format!("a concurrent request picked vm {:?} first", t.vm(v).id));
+    Some((v, VmReason::Remembered))
+}
+
+#[cfg(test)]
+mod tests;

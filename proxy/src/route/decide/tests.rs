@@ -1,0 +1,462 @@
+//! Unit tests: one or more per branch of [`super::decide`].
+
+use edgeplane_control_sync::{RoutingTable, Snapshot};
+
+use super::*;
+use crate::route::pick_memory::{PickMemory, PlacementLedger};
+use crate::route::signing::mint_token;
+
+const KEY: &[u8] = b"workspace-key-0123456789";
+const NOW: u64 = 1_800_000_000_000; // 2027-01-15
+
+fn snapshot() -> Snapshot {
+    serde_json::from_str(
+        r#"{"regions": [{"name": "us-east1", "edge_addr": "127.0.0.1:8080"},
+                        {"name": "ap-south1", "edge_addr": "127.0.0.1:8081"}],
+            "clusters": [{"name": "use1-a", "region": "us-east1", "state": "active"},
+                         {"name": "use1-b", "region": "us-east1", "state": "active"},
+                         {"name": "use1-old", "region": "us-east1", "state": "draining"},
+                         {"name": "aps1-a", "region": "ap-south1", "state": "active"}],
+            "vms": [{"id": "vm-1", "cluster": "use1-a", "addr": "127.0.0.1:7001", "state": "active"},
+                    {"id": "vm-2", "cluster": "use1-a", "addr": "127.0.0.1:7002", "state": "active"},
+                    {"id": "vm-3", "cluster": "use1-a", "addr": "127.0.0.1:7003", "state": "draining"},
+                    {"id": "vm-4", "cluster": "use1-b", "addr": "127.0.0.1:7004", "state": "active"},
+                    {"id": "vm-5", "cluster": "use1-old", "addr": "127.0.0.1:7005", "state": "down"},
+                    {"id": "vm-6", "cluster": "aps1-a", "addr": "127.0.0.1:7006", "state": "active"}],
+            "repls": [{"id": "r1", "slug": "app1", "region": "us-east1"},
+                      {"id": "r2", "slug": "pinned", "region": "us-east1", "cluster": "use1-b"},
+                      {"id": "r3", "slug": "lazy", "region": "us-east1", "cluster": "use1-a", "transfer_to": "use1-b"},
+                      {"id": "r4", "slug": "moved", "region": "ap-south1"},
+                      {"id": "r5", "slug": "faraway", "region": "ap-south1"},
+                      {"id": "r6", "slug": "expired", "region": "ap-south1"},
+                      {"id": "r7", "slug": "fresh", "region": "us-east1"},
+                      {"id": "r8", "slug": "onoff", "region": "us-east1", "cluster": "use1-old"},
+                      {"id": "r9", "slug": "ondown", "region": "us-east1", "cluster": "use1-a"}],
+            "containers": [{"repl_id": "r1", "vm_id": "vm-3"},
+                           {"repl_id": "r9", "vm_id": "vm-5"}],
+            "custom_domains": [{"hostname": "www.example.com", "repl_id": "r1"}],
+            "tombstones": [{"repl_id": "r4", "from_cluster": "use1-a", "to_cluster": "aps1-a",
+                            "expires_at": "2030-01-01T00:00:00Z"},
+                           {"repl_id": "r6", "from_cluster": "use1-a", "to_cluster": "aps1-a",
+                            "expires_at": "2020-01-01T00:00:00Z"}]}"#,
+    )
+    .unwrap()
+}
+
+fn ctx() -> RouteContext {
+    RouteContext {
+        suffixes: vec!["repl.co".into()],
+        workspace_prefix: "/__ws/".into(),
+        workspace_key: Some(KEY.to_vec()),
+        max_hops: 2,
+        memory: PickMemory::new(10_000),
+        ledger: PlacementLedger::new(),
+    }
+}
+
+fn table() -> RoutingTable {
+    RoutingTable::build(&snapshot(), "us-east1", 1).unwrap()
+}
+
+fn req(host: &str) -> RouteRequest<'_> {
+    RouteRequest {
+        host: Some(host.as_bytes()),
+        path: "/",
+        now_ms: NOW,
+        ..Default::default()
+    }
+}
+
+fn vm_id(t: &RoutingTable, d: &Decision) -> String {
+    match d {
+        Decision::Vm { vm, .. } => t.vm(*vm).id.to_string(),
+        other => panic!("expected a VM, got {other:?}"),
+    }
+}
+
+fn rejected(d: Decision) -> (RejectReason, u16) {
+    match d {
+        Decision::Reject { reason, .. } => (reason, reason.status()),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn running_repl_goes_to_its_vm_even_if_draining() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("app1.repl.co"), &mut ());
+    assert_eq!(vm_id(&t, &d), "vm-3");
+    assert!(matches!(
+        d,
+        Decision::Vm {
+            reason: VmReason::Running,
+            kind: Kind::App,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn host_is_canonicalised() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("APP1.Repl.Co.:8443"), &mut ());
+    assert_eq!(vm_id(&t, &d), "vm-3");
+}
+
+#[test]
+fn custom_domain_routes() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("WWW.example.com:80"), &mut ());
+    assert_eq!(vm_id(&t, &d), "vm-3");
+    assert_eq!(d.kind(), Kind::CustomDomain);
+}
+
+#[test]
+fn unknown_hosts_are_404_and_malformed_400() {
+    let (c, t) = (ctx(), table());
+    assert_eq!(
+        rejected(decide(&c, &t, &req("nope.repl.co"), &mut ())),
+        (RejectReason::UnknownHost, 404)
+    );
+    assert_eq!(
+        rejected(decide(&c, &t, &req("example.org"), &mut ())),
+        (RejectReason::UnknownHost, 404)
+    );
+    assert_eq!(
+        rejected(decide(&c, &t, &req("a.app1.repl.co"), &mut ())),
+        (RejectReason::UnknownHost, 404)
+    );
+    assert_eq!(
+        rejected(decide(&c, &t, &req("bad host"), &mut ())),
+        (RejectReason::MalformedHost, 400)
+    );
+    let no_host = RouteRequest {
+        path: "/",
+        now_ms: NOW,
+        ..Default::default()
+    };
+    assert_eq!(
+        rejected(decide(&c, &t, &no_host, &mut ())),
+        (RejectReason::MissingHost, 400)
+    );
+}
+
+#[test]
+fn absolute_form_authority_must_match_host() {
+    let (c, t) = (ctx(), table());
+    let mut r = req("app1.repl.co");
+    r.authority = Some("App1.repl.co:80");
+    assert_eq!(vm_id(&t, &decide(&c, &t, &r, &mut ())), "vm-3");
+    r.authority = Some("evil.example.com");
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::AuthorityMismatch, 400)
+    );
+}
+
+#[test]
+fn not_loaded_table_is_503() {
+    let c = ctx();
+    let t = RoutingTable::empty();
+    assert_eq!(
+        rejected(decide(&c, &t, &req("app1.repl.co"), &mut ())),
+        (RejectReason::NotReady, 503)
+    );
+}
+
+#[test]
+fn workspace_needs_a_valid_token_before_anything_else() {
+    let (c, t) = (ctx(), table());
+    let good = mint_token(KEY, "r1", NOW / 1000 + 60);
+    let q = format!("a=b&token={good}");
+    let mut r = RouteRequest {
+        host: Some(b"edge.internal"),
+        path: "/__ws/r1",
+        query: Some(&q),
+        now_ms: NOW,
+        ..Default::default()
+    };
+    let d = decide(&c, &t, &r, &mut ());
+    assert_eq!(vm_id(&t, &d), "vm-3");
+    assert_eq!(d.kind(), Kind::Workspace);
+
+    r.query = None;
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::BadToken, 401),
+        "missing"
+    );
+    let bearer = good.clone();
+    r.bearer = Some(&bearer);
+    assert_eq!(
+        vm_id(&t, &decide(&c, &t, &r, &mut ())),
+        "vm-3",
+        "bearer works too"
+    );
+
+    let expired = mint_token(KEY, "r1", NOW / 1000 - 1);
+    r.bearer = Some(&expired);
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::BadToken, 401),
+        "expired"
+    );
+    let wrong_repl = mint_token(KEY, "r7", NOW / 1000 + 60);
+    r.bearer = Some(&wrong_repl);
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::BadToken, 401),
+        "other repl"
+    );
+    let wrong_key = mint_token(b"not-the-key-0000000000", "r1", NOW / 1000 + 60);
+    r.bearer = Some(&wrong_key);
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::BadToken, 401),
+        "bad signature"
+    );
+
+    // An unknown repl with a valid token for it is 404 (only after the token).
+    let ghost = mint_token(KEY, "ghost", NOW / 1000 + 60);
+    let mut r2 = RouteRequest {
+        host: Some(b"x"),
+        path: "/__ws/ghost/sub",
+        bearer: Some(&ghost),
+        now_ms: NOW,
+        ..Default::default()
+    };
+    assert_eq!(
+        rejected(decide(&c, &t, &r2, &mut ())),
+        (RejectReason::UnknownRepl, 404)
+    );
+    let c2 = RouteContext {
+        workspace_key: None,
+        ..ctx()
+    };
+    r2.path = "/__ws/r1";
+    r2.bearer = Some(&good);
+    assert_eq!(
+        rejected(decide(&c2, &t, &r2, &mut ())),
+        (RejectReason::BadToken, 401),
+        "no key configured"
+    );
+}
+
+#[test]
+fn other_region_is_forwarded_by_affinity_once() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("faraway.repl.co"), &mut ());
+    match d {
+        Decision::Forward {
+            reason,
+            hops,
+            addr,
+            region,
+            ..
+        } => {
+            assert_eq!(reason, ForwardReason::Affinity);
+            assert_eq!(hops, 1);
+            assert_eq!(addr.to_string(), "127.0.0.1:8081");
+            assert_eq!(&*t.region(region).name, "ap-south1");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut r = req("faraway.repl.co");
+    r.hops = 1;
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::ForwardLoop, 508)
+    );
+}
+
+#[test]
+fn live_tombstone_forwards_and_expired_one_falls_back_to_affinity() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("moved.repl.co"), &mut ());
+    assert!(
+        matches!(
+            d,
+            Decision::Forward {
+                reason: ForwardReason::Tombstone,
+                hops: 1,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    // A tombstone forward may follow one earlier hop, up to max_hops.
+    let mut r = req("moved.repl.co");
+    r.hops = 1;
+    assert!(matches!(
+        decide(&c, &t, &r, &mut ()),
+        Decision::Forward {
+            reason: ForwardReason::Tombstone,
+            hops: 2,
+            ..
+        }
+    ));
+    r.hops = 2;
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::ForwardLoop, 508)
+    );
+    let d = decide(&c, &t, &req("expired.repl.co"), &mut ());
+    assert!(
+        matches!(
+            d,
+            Decision::Forward {
+                reason: ForwardReason::Affinity,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn pinned_cluster_wins_over_ring() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("pinned.repl.co"), &mut ());
+    assert_eq!(vm_id(&t, &d), "vm-4");
+    assert!(matches!(
+        d,
+        Decision::Vm {
+            reason: VmReason::Picked,
+            transfer_from: None,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn lazy_transfer_goes_to_target_with_from_cluster() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("lazy.repl.co"), &mut ());
+    assert_eq!(vm_id(&t, &d), "vm-4");
+    match d {
+        Decision::Vm {
+            transfer_from: Some(from),
+            ..
+        } => assert_eq!(&*t.cluster(from).name, "use1-a"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unpinned_uses_the_ring_and_only_active_vms() {
+    let (c, t) = (ctx(), table());
+    let mut ex = Vec::new();
+    let d = decide(&c, &t, &req("fresh.repl.co"), &mut ex);
+    let expected_cluster = t.ring(t.local_region()).lookup("r7").unwrap();
+    match d {
+        Decision::Vm {
+            vm,
+            reason: VmReason::Picked,
+            ..
+        } => {
+            assert_eq!(t.vm(vm).cluster, expected_cluster);
+            assert_eq!(t.vm(vm).state, VmState::Active);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        ex.iter()
+            .any(|s| s.starts_with("ring (table version 1) -> cluster")),
+        "{ex:?}"
+    );
+}
+
+#[test]
+fn pick_is_remembered_and_load_spreads_across_repls() {
+    let (c, t) = (ctx(), table());
+    let first = decide(&c, &t, &req("pinned.repl.co"), &mut ());
+    let again = decide(&c, &t, &req("pinned.repl.co"), &mut ());
+    assert_eq!(vm_id(&t, &first), vm_id(&t, &again));
+    assert!(matches!(
+        again,
+        Decision::Vm {
+            reason: VmReason::Remembered,
+            ..
+        }
+    ));
+    // After the memory expires the repl is picked anew.
+    let mut later = req("pinned.repl.co");
+    later.now_ms = NOW + 11_000;
+    assert!(matches!(
+        decide(&c, &t, &later, &mut ()),
+        Decision::Vm {
+            reason: VmReason::Picked,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn ledger_spreads_new_repls_over_a_cluster() {
+    // Many different not-running repls pinned to use1-a (two active VMs):
+    // the ledger must alternate rather than herd onto one VM.
+    let mut s = snapshot();
+    for i in 0..20 {
+        s.repls.push(serde_json::from_value(serde_json::json!(
+            {"id": format!("n{i}"), "slug": format!("new{i}"), "region": "us-east1", "cluster": "use1-a"})).unwrap());
+    }
+    let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
+    let c = ctx();
+    let mut per_vm = std::collections::HashMap::new();
+    for i in 0..20 {
+        let h = format!("new{i}.repl.co");
+        *per_vm
+            .entry(vm_id(&t, &decide(&c, &t, &req(&h), &mut ())))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_vm.get("vm-1"), Some(&10), "{per_vm:?}");
+    assert_eq!(per_vm.get("vm-2"), Some(&10), "{per_vm:?}");
+}
+
+#[test]
+fn container_on_down_vm_is_placed_anew() {
+    let (c, t) = (ctx(), table());
+    let d = decide(&c, &t, &req("ondown.repl.co"), &mut ());
+    let id = vm_id(&t, &d);
+    assert!(id == "vm-1" || id == "vm-2", "{id}");
+}
+
+#[test]
+fn cluster_without_active_vm_is_503() {
+    let (c, t) = (ctx(), table());
+    assert_eq!(
+        rejected(decide(&c, &t, &req("onoff.repl.co"), &mut ())),
+        (RejectReason::NoUsableVm, 503)
+    );
+}
+
+#[test]
+fn region_without_active_cluster_is_503() {
+    let mut s = snapshot();
+    for cl in &mut s.clusters {
+        cl.state = edgeplane_control_sync::snapshot::ClusterState::Draining;
+    }
+    let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
+    assert_eq!(
+        rejected(decide(&ctx(), &t, &req("fresh.repl.co"), &mut ())),
+        (RejectReason::NoUsableVm, 503)
+    );
+}
+
+#[test]
+fn explanation_names_every_step() {
+    let (c, t) = (ctx(), table());
+    let mut ex = Vec::new();
+    decide(&c, &t, &req("lazy.repl.co"), &mut ex);
+    let all = ex.join("\n");
+    for needle in [
+        "host:",
+        "slug \"lazy\" -> repl \"r3\"",
+        "not running",
+        "pinned to cluster \"use1-a\"",
+        "lazy transfer pending",
+        "least loaded active vm: \"vm-4\"",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+    }
+}

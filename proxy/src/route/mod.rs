@@ -1,0 +1,221 @@
+//! The routing decision (DESIGN §2) as a pure function: no Pingora, no
+//! tokio, no I/O; time comes in as an argument.
+//!
+//! Where it sits: the Pingora glue ([`crate::service`]) extracts a
+//! [`RouteRequest`] from the request head and calls [`decide`] with the
+//! current [`RoutingTable`] (one ArcSwap load); `edgeplane route` and
+//! `/debug/route` call the same function with an [`Explain`] that records
+//! every step. The answer is a [`Decision`]: a VM, a peer region's edge, or
+//! a rejection with its status code.
+//!
+//! Order of steps: canonical host (400 on malformed or absolute-form
+//! mismatch) -> workspace path (token checked before anything else, 401) or
+//! slug / custom domain (404) -> regional affinity or tombstone forward
+//! (`max_hops`, 508) -> running container -> pinned cluster or ring, lazy
+//! transfer -> pick memory, else least-loaded active VM (503 when none).
+//!
+//! Invariants: no allocation on the hosted-app path; explanations are
+//! closures that only run when explaining. Start at [`decide`].
+
+pub mod host;
+pub mod pick_memory;
+pub mod signing;
+
+mod decide;
+
+pub use decide::decide;
+
+use std::net::SocketAddr;
+
+use edgeplane_control_sync::table::Idx;
+
+use pick_memory::{PickMemory, PlacementLedger};
+
+/// What the edge knows about itself that routing needs.
+pub struct RouteContext {
+    /// Lower-case hosting suffixes, longest first.
+    pub suffixes: Vec<String>,
+    pub workspace_prefix: String,
+    pub workspace_key: Option<Vec<u8>>,
+    pub max_hops: u8,
+    pub memory: PickMemory,
+    pub ledger: PlacementLedger,
+}
+
+impl RouteContext {
+    pub fn from_config(cfg: &edgeplane_config::Config) -> RouteContext {
+        let mut suffixes = cfg.hosting.suffixes.clone();
+        suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        RouteContext {
+            suffixes,
+            workspace_prefix: cfg.hosting.workspace_path_prefix.clone(),
+            workspace_key: cfg.security.workspace_token_key.clone(),
+            max_hops: cfg.limits.max_hops,
+            memory: PickMemory::new(cfg.balancer.pick_ttl.as_millis() as u64),
+            ledger: PlacementLedger::new(),
+        }
+    }
+}
+
+/// The request facts routing looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteRequest<'a> {
+    /// Raw Host header value (`None` when absent).
+    pub host: Option<&'a [u8]>,
+    /// Authority of an absolute-form request target, if any.
+    pub authority: Option<&'a str>,
+    /// Path without the query.
+    pub path: &'a str,
+    /// The raw query string, if any (for `token=`).
+    pub query: Option<&'a str>,
+    /// Bearer token from `Authorization`, if any.
+    pub bearer: Option<&'a str>,
+    /// Hop count of a verified `x-edgeplane-hop` header (0 = none).
+    pub hops: u8,
+    /// Unix time in milliseconds.
+    pub now_ms: u64,
+}
+
+/// What kind of request it was (the `kind` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    App,
+    CustomDomain,
+    Workspace,
+    Unknown,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::App => "app",
+            Kind::CustomDomain => "custom_domain",
+            Kind::Workspace => "workspace",
+            Kind::Unknown => "unknown",
+        }
+    }
+}
+
+/// How the VM was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmReason {
+    /// The repl's container runs there.
+    Running,
+    /// Picked for this repl moments ago (pick memory).
+    Remembered,
+    /// Newly picked by the balancer.
+    Picked,
+}
+
+/// Why a request goes to another region's edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardReason {
+    Affinity,
+    Tombstone,
+}
+
+impl ForwardReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardReason::Affinity => "affinity",
+            ForwardReason::Tombstone => "tombstone",
+        }
+    }
+}
+
+/// Why a request is answered by the edge itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    MissingHost,
+    MalformedHost,
+    AuthorityMismatch,
+    UnknownHost,
+    UnknownRepl,
+    BadToken,
+    NoUsableVm,
+    ForwardLoop,
+    NotReady,
+}
+
+impl RejectReason {
+    /// The status code of DESIGN §5.
+    pub fn status(self) -> u16 {
+        match self {
+            RejectReason::MissingHost
+            | RejectReason::MalformedHost
+            | RejectReason::AuthorityMismatch => 400,
+            RejectReason::BadToken => 401,
+            RejectReason::UnknownHost | RejectReason::UnknownRepl => 404,
+            RejectReason::NoUsableVm | RejectReason::NotReady => 503,
+            RejectReason::ForwardLoop => 508,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MissingHost => "missing_host",
+            RejectReason::MalformedHost => "malformed_host",
+            RejectReason::AuthorityMismatch => "authority_mismatch",
+            RejectReason::UnknownHost => "unknown_host",
+            RejectReason::UnknownRepl => "unknown_repl",
+            RejectReason::BadToken => "bad_token",
+            RejectReason::NoUsableVm => "no_usable_vm",
+            RejectReason::ForwardLoop => "forward_loop",
+            RejectReason::NotReady => "not_ready",
+        }
+    }
+}
+
+/// The routing decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Vm {
+        kind: Kind,
+        repl: Idx,
+        vm: Idx,
+        addr: SocketAddr,
+        reason: VmReason,
+        /// Set on a lazy transfer: the cluster the repl is moving from.
+        transfer_from: Option<Idx>,
+    },
+    Forward {
+        kind: Kind,
+        repl: Idx,
+        region: Idx,
+        addr: SocketAddr,
+        reason: ForwardReason,
+        /// Hop count to sign into the forwarded request.
+        hops: u8,
+    },
+    Reject {
+        kind: Kind,
+        reason: RejectReason,
+    },
+}
+
+impl Decision {
+    pub fn kind(&self) -> Kind {
+        match *self {
+            Decision::Vm { kind, .. }
+            | Decision::Forward { kind, .. }
+            | Decision::Reject { kind, .. } => kind,
+        }
+    }
+}
+
+/// Receives the steps of a decision. The hot path uses `()`, which ignores
+/// them without formatting anything.
+pub trait Explain {
+    fn step(&mut self, f: impl FnOnce() -> String);
+}
+
+impl Explain for () {
+    #[inline(always)]
+    fn step(&mut self, _f: impl FnOnce() -> String) {}
+}
+
+impl Explain for Vec<String> {
+    fn step(&mut self, f: impl FnOnce() -> String) {
+        self.push(f());
+    }
+}

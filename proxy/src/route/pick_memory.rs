@@ -1,0 +1,232 @@
+//! Balancer state shared by all requests, lock-free and allocation-free:
+//! the short-lived memory of which VM was picked for a not-running repl,
+//! and the ledger of placements this edge made.
+//!
+//! Where it sits: the routing decision consults [`PickMemory`] before
+//! picking a VM for a repl that has no container yet, so that concurrent
+//! first connections of one repl (a multiplayer session opening, a client
+//! retrying) all land on one VM. [`PlacementLedger`] adds this edge's own
+//! recent placements to each VM's known load so new repls spread instead of
+//! herding onto the VM that looked least loaded in the snapshot.
+//!
+//! Invariants:
+//! - One `AtomicU64` per memory slot packs `tag:32 | vm fingerprint:12 |
+//!   expiry:20` (expiry in 10 ms units, wrapping every ~2.9 h). Slots are
+//!   direct-mapped by repl hash; a collision just evicts (memory is a hint).
+//! - [`PickMemory::remember`] is insert-if-absent by compare-and-swap: when
+//!   two requests race, both leave with the winner's VM.
+//! - Both are keyed by stable hashes (repl id, VM id), not table indexes, so
+//!   they survive table republishes (Pingora #821: keep per-backend counters
+//!   outside the selector, which is rebuilt on every update).
+//!
+//! Time is passed in (unix ms). Start at [`PickMemory::remember`].
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Slots in the pick memory (power of two; 512 KiB).
+pub const PICK_MEMORY_SLOTS: usize = 1 << 16;
+/// Counters in the placement ledger (power of two).
+pub const LEDGER_SLOTS: usize = 1 << 13;
+
+const EXP_BITS: u32 = 20;
+const FP_BITS: u32 = 12;
+const EXP_MASK: u64 = (1 << EXP_BITS) - 1;
+const FP_MASK: u64 = (1 << FP_BITS) - 1;
+
+/// The 12-bit fingerprint of a VM id hash kept in memory slots.
+#[inline]
+pub fn vm_fingerprint(vm_id_hash: u64) -> u16 {
+    (vm_id_hash & FP_MASK) as u16
+}
+
+#[inline]
+fn units(now_ms: u64) -> u64 {
+    (now_ms / 10) & EXP_MASK
+}
+
+/// See the module docs.
+pub struct PickMemory {
+    slots: Box<[AtomicU64]>,
+    ttl_units: u64,
+}
+
+impl PickMemory {
+    /// `ttl_ms` must be below ~2.9 hours (config caps it at 60 s).
+    pub fn new(ttl_ms: u64) -> PickMemory {
+        let ttl_units = (ttl_ms / 10).clamp(1, (EXP_MASK / 2) as u64);
+        PickMemory {
+            slots: (0..PICK_MEMORY_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            ttl_units,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, repl_hash: u64) -> (&AtomicU64, u64) {
+        let i = repl_hash as usize & (PICK_MEMORY_SLOTS - 1);
+        // Tag from the high half; never 0 so an empty slot never matches.
+        let tag = (repl_hash >> 32) | 1;
+        (&self.slots[i], tag & 0xFFFF_FFFF)
+    }
+
+    #[inline]
+    fn live(&self, word: u64, tag: u64, now_ms: u64) -> Option<u16> {
+        if word >> 32 != tag {
+            return None;
+        }
+        let exp = word & EXP_MASK;
+        let remaining = exp.wrapping_sub(units(now_ms)) & EXP_MASK;
+        // Live while 0 < remaining <= ttl (wrap-aware).
+        if remaining == 0 || remaining > self.ttl_units {
+            return None;
+        }
+        Some(((word >> EXP_BITS) & FP_MASK) as u16)
+    }
+
+    /// The remembered VM fingerprint for this repl, if still live.
+    #[inline]
+    pub fn recall(&self, repl_hash: u64, now_ms: u64) -> Option<u16> {
+        let (slot, tag) = self.slot(repl_hash);
+        self.live(slot.load(Ordering::Acquire), tag, now_ms)
+    }
+
+    /// Remembers `vm_fp` for this repl unless a live pick is already there;
+    /// returns the fingerprint every racing caller must use.
+    pub fn remember(&self, repl_hash: u64, vm_fp: u16, now_ms: u64) -> u16 {
+        let (slot, tag) = self.slot(repl_hash);
+        let exp = (units(now_ms) + self.ttl_units) & EXP_MASK;
+        let new = (tag << 32) | ((vm_fp as u64 & FP_MASK) << EXP_BITS) | exp;
+        let mut cur = slot.load(Ordering::Acquire);
+        loop {
+            if let Some(fp) = self.live(cur, tag, now_ms) {
+                return fp;
+            }
+            match slot.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return vm_fp,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Forgets this repl's pick (e.g. the VM refused the connection).
+    pub fn forget(&self, repl_hash: u64) {
+        let (slot, tag) = self.slot(repl_hash);
+        let cur = slot.load(Ordering::Acquire);
+        if cur >> 32 == tag {
+            let _ = slot.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Placements this edge made per VM since the table version it tracks.
+pub struct PlacementLedger {
+    counts: Box<[AtomicU32]>,
+    version: AtomicU64,
+}
+
+impl Default for PlacementLedger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PlacementLedger {
+    pub fn new() -> PlacementLedger {
+        PlacementLedger {
+            counts: (0..LEDGER_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// Resets the counts when a new table version is seen: the new snapshot
+    /// already counts the containers those placements started.
+    #[inline]
+    pub fn track_version(&self, version: u64) {
+        let seen = self.version.load(Ordering::Relaxed);
+        if seen != version
+            && self
+                .version
+                .compare_exchange(seen, version, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            for c in self.counts.iter() {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[inline]
+    pub fn placed(&self, vm_id_hash: u64) -> u32 {
+        self.counts[vm_id_hash as usize & (LEDGER_SLOTS - 1)].load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn record(&self, vm_id_hash: u64) {
+        self.counts[vm_id_hash as usize & (LEDGER_SLOTS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_until_ttl_then_forgets() {
+        let m = PickMemory::new(1000);
+        assert_eq!(m.recall(42, 0), None);
+        assert_eq!(m.remember(42, 7, 10_000), 7);
+        assert_eq!(m.recall(42, 10_500), Some(7));
+        assert_eq!(m.recall(42, 11_000), None, "expired at ttl");
+        assert_eq!(m.remember(42, 9, 11_000), 9, "expired entries are replaced");
+        m.forget(42);
+        assert_eq!(m.recall(42, 11_001), None);
+    }
+
+    #[test]
+    fn first_writer_wins_races() {
+        let m = PickMemory::new(5000);
+        assert_eq!(m.remember(99, 1, 0), 1);
+        assert_eq!(
+            m.remember(99, 2, 1),
+            1,
+            "a later pick gets the remembered VM"
+        );
+        // A different repl in the same slot evicts (memory is a hint).
+        let other = 99 + ((1u64 << 40) + PICK_MEMORY_SLOTS as u64 * 0);
+        assert_eq!(m.recall(other, 2), None);
+    }
+
+    #[test]
+    fn survives_clock_wrap() {
+        let m = PickMemory::new(1000);
+        let near_wrap = (EXP_MASK - 5) * 10;
+        m.remember(5, 3, near_wrap);
+        assert_eq!(m.recall(5, near_wrap + 500), Some(3));
+        assert_eq!(m.recall(5, near_wrap + 2000), None);
+    }
+
+    #[test]
+    fn concurrent_remembers_agree() {
+        let m = std::sync::Arc::new(PickMemory::new(10_000));
+        let handles: Vec<_> = (0..8u16)
+            .map(|i| {
+                let m = m.clone();
+                std::thread::spawn(move || m.remember(1234, i + 1, 50))
+            })
+            .collect();
+        let got: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
+    }
+
+    #[test]
+    fn ledger_counts_and_resets_on_new_version() {
+        let l = PlacementLedger::new();
+        l.track_version(1);
+        l.record(77);
+        l.record(77);
+        assert_eq!(l.placed(77), 2);
+        l.track_version(1);
+        assert_eq!(l.placed(77), 2);
+        l.track_version(2);
+        assert_eq!(l.placed(77), 0);
+    }
+}
