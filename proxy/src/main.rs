@@ -1,1 +1,188 @@
-fn main() {}
+//! `edgeplane`: the edge binary (DESIGN §5 CLI).
+//!
+//! `serve` runs the edge; `check` validates a config (and its file
+//! snapshot); `route` explains a routing decision; `snapshot dump` prints
+//! the placement table as snapshot JSON; `token` mints a workspace token
+//! for testing. Errors in config print as `file:line: key: message`, exit 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use edgeplane_proxy::route::{self, RouteContext};
+use edgeplane_proxy::server::{self, ServeFlags};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "edgeplane", version, about = "edgeplane regional edge proxy")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the edge.
+    Serve {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Take over listeners from a running edge (Pingora graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Validate a config (and its file snapshot), print a summary.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Explain where a request for HOST (and PATH) would go.
+    Route {
+        #[arg(short, long)]
+        config: PathBuf,
+        host: String,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Snapshot operations.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+    /// Mint a workspace token for REPL with the configured key (testing).
+    Token {
+        #[arg(short, long)]
+        config: PathBuf,
+        repl: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Write the current placement table as snapshot JSON.
+    Dump {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: &std::path::Path) -> Result<edgeplane_config::Config, ExitCode> {
+    edgeplane_config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })
+}
+
+fn load_table(
+    cfg: &edgeplane_config::Config,
+) -> Result<edgeplane_control_sync::TableHandle, ExitCode> {
+    server::load_placement(cfg).map_err(|e| {
+        eprintln!("{}: {e}", cfg.path.display());
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+fn run(cli: Cli) -> Result<(), ExitCode> {
+    match cli.cmd {
+        Cmd::Serve {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
+            let cfg = load_config(&config)?;
+            server::run(cfg, ServeFlags { upgrade, daemon }).map_err(|e| {
+                eprintln!("edgeplane: {e}");
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Check { config } => {
+            let cfg = load_config(&config)?;
+            let table = load_table(&cfg)?;
+            let t = table.load();
+            let c = t.counts();
+            println!("{}: ok", config.display());
+            println!(
+                "  edge: region {} instance {} listen {:?} admin {}",
+                cfg.edge.region, cfg.edge.instance_id, cfg.edge.listen, cfg.edge.admin_listen
+            );
+            println!(
+                "  hosting: suffixes {:?} workspace {}",
+                cfg.hosting.suffixes, cfg.hosting.workspace_path_prefix
+            );
+            println!("  placement: {:?}", cfg.placement.source);
+            println!(
+                "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones",
+                c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones
+            );
+            Ok(())
+        }
+        Cmd::Route { config, host, path } => {
+            let cfg = load_config(&config)?;
+            let table = load_table(&cfg)?;
+            let ctx = RouteContext::from_config(&cfg);
+            print!(
+                "{}",
+                route::explain(
+                    &ctx,
+                    &table.load(),
+                    &host,
+                    &path,
+                    edgeplane_proxy::service::now_ms()
+                )
+            );
+            Ok(())
+        }
+        Cmd::Snapshot {
+            cmd: SnapshotCmd::Dump { config, output },
+        } => {
+            let cfg = load_config(&config)?;
+            let table = load_table(&cfg)?;
+            let json = serde_json::to_string_pretty(&table.load().to_snapshot())
+                .expect("snapshot serialises");
+            match output {
+                Some(p) => std::fs::write(&p, json + "\n").map_err(|e| {
+                    eprintln!("{}: {e}", p.display());
+                    ExitCode::from(1)
+                }),
+                None => {
+                    println!("{json}");
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Token { config, repl, ttl } => {
+            let cfg = load_config(&config)?;
+            let Some(key) = &cfg.security.workspace_token_key else {
+                eprintln!(
+                    "{}: security.workspace_token_key_file is not set",
+                    config.display()
+                );
+                return Err(ExitCode::from(1));
+            };
+            let exp = edgeplane_proxy::service::now_ms() / 1000 + ttl;
+            println!("{}", route::signing::mint_token(key, &repl, exp));
+            Ok(())
+        }
+    }
+}

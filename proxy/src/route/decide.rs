@@ -242,7 +242,7 @@ fn place<E: Explain>(
             cluster = to;
         }
     }
-    match pick_vm(ctx, t, cluster, r.id_hash, req.now_ms, ex) {
+    match pick_vm(ctx, t, cluster, r.id_hash, req, ex) {
         Some((vm, reason)) => Decision::Vm {
             kind,
             repl,
@@ -282,10 +282,13 @@ fn pick_vm<E: Explain>(
     t: &RoutingTable,
     cluster: Idx,
     repl_hash: u64,
-    now_ms: u64,
+    req: &RouteRequest<'_>,
     ex: &mut E,
 ) -> Option<(Idx, VmReason)> {
-    ctx.ledger.track_version(t.version());
+    let now_ms = req.now_ms;
+    if !req.dry_run {
+        ctx.ledger.track_version(t.version());
+    }
     let vms = &t.cluster(cluster).vms;
     let active = |&&v: &&Idx| t.vm(v).state == VmState::Active;
     let by_fp = |fp: u16| {
@@ -307,6 +310,16 @@ fn pick_vm<E: Explain>(
         )
     })?;
     let fp = vm_fingerprint(t.vm(best).id_hash);
+    if req.dry_run {
+        ex.step(|| {
+            format!(
+                "would pick the least loaded active vm: {:?} ({})",
+                t.vm(best).id,
+                t.vm(best).addr
+            )
+        });
+        return Some((best, VmReason::Picked));
+    }
     let won = ctx.memory.remember(repl_hash, fp, now_ms);
     if won == fp {
         ctx.ledger.record(t.vm(best).id_hash);

@@ -74,6 +74,8 @@ pub struct RouteRequest<'a> {
     pub hops: u8,
     /// Unix time in milliseconds.
     pub now_ms: u64,
+    /// Explain only: read the pick memory but change nothing.
+    pub dry_run: bool,
 }
 
 /// What kind of request it was (the `kind` metric label).
@@ -218,4 +220,77 @@ impl Explain for Vec<String> {
     fn step(&mut self, f: impl FnOnce() -> String) {
         self.push(f());
     }
+}
+
+/// One line naming where a decision sends the request, for people.
+pub fn describe(d: &Decision, t: &edgeplane_control_sync::RoutingTable) -> String {
+    match *d {
+        Decision::Vm {
+            vm,
+            addr,
+            reason,
+            transfer_from,
+            ..
+        } => {
+            let from = transfer_from
+                .map(|c| format!(", transfer from {}", t.cluster(c).name))
+                .unwrap_or_default();
+            let why = format!("{reason:?}").to_lowercase();
+            format!("vm {} {addr} ({why}{from})", t.vm(vm).id)
+        }
+        Decision::Forward {
+            region,
+            addr,
+            reason,
+            hops,
+            ..
+        } => {
+            format!(
+                "forward to region {} edge {addr} ({}, hop {hops})",
+                t.region(region).name,
+                reason.as_str()
+            )
+        }
+        Decision::Reject { reason, .. } => format!("{} {}", reason.status(), reason.as_str()),
+    }
+}
+
+/// Explains the decision for `host` and `path` as numbered lines ending in
+/// `=> <where>`; used by `edgeplane route` and `/debug/route`. Changes no
+/// balancer state (dry run).
+pub fn explain(
+    ctx: &RouteContext,
+    t: &edgeplane_control_sync::RoutingTable,
+    host: &str,
+    path_and_query: &str,
+    now_ms: u64,
+) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let req = RouteRequest {
+        host: Some(host.as_bytes()),
+        path,
+        query,
+        now_ms,
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut steps: Vec<String> = Vec::new();
+    let d = decide(ctx, t, &req, &mut steps);
+    let region = if t.is_loaded() {
+        t.region(t.local_region()).name.to_string()
+    } else {
+        "-".into()
+    };
+    let mut out = format!(
+        "route host={host} path={path_and_query} edge_region={region} table_version={}\n",
+        t.version()
+    );
+    for (i, s) in steps.iter().enumerate() {
+        out.push_str(&format!("{:>2}. {s}\n", i + 1));
+    }
+    out.push_str(&format!("=> {}\n", describe(&d, t)));
+    out
 }

@@ -392,6 +392,32 @@ fn pick_is_remembered_and_load_spreads_across_repls() {
 }
 
 #[test]
+fn dry_run_changes_nothing() {
+    let (c, t) = (ctx(), table());
+    let mut r = req("pinned.repl.co");
+    r.dry_run = true;
+    assert!(matches!(
+        decide(&c, &t, &r, &mut ()),
+        Decision::Vm {
+            reason: VmReason::Picked,
+            ..
+        }
+    ));
+    assert!(
+        matches!(
+            decide(&c, &t, &r, &mut ()),
+            Decision::Vm {
+                reason: VmReason::Picked,
+                ..
+            }
+        ),
+        "not remembered"
+    );
+    let h = t.repl(t.repl_by_slug("pinned").unwrap()).id_hash;
+    assert_eq!(c.memory.recall(h, NOW), None);
+}
+
+#[test]
 fn ledger_spreads_new_repls_over_a_cluster() {
     // Many different not-running repls pinned to use1-a (two active VMs):
     // the ledger must alternate rather than herd onto one VM.

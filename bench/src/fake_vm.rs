@@ -1,0 +1,299 @@
+//! The fake conman VM (DESIGN §5): a real HTTP/1.1 + WebSocket server that
+//! stands in for a container VM in the demo, tests and benchmarks.
+//!
+//! - Every HTTP request gets 200, `x-served-by: <id>` and a JSON body
+//!   `{"vm","method","host","path","headers":{..},"body_bytes"}` so a test can
+//!   see exactly what the VM received.
+//! - A WebSocket upgrade on any path is accepted and every message echoed;
+//!   a text message `close-me` makes the VM close the socket itself (code
+//!   4000), so tests can check that a close from either side crosses the edge.
+//! - The metrics listener serves `/metrics` (`conman_containers`,
+//!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`) and
+//!   takes `POST /control` with JSON `{"containers":N,"cpu":F,"ready":bool}`.
+//!
+//! Both listeners may be given port 0; the bound addresses are printed as
+//! `fake-vm <id> listening http=<addr> metrics=<addr>`. Start at [`run`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// What the VM reports on `/metrics`; changed through `/control`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Reported {
+    pub containers: u64,
+    pub cpu: f64,
+    pub ready: bool,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ControlBody {
+    containers: Option<u64>,
+    cpu: Option<f64>,
+    ready: Option<bool>,
+}
+
+struct State {
+    id: String,
+    reported: Mutex<Reported>,
+    requests: AtomicU64,
+    ws_open: AtomicU64,
+    closing: AtomicBool,
+}
+
+/// Options of `edgeplane-bench fake-vm`.
+#[derive(Debug, Clone)]
+pub struct FakeVmOptions {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub containers: u64,
+    pub cpu: f64,
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let is_ws = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.eq_ignore_ascii_case("websocket"))
+        .unwrap_or(false);
+    if is_ws {
+        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            return Ok(text(StatusCode::BAD_REQUEST, "missing sec-websocket-key\n"));
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        let st = state.clone();
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        None,
+                    )
+                    .await;
+                    st.ws_open.fetch_add(1, Ordering::Relaxed);
+                    echo(ws).await;
+                    st.ws_open.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(e) => log::debug!("upgrade failed: {e}"),
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+            .header("x-served-by", state.id.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap());
+    }
+
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    let body_bytes = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => 0,
+    };
+    let body = serde_json::json!({
+        "vm": state.id, "method": method, "host": host, "path": path,
+        "headers": headers, "body_bytes": body_bytes,
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("x-served-by", state.id.as_str())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap())
+}
+
+async fn echo<S>(mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(t)) if t.as_str() == "close-me" => {
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code: CloseCode::Library(4000),
+                        reason: "vm closes".into(),
+                    }))
+                    .await;
+                // Drain until the peer answers the close.
+                while let Some(Ok(_)) = ws.next().await {}
+                return;
+            }
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                if ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Close(_)) => {
+                // tungstenite answers the close handshake itself.
+                let _ = ws.flush().await;
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+async fn metrics_app(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/metrics") => {
+            let r = state.reported.lock().unwrap().clone();
+            let body = format!(
+                "# HELP conman_containers Containers running on this VM.\n# TYPE conman_containers gauge\n\
+conman_containers {}\n# HELP conman_cpu_utilization CPU utilisation, 0 to 1.\n# TYPE conman_cpu_utilization gauge\n\
+conman_cpu_utilization {}\n# HELP conman_ready 1 when the VM takes new containers.\n# TYPE conman_ready gauge\n\
+conman_ready {}\n# HELP fakevm_requests_total HTTP requests and upgrades received.\n# TYPE fakevm_requests_total counter\n\
+fakevm_requests_total {}\n# HELP fakevm_websockets_open WebSocket connections open now.\n# TYPE fakevm_websockets_open gauge\n\
+fakevm_websockets_open {}\n",
+                r.containers,
+                r.cpu,
+                r.ready as u8,
+                state.requests.load(Ordering::Relaxed),
+                state.ws_open.load(Ordering::Relaxed),
+            );
+            Ok(Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap())
+        }
+        ("POST", "/control") => {
+            let bytes = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "unreadable body\n")),
+            };
+            let c: ControlBody = match serde_json::from_slice(&bytes) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Ok(text(
+                        StatusCode::BAD_REQUEST,
+                        format!("bad control JSON: {e}\n"),
+                    ))
+                }
+            };
+            let mut r = state.reported.lock().unwrap();
+            if let Some(v) = c.containers {
+                r.containers = v;
+            }
+            if let Some(v) = c.cpu {
+                r.cpu = v;
+            }
+            if let Some(v) = c.ready {
+                r.ready = v;
+            }
+            Ok(Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_string(&*r).unwrap())))
+                .unwrap())
+        }
+        _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
+    }
+}
+
+async fn serve_loop<F, Fut>(listener: TcpListener, state: Arc<State>, f: F)
+where
+    F: Fn(Arc<State>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| f(st.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// Binds both listeners, prints their addresses and serves forever.
+pub async fn run(opts: FakeVmOptions) -> std::io::Result<()> {
+    let http = TcpListener::bind(opts.listen).await?;
+    let metrics = TcpListener::bind(opts.metrics_listen).await?;
+    println!(
+        "fake-vm {} listening http={} metrics={}",
+        opts.id,
+        http.local_addr()?,
+        metrics.local_addr()?
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let state = Arc::new(State {
+        id: opts.id,
+        reported: Mutex::new(Reported {
+            containers: opts.containers,
+            cpu: opts.cpu,
+            ready: true,
+        }),
+        requests: AtomicU64::new(0),
+        ws_open: AtomicU64::new(0),
+        closing: AtomicBool::new(false),
+    });
+    let m = tokio::spawn(serve_loop(metrics, state.clone(), metrics_app));
+    serve_loop(http, state.clone(), app).await;
+    state.closing.store(true, Ordering::Relaxed);
+    m.abort();
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! The admin listener (DESIGN §5): `/metrics`, `/healthz`, `/readyz`,
+//! `/debug/route`, `/debug/snapshot` and a small status page at `/`.
+//!
+//! Where it sits: a second Pingora service in the same process, bound to
+//! `edge.admin_listen` (loopback by default). When an admin token is
+//! configured every path but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>`. Start at [`AdminApp::handle`].
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::service::{now_ms, Edge};
+
+pub struct AdminApp {
+    pub edge: Edge,
+}
+
+fn resp(status: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap()
+}
+
+/// Decodes `%XX` and `+` in a query value.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(v) => {
+                    out.push(v);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+impl AdminApp {
+    pub fn handle(
+        &self,
+        path: &str,
+        query: &str,
+        authorization: Option<&str>,
+    ) -> Response<Vec<u8>> {
+        let edge = &self.edge;
+        if let Some(token) = &edge.cfg.security.admin_token {
+            let open = matches!(path, "/healthz" | "/readyz");
+            let ok = authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .map(|t| t == token)
+                .unwrap_or(false);
+            if !open && !ok {
+                return resp(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "admin token required\n",
+                );
+            }
+        }
+        let now = now_ms();
+        match path {
+            "/healthz" => resp(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" => {
+                if edge.table.is_ready() {
+                    resp(
+                        StatusCode::OK,
+                        "text/plain",
+                        format!("ready version={}\n", edge.table.load().version()),
+                    )
+                } else {
+                    resp(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "not ready: no placement table yet\n",
+                    )
+                }
+            }
+            "/metrics" => {
+                edge.metrics.refresh_from(&edge.table, now);
+                resp(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    edge.metrics.render(),
+                )
+            }
+            "/debug/route" => {
+                let Some(host) = query_param(query, "host") else {
+                    return resp(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        "usage: /debug/route?host=HOST&path=PATH\n",
+                    );
+                };
+                let path = query_param(query, "path").unwrap_or_else(|| "/".into());
+                let table = edge.table.load_full();
+                resp(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    crate::route::explain(&edge.route, &table, &host, &path, now),
+                )
+            }
+            "/debug/snapshot" => {
+                let table = edge.table.load_full();
+                let published = edge.table.published_at_ms();
+                let body = serde_json::json!({
+                    "version": table.version(),
+                    "ready": table.is_loaded(),
+                    "published_at_ms": published,
+                    "age_seconds": if published == 0 { 0.0 } else { now.saturating_sub(published) as f64 / 1000.0 },
+                    "rejected_loads": edge.table.rejected(),
+                    "counts": table.counts(),
+                });
+                resp(StatusCode::OK, "application/json", format!("{body}\n"))
+            }
+            "/" => resp(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                self.status_page(now),
+            ),
+            _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+
+    fn status_page(&self, now: u64) -> String {
+        let e = &self.edge;
+        let t = e.table.load_full();
+        let c = t.counts();
+        let published = e.table.published_at_ms();
+        let age = if published == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1} s", now.saturating_sub(published) as f64 / 1000.0)
+        };
+        let mut clusters = String::new();
+        if t.is_loaded() {
+            let local = t.local_region();
+            let shares: std::collections::HashMap<u32, f64> =
+                t.ring(local).shares().into_iter().collect();
+            for (i, cl) in t
+                .clusters()
+                .iter()
+                .enumerate()
+                .filter(|(_, cl)| cl.region == local)
+            {
+                let active = cl
+                    .vms
+                    .iter()
+                    .filter(|&&v| {
+                        t.vm(v).state == edgeplane_control_sync::snapshot::VmState::Active
+                    })
+                    .count();
+                clusters.push_str(&format!(
+                    "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{active}/{}</td><td>{:.1}%</td></tr>",
+                    html_escape(&cl.name),
+                    cl.state,
+                    cl.weight,
+                    cl.vms.len(),
+                    shares.get(&(i as u32)).copied().unwrap_or(0.0) * 100.0
+                ));
+            }
+        }
+        let region = if t.is_loaded() {
+            t.region(t.local_region()).name.to_string()
+        } else {
+            e.cfg.edge.region.clone()
+        };
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>edgeplane {region}</title>\
+<style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style></head>\
+<body><h1>edgeplane · {region} · {inst}</h1>\
+<p>placement table version <b>{ver}</b> (age {age}, {rej} rejected loads): {repls} repls, {vms} VMs, {cls} clusters, {doms} custom domains, {tombs} tombstones.</p>\
+<h2>Clusters of this region</h2><table><tr><th>cluster</th><th>state</th><th>weight</th><th>active VMs</th><th>ring share</th></tr>{clusters}</table>\
+<p><a href=\"/metrics\">metrics</a> · <a href=\"/debug/snapshot\">snapshot</a> · <a href=\"/readyz\">readyz</a></p></body></html>\n",
+            region = html_escape(&region),
+            inst = html_escape(&e.cfg.edge.instance_id),
+            ver = t.version(),
+            rej = e.table.rejected(),
+            repls = c.repls,
+            vms = c.vms,
+            cls = c.clusters,
+            doms = c.custom_domains,
+            tombs = c.tombstones,
+        )
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().unwrap_or("").to_string();
+        let auth = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        self.handle(&path, &query, auth.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(
+            query_param("host=app1.repl.co&path=%2Fx%3Fy", "path").as_deref(),
+            Some("/x?y")
+        );
+        assert_eq!(query_param("host=a", "path"), None);
+    }
+}

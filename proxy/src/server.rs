@@ -1,0 +1,137 @@
+//! Process assembly for `edgeplane serve`: load the placement table, build
+//! the shared [`Edge`], and run the proxy and admin services on a Pingora
+//! `Server` (which handles `--upgrade` fd hand-over and `--daemon`).
+//!
+//! Listeners given with port 0 get a free port from the OS; the chosen
+//! addresses are printed on stdout (`edgeplane: proxy listening on ...`) so
+//! tests and scripts never need fixed ports. Start at [`run`].
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+
+use edgeplane_config::{Config, PlacementSource};
+use edgeplane_control_sync::file_source::{FileSource, DEFAULT_WATCH_INTERVAL};
+use edgeplane_control_sync::{SnapshotError, TableHandle};
+
+use crate::admin::AdminApp;
+use crate::metrics::Metrics;
+use crate::service::Edge;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("placement: {0}")]
+    Placement(#[from] SnapshotError),
+    #[error("placement source {0:?} is not available in this build yet (use source = \"file\")")]
+    SourceNotAvailable(&'static str),
+    #[error("cannot reserve a port for {addr}: {err}")]
+    Port {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
+}
+
+/// Pingora flags that pass through `edgeplane serve`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServeFlags {
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Asks the OS for a free port when `addr` has port 0.
+fn concrete(addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let l = TcpListener::bind(addr).map_err(|err| ServeError::Port { addr, err })?;
+    l.local_addr().map_err(|err| ServeError::Port { addr, err })
+}
+
+/// Loads the configured placement source into a fresh handle and, for a
+/// file source, starts its watcher.
+pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
+    let handle = TableHandle::new();
+    match &cfg.placement.source {
+        PlacementSource::File(path) => {
+            let mut src = FileSource::new(path, &cfg.edge.region);
+            src.load_into(&handle)?;
+            src.watch(
+                handle.clone(),
+                DEFAULT_WATCH_INTERVAL,
+                Arc::new(AtomicBool::new(false)),
+            );
+        }
+        PlacementSource::Postgres(_) => return Err(ServeError::SourceNotAvailable("postgres")),
+        PlacementSource::Redis(_) => return Err(ServeError::SourceNotAvailable("redis")),
+    }
+    Ok(handle)
+}
+
+/// Runs the edge until it is told to stop. Never returns on success.
+pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
+    let table = load_placement(&cfg)?;
+    let listen: Vec<SocketAddr> = cfg
+        .edge
+        .listen
+        .iter()
+        .map(|&a| concrete(a))
+        .collect::<Result<_, _>>()?;
+    let admin_addr = concrete(cfg.edge.admin_listen)?;
+
+    let conf = ServerConf {
+        threads: cfg.edge.threads,
+        work_stealing: false,
+        pid_file: cfg.edge.pid_file.display().to_string(),
+        upgrade_sock: cfg.edge.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(cfg.edge.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let edge = Edge::new(Arc::new(cfg), table, metrics);
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        edge.clone(),
+        "edgeplane proxy",
+    );
+    for a in &listen {
+        proxy.add_tcp(&a.to_string());
+    }
+    let mut admin = Service::new(
+        "edgeplane admin".to_string(),
+        AdminApp { edge: edge.clone() },
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&admin_addr.to_string());
+
+    for a in &listen {
+        println!("edgeplane: proxy listening on {a}");
+    }
+    println!("edgeplane: admin listening on {admin_addr}");
+    println!(
+        "edgeplane: region {} instance {} table version {}",
+        edge.cfg.edge.region,
+        edge.cfg.edge.instance_id,
+        edge.table.load().version()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.run_forever()
+}

@@ -1,0 +1,471 @@
+//! The Pingora `ProxyHttp` implementation: thin glue that turns a request
+//! head into a [`RouteRequest`], asks [`route::decide`], and carries out the
+//! [`Decision`] (proxy to a VM, forward to a peer edge with a signed hop
+//! header, or answer with a small error page).
+//!
+//! Where it sits: one [`Edge`] per process, shared by every connection;
+//! [`crate::server`] wires it into a Pingora `Server`.
+//!
+//! Invariants:
+//! - Client-sent `x-edgeplane-*` headers never reach a VM or peer: all are
+//!   removed and the edge sets its own.
+//! - `x-forwarded-for/-proto/-host` are overwritten with what this edge saw,
+//!   except on a request from a peer edge whose hop header verified, where
+//!   the first edge's values are kept.
+//! - Keep-alive idle is bounded (Pingora's default after the first request
+//!   is forever), header count and bytes are capped (431).
+//! - No DNS and no lock on this path: addresses are pre-parsed in the table,
+//!   the table is one ArcSwap load.
+//!
+//! Start at [`Edge::request_filter`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use edgeplane_config::Config;
+use edgeplane_control_sync::TableHandle;
+
+use crate::metrics::Metrics;
+use crate::pages;
+use crate::route::signing::{sign_hop, verify_hop};
+use crate::route::{self, Decision, ForwardReason, RouteContext, RouteRequest};
+
+pub const HOP_HEADER: &str = "x-edgeplane-hop";
+pub const REPLAY_HEADER: &str = "x-edgeplane-replay";
+pub const TRANSFER_FROM_HEADER: &str = "x-edgeplane-transfer-from";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything a request needs, shared by all of them. Cloning shares the
+/// same state (the admin listener holds a clone).
+#[derive(Clone)]
+pub struct Edge {
+    pub cfg: Arc<Config>,
+    pub route: Arc<RouteContext>,
+    pub table: TableHandle,
+    pub metrics: Arc<Metrics>,
+    request_seq: Arc<AtomicU64>,
+}
+
+impl Edge {
+    pub fn new(cfg: Arc<Config>, table: TableHandle, metrics: Arc<Metrics>) -> Edge {
+        Edge {
+            route: Arc::new(RouteContext::from_config(&cfg)),
+            cfg,
+            table,
+            metrics,
+            request_seq: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{:x}-{n:x}", self.cfg.edge.instance_id, now_ms())
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    decision: Option<Decision>,
+    /// Verified hop count of the incoming request (0 = from a client).
+    hops_in: u8,
+    /// Canonical host, kept only when it must be signed into a forward.
+    forward_host: Option<String>,
+    /// Name of the cluster a lazy transfer moves from.
+    transfer_from: Option<Box<str>>,
+    request_id: Option<String>,
+    status: u16,
+    tunnel: bool,
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Edge {
+    /// Writes one of the edge's own responses.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+    ) -> Result<()> {
+        let id = ctx
+            .request_id
+            .get_or_insert_with(|| self.next_request_id())
+            .clone();
+        let body = pages::error_page(status, &id);
+        let mut resp = ResponseHeader::build(status, Some(5))?;
+        resp.insert_header("content-type", "text/html; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header(REQUEST_ID_HEADER, id)?;
+        if status == 503 {
+            resp.insert_header("retry-after", "5")?;
+        }
+        ctx.status = status;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            decision: None,
+            hops_in: 0,
+            forward_host: None,
+            transfer_from: None,
+            request_id: None,
+            status: 0,
+            tunnel: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.start = Instant::now();
+        session.set_keepalive(Some(self.cfg.limits.keepalive_idle.as_secs().max(1)));
+        let limits = &self.cfg.limits;
+        let req = session.req_header();
+        let too_many = req.headers.len() > limits.max_headers;
+        let too_big = !too_many && {
+            let bytes: usize = req
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum();
+            bytes > limits.max_header_bytes
+        };
+        if too_many || too_big {
+            self.respond(session, ctx, 431).await?;
+            return Ok(true);
+        }
+
+        let now = now_ms();
+        let host = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
+        let authority = req.uri.authority().map(|a| a.as_str());
+        // A hop header counts only if it verifies for this request's host.
+        let hops_in = match (req.headers.get(HOP_HEADER), host) {
+            (Some(v), Some(h)) => match route::host::canonical_host(h) {
+                Ok(c) => verify_hop(
+                    &self.cfg.security.hop_secret,
+                    v.as_bytes(),
+                    now / 1000,
+                    c.as_str(),
+                )
+                .map(|hop| hop.hops)
+                .unwrap_or(0),
+                Err(_) => 0,
+            },
+            _ => 0,
+        };
+        ctx.hops_in = hops_in;
+        let bearer = header_str(req, "authorization").and_then(|a| a.strip_prefix("Bearer "));
+        let rreq = RouteRequest {
+            host,
+            authority,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            bearer,
+            hops: hops_in,
+            now_ms: now,
+            dry_run: false,
+        };
+        let table = self.table.load();
+        let decision = route::decide(&self.route, &table, &rreq, &mut ());
+        match decision {
+            Decision::Reject { reason, .. } => {
+                ctx.decision = Some(decision);
+                drop(table);
+                self.respond(session, ctx, reason.status()).await?;
+                return Ok(true);
+            }
+            Decision::Forward { region, reason, .. } => {
+                self.metrics
+                    .forwards
+                    .with_label_values(&[&table.region(region).name, reason.as_str()])
+                    .inc();
+                if reason == ForwardReason::Tombstone {
+                    self.metrics.tombstone_hits.inc();
+                }
+                ctx.forward_host = host
+                    .and_then(|h| route::host::canonical_host(h).ok())
+                    .map(|c| c.as_str().to_string());
+            }
+            Decision::Vm { transfer_from, .. } => {
+                ctx.transfer_from = transfer_from.map(|c| table.cluster(c).name.clone());
+            }
+        }
+        ctx.decision = Some(decision);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let addr: SocketAddr = match ctx.decision {
+            Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
+            _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let limits = &self.cfg.limits;
+        peer.options.connection_timeout = Some(limits.upstream_connect_timeout);
+        peer.options.total_connection_timeout = Some(limits.upstream_connect_timeout);
+        peer.options.read_timeout = Some(if session.is_upgrade_req() {
+            limits.tunnel_idle_timeout
+        } else {
+            limits.upstream_read_timeout
+        });
+        peer.options.write_timeout = Some(limits.upstream_read_timeout);
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Drop every client-sent internal header.
+        let internal: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-edgeplane-"))
+            .cloned()
+            .collect();
+        for k in internal {
+            upstream.remove_header(&k);
+        }
+        let trusted_peer = ctx.hops_in > 0;
+        if !trusted_peer {
+            let client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            upstream.insert_header("x-forwarded-for", client_ip)?;
+            upstream.insert_header("x-forwarded-proto", "http")?;
+            let host = session
+                .req_header()
+                .headers
+                .get(http::header::HOST)
+                .cloned();
+            match host {
+                Some(h) => upstream.insert_header("x-forwarded-host", h)?,
+                None => {
+                    upstream.remove_header("x-forwarded-host");
+                }
+            }
+            let id = self.next_request_id();
+            upstream.insert_header(REQUEST_ID_HEADER, id.as_str())?;
+            ctx.request_id = Some(id);
+        } else {
+            match header_str(session.req_header(), REQUEST_ID_HEADER) {
+                Some(id) => ctx.request_id = Some(id.to_string()),
+                None => {
+                    let id = self.next_request_id();
+                    upstream.insert_header(REQUEST_ID_HEADER, id.as_str())?;
+                    ctx.request_id = Some(id);
+                }
+            }
+        }
+        match ctx.decision {
+            Some(Decision::Forward { hops, .. }) => {
+                let host = ctx.forward_host.as_deref().unwrap_or("");
+                let table = self.table.load();
+                let origin = table.region(table.local_region()).name.clone();
+                drop(table);
+                let v = sign_hop(
+                    &self.cfg.security.hop_secret,
+                    &origin,
+                    hops,
+                    now_ms() / 1000,
+                    host,
+                );
+                upstream.insert_header(HOP_HEADER, v)?;
+            }
+            Some(Decision::Vm { .. }) => {
+                if let Some(from) = &ctx.transfer_from {
+                    upstream.insert_header(TRANSFER_FROM_HEADER, from.as_ref())?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.remove_header(REPLAY_HEADER);
+        if resp.status.as_u16() == 101 && !ctx.tunnel {
+            ctx.tunnel = true;
+            self.metrics.tunnels_active.inc();
+        }
+        if let Some(id) = &ctx.request_id {
+            if !resp.headers.contains_key(REQUEST_ID_HEADER) {
+                resp.insert_header(REQUEST_ID_HEADER, id.as_str())?;
+            }
+        }
+        ctx.status = resp.status.as_u16();
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (code, reason) = match e.etype() {
+            ErrorType::HTTPStatus(code) => (*code, "status"),
+            ErrorType::ConnectTimedout => (504, "connect_timeout"),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, "timeout"),
+            ErrorType::ConnectRefused => (502, "connect_refused"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "upstream"),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "downstream_closed")
+                    }
+                    _ => (400, "downstream"),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => (500, "internal"),
+            },
+        };
+        if e.esource() == &ErrorSource::Upstream
+            || matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout | ErrorType::ConnectRefused
+            )
+        {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[reason])
+                .inc();
+            // A VM that refused us should not stay the remembered pick.
+            if let Some(Decision::Vm {
+                repl,
+                reason: route::VmReason::Picked | route::VmReason::Remembered,
+                ..
+            }) = ctx.decision
+            {
+                let table = self.table.load();
+                self.route.memory.forget(table.repl(repl).id_hash);
+            }
+        }
+        if code > 0 && self.respond(session, ctx, code).await.is_err() {
+            log::debug!("could not send error page: {e}");
+        }
+        ctx.status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.tunnel {
+            self.metrics.tunnels_active.dec();
+        }
+        let (kind, outcome) = match ctx.decision {
+            Some(d @ Decision::Vm { .. }) => (d.kind().as_str(), "proxied"),
+            Some(d @ Decision::Forward { .. }) => (d.kind().as_str(), "forwarded"),
+            Some(d @ Decision::Reject { .. }) => (d.kind().as_str(), "rejected"),
+            None => ("unknown", "rejected"),
+        };
+        let outcome = if ctx.status >= 500 && outcome != "rejected" {
+            "error"
+        } else {
+            outcome
+        };
+        let mut code_buf = itoa_u16(ctx.status);
+        self.metrics
+            .requests
+            .with_label_values(&[kind, outcome, code_buf.as_str()])
+            .inc();
+        code_buf.clear();
+        self.metrics
+            .duration
+            .observe(ctx.start.elapsed().as_secs_f64());
+    }
+}
+
+/// A status code as text without going through `format!`.
+fn itoa_u16(n: u16) -> SmallStr {
+    let mut s = SmallStr {
+        buf: [0; 5],
+        len: 0,
+    };
+    let mut digits = [0u8; 5];
+    let mut i = 0;
+    let mut n = n;
+    loop {
+        digits[i] = b'0' + (n % 10) as u8;
+        i += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    while i > 0 {
+        i -= 1;
+        s.buf[s.len] = digits[i];
+        s.len += 1;
+    }
+    s
+}
+
+struct SmallStr {
+    buf: [u8; 5],
+    len: usize,
+}
+
+impl SmallStr {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_codes_print() {
+        assert_eq!(super::itoa_u16(0).as_str(), "0");
+        assert_eq!(super::itoa_u16(404).as_str(), "404");
+        assert_eq!(super::itoa_u16(65535).as_str(), "65535");
+    }
+}
