@@ -1,0 +1,350 @@
+//! Test harness: real `edgeplane` and `edgeplane-bench fake-vm` processes on
+//! OS-chosen loopback ports, and a small raw HTTP/1.1 client that sends
+//! exactly the Host and headers a test gives it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const HOP_SECRET: &str = "test-hop-secret-0123456789";
+pub const WS_KEY: &str = "test-workspace-key-0123456789";
+
+fn bin(name: &str) -> PathBuf {
+    let edge = PathBuf::from(env!("CARGO_BIN_EXE_edgeplane"));
+    let p = edge.with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        p.display()
+    );
+    p
+}
+
+pub fn edgeplane_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edgeplane"))
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads stdout lines until `want` returns Some for each of `n` values.
+fn read_lines<T>(child: &mut Child, n: usize, want: impl Fn(&str) -> Option<T>) -> Vec<T> {
+    let out = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(out);
+    let mut got = Vec::new();
+    let mut line = String::new();
+    while got.len() < n {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("process exited before printing its addresses");
+        }
+        if let Some(v) = want(line.trim()) {
+            got.push(v);
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    got
+}
+
+pub struct FakeVm {
+    _proc: Proc,
+    pub http: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl FakeVm {
+    pub fn start(id: &str) -> FakeVm {
+        let mut child = Command::new(bin("edgeplane-bench"))
+            .args([
+                "fake-vm",
+                "--id",
+                id,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fake-vm");
+        let addrs = read_lines(&mut child, 1, |l| {
+            let http = l
+                .split("http=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<SocketAddr>()
+                .ok()?;
+            let metrics = l.split("metrics=").nth(1)?.parse::<SocketAddr>().ok()?;
+            Some((http, metrics))
+        });
+        FakeVm {
+            _proc: Proc(child),
+            http: addrs[0].0,
+            metrics: addrs[0].1,
+        }
+    }
+
+    /// `fakevm_requests_total` as the VM reports it.
+    pub async fn requests(&self) -> u64 {
+        let r = get(self.metrics, "vm", "/metrics", &[]).await;
+        metric_value(&r.body_str(), "fakevm_requests_total").expect("fakevm_requests_total") as u64
+    }
+}
+
+/// A running edge with its own temp dir (config, secrets, snapshot).
+pub struct Edge {
+    _proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Edge {
+    /// Starts an edge of `region` serving `snapshot` (JSON), with extra TOML
+    /// lines appended to its `[limits]` section.
+    pub async fn start(region: &str, snapshot: &serde_json::Value, limits: &str) -> Edge {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
+        std::fs::write(d.join("ws.key"), WS_KEY).unwrap();
+        std::fs::write(
+            d.join("snapshot.json"),
+            serde_json::to_vec_pretty(snapshot).unwrap(),
+        )
+        .unwrap();
+        let toml = format!(
+            "[edge]\nregion = \"{region}\"\ninstance_id = \"{region}-test\"\nlisten = [\"127.0.0.1:0\"]\n\
+admin_listen = \"127.0.0.1:0\"\nthreads = 2\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\
+grace_period_ms = 0\n\n[placement]\nfile = \"snapshot.json\"\n\n[limits]\n{limits}\n\n\
+[security]\nhop_secret_file = \"hop.secret\"\nworkspace_token_key_file = \"ws.key\"\n"
+        );
+        std::fs::write(d.join("edge.toml"), toml).unwrap();
+        let mut child = Command::new(edgeplane_bin())
+            .args(["serve", "-c"])
+            .arg(d.join("edge.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn edgeplane");
+        let addrs = read_lines(&mut child, 2, |l| {
+            let a = l
+                .strip_prefix("edgeplane: proxy listening on ")
+                .map(|a| ("proxy", a));
+            let a = a.or_else(|| {
+                l.strip_prefix("edgeplane: admin listening on ")
+                    .map(|a| ("admin", a))
+            })?;
+            Some((a.0, a.1.parse::<SocketAddr>().ok()?))
+        });
+        let map: HashMap<_, _> = addrs.into_iter().collect();
+        let edge = Edge {
+            _proc: Proc(child),
+            dir,
+            proxy: map["proxy"],
+            admin: map["admin"],
+        };
+        edge.wait_ready().await;
+        edge
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = try_request(self.admin, "GET", "admin", "/readyz", &[], &[]).await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "edge never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.dir.path().join("snapshot.json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        get(self.admin, "admin", "/metrics", &[]).await.body_str()
+    }
+
+    pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        get(self.proxy, host, path, headers).await
+    }
+}
+
+/// The value of the first sample of `name{labels...}` whose line contains all `parts`.
+pub fn metric_with(text: &str, name: &str, parts: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
+        })
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    metric_with(text, name, &[])
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_str()))
+    }
+    /// Which fake VM answered.
+    pub fn served_by(&self) -> Option<&str> {
+        self.header("x-served-by")
+    }
+}
+
+pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    try_request(addr, "GET", host, path, headers, &[])
+        .await
+        .expect("request failed")
+}
+
+/// Sends one request with `Connection: close` and reads the whole answer.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"))??;
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("head not utf8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("empty"))?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("chunk size"))?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap_or("").trim(), 16)
+                    .map_err(|_| bad("chunk size"))?;
+            rest = &rest[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Writes a snapshot file atomically (rename), as a control plane would.
+pub fn write_snapshot(path: &Path, snap: &serde_json::Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(snap).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `/debug/snapshot` until `f` holds or 10 s pass.
+pub async fn wait_snapshot(
+    edge: &Edge,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = get(edge.admin, "admin", "/debug/snapshot", &[])
+            .await
+            .json();
+        if f(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshot never reached the expected state: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
