@@ -94,12 +94,7 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
         tokio::spawn(async move {
             match upgrade.await {
                 Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        None,
-                    )
-                    .await;
+                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
                     st.ws_open.fetch_add(1, Ordering::Relaxed);
                     echo(ws).await;
                     st.ws_open.fetch_sub(1, Ordering::Relaxed);
@@ -118,11 +113,7 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
     }
 
     let method = req.method().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let host = req
         .headers()
         .get("host")
@@ -189,10 +180,7 @@ where
     }
 }
 
-async fn metrics_app(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn metrics_app(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => {
             let r = state.reported.lock().unwrap().clone();
@@ -221,12 +209,7 @@ fakevm_websockets_open {}\n",
             };
             let c: ControlBody = match serde_json::from_slice(&bytes) {
                 Ok(c) => c,
-                Err(e) => {
-                    return Ok(text(
-                        StatusCode::BAD_REQUEST,
-                        format!("bad control JSON: {e}\n"),
-                    ))
-                }
+                Err(e) => return Ok(text(StatusCode::BAD_REQUEST, format!("bad control JSON: {e}\n"))),
             };
             let mut r = state.reported.lock().unwrap();
             if let Some(v) = c.containers {

@@ -29,6 +29,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0)]
         cpu: f64,
     },
+    /// Open a WebSocket through an edge, send MESSAGE, print the echo.
+    Ws {
+        /// The edge's proxy address.
+        #[arg(long)]
+        edge: SocketAddr,
+        /// Host header (the app).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        message: String,
+    },
     /// Write a synthetic placement snapshot (JSON) for load runs.
     World {
         #[arg(long, default_value_t = 1_000_000)]
@@ -61,6 +73,15 @@ fn main() -> anyhow::Result<()> {
                 cpu,
             }))?;
         }
+        Cmd::Ws {
+            edge,
+            host,
+            path,
+            message,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(ws_once(edge, &host, &path, &message))?;
+        }
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {
                 repls,
@@ -70,5 +91,31 @@ fn main() -> anyhow::Result<()> {
             serde_json::to_writer(std::io::stdout().lock(), &snap)?;
         }
     }
+    Ok(())
+}
+
+async fn ws_once(edge: SocketAddr, host: &str, path: &str, message: &str) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let stream = tokio::net::TcpStream::connect(edge).await?;
+    let req = format!("ws://{host}{path}").into_client_request()?;
+    let (mut ws, resp) = match tokio_tungstenite::client_async(req, stream).await {
+        Ok(ok) => ok,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => anyhow::bail!("upgrade refused: HTTP {}", r.status()),
+        Err(e) => return Err(e.into()),
+    };
+    let by = resp
+        .headers()
+        .get("x-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?");
+    println!("connected through {edge} to {by}");
+    ws.send(Message::text(message)).await?;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(m))) => println!("echo: {}", m.to_text().unwrap_or("<binary>")),
+        other => anyhow::bail!("no echo: {other:?}"),
+    }
+    ws.close(None).await?;
     Ok(())
 }

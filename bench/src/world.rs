@@ -75,9 +75,7 @@ pub fn synthetic(shape: WorldShape, vm_addr: impl Fn(usize) -> String) -> Snapsh
         });
         if shape.running_every > 0 && i % shape.running_every == 0 {
             // A VM of a cluster in the repl's region.
-            let cluster = (i / shape.regions % (shape.clusters / shape.regions).max(1))
-                * shape.regions
-                + region;
+            let cluster = (i / shape.regions % (shape.clusters / shape.regions).max(1)) * shape.regions + region;
             let cluster = cluster.min(shape.clusters - 1);
             s.containers.push(ContainerRow {
                 repl_id: format!("r{i}"),

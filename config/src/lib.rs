@@ -145,10 +145,7 @@ impl std::fmt::Debug for SecurityConfig {
                 "workspace_token_key",
                 &self.workspace_token_key.as_ref().map(|_| "<redacted>"),
             )
-            .field(
-                "admin_token",
-                &self.admin_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }

@@ -92,15 +92,10 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             .map_err(|_| loc.err("edge.listen", format!("{l:?} is not an ip:port address")))?;
         listen.push(a);
     }
-    let admin_raw = e
-        .admin_listen
-        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
-    let admin_listen: SocketAddr = admin_raw.parse().map_err(|_| {
-        loc.err(
-            "edge.admin_listen",
-            format!("{admin_raw:?} is not an ip:port address"),
-        )
-    })?;
+    let admin_raw = e.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
+    let admin_listen: SocketAddr = admin_raw
+        .parse()
+        .map_err(|_| loc.err("edge.admin_listen", format!("{admin_raw:?} is not an ip:port address")))?;
     let threads = e.threads.unwrap_or(DEFAULT_THREADS);
     if !(1..=256).contains(&threads) {
         return Err(loc.err("edge.threads", "must be between 1 and 256"));
@@ -119,16 +114,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     let h = raw.hosting.unwrap_or_default();
     let mut suffixes = Vec::new();
     for s in h.suffixes.unwrap_or_else(|| vec![DEFAULT_SUFFIX.into()]) {
-        let s = s
-            .trim_start_matches('.')
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        if s.is_empty()
-            || !s.contains('.')
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
+        let s = s.trim_start_matches('.').trim_end_matches('.').to_ascii_lowercase();
+        if s.is_empty() || !s.contains('.') || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
             return Err(loc.err(
                 "hosting.suffixes",
                 format!("{s:?} is not a domain suffix like \"repl.co\""),
@@ -137,10 +124,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         suffixes.push(s);
     }
     if suffixes.is_empty() {
-        return Err(loc.err(
-            "hosting.suffixes",
-            "at least one hosting suffix is required",
-        ));
+        return Err(loc.err("hosting.suffixes", "at least one hosting suffix is required"));
     }
     let workspace_path_prefix = h
         .workspace_path_prefix
@@ -157,39 +141,32 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
 
     // [placement]
     let p = raw.placement.unwrap_or_default();
-    let source =
-        match p.source.as_deref().unwrap_or("file") {
-            "file" => {
-                let f = p
-                    .file
-                    .ok_or_else(|| loc.err("placement.file", "required when source = \"file\""))?;
-                PlacementSource::File(resolve(&f))
-            }
-            "postgres" => PlacementSource::Postgres(p.postgres_url.ok_or_else(|| {
-                loc.err(
-                    "placement.postgres_url",
-                    "required when source = \"postgres\"",
-                )
-            })?),
-            "redis" => PlacementSource::Redis(p.redis_url.ok_or_else(|| {
-                loc.err("placement.redis_url", "required when source = \"redis\"")
-            })?),
-            other => {
-                return Err(loc.err(
-                    "placement.source",
-                    format!("{other:?} is not one of \"file\", \"postgres\", \"redis\""),
-                ))
-            }
-        };
+    let source = match p.source.as_deref().unwrap_or("file") {
+        "file" => {
+            let f = p
+                .file
+                .ok_or_else(|| loc.err("placement.file", "required when source = \"file\""))?;
+            PlacementSource::File(resolve(&f))
+        }
+        "postgres" => PlacementSource::Postgres(
+            p.postgres_url
+                .ok_or_else(|| loc.err("placement.postgres_url", "required when source = \"postgres\""))?,
+        ),
+        "redis" => PlacementSource::Redis(
+            p.redis_url
+                .ok_or_else(|| loc.err("placement.redis_url", "required when source = \"redis\""))?,
+        ),
+        other => {
+            return Err(loc.err(
+                "placement.source",
+                format!("{other:?} is not one of \"file\", \"postgres\", \"redis\""),
+            ))
+        }
+    };
     let shadow = match p.shadow.as_deref() {
         None | Some("none") | Some("") => None,
         Some("redis") => Some("redis".to_string()),
-        Some(other) => {
-            return Err(loc.err(
-                "placement.shadow",
-                format!("{other:?} is not \"redis\" or \"none\""),
-            ))
-        }
+        Some(other) => return Err(loc.err("placement.shadow", format!("{other:?} is not \"redis\" or \"none\""))),
     };
     let placement = PlacementConfig {
         source,
@@ -220,10 +197,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         max_header_bytes: l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
         max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
         keepalive_idle: ms(l.keepalive_idle_ms, DEFAULT_KEEPALIVE_IDLE),
-        upstream_connect_timeout: ms(
-            l.upstream_connect_timeout_ms,
-            DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
-        ),
+        upstream_connect_timeout: ms(l.upstream_connect_timeout_ms, DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
         upstream_read_timeout: ms(l.upstream_read_timeout_ms, DEFAULT_UPSTREAM_READ_TIMEOUT),
         tunnel_idle_timeout: ms(l.tunnel_idle_timeout_ms, DEFAULT_TUNNEL_IDLE_TIMEOUT),
         max_hops: l.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
@@ -238,14 +212,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         return Err(loc.err("limits.keepalive_idle_ms", "must be at least 1000"));
     }
     for (key, d) in [
-        (
-            "limits.upstream_connect_timeout_ms",
-            limits.upstream_connect_timeout,
-        ),
-        (
-            "limits.upstream_read_timeout_ms",
-            limits.upstream_read_timeout,
-        ),
+        ("limits.upstream_connect_timeout_ms", limits.upstream_connect_timeout),
+        ("limits.upstream_read_timeout_ms", limits.upstream_read_timeout),
         ("limits.tunnel_idle_timeout_ms", limits.tunnel_idle_timeout),
     ] {
         if d.is_zero() {
@@ -260,14 +228,10 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     let s = raw.security.unwrap_or_default();
     let read_secret = |key: &str, file: &str| -> Result<Vec<u8>, ConfigError> {
         let path = resolve(file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| loc.err(key, format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(&path).map_err(|e| loc.err(key, format!("cannot read {}: {e}", path.display())))?;
         let trimmed = bytes.trim_ascii();
         if trimmed.len() < 16 {
-            return Err(loc.err(
-                key,
-                format!("{} holds fewer than 16 bytes of secret", path.display()),
-            ));
+            return Err(loc.err(key, format!("{} holds fewer than 16 bytes of secret", path.display())));
         }
         Ok(trimmed.to_vec())
     };
@@ -329,9 +293,7 @@ fn check_name(s: &str) -> Result<(), String> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return Err(format!(
-            "{s:?} may only hold letters, digits, '-', '_' and '.'"
-        ));
+        return Err(format!("{s:?} may only hold letters, digits, '-', '_' and '.'"));
     }
     Ok(())
 }
@@ -355,16 +317,10 @@ mod tests {
         let (dir, path) = setup(MINIMAL);
         let c = crate::load(&path).unwrap();
         assert_eq!(c.edge.region, "us-east1");
-        assert_eq!(
-            c.edge.listen,
-            vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]
-        );
+        assert_eq!(c.edge.listen, vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.hosting.suffixes, vec!["repl.co".to_string()]);
         assert_eq!(c.limits.keepalive_idle, DEFAULT_KEEPALIVE_IDLE);
-        assert_eq!(
-            c.placement.source,
-            PlacementSource::File(dir.path().join("snap.json"))
-        );
+        assert_eq!(c.placement.source, PlacementSource::File(dir.path().join("snap.json")));
         assert_eq!(
             c.security.hop_secret,
             b"0123456789abcdef0123".to_vec(),
@@ -386,10 +342,7 @@ mod tests {
 
     #[test]
     fn bad_value_is_located_by_key() {
-        let body = MINIMAL.replace(
-            "[edge]\n",
-            "[edge]\nlisten = [\"127.0.0.1:80\", \"nope\"]\n",
-        );
+        let body = MINIMAL.replace("[edge]\n", "[edge]\nlisten = [\"127.0.0.1:80\", \"nope\"]\n");
         let (_d, path) = setup(&body);
         let e = crate::load(&path).unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (2, "edge.listen"), "{e}");
@@ -417,12 +370,8 @@ mod tests {
     fn short_secret_and_open_admin_are_rejected() {
         let (dir, path) = setup(MINIMAL);
         std::fs::write(dir.path().join("hop.secret"), "short\n").unwrap();
-        assert!(crate::load(&path)
-            .unwrap_err()
-            .message
-            .contains("fewer than 16"));
-        let (_d, path) =
-            setup(&MINIMAL.replace("[edge]\n", "[edge]\nadmin_listen = \"0.0.0.0:9901\"\n"));
+        assert!(crate::load(&path).unwrap_err().message.contains("fewer than 16"));
+        let (_d, path) = setup(&MINIMAL.replace("[edge]\n", "[edge]\nadmin_listen = \"0.0.0.0:9901\"\n"));
         assert_eq!(crate::load(&path).unwrap_err().key, "edge.admin_listen");
     }
 
@@ -430,8 +379,7 @@ mod tests {
     fn unknown_policy_and_source_are_rejected() {
         let (_d, path) = setup(&format!("{MINIMAL}[balancer]\npolicy = \"p2c\"\n"));
         assert_eq!(crate::load(&path).unwrap_err().key, "balancer.policy");
-        let (_d, path) =
-            setup(&MINIMAL.replace("[placement]\n", "[placement]\nsource = \"etcd\"\n"));
+        let (_d, path) = setup(&MINIMAL.replace("[placement]\n", "[placement]\nsource = \"etcd\"\n"));
         let e = crate::load(&path).unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("placement.source", 5));
     }

@@ -164,10 +164,7 @@ mod tests {
         assert_eq!(handle.rejected(), 1);
 
         std::fs::write(&path, "{not json").unwrap();
-        assert!(matches!(
-            src.load_into(&handle),
-            Err(SnapshotError::Decode(_))
-        ));
+        assert!(matches!(src.load_into(&handle), Err(SnapshotError::Decode(_))));
         assert_eq!(handle.rejected(), 2);
         assert_eq!(handle.load().version(), 1);
     }
@@ -182,17 +179,10 @@ mod tests {
         src.load_into(&handle).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let th = src.watch(handle.clone(), Duration::from_millis(20), stop.clone());
-        std::fs::write(
-            &path,
-            GOOD.replace("\"slug\": \"x\"", "\"slug\": \"renamed-app\""),
-        )
-        .unwrap();
+        std::fs::write(&path, GOOD.replace("\"slug\": \"x\"", "\"slug\": \"renamed-app\"")).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while handle.load().repl_by_slug("renamed-app").is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "watcher never reloaded"
-            );
+            assert!(std::time::Instant::now() < deadline, "watcher never reloaded");
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(handle.load().version(), 2);

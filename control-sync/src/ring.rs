@@ -89,10 +89,7 @@ impl Ring {
     /// clusters. Never call on the hot path.
     pub fn build(members: &[Member<'_>]) -> Ring {
         assert!(members.len() < u16::MAX as usize, "too many ring members");
-        let total: usize = members
-            .iter()
-            .map(|m| (m.weight * POINTS_PER_WEIGHT) as usize)
-            .sum();
+        let total: usize = members.iter().map(|m| (m.weight * POINTS_PER_WEIGHT) as usize).sum();
         if total == 0 {
             return Ring::empty();
         }
@@ -116,11 +113,7 @@ impl Ring {
             while j < points.len() && points[j].0 < pos {
                 j += 1;
             }
-            let owner = if j < points.len() {
-                points[j].1
-            } else {
-                points[0].1
-            };
+            let owner = if j < points.len() { points[j].1 } else { points[0].1 };
             slots.push(owner);
         }
         Ring {

@@ -134,10 +134,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 pub fn format_rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -160,18 +157,12 @@ mod tests {
         .unwrap();
         assert_eq!(s.repls[0].slug, "app1");
         assert!(s.containers.is_empty() && s.custom_domains.is_empty());
-        assert_eq!(
-            parse_rfc3339_ms(&s.tombstones[0].expires_at),
-            Some(1_893_456_000_000)
-        );
+        assert_eq!(parse_rfc3339_ms(&s.tombstones[0].expires_at), Some(1_893_456_000_000));
     }
 
     #[test]
     fn times_round_trip_and_offsets_are_honoured() {
-        assert_eq!(
-            parse_rfc3339_ms("2030-01-01T01:00:00+01:00"),
-            Some(1_893_456_000_000)
-        );
+        assert_eq!(parse_rfc3339_ms("2030-01-01T01:00:00+01:00"), Some(1_893_456_000_000));
         assert_eq!(format_rfc3339_ms(1_893_456_000_000), "2030-01-01T00:00:00Z");
         assert_eq!(parse_rfc3339_ms("tomorrow"), None);
     }

@@ -41,6 +41,17 @@ pub struct Cluster {
     pub weight: u32,
     /// VMs of this cluster, in snapshot order.
     pub vms: Box<[Idx]>,
+    /// The `active` VMs, packed for the balancer's scan (16 bytes each,
+    /// contiguous: no pointer chasing into `Vm` rows on the hot path).
+    pub candidates: Box<[Candidate]>,
+}
+
+/// An `active` VM as the balancer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub vm: Idx,
+    pub containers: u32,
+    pub id_hash: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -96,18 +107,87 @@ pub enum SnapshotError {
     Io { path: String, message: String },
 }
 
-fn row_err(
+/// The snapshot row being validated; its errors name it.
+#[derive(Clone, Copy)]
+struct Row<'a> {
     table: &'static str,
     index: usize,
-    key: &str,
-    message: impl Into<String>,
-) -> SnapshotError {
-    SnapshotError::Row {
-        table,
-        index,
-        key: format!("{key:?}"),
-        message: message.into(),
+    key: &'a str,
+}
+
+impl Row<'_> {
+    fn err(&self, message: impl Into<String>) -> SnapshotError {
+        SnapshotError::Row {
+            table: self.table,
+            index: self.index,
+            key: format!("{:?}", self.key),
+            message: message.into(),
+        }
     }
+
+    /// Ids and names: 1-128 printable ASCII characters.
+    fn check_id(&self) -> Result<(), SnapshotError> {
+        let s = self.key;
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|c| c.is_ascii_graphic()) {
+            return Err(self.err("id must be 1-128 printable characters"));
+        }
+        Ok(())
+    }
+
+    /// A referenced row by name, or "`field` "name" does not exist".
+    fn lookup(&self, map: &HashMap<Box<str>, Idx>, field: &str, name: &str) -> Result<Idx, SnapshotError> {
+        map.get(name)
+            .copied()
+            .ok_or_else(|| self.err(format!("{field} {name:?} does not exist")))
+    }
+
+    /// Registers this row's key as its index in `map`; duplicates are errors.
+    fn insert_name(&self, map: &mut HashMap<Box<str>, Idx>, what: &str) -> Result<(), SnapshotError> {
+        match map.insert(self.key.into(), self.index as Idx) {
+            None => Ok(()),
+            Some(_) => Err(self.err(format!("duplicate {what}"))),
+        }
+    }
+
+    fn addr(&self, field: &str, v: &str) -> Result<SocketAddr, SnapshotError> {
+        match v.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(a),
+            _ => Err(self.err(format!("{field} {v:?} is not an ip:port address"))),
+        }
+    }
+}
+
+/// Inserts `idx` into an index whose keys live in the rows (`key_of`);
+/// on a duplicate key returns the index already there.
+fn insert_unique<'k>(
+    index: &mut HashTable<Idx>,
+    hasher: &foldhash::fast::RandomState,
+    idx: Idx,
+    key_of: impl Fn(Idx) -> &'k str,
+) -> Result<(), Idx> {
+    let key = key_of(idx);
+    match index.entry(
+        hasher.hash_one(key),
+        |&j| key_of(j) == key,
+        |&j| hasher.hash_one(key_of(j)),
+    ) {
+        hashbrown::hash_table::Entry::Occupied(o) => Err(*o.get()),
+        hashbrown::hash_table::Entry::Vacant(v) => {
+            v.insert(idx);
+            Ok(())
+        }
+    }
+}
+
+/// Looks a key up in an index built by [`insert_unique`].
+#[inline]
+fn find_unique<'k>(
+    index: &HashTable<Idx>,
+    hasher: &foldhash::fast::RandomState,
+    key: &str,
+    key_of: impl Fn(Idx) -> &'k str,
+) -> Option<Idx> {
+    index.find(hasher.hash_one(key), |&j| key_of(j) == key).copied()
 }
 
 /// Counts for `/debug/snapshot` and logs.
@@ -178,28 +258,6 @@ pub fn is_valid_hostname(s: &str) -> bool {
         })
 }
 
-fn is_valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_graphic())
-}
-
-fn parse_addr(
-    table: &'static str,
-    i: usize,
-    key: &str,
-    field: &str,
-    v: &str,
-) -> Result<SocketAddr, SnapshotError> {
-    match v.parse::<SocketAddr>() {
-        Ok(a) if a.port() != 0 => Ok(a),
-        _ => Err(row_err(
-            table,
-            i,
-            key,
-            format!("{field} {v:?} is not an ip:port address"),
-        )),
-    }
-}
-
 impl RoutingTable {
     /// An empty, not-ready table (version 0) for edges that have not loaded yet.
     pub fn empty() -> RoutingTable {
@@ -226,30 +284,19 @@ impl RoutingTable {
 
     /// Validates `snap` and builds the table an edge of `local_region`
     /// routes with. `version` must be > 0 (0 means "nothing loaded").
-    pub fn build(
-        snap: &Snapshot,
-        local_region: &str,
-        version: u64,
-    ) -> Result<RoutingTable, SnapshotError> {
+    pub fn build(snap: &Snapshot, local_region: &str, version: u64) -> Result<RoutingTable, SnapshotError> {
         let mut t = RoutingTable::empty();
         t.version = version.max(1);
 
         for (i, r) in snap.regions.iter().enumerate() {
-            if !is_valid_id(&r.name) {
-                return Err(row_err(
-                    "regions",
-                    i,
-                    &r.name,
-                    "name must be 1-128 printable characters",
-                ));
-            }
-            let edge_addr = parse_addr("regions", i, &r.name, "edge_addr", &r.edge_addr)?;
-            if t.by_region
-                .insert(r.name.as_str().into(), i as Idx)
-                .is_some()
-            {
-                return Err(row_err("regions", i, &r.name, "duplicate region name"));
-            }
+            let row = Row {
+                table: "regions",
+                index: i,
+                key: &r.name,
+            };
+            row.check_id()?;
+            let edge_addr = row.addr("edge_addr", &r.edge_addr)?;
+            row.insert_name(&mut t.by_region, "region name")?;
             t.regions.push(Region {
                 name: r.name.as_str().into(),
                 edge_addr,
@@ -261,71 +308,43 @@ impl RoutingTable {
             .ok_or_else(|| SnapshotError::UnknownLocalRegion(local_region.to_string()))?;
 
         for (i, c) in snap.clusters.iter().enumerate() {
-            if !is_valid_id(&c.name) {
-                return Err(row_err(
-                    "clusters",
-                    i,
-                    &c.name,
-                    "name must be 1-128 printable characters",
-                ));
-            }
-            let region = *t.by_region.get(c.region.as_str()).ok_or_else(|| {
-                row_err(
-                    "clusters",
-                    i,
-                    &c.name,
-                    format!("region {:?} does not exist", c.region),
-                )
-            })?;
+            let row = Row {
+                table: "clusters",
+                index: i,
+                key: &c.name,
+            };
+            row.check_id()?;
+            let region = row.lookup(&t.by_region, "region", &c.region)?;
             if c.weight > MAX_CLUSTER_WEIGHT {
-                return Err(row_err(
-                    "clusters",
-                    i,
-                    &c.name,
-                    format!("weight {} is above {MAX_CLUSTER_WEIGHT}", c.weight),
-                ));
+                return Err(row.err(format!("weight {} is above {MAX_CLUSTER_WEIGHT}", c.weight)));
             }
-            if t.by_cluster
-                .insert(c.name.as_str().into(), i as Idx)
-                .is_some()
-            {
-                return Err(row_err("clusters", i, &c.name, "duplicate cluster name"));
-            }
+            row.insert_name(&mut t.by_cluster, "cluster name")?;
             t.clusters.push(Cluster {
                 name: c.name.as_str().into(),
                 region,
                 state: c.state,
                 weight: c.weight,
                 vms: Box::new([]),
+                candidates: Box::new([]),
             });
         }
 
         let mut cluster_vms: Vec<Vec<Idx>> = vec![Vec::new(); t.clusters.len()];
         for (i, v) in snap.vms.iter().enumerate() {
-            if !is_valid_id(&v.id) {
-                return Err(row_err(
-                    "vms",
-                    i,
-                    &v.id,
-                    "id must be 1-128 printable characters",
-                ));
-            }
-            let cluster = *t.by_cluster.get(v.cluster.as_str()).ok_or_else(|| {
-                row_err(
-                    "vms",
-                    i,
-                    &v.id,
-                    format!("cluster {:?} does not exist", v.cluster),
-                )
-            })?;
-            let addr = parse_addr("vms", i, &v.id, "addr", &v.addr)?;
-            let metrics_addr = match &v.metrics_addr {
-                Some(m) => Some(parse_addr("vms", i, &v.id, "metrics_addr", m)?),
-                None => None,
+            let row = Row {
+                table: "vms",
+                index: i,
+                key: &v.id,
             };
-            if t.by_vm.insert(v.id.as_str().into(), i as Idx).is_some() {
-                return Err(row_err("vms", i, &v.id, "duplicate vm id"));
-            }
+            row.check_id()?;
+            let cluster = row.lookup(&t.by_cluster, "cluster", &v.cluster)?;
+            let addr = row.addr("addr", &v.addr)?;
+            let metrics_addr = v
+                .metrics_addr
+                .as_deref()
+                .map(|m| row.addr("metrics_addr", m))
+                .transpose()?;
+            row.insert_name(&mut t.by_vm, "vm id")?;
             cluster_vms[cluster as usize].push(i as Idx);
             t.vms.push(Vm {
                 id: v.id.as_str().into(),
@@ -343,55 +362,27 @@ impl RoutingTable {
 
         t.repls.reserve(snap.repls.len());
         for (i, r) in snap.repls.iter().enumerate() {
-            if !is_valid_id(&r.id) {
-                return Err(row_err(
-                    "repls",
-                    i,
-                    &r.id,
-                    "id must be 1-128 printable characters",
-                ));
-            }
+            let row = Row {
+                table: "repls",
+                index: i,
+                key: &r.id,
+            };
+            row.check_id()?;
             if !is_valid_slug(&r.slug) {
-                return Err(row_err(
-                    "repls",
-                    i,
-                    &r.id,
-                    format!("slug {:?} is not a DNS label (a-z, 0-9, '-')", r.slug),
-                ));
+                return Err(row.err(format!("slug {:?} is not a DNS label (a-z, 0-9, '-')", r.slug)));
             }
-            let region = *t.by_region.get(r.region.as_str()).ok_or_else(|| {
-                row_err(
-                    "repls",
-                    i,
-                    &r.id,
-                    format!("region {:?} does not exist", r.region),
-                )
-            })?;
-            let in_region =
-                |field: &str, name: &Option<String>| -> Result<Option<Idx>, SnapshotError> {
-                    let Some(name) = name else { return Ok(None) };
-                    let c = *t.by_cluster.get(name.as_str()).ok_or_else(|| {
-                        row_err(
-                            "repls",
-                            i,
-                            &r.id,
-                            format!("{field} {name:?} does not exist"),
-                        )
-                    })?;
-                    if t.clusters[c as usize].region != region {
-                        return Err(row_err(
-                            "repls",
-                            i,
-                            &r.id,
-                            format!("{field} {name:?} is not in region {:?}", r.region),
-                        ));
-                    }
-                    Ok(Some(c))
-                };
+            let region = row.lookup(&t.by_region, "region", &r.region)?;
+            let in_region = |field: &str, name: &Option<String>| -> Result<Option<Idx>, SnapshotError> {
+                let Some(name) = name else { return Ok(None) };
+                let c = row.lookup(&t.by_cluster, field, name)?;
+                if t.clusters[c as usize].region != region {
+                    return Err(row.err(format!("{field} {name:?} is not in region {:?}", r.region)));
+                }
+                Ok(Some(c))
+            };
             let cluster = in_region("cluster", &r.cluster)?;
             let transfer_to = in_region("transfer_to", &r.transfer_to)?;
             let idx = i as Idx;
-            let id_hash = key_hash(&r.id);
             t.repls.push(Repl {
                 id: r.id.as_str().into(),
                 slug: r.slug.as_str().into(),
@@ -401,76 +392,37 @@ impl RoutingTable {
                 transfer_to,
                 vm: None,
                 container_started_at: None,
-                id_hash,
+                id_hash: key_hash(&r.id),
             });
             let repls = &t.repls;
-            let h = t.hasher.hash_one(r.id.as_str());
-            match t.by_repl_id.entry(
-                h,
-                |&j| *repls[j as usize].id == *r.id,
-                |&j| t.hasher.hash_one(&*repls[j as usize].id),
-            ) {
-                hashbrown::hash_table::Entry::Occupied(_) => {
-                    return Err(row_err("repls", i, &r.id, "duplicate repl id"))
-                }
-                hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(idx);
-                }
-            }
-            let h = t.hasher.hash_one(r.slug.as_str());
-            match t.by_slug.entry(
-                h,
-                |&j| *repls[j as usize].slug == *r.slug,
-                |&j| t.hasher.hash_one(&*repls[j as usize].slug),
-            ) {
-                hashbrown::hash_table::Entry::Occupied(o) => {
-                    return Err(row_err(
-                        "repls",
-                        i,
-                        &r.id,
-                        format!(
-                            "slug {:?} is already used by repl {:?}",
-                            r.slug,
-                            repls[*o.get() as usize].id
-                        ),
-                    ))
-                }
-                hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(idx);
-                }
-            }
+            insert_unique(&mut t.by_repl_id, &t.hasher, idx, |j| &repls[j as usize].id)
+                .map_err(|_| row.err("duplicate repl id"))?;
+            insert_unique(&mut t.by_slug, &t.hasher, idx, |j| &repls[j as usize].slug).map_err(|other| {
+                row.err(format!(
+                    "slug {:?} is already used by repl {:?}",
+                    r.slug, repls[other as usize].id
+                ))
+            })?;
         }
 
         for (i, c) in snap.containers.iter().enumerate() {
+            let row = Row {
+                table: "containers",
+                index: i,
+                key: &c.repl_id,
+            };
             let r = t
                 .find_repl_id(&c.repl_id)
-                .ok_or_else(|| row_err("containers", i, &c.repl_id, "repl does not exist"))?;
-            let v = *t.by_vm.get(c.vm_id.as_str()).ok_or_else(|| {
-                row_err(
-                    "containers",
-                    i,
-                    &c.repl_id,
-                    format!("vm {:?} does not exist", c.vm_id),
-                )
-            })?;
+                .ok_or_else(|| row.err("repl does not exist"))?;
+            let v = row.lookup(&t.by_vm, "vm", &c.vm_id)?;
             if let Some(s) = &c.started_at {
                 if parse_rfc3339_ms(s).is_none() {
-                    return Err(row_err(
-                        "containers",
-                        i,
-                        &c.repl_id,
-                        format!("started_at {s:?} is not RFC 3339"),
-                    ));
+                    return Err(row.err(format!("started_at {s:?} is not RFC 3339")));
                 }
             }
             let repl = &mut t.repls[r as usize];
             if repl.vm.is_some() {
-                return Err(row_err(
-                    "containers",
-                    i,
-                    &c.repl_id,
-                    "repl already has a container (at most one per repl)",
-                ));
+                return Err(row.err("repl already has a container (at most one per repl)"));
             }
             repl.vm = Some(v);
             repl.container_started_at = c.started_at.as_deref().map(Into::into);
@@ -478,79 +430,57 @@ impl RoutingTable {
         }
 
         for (i, d) in snap.custom_domains.iter().enumerate() {
+            let row = Row {
+                table: "custom_domains",
+                index: i,
+                key: &d.hostname,
+            };
             let host = d.hostname.trim_end_matches('.').to_ascii_lowercase();
             if !is_valid_hostname(&host) {
-                return Err(row_err(
-                    "custom_domains",
-                    i,
-                    &d.hostname,
-                    "not a valid hostname",
-                ));
+                return Err(row.err("not a valid hostname"));
             }
-            let r = t.find_repl_id(&d.repl_id).ok_or_else(|| {
-                row_err(
-                    "custom_domains",
-                    i,
-                    &d.hostname,
-                    format!("repl {:?} does not exist", d.repl_id),
-                )
-            })?;
-            let di = t.domains.len() as Idx;
-            let h = t.hasher.hash_one(host.as_str());
-            let domains = &t.domains;
-            match t.by_domain.entry(
-                h,
-                |&j| *domains[j as usize].0 == *host,
-                |&j| t.hasher.hash_one(&*domains[j as usize].0),
-            ) {
-                hashbrown::hash_table::Entry::Occupied(_) => {
-                    return Err(row_err(
-                        "custom_domains",
-                        i,
-                        &d.hostname,
-                        "duplicate hostname",
-                    ))
-                }
-                hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(di);
-                }
-            }
+            let r = t
+                .find_repl_id(&d.repl_id)
+                .ok_or_else(|| row.err(format!("repl {:?} does not exist", d.repl_id)))?;
             t.domains.push((host.into(), r));
+            let domains = &t.domains;
+            insert_unique(&mut t.by_domain, &t.hasher, (domains.len() - 1) as Idx, |j| {
+                &domains[j as usize].0
+            })
+            .map_err(|_| row.err("duplicate hostname"))?;
+        }
+
+        for c in t.clusters.iter_mut() {
+            let vms = &t.vms;
+            c.candidates = c
+                .vms
+                .iter()
+                .filter(|&&v| vms[v as usize].state == VmState::Active)
+                .map(|&v| Candidate {
+                    vm: v,
+                    containers: vms[v as usize].containers,
+                    id_hash: vms[v as usize].id_hash,
+                })
+                .collect();
         }
 
         let mut tombs: HashMap<Idx, Vec<Tombstone>> = HashMap::new();
         for (i, ts) in snap.tombstones.iter().enumerate() {
+            let row = Row {
+                table: "tombstones",
+                index: i,
+                key: &ts.repl_id,
+            };
             let r = t
                 .find_repl_id(&ts.repl_id)
-                .ok_or_else(|| row_err("tombstones", i, &ts.repl_id, "repl does not exist"))?;
-            let cl = |field: &str, name: &str| {
-                t.by_cluster.get(name).copied().ok_or_else(|| {
-                    row_err(
-                        "tombstones",
-                        i,
-                        &ts.repl_id,
-                        format!("{field} {name:?} does not exist"),
-                    )
-                })
-            };
-            let from_cluster = cl("from_cluster", &ts.from_cluster)?;
-            let to_cluster = cl("to_cluster", &ts.to_cluster)?;
-            let expires_at_ms = parse_rfc3339_ms(&ts.expires_at).ok_or_else(|| {
-                row_err(
-                    "tombstones",
-                    i,
-                    &ts.repl_id,
-                    format!("expires_at {:?} is not RFC 3339", ts.expires_at),
-                )
-            })?;
+                .ok_or_else(|| row.err("repl does not exist"))?;
+            let from_cluster = row.lookup(&t.by_cluster, "from_cluster", &ts.from_cluster)?;
+            let to_cluster = row.lookup(&t.by_cluster, "to_cluster", &ts.to_cluster)?;
+            let expires_at_ms = parse_rfc3339_ms(&ts.expires_at)
+                .ok_or_else(|| row.err(format!("expires_at {:?} is not RFC 3339", ts.expires_at)))?;
             let list = tombs.entry(r).or_default();
             if list.iter().any(|x| x.from_cluster == from_cluster) {
-                return Err(row_err(
-                    "tombstones",
-                    i,
-                    &ts.repl_id,
-                    format!("duplicate tombstone from {:?}", ts.from_cluster),
-                ));
+                return Err(row.err(format!("duplicate tombstone from {:?}", ts.from_cluster)));
             }
             list.push(Tombstone {
                 from_cluster,
@@ -558,10 +488,7 @@ impl RoutingTable {
                 expires_at_ms,
             });
         }
-        t.tombstones = tombs
-            .into_iter()
-            .map(|(k, v)| (k, v.into_boxed_slice()))
-            .collect();
+        t.tombstones = tombs.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect();
 
         t.rings = (0..t.regions.len() as Idx)
             .map(|region| {
@@ -569,9 +496,7 @@ impl RoutingTable {
                     .clusters
                     .iter()
                     .enumerate()
-                    .filter(|(_, c)| {
-                        c.region == region && c.state == ClusterState::Active && c.weight > 0
-                    })
+                    .filter(|(_, c)| c.region == region && c.state == ClusterState::Active && c.weight > 0)
                     .map(|(ci, c)| Member {
                         id: ci as Idx,
                         name: &c.name,
@@ -594,11 +519,9 @@ impl RoutingTable {
         Ok(t)
     }
 
+    #[inline]
     fn find_repl_id(&self, id: &str) -> Option<Idx> {
-        let h = self.hasher.hash_one(id);
-        self.by_repl_id
-            .find(h, |&j| *self.repls[j as usize].id == *id)
-            .copied()
+        find_unique(&self.by_repl_id, &self.hasher, id, |j| &self.repls[j as usize].id)
     }
 
     /// Version of the source data this table was built from (0 = nothing loaded).
@@ -617,10 +540,7 @@ impl RoutingTable {
 
     #[inline]
     pub fn repl_by_slug(&self, slug: &str) -> Option<Idx> {
-        let h = self.hasher.hash_one(slug);
-        self.by_slug
-            .find(h, |&j| *self.repls[j as usize].slug == *slug)
-            .copied()
+        find_unique(&self.by_slug, &self.hasher, slug, |j| &self.repls[j as usize].slug)
     }
     #[inline]
     pub fn repl_by_id(&self, id: &str) -> Option<Idx> {
@@ -629,10 +549,8 @@ impl RoutingTable {
     /// `host` must already be canonical (lower case, no port, no trailing dot).
     #[inline]
     pub fn repl_by_domain(&self, host: &str) -> Option<Idx> {
-        let h = self.hasher.hash_one(host);
-        self.by_domain
-            .find(h, |&j| *self.domains[j as usize].0 == *host)
-            .map(|&j| self.domains[j as usize].1)
+        find_unique(&self.by_domain, &self.hasher, host, |j| &self.domains[j as usize].0)
+            .map(|j| self.domains[j as usize].1)
     }
 
     #[inline]
@@ -826,9 +744,7 @@ mod tests {
     fn err_of(f: impl FnOnce(&mut Snapshot)) -> String {
         let mut s = demo();
         f(&mut s);
-        RoutingTable::build(&s, "us-east1", 1)
-            .unwrap_err()
-            .to_string()
+        RoutingTable::build(&s, "us-east1", 1).unwrap_err().to_string()
     }
 
     #[test]
@@ -861,8 +777,7 @@ mod tests {
             started_at: None
         }))
         .contains("at most one"));
-        assert!(err_of(|s| s.containers[0].vm_id = "vm-9".into())
-            .contains("vm \"vm-9\" does not exist"));
+        assert!(err_of(|s| s.containers[0].vm_id = "vm-9".into()).contains("vm \"vm-9\" does not exist"));
         assert!(err_of(|s| s.tombstones[0].expires_at = "soon".into()).contains("not RFC 3339"));
         assert!(err_of(|s| s.custom_domains[0].repl_id = "r9".into()).contains("does not exist"));
         assert!(err_of(|s| s.clusters[0].weight = 5000).contains("weight"));
@@ -883,17 +798,8 @@ mod tests {
     #[test]
     fn slug_and_hostname_rules() {
         assert!(is_valid_slug("a") && is_valid_slug("my-app-2"));
-        assert!(
-            !is_valid_slug("")
-                && !is_valid_slug("-a")
-                && !is_valid_slug("a.b")
-                && !is_valid_slug("A")
-        );
+        assert!(!is_valid_slug("") && !is_valid_slug("-a") && !is_valid_slug("a.b") && !is_valid_slug("A"));
         assert!(!is_valid_slug(&"a".repeat(64)));
-        assert!(
-            is_valid_hostname("www.example.com")
-                && !is_valid_hostname("localhost")
-                && !is_valid_hostname("a..b")
-        );
+        assert!(is_valid_hostname("www.example.com") && !is_valid_hostname("localhost") && !is_valid_hostname("a..b"));
     }
 }

@@ -61,12 +61,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 impl AdminApp {
-    pub fn handle(
-        &self,
-        path: &str,
-        query: &str,
-        authorization: Option<&str>,
-    ) -> Response<Vec<u8>> {
+    pub fn handle(&self, path: &str, query: &str, authorization: Option<&str>) -> Response<Vec<u8>> {
         let edge = &self.edge;
         if let Some(token) = &edge.cfg.security.admin_token {
             let open = matches!(path, "/healthz" | "/readyz");
@@ -75,11 +70,7 @@ impl AdminApp {
                 .map(|t| t == token)
                 .unwrap_or(false);
             if !open && !ok {
-                return resp(
-                    StatusCode::UNAUTHORIZED,
-                    "text/plain",
-                    "admin token required\n",
-                );
+                return resp(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
             }
         }
         let now = now_ms();
@@ -102,11 +93,7 @@ impl AdminApp {
             }
             "/metrics" => {
                 edge.metrics.refresh_from(&edge.table, now);
-                resp(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    edge.metrics.render(),
-                )
+                resp(StatusCode::OK, "text/plain; version=0.0.4", edge.metrics.render())
             }
             "/debug/route" => {
                 let Some(host) = query_param(query, "host") else {
@@ -137,11 +124,7 @@ impl AdminApp {
                 });
                 resp(StatusCode::OK, "application/json", format!("{body}\n"))
             }
-            "/" => resp(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                self.status_page(now),
-            ),
+            "/" => resp(StatusCode::OK, "text/html; charset=utf-8", self.status_page(now)),
             _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
@@ -159,20 +142,12 @@ impl AdminApp {
         let mut clusters = String::new();
         if t.is_loaded() {
             let local = t.local_region();
-            let shares: std::collections::HashMap<u32, f64> =
-                t.ring(local).shares().into_iter().collect();
-            for (i, cl) in t
-                .clusters()
-                .iter()
-                .enumerate()
-                .filter(|(_, cl)| cl.region == local)
-            {
+            let shares: std::collections::HashMap<u32, f64> = t.ring(local).shares().into_iter().collect();
+            for (i, cl) in t.clusters().iter().enumerate().filter(|(_, cl)| cl.region == local) {
                 let active = cl
                     .vms
                     .iter()
-                    .filter(|&&v| {
-                        t.vm(v).state == edgeplane_control_sync::snapshot::VmState::Active
-                    })
+                    .filter(|&&v| t.vm(v).state == edgeplane_control_sync::snapshot::VmState::Active)
                     .count();
                 clusters.push_str(&format!(
                     "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{active}/{}</td><td>{:.1}%</td></tr>",

@@ -84,9 +84,7 @@ fn load_config(path: &std::path::Path) -> Result<edgeplane_config::Config, ExitC
     })
 }
 
-fn load_table(
-    cfg: &edgeplane_config::Config,
-) -> Result<edgeplane_control_sync::TableHandle, ExitCode> {
+fn load_table(cfg: &edgeplane_config::Config) -> Result<edgeplane_control_sync::TableHandle, ExitCode> {
     server::load_placement(cfg).map_err(|e| {
         eprintln!("{}: {e}", cfg.path.display());
         ExitCode::from(1)
@@ -108,8 +106,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             upgrade,
             daemon,
         } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .init();
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
             let cfg = load_config(&config)?;
             server::run(cfg, ServeFlags { upgrade, daemon }).map_err(|e| {
                 eprintln!("edgeplane: {e}");
@@ -143,13 +140,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             let ctx = RouteContext::from_config(&cfg);
             print!(
                 "{}",
-                route::explain(
-                    &ctx,
-                    &table.load(),
-                    &host,
-                    &path,
-                    edgeplane_proxy::service::now_ms()
-                )
+                route::explain(&ctx, &table.load(), &host, &path, edgeplane_proxy::service::now_ms())
             );
             Ok(())
         }
@@ -158,8 +149,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         } => {
             let cfg = load_config(&config)?;
             let table = load_table(&cfg)?;
-            let json = serde_json::to_string_pretty(&table.load().to_snapshot())
-                .expect("snapshot serialises");
+            let json = serde_json::to_string_pretty(&table.load().to_snapshot()).expect("snapshot serialises");
             match output {
                 Some(p) => std::fs::write(&p, json + "\n").map_err(|e| {
                     eprintln!("{}: {e}", p.display());
@@ -174,10 +164,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         Cmd::Token { config, repl, ttl } => {
             let cfg = load_config(&config)?;
             let Some(key) = &cfg.security.workspace_token_key else {
-                eprintln!(
-                    "{}: security.workspace_token_key_file is not set",
-                    config.display()
-                );
+                eprintln!("{}: security.workspace_token_key_file is not set", config.display());
                 return Err(ExitCode::from(1));
             };
             let exp = edgeplane_proxy::service::now_ms() / 1000 + ttl;

@@ -5,10 +5,7 @@
 //! table (version, age, rejected loads) are refreshed when scraped
 //! ([`Metrics::refresh_from`]). Start at [`Metrics::new`].
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use edgeplane_control_sync::TableHandle;
 
@@ -29,10 +26,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "edgeplane_requests_total",
-                "Requests by kind, outcome and status code",
-            ),
+            Opts::new("edgeplane_requests_total", "Requests by kind, outcome and status code"),
             &["kind", "outcome", "code"],
         )
         .unwrap();
@@ -42,16 +36,11 @@ impl Metrics {
                 "Time from request head to the end of the response",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
         )
         .unwrap();
-        let tunnels_active = IntGauge::new(
-            "edgeplane_websocket_tunnels_active",
-            "WebSocket tunnels open now",
-        )
-        .unwrap();
+        let tunnels_active = IntGauge::new("edgeplane_websocket_tunnels_active", "WebSocket tunnels open now").unwrap();
         let forwards = IntCounterVec::new(
             Opts::new(
                 "edgeplane_forwards_total",
@@ -73,11 +62,8 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
-        let snapshot_version = IntGauge::new(
-            "edgeplane_snapshot_version",
-            "Version of the placement table in use",
-        )
-        .unwrap();
+        let snapshot_version =
+            IntGauge::new("edgeplane_snapshot_version", "Version of the placement table in use").unwrap();
         let snapshot_age = prometheus::Gauge::new(
             "edgeplane_snapshot_age_seconds",
             "Seconds since the placement table was published",
@@ -139,9 +125,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8192);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .unwrap();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).unwrap();
         buf
     }
 }

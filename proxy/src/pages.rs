@@ -5,30 +5,18 @@
 pub fn describe(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("Bad Request", "The request was malformed."),
-        401 => (
-            "Unauthorized",
-            "This workspace session needs a valid token.",
-        ),
+        401 => ("Unauthorized", "This workspace session needs a valid token."),
         404 => ("Not Found", "No app is served at this address."),
         408 => ("Request Timeout", "The request took too long to arrive."),
         421 => ("Misdirected Request", "This host is not served here."),
-        431 => (
-            "Request Header Fields Too Large",
-            "The request headers are too large.",
-        ),
+        431 => ("Request Header Fields Too Large", "The request headers are too large."),
         502 => ("Bad Gateway", "The app's server did not answer properly."),
         503 => (
             "Service Unavailable",
             "No server can take this app right now. Try again shortly.",
         ),
-        504 => (
-            "Gateway Timeout",
-            "The app's server took too long to answer.",
-        ),
-        508 => (
-            "Loop Detected",
-            "The request bounced between regions and was stopped.",
-        ),
+        504 => ("Gateway Timeout", "The app's server took too long to answer."),
+        508 => ("Loop Detected", "The request bounced between regions and was stopped."),
         _ => ("Error", "Something went wrong."),
     }
 }

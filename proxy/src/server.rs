@@ -30,10 +30,7 @@ pub enum ServeError {
     #[error("placement source {0:?} is not available in this build yet (use source = \"file\")")]
     SourceNotAvailable(&'static str),
     #[error("cannot reserve a port for {addr}: {err}")]
-    Port {
-        addr: SocketAddr,
-        err: std::io::Error,
-    },
+    Port { addr: SocketAddr, err: std::io::Error },
 }
 
 /// Pingora flags that pass through `edgeplane serve`.
@@ -60,11 +57,7 @@ pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
         PlacementSource::File(path) => {
             let mut src = FileSource::new(path, &cfg.edge.region);
             src.load_into(&handle)?;
-            src.watch(
-                handle.clone(),
-                DEFAULT_WATCH_INTERVAL,
-                Arc::new(AtomicBool::new(false)),
-            );
+            src.watch(handle.clone(), DEFAULT_WATCH_INTERVAL, Arc::new(AtomicBool::new(false)));
         }
         PlacementSource::Postgres(_) => return Err(ServeError::SourceNotAvailable("postgres")),
         PlacementSource::Redis(_) => return Err(ServeError::SourceNotAvailable("redis")),
@@ -75,12 +68,7 @@ pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
 /// Runs the edge until it is told to stop. Never returns on success.
 pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     let table = load_placement(&cfg)?;
-    let listen: Vec<SocketAddr> = cfg
-        .edge
-        .listen
-        .iter()
-        .map(|&a| concrete(a))
-        .collect::<Result<_, _>>()?;
+    let listen: Vec<SocketAddr> = cfg.edge.listen.iter().map(|&a| concrete(a)).collect::<Result<_, _>>()?;
     let admin_addr = concrete(cfg.edge.admin_listen)?;
 
     let conf = ServerConf {
@@ -103,18 +91,11 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
     let edge = Edge::new(Arc::new(cfg), table, metrics);
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        edge.clone(),
-        "edgeplane proxy",
-    );
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, edge.clone(), "edgeplane proxy");
     for a in &listen {
         proxy.add_tcp(&a.to_string());
     }
-    let mut admin = Service::new(
-        "edgeplane admin".to_string(),
-        AdminApp { edge: edge.clone() },
-    );
+    let mut admin = Service::new("edgeplane admin".to_string(), AdminApp { edge: edge.clone() });
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr.to_string());
 

@@ -101,16 +101,8 @@ fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 
 impl Edge {
     /// Writes one of the edge's own responses.
-    async fn respond(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        status: u16,
-    ) -> Result<()> {
-        let id = ctx
-            .request_id
-            .get_or_insert_with(|| self.next_request_id())
-            .clone();
+    async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {
+        let id = ctx.request_id.get_or_insert_with(|| self.next_request_id()).clone();
         let body = pages::error_page(status, &id);
         let mut resp = ResponseHeader::build(status, Some(5))?;
         resp.insert_header("content-type", "text/html; charset=utf-8")?;
@@ -122,9 +114,7 @@ impl Edge {
         }
         ctx.status = status;
         session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
         Ok(())
     }
 }
@@ -153,11 +143,7 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         let too_many = req.headers.len() > limits.max_headers;
         let too_big = !too_many && {
-            let bytes: usize = req
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum();
+            let bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
             bytes > limits.max_header_bytes
         };
         if too_many || too_big {
@@ -171,14 +157,9 @@ impl ProxyHttp for Edge {
         // A hop header counts only if it verifies for this request's host.
         let hops_in = match (req.headers.get(HOP_HEADER), host) {
             (Some(v), Some(h)) => match route::host::canonical_host(h) {
-                Ok(c) => verify_hop(
-                    &self.cfg.security.hop_secret,
-                    v.as_bytes(),
-                    now / 1000,
-                    c.as_str(),
-                )
-                .map(|hop| hop.hops)
-                .unwrap_or(0),
+                Ok(c) => verify_hop(&self.cfg.security.hop_secret, v.as_bytes(), now / 1000, c.as_str())
+                    .map(|hop| hop.hops)
+                    .unwrap_or(0),
                 Err(_) => 0,
             },
             _ => 0,
@@ -224,11 +205,7 @@ impl ProxyHttp for Edge {
         Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let addr: SocketAddr = match ctx.decision {
             Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
             _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
@@ -272,11 +249,7 @@ impl ProxyHttp for Edge {
                 .unwrap_or_default();
             upstream.insert_header("x-forwarded-for", client_ip)?;
             upstream.insert_header("x-forwarded-proto", "http")?;
-            let host = session
-                .req_header()
-                .headers
-                .get(http::header::HOST)
-                .cloned();
+            let host = session.req_header().headers.get(http::header::HOST).cloned();
             match host {
                 Some(h) => upstream.insert_header("x-forwarded-host", h)?,
                 None => {
@@ -302,13 +275,7 @@ impl ProxyHttp for Edge {
                 let table = self.table.load();
                 let origin = table.region(table.local_region()).name.clone();
                 drop(table);
-                let v = sign_hop(
-                    &self.cfg.security.hop_secret,
-                    &origin,
-                    hops,
-                    now_ms() / 1000,
-                    host,
-                );
+                let v = sign_hop(&self.cfg.security.hop_secret, &origin, hops, now_ms() / 1000, host);
                 upstream.insert_header(HOP_HEADER, v)?;
             }
             Some(Decision::Vm { .. }) => {
@@ -341,12 +308,7 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let (code, reason) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "status"),
             ErrorType::ConnectTimedout => (504, "connect_timeout"),
@@ -364,15 +326,9 @@ impl ProxyHttp for Edge {
             },
         };
         if e.esource() == &ErrorSource::Upstream
-            || matches!(
-                e.etype(),
-                ErrorType::ConnectTimedout | ErrorType::ConnectRefused
-            )
+            || matches!(e.etype(), ErrorType::ConnectTimedout | ErrorType::ConnectRefused)
         {
-            self.metrics
-                .upstream_errors
-                .with_label_values(&[reason])
-                .inc();
+            self.metrics.upstream_errors.with_label_values(&[reason]).inc();
             // A VM that refused us should not stay the remembered pick.
             if let Some(Decision::Vm {
                 repl,
@@ -415,18 +371,13 @@ impl ProxyHttp for Edge {
             .with_label_values(&[kind, outcome, code_buf.as_str()])
             .inc();
         code_buf.clear();
-        self.metrics
-            .duration
-            .observe(ctx.start.elapsed().as_secs_f64());
+        self.metrics.duration.observe(ctx.start.elapsed().as_secs_f64());
     }
 }
 
 /// A status code as text without going through `format!`.
 fn itoa_u16(n: u16) -> SmallStr {
-    let mut s = SmallStr {
-        buf: [0; 5],
-        len: 0,
-    };
+    let mut s = SmallStr { buf: [0; 5], len: 0 };
     let mut digits = [0u8; 5];
     let mut i = 0;
     let mut n = n;

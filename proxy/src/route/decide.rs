@@ -10,12 +10,7 @@ use super::*;
 
 /// Decides where one request goes. Pure: same inputs, same answer (apart
 /// from the pick memory and ledger in `ctx`, which it updates).
-pub fn decide<E: Explain>(
-    ctx: &RouteContext,
-    t: &RoutingTable,
-    req: &RouteRequest<'_>,
-    ex: &mut E,
-) -> Decision {
+pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteRequest<'_>, ex: &mut E) -> Decision {
     let reject = |kind, reason| Decision::Reject { kind, reason };
     if !t.is_loaded() {
         ex.step(|| "no placement table loaded yet -> 503".into());
@@ -43,9 +38,7 @@ pub fn decide<E: Explain>(
             .map(|a| a.as_str() == host)
             .unwrap_or(false);
         if !same {
-            ex.step(|| {
-                format!("absolute-form authority {auth:?} differs from Host {host:?} -> 400")
-            });
+            ex.step(|| format!("absolute-form authority {auth:?} differs from Host {host:?} -> 400"));
             return reject(Kind::Unknown, RejectReason::AuthorityMismatch);
         }
     }
@@ -138,9 +131,7 @@ fn place<E: Explain>(
                     )
                 });
                 if req.hops > 0 {
-                    ex.step(|| {
-                        "already forwarded once by affinity: not bouncing again -> 508".into()
-                    });
+                    ex.step(|| "already forwarded once by affinity: not bouncing again -> 508".into());
                     return Decision::Reject {
                         kind,
                         reason: RejectReason::ForwardLoop,
@@ -150,12 +141,7 @@ fn place<E: Explain>(
             }
         };
         if req.hops >= ctx.max_hops {
-            ex.step(|| {
-                format!(
-                    "{} forwards already (max_hops {}) -> 508",
-                    req.hops, ctx.max_hops
-                )
-            });
+            ex.step(|| format!("{} forwards already (max_hops {}) -> 508", req.hops, ctx.max_hops));
             return Decision::Reject {
                 kind,
                 reason: RejectReason::ForwardLoop,
@@ -193,12 +179,7 @@ fn place<E: Explain>(
                 transfer_from: None,
             };
         }
-        ex.step(|| {
-            format!(
-                "container row names vm {:?}, which is down: placing anew",
-                vm.id
-            )
-        });
+        ex.step(|| format!("container row names vm {:?}, which is down: placing anew", vm.id));
     } else {
         ex.step(|| "not running".into());
     }
@@ -252,12 +233,7 @@ fn place<E: Explain>(
             transfer_from,
         },
         None => {
-            ex.step(|| {
-                format!(
-                    "cluster {:?} has no active VM -> 503",
-                    t.cluster(cluster).name
-                )
-            });
+            ex.step(|| format!("cluster {:?} has no active VM -> 503", t.cluster(cluster).name));
             Decision::Reject {
                 kind,
                 reason: RejectReason::NoUsableVm,
@@ -289,26 +265,22 @@ fn pick_vm<E: Explain>(
     if !req.dry_run {
         ctx.ledger.track_version(t.version());
     }
-    let vms = &t.cluster(cluster).vms;
-    let active = |&&v: &&Idx| t.vm(v).state == VmState::Active;
+    let candidates = &t.cluster(cluster).candidates;
     let by_fp = |fp: u16| {
-        vms.iter()
-            .filter(active)
-            .copied()
-            .find(|&v| vm_fingerprint(t.vm(v).id_hash) == fp)
+        candidates
+            .iter()
+            .find(|c| vm_fingerprint(c.id_hash) == fp)
+            .map(|c| c.vm)
     };
 
     if let Some(v) = ctx.memory.recall(repl_hash, now_ms).and_then(by_fp) {
         ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).addr));
         return Some((v, VmReason::Remembered));
     }
-    let best = vms.iter().filter(active).copied().min_by_key(|&v| {
-        let vm = t.vm(v);
-        (
-            vm.containers + ctx.ledger.placed(vm.id_hash),
-            mix(repl_hash ^ vm.id_hash),
-        )
-    })?;
+    let best = candidates
+        .iter()
+        .min_by_key(|c| (c.containers + ctx.ledger.placed(c.id_hash), mix(repl_hash ^ c.id_hash)))?
+        .vm;
     let fp = vm_fingerprint(t.vm(best).id_hash);
     if req.dry_run {
         ex.step(|| {

@@ -41,10 +41,7 @@ pub fn canonical_host(raw: &[u8]) -> Result<HostBuf, HostError> {
         return Err(HostError::Empty);
     }
     let (name, port) = if raw[0] == b'[' {
-        let end = raw
-            .iter()
-            .position(|&b| b == b']')
-            .ok_or(HostError::BadCharacter)?;
+        let end = raw.iter().position(|&b| b == b']').ok_or(HostError::BadCharacter)?;
         let rest = &raw[end + 1..];
         let port = match rest {
             [] => None,
@@ -52,11 +49,7 @@ pub fn canonical_host(raw: &[u8]) -> Result<HostBuf, HostError> {
             _ => return Err(HostError::BadCharacter),
         };
         let inner = &raw[1..end];
-        if inner.is_empty()
-            || !inner
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
             return Err(HostError::BadCharacter);
         }
         (&raw[..=end], port)

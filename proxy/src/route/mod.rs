@@ -143,9 +143,7 @@ impl RejectReason {
     /// The status code of DESIGN §5.
     pub fn status(self) -> u16 {
         match self {
-            RejectReason::MissingHost
-            | RejectReason::MalformedHost
-            | RejectReason::AuthorityMismatch => 400,
+            RejectReason::MissingHost | RejectReason::MalformedHost | RejectReason::AuthorityMismatch => 400,
             RejectReason::BadToken => 401,
             RejectReason::UnknownHost | RejectReason::UnknownRepl => 404,
             RejectReason::NoUsableVm | RejectReason::NotReady => 503,
@@ -198,9 +196,7 @@ pub enum Decision {
 impl Decision {
     pub fn kind(&self) -> Kind {
         match *self {
-            Decision::Vm { kind, .. }
-            | Decision::Forward { kind, .. }
-            | Decision::Reject { kind, .. } => kind,
+            Decision::Vm { kind, .. } | Decision::Forward { kind, .. } | Decision::Reject { kind, .. } => kind,
         }
     }
 }

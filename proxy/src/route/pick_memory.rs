@@ -185,11 +185,7 @@ mod tests {
     fn first_writer_wins_races() {
         let m = PickMemory::new(5000);
         assert_eq!(m.remember(99, 1, 0), 1);
-        assert_eq!(
-            m.remember(99, 2, 1),
-            1,
-            "a later pick gets the remembered VM"
-        );
+        assert_eq!(m.remember(99, 2, 1), 1, "a later pick gets the remembered VM");
         // A different repl in the same slot evicts (memory is a hint).
         let other = 99 + ((1u64 << 40) + PICK_MEMORY_SLOTS as u64 * 0);
         assert_eq!(m.recall(other, 2), None);

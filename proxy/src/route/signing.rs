@@ -46,9 +46,7 @@ fn hop_mac(secret: &[u8], origin: &str, hops: u8, ts: u64, host: &str) -> HmacSh
 
 /// The header value an edge of `origin` sends with its `hops`-th forward.
 pub fn sign_hop(secret: &[u8], origin: &str, hops: u8, now_secs: u64, host: &str) -> String {
-    let sig = hop_mac(secret, origin, hops, now_secs, host)
-        .finalize()
-        .into_bytes();
+    let sig = hop_mac(secret, origin, hops, now_secs, host).finalize().into_bytes();
     format!("v1;{origin};{hops};{now_secs};{}", B64.encode(sig))
 }
 
@@ -69,9 +67,7 @@ pub fn verify_hop(secret: &[u8], value: &[u8], now_secs: u64, host: &str) -> Opt
     if now_secs.abs_diff(ts) > HOP_MAX_AGE_SECS {
         return None;
     }
-    hop_mac(secret, origin, hops, ts, host)
-        .verify_slice(&sig)
-        .ok()?;
+    hop_mac(secret, origin, hops, ts, host).verify_slice(&sig).ok()?;
     Some(Hop {
         origin: origin.to_string(),
         hops,
@@ -116,8 +112,7 @@ pub fn verify_token(key: &[u8], token: &str, repl: &str, now_secs: u64) -> Resul
     let sig = B64.decode(sig_b64).map_err(|_| TokenError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
     mac.update(payload_b64.as_bytes());
-    mac.verify_slice(&sig)
-        .map_err(|_| TokenError::BadSignature)?;
+    mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
     let payload = B64.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
     let p: TokenPayload = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
     if p.exp <= now_secs {
@@ -145,16 +140,8 @@ mod tests {
                 hops: 1
             })
         );
-        assert_eq!(
-            verify_hop(S, h.as_bytes(), 1031, "app1.repl.co"),
-            None,
-            "too old"
-        );
-        assert_eq!(
-            verify_hop(S, h.as_bytes(), 1000, "app2.repl.co"),
-            None,
-            "other host"
-        );
+        assert_eq!(verify_hop(S, h.as_bytes(), 1031, "app1.repl.co"), None, "too old");
+        assert_eq!(verify_hop(S, h.as_bytes(), 1000, "app2.repl.co"), None, "other host");
         assert_eq!(
             verify_hop(b"another-secret-0000", h.as_bytes(), 1000, "app1.repl.co"),
             None
@@ -177,10 +164,7 @@ mod tests {
             verify_token(b"wrong-key-000000000", &t, "r1", 1000),
             Err(TokenError::BadSignature)
         );
-        assert_eq!(
-            verify_token(S, "nodot", "r1", 1000),
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(verify_token(S, "nodot", "r1", 1000), Err(TokenError::Malformed));
         let (p, _) = t.split_once('.').unwrap();
         let other = mint_token(S, "r9", 9999);
         let (_, sig9) = other.split_once('.').unwrap();

@@ -88,13 +88,7 @@ impl FakeVm {
             .spawn()
             .expect("spawn fake-vm");
         let addrs = read_lines(&mut child, 1, |l| {
-            let http = l
-                .split("http=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<SocketAddr>()
-                .ok()?;
+            let http = l.split("http=").nth(1)?.split(' ').next()?.parse::<SocketAddr>().ok()?;
             let metrics = l.split("metrics=").nth(1)?.parse::<SocketAddr>().ok()?;
             Some((http, metrics))
         });
@@ -128,11 +122,7 @@ impl Edge {
         let d = dir.path();
         std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
         std::fs::write(d.join("ws.key"), WS_KEY).unwrap();
-        std::fs::write(
-            d.join("snapshot.json"),
-            serde_json::to_vec_pretty(snapshot).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(d.join("snapshot.json"), serde_json::to_vec_pretty(snapshot).unwrap()).unwrap();
         let toml = format!(
             "[edge]\nregion = \"{region}\"\ninstance_id = \"{region}-test\"\nlisten = [\"127.0.0.1:0\"]\n\
 admin_listen = \"127.0.0.1:0\"\nthreads = 2\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\
@@ -149,13 +139,8 @@ grace_period_ms = 0\n\n[placement]\nfile = \"snapshot.json\"\n\n[limits]\n{limit
             .spawn()
             .expect("spawn edgeplane");
         let addrs = read_lines(&mut child, 2, |l| {
-            let a = l
-                .strip_prefix("edgeplane: proxy listening on ")
-                .map(|a| ("proxy", a));
-            let a = a.or_else(|| {
-                l.strip_prefix("edgeplane: admin listening on ")
-                    .map(|a| ("admin", a))
-            })?;
+            let a = l.strip_prefix("edgeplane: proxy listening on ").map(|a| ("proxy", a));
+            let a = a.or_else(|| l.strip_prefix("edgeplane: admin listening on ").map(|a| ("admin", a)))?;
             Some((a.0, a.1.parse::<SocketAddr>().ok()?))
         });
         let map: HashMap<_, _> = addrs.into_iter().collect();
@@ -199,9 +184,7 @@ grace_period_ms = 0\n\n[placement]\nfile = \"snapshot.json\"\n\n[limits]\n{limit
 pub fn metric_with(text: &str, name: &str, parts: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
-        })
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
         .find(|l| parts.iter().all(|p| l.contains(p)))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
@@ -228,8 +211,7 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_str()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_str()))
     }
     /// Which fake VM answered.
     pub fn served_by(&self) -> Option<&str> {
@@ -302,9 +284,8 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
                 .windows(2)
                 .position(|w| w == b"\r\n")
                 .ok_or_else(|| bad("chunk size"))?;
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap_or("").trim(), 16)
-                    .map_err(|_| bad("chunk size"))?;
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap_or("").trim(), 16)
+                .map_err(|_| bad("chunk size"))?;
             rest = &rest[nl + 2..];
             if size == 0 {
                 break;
@@ -314,11 +295,7 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
         }
         body = out;
     }
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
+    Ok(Resp { status, headers, body })
 }
 
 /// Writes a snapshot file atomically (rename), as a control plane would.
@@ -329,15 +306,10 @@ pub fn write_snapshot(path: &Path, snap: &serde_json::Value) {
 }
 
 /// Polls `/debug/snapshot` until `f` holds or 10 s pass.
-pub async fn wait_snapshot(
-    edge: &Edge,
-    f: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+pub async fn wait_snapshot(edge: &Edge, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = get(edge.admin, "admin", "/debug/snapshot", &[])
-            .await
-            .json();
+        let v = get(edge.admin, "admin", "/debug/snapshot", &[]).await.json();
         if f(&v) {
             return v;
         }

@@ -43,21 +43,12 @@ async fn app_reaches_the_vm_that_runs_it_with_clean_headers() {
     let seen = r.json();
     assert_eq!(seen["path"], "/hello?x=1");
     let h = &seen["headers"];
-    assert_eq!(
-        h["x-forwarded-for"], "127.0.0.1",
-        "overwritten, not appended: {h}"
-    );
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "overwritten, not appended: {h}");
     assert_eq!(h["x-forwarded-host"], "app1.repl.co");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert!(h["x-request-id"]
-        .as_str()
-        .unwrap()
-        .starts_with("us-east1-test-"));
+    assert!(h["x-request-id"].as_str().unwrap().starts_with("us-east1-test-"));
     for (k, _) in h.as_object().unwrap() {
-        assert!(
-            !k.starts_with("x-edgeplane-"),
-            "internal header {k} reached the VM"
-        );
+        assert!(!k.starts_with("x-edgeplane-"), "internal header {k} reached the VM");
     }
     assert_eq!(
         r.header("x-request-id"),
@@ -77,11 +68,7 @@ async fn odd_host_spellings_canonicalise() {
         "app1.repl.co.".to_string(),
     ] {
         let r = o.edge.get(&host, "/", &[]).await;
-        assert_eq!(
-            (r.status, r.served_by()),
-            (200, Some("vm-1")),
-            "host {host}"
-        );
+        assert_eq!((r.status, r.served_by()), (200, Some("vm-1")), "host {host}");
     }
 }
 
@@ -123,11 +110,7 @@ async fn unknown_or_malformed_hosts_reach_no_vm() {
     assert_eq!(o.vm2.requests().await, 0);
     let m = o.edge.metrics().await;
     assert_eq!(
-        metric_with(
-            &m,
-            "edgeplane_requests_total",
-            &["code=\"404\"", "kind=\"unknown\""]
-        ),
+        metric_with(&m, "edgeplane_requests_total", &["code=\"404\"", "kind=\"unknown\""]),
         Some(2.0),
         "{m}"
     );
@@ -171,9 +154,7 @@ async fn dead_vm_is_a_clean_502() {
 #[tokio::test]
 async fn too_many_headers_is_431() {
     let o = one_edge("max_headers = 20").await;
-    let many: Vec<(String, String)> = (0..30)
-        .map(|i| (format!("x-h{i}"), "v".to_string()))
-        .collect();
+    let many: Vec<(String, String)> = (0..30).map(|i| (format!("x-h{i}"), "v".to_string())).collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let r = o.edge.get("app1.repl.co", "/", &refs).await;
     assert_eq!(r.status, 431);
@@ -219,22 +200,14 @@ async fn bad_snapshot_is_rejected_whole_and_old_table_serves() {
     write_snapshot(&path, &bad);
     wait_snapshot(&o.edge, |v| v["rejected_loads"] == 1).await;
     let r = o.edge.get("app1.repl.co", "/", &[]).await;
-    assert_eq!(
-        (r.status, r.served_by()),
-        (200, Some("vm-1")),
-        "old table still serves"
-    );
+    assert_eq!((r.status, r.served_by()), (200, Some("vm-1")), "old table still serves");
     assert_eq!(
         o.edge.get("renamed.repl.co", "/", &[]).await.status,
         404,
         "nothing of the bad file applied"
     );
     let m = o.edge.metrics().await;
-    assert_eq!(
-        metric_with(&m, "edgeplane_sync_errors_total", &[]),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(metric_with(&m, "edgeplane_sync_errors_total", &[]), Some(1.0), "{m}");
 
     let mut next = good.clone();
     next["repls"][0]["slug"] = "renamed".into();
@@ -250,29 +223,15 @@ async fn bad_snapshot_is_rejected_whole_and_old_table_serves() {
 #[tokio::test]
 async fn admin_endpoints_explain_and_report() {
     let o = one_edge("").await;
-    let r = get(
-        o.edge.admin,
-        "admin",
-        "/debug/route?host=APP1.repl.co&path=%2F",
-        &[],
-    )
-    .await;
+    let r = get(o.edge.admin, "admin", "/debug/route?host=APP1.repl.co&path=%2F", &[]).await;
     let text = r.body_str();
     assert!(text.contains("slug \"app1\" -> repl \"r1\""), "{text}");
     assert!(text.contains("=> vm vm-1"), "{text}");
-    assert_eq!(
-        get(o.edge.admin, "admin", "/healthz", &[]).await.status,
-        200
-    );
-    let snap = get(o.edge.admin, "admin", "/debug/snapshot", &[])
-        .await
-        .json();
+    assert_eq!(get(o.edge.admin, "admin", "/healthz", &[]).await.status, 200);
+    let snap = get(o.edge.admin, "admin", "/debug/snapshot", &[]).await.json();
     assert_eq!(snap["counts"]["repls"], 4);
     let page = get(o.edge.admin, "admin", "/", &[]).await.body_str();
-    assert!(
-        page.contains("us-east1") && page.contains("use1-a"),
-        "{page}"
-    );
+    assert!(page.contains("us-east1") && page.contains("use1-a"), "{page}");
     let m = o.edge.metrics().await;
     for name in [
         "edgeplane_request_duration_seconds",
@@ -297,27 +256,17 @@ fn check_reports_config_errors_as_file_line_key_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         err.trim(),
-        format!(
-            "{}:3: edge.listen: \"nope\" is not an ip:port address",
-            cfg.display()
-        )
+        format!("{}:3: edge.listen: \"nope\" is not an ip:port address", cfg.display())
     );
 
     let ok = std::process::Command::new(edgeplane_bin())
         .args([
             "check",
             "-c",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../config/examples/edgeplane.toml"
-            ),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/edgeplane.toml"),
         ])
         .output()
         .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("4 repls"));
 }

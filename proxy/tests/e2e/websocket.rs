@@ -18,9 +18,7 @@ async fn connect(edge: &Edge, url: &str) -> Result<Ws, tokio_tungstenite::tungst
     let req = url.into_client_request().unwrap();
     let (ws, resp) = tokio_tungstenite::client_async(req, stream).await?;
     assert_eq!(
-        resp.headers()
-            .get("x-served-by")
-            .and_then(|v| v.to_str().ok()),
+        resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()),
         Some("vm-1")
     );
     Ok(ws)
@@ -97,14 +95,8 @@ async fn vm_close_reaches_the_client() {
     }
     // Keep polling so the client's close reply is flushed; the stream ends
     // once the VM has it and drops the connection through the edge.
-    let end = tokio::time::timeout(Duration::from_secs(10), async {
-        while ws.next().await.is_some() {}
-    })
-    .await;
-    assert!(
-        end.is_ok(),
-        "the tunnel did not end after the close handshake"
-    );
+    let end = tokio::time::timeout(Duration::from_secs(10), async { while ws.next().await.is_some() {} }).await;
+    assert!(end.is_ok(), "the tunnel did not end after the close handshake");
     wait_tunnels(&edge, 0.0).await;
 }
 
@@ -131,18 +123,12 @@ async fn workspace_session_needs_a_valid_token() {
         format!("ws://edge.internal/__ws/r1?token={wrong}"),
     ] {
         let stream = tokio::net::TcpStream::connect(edge.proxy).await.unwrap();
-        match tokio_tungstenite::client_async(url.as_str().into_client_request().unwrap(), stream)
-            .await
-        {
+        match tokio_tungstenite::client_async(url.as_str().into_client_request().unwrap(), stream).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 401, "{url}")
             }
             other => panic!("expected 401 for {url}, got {:?}", other.map(|_| ())),
         }
     }
-    assert_eq!(
-        vm1.requests().await,
-        before,
-        "a refused session touched the VM"
-    );
+    assert_eq!(vm1.requests().await, before, "a refused session touched the VM");
 }

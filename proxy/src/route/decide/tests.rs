@@ -188,11 +188,7 @@ fn workspace_needs_a_valid_token_before_anything_else() {
     );
     let bearer = good.clone();
     r.bearer = Some(&bearer);
-    assert_eq!(
-        vm_id(&t, &decide(&c, &t, &r, &mut ())),
-        "vm-3",
-        "bearer works too"
-    );
+    assert_eq!(vm_id(&t, &decide(&c, &t, &r, &mut ())), "vm-3", "bearer works too");
 
     let expired = mint_token(KEY, "r1", NOW / 1000 - 1);
     r.bearer = Some(&expired);
@@ -225,10 +221,7 @@ fn workspace_needs_a_valid_token_before_anything_else() {
         now_ms: NOW,
         ..Default::default()
     };
-    assert_eq!(
-        rejected(decide(&c, &t, &r2, &mut ())),
-        (RejectReason::UnknownRepl, 404)
-    );
+    assert_eq!(rejected(decide(&c, &t, &r2, &mut ())), (RejectReason::UnknownRepl, 404));
     let c2 = RouteContext {
         workspace_key: None,
         ..ctx()
@@ -263,10 +256,7 @@ fn other_region_is_forwarded_by_affinity_once() {
     }
     let mut r = req("faraway.repl.co");
     r.hops = 1;
-    assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
-        (RejectReason::ForwardLoop, 508)
-    );
+    assert_eq!(rejected(decide(&c, &t, &r, &mut ())), (RejectReason::ForwardLoop, 508));
 }
 
 #[test]
@@ -296,10 +286,7 @@ fn live_tombstone_forwards_and_expired_one_falls_back_to_affinity() {
         }
     ));
     r.hops = 2;
-    assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
-        (RejectReason::ForwardLoop, 508)
-    );
+    assert_eq!(rejected(decide(&c, &t, &r, &mut ())), (RejectReason::ForwardLoop, 508));
     let d = decide(&c, &t, &req("expired.repl.co"), &mut ());
     assert!(
         matches!(
@@ -360,8 +347,7 @@ fn unpinned_uses_the_ring_and_only_active_vms() {
         other => panic!("{other:?}"),
     }
     assert!(
-        ex.iter()
-            .any(|s| s.starts_with("ring (table version 1) -> cluster")),
+        ex.iter().any(|s| s.starts_with("ring (table version 1) -> cluster")),
         "{ex:?}"
     );
 }
@@ -423,17 +409,18 @@ fn ledger_spreads_new_repls_over_a_cluster() {
     // the ledger must alternate rather than herd onto one VM.
     let mut s = snapshot();
     for i in 0..20 {
-        s.repls.push(serde_json::from_value(serde_json::json!(
-            {"id": format!("n{i}"), "slug": format!("new{i}"), "region": "us-east1", "cluster": "use1-a"})).unwrap());
+        s.repls.push(
+            serde_json::from_value(serde_json::json!(
+            {"id": format!("n{i}"), "slug": format!("new{i}"), "region": "us-east1", "cluster": "use1-a"}))
+            .unwrap(),
+        );
     }
     let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
     let c = ctx();
     let mut per_vm = std::collections::HashMap::new();
     for i in 0..20 {
         let h = format!("new{i}.repl.co");
-        *per_vm
-            .entry(vm_id(&t, &decide(&c, &t, &req(&h), &mut ())))
-            .or_insert(0) += 1;
+        *per_vm.entry(vm_id(&t, &decide(&c, &t, &req(&h), &mut ()))).or_insert(0) += 1;
     }
     assert_eq!(per_vm.get("vm-1"), Some(&10), "{per_vm:?}");
     assert_eq!(per_vm.get("vm-2"), Some(&10), "{per_vm:?}");

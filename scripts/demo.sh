@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs the demo on the embedded default: two edges (us-east1 on :8080,
+# ap-south1 on :8081) routing from config/examples/snapshot.json to three
+# fake conman VMs (:7001-7003), no database. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EDGEPLANE_SKIP_SERVICES=1 ./scripts/setup.sh
+cargo build --workspace --bins --quiet
+B=target/debug
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+for i in 1 2 3; do
+  $B/edgeplane-bench fake-vm --id vm-$i --listen 127.0.0.1:700$i --metrics-listen 127.0.0.1:710$i &
+  pids+=($!)
+done
+RUST_LOG=${RUST_LOG:-warn} $B/edgeplane serve -c config/examples/edgeplane.toml &
+pids+=($!)
+RUST_LOG=${RUST_LOG:-warn} $B/edgeplane serve -c config/examples/edgeplane-ap-south1.toml &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -sf http://127.0.0.1:9901/readyz >/dev/null && curl -sf http://127.0.0.1:9902/readyz >/dev/null && break
+  sleep 0.1
+done
+TOKEN=$($B/edgeplane token -c config/examples/edgeplane.toml r1)
+cat <<TXT
+
+edgeplane demo is up: edge us-east1 on 127.0.0.1:8080 (admin :9901),
+edge ap-south1 on 127.0.0.1:8081 (admin :9902), fake VMs on :7001-:7003.
+Try:
+  curl -i -H 'Host: app1.repl.co' http://127.0.0.1:8080/hello         # running on vm-1
+  curl -i -H 'Host: APP1.Repl.Co.:8080' http://127.0.0.1:8080/         # same app, canonicalised
+  curl -i -H 'Host: www.example.com' http://127.0.0.1:8080/            # custom domain
+  curl -i -H 'Host: app2.repl.co' http://127.0.0.1:8080/               # not running: placed, then sticky
+  curl -i -H 'Host: app3.repl.co' http://127.0.0.1:8080/               # homed in ap-south1: forwarded
+  curl -i -H 'Host: moved.repl.co' http://127.0.0.1:8080/              # tombstone forward
+  curl -i -H 'Host: nope.repl.co' http://127.0.0.1:8080/               # 404, no VM touched
+  $B/edgeplane-bench ws --edge 127.0.0.1:8080 --host app1.repl.co hello-websocket
+  $B/edgeplane-bench ws --edge 127.0.0.1:8080 --host edge.local --path "/__ws/r1?token=$TOKEN" hi-workspace
+  $B/edgeplane route -c config/examples/edgeplane.toml app2.repl.co    # explain a decision
+  curl -s 'http://127.0.0.1:9901/debug/route?host=moved.repl.co'
+  curl -s http://127.0.0.1:9901/metrics | grep ^edgeplane_
+Ctrl-C stops the demo.
+TXT
+wait

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what building and testing edgeplane needs on a fresh Debian
+# machine, and starts PostgreSQL and Redis when they are installed but not
+# running. Idempotent and quick when everything is already there.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
+  command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
+  # PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379: use running
+  # ones, start installed ones.
+  if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    echo "setup: starting PostgreSQL"
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+    if [ -n "$ver" ]; then
+      pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+    fi
+  fi
+  if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    echo "setup: starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/edgeplane-ci.log || true
+  fi
+fi
