@@ -53,7 +53,7 @@ pub struct PickMemory {
 impl PickMemory {
     /// `ttl_ms` must be below ~2.9 hours (config caps it at 60 s).
     pub fn new(ttl_ms: u64) -> PickMemory {
-        let ttl_units = (ttl_ms / 10).clamp(1, (EXP_MASK / 2) as u64);
+        let ttl_units = (ttl_ms / 10).clamp(1, EXP_MASK / 2);
         PickMemory {
             slots: (0..PICK_MEMORY_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             ttl_units,
@@ -186,9 +186,13 @@ mod tests {
         let m = PickMemory::new(5000);
         assert_eq!(m.remember(99, 1, 0), 1);
         assert_eq!(m.remember(99, 2, 1), 1, "a later pick gets the remembered VM");
-        // A different repl in the same slot evicts (memory is a hint).
-        let other = 99 + ((1u64 << 40) + PICK_MEMORY_SLOTS as u64 * 0);
+        // A different repl mapping to the same slot (same low bits, other
+        // tag) is not confused with it, and evicts it (memory is a hint).
+        let other = 99 + (1u64 << 40);
         assert_eq!(m.recall(other, 2), None);
+        assert_eq!(m.remember(other, 5, 2), 5);
+        assert_eq!(m.recall(99, 3), None, "evicted");
+        assert_eq!(m.recall(other, 3), Some(5));
     }
 
     #[test]
