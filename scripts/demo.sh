@@ -7,17 +7,26 @@ cd "$(dirname "$0")/.."
 EDGEPLANE_SKIP_SERVICES=1 ./scripts/setup.sh
 cargo build --workspace --bins --quiet
 B=target/debug
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+vms=()
+edges=()
+# Background jobs of a script ignore SIGINT, so Ctrl-C reaches them only
+# through this trap: SIGINT is Pingora's fast shutdown (SIGTERM would wait
+# out the grace period); the fake VMs take SIGTERM.
+cleanup() {
+  trap - EXIT INT TERM
+  kill -INT "${edges[@]}" 2>/dev/null || true
+  kill -TERM "${vms[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
 for i in 1 2 3; do
   $B/edgeplane-bench fake-vm --id vm-$i --listen 127.0.0.1:700$i --metrics-listen 127.0.0.1:710$i &
-  pids+=($!)
+  vms+=($!)
 done
 RUST_LOG=${RUST_LOG:-warn} $B/edgeplane serve -c config/examples/edgeplane.toml &
-pids+=($!)
+edges+=($!)
 RUST_LOG=${RUST_LOG:-warn} $B/edgeplane serve -c config/examples/edgeplane-ap-south1.toml &
-pids+=($!)
+edges+=($!)
 for _ in $(seq 100); do
   curl -sf http://127.0.0.1:9901/readyz >/dev/null && curl -sf http://127.0.0.1:9902/readyz >/dev/null && break
   sleep 0.1

@@ -270,3 +270,81 @@ fn check_reports_config_errors_as_file_line_key_message() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("4 repls"));
 }
+
+fn examples(file: &str) -> String {
+    format!("{}/../config/examples/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn snapshot_dump_round_trips_the_example_snapshot() {
+    let out = std::process::Command::new(edgeplane_bin())
+        .args(["snapshot", "dump", "-c", &examples("edgeplane.toml")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dumped: edgeplane_control_sync::Snapshot = serde_json::from_slice(&out.stdout).unwrap();
+    let original: edgeplane_control_sync::Snapshot =
+        serde_json::from_str(&std::fs::read_to_string(examples("snapshot.json")).unwrap()).unwrap();
+    assert_eq!(dumped, original);
+}
+
+#[test]
+fn route_cli_prints_every_step() {
+    let out = std::process::Command::new(edgeplane_bin())
+        .args(["route", "-c", &examples("edgeplane.toml"), "Moved.Repl.Co.:8080"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1], " 1. host: \"Moved.Repl.Co.:8080\" -> \"moved.repl.co\"",
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("tombstone: moved from \"use1-a\" to \"aps1-a\""),
+        "{text}"
+    );
+    assert_eq!(
+        *lines.last().unwrap(),
+        "=> forward to region ap-south1 edge 127.0.0.1:8081 (tombstone, hop 1)"
+    );
+}
+
+#[tokio::test]
+async fn fake_vm_reports_what_control_sets() {
+    let vm = FakeVm::start("vm-x");
+    let m = get(vm.metrics, "vm", "/metrics", &[]).await.body_str();
+    assert_eq!(metric_value(&m, "conman_containers"), Some(0.0));
+    assert_eq!(metric_value(&m, "conman_ready"), Some(1.0));
+    let body = br#"{"containers": 42, "cpu": 0.75, "ready": false}"#;
+    let r = try_request(
+        vm.metrics,
+        "POST",
+        "vm",
+        "/control",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let m = get(vm.metrics, "vm", "/metrics", &[]).await.body_str();
+    assert_eq!(metric_value(&m, "conman_containers"), Some(42.0));
+    assert_eq!(metric_value(&m, "conman_cpu_utilization"), Some(0.75));
+    assert_eq!(metric_value(&m, "conman_ready"), Some(0.0));
+    let bad = try_request(vm.metrics, "POST", "vm", "/control", &[], b"{nope")
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    // Every HTTP request is echoed and counted.
+    let r = try_request(vm.http, "POST", "app1.repl.co", "/p?q=1", &[], b"12345")
+        .await
+        .unwrap();
+    assert_eq!(r.served_by(), Some("vm-x"));
+    assert_eq!(
+        (r.json()["method"].as_str(), r.json()["body_bytes"].as_u64()),
+        (Some("POST"), Some(5))
+    );
+    assert_eq!(vm.requests().await, 1);
+}
