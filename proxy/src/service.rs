@@ -272,10 +272,14 @@ impl ProxyHttp for Edge {
         match ctx.decision {
             Some(Decision::Forward { hops, .. }) => {
                 let host = ctx.forward_host.as_deref().unwrap_or("");
-                let table = self.table.load();
-                let origin = table.region(table.local_region()).name.clone();
-                drop(table);
-                let v = sign_hop(&self.cfg.security.hop_secret, &origin, hops, now_ms() / 1000, host);
+                // The table is built for this edge's region, so its name is the config's.
+                let v = sign_hop(
+                    &self.cfg.security.hop_secret,
+                    &self.cfg.edge.region,
+                    hops,
+                    now_ms() / 1000,
+                    host,
+                );
                 upstream.insert_header(HOP_HEADER, v)?;
             }
             Some(Decision::Vm { .. }) => {
