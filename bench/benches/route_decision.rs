@@ -11,6 +11,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use edgeplane_bench::world::{region_name, synthetic, WorldShape};
+use edgeplane_control_sync::table::Repl;
 use edgeplane_control_sync::RoutingTable;
 use edgeplane_proxy::route::pick_memory::{PickMemory, PlacementLedger};
 use edgeplane_proxy::route::{decide, Decision, RouteContext, RouteRequest, VmReason};
@@ -29,9 +30,10 @@ fn ctx() -> RouteContext {
     }
 }
 
-fn hosts(t: &RoutingTable, shape: WorldShape, want: impl Fn(&RoutingTable, usize) -> bool) -> Vec<String> {
+/// Up to HOSTS hosts (spelled `APP<i>.Repl.Co:443`) of repls for which `want` holds.
+fn hosts(t: &RoutingTable, shape: WorldShape, want: impl Fn(&Repl) -> bool) -> Vec<String> {
     (0..shape.repls)
-        .filter(|&i| want(t, i))
+        .filter(|&i| want(t.repl_by_slug(&format!("app{i}")).expect("every synthetic slug exists")))
         .take(HOSTS)
         .map(|i| format!("APP{i}.Repl.Co:443"))
         .collect()
@@ -49,10 +51,9 @@ fn bench(c: &mut Criterion) {
     drop(snap);
     eprintln!("table built in {:?}", t0.elapsed());
     let local = table.local_region();
-    let is_local = |t: &RoutingTable, i: usize| t.repl(i as u32).region == local;
-    let running = hosts(&table, shape, |t, i| is_local(t, i) && t.repl(i as u32).vm.is_some());
-    let idle = hosts(&table, shape, |t, i| is_local(t, i) && t.repl(i as u32).vm.is_none());
-    let foreign = hosts(&table, shape, |t, i| !is_local(t, i));
+    let running = hosts(&table, shape, |r| r.region == local && r.vm.get().is_some());
+    let idle = hosts(&table, shape, |r| r.region == local && r.vm.get().is_none());
+    let foreign = hosts(&table, shape, |r| r.region != local);
     let unknown: Vec<String> = (0..HOSTS).map(|i| format!("nope{i}.repl.co")).collect();
 
     let mut g = c.benchmark_group("route_decision_1M_repls");

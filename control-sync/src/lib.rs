@@ -13,6 +13,7 @@
 
 pub mod file_source;
 pub mod ring;
+pub mod sharded;
 pub mod snapshot;
 pub mod table;
 

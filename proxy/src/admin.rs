@@ -143,19 +143,15 @@ impl AdminApp {
         if t.is_loaded() {
             let local = t.local_region();
             let shares: std::collections::HashMap<u32, f64> = t.ring(local).shares().into_iter().collect();
-            for (i, cl) in t.clusters().iter().enumerate().filter(|(_, cl)| cl.region == local) {
-                let active = cl
-                    .vms
-                    .iter()
-                    .filter(|&&v| t.vm(v).state == edgeplane_control_sync::snapshot::VmState::Active)
-                    .count();
+            for (i, cl) in t.clusters().filter(|(_, cl)| cl.region == local) {
+                let active = t.candidates(i).len();
                 clusters.push_str(&format!(
                     "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{active}/{}</td><td>{:.1}%</td></tr>",
                     html_escape(&cl.name),
                     cl.state,
                     cl.weight,
                     cl.vms.len(),
-                    shares.get(&(i as u32)).copied().unwrap_or(0.0) * 100.0
+                    shares.get(&i).copied().unwrap_or(0.0) * 100.0
                 ));
             }
         }

@@ -335,13 +335,12 @@ impl ProxyHttp for Edge {
             self.metrics.upstream_errors.with_label_values(&[reason]).inc();
             // A VM that refused us should not stay the remembered pick.
             if let Some(Decision::Vm {
-                repl,
+                repl_hash,
                 reason: route::VmReason::Picked | route::VmReason::Remembered,
                 ..
             }) = ctx.decision
             {
-                let table = self.table.load();
-                self.route.memory.forget(table.repl(repl).id_hash);
+                self.route.memory.forget(repl_hash);
             }
         }
         if code > 0 && self.respond(session, ctx, code).await.is_err() {

@@ -1,7 +1,7 @@
 //! [`decide`]: the steps of DESIGN §2 in order. See the parent module docs.
 
 use edgeplane_control_sync::snapshot::VmState;
-use edgeplane_control_sync::table::{Idx, RoutingTable};
+use edgeplane_control_sync::table::{Idx, Repl, RoutingTable};
 
 use super::host::{canonical_host, slug_of};
 use super::pick_memory::vm_fingerprint;
@@ -69,7 +69,7 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
     } else if let Some(slug) = slug_of(host, &ctx.suffixes) {
         match t.repl_by_slug(slug) {
             Some(r) => {
-                ex.step(|| format!("slug {slug:?} -> repl {:?}", t.repl(r).id));
+                ex.step(|| format!("slug {slug:?} -> repl {:?}", r.id));
                 (Kind::App, r)
             }
             None => {
@@ -78,7 +78,7 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
             }
         }
     } else if let Some(r) = t.repl_by_domain(host) {
-        ex.step(|| format!("custom domain {host:?} -> repl {:?}", t.repl(r).id));
+        ex.step(|| format!("custom domain {host:?} -> repl {:?}", r.id));
         (Kind::CustomDomain, r)
     } else {
         ex.step(|| format!("{host:?} is neither <slug>.<suffix> nor a custom domain -> 404"));
@@ -97,15 +97,15 @@ fn place<E: Explain>(
     ctx: &RouteContext,
     t: &RoutingTable,
     kind: Kind,
-    repl: Idx,
+    r: &Repl,
     req: &RouteRequest<'_>,
     ex: &mut E,
 ) -> Decision {
-    let r = t.repl(repl);
+    let repl_hash = r.id_hash;
     let local = t.local_region();
     if r.region != local {
         let home = t.region(r.region);
-        let live_tomb = t.tombstones(repl).iter().find(|ts| {
+        let live_tomb = t.tombstones(&r.id).iter().find(|ts| {
             t.cluster(ts.from_cluster).region == local
                 && ts.expires_at_ms > req.now_ms as i64
                 && t.cluster(ts.to_cluster).region != local
@@ -158,7 +158,7 @@ fn place<E: Explain>(
         });
         return Decision::Forward {
             kind,
-            repl,
+            repl_hash,
             region: target,
             addr: region.edge_addr,
             reason,
@@ -166,13 +166,13 @@ fn place<E: Explain>(
         };
     }
 
-    if let Some(v) = r.vm {
+    if let Some(v) = r.vm.get() {
         let vm = t.vm(v);
         if vm.state != VmState::Down {
             ex.step(|| format!("running on vm {:?} ({}) -> proxy there", vm.id, vm.addr));
             return Decision::Vm {
                 kind,
-                repl,
+                repl_hash,
                 vm: v,
                 addr: vm.addr,
                 reason: VmReason::Running,
@@ -184,7 +184,7 @@ fn place<E: Explain>(
         ex.step(|| "not running".into());
     }
 
-    let mut cluster = match r.cluster {
+    let mut cluster = match r.cluster.get() {
         Some(c) => {
             ex.step(|| format!("pinned to cluster {:?}", t.cluster(c).name));
             c
@@ -210,7 +210,7 @@ fn place<E: Explain>(
         },
     };
     let mut transfer_from = None;
-    if let Some(to) = r.transfer_to {
+    if let Some(to) = r.transfer_to.get() {
         if to != cluster {
             ex.step(|| {
                 format!(
@@ -226,7 +226,7 @@ fn place<E: Explain>(
     match pick_vm(ctx, t, cluster, r.id_hash, req, ex) {
         Some((vm, reason)) => Decision::Vm {
             kind,
-            repl,
+            repl_hash,
             vm,
             addr: t.vm(vm).addr,
             reason,
@@ -265,7 +265,7 @@ fn pick_vm<E: Explain>(
     if !req.dry_run {
         ctx.ledger.track_version(t.version());
     }
-    let candidates = &t.cluster(cluster).candidates;
+    let candidates = t.candidates(cluster);
     let by_fp = |fp: u16| {
         candidates
             .iter()
@@ -299,7 +299,9 @@ fn pick_vm<E: Explain>(
             let vm = t.vm(best);
             format!(
                 "least loaded active vm: {:?} ({}), {} containers known",
-                vm.id, vm.addr, vm.containers
+                vm.id,
+                vm.addr,
+                t.containers_on(best)
             )
         });
         return Some((best, VmReason::Picked));

@@ -171,7 +171,8 @@ impl RejectReason {
 pub enum Decision {
     Vm {
         kind: Kind,
-        repl: Idx,
+        /// Stable hash of the repl id (pick-memory key).
+        repl_hash: u64,
         vm: Idx,
         addr: SocketAddr,
         reason: VmReason,
@@ -180,7 +181,7 @@ pub enum Decision {
     },
     Forward {
         kind: Kind,
-        repl: Idx,
+        repl_hash: u64,
         region: Idx,
         addr: SocketAddr,
         reason: ForwardReason,

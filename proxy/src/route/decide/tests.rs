@@ -399,7 +399,7 @@ fn dry_run_changes_nothing() {
         ),
         "not remembered"
     );
-    let h = t.repl(t.repl_by_slug("pinned").unwrap()).id_hash;
+    let h = t.repl_by_slug("pinned").unwrap().id_hash;
     assert_eq!(c.memory.recall(h, NOW), None);
 }
 

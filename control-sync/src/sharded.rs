@@ -1,0 +1,278 @@
+//! A persistent (copy-on-write) hash map split into shards, so that a table
+//! of millions of rows can be changed one row at a time and republished
+//! without copying it.
+//!
+//! Where it sits: the routing table keeps repls, their id index, custom
+//! domains and tombstones in [`ShardedMap`]s. A published table is never
+//! mutated: applying a delta clones the table (cheap: a few `Arc`s), and the
+//! first write to a shard copies that shard only (`Arc::make_mut`), plus the
+//! top-level array of shard pointers once per delta batch. Readers holding
+//! the old table keep seeing the old shards.
+//!
+//! Layout: `shards: Arc<[Arc<Shard>]>`, a power of two of them, chosen at
+//! build time from the expected size (~256 rows per shard). Each shard is a
+//! dense `Vec<V>` plus a `HashTable<u32>` of positions, so rows are stored
+//! once, contiguously, with 4-byte index slots.
+//!
+//! Hashing: one 64-bit foldhash per key with a per-process random seed
+//! (hash-flooding resistant; nothing here needs to agree across edges). Bits
+//! 32..48 pick the shard; hashbrown uses the low bits and the top 7, so
+//! shard selection does not starve its SIMD tag bytes.
+//!
+//! Invariants: `len` is the sum of shard lengths; every position in a
+//! shard's index is `< items.len()`; keys are unique. Start at
+//! [`ShardedMap::get`] and [`ShardedMap::insert`].
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+
+/// Rows stored in a [`ShardedMap`] know their key.
+pub trait Keyed {
+    fn key(&self) -> &str;
+}
+
+#[derive(Clone)]
+struct Shard<V> {
+    items: Vec<V>,
+    index: HashTable<u32>,
+}
+
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard {
+            items: Vec::new(),
+            index: HashTable::new(),
+        }
+    }
+}
+
+/// Target rows per shard when sizing a new map.
+pub const ROWS_PER_SHARD: usize = 256;
+
+/// See the module docs.
+pub struct ShardedMap<V> {
+    hasher: foldhash::fast::RandomState,
+    shards: Arc<[Arc<Shard<V>>]>,
+    mask: u64,
+    len: usize,
+}
+
+impl<V> Clone for ShardedMap<V> {
+    fn clone(&self) -> Self {
+        ShardedMap {
+            hasher: self.hasher,
+            shards: self.shards.clone(),
+            mask: self.mask,
+            len: self.len,
+        }
+    }
+}
+
+impl<V: Keyed + Clone> ShardedMap<V> {
+    /// An empty map sized for about `expected` rows.
+    pub fn with_expected(expected: usize) -> ShardedMap<V> {
+        let n = (expected / ROWS_PER_SHARD).next_power_of_two().clamp(16, 1 << 16);
+        ShardedMap {
+            hasher: Default::default(),
+            shards: (0..n).map(|_| Arc::new(Shard::default())).collect(),
+            mask: n as u64 - 1,
+            len: 0,
+        }
+    }
+
+    /// The map's hash of a key (stable for this map and its clones).
+    #[inline]
+    pub fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline]
+    fn shard_of(&self, h: u64) -> usize {
+        ((h >> 32) & self.mask) as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.get_hashed(self.hash(key), |v| v.key() == key)
+    }
+
+    /// The row with map hash `h` for which `is` holds (for secondary
+    /// indexes that store a hash instead of the key).
+    #[inline]
+    pub fn get_hashed(&self, h: u64, is: impl Fn(&V) -> bool) -> Option<&V> {
+        let shard = &self.shards[self.shard_of(h)];
+        shard
+            .index
+            .find(h, |&i| is(&shard.items[i as usize]))
+            .map(|&i| &shard.items[i as usize])
+    }
+
+    /// Writable access to the shard of `h`, copying it (and the shard array)
+    /// first if a published table still shares them.
+    fn shard_mut(&mut self, h: u64) -> &mut Shard<V> {
+        let s = self.shard_of(h);
+        if Arc::get_mut(&mut self.shards).is_none() {
+            self.shards = self.shards.iter().cloned().collect();
+        }
+        let shards = Arc::get_mut(&mut self.shards).expect("unique after copy");
+        Arc::make_mut(&mut shards[s])
+    }
+
+    /// Inserts or replaces the row with `v`'s key; returns the old row.
+    pub fn insert(&mut self, v: V) -> Option<V> {
+        let h = self.hash(v.key());
+        let hasher = self.hasher;
+        let shard = self.shard_mut(h);
+        let key = v.key();
+        if let Some(&i) = shard.index.find(h, |&i| shard.items[i as usize].key() == key) {
+            return Some(std::mem::replace(&mut shard.items[i as usize], v));
+        }
+        let pos = shard.items.len() as u32;
+        shard.items.push(v);
+        let items = &shard.items;
+        shard
+            .index
+            .insert_unique(h, pos, |&i| hasher.hash_one(items[i as usize].key()));
+        self.len += 1;
+        None
+    }
+
+    /// Removes the row with `key`; returns it.
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let h = self.hash(key);
+        // Do not copy a shard for a key that is not there.
+        self.get_hashed(h, |v| v.key() == key)?;
+        let hasher = self.hasher;
+        let shard = self.shard_mut(h);
+        let entry = shard
+            .index
+            .find_entry(h, |&i| shard.items[i as usize].key() == key)
+            .ok()?;
+        let (pos, _) = entry.remove();
+        let last = shard.items.len() as u32 - 1;
+        if pos != last {
+            // The last row moves into the hole: repoint its index slot.
+            let moved_h = hasher.hash_one(shard.items[last as usize].key());
+            if let Some(slot) = shard.index.find_mut(moved_h, |&i| i == last) {
+                *slot = pos;
+            }
+        }
+        let old = shard.items.swap_remove(pos as usize);
+        self.len -= 1;
+        Some(old)
+    }
+
+    /// All rows, shard by shard (unordered).
+    pub fn iter(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(|s| s.items.iter())
+    }
+
+    /// Releases spare capacity (after a full load).
+    pub fn shrink_to_fit(&mut self) {
+        let hasher = self.hasher;
+        let shards = Arc::get_mut(&mut self.shards).expect("shrink only an unshared map");
+        for s in shards.iter_mut() {
+            let s = Arc::get_mut(s).expect("shrink only an unshared map");
+            s.items.shrink_to_fit();
+            let items = &s.items;
+            s.index.shrink_to_fit(|&i| hasher.hash_one(items[i as usize].key()));
+        }
+    }
+
+    /// Bytes held by rows and index slots (not counting heap data inside rows).
+    pub fn approx_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.items.capacity() * std::mem::size_of::<V>() + s.index.capacity() * 5)
+            .sum::<usize>()
+            + self.shards.len() * 64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Row(String, u32);
+    impl Keyed for Row {
+        fn key(&self) -> &str {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn insert_get_replace_remove() {
+        let mut m = ShardedMap::with_expected(10_000);
+        for i in 0..10_000 {
+            assert_eq!(m.insert(Row(format!("k{i}"), i)), None);
+        }
+        assert_eq!(m.len(), 10_000);
+        assert_eq!(m.get("k42"), Some(&Row("k42".into(), 42)));
+        assert_eq!(m.insert(Row("k42".into(), 7)), Some(Row("k42".into(), 42)));
+        assert_eq!(m.len(), 10_000);
+        for i in (0..10_000).step_by(3) {
+            assert!(m.remove(&format!("k{i}")).is_some(), "k{i}");
+        }
+        assert_eq!(m.remove("k0"), None);
+        for i in 0..10_000 {
+            let got = m.get(&format!("k{i}"));
+            assert_eq!(got.is_some(), i % 3 != 0, "k{i}");
+        }
+        assert_eq!(m.iter().count(), m.len());
+    }
+
+    #[test]
+    fn clones_are_isolated_and_share_untouched_shards() {
+        let mut a = ShardedMap::with_expected(100_000);
+        for i in 0..100_000 {
+            a.insert(Row(format!("k{i}"), i));
+        }
+        let snapshot = a.clone();
+        let mut b = a.clone();
+        b.insert(Row("k1".into(), 999));
+        b.remove("k2");
+        b.insert(Row("new".into(), 1));
+        // The published copy never changes.
+        assert_eq!(snapshot.get("k1").unwrap().1, 1);
+        assert!(snapshot.get("k2").is_some() && snapshot.get("new").is_none());
+        assert_eq!(b.get("k1").unwrap().1, 999);
+        assert!(b.get("k2").is_none() && b.get("new").is_some());
+        // At most three shards were copied; the rest are shared.
+        let shared = a
+            .shards
+            .iter()
+            .zip(b.shards.iter())
+            .filter(|(x, y)| Arc::ptr_eq(x, y))
+            .count();
+        assert!(shared >= a.shards.len() - 3, "{shared} of {} shared", a.shards.len());
+    }
+
+    #[test]
+    fn removal_keeps_moved_rows_findable() {
+        // Many rows in few shards: removals exercise the swap-remove repointing.
+        let mut m = ShardedMap::with_expected(0);
+        for i in 0..5_000 {
+            m.insert(Row(format!("x{i}"), i));
+        }
+        for i in 0..5_000 {
+            if i % 2 == 0 {
+                m.remove(&format!("x{i}"));
+            }
+            for j in (i + 1..5_000).step_by(499) {
+                assert_eq!(m.get(&format!("x{j}")).map(|r| r.1), Some(j));
+            }
+        }
+        assert_eq!(m.len(), 2_500);
+    }
+}

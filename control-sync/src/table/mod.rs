@@ -1,0 +1,529 @@
+//! The routing table: an immutable, validated copy of the placement data
+//! that every request reads, and that a delta can change one row at a time.
+//!
+//! Flow: a full load goes through [`RoutingTable::build`] (rows of a
+//! [`Snapshot`]); a sync delta goes through [`RoutingTable::apply`] (a list of
+//! [`Change`]s) and returns a *new* table, leaving the published one
+//! untouched. Both run the same per-row upsert/delete code in [`rows`], so
+//! validation is written once: duplicate ids or slugs, dangling references,
+//! bad addresses, bad times. In [`Strictness::Strict`] mode (the file source)
+//! the first bad row rejects the whole load; in [`Strictness::Lenient`] mode
+//! (the database) bad rows are skipped and counted by reason.
+//!
+//! Layout and cost:
+//! - [`Topology`] (regions, clusters, VMs, rings, names) is small and shared
+//!   by `Arc`; a delta that touches it copies it. Topology indices are stable
+//!   for the table's lifetime (a deleted VM or cluster keeps its slot until
+//!   the next full load), so repl rows never need remapping.
+//! - Balancer candidates and container counts per VM sit beside it, also
+//!   `Arc`-shared; a container change rebuilds one cluster's candidates.
+//! - Repls (keyed by slug: the hot-path lookup), the repl-id index, custom
+//!   domains and tombstones are [`ShardedMap`]s: a one-row change copies one
+//!   shard of ~256 rows and the shard pointer array, never the table.
+//! - One ring per region over its active clusters with weight > 0, rebuilt
+//!   only when clusters change.
+//!
+//! Start reading at [`RoutingTable`], then [`rows`].
+
+mod rows;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::ring::Ring;
+use crate::sharded::{Keyed, ShardedMap};
+use crate::snapshot::*;
+
+pub use rows::{Change, RowError, Strictness};
+
+pub type Idx = u32;
+
+/// An optional index in 4 bytes (`u32::MAX` = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptIdx(u32);
+
+impl OptIdx {
+    pub const NONE: OptIdx = OptIdx(u32::MAX);
+    #[inline]
+    pub fn get(self) -> Option<Idx> {
+        (self.0 != u32::MAX).then_some(self.0)
+    }
+    #[inline]
+    pub fn from(o: Option<Idx>) -> OptIdx {
+        OptIdx(o.unwrap_or(u32::MAX))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub name: Box<str>,
+    pub edge_addr: SocketAddr,
+    /// False once deleted by a delta (the slot stays until a full load).
+    pub present: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: Box<str>,
+    pub region: Idx,
+    pub state: ClusterState,
+    pub weight: u32,
+    /// VMs of this cluster (present ones), in insertion order.
+    pub vms: Vec<Idx>,
+    pub present: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub id: Box<str>,
+    pub cluster: Idx,
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: VmState,
+    /// [`crate::ring::key_hash`] of the id: stable tie-breaks and pick-memory tags.
+    pub id_hash: u64,
+    pub present: bool,
+}
+
+/// An `active` VM as the balancer sees it: contiguous, 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub vm: Idx,
+    pub containers: u32,
+    pub id_hash: u64,
+}
+
+/// The small, rarely changing part of the table.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub regions: Vec<Region>,
+    pub clusters: Vec<Cluster>,
+    pub vms: Vec<Vm>,
+    by_region: HashMap<Box<str>, Idx>,
+    by_cluster: HashMap<Box<str>, Idx>,
+    by_vm: HashMap<Box<str>, Idx>,
+    /// One ring per region (index = region index).
+    rings: Vec<Arc<Ring>>,
+}
+
+/// Per-VM container counts and per-cluster balancer candidates.
+#[derive(Debug, Clone, Default)]
+struct Load {
+    containers: Vec<u32>,
+    candidates: Vec<Arc<[Candidate]>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Repl {
+    pub id: Arc<str>,
+    pub slug: Box<str>,
+    pub owner: Option<Box<str>>,
+    pub region: Idx,
+    /// Pinned cluster.
+    pub cluster: OptIdx,
+    /// Pending lazy transfer target.
+    pub transfer_to: OptIdx,
+    /// The VM running its container, if any.
+    pub vm: OptIdx,
+    /// Container start, unix ms (`i64::MIN` = unknown).
+    pub container_started_ms: i64,
+    /// [`crate::ring::key_hash`] of the id: ring position and pick-memory key.
+    pub id_hash: u64,
+}
+
+impl Keyed for Repl {
+    fn key(&self) -> &str {
+        &self.slug
+    }
+}
+
+/// Repl id -> the map hash of its slug in the repls map.
+#[derive(Debug, Clone)]
+struct IdEntry {
+    id: Arc<str>,
+    slug_hash: u64,
+}
+
+impl Keyed for IdEntry {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Domain {
+    hostname: Box<str>,
+    repl_id: Arc<str>,
+}
+
+impl Keyed for Domain {
+    fn key(&self) -> &str {
+        &self.hostname
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    pub from_cluster: Idx,
+    pub to_cluster: Idx,
+    pub expires_at_ms: i64,
+}
+
+/// The tombstones of one repl.
+#[derive(Debug, Clone)]
+struct Tombstones {
+    repl_id: Arc<str>,
+    list: Vec<Tombstone>,
+}
+
+impl Keyed for Tombstones {
+    fn key(&self) -> &str {
+        &self.repl_id
+    }
+}
+
+/// A placement load that cannot be used at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Row(#[from] RowError),
+    #[error("this edge's region {0:?} is not in the snapshot's regions")]
+    UnknownLocalRegion(String),
+    #[error("snapshot is not valid: {0}")]
+    Decode(String),
+    #[error("cannot read snapshot {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+/// Counts for `/debug/snapshot`, logs and the shrink guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableCounts {
+    pub regions: usize,
+    pub clusters: usize,
+    pub vms: usize,
+    pub repls: usize,
+    pub containers: usize,
+    pub custom_domains: usize,
+    pub tombstones: usize,
+}
+
+/// The immutable routing table. See the module docs.
+#[derive(Clone)]
+pub struct RoutingTable {
+    version: u64,
+    local_region_name: Arc<str>,
+    local_region: Idx,
+    topo: Arc<Topology>,
+    load: Arc<Load>,
+    repls: ShardedMap<Repl>,
+    ids: ShardedMap<IdEntry>,
+    domains: ShardedMap<Domain>,
+    tombstones: ShardedMap<Tombstones>,
+    containers: usize,
+    tombstone_count: usize,
+}
+
+impl std::fmt::Debug for RoutingTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutingTable")
+            .field("version", &self.version)
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Slugs are DNS labels: 1-63 of `a-z 0-9 -`, not starting or ending in `-`.
+pub fn is_valid_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// Hostnames: lower-case labels of `a-z 0-9 -`, at least two, <= 253 bytes.
+pub fn is_valid_hostname(s: &str) -> bool {
+    s.len() <= 253 && s.contains('.') && s.split('.').all(is_valid_slug)
+}
+
+impl RoutingTable {
+    /// An empty, not-ready table (version 0) for edges that have not loaded yet.
+    pub fn empty() -> RoutingTable {
+        Self::with_capacity("", 0)
+    }
+
+    fn with_capacity(local_region: &str, repls: usize) -> RoutingTable {
+        RoutingTable {
+            version: 0,
+            local_region_name: local_region.into(),
+            local_region: u32::MAX,
+            topo: Arc::default(),
+            load: Arc::default(),
+            repls: ShardedMap::with_expected(repls),
+            ids: ShardedMap::with_expected(repls),
+            domains: ShardedMap::with_expected(repls / 16),
+            tombstones: ShardedMap::with_expected(repls / 64),
+            containers: 0,
+            tombstone_count: 0,
+        }
+    }
+
+    /// Validates `snap` strictly (first bad row rejects the whole load) and
+    /// builds the table an edge of `local_region` routes with. `version`
+    /// must be > 0 (0 means "nothing loaded").
+    pub fn build(snap: &Snapshot, local_region: &str, version: u64) -> Result<RoutingTable, SnapshotError> {
+        let (t, _) = Self::build_with(snap, local_region, version, Strictness::Strict)?;
+        Ok(t)
+    }
+
+    /// Like [`RoutingTable::build`]; in lenient mode bad rows are skipped
+    /// and returned (with their reasons) instead of failing the load.
+    pub fn build_with(
+        snap: &Snapshot,
+        local_region: &str,
+        version: u64,
+        strictness: Strictness,
+    ) -> Result<(RoutingTable, Vec<RowError>), SnapshotError> {
+        let mut b = rows::Builder::new(RoutingTable::with_capacity(local_region, snap.repls.len()), strictness);
+        let changes = snap.regions.iter().map(|r| Change::UpsertRegion(r.clone()));
+        b.apply_all(changes)?;
+        if !b.table.topo.by_region.contains_key(local_region) {
+            return Err(SnapshotError::UnknownLocalRegion(local_region.to_string()));
+        }
+        b.apply_all(snap.clusters.iter().map(|c| Change::UpsertCluster(c.clone())))?;
+        b.apply_all(snap.vms.iter().map(|v| Change::UpsertVm(v.clone())))?;
+        b.apply_all(snap.repls.iter().map(|r| Change::UpsertRepl(r.clone())))?;
+        b.apply_all(snap.containers.iter().map(|c| Change::UpsertContainer(c.clone())))?;
+        b.apply_all(snap.custom_domains.iter().map(|d| Change::UpsertDomain(d.clone())))?;
+        b.apply_all(snap.tombstones.iter().map(|t| Change::UpsertTombstone(t.clone())))?;
+        let (mut t, skipped) = b.finish(version);
+        t.repls.shrink_to_fit();
+        t.ids.shrink_to_fit();
+        Ok((t, skipped))
+    }
+
+    /// A new table with `changes` applied in order, as version `version`.
+    /// The receiver (the published table) is not modified. Bad rows are
+    /// skipped and returned in lenient mode; in strict mode the first one
+    /// fails the whole delta.
+    pub fn apply(
+        &self,
+        changes: impl IntoIterator<Item = Change>,
+        version: u64,
+        strictness: Strictness,
+    ) -> Result<(RoutingTable, Vec<RowError>), SnapshotError> {
+        let mut b = rows::Builder::new(self.clone(), strictness);
+        b.apply_all(changes)?;
+        Ok(b.finish(version))
+    }
+
+    /// Version of the source data this table was built from (0 = nothing loaded).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    pub fn is_loaded(&self) -> bool {
+        self.version > 0
+    }
+    pub fn counts(&self) -> TableCounts {
+        TableCounts {
+            regions: self.topo.by_region.len(),
+            clusters: self.topo.by_cluster.len(),
+            vms: self.topo.by_vm.len(),
+            repls: self.repls.len(),
+            containers: self.containers,
+            custom_domains: self.domains.len(),
+            tombstones: self.tombstone_count,
+        }
+    }
+    pub fn local_region(&self) -> Idx {
+        self.local_region
+    }
+    pub fn local_region_name(&self) -> &str {
+        &self.local_region_name
+    }
+
+    #[inline]
+    pub fn repl_by_slug(&self, slug: &str) -> Option<&Repl> {
+        self.repls.get(slug)
+    }
+    #[inline]
+    pub fn repl_by_id(&self, id: &str) -> Option<&Repl> {
+        let e = self.ids.get(id)?;
+        self.repls.get_hashed(e.slug_hash, |r| *r.id == *id)
+    }
+    /// `host` must already be canonical (lower case, no port, no trailing dot).
+    #[inline]
+    pub fn repl_by_domain(&self, host: &str) -> Option<&Repl> {
+        self.repl_by_id(&self.domains.get(host)?.repl_id)
+    }
+    /// Tombstones of a repl (usually none).
+    #[inline]
+    pub fn tombstones(&self, repl_id: &str) -> &[Tombstone] {
+        if self.tombstone_count == 0 {
+            return &[];
+        }
+        self.tombstones.get(repl_id).map(|t| &t.list[..]).unwrap_or(&[])
+    }
+    #[inline]
+    pub fn region(&self, i: Idx) -> &Region {
+        &self.topo.regions[i as usize]
+    }
+    #[inline]
+    pub fn cluster(&self, i: Idx) -> &Cluster {
+        &self.topo.clusters[i as usize]
+    }
+    #[inline]
+    pub fn vm(&self, i: Idx) -> &Vm {
+        &self.topo.vms[i as usize]
+    }
+    /// The active VMs of a cluster, packed for the balancer.
+    #[inline]
+    pub fn candidates(&self, cluster: Idx) -> &[Candidate] {
+        &self.load.candidates[cluster as usize]
+    }
+    /// Containers the table places on a VM.
+    pub fn containers_on(&self, vm: Idx) -> u32 {
+        self.load.containers[vm as usize]
+    }
+    /// The ring of a region's active clusters.
+    #[inline]
+    pub fn ring(&self, region: Idx) -> &Ring {
+        &self.topo.rings[region as usize]
+    }
+    /// Present regions, clusters and VMs with their indices.
+    pub fn regions(&self) -> impl Iterator<Item = (Idx, &Region)> {
+        self.topo
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.present)
+            .map(|(i, r)| (i as Idx, r))
+    }
+    pub fn clusters(&self) -> impl Iterator<Item = (Idx, &Cluster)> {
+        self.topo
+            .clusters
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.present)
+            .map(|(i, c)| (i as Idx, c))
+    }
+    pub fn vms(&self) -> impl Iterator<Item = (Idx, &Vm)> {
+        self.topo
+            .vms
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.present)
+            .map(|(i, v)| (i as Idx, v))
+    }
+    pub fn region_by_name(&self, name: &str) -> Option<Idx> {
+        self.topo.by_region.get(name).copied()
+    }
+    pub fn cluster_by_name(&self, name: &str) -> Option<Idx> {
+        self.topo.by_cluster.get(name).copied()
+    }
+    pub fn vm_by_id(&self, id: &str) -> Option<Idx> {
+        self.topo.by_vm.get(id).copied()
+    }
+    /// All repls (unordered).
+    pub fn repls(&self) -> impl Iterator<Item = &Repl> {
+        self.repls.iter()
+    }
+
+    /// Approximate bytes held by the repl structures (rows, indexes and
+    /// their strings), for the memory-per-repl figure.
+    pub fn approx_repl_bytes(&self) -> usize {
+        let strings: usize = self
+            .repls
+            .iter()
+            .map(|r| r.id.len() + 16 + r.slug.len() + r.owner.as_ref().map_or(0, |o| o.len()))
+            .sum();
+        self.repls.approx_bytes() + self.ids.approx_bytes() + strings
+    }
+
+    /// The rows this table holds, in a stable order (for `snapshot dump`
+    /// and `last_known_good`).
+    pub fn to_snapshot(&self) -> Snapshot {
+        let topo = &self.topo;
+        let cname = |c: Idx| topo.clusters[c as usize].name.to_string();
+        let rname = |r: Idx| topo.regions[r as usize].name.to_string();
+        let mut repls: Vec<&Repl> = self.repls.iter().collect();
+        repls.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut domains: Vec<&Domain> = self.domains.iter().collect();
+        domains.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        let mut tombs: Vec<&Tombstones> = self.tombstones.iter().collect();
+        tombs.sort_by(|a, b| a.repl_id.cmp(&b.repl_id));
+        Snapshot {
+            regions: self
+                .regions()
+                .map(|(_, r)| RegionRow {
+                    name: r.name.to_string(),
+                    edge_addr: r.edge_addr.to_string(),
+                })
+                .collect(),
+            clusters: self
+                .clusters()
+                .map(|(_, c)| ClusterRow {
+                    name: c.name.to_string(),
+                    region: rname(c.region),
+                    state: c.state,
+                    weight: c.weight,
+                })
+                .collect(),
+            vms: self
+                .vms()
+                .map(|(_, v)| VmRow {
+                    id: v.id.to_string(),
+                    cluster: cname(v.cluster),
+                    addr: v.addr.to_string(),
+                    metrics_addr: v.metrics_addr.map(|a| a.to_string()),
+                    state: v.state,
+                })
+                .collect(),
+            repls: repls
+                .iter()
+                .map(|r| ReplRow {
+                    id: r.id.to_string(),
+                    slug: r.slug.to_string(),
+                    owner: r.owner.as_deref().map(str::to_string),
+                    region: rname(r.region),
+                    cluster: r.cluster.get().map(cname),
+                    transfer_to: r.transfer_to.get().map(cname),
+                })
+                .collect(),
+            containers: repls
+                .iter()
+                .filter_map(|r| {
+                    r.vm.get().map(|v| ContainerRow {
+                        repl_id: r.id.to_string(),
+                        vm_id: topo.vms[v as usize].id.to_string(),
+                        started_at: (r.container_started_ms != i64::MIN)
+                            .then(|| format_rfc3339_ms(r.container_started_ms)),
+                    })
+                })
+                .collect(),
+            custom_domains: domains
+                .iter()
+                .map(|d| CustomDomainRow {
+                    hostname: d.hostname.to_string(),
+                    repl_id: d.repl_id.to_string(),
+                })
+                .collect(),
+            tombstones: tombs
+                .iter()
+                .flat_map(|t| {
+                    t.list.iter().map(|ts| TombstoneRow {
+                        repl_id: t.repl_id.to_string(),
+                        from_cluster: cname(ts.from_cluster),
+                        to_cluster: cname(ts.to_cluster),
+                        expires_at: format_rfc3339_ms(ts.expires_at_ms),
+                    })
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! Row-level upserts and deletes: the one place placement rows are
+//! validated and applied, for full loads and sync deltas alike.
+//!
+//! A [`Builder`] owns a table under construction (a clone of the published
+//! one for a delta: shared structure, copied on first write). Each
+//! [`Change`] is checked like user input; a bad one becomes a [`RowError`]
+//! naming the row and a short `reason` for metrics. Derived data (rings,
+//! balancer candidates) is marked dirty and rebuilt once in
+//! [`Builder::finish`], only for the regions and clusters that changed.
+//!
+//! In a fresh build (`fresh = true`) a second row with the same key is a
+//! duplicate error; in a delta it replaces the row (an UPDATE).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::*;
+use crate::ring::{key_hash, Member};
+
+/// How bad rows are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// The first bad row fails the whole load (file snapshots).
+    Strict,
+    /// Bad rows are skipped and reported; the rest applies (database sync).
+    Lenient,
+}
+
+/// One row change, as a source reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    UpsertRegion(RegionRow),
+    DeleteRegion(String),
+    UpsertCluster(ClusterRow),
+    DeleteCluster(String),
+    UpsertVm(VmRow),
+    DeleteVm(String),
+    UpsertRepl(ReplRow),
+    DeleteRepl(String),
+    UpsertContainer(ContainerRow),
+    /// By repl id.
+    DeleteContainer(String),
+    UpsertDomain(CustomDomainRow),
+    DeleteDomain(String),
+    UpsertTombstone(TombstoneRow),
+    DeleteTombstone {
+        repl_id: String,
+        from_cluster: String,
+    },
+}
+
+/// A row that cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{table}[{index}] ({key:?}): {message}")]
+pub struct RowError {
+    pub table: &'static str,
+    /// Position of the row among the rows of its table in this load or delta.
+    pub index: usize,
+    pub key: String,
+    /// Short label for metrics: `duplicate`, `dangling_reference`,
+    /// `bad_address`, `bad_value`, `bad_time`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+const TABLES: [&str; 7] = [
+    "regions",
+    "clusters",
+    "vms",
+    "repls",
+    "containers",
+    "custom_domains",
+    "tombstones",
+];
+
+struct Row<'a> {
+    table: &'static str,
+    index: usize,
+    key: &'a str,
+}
+
+impl Row<'_> {
+    fn err(&self, reason: &'static str, message: impl Into<String>) -> RowError {
+        RowError {
+            table: self.table,
+            index: self.index,
+            key: self.key.to_string(),
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Ids and names: 1-128 printable ASCII characters.
+    fn check_id(&self) -> Result<(), RowError> {
+        let s = self.key;
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|c| c.is_ascii_graphic()) {
+            return Err(self.err("bad_value", "id must be 1-128 printable characters"));
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, map: &HashMap<Box<str>, Idx>, field: &str, name: &str) -> Result<Idx, RowError> {
+        map.get(name)
+            .copied()
+            .ok_or_else(|| self.err("dangling_reference", format!("{field} {name:?} does not exist")))
+    }
+
+    fn addr(&self, field: &str, v: &str) -> Result<SocketAddr, RowError> {
+        match v.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(a),
+            _ => Err(self.err("bad_address", format!("{field} {v:?} is not an ip:port address"))),
+        }
+    }
+
+    fn time(&self, field: &str, v: &str) -> Result<i64, RowError> {
+        parse_rfc3339_ms(v).ok_or_else(|| self.err("bad_time", format!("{field} {v:?} is not RFC 3339")))
+    }
+}
+
+pub(super) struct Builder {
+    pub(super) table: RoutingTable,
+    strictness: Strictness,
+    fresh: bool,
+    skipped: Vec<RowError>,
+    counters: [usize; 7],
+    dirty_regions: BTreeSet<Idx>,
+    dirty_clusters: BTreeSet<Idx>,
+}
+
+impl Builder {
+    pub(super) fn new(table: RoutingTable, strictness: Strictness) -> Builder {
+        let fresh = table.version == 0;
+        Builder {
+            table,
+            strictness,
+            fresh,
+            skipped: Vec::new(),
+            counters: [0; 7],
+            dirty_regions: BTreeSet::new(),
+            dirty_clusters: BTreeSet::new(),
+        }
+    }
+
+    pub(super) fn apply_all(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<(), SnapshotError> {
+        for c in changes {
+            if let Err(e) = self.apply_one(c) {
+                match self.strictness {
+                    Strictness::Strict => return Err(e.into()),
+                    Strictness::Lenient => self.skipped.push(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn row<'k>(&mut self, table: usize, key: &'k str) -> Row<'k> {
+        let index = self.counters[table];
+        self.counters[table] += 1;
+        Row {
+            table: TABLES[table],
+            index,
+            key,
+        }
+    }
+
+    fn topo(&mut self) -> &mut Topology {
+        Arc::make_mut(&mut self.table.topo)
+    }
+
+    fn apply_one(&mut self, change: Change) -> Result<(), RowError> {
+        match change {
+            Change::UpsertRegion(r) => self.upsert_region(r),
+            Change::DeleteRegion(name) => {
+                self.row(0, &name);
+                if let Some(i) = self.topo().by_region.remove(name.as_str()) {
+                    self.topo().regions[i as usize].present = false;
+                }
+                Ok(())
+            }
+            Change::UpsertCluster(c) => self.upsert_cluster(c),
+            Change::DeleteCluster(name) => {
+                self.row(1, &name);
+                if let Some(i) = self.topo().by_cluster.remove(name.as_str()) {
+                    let c = &mut self.topo().clusters[i as usize];
+                    c.present = false;
+                    c.weight = 0;
+                    c.state = ClusterState::Draining;
+                    let region = c.region;
+                    self.dirty_regions.insert(region);
+                    self.dirty_clusters.insert(i);
+                }
+                Ok(())
+            }
+            Change::UpsertVm(v) => self.upsert_vm(v),
+            Change::DeleteVm(id) => {
+                self.row(2, &id);
+                if let Some(i) = self.topo().by_vm.remove(id.as_str()) {
+                    let topo = self.topo();
+                    let vm = &mut topo.vms[i as usize];
+                    vm.present = false;
+                    vm.state = VmState::Down;
+                    let c = vm.cluster;
+                    topo.clusters[c as usize].vms.retain(|&v| v != i);
+                    self.dirty_clusters.insert(c);
+                }
+                Ok(())
+            }
+            Change::UpsertRepl(r) => self.upsert_repl(r),
+            Change::DeleteRepl(id) => {
+                self.row(3, &id);
+                if let Some(e) = self.table.ids.remove(&id) {
+                    let slug = self
+                        .table
+                        .repls
+                        .get_hashed(e.slug_hash, |r| *r.id == *id)
+                        .map(|r| r.slug.clone());
+                    if let Some(old) = slug.and_then(|s| self.table.repls.remove(&s)) {
+                        self.set_container(old.vm.get(), None);
+                    }
+                }
+                Ok(())
+            }
+            Change::UpsertContainer(c) => self.upsert_container(c),
+            Change::DeleteContainer(repl_id) => {
+                self.row(4, &repl_id);
+                if let Some(mut r) = self.table.repl_by_id(&repl_id).cloned() {
+                    let old = r.vm.get();
+                    r.vm = OptIdx::NONE;
+                    r.container_started_ms = i64::MIN;
+                    self.table.repls.insert(r);
+                    self.set_container(old, None);
+                }
+                Ok(())
+            }
+            Change::UpsertDomain(d) => self.upsert_domain(d),
+            Change::DeleteDomain(host) => {
+                self.row(5, &host);
+                self.table
+                    .domains
+                    .remove(&host.trim_end_matches('.').to_ascii_lowercase());
+                Ok(())
+            }
+            Change::UpsertTombstone(t) => self.upsert_tombstone(t),
+            Change::DeleteTombstone { repl_id, from_cluster } => {
+                self.row(6, &repl_id);
+                let Some(from) = self.table.cluster_by_name(&from_cluster) else {
+                    return Ok(());
+                };
+                if let Some(mut ts) = self.table.tombstones.get(&repl_id).cloned() {
+                    let before = ts.list.len();
+                    ts.list.retain(|t| t.from_cluster != from);
+                    self.table.tombstone_count -= before - ts.list.len();
+                    if ts.list.is_empty() {
+                        self.table.tombstones.remove(&repl_id);
+                    } else {
+                        self.table.tombstones.insert(ts);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn upsert_region(&mut self, r: RegionRow) -> Result<(), RowError> {
+        let row = self.row(0, &r.name);
+        row.check_id()?;
+        let edge_addr = row.addr("edge_addr", &r.edge_addr)?;
+        let fresh = self.fresh;
+        let topo = self.topo();
+        let i = match topo.by_region.get(r.name.as_str()) {
+            Some(_) if fresh => return Err(row.err("duplicate", "duplicate region name")),
+            Some(&i) => {
+                topo.regions[i as usize].edge_addr = edge_addr;
+                i
+            }
+            None => {
+                let i = topo.regions.len() as Idx;
+                topo.regions.push(Region {
+                    name: r.name.as_str().into(),
+                    edge_addr,
+                    present: true,
+                });
+                topo.by_region.insert(r.name.as_str().into(), i);
+                topo.rings.push(Arc::new(Ring::empty()));
+                i
+            }
+        };
+        topo.regions[i as usize].present = true;
+        if *self.table.local_region_name == *r.name {
+            self.table.local_region = i;
+        }
+        Ok(())
+    }
+
+    fn upsert_cluster(&mut self, c: ClusterRow) -> Result<(), RowError> {
+        let row = self.row(1, &c.name);
+        row.check_id()?;
+        let region = row.lookup(&self.table.topo.by_region, "region", &c.region)?;
+        if c.weight > MAX_CLUSTER_WEIGHT {
+            return Err(row.err(
+                "bad_value",
+                format!("weight {} is above {MAX_CLUSTER_WEIGHT}", c.weight),
+            ));
+        }
+        let fresh = self.fresh;
+        let topo = self.topo();
+        let i = match topo.by_cluster.get(c.name.as_str()) {
+            Some(_) if fresh => return Err(row.err("duplicate", "duplicate cluster name")),
+            Some(&i) => {
+                let old = topo.clusters[i as usize].region;
+                self.dirty_regions.insert(old);
+                i
+            }
+            None => {
+                let i = topo.clusters.len() as Idx;
+                topo.clusters.push(Cluster {
+                    name: c.name.as_str().into(),
+                    region,
+                    state: c.state,
+                    weight: c.weight,
+                    vms: Vec::new(),
+                    present: true,
+                });
+                topo.by_cluster.insert(c.name.as_str().into(), i);
+                i
+            }
+        };
+        let topo = self.topo();
+        let cl = &mut topo.clusters[i as usize];
+        cl.region = region;
+        cl.state = c.state;
+        cl.weight = c.weight;
+        cl.present = true;
+        self.dirty_regions.insert(region);
+        self.dirty_clusters.insert(i);
+        Ok(())
+    }
+
+    fn upsert_vm(&mut self, v: VmRow) -> Result<(), RowError> {
+        let row = self.row(2, &v.id);
+        row.check_id()?;
+        let cluster = row.lookup(&self.table.topo.by_cluster, "cluster", &v.cluster)?;
+        let addr = row.addr("addr", &v.addr)?;
+        let metrics_addr = v
+            .metrics_addr
+            .as_deref()
+            .map(|m| row.addr("metrics_addr", m))
+            .transpose()?;
+        let fresh = self.fresh;
+        let topo = self.topo();
+        let vm = Vm {
+            id: v.id.as_str().into(),
+            cluster,
+            addr,
+            metrics_addr,
+            state: v.state,
+            id_hash: key_hash(&v.id),
+            present: true,
+        };
+        match topo.by_vm.get(v.id.as_str()) {
+            Some(_) if fresh => return Err(row.err("duplicate", "duplicate vm id")),
+            Some(&i) => {
+                let old_cluster = topo.vms[i as usize].cluster;
+                if old_cluster != cluster {
+                    topo.clusters[old_cluster as usize].vms.retain(|&x| x != i);
+                    topo.clusters[cluster as usize].vms.push(i);
+                } else if !topo.vms[i as usize].present {
+                    topo.clusters[cluster as usize].vms.push(i);
+                }
+                topo.vms[i as usize] = vm;
+                self.dirty_clusters.insert(old_cluster);
+            }
+            None => {
+                let i = topo.vms.len() as Idx;
+                topo.vms.push(vm);
+                topo.by_vm.insert(v.id.as_str().into(), i);
+                topo.clusters[cluster as usize].vms.push(i);
+                Arc::make_mut(&mut self.table.load).containers.push(0);
+            }
+        }
+        self.dirty_clusters.insert(cluster);
+        Ok(())
+    }
+
+    fn upsert_repl(&mut self, r: ReplRow) -> Result<(), RowError> {
+        let row = self.row(3, &r.id);
+        row.check_id()?;
+        if !is_valid_slug(&r.slug) {
+            return Err(row.err(
+                "bad_value",
+                format!("slug {:?} is not a DNS label (a-z, 0-9, '-')", r.slug),
+            ));
+        }
+        let topo = &self.table.topo;
+        let region = row.lookup(&topo.by_region, "region", &r.region)?;
+        let in_region = |field: &str, name: &Option<String>| -> Result<OptIdx, RowError> {
+            let Some(name) = name else { return Ok(OptIdx::NONE) };
+            let c = row.lookup(&topo.by_cluster, field, name)?;
+            if topo.clusters[c as usize].region != region {
+                return Err(row.err("bad_value", format!("{field} {name:?} is not in region {:?}", r.region)));
+            }
+            Ok(OptIdx::from(Some(c)))
+        };
+        let cluster = in_region("cluster", &r.cluster)?;
+        let transfer_to = in_region("transfer_to", &r.transfer_to)?;
+        let existing = self.table.repl_by_id(&r.id).cloned();
+        if existing.is_some() && self.fresh {
+            return Err(row.err("duplicate", "duplicate repl id"));
+        }
+        if let Some(other) = self.table.repls.get(&r.slug) {
+            if *other.id != *r.id {
+                return Err(row.err(
+                    "duplicate",
+                    format!("slug {:?} is already used by repl {:?}", r.slug, other.id),
+                ));
+            }
+        }
+        let (id, vm, started) = match &existing {
+            Some(e) => (e.id.clone(), e.vm, e.container_started_ms),
+            None => (Arc::from(r.id.as_str()), OptIdx::NONE, i64::MIN),
+        };
+        if let Some(e) = &existing {
+            if *e.slug != *r.slug {
+                self.table.repls.remove(&e.slug);
+            }
+        }
+        let repl = Repl {
+            id: id.clone(),
+            slug: r.slug.as_str().into(),
+            owner: r.owner.as_deref().map(Into::into),
+            region,
+            cluster,
+            transfer_to,
+            vm,
+            container_started_ms: started,
+            id_hash: key_hash(&r.id),
+        };
+        let slug_hash = self.table.repls.hash(&repl.slug);
+        self.table.repls.insert(repl);
+        self.table.ids.insert(IdEntry { id, slug_hash });
+        Ok(())
+    }
+
+    /// Moves one container count from `old` to `new` and marks their clusters.
+    fn set_container(&mut self, old: Option<Idx>, new: Option<Idx>) {
+        if old == new {
+            return;
+        }
+        let load = Arc::make_mut(&mut self.table.load);
+        if let Some(o) = old {
+            load.containers[o as usize] = load.containers[o as usize].saturating_sub(1);
+            self.table.containers -= 1;
+            self.dirty_clusters.insert(self.table.topo.vms[o as usize].cluster);
+        }
+        if let Some(n) = new {
+            load.containers[n as usize] += 1;
+            self.table.containers += 1;
+            self.dirty_clusters.insert(self.table.topo.vms[n as usize].cluster);
+        }
+    }
+
+    fn upsert_container(&mut self, c: ContainerRow) -> Result<(), RowError> {
+        let row = self.row(4, &c.repl_id);
+        let mut repl = self
+            .table
+            .repl_by_id(&c.repl_id)
+            .cloned()
+            .ok_or_else(|| row.err("dangling_reference", "repl does not exist"))?;
+        let vm = row.lookup(&self.table.topo.by_vm, "vm", &c.vm_id)?;
+        let started = match &c.started_at {
+            Some(s) => row.time("started_at", s)?,
+            None => i64::MIN,
+        };
+        if repl.vm.get().is_some() && self.fresh {
+            return Err(row.err("duplicate", "repl already has a container (at most one per repl)"));
+        }
+        let old = repl.vm.get();
+        repl.vm = OptIdx::from(Some(vm));
+        repl.container_started_ms = started;
+        self.table.repls.insert(repl);
+        self.set_container(old, Some(vm));
+        Ok(())
+    }
+
+    fn upsert_domain(&mut self, d: CustomDomainRow) -> Result<(), RowError> {
+        let row = self.row(5, &d.hostname);
+        let host = d.hostname.trim_end_matches('.').to_ascii_lowercase();
+        if !is_valid_hostname(&host) {
+            return Err(row.err("bad_value", "not a valid hostname"));
+        }
+        let repl_id = self
+            .table
+            .repl_by_id(&d.repl_id)
+            .map(|r| r.id.clone())
+            .ok_or_else(|| row.err("dangling_reference", format!("repl {:?} does not exist", d.repl_id)))?;
+        if self.fresh && self.table.domains.get(&host).is_some() {
+            return Err(row.err("duplicate", "duplicate hostname"));
+        }
+        self.table.domains.insert(Domain {
+            hostname: host.into(),
+            repl_id,
+        });
+        Ok(())
+    }
+
+    fn upsert_tombstone(&mut self, ts: TombstoneRow) -> Result<(), RowError> {
+        let row = self.row(6, &ts.repl_id);
+        let repl_id = self
+            .table
+            .repl_by_id(&ts.repl_id)
+            .map(|r| r.id.clone())
+            .ok_or_else(|| row.err("dangling_reference", "repl does not exist"))?;
+        let topo = &self.table.topo;
+        let from_cluster = row.lookup(&topo.by_cluster, "from_cluster", &ts.from_cluster)?;
+        let to_cluster = row.lookup(&topo.by_cluster, "to_cluster", &ts.to_cluster)?;
+        let expires_at_ms = row.time("expires_at", &ts.expires_at)?;
+        let mut entry = self.table.tombstones.get(&ts.repl_id).cloned().unwrap_or(Tombstones {
+            repl_id,
+            list: Vec::new(),
+        });
+        let t = Tombstone {
+            from_cluster,
+            to_cluster,
+            expires_at_ms,
+        };
+        match entry.list.iter_mut().find(|x| x.from_cluster == from_cluster) {
+            Some(_) if self.fresh => {
+                return Err(row.err("duplicate", format!("duplicate tombstone from {:?}", ts.from_cluster)))
+            }
+            Some(x) => *x = t,
+            None => {
+                entry.list.push(t);
+                self.table.tombstone_count += 1;
+            }
+        }
+        self.table.tombstones.insert(entry);
+        Ok(())
+    }
+
+    /// Rebuilds derived data for what changed and stamps the version.
+    pub(super) fn finish(mut self, version: u64) -> (RoutingTable, Vec<RowError>) {
+        if !self.dirty_regions.is_empty() {
+            let topo = Arc::make_mut(&mut self.table.topo);
+            for &region in &self.dirty_regions {
+                let members: Vec<Member> = topo
+                    .clusters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.present && c.region == region && c.state == ClusterState::Active && c.weight > 0)
+                    .map(|(ci, c)| Member {
+                        id: ci as Idx,
+                        name: &c.name,
+                        weight: c.weight,
+                    })
+                    .collect();
+                topo.rings[region as usize] = Arc::new(Ring::build(&members));
+            }
+        }
+        if !self.dirty_clusters.is_empty() || self.table.load.candidates.len() != self.table.topo.clusters.len() {
+            let topo = &self.table.topo;
+            let load = Arc::make_mut(&mut self.table.load);
+            load.candidates
+                .resize_with(topo.clusters.len(), || Arc::from(Vec::new()));
+            for &c in &self.dirty_clusters {
+                load.candidates[c as usize] = topo.clusters[c as usize]
+                    .vms
+                    .iter()
+                    .map(|&v| (v, &topo.vms[v as usize]))
+                    .filter(|(_, vm)| vm.present && vm.state == VmState::Active)
+                    .map(|(v, vm)| Candidate {
+                        vm: v,
+                        containers: load.containers[v as usize],
+                        id_hash: vm.id_hash,
+                    })
+                    .collect();
+            }
+        }
+        self.table.version = version.max(1);
+        (self.table, self.skipped)
+    }
+}

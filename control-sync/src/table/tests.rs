@@ -1,0 +1,308 @@
+//! Tests of full builds and deltas.
+
+use super::*;
+
+pub(crate) fn demo() -> Snapshot {
+    serde_json::from_str(
+        r#"{"regions": [{"name": "us-east1", "edge_addr": "127.0.0.1:8080"},
+                        {"name": "ap-south1", "edge_addr": "127.0.0.1:8081"}],
+            "clusters": [{"name": "use1-a", "region": "us-east1", "state": "active"},
+                         {"name": "use1-b", "region": "us-east1", "state": "draining", "weight": 50},
+                         {"name": "aps1-a", "region": "ap-south1", "state": "active"}],
+            "vms": [{"id": "vm-1", "cluster": "use1-a", "addr": "127.0.0.1:7001", "state": "active"},
+                    {"id": "vm-2", "cluster": "use1-a", "addr": "127.0.0.1:7002", "state": "active"},
+                    {"id": "vm-3", "cluster": "aps1-a", "addr": "127.0.0.1:7003", "metrics_addr": "127.0.0.1:7103", "state": "active"}],
+            "repls": [{"id": "r1", "slug": "app1", "owner": "u1", "region": "us-east1"},
+                      {"id": "r2", "slug": "app2", "region": "us-east1", "cluster": "use1-a", "transfer_to": "use1-b"},
+                      {"id": "r4", "slug": "moved", "region": "ap-south1"}],
+            "containers": [{"repl_id": "r1", "vm_id": "vm-2", "started_at": "2026-01-01T00:00:00Z"}],
+            "custom_domains": [{"hostname": "WWW.Example.com.", "repl_id": "r1"}],
+            "tombstones": [{"repl_id": "r4", "from_cluster": "use1-a", "to_cluster": "aps1-a",
+                            "expires_at": "2030-01-01T00:00:00Z"}]}"#,
+    )
+    .unwrap()
+}
+
+fn build() -> RoutingTable {
+    RoutingTable::build(&demo(), "us-east1", 7).unwrap()
+}
+
+#[test]
+fn builds_and_indexes_everything() {
+    let t = build();
+    assert_eq!(t.version(), 7);
+    assert_eq!(t.counts().repls, 3);
+    let r1 = t.repl_by_slug("app1").unwrap();
+    assert_eq!(&*r1.id, "r1");
+    assert_eq!(&*t.repl_by_id("r1").unwrap().slug, "app1");
+    assert_eq!(
+        &*t.repl_by_domain("www.example.com").unwrap().id,
+        "r1",
+        "hostnames are normalised"
+    );
+    assert_eq!(&*t.vm(r1.vm.get().unwrap()).id, "vm-2");
+    assert_eq!(t.containers_on(t.vm_by_id("vm-2").unwrap()), 1);
+    assert_eq!(t.tombstones("r4").len(), 1);
+    assert_eq!(t.tombstones("r1"), &[]);
+    assert_eq!(&*t.region(t.local_region()).name, "us-east1");
+    // The ring spans only active clusters of the region.
+    assert_eq!(
+        t.ring(t.local_region()).member_ids(),
+        &[t.cluster_by_name("use1-a").unwrap()]
+    );
+    assert!(t.repl_by_slug("nope").is_none() && t.repl_by_id("nope").is_none());
+    // Balancer candidates carry the container counts.
+    let c = t.candidates(t.cluster_by_name("use1-a").unwrap());
+    assert_eq!(c.iter().map(|c| c.containers).collect::<Vec<_>>(), vec![0, 1]);
+}
+
+#[test]
+fn dump_round_trips() {
+    let t = build();
+    let mut expected = demo();
+    expected.custom_domains[0].hostname = "www.example.com".into();
+    assert_eq!(t.to_snapshot(), expected);
+}
+
+fn err_of(f: impl FnOnce(&mut Snapshot)) -> String {
+    let mut s = demo();
+    f(&mut s);
+    RoutingTable::build(&s, "us-east1", 1).unwrap_err().to_string()
+}
+
+#[test]
+fn rejects_bad_rows_naming_them() {
+    assert_eq!(
+        err_of(|s| s.vms[1].cluster = "use1-z".into()),
+        "vms[1] (\"vm-2\"): cluster \"use1-z\" does not exist"
+    );
+    assert_eq!(
+        err_of(|s| s.repls[1].slug = "app1".into()),
+        "repls[1] (\"r2\"): slug \"app1\" is already used by repl \"r1\""
+    );
+    assert_eq!(
+        err_of(|s| s.repls[2].id = "r1".into()),
+        "repls[2] (\"r1\"): duplicate repl id"
+    );
+    assert_eq!(
+        err_of(|s| s.vms[0].addr = "localhost:7001".into()),
+        "vms[0] (\"vm-1\"): addr \"localhost:7001\" is not an ip:port address"
+    );
+    assert_eq!(
+        err_of(|s| s.regions[1].edge_addr = "1.2.3.4".into()),
+        "regions[1] (\"ap-south1\"): edge_addr \"1.2.3.4\" is not an ip:port address"
+    );
+    assert!(err_of(|s| s.repls[0].slug = "App_1".into()).contains("not a DNS label"));
+    assert!(err_of(|s| s.repls[0].cluster = Some("aps1-a".into())).contains("not in region"));
+    assert!(err_of(|s| s.containers.push(ContainerRow {
+        repl_id: "r1".into(),
+        vm_id: "vm-1".into(),
+        started_at: None
+    }))
+    .contains("at most one"));
+    assert!(err_of(|s| s.containers[0].vm_id = "vm-9".into()).contains("vm \"vm-9\" does not exist"));
+    assert!(err_of(|s| s.tombstones[0].expires_at = "soon".into()).contains("not RFC 3339"));
+    assert!(err_of(|s| s.custom_domains[0].repl_id = "r9".into()).contains("does not exist"));
+    assert!(err_of(|s| s.clusters[0].weight = 5000).contains("weight"));
+    assert_eq!(
+        err_of(|s| {
+            s.regions.remove(1);
+        }),
+        "clusters[2] (\"aps1-a\"): region \"ap-south1\" does not exist"
+    );
+}
+
+#[test]
+fn unknown_local_region_is_an_error() {
+    let e = RoutingTable::build(&demo(), "eu-west9", 1).unwrap_err();
+    assert_eq!(e, SnapshotError::UnknownLocalRegion("eu-west9".into()));
+}
+
+#[test]
+fn lenient_build_skips_bad_rows_with_reasons() {
+    let mut s = demo();
+    s.vms[0].addr = "nope".into();
+    s.repls.push(ReplRow {
+        id: "r9".into(),
+        slug: "app1".into(),
+        owner: None,
+        region: "us-east1".into(),
+        cluster: None,
+        transfer_to: None,
+    });
+    let (t, skipped) = RoutingTable::build_with(&s, "us-east1", 1, Strictness::Lenient).unwrap();
+    let reasons: Vec<_> = skipped.iter().map(|e| (e.table, e.reason)).collect();
+    assert_eq!(reasons, vec![("vms", "bad_address"), ("repls", "duplicate")]);
+    assert_eq!(t.counts().repls, 3);
+    assert_eq!(t.counts().vms, 2);
+}
+
+#[test]
+fn slug_and_hostname_rules() {
+    assert!(is_valid_slug("a") && is_valid_slug("my-app-2"));
+    assert!(!is_valid_slug("") && !is_valid_slug("-a") && !is_valid_slug("a.b") && !is_valid_slug("A"));
+    assert!(!is_valid_slug(&"a".repeat(64)));
+    assert!(is_valid_hostname("www.example.com") && !is_valid_hostname("localhost") && !is_valid_hostname("a..b"));
+}
+
+fn repl(id: &str, slug: &str, region: &str) -> ReplRow {
+    ReplRow {
+        id: id.into(),
+        slug: slug.into(),
+        owner: None,
+        region: region.into(),
+        cluster: None,
+        transfer_to: None,
+    }
+}
+
+#[test]
+fn delta_changes_a_new_table_and_leaves_the_published_one() {
+    let t = build();
+    let (t2, skipped) = t
+        .apply(
+            [
+                Change::UpsertRepl(repl("r5", "fresh", "us-east1")),
+                Change::UpsertContainer(ContainerRow {
+                    repl_id: "r5".into(),
+                    vm_id: "vm-1".into(),
+                    started_at: None,
+                }),
+                Change::DeleteContainer("r1".into()),
+                Change::UpsertDomain(CustomDomainRow {
+                    hostname: "shop.example.org".into(),
+                    repl_id: "r5".into(),
+                }),
+                Change::DeleteTombstone {
+                    repl_id: "r4".into(),
+                    from_cluster: "use1-a".into(),
+                },
+            ],
+            8,
+            Strictness::Lenient,
+        )
+        .unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(t2.version(), 8);
+    // New table.
+    let r5 = t2.repl_by_slug("fresh").unwrap();
+    assert_eq!(&*t2.vm(r5.vm.get().unwrap()).id, "vm-1");
+    assert!(t2.repl_by_slug("app1").unwrap().vm.get().is_none());
+    assert_eq!(&*t2.repl_by_domain("shop.example.org").unwrap().id, "r5");
+    assert!(t2.tombstones("r4").is_empty());
+    let cands = t2.candidates(t2.cluster_by_name("use1-a").unwrap());
+    assert_eq!(
+        cands.iter().map(|c| c.containers).collect::<Vec<_>>(),
+        vec![1, 0],
+        "load moved vm-2 -> vm-1"
+    );
+    assert_eq!(t2.counts().containers, 1);
+    // Published table unchanged.
+    assert!(t.repl_by_slug("fresh").is_none());
+    assert_eq!(&*t.vm(t.repl_by_slug("app1").unwrap().vm.get().unwrap()).id, "vm-2");
+    assert_eq!(t.tombstones("r4").len(), 1);
+    assert_eq!(t.version(), 7);
+}
+
+#[test]
+fn repl_update_renames_slug_and_keeps_its_container() {
+    let t = build();
+    let mut r1 = repl("r1", "renamed", "us-east1");
+    r1.cluster = Some("use1-a".into());
+    let (t2, _) = t.apply([Change::UpsertRepl(r1)], 8, Strictness::Lenient).unwrap();
+    assert!(t2.repl_by_slug("app1").is_none());
+    let r = t2.repl_by_slug("renamed").unwrap();
+    assert_eq!(&*t2.vm(r.vm.get().unwrap()).id, "vm-2", "container survives the rename");
+    assert_eq!(&*t2.repl_by_id("r1").unwrap().slug, "renamed");
+    assert_eq!(&*t2.repl_by_domain("www.example.com").unwrap().slug, "renamed");
+    assert_eq!(t2.counts().repls, 3);
+    let (t3, _) = t2
+        .apply([Change::DeleteRepl("r1".into())], 9, Strictness::Lenient)
+        .unwrap();
+    assert!(t3.repl_by_id("r1").is_none() && t3.repl_by_slug("renamed").is_none());
+    assert_eq!(t3.counts().containers, 0);
+}
+
+#[test]
+fn cluster_and_vm_changes_rebuild_rings_and_candidates() {
+    let t = build();
+    let local = t.local_region();
+    let (t2, skipped) = t
+        .apply(
+            [
+                Change::UpsertCluster(ClusterRow {
+                    name: "use1-b".into(),
+                    region: "us-east1".into(),
+                    state: ClusterState::Active,
+                    weight: 50,
+                }),
+                Change::UpsertVm(VmRow {
+                    id: "vm-4".into(),
+                    cluster: "use1-b".into(),
+                    addr: "127.0.0.1:7004".into(),
+                    metrics_addr: None,
+                    state: VmState::Active,
+                }),
+                Change::UpsertVm(VmRow {
+                    id: "vm-1".into(),
+                    cluster: "use1-a".into(),
+                    addr: "127.0.0.1:7001".into(),
+                    metrics_addr: None,
+                    state: VmState::Draining,
+                }),
+            ],
+            8,
+            Strictness::Strict,
+        )
+        .unwrap();
+    assert!(skipped.is_empty());
+    assert_eq!(t2.ring(local).member_ids().len(), 2, "use1-b joined the ring");
+    assert_eq!(t.ring(local).member_ids().len(), 1, "old table keeps its ring");
+    let a = t2.candidates(t2.cluster_by_name("use1-a").unwrap());
+    assert_eq!(
+        a.iter().map(|c| &*t2.vm(c.vm).id).collect::<Vec<_>>(),
+        vec!["vm-2"],
+        "draining vm-1 left"
+    );
+    let b = t2.candidates(t2.cluster_by_name("use1-b").unwrap());
+    assert_eq!(b.len(), 1);
+    let (t3, _) = t2
+        .apply([Change::DeleteVm("vm-4".into())], 9, Strictness::Strict)
+        .unwrap();
+    assert!(t3.candidates(t3.cluster_by_name("use1-b").unwrap()).is_empty());
+    assert!(t3.vm_by_id("vm-4").is_none());
+    assert_eq!(t3.counts().vms, 3);
+}
+
+#[test]
+fn bad_delta_rows_are_skipped_in_lenient_mode() {
+    let t = build();
+    let (t2, skipped) = t
+        .apply(
+            [
+                Change::UpsertContainer(ContainerRow {
+                    repl_id: "ghost".into(),
+                    vm_id: "vm-1".into(),
+                    started_at: None,
+                }),
+                Change::UpsertRepl(repl("r6", "app1", "us-east1")),
+                Change::UpsertRepl(repl("r7", "ok", "us-east1")),
+            ],
+            8,
+            Strictness::Lenient,
+        )
+        .unwrap();
+    assert_eq!(
+        skipped.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        vec!["dangling_reference", "duplicate"]
+    );
+    assert!(t2.repl_by_slug("ok").is_some());
+    assert_eq!(&*t2.repl_by_slug("app1").unwrap().id, "r1");
+    assert!(t
+        .apply(
+            [Change::UpsertRepl(repl("r6", "app1", "us-east1"))],
+            8,
+            Strictness::Strict
+        )
+        .is_err());
+}
