@@ -33,6 +33,16 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 pub const DEFAULT_SUFFIX: &str = "repl.co";
 /// Default path prefix of workspace WebSocket sessions (`/__ws/<repl-id>`).
 pub const DEFAULT_WORKSPACE_PATH_PREFIX: &str = "/__ws/";
+/// How often the postgres sync polls for changes when no NOTIFY arrives
+/// (read replicas never deliver NOTIFY).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A full load whose repl count shrinks by more than this share of the
+/// table in use is held back, not published (1.0 accepts any non-empty load).
+pub const DEFAULT_MAX_SHRINK_RATIO: f64 = 0.5;
+/// Minimum time between two writes of the last-known-good file.
+pub const DEFAULT_LAST_KNOWN_GOOD_INTERVAL: Duration = Duration::from_secs(30);
+/// Connect timeout to PostgreSQL.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default balancer policy. Only `least-loaded` exists until the subsetting
 /// balancer lands; other names are rejected with a clear message.
 pub const DEFAULT_POLICY: &str = "least-loaded";
@@ -110,6 +120,10 @@ pub struct PlacementConfig {
     pub last_known_good: Option<PathBuf>,
     /// Secondary source compared against the primary ("redis"), if any.
     pub shadow: Option<String>,
+    pub poll_interval: Duration,
+    pub max_shrink_ratio: f64,
+    pub last_known_good_interval: Duration,
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

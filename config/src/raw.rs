@@ -48,6 +48,10 @@ pub struct RawPlacement {
     pub redis_url: Option<String>,
     pub last_known_good: Option<String>,
     pub shadow: Option<String>,
+    pub poll_interval_ms: Option<u64>,
+    pub max_shrink_ratio: Option<f64>,
+    pub last_known_good_interval_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

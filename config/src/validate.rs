@@ -168,10 +168,22 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         Some("redis") => Some("redis".to_string()),
         Some(other) => return Err(loc.err("placement.shadow", format!("{other:?} is not \"redis\" or \"none\""))),
     };
+    let max_shrink_ratio = p.max_shrink_ratio.unwrap_or(DEFAULT_MAX_SHRINK_RATIO);
+    if !(0.0..=1.0).contains(&max_shrink_ratio) {
+        return Err(loc.err("placement.max_shrink_ratio", "must be between 0.0 and 1.0"));
+    }
+    let poll_interval = ms(p.poll_interval_ms, DEFAULT_POLL_INTERVAL);
+    if poll_interval < Duration::from_millis(10) {
+        return Err(loc.err("placement.poll_interval_ms", "must be at least 10"));
+    }
     let placement = PlacementConfig {
         source,
         last_known_good: p.last_known_good.as_deref().map(resolve),
         shadow,
+        poll_interval,
+        max_shrink_ratio,
+        last_known_good_interval: ms(p.last_known_good_interval_ms, DEFAULT_LAST_KNOWN_GOOD_INTERVAL),
+        connect_timeout: ms(p.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT),
     };
 
     // [balancer]

@@ -12,6 +12,8 @@
 //! [`TableHandle`]. Start reading at [`table`], then [`ring`].
 
 pub mod file_source;
+pub mod last_known_good;
+pub mod postgres;
 pub mod ring;
 pub mod sharded;
 pub mod snapshot;
@@ -37,6 +39,7 @@ struct Shared {
     published_at_ms: AtomicU64,
     /// Snapshots rejected by validation since start.
     rejected: AtomicU64,
+    status: SyncStatus,
 }
 
 impl Default for TableHandle {
@@ -53,6 +56,7 @@ impl TableHandle {
                 table: ArcSwap::from_pointee(RoutingTable::empty()),
                 published_at_ms: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+                status: SyncStatus::default(),
             }),
         }
     }
@@ -78,6 +82,12 @@ impl TableHandle {
     /// Counts a rejected snapshot (the previous table stays).
     pub fn note_rejected(&self) {
         self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+        self.inner.status.error(SyncErrorKind::InvalidSnapshot);
+    }
+
+    /// The sync's counters and state.
+    pub fn status(&self) -> &SyncStatus {
+        &self.inner.status
     }
 
     pub fn rejected(&self) -> u64 {
@@ -91,5 +101,108 @@ impl TableHandle {
     /// True once a real table has been published (`/readyz`).
     pub fn is_ready(&self) -> bool {
         self.inner.table.load().is_loaded()
+    }
+}
+
+/// Why the sync failed or held something back (the `reason` label of
+/// `edgeplane_sync_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SyncErrorKind {
+    /// A file snapshot failed validation (the previous table kept serving).
+    InvalidSnapshot,
+    Connect,
+    Query,
+    /// A change row could not be decoded (forces a full reload).
+    Decode,
+    /// A version gap (changes missed or pruned; forces a full reload).
+    Gap,
+    /// A full load that was empty or shrank too much was not published.
+    HeldBack,
+    /// Writing the last-known-good file failed.
+    LastKnownGood,
+}
+
+impl SyncErrorKind {
+    pub const ALL: [SyncErrorKind; 7] = [
+        SyncErrorKind::InvalidSnapshot,
+        SyncErrorKind::Connect,
+        SyncErrorKind::Query,
+        SyncErrorKind::Decode,
+        SyncErrorKind::Gap,
+        SyncErrorKind::HeldBack,
+        SyncErrorKind::LastKnownGood,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncErrorKind::InvalidSnapshot => "invalid_snapshot",
+            SyncErrorKind::Connect => "connect",
+            SyncErrorKind::Query => "query",
+            SyncErrorKind::Decode => "decode",
+            SyncErrorKind::Gap => "gap",
+            SyncErrorKind::HeldBack => "held_back",
+            SyncErrorKind::LastKnownGood => "last_known_good",
+        }
+    }
+}
+
+/// What the sync reports about itself; lock-free counters the proxy mirrors
+/// into Prometheus when scraped.
+#[derive(Default)]
+pub struct SyncStatus {
+    connected: std::sync::atomic::AtomicBool,
+    errors: [AtomicU64; 7],
+    /// Last commit-to-publish lag, microseconds.
+    lag_us: AtomicU64,
+    full_loads: AtomicU64,
+    deltas: AtomicU64,
+    skipped_rows: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl SyncStatus {
+    pub fn set_connected(&self, c: bool) {
+        self.connected.store(c, Ordering::Relaxed);
+    }
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    pub fn error(&self, kind: SyncErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn errors(&self, kind: SyncErrorKind) -> u64 {
+        self.errors[kind as usize].load(Ordering::Relaxed)
+    }
+    pub fn set_lag_us(&self, us: u64) {
+        self.lag_us.store(us, Ordering::Relaxed);
+    }
+    pub fn lag_us(&self) -> u64 {
+        self.lag_us.load(Ordering::Relaxed)
+    }
+    pub fn note_full_load(&self) {
+        self.full_loads.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn full_loads(&self) -> u64 {
+        self.full_loads.load(Ordering::Relaxed)
+    }
+    pub fn note_delta(&self) {
+        self.deltas.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn deltas(&self) -> u64 {
+        self.deltas.load(Ordering::Relaxed)
+    }
+    /// Adds skipped-row counts (by table and reason).
+    pub fn add_skipped(&self, skipped: &table::Skipped) {
+        if skipped.is_empty() {
+            return;
+        }
+        let mut m = self.skipped_rows.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in &skipped.counts {
+            *m.entry(*k).or_default() += v;
+        }
+    }
+    /// Skipped rows so far, by (table, reason).
+    pub fn skipped_rows(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let m = self.skipped_rows.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }

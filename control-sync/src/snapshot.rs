@@ -8,10 +8,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// All placement rows, as the control plane has them.
+/// All placement rows, as the control plane has them. Unknown top-level
+/// keys are rejected (a typo in a hand-written file is an error); unknown
+/// fields inside rows are ignored (database rows may gain columns).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
+    /// Source version this snapshot was taken at (0 = unknown). Written into
+    /// `last_known_good` files; absent in hand-written snapshots.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
     #[serde(default)]
     pub regions: Vec<RegionRow>,
     #[serde(default)]
@@ -29,7 +35,6 @@ pub struct Snapshot {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RegionRow {
     pub name: String,
     /// `ip:port` of that region's edges.
@@ -53,7 +58,6 @@ fn default_weight() -> u32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClusterRow {
     pub name: String,
     pub region: String,
@@ -71,7 +75,6 @@ pub enum VmState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmRow {
     pub id: String,
     pub cluster: String,
@@ -83,7 +86,6 @@ pub struct VmRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReplRow {
     pub id: String,
     pub slug: String,
@@ -99,7 +101,6 @@ pub struct ReplRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ContainerRow {
     pub repl_id: String,
     pub vm_id: String,
@@ -108,20 +109,22 @@ pub struct ContainerRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CustomDomainRow {
     pub hostname: String,
     pub repl_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TombstoneRow {
     pub repl_id: String,
     pub from_cluster: String,
     pub to_cluster: String,
     /// RFC 3339.
     pub expires_at: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Parses an RFC 3339 time into unix milliseconds.

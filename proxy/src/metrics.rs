@@ -7,7 +7,15 @@
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use edgeplane_control_sync::TableHandle;
+use edgeplane_control_sync::{SyncErrorKind, TableHandle};
+
+/// Raises a counter to `total` (counters mirrored from the sync's atomics).
+fn mirror(c: &IntCounter, total: u64) {
+    let seen = c.get();
+    if total > seen {
+        c.inc_by(total - seen);
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -20,6 +28,9 @@ pub struct Metrics {
     pub snapshot_version: IntGauge,
     pub snapshot_age: prometheus::Gauge,
     pub sync_errors: IntCounterVec,
+    pub sync_connected: IntGauge,
+    pub sync_lag: prometheus::Gauge,
+    pub sync_rows_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,8 +88,29 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let sync_connected = IntGauge::new(
+            "edgeplane_sync_connected",
+            "1 while the placement sync is connected to its database",
+        )
+        .unwrap();
+        let sync_lag = prometheus::Gauge::new(
+            "edgeplane_sync_lag_seconds",
+            "Commit-to-publish time of the last applied placement delta",
+        )
+        .unwrap();
+        let sync_rows_skipped = IntCounterVec::new(
+            Opts::new(
+                "edgeplane_sync_rows_skipped_total",
+                "Placement rows skipped as invalid, by table and reason",
+            ),
+            &["table", "reason"],
+        )
+        .unwrap();
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sync_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sync_lag.clone()),
+            Box::new(sync_rows_skipped.clone()),
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(tunnels_active.clone()),
             Box::new(forwards.clone()),
@@ -101,6 +133,9 @@ impl Metrics {
             snapshot_version,
             snapshot_age,
             sync_errors,
+            sync_connected,
+            sync_lag,
+            sync_rows_skipped,
         }
     }
 
@@ -114,12 +149,18 @@ impl Metrics {
             now_ms.saturating_sub(published) as f64 / 1000.0
         };
         self.snapshot_age.set(age);
-        let rejected = table.rejected();
-        let c = self.sync_errors.with_label_values(&["invalid_snapshot"]);
-        let seen = c.get();
-        if rejected > seen {
-            c.inc_by(rejected - seen);
+        let status = table.status();
+        for kind in SyncErrorKind::ALL {
+            mirror(
+                &self.sync_errors.with_label_values(&[kind.as_str()]),
+                status.errors(kind),
+            );
         }
+        for ((t, reason), n) in status.skipped_rows() {
+            mirror(&self.sync_rows_skipped.with_label_values(&[t, reason]), n);
+        }
+        self.sync_connected.set(status.connected() as i64);
+        self.sync_lag.set(status.lag_us() as f64 / 1e6);
     }
 
     /// The text exposition format.

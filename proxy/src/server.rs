@@ -16,6 +16,7 @@ use pingora_core::services::listening::Service;
 
 use edgeplane_config::{Config, PlacementSource};
 use edgeplane_control_sync::file_source::{FileSource, DEFAULT_WATCH_INTERVAL};
+use edgeplane_control_sync::postgres::{self, PgSyncOptions};
 use edgeplane_control_sync::{SnapshotError, TableHandle};
 
 use crate::admin::AdminApp;
@@ -49,8 +50,10 @@ fn concrete(addr: SocketAddr) -> Result<SocketAddr, ServeError> {
     l.local_addr().map_err(|err| ServeError::Port { addr, err })
 }
 
-/// Loads the configured placement source into a fresh handle and, for a
-/// file source, starts its watcher.
+/// Loads the configured placement source into a fresh handle: a file is
+/// loaded now (an error stops the start) and watched; PostgreSQL is synced
+/// by a background thread (the edge is not ready until it publishes, or
+/// until the last-known-good file is loaded when the database is away).
 pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
     let handle = TableHandle::new();
     match &cfg.placement.source {
@@ -59,7 +62,19 @@ pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
             src.load_into(&handle)?;
             src.watch(handle.clone(), DEFAULT_WATCH_INTERVAL, Arc::new(AtomicBool::new(false)));
         }
-        PlacementSource::Postgres(_) => return Err(ServeError::SourceNotAvailable("postgres")),
+        PlacementSource::Postgres(url) => {
+            let p = &cfg.placement;
+            let opts = PgSyncOptions {
+                url: url.clone(),
+                local_region: cfg.edge.region.clone(),
+                poll_interval: p.poll_interval,
+                max_shrink_ratio: p.max_shrink_ratio,
+                last_known_good: p.last_known_good.clone(),
+                last_known_good_interval: p.last_known_good_interval,
+                connect_timeout: p.connect_timeout,
+            };
+            postgres::spawn(opts, handle.clone(), Arc::new(AtomicBool::new(false)));
+        }
         PlacementSource::Redis(_) => return Err(ServeError::SourceNotAvailable("redis")),
     }
     Ok(handle)

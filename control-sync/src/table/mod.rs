@@ -37,7 +37,7 @@ use crate::ring::Ring;
 use crate::sharded::{Keyed, ShardedMap};
 use crate::snapshot::*;
 
-pub use rows::{Change, RowError, Strictness};
+pub use rows::{Change, RowError, Skipped, Strictness, MAX_SKIPPED_EXAMPLES};
 
 pub type Idx = u32;
 
@@ -198,6 +198,30 @@ pub enum SnapshotError {
     Io { path: String, message: String },
 }
 
+/// A full load in progress; see [`RoutingTable::builder`].
+pub struct TableBuilder {
+    inner: rows::Builder,
+    local_region: String,
+}
+
+impl TableBuilder {
+    /// Adds one row. Strict mode: the first bad row is the error.
+    pub fn push(&mut self, change: Change) -> Result<(), SnapshotError> {
+        self.inner.push(change)
+    }
+
+    /// Finishes the load as `version`; fails if this edge's region is missing.
+    pub fn finish(self, version: u64) -> Result<(RoutingTable, Skipped), SnapshotError> {
+        if !self.inner.has_local_region() {
+            return Err(SnapshotError::UnknownLocalRegion(self.local_region));
+        }
+        let (mut t, skipped) = self.inner.finish(version);
+        t.repls.shrink_to_fit();
+        t.ids.shrink_to_fit();
+        Ok((t, skipped))
+    }
+}
+
 /// Counts for `/debug/snapshot`, logs and the shrink guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableCounts {
@@ -282,29 +306,34 @@ impl RoutingTable {
     }
 
     /// Like [`RoutingTable::build`]; in lenient mode bad rows are skipped
-    /// and returned (with their reasons) instead of failing the load.
+    /// and reported instead of failing the load.
     pub fn build_with(
         snap: &Snapshot,
         local_region: &str,
         version: u64,
         strictness: Strictness,
-    ) -> Result<(RoutingTable, Vec<RowError>), SnapshotError> {
-        let mut b = rows::Builder::new(RoutingTable::with_capacity(local_region, snap.repls.len()), strictness);
-        let changes = snap.regions.iter().map(|r| Change::UpsertRegion(r.clone()));
-        b.apply_all(changes)?;
-        if !b.table.topo.by_region.contains_key(local_region) {
-            return Err(SnapshotError::UnknownLocalRegion(local_region.to_string()));
+    ) -> Result<(RoutingTable, Skipped), SnapshotError> {
+        let mut b = RoutingTable::builder(local_region, snap.repls.len(), strictness);
+        let rows = snap.regions.iter().map(|r| Change::UpsertRegion(r.clone()));
+        let rows = rows.chain(snap.clusters.iter().map(|c| Change::UpsertCluster(c.clone())));
+        let rows = rows.chain(snap.vms.iter().map(|v| Change::UpsertVm(v.clone())));
+        let rows = rows.chain(snap.repls.iter().map(|r| Change::UpsertRepl(r.clone())));
+        let rows = rows.chain(snap.containers.iter().map(|c| Change::UpsertContainer(c.clone())));
+        let rows = rows.chain(snap.custom_domains.iter().map(|d| Change::UpsertDomain(d.clone())));
+        let rows = rows.chain(snap.tombstones.iter().map(|t| Change::UpsertTombstone(t.clone())));
+        for c in rows {
+            b.push(c)?;
         }
-        b.apply_all(snap.clusters.iter().map(|c| Change::UpsertCluster(c.clone())))?;
-        b.apply_all(snap.vms.iter().map(|v| Change::UpsertVm(v.clone())))?;
-        b.apply_all(snap.repls.iter().map(|r| Change::UpsertRepl(r.clone())))?;
-        b.apply_all(snap.containers.iter().map(|c| Change::UpsertContainer(c.clone())))?;
-        b.apply_all(snap.custom_domains.iter().map(|d| Change::UpsertDomain(d.clone())))?;
-        b.apply_all(snap.tombstones.iter().map(|t| Change::UpsertTombstone(t.clone())))?;
-        let (mut t, skipped) = b.finish(version);
-        t.repls.shrink_to_fit();
-        t.ids.shrink_to_fit();
-        Ok((t, skipped))
+        b.finish(version)
+    }
+
+    /// A builder for a full load streamed row by row (regions first, then
+    /// clusters, VMs, repls, containers, custom domains, tombstones).
+    pub fn builder(local_region: &str, expected_repls: usize, strictness: Strictness) -> TableBuilder {
+        TableBuilder {
+            inner: rows::Builder::new(RoutingTable::with_capacity(local_region, expected_repls), strictness),
+            local_region: local_region.to_string(),
+        }
     }
 
     /// A new table with `changes` applied in order, as version `version`.
@@ -316,8 +345,22 @@ impl RoutingTable {
         changes: impl IntoIterator<Item = Change>,
         version: u64,
         strictness: Strictness,
-    ) -> Result<(RoutingTable, Vec<RowError>), SnapshotError> {
+    ) -> Result<(RoutingTable, Skipped), SnapshotError> {
         let mut b = rows::Builder::new(self.clone(), strictness);
+        b.apply_all(changes)?;
+        Ok(b.finish(version))
+    }
+
+    /// [`RoutingTable::apply`] for a database delta: lenient, and rows that
+    /// are not this edge's are ignored (repls homed in another region that
+    /// it does not already hold, their containers and domains, tombstones
+    /// from other regions' clusters).
+    pub fn apply_for_edge(
+        &self,
+        changes: impl IntoIterator<Item = Change>,
+        version: u64,
+    ) -> Result<(RoutingTable, Skipped), SnapshotError> {
+        let mut b = rows::Builder::new(self.clone(), Strictness::Lenient).only_local();
         b.apply_all(changes)?;
         Ok(b.finish(version))
     }
@@ -458,6 +501,7 @@ impl RoutingTable {
         let mut tombs: Vec<&Tombstones> = self.tombstones.iter().collect();
         tombs.sort_by(|a, b| a.repl_id.cmp(&b.repl_id));
         Snapshot {
+            version: 0,
             regions: self
                 .regions()
                 .map(|(_, r)| RegionRow {

@@ -64,6 +64,33 @@ pub struct RowError {
     pub message: String,
 }
 
+/// Rows skipped by a lenient load or delta: counts by (table, reason) and
+/// the first [`MAX_SKIPPED_EXAMPLES`] errors, so a runaway bad load cannot
+/// grow this without bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    pub counts: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    pub examples: Vec<RowError>,
+}
+
+/// Skipped rows kept as examples (each is logged once).
+pub const MAX_SKIPPED_EXAMPLES: usize = 100;
+
+impl Skipped {
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+    fn push(&mut self, e: RowError) {
+        *self.counts.entry((e.table, e.reason)).or_default() += 1;
+        if self.examples.len() < MAX_SKIPPED_EXAMPLES {
+            self.examples.push(e);
+        }
+    }
+}
+
 const TABLES: [&str; 7] = [
     "regions",
     "clusters",
@@ -122,7 +149,9 @@ pub(super) struct Builder {
     pub(super) table: RoutingTable,
     strictness: Strictness,
     fresh: bool,
-    skipped: Vec<RowError>,
+    /// Ignore rows that are not this edge's (database deltas).
+    only_local: bool,
+    skipped: Skipped,
     counters: [usize; 7],
     dirty_regions: BTreeSet<Idx>,
     dirty_clusters: BTreeSet<Idx>,
@@ -135,7 +164,8 @@ impl Builder {
             table,
             strictness,
             fresh,
-            skipped: Vec::new(),
+            only_local: false,
+            skipped: Skipped::default(),
             counters: [0; 7],
             dirty_regions: BTreeSet::new(),
             dirty_clusters: BTreeSet::new(),
@@ -144,14 +174,53 @@ impl Builder {
 
     pub(super) fn apply_all(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<(), SnapshotError> {
         for c in changes {
-            if let Err(e) = self.apply_one(c) {
-                match self.strictness {
-                    Strictness::Strict => return Err(e.into()),
-                    Strictness::Lenient => self.skipped.push(e),
-                }
+            self.push(c)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one change; in lenient mode a bad row is recorded, not returned.
+    pub(super) fn push(&mut self, c: Change) -> Result<(), SnapshotError> {
+        if self.not_ours(&c) {
+            return Ok(());
+        }
+        if let Err(e) = self.apply_one(c) {
+            match self.strictness {
+                Strictness::Strict => return Err(e.into()),
+                Strictness::Lenient => self.skipped.push(e),
             }
         }
         Ok(())
+    }
+
+    pub(super) fn only_local(mut self) -> Builder {
+        self.only_local = true;
+        self
+    }
+
+    /// With `only_local`: is this change about something this edge does not
+    /// hold? (A repl homed elsewhere that it does not know, or rows of such a
+    /// repl, or a tombstone from another region's cluster.)
+    fn not_ours(&self, change: &Change) -> bool {
+        if !self.only_local {
+            return false;
+        }
+        let t = &self.table;
+        let known = |id: &str| t.ids.get(id).is_some();
+        match change {
+            Change::UpsertRepl(r) => *r.region != *t.local_region_name && !known(&r.id),
+            Change::UpsertContainer(c) => !known(&c.repl_id),
+            Change::UpsertDomain(d) => !known(&d.repl_id),
+            Change::UpsertTombstone(ts) => match t.topo.by_cluster.get(ts.from_cluster.as_str()) {
+                Some(&c) => t.topo.clusters[c as usize].region != t.local_region || !known(&ts.repl_id),
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    pub(super) fn has_local_region(&self) -> bool {
+        self.table.topo.by_region.contains_key(&*self.table.local_region_name)
     }
 
     fn row<'k>(&mut self, table: usize, key: &'k str) -> Row<'k> {
@@ -539,7 +608,7 @@ impl Builder {
     }
 
     /// Rebuilds derived data for what changed and stamps the version.
-    pub(super) fn finish(mut self, version: u64) -> (RoutingTable, Vec<RowError>) {
+    pub(super) fn finish(mut self, version: u64) -> (RoutingTable, Skipped) {
         if !self.dirty_regions.is_empty() {
             let topo = Arc::make_mut(&mut self.table.topo);
             for &region in &self.dirty_regions {

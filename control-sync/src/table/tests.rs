@@ -131,8 +131,10 @@ fn lenient_build_skips_bad_rows_with_reasons() {
         transfer_to: None,
     });
     let (t, skipped) = RoutingTable::build_with(&s, "us-east1", 1, Strictness::Lenient).unwrap();
-    let reasons: Vec<_> = skipped.iter().map(|e| (e.table, e.reason)).collect();
+    let reasons: Vec<_> = skipped.examples.iter().map(|e| (e.table, e.reason)).collect();
     assert_eq!(reasons, vec![("vms", "bad_address"), ("repls", "duplicate")]);
+    assert_eq!(skipped.counts.get(&("vms", "bad_address")), Some(&1));
+    assert_eq!(skipped.total(), 2);
     assert_eq!(t.counts().repls, 3);
     assert_eq!(t.counts().vms, 2);
 }
@@ -293,7 +295,7 @@ fn bad_delta_rows_are_skipped_in_lenient_mode() {
         )
         .unwrap();
     assert_eq!(
-        skipped.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        skipped.examples.iter().map(|e| e.reason).collect::<Vec<_>>(),
         vec!["dangling_reference", "duplicate"]
     );
     assert!(t2.repl_by_slug("ok").is_some());
@@ -305,4 +307,42 @@ fn bad_delta_rows_are_skipped_in_lenient_mode() {
             Strictness::Strict
         )
         .is_err());
+}
+
+#[test]
+fn edge_deltas_ignore_rows_that_are_not_this_edges() {
+    let t = build();
+    let (t2, skipped) = t
+        .apply_for_edge(
+            [
+                // Unknown repl homed elsewhere: not ours.
+                Change::UpsertRepl(repl("r8", "far", "ap-south1")),
+                Change::UpsertContainer(ContainerRow {
+                    repl_id: "r8".into(),
+                    vm_id: "vm-3".into(),
+                    started_at: None,
+                }),
+                // Known repl moving away: applied (now forwarded).
+                Change::UpsertRepl(repl("r1", "app1", "ap-south1")),
+                // A repl arriving here: applied.
+                Change::UpsertRepl(repl("r9", "arrived", "us-east1")),
+                // Tombstone from a cluster of another region: not ours.
+                Change::UpsertTombstone(TombstoneRow {
+                    repl_id: "r9".into(),
+                    from_cluster: "aps1-a".into(),
+                    to_cluster: "use1-a".into(),
+                    expires_at: "2030-01-01T00:00:00Z".into(),
+                }),
+            ],
+            8,
+        )
+        .unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert!(t2.repl_by_slug("far").is_none());
+    assert_eq!(
+        t2.region(t2.repl_by_slug("app1").unwrap().region).name.as_ref(),
+        "ap-south1"
+    );
+    assert!(t2.repl_by_slug("arrived").is_some());
+    assert!(t2.tombstones("r9").is_empty());
 }

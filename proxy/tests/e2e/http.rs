@@ -207,7 +207,11 @@ async fn bad_snapshot_is_rejected_whole_and_old_table_serves() {
         "nothing of the bad file applied"
     );
     let m = o.edge.metrics().await;
-    assert_eq!(metric_with(&m, "edgeplane_sync_errors_total", &[]), Some(1.0), "{m}");
+    assert_eq!(
+        metric_with(&m, "edgeplane_sync_errors_total", &["reason=\"invalid_snapshot\""]),
+        Some(1.0),
+        "{m}"
+    );
 
     let mut next = good.clone();
     next["repls"][0]["slug"] = "renamed".into();

@@ -1,0 +1,509 @@
+//! `placectl`: control-plane operations on the PostgreSQL placement store
+//! (DESIGN §5). The database comes from `--database-url` or `DATABASE_URL`.
+//!
+//! - `migrate` applies the embedded schema migrations.
+//! - `import FILE` loads a snapshot JSON in bulk (COPY into temp tables, then
+//!   upsert). Triggers are switched off for the bulk load when the role may
+//!   do so, and one `*` change then tells every edge to reload fully.
+//! - `transfer REPL --to CLUSTER [--lazy]` moves a repl: pins it to the
+//!   target cluster (its region becomes the cluster's), removes its
+//!   container, and writes the tombstone from the old cluster with
+//!   `expires_at = now + DNS TTL + margin`, all in one transaction. `--lazy`
+//!   only sets `transfer_to` (same region).
+//! - `drain-vm ID`, `add-cluster NAME --region R`, `ls`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures_util::SinkExt;
+use tokio_postgres::{Client, NoTls, Transaction};
+
+use edgeplane_control_sync::file_source::read_snapshot;
+use edgeplane_control_sync::postgres::migrate::migrate;
+use edgeplane_control_sync::ring::{Member, Ring};
+use edgeplane_control_sync::snapshot::{ClusterState, VmState};
+
+#[derive(Parser)]
+#[command(name = "placectl", about = "edgeplane control-plane operations (PostgreSQL)")]
+struct Cli {
+    /// PostgreSQL URL (or DATABASE_URL).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Apply schema migrations.
+    Migrate,
+    /// Load a snapshot JSON file (upserting every row).
+    Import { file: PathBuf },
+    /// Move a repl to another cluster (writes the tombstone).
+    Transfer {
+        repl: String,
+        #[arg(long)]
+        to: String,
+        /// Only mark a pending lazy transfer (transfer_to).
+        #[arg(long)]
+        lazy: bool,
+        /// DNS TTL of app records, seconds (the tombstone outlives it).
+        #[arg(long, default_value_t = 60)]
+        dns_ttl: u32,
+        /// Extra tombstone lifetime beyond the DNS TTL, seconds.
+        #[arg(long, default_value_t = 300)]
+        margin: u32,
+    },
+    /// Stop placing new repls on a VM.
+    DrainVm { id: String },
+    /// Add a cluster.
+    AddCluster {
+        name: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long, default_value_t = 100)]
+        weight: i32,
+        #[arg(long, default_value = "active")]
+        state: String,
+    },
+    /// Summarise the placement store.
+    Ls,
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!("placectl: connection error: {e}");
+        }
+    });
+    Ok(client)
+}
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("placectl: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut client = connect(&cli.database_url).await?;
+    match cli.cmd {
+        Cmd::Migrate => {
+            let done = migrate(&mut client).await?;
+            if done.is_empty() {
+                println!("schema is up to date");
+            } else {
+                println!("applied migrations {done:?}");
+            }
+        }
+        Cmd::Import { file } => import(&mut client, &file).await?,
+        Cmd::Transfer {
+            repl,
+            to,
+            lazy,
+            dns_ttl,
+            margin,
+        } => transfer(&mut client, &repl, &to, lazy, dns_ttl + margin).await?,
+        Cmd::DrainVm { id } => {
+            let n = client
+                .execute("UPDATE vms SET state = 'draining' WHERE id = $1", &[&id])
+                .await?;
+            if n == 0 {
+                bail!("no vm {id:?}");
+            }
+            println!("vm {id} is draining");
+        }
+        Cmd::AddCluster {
+            name,
+            region,
+            weight,
+            state,
+        } => {
+            client
+                .execute(
+                    "INSERT INTO clusters (name, region, state, weight) VALUES ($1, $2, $3, $4)",
+                    &[&name, &region, &state, &weight],
+                )
+                .await
+                .with_context(|| format!("adding cluster {name:?}"))?;
+            println!("cluster {name} added to {region}");
+        }
+        Cmd::Ls => ls(&client).await?,
+    }
+    Ok(())
+}
+
+/// Text-format COPY field.
+fn field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(s) => {
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+async fn copy_rows<'a>(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    rows: impl Iterator<Item = Vec<Option<&'a str>>>,
+) -> Result<u64> {
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE tmp_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+    ))
+    .await?;
+    let sink = tx.copy_in(&format!("COPY tmp_{table} ({columns}) FROM STDIN")).await?;
+    futures_util::pin_mut!(sink);
+    let mut buf = String::with_capacity(1 << 20);
+    for row in rows {
+        for (i, v) in row.iter().enumerate() {
+            if i > 0 {
+                buf.push('\t');
+            }
+            field(&mut buf, *v);
+        }
+        buf.push('\n');
+        if buf.len() > (1 << 20) - 4096 {
+            sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
+            buf.reserve(1 << 20);
+        }
+    }
+    if !buf.is_empty() {
+        sink.send(Bytes::from(buf)).await?;
+    }
+    Ok(sink.finish().await?)
+}
+
+/// Moves rows from the temp table into the real one, updating existing rows.
+async fn merge(tx: &Transaction<'_>, table: &str, columns: &str, key: &str) -> Result<u64> {
+    let updates: Vec<String> = columns
+        .split(", ")
+        .filter(|c| !key.split(", ").any(|k| k == *c))
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let action = if updates.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
+    let sql =
+        format!("INSERT INTO {table} ({columns}) SELECT {columns} FROM tmp_{table} ON CONFLICT ({key}) DO {action}");
+    Ok(tx.execute(sql.as_str(), &[]).await?)
+}
+
+async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let snap = read_snapshot(file).with_context(|| format!("reading {}", file.display()))?;
+    eprintln!(
+        "placectl: importing {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones",
+        snap.regions.len(),
+        snap.clusters.len(),
+        snap.vms.len(),
+        snap.repls.len(),
+        snap.containers.len(),
+        snap.custom_domains.len(),
+        snap.tombstones.len()
+    );
+    let tx = client.transaction().await?;
+    // Bulk loads skip the per-row change log when the role may; edges are
+    // told to reload instead. Without the privilege every row is logged.
+    let bulk = tx
+        .batch_execute("SET LOCAL session_replication_role = replica")
+        .await
+        .is_ok();
+    let cluster_state = |s: ClusterState| {
+        if s == ClusterState::Active {
+            "active"
+        } else {
+            "draining"
+        }
+    };
+    let vm_state = |s: VmState| match s {
+        VmState::Active => "active",
+        VmState::Draining => "draining",
+        VmState::Down => "down",
+    };
+    let weights: Vec<String> = snap.clusters.iter().map(|c| c.weight.to_string()).collect();
+    let steps: Vec<(&str, &str, &str, Vec<Vec<Option<&str>>>)> = vec![
+        (
+            "regions",
+            "name, edge_addr",
+            "name",
+            snap.regions
+                .iter()
+                .map(|r| vec![Some(r.name.as_str()), Some(r.edge_addr.as_str())])
+                .collect(),
+        ),
+        (
+            "clusters",
+            "name, region, state, weight",
+            "name",
+            snap.clusters
+                .iter()
+                .zip(&weights)
+                .map(|(c, w)| {
+                    vec![
+                        Some(c.name.as_str()),
+                        Some(c.region.as_str()),
+                        Some(cluster_state(c.state)),
+                        Some(w.as_str()),
+                    ]
+                })
+                .collect(),
+        ),
+        (
+            "vms",
+            "id, cluster, addr, metrics_addr, state",
+            "id",
+            snap.vms
+                .iter()
+                .map(|v| {
+                    vec![
+                        Some(v.id.as_str()),
+                        Some(v.cluster.as_str()),
+                        Some(v.addr.as_str()),
+                        v.metrics_addr.as_deref(),
+                        Some(vm_state(v.state)),
+                    ]
+                })
+                .collect(),
+        ),
+        (
+            "repls",
+            "id, slug, owner, region, cluster, transfer_to",
+            "id",
+            snap.repls
+                .iter()
+                .map(|r| {
+                    vec![
+                        Some(r.id.as_str()),
+                        Some(r.slug.as_str()),
+                        r.owner.as_deref(),
+                        Some(r.region.as_str()),
+                        r.cluster.as_deref(),
+                        r.transfer_to.as_deref(),
+                    ]
+                })
+                .collect(),
+        ),
+        (
+            "containers",
+            "repl_id, vm_id, started_at",
+            "repl_id",
+            snap.containers
+                .iter()
+                .map(|c| {
+                    vec![
+                        Some(c.repl_id.as_str()),
+                        Some(c.vm_id.as_str()),
+                        Some(c.started_at.as_deref().unwrap_or("now")),
+                    ]
+                })
+                .collect(),
+        ),
+        (
+            "custom_domains",
+            "hostname, repl_id",
+            "hostname",
+            snap.custom_domains
+                .iter()
+                .map(|d| vec![Some(d.hostname.as_str()), Some(d.repl_id.as_str())])
+                .collect(),
+        ),
+        (
+            "tombstones",
+            "repl_id, from_cluster, to_cluster, expires_at",
+            "repl_id, from_cluster",
+            snap.tombstones
+                .iter()
+                .map(|t| {
+                    vec![
+                        Some(t.repl_id.as_str()),
+                        Some(t.from_cluster.as_str()),
+                        Some(t.to_cluster.as_str()),
+                        Some(t.expires_at.as_str()),
+                    ]
+                })
+                .collect(),
+        ),
+    ];
+    for (table, columns, key, rows) in steps {
+        let n = copy_rows(&tx, table, columns, rows.into_iter())
+            .await
+            .with_context(|| format!("copying {table}"))?;
+        let m = merge(&tx, table, columns, key)
+            .await
+            .with_context(|| format!("merging {table}"))?;
+        eprintln!(
+            "placectl: {table}: {n} rows read, {m} written ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if bulk {
+        tx.batch_execute("SET LOCAL session_replication_role = origin").await?;
+        tx.query_one("SELECT edgeplane_request_reload()", &[]).await?;
+    }
+    tx.commit().await?;
+    println!(
+        "imported {} in {:.1} s",
+        file.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn transfer(client: &mut Client, repl: &str, to: &str, lazy: bool, tombstone_secs: u32) -> Result<()> {
+    let tx = client.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT r.region, r.cluster, v.cluster FROM repls r
+               LEFT JOIN containers c ON c.repl_id = r.id LEFT JOIN vms v ON v.id = c.vm_id
+              WHERE r.id = $1 FOR UPDATE OF r",
+            &[&repl],
+        )
+        .await?
+    else {
+        bail!("no repl {repl:?}");
+    };
+    let (region, pinned, running_on): (String, Option<String>, Option<String>) = (row.get(0), row.get(1), row.get(2));
+    let Some(to_region) = tx
+        .query_opt("SELECT region FROM clusters WHERE name = $1", &[&to])
+        .await?
+    else {
+        bail!("no cluster {to:?}");
+    };
+    let to_region: String = to_region.get(0);
+    if lazy {
+        if to_region != region {
+            bail!("a lazy transfer stays in the repl's region ({region}); {to} is in {to_region}");
+        }
+        tx.execute("UPDATE repls SET transfer_to = $2 WHERE id = $1", &[&repl, &to])
+            .await?;
+        tx.commit().await?;
+        println!("repl {repl}: lazy transfer to {to} pending");
+        return Ok(());
+    }
+    // Where it is now: its running VM's cluster, else its pin, else the ring.
+    let from = match running_on.or(pinned) {
+        Some(c) => c,
+        None => {
+            let rows = tx
+                .query(
+                    "SELECT name, weight FROM clusters WHERE region = $1 AND state = 'active' ORDER BY name",
+                    &[&region],
+                )
+                .await?;
+            let names: Vec<(String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let members: Vec<Member> = names
+                .iter()
+                .enumerate()
+                .map(|(i, (n, w))| Member {
+                    id: i as u32,
+                    name: n,
+                    weight: (*w).max(0) as u32,
+                })
+                .collect();
+            let ring = Ring::build(&members);
+            let Some(i) = ring.lookup(repl) else {
+                bail!("region {region} has no active cluster")
+            };
+            names[i as usize].0.clone()
+        }
+    };
+    if from == to {
+        bail!("repl {repl} is already on cluster {to}");
+    }
+    tx.execute(
+        "UPDATE repls SET region = $2, cluster = $3, transfer_to = NULL WHERE id = $1",
+        &[&repl, &to_region, &to],
+    )
+    .await?;
+    tx.execute("DELETE FROM containers WHERE repl_id = $1", &[&repl])
+        .await?;
+    let secs = tombstone_secs as f64;
+    tx.execute(
+        "INSERT INTO tombstones (repl_id, from_cluster, to_cluster, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         ON CONFLICT (repl_id, from_cluster) DO UPDATE SET to_cluster = EXCLUDED.to_cluster, expires_at = EXCLUDED.expires_at",
+        &[&repl, &from, &to, &secs],
+    )
+    .await?;
+    tx.commit().await?;
+    println!("repl {repl}: moved {from} -> {to} (region {to_region}); tombstone for {tombstone_secs} s");
+    Ok(())
+}
+
+async fn ls(client: &Client) -> Result<()> {
+    let version: i64 = client
+        .query_one("SELECT version FROM placement_version", &[])
+        .await?
+        .get(0);
+    let mut out = format!("placement version {version}\n\nregions:\n");
+    for r in client
+        .query(
+            "SELECT g.name, g.edge_addr, (SELECT count(*) FROM repls r WHERE r.region = g.name)
+               FROM regions g ORDER BY g.name",
+            &[],
+        )
+        .await?
+    {
+        let (n, a, c): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+        writeln!(out, "  {n:<16} edge {a:<22} {c} repls")?;
+    }
+    out.push_str("\nclusters:\n");
+    for r in client
+        .query(
+            "SELECT c.name, c.region, c.state, c.weight,
+                    (SELECT count(*) FROM vms v WHERE v.cluster = c.name),
+                    (SELECT count(*) FROM vms v WHERE v.cluster = c.name AND v.state = 'active'),
+                    (SELECT count(*) FROM containers k JOIN vms v ON v.id = k.vm_id WHERE v.cluster = c.name)
+               FROM clusters c ORDER BY c.region, c.name",
+            &[],
+        )
+        .await?
+    {
+        let (n, g, s, w, vms, active, cont): (String, String, String, i32, i64, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+        writeln!(
+            out,
+            "  {n:<16} {g:<12} {s:<9} weight {w:<4} vms {active}/{vms} active, {cont} containers"
+        )?;
+    }
+    let live: i64 = client
+        .query_one("SELECT count(*) FROM tombstones WHERE expires_at > now()", &[])
+        .await?
+        .get(0);
+    writeln!(out, "\nlive tombstones: {live}")?;
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The last-known-good placement file: the last table this edge published,
+//! written so that an edge restarted while the control plane is away can
+//! still serve (static stability).
+//!
+//! Format: the snapshot JSON of DESIGN §3 plus a top-level `version`.
+//! Writes are atomic: a temp file in the same folder, fsync, rename, fsync
+//! of the folder; a crash leaves the old file or the new one, never half of
+//! one. The sync rate-limits writes; see `placement.last_known_good_interval_ms`.
+//! Start at [`write`] and [`read`].
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::file_source::read_snapshot;
+use crate::table::{RoutingTable, Skipped, SnapshotError, Strictness};
+
+/// Writes `table` to `path` atomically.
+pub fn write(path: &Path, table: &RoutingTable) -> std::io::Result<()> {
+    let mut snap = table.to_snapshot();
+    snap.version = table.version();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        serde_json::to_writer(&mut w, &snap)?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Reads a last-known-good file into a table for `local_region`. Bad rows
+/// are skipped (it was validated when written; this guards against edits).
+pub fn read(path: &Path, local_region: &str) -> Result<(RoutingTable, Skipped), SnapshotError> {
+    let snap = read_snapshot(path)?;
+    RoutingTable::build_with(&snap, local_region, snap.version.max(1), Strictness::Lenient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap: crate::Snapshot = serde_json::from_str(
+            r#"{"regions": [{"name": "r", "edge_addr": "127.0.0.1:1"}],
+                "clusters": [{"name": "c", "region": "r", "state": "active"}],
+                "repls": [{"id": "x", "slug": "x", "region": "r"}]}"#,
+        )
+        .unwrap();
+        let t = RoutingTable::build(&snap, "r", 42).unwrap();
+        let path = dir.path().join("sub/lkg.json");
+        write(&path, &t).unwrap();
+        assert!(!path.with_extension("tmp").exists());
+        let (back, skipped) = read(&path, "r").unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(back.version(), 42);
+        assert!(back.repl_by_slug("x").is_some());
+    }
+}

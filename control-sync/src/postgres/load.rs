@@ -1,0 +1,235 @@
+//! The two queries of the sync: a consistent, streamed full load of this
+//! edge's part of the world, and a batch of changes after a version cursor.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{pin_mut, TryStreamExt};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, IsolationLevel, Row};
+
+use crate::snapshot::*;
+use crate::table::{Change, RoutingTable, Skipped, SnapshotError, Strictness};
+
+/// A failure of a load or a delta fetch.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Snapshot(#[from] SnapshotError),
+}
+
+fn clusters_of_region() -> &'static str {
+    "SELECT name FROM clusters WHERE region = $1"
+}
+
+/// The rows an edge of region `$1` needs, table by table, in build order:
+/// all regions, clusters and VMs; the repls homed here, plus repls with a
+/// tombstone from one of this region's clusters (so their slugs resolve);
+/// those repls' containers and custom domains; tombstones from this region.
+fn full_load_queries() -> Vec<(&'static str, String)> {
+    let wanted = format!(
+        "(SELECT id FROM repls WHERE region = $1
+          UNION SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
+        clusters_of_region()
+    );
+    vec![
+        ("regions", "SELECT name, edge_addr FROM regions ORDER BY name".into()),
+        (
+            "clusters",
+            "SELECT name, region, state, weight FROM clusters ORDER BY name".into(),
+        ),
+        (
+            "vms",
+            "SELECT id, cluster, addr, metrics_addr, state FROM vms ORDER BY id".into(),
+        ),
+        (
+            "repls",
+            format!(
+                "SELECT id, slug, owner, region, cluster, transfer_to FROM repls WHERE region = $1
+                 UNION ALL
+                 SELECT id, slug, owner, region, cluster, transfer_to FROM repls
+                  WHERE region <> $1 AND id IN (SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
+                clusters_of_region()
+            ),
+        ),
+        (
+            "containers",
+            format!("SELECT repl_id, vm_id, to_json(started_at)#>>'{{}}' FROM containers WHERE repl_id IN {wanted}"),
+        ),
+        (
+            "custom_domains",
+            format!("SELECT hostname, repl_id FROM custom_domains WHERE repl_id IN {wanted}"),
+        ),
+        (
+            "tombstones",
+            format!(
+                "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{{}}' FROM tombstones
+                  WHERE from_cluster IN ({})",
+                clusters_of_region()
+            ),
+        ),
+    ]
+}
+
+fn to_change(table: &str, r: &Row) -> Change {
+    match table {
+        "regions" => Change::UpsertRegion(RegionRow {
+            name: r.get(0),
+            edge_addr: r.get(1),
+        }),
+        "clusters" => Change::UpsertCluster(ClusterRow {
+            name: r.get(0),
+            region: r.get(1),
+            state: if r.get::<_, &str>(2) == "active" {
+                ClusterState::Active
+            } else {
+                ClusterState::Draining
+            },
+            weight: r.get::<_, i32>(3).max(0) as u32,
+        }),
+        "vms" => Change::UpsertVm(VmRow {
+            id: r.get(0),
+            cluster: r.get(1),
+            addr: r.get(2),
+            metrics_addr: r.get(3),
+            state: match r.get::<_, &str>(4) {
+                "active" => VmState::Active,
+                "draining" => VmState::Draining,
+                _ => VmState::Down,
+            },
+        }),
+        "repls" => Change::UpsertRepl(ReplRow {
+            id: r.get(0),
+            slug: r.get(1),
+            owner: r.get(2),
+            region: r.get(3),
+            cluster: r.get(4),
+            transfer_to: r.get(5),
+        }),
+        "containers" => Change::UpsertContainer(ContainerRow {
+            repl_id: r.get(0),
+            vm_id: r.get(1),
+            started_at: r.get(2),
+        }),
+        "custom_domains" => Change::UpsertDomain(CustomDomainRow {
+            hostname: r.get(0),
+            repl_id: r.get(1),
+        }),
+        _ => Change::UpsertTombstone(TombstoneRow {
+            repl_id: r.get(0),
+            from_cluster: r.get(1),
+            to_cluster: r.get(2),
+            expires_at: r.get(3),
+        }),
+    }
+}
+
+/// Loads this edge's part of the world in one REPEATABLE READ, read-only
+/// transaction, streaming rows into the table builder and logging progress
+/// every second. The table's version is `placement_version` as of the
+/// transaction's snapshot: every change up to it is included, none after.
+pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(RoutingTable, Skipped), LoadError> {
+    let started = Instant::now();
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let version: i64 = tx
+        .query_one("SELECT version FROM placement_version WHERE id = 1", &[])
+        .await?
+        .get(0);
+    let expected: i64 = tx
+        .query_one("SELECT count(*) FROM repls WHERE region = $1", &[&local_region])
+        .await?
+        .get(0);
+    let mut builder = RoutingTable::builder(local_region, expected.max(0) as usize, Strictness::Lenient);
+    let mut last_log = Instant::now();
+    let mut rows_total = 0u64;
+    for (table, sql) in full_load_queries() {
+        let params: Vec<&(dyn ToSql + Sync)> = if sql.contains("$1") {
+            vec![&local_region]
+        } else {
+            vec![]
+        };
+        let stream = tx.query_raw(sql.as_str(), params).await?;
+        pin_mut!(stream);
+        let mut n = 0u64;
+        while let Some(row) = stream.try_next().await? {
+            builder.push(to_change(table, &row))?;
+            n += 1;
+            if last_log.elapsed() >= Duration::from_secs(1) {
+                last_log = Instant::now();
+                log::info!(
+                    "placement: full load at version {version}: {table} {n} rows ({:.1} s, ~{expected} repls expected)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        rows_total += n;
+    }
+    tx.commit().await?;
+    let (table, skipped) = builder.finish(version.max(1) as u64)?;
+    log::info!(
+        "placement: full load of version {version} read {rows_total} rows in {:.2} s ({} repls, {} skipped)",
+        started.elapsed().as_secs_f64(),
+        table.counts().repls,
+        skipped.total()
+    );
+    Ok((table, skipped))
+}
+
+/// One row of `placement_changes`.
+#[derive(Debug, Clone)]
+pub struct ChangeRow {
+    pub version: i64,
+    pub txid: i64,
+    pub tbl: String,
+    pub op: String,
+    pub row: Option<String>,
+    pub old: Option<String>,
+    pub changed_at_ms: i64,
+}
+
+/// Changes after `cursor` (up to `limit`) and the head version, read in one
+/// snapshot so they agree.
+pub async fn fetch_changes(client: &mut Client, cursor: i64, limit: i64) -> Result<(i64, Vec<ChangeRow>), LoadError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let head: i64 = tx
+        .query_one("SELECT version FROM placement_version WHERE id = 1", &[])
+        .await?
+        .get(0);
+    let rows = if head > cursor {
+        tx.query(
+            "SELECT version, txid, tbl, op, row::text, old::text,
+                    (extract(epoch FROM changed_at) * 1000)::bigint
+               FROM placement_changes WHERE version > $1 ORDER BY version LIMIT $2",
+            &[&cursor, &limit],
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    tx.commit().await?;
+    Ok((
+        head,
+        rows.iter()
+            .map(|r| ChangeRow {
+                version: r.get(0),
+                txid: r.get(1),
+                tbl: r.get(2),
+                op: r.get(3),
+                row: r.get(4),
+                old: r.get(5),
+                changed_at_ms: r.get(6),
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,493 @@
+//! The PostgreSQL placement source: a sync loop that keeps this edge's
+//! routing table in step with the control plane, and keeps the last good
+//! table serving whatever the database does.
+//!
+//! Protocol (see docs/architecture.md, "Sync"):
+//! 1. Connect, `LISTEN edgeplane_placement`.
+//! 2. Full load ([`load::full_load`]): one REPEATABLE READ snapshot, streamed;
+//!    the table's version is `placement_version` in that snapshot. A load
+//!    that is empty or shrinks by more than `max_shrink_ratio` is held back.
+//! 3. Deltas ([`load::fetch_changes`]): changes after the cursor, woken by a
+//!    notification or by the poll timer (replicas never notify). Versions
+//!    are contiguous by construction (writers serialise on the version row),
+//!    so a gap means missed data: full reload. A `*` change (bulk import) or
+//!    an undecodable row also forces a full reload. A batch never ends in
+//!    the middle of a transaction. Each batch becomes a new table through
+//!    [`RoutingTable::apply_for_edge`] and one atomic publish.
+//! 4. On any error: mark disconnected, back off (exponential, jittered),
+//!    reconnect, and resume from the cursor. The published table keeps
+//!    serving throughout; requests never wait on any of this.
+//! 5. At start, if the first attempt fails and nothing is published yet, the
+//!    last-known-good file is loaded and published.
+//!
+//! The loop runs on its own thread and runtime ([`spawn`]), away from the
+//! proxy's workers. Start at [`PgSync::run`].
+
+pub mod decode;
+pub mod load;
+pub mod migrate;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::table::{Change, RoutingTable, Skipped};
+use crate::{last_known_good, SyncErrorKind, TableHandle};
+use decode::{decode, Decoded};
+use load::LoadError;
+
+/// Defaults (also documented in config/examples/edgeplane.toml).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_SHRINK_RATIO: f64 = 0.5;
+pub const DEFAULT_LAST_KNOWN_GOOD_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Changes read per delta query; a longer backlog is read in several batches.
+pub const DELTA_BATCH: i64 = 10_000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct PgSyncOptions {
+    pub url: String,
+    pub local_region: String,
+    pub poll_interval: Duration,
+    pub max_shrink_ratio: f64,
+    pub last_known_good: Option<PathBuf>,
+    pub last_known_good_interval: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl PgSyncOptions {
+    pub fn new(url: impl Into<String>, local_region: impl Into<String>) -> PgSyncOptions {
+        PgSyncOptions {
+            url: url.into(),
+            local_region: local_region.into(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            max_shrink_ratio: DEFAULT_MAX_SHRINK_RATIO,
+            last_known_good: None,
+            last_known_good_interval: DEFAULT_LAST_KNOWN_GOOD_INTERVAL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    #[error("connection closed")]
+    Closed,
+    #[error("full load held back: {0}")]
+    HeldBack(String),
+}
+
+impl From<tokio_postgres::Error> for SyncError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SyncError::Load(LoadError::Query(e))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Jittered exponential backoff (full jitter over [d/2, d]).
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: BACKOFF_MIN,
+            seed: now_ms() | 1,
+        }
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+    fn next(&mut self) -> Duration {
+        // xorshift64: jitter only, not security.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let half = d.as_micros() as u64 / 2;
+        Duration::from_micros(half + self.seed % (half + 1))
+    }
+}
+
+/// The sync loop's state. See the module docs.
+pub struct PgSync {
+    opts: PgSyncOptions,
+    handle: TableHandle,
+    /// Version of the published table's data (what deltas continue from).
+    cursor: i64,
+    need_full: bool,
+    lkg_written: Option<Instant>,
+    lkg_version: u64,
+}
+
+impl PgSync {
+    pub fn new(opts: PgSyncOptions, handle: TableHandle) -> PgSync {
+        PgSync {
+            opts,
+            handle,
+            cursor: 0,
+            need_full: true,
+            lkg_written: None,
+            lkg_version: 0,
+        }
+    }
+
+    /// Runs until `stop` is set (checked between attempts and waits).
+    pub async fn run(mut self, stop: Arc<AtomicBool>) {
+        let mut backoff = Backoff::new();
+        let mut first = true;
+        while !stop.load(Ordering::Relaxed) {
+            let err = self.session(&mut backoff, &stop).await;
+            self.handle.status().set_connected(false);
+            match &err {
+                SyncError::Connect(_) => self.handle.status().error(SyncErrorKind::Connect),
+                SyncError::Load(LoadError::Query(_)) | SyncError::Closed => {
+                    self.handle.status().error(SyncErrorKind::Query)
+                }
+                SyncError::Load(LoadError::Snapshot(_)) => self.handle.status().error(SyncErrorKind::InvalidSnapshot),
+                SyncError::HeldBack(_) => self.handle.status().error(SyncErrorKind::HeldBack),
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            log::warn!(
+                "placement: postgres sync: {err}; serving version {}",
+                self.handle.load().version()
+            );
+            if first && !self.handle.is_ready() {
+                self.load_last_known_good();
+            }
+            first = false;
+            tokio::time::sleep(backoff.next()).await;
+        }
+    }
+
+    fn load_last_known_good(&mut self) {
+        let Some(path) = self.opts.last_known_good.clone() else {
+            return;
+        };
+        match last_known_good::read(&path, &self.opts.local_region) {
+            Ok((table, skipped)) => {
+                log::warn!(
+                    "placement: serving last-known-good version {} from {} ({} repls) until postgres is back",
+                    table.version(),
+                    path.display(),
+                    table.counts().repls
+                );
+                self.handle.status().add_skipped(&skipped);
+                self.handle.publish(table, now_ms());
+                // Deltas cannot continue from a file: reload fully when connected.
+                self.need_full = true;
+            }
+            Err(e) => log::error!("placement: no usable last-known-good file {}: {e}", path.display()),
+        }
+    }
+
+    async fn session(&mut self, backoff: &mut Backoff, stop: &AtomicBool) -> SyncError {
+        let connect = tokio::time::timeout(
+            self.opts.connect_timeout,
+            tokio_postgres::connect(&self.opts.url, NoTls),
+        );
+        let (mut client, mut connection) = match connect.await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return SyncError::Connect(e.to_string()),
+            Err(_) => return SyncError::Connect(format!("timed out after {:?}", self.opts.connect_timeout)),
+        };
+        // Drive the connection; every notification (and the end) wakes the loop.
+        let wake = Arc::new(Notify::new());
+        let closed = Arc::new(AtomicBool::new(false));
+        let driver = {
+            let (wake, closed) = (wake.clone(), closed.clone());
+            tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(m) = messages.next().await {
+                    match m {
+                        Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::debug!("placement: connection error: {e}");
+                            break;
+                        }
+                    }
+                }
+                closed.store(true, Ordering::Release);
+                wake.notify_one();
+            })
+        };
+        let result = async {
+            client.batch_execute("LISTEN edgeplane_placement").await?;
+            self.handle.status().set_connected(true);
+            log::info!("placement: connected to postgres");
+            if self.need_full {
+                self.full_load(&mut client).await?;
+            }
+            backoff.reset();
+            loop {
+                self.catch_up(&mut client).await?;
+                if closed.load(Ordering::Acquire) {
+                    return Err(SyncError::Closed);
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Err(SyncError::Closed);
+                }
+                let _ = tokio::time::timeout(self.opts.poll_interval, wake.notified()).await;
+            }
+        }
+        .await;
+        driver.abort();
+        match result {
+            Ok(()) => SyncError::Closed,
+            Err(e) => e,
+        }
+    }
+
+    async fn full_load(&mut self, client: &mut Client) -> Result<(), SyncError> {
+        let (table, skipped) = load::full_load(client, &self.opts.local_region).await?;
+        self.report_skipped(&skipped);
+        let prev = self.handle.load_full();
+        if let Some(why) = suspicious(&prev, &table, self.opts.max_shrink_ratio) {
+            log::error!(
+                "placement: full load of version {} held back, not published: {why}",
+                table.version()
+            );
+            return Err(SyncError::HeldBack(why));
+        }
+        self.cursor = table.version() as i64;
+        self.need_full = false;
+        self.handle.status().note_full_load();
+        self.publish(table, None);
+        Ok(())
+    }
+
+    /// Reads and applies changes until none are left.
+    async fn catch_up(&mut self, client: &mut Client) -> Result<(), SyncError> {
+        loop {
+            let (head, mut rows) = load::fetch_changes(client, self.cursor, DELTA_BATCH).await?;
+            if rows.is_empty() {
+                if head > self.cursor {
+                    return self
+                        .reload(
+                            client,
+                            SyncErrorKind::Gap,
+                            format!("head {head} but no changes after {}", self.cursor),
+                        )
+                        .await;
+                }
+                return Ok(());
+            }
+            for (i, r) in rows.iter().enumerate() {
+                if r.version != self.cursor + 1 + i as i64 {
+                    let msg = format!("expected version {} got {}", self.cursor + 1 + i as i64, r.version);
+                    return self.reload(client, SyncErrorKind::Gap, msg).await;
+                }
+            }
+            let full_batch = rows.len() as i64 == DELTA_BATCH;
+            if full_batch {
+                // Never publish part of a transaction: drop its tail, read it next time.
+                let last_tx = rows.last().map(|r| r.txid);
+                let keep = rows
+                    .iter()
+                    .rposition(|r| Some(r.txid) != last_tx)
+                    .map(|p| p + 1)
+                    .unwrap_or(0);
+                if keep == 0 {
+                    return self
+                        .reload(client, SyncErrorKind::Gap, "one transaction larger than a batch".into())
+                        .await;
+                }
+                rows.truncate(keep);
+            }
+            let mut changes: Vec<Change> = Vec::with_capacity(rows.len());
+            for r in &rows {
+                match decode(r.version, &r.tbl, &r.op, r.row.as_deref(), r.old.as_deref()) {
+                    Ok(Decoded::Changes(c)) => changes.extend(c),
+                    Ok(Decoded::Reload) => {
+                        log::info!("placement: change {} asks for a full reload", r.version);
+                        self.need_full = true;
+                        return self.full_load(client).await;
+                    }
+                    Err(e) => return self.reload(client, SyncErrorKind::Decode, e.to_string()).await,
+                }
+            }
+            let last = rows.last().expect("non-empty");
+            let newest_commit = rows.iter().map(|r| r.changed_at_ms).max().unwrap_or(0);
+            let version = last.version;
+            let prev = self.handle.load_full();
+            let (table, skipped) = prev.apply_for_edge(changes, version as u64).map_err(LoadError::from)?;
+            self.report_skipped(&skipped);
+            self.cursor = version;
+            self.handle.status().note_delta();
+            self.publish(table, Some(newest_commit));
+            if !full_batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn reload(&mut self, client: &mut Client, why: SyncErrorKind, msg: String) -> Result<(), SyncError> {
+        log::warn!("placement: {} ({msg}): full reload", why.as_str());
+        self.handle.status().error(why);
+        self.need_full = true;
+        self.full_load(client).await
+    }
+
+    fn report_skipped(&self, skipped: &Skipped) {
+        if skipped.is_empty() {
+            return;
+        }
+        for e in &skipped.examples {
+            log::warn!("placement: skipped bad row {e}");
+        }
+        if skipped.total() > skipped.examples.len() as u64 {
+            log::warn!(
+                "placement: ... and {} more bad rows skipped",
+                skipped.total() - skipped.examples.len() as u64
+            );
+        }
+        self.handle.status().add_skipped(skipped);
+    }
+
+    /// Publishes, records lag, and writes last-known-good when due.
+    fn publish(&mut self, table: RoutingTable, newest_commit_ms: Option<i64>) {
+        let version = table.version();
+        let now = now_ms();
+        self.handle.publish(table, now);
+        if let Some(c) = newest_commit_ms {
+            let lag_us = (SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0)
+                - c * 1000)
+                .max(0) as u64;
+            self.handle.status().set_lag_us(lag_us);
+        }
+        let Some(path) = self.opts.last_known_good.clone() else {
+            return;
+        };
+        let due = self
+            .lkg_written
+            .is_none_or(|t| t.elapsed() >= self.opts.last_known_good_interval);
+        if due && version != self.lkg_version {
+            self.lkg_written = Some(Instant::now());
+            self.lkg_version = version;
+            let table = self.handle.load_full();
+            let handle = self.handle.clone();
+            // Serialising a large table takes a while: off the sync loop.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = last_known_good::write(&path, &table) {
+                    handle.status().error(SyncErrorKind::LastKnownGood);
+                    log::error!("placement: cannot write last-known-good {}: {e}", path.display());
+                }
+            });
+        }
+    }
+}
+
+/// Why a full load must not replace `prev`, if it must not.
+pub fn suspicious(prev: &RoutingTable, new: &RoutingTable, max_shrink_ratio: f64) -> Option<String> {
+    let n = new.counts();
+    if n.regions == 0 || n.clusters == 0 {
+        return Some("it holds no regions or no clusters".into());
+    }
+    if !prev.is_loaded() {
+        return None;
+    }
+    let (p, q) = (prev.counts().repls, n.repls);
+    if p > 0 && q == 0 {
+        return Some(format!("it holds no repls where {p} were"));
+    }
+    if p > 0 && (q as f64) < (p as f64) * (1.0 - max_shrink_ratio) {
+        return Some(format!(
+            "repls shrank from {p} to {q}, more than max_shrink_ratio {max_shrink_ratio} (raise it to accept)"
+        ));
+    }
+    None
+}
+
+/// Starts the sync on its own thread with a single-threaded runtime.
+pub fn spawn(opts: PgSyncOptions, handle: TableHandle, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("placement-sync".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("sync runtime");
+            rt.block_on(PgSync::new(opts, handle).run(stop));
+        })
+        .expect("spawn placement-sync")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Snapshot;
+
+    fn table(repls: usize) -> RoutingTable {
+        let mut s: Snapshot = serde_json::from_str(
+            r#"{"regions": [{"name": "r", "edge_addr": "127.0.0.1:1"}],
+                "clusters": [{"name": "c", "region": "r", "state": "active"}]}"#,
+        )
+        .unwrap();
+        for i in 0..repls {
+            s.repls.push(crate::snapshot::ReplRow {
+                id: format!("x{i}"),
+                slug: format!("x{i}"),
+                owner: None,
+                region: "r".into(),
+                cluster: None,
+                transfer_to: None,
+            });
+        }
+        RoutingTable::build(&s, "r", 1).unwrap()
+    }
+
+    #[test]
+    fn shrink_guard() {
+        let empty = RoutingTable::empty();
+        assert_eq!(suspicious(&empty, &table(0), 0.5), None, "a first load may be small");
+        assert!(suspicious(&table(10), &table(0), 0.5).is_some(), "emptied");
+        assert!(
+            suspicious(&table(100), &table(49), 0.5).is_some(),
+            "shrank by more than half"
+        );
+        assert_eq!(suspicious(&table(100), &table(50), 0.5), None);
+        assert_eq!(
+            suspicious(&table(100), &table(1), 1.0),
+            None,
+            "ratio 1.0 accepts anything non-empty"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new();
+        let first = b.next();
+        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
+        for _ in 0..20 {
+            assert!(b.next() <= BACKOFF_MAX);
+        }
+        b.reset();
+        assert!(b.next() <= BACKOFF_MIN);
+    }
+}
