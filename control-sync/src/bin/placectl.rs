@@ -221,6 +221,9 @@ async fn merge(tx: &Transaction<'_>, table: &str, columns: &str, key: &str) -> R
     Ok(tx.execute(sql.as_str(), &[]).await?)
 }
 
+/// One table of an import: name, columns, conflict key, rows (text fields).
+type CopyStep<'a> = (&'static str, &'static str, &'static str, Vec<Vec<Option<&'a str>>>);
+
 async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
     let started = std::time::Instant::now();
     let snap = read_snapshot(file).with_context(|| format!("reading {}", file.display()))?;
@@ -254,7 +257,7 @@ async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
         VmState::Down => "down",
     };
     let weights: Vec<String> = snap.clusters.iter().map(|c| c.weight.to_string()).collect();
-    let steps: Vec<(&str, &str, &str, Vec<Vec<Option<&str>>>)> = vec![
+    let steps: Vec<CopyStep> = vec![
         (
             "regions",
             "name, edge_addr",

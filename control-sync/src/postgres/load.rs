@@ -233,3 +233,32 @@ pub async fn fetch_changes(client: &mut Client, cursor: i64, limit: i64) -> Resu
             .collect(),
     ))
 }
+
+/// The containers and custom domains of repls that just arrived in this
+/// edge's region by a delta: this edge never loaded them, and no change
+/// row will carry them. Read as of now (later changes replay on top).
+pub async fn rows_of_arriving(
+    client: &mut Client,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<Change>>, LoadError> {
+    let mut out: std::collections::HashMap<String, Vec<Change>> = std::collections::HashMap::new();
+    for r in client
+        .query(
+            "SELECT repl_id, vm_id, to_json(started_at)#>>'{}' FROM containers WHERE repl_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        out.entry(r.get(0)).or_default().push(to_change("containers", &r));
+    }
+    for r in client
+        .query(
+            "SELECT hostname, repl_id FROM custom_domains WHERE repl_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        out.entry(r.get(1)).or_default().push(to_change("custom_domains", &r));
+    }
+    Ok(out)
+}

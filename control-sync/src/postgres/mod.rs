@@ -329,6 +329,7 @@ impl PgSync {
                     Err(e) => return self.reload(client, SyncErrorKind::Decode, e.to_string()).await,
                 }
             }
+            let changes = self.with_arriving_rows(client, changes).await?;
             let last = rows.last().expect("non-empty");
             let newest_commit = rows.iter().map(|r| r.changed_at_ms).max().unwrap_or(0);
             let version = last.version;
@@ -342,6 +343,37 @@ impl PgSync {
                 return Ok(());
             }
         }
+    }
+
+    /// Inserts, right after each repl that arrives in this region, the
+    /// rows of it this edge never loaded (containers, custom domains).
+    async fn with_arriving_rows(&self, client: &mut Client, changes: Vec<Change>) -> Result<Vec<Change>, SyncError> {
+        let table = self.handle.load();
+        let local = &self.opts.local_region;
+        let arriving: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::UpsertRepl(r) if r.region == *local && table.repl_by_id(&r.id).is_none() => Some(r.id.clone()),
+                _ => None,
+            })
+            .collect();
+        drop(table);
+        if arriving.is_empty() {
+            return Ok(changes);
+        }
+        let mut extra = load::rows_of_arriving(client, &arriving).await?;
+        let mut out = Vec::with_capacity(changes.len() + extra.values().map(Vec::len).sum::<usize>());
+        for c in changes {
+            let id = match &c {
+                Change::UpsertRepl(r) => Some(r.id.clone()),
+                _ => None,
+            };
+            out.push(c);
+            if let Some(rows) = id.and_then(|id| extra.remove(&id)) {
+                out.extend(rows);
+            }
+        }
+        Ok(out)
     }
 
     async fn reload(&mut self, client: &mut Client, why: SyncErrorKind, msg: String) -> Result<(), SyncError> {

@@ -119,21 +119,40 @@ impl Edge {
     /// lines appended to its `[limits]` section.
     pub async fn start(region: &str, snapshot: &serde_json::Value, limits: &str) -> Edge {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("snapshot.json"),
+            serde_json::to_vec_pretty(snapshot).unwrap(),
+        )
+        .unwrap();
+        Edge::start_in(dir, region, "file = \"snapshot.json\"", limits, true).await
+    }
+
+    /// Starts an edge of `region` syncing from PostgreSQL at `url`, with a
+    /// last-known-good file in `dir` (pass a fresh temp dir, or one an
+    /// earlier edge used); `ready` waits for `/readyz`.
+    pub async fn start_pg(dir: tempfile::TempDir, region: &str, url: &str, ready: bool) -> Edge {
+        let placement = format!(
+            "source = \"postgres\"\npostgres_url = \"{url}\"\nlast_known_good = \"lkg.json\"\n\
+last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 1000"
+        );
+        Edge::start_in(dir, region, &placement, "", ready).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, region: &str, placement: &str, limits: &str, ready: bool) -> Edge {
         let d = dir.path();
         std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
         std::fs::write(d.join("ws.key"), WS_KEY).unwrap();
-        std::fs::write(d.join("snapshot.json"), serde_json::to_vec_pretty(snapshot).unwrap()).unwrap();
         let toml = format!(
             "[edge]\nregion = \"{region}\"\ninstance_id = \"{region}-test\"\nlisten = [\"127.0.0.1:0\"]\n\
 admin_listen = \"127.0.0.1:0\"\nthreads = 2\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\
-grace_period_ms = 0\n\n[placement]\nfile = \"snapshot.json\"\n\n[limits]\n{limits}\n\n\
+grace_period_ms = 0\n\n[placement]\n{placement}\n\n[limits]\n{limits}\n\n\
 [security]\nhop_secret_file = \"hop.secret\"\nworkspace_token_key_file = \"ws.key\"\n"
         );
         std::fs::write(d.join("edge.toml"), toml).unwrap();
         let mut child = Command::new(edgeplane_bin())
             .args(["serve", "-c"])
             .arg(d.join("edge.toml"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -150,7 +169,9 @@ grace_period_ms = 0\n\n[placement]\nfile = \"snapshot.json\"\n\n[limits]\n{limit
             proxy: map["proxy"],
             admin: map["admin"],
         };
-        edge.wait_ready().await;
+        if ready {
+            edge.wait_ready().await;
+        }
         edge
     }
 

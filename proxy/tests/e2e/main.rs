@@ -5,6 +5,7 @@
 
 mod harness;
 mod http;
+mod postgres;
 mod regions;
 mod websocket;
 
