@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -54,7 +54,6 @@ struct State {
     reported: Mutex<Reported>,
     requests: AtomicU64,
     ws_open: AtomicU64,
-    closing: AtomicBool,
 }
 
 /// Options of `edgeplane-bench fake-vm`.
@@ -251,18 +250,12 @@ where
     }
 }
 
-/// Binds both listeners, prints their addresses and serves forever.
-pub async fn run(opts: FakeVmOptions) -> std::io::Result<()> {
+/// Binds both listeners and serves them on the current runtime; returns
+/// their addresses (HTTP, metrics).
+pub async fn start(opts: FakeVmOptions) -> std::io::Result<(SocketAddr, SocketAddr)> {
     let http = TcpListener::bind(opts.listen).await?;
     let metrics = TcpListener::bind(opts.metrics_listen).await?;
-    println!(
-        "fake-vm {} listening http={} metrics={}",
-        opts.id,
-        http.local_addr()?,
-        metrics.local_addr()?
-    );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let addrs = (http.local_addr()?, metrics.local_addr()?);
     let state = Arc::new(State {
         id: opts.id,
         reported: Mutex::new(Reported {
@@ -272,11 +265,19 @@ pub async fn run(opts: FakeVmOptions) -> std::io::Result<()> {
         }),
         requests: AtomicU64::new(0),
         ws_open: AtomicU64::new(0),
-        closing: AtomicBool::new(false),
     });
-    let m = tokio::spawn(serve_loop(metrics, state.clone(), metrics_app));
-    serve_loop(http, state.clone(), app).await;
-    state.closing.store(true, Ordering::Relaxed);
-    m.abort();
+    tokio::spawn(serve_loop(metrics, state.clone(), metrics_app));
+    tokio::spawn(serve_loop(http, state, app));
+    Ok(addrs)
+}
+
+/// Binds both listeners, prints their addresses and serves forever.
+pub async fn run(opts: FakeVmOptions) -> std::io::Result<()> {
+    let id = opts.id.clone();
+    let (http, metrics) = start(opts).await?;
+    println!("fake-vm {id} listening http={http} metrics={metrics}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::future::pending::<()>().await;
     Ok(())
 }

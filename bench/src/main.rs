@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 use edgeplane_bench::fake_vm::{self, FakeVmOptions};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "edgeplane-bench", about = "edgeplane test and benchmark tools")]
 struct Cli {
@@ -40,6 +43,28 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         path: String,
         message: String,
+    },
+    /// Benchmark the PostgreSQL sync: full load of N repls (time, memory per
+    /// repl) and commit-to-publish latency at each rate through a real edge
+    /// serving traffic. Writes bench/results/sync.{json,md} and an SVG.
+    Sync {
+        /// A database URL whose server the benchmark may create databases on.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        repls: usize,
+        /// Changes per second, comma separated.
+        #[arg(long, default_value = "200,1000", value_delimiter = ',')]
+        rates: Vec<u32>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Write a synthetic placement snapshot (JSON) for load runs.
     World {
@@ -91,6 +116,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(ws_once(edge, &host, &path, &message))?;
+        }
+        Cmd::Sync {
+            database_url,
+            repls,
+            rates,
+            seconds,
+            out,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let vm = fake_vm::FakeVmOptions {
+                    id: "bench-vm".into(),
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    metrics_listen: "127.0.0.1:0".parse().unwrap(),
+                    containers: 0,
+                    cpu: 0.0,
+                };
+                let (vm_addr, _) = fake_vm::start(vm).await?;
+                let opts = edgeplane_bench::sync_bench::SyncBenchOptions {
+                    admin_url: database_url,
+                    repls,
+                    rates,
+                    seconds,
+                    out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
+                };
+                edgeplane_bench::sync_bench::run(opts, vm_addr).await
+            })?;
         }
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {

@@ -1,0 +1,607 @@
+//! `edgeplane-bench sync`: the PostgreSQL sync measured end to end.
+//!
+//! 1. Seeds a database with one region of N repls (default 1,000,000), one
+//!    in four running, one in sixteen with a custom domain, 50 clusters x 20
+//!    VMs (all pointing at one fake VM), using set-based SQL with triggers off.
+//! 2. Full load: runs the edge's own full-load code in this process, three
+//!    times, and reports wall time and resident memory per repl (RSS growth
+//!    while the table is held, allocator retention included).
+//! 3. Commit-to-publish: starts a real `edgeplane serve` on that database,
+//!    drives steady HTTP traffic through it, and commits container moves at
+//!    each rate (one change per transaction). The publish time of every
+//!    version is read from the edge's `/debug/snapshot` (polled every 2 ms);
+//!    latency = first publish covering the version - its commit. Request
+//!    latency is reported for the quiet baseline and for each rate.
+//!
+//! Writes `bench/results/sync.json`, `sync.md` and `sync_latency.svg`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{Client, NoTls};
+
+use edgeplane_control_sync::postgres::{load, migrate::migrate};
+
+pub struct SyncBenchOptions {
+    pub admin_url: String,
+    pub repls: usize,
+    pub rates: Vec<u32>,
+    pub seconds: u64,
+    pub out_dir: PathBuf,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (c, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn seed(url: &str, repls: usize, vm_addr: SocketAddr) -> Result<()> {
+    let mut c = connect(url).await?;
+    migrate(&mut c).await?;
+    let t = Instant::now();
+    let sql = format!(
+        "BEGIN;
+         SET LOCAL session_replication_role = replica;
+         INSERT INTO regions VALUES ('bench', '127.0.0.1:1');
+         INSERT INTO clusters SELECT 'c' || i, 'bench', 'active', 100 FROM generate_series(0, 49) i;
+         INSERT INTO vms SELECT 'vm' || i, 'c' || (i / 20), '{vm_addr}', NULL, 'active' FROM generate_series(0, 999) i;
+         INSERT INTO repls SELECT 'r' || i, 'app' || i, 'u' || (i % 1000), 'bench', NULL, NULL FROM generate_series(0, {n}) i;
+         INSERT INTO containers SELECT 'r' || i, 'vm' || (i % 1000), now() FROM generate_series(0, {n}, 4) i;
+         INSERT INTO custom_domains SELECT 'd' || i || '.example.com', 'r' || i FROM generate_series(0, {n}, 16) i;
+         SET LOCAL session_replication_role = origin;
+         SELECT edgeplane_request_reload();
+         COMMIT; ANALYZE;",
+        n = repls - 1
+    );
+    c.batch_execute(&sql).await?;
+    eprintln!("sync bench: seeded {repls} repls in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct FullLoad {
+    repls: usize,
+    containers: usize,
+    custom_domains: usize,
+    seconds: Vec<f64>,
+    rss_bytes_per_repl: f64,
+    table_estimate_bytes_per_repl: f64,
+}
+
+async fn full_load_runs(url: &str) -> Result<FullLoad> {
+    let mut client = connect(url).await?;
+    let mut seconds = Vec::new();
+    let mut last = None;
+    let mut rss_per = 0.0;
+    for run in 0..3 {
+        drop(last.take());
+        let before = rss_bytes();
+        let t = Instant::now();
+        let (table, skipped) = load::full_load(&mut client, "bench").await?;
+        let s = t.elapsed().as_secs_f64();
+        if !skipped.is_empty() {
+            bail!("seed rows were skipped: {skipped:?}");
+        }
+        let after = rss_bytes();
+        let n = table.counts().repls;
+        eprintln!(
+            "sync bench: full load {} of {n} repls: {s:.2} s, RSS +{} MiB",
+            run + 1,
+            (after.saturating_sub(before)) >> 20
+        );
+        if run == 0 {
+            rss_per = after.saturating_sub(before) as f64 / n as f64;
+        }
+        seconds.push(s);
+        last = Some(table);
+    }
+    let t = last.unwrap();
+    let c = t.counts();
+    Ok(FullLoad {
+        repls: c.repls,
+        containers: c.containers,
+        custom_domains: c.custom_domains,
+        seconds,
+        rss_bytes_per_repl: rss_per,
+        table_estimate_bytes_per_repl: t.approx_repl_bytes() as f64 / c.repls as f64,
+    })
+}
+
+/// A running edge process.
+struct EdgeProc {
+    child: std::process::Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_edge(url: &str) -> Result<EdgeProc> {
+    let exe = std::env::current_exe()?.with_file_name("edgeplane");
+    if !exe.exists() {
+        bail!("{} is missing: build the workspace binaries first", exe.display());
+    }
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("hop.secret"), "bench-hop-secret-0123456789")?;
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        format!(
+            "[edge]\nregion = \"bench\"\ninstance_id = \"bench-edge\"\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+threads = 1\npid_file = \"e.pid\"\nupgrade_sock = \"e.sock\"\n[placement]\nsource = \"postgres\"\npostgres_url = \"{url}\"\n\
+poll_interval_ms = 1000\n[security]\nhop_secret_file = \"hop.secret\"\n"
+        ),
+    )?;
+    let mut child = Command::new(exe)
+        .args(["serve", "-c"])
+        .arg(dir.path().join("edge.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut proxy, mut admin) = (None, None);
+    let mut line = String::new();
+    while proxy.is_none() || admin.is_none() {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("edge exited");
+        }
+        if let Some(a) = line.trim().strip_prefix("edgeplane: proxy listening on ") {
+            proxy = a.parse().ok();
+        }
+        if let Some(a) = line.trim().strip_prefix("edgeplane: admin listening on ") {
+            admin = a.parse().ok();
+        }
+    }
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        while reader.read_line(&mut s).unwrap_or(0) > 0 {
+            s.clear();
+        }
+    });
+    Ok(EdgeProc {
+        child,
+        proxy: proxy.unwrap(),
+        admin: admin.unwrap(),
+        _dir: dir,
+    })
+}
+
+/// One keep-alive HTTP/1.1 request; returns the status.
+async fn request(s: &mut tokio::net::TcpStream, host: &str, path: &str, buf: &mut Vec<u8>) -> Result<u16> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    buf.clear();
+    loop {
+        let mut chunk = [0u8; 16384];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("closed mid-body");
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+    }
+}
+
+async fn wait_ready(admin: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut buf = Vec::new();
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(admin).await {
+            if request(&mut s, "admin", "/readyz", &mut buf).await.ok() == Some(200) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("edge not ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Steady traffic: `conns` connections, each paced to `rate_per_conn`/s.
+/// Records (start unix ms, latency ms) per request.
+fn traffic(
+    proxy: SocketAddr,
+    conns: usize,
+    rate_per_conn: u32,
+    repls: usize,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Vec<(i64, f64)>>>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..conns)
+        .map(|c| {
+            let (stop, out) = (stop.clone(), out.clone());
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(proxy).await.expect("connect edge");
+                s.set_nodelay(true).ok();
+                let mut buf = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate_per_conn as u64));
+                let mut errors = 0u64;
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    i = (i * 7919 + 13) % (repls / 4);
+                    let host = format!("app{}.repl.co", i * 4);
+                    let t0 = Instant::now();
+                    let start = now_ms();
+                    match request(&mut s, &host, "/", &mut buf).await {
+                        Ok(200) => out.lock().unwrap().push((start, t0.elapsed().as_secs_f64() * 1000.0)),
+                        _ => {
+                            errors += 1;
+                            s = tokio::net::TcpStream::connect(proxy).await.expect("reconnect");
+                        }
+                    }
+                }
+                errors
+            })
+        })
+        .collect()
+}
+
+#[derive(serde::Serialize)]
+struct RateRun {
+    rate: u32,
+    changes: usize,
+    publish_ms_p50: f64,
+    publish_ms_p99: f64,
+    publish_ms_max: f64,
+    publishes_seen: usize,
+    request_ms_p50: f64,
+    request_ms_p99: f64,
+    request_ms_max: f64,
+    requests: usize,
+    request_errors: u64,
+    latencies_ms: Vec<f64>,
+}
+
+async fn rate_run(url: &str, edge: &EdgeProc, rate: u32, seconds: u64, repls: usize) -> Result<RateRun> {
+    let writer = connect(url).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Publish observer: version -> first publish time seen.
+    let publishes: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
+    let observer = {
+        let (stop, publishes, admin) = (stop.clone(), publishes.clone(), edge.admin);
+        tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+            let mut buf = Vec::new();
+            let mut last = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if request(&mut s, "admin", "/debug/snapshot", &mut buf).await.is_err() {
+                    s = tokio::net::TcpStream::connect(admin).await.unwrap();
+                    continue;
+                }
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf[end..]) {
+                    let ver = v["version"].as_u64().unwrap_or(0);
+                    if ver != last {
+                        last = ver;
+                        publishes
+                            .lock()
+                            .unwrap()
+                            .push((ver, v["published_at_ms"].as_i64().unwrap_or(0)));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let samples: Arc<Mutex<Vec<(i64, f64)>>> = Arc::default();
+    let load = traffic(edge.proxy, 8, 250, repls, stop.clone(), samples.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = now_ms();
+    let mut commits: Vec<(u64, i64)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate as u64));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        // Move one running repl's container to another VM.
+        let repl = format!("r{}", (i * 4 * 7919) % repls / 4 * 4);
+        let vm = format!("vm{}", (i * 31 + 7) % 1000);
+        writer.batch_execute("BEGIN").await?;
+        writer
+            .execute("UPDATE containers SET vm_id = $2 WHERE repl_id = $1", &[&repl, &vm])
+            .await?;
+        let v: i64 = writer
+            .query_one("SELECT version FROM placement_version", &[])
+            .await?
+            .get(0);
+        writer.batch_execute("COMMIT").await?;
+        commits.push((v as u64, now_ms()));
+        i += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut request_errors = 0;
+    for l in load {
+        request_errors += l.await?;
+    }
+    observer.await?;
+    let pubs = publishes.lock().unwrap().clone();
+    let mut lat: Vec<f64> = commits
+        .iter()
+        .filter_map(|(v, at)| pubs.iter().find(|(pv, _)| pv >= v).map(|(_, p)| (p - at).max(0) as f64))
+        .collect();
+    if lat.len() < commits.len() {
+        bail!(
+            "{} of {} changes never published",
+            commits.len() - lat.len(),
+            commits.len()
+        );
+    }
+    let raw = lat.clone();
+    lat.sort_by(f64::total_cmp);
+    let mut req: Vec<f64> = samples
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| *s >= started)
+        .map(|(_, l)| *l)
+        .collect();
+    req.sort_by(f64::total_cmp);
+    Ok(RateRun {
+        rate,
+        changes: commits.len(),
+        publish_ms_p50: pct(&lat, 0.5),
+        publish_ms_p99: pct(&lat, 0.99),
+        publish_ms_max: *lat.last().unwrap(),
+        publishes_seen: pubs.len(),
+        request_ms_p50: pct(&req, 0.5),
+        request_ms_p99: pct(&req, 0.99),
+        request_ms_max: req.last().copied().unwrap_or(f64::NAN),
+        requests: req.len(),
+        request_errors,
+        latencies_ms: raw,
+    })
+}
+
+async fn baseline(edge: &EdgeProc, repls: usize) -> (f64, f64, f64, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<(i64, f64)>>> = Arc::default();
+    let load = traffic(edge.proxy, 8, 250, repls, stop.clone(), samples.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    let mut req: Vec<f64> = samples.lock().unwrap().iter().map(|(_, l)| *l).collect();
+    req.sort_by(f64::total_cmp);
+    (
+        pct(&req, 0.5),
+        pct(&req, 0.99),
+        req.last().copied().unwrap_or(f64::NAN),
+        req.len(),
+    )
+}
+
+fn svg(runs: &[RateRun]) -> String {
+    let (w, h, pad) = (640.0, 360.0, 50.0);
+    let max_ms = runs.iter().map(|r| r.publish_ms_max).fold(10.0, f64::max).min(200.0);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
+<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Commit-to-publish latency (CDF), edgeplane postgres sync</text>\
+<line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"black\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"black\"/>\
+<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">milliseconds</text>",
+        w / 2.0,
+        w / 2.0,
+        h - 10.0,
+        y0 = h - pad,
+        x1 = w - 20.0
+    );
+    for k in 0..=4 {
+        let ms = max_ms * k as f64 / 4.0;
+        let x = pad + (w - pad - 20.0) * k as f64 / 4.0;
+        s += &format!(
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{ms:.0}</text>",
+            h - pad + 15.0
+        );
+        let y = h - pad - (h - 2.0 * pad) * k as f64 / 4.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{y}\" text-anchor=\"end\">{}%</text>",
+            pad - 5.0,
+            k * 25
+        );
+    }
+    let x50 = pad + (w - pad - 20.0) * (50.0 / max_ms).min(1.0);
+    s += &format!("<line x1=\"{x50}\" y1=\"{pad}\" x2=\"{x50}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4\"/><text x=\"{x50}\" y=\"{}\" fill=\"#666\">50 ms target</text>", h - pad, pad - 5.0);
+    for (i, r) in runs.iter().enumerate() {
+        let mut l = r.latencies_ms.clone();
+        l.sort_by(f64::total_cmp);
+        let pts: Vec<String> = l
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                let x = pad + (w - pad - 20.0) * (v / max_ms).min(1.0);
+                let y = h - pad - (h - 2.0 * pad) * (j + 1) as f64 / l.len() as f64;
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let c = colors[i % colors.len()];
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{} changes/s: p50 {:.0} ms, p99 {:.0} ms</text>",
+            w - 260.0,
+            h - pad - 20.0 - 16.0 * i as f64,
+            r.rate,
+            r.publish_ms_p50,
+            r.publish_ms_p99
+        );
+    }
+    s + "</svg>\n"
+}
+
+pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
+    let db = "edgeplane_bench_sync";
+    let admin = connect(&o.admin_url).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await?;
+    admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+    let url = format!(
+        "{}/{db}",
+        o.admin_url.rsplit_once('/').map(|x| x.0).unwrap_or(&o.admin_url)
+    );
+    seed(&url, o.repls, vm_addr).await?;
+    let full = full_load_runs(&url).await?;
+    eprintln!("sync bench: starting an edge on the database");
+    let edge = start_edge(&url)?;
+    let t = Instant::now();
+    wait_ready(edge.admin).await?;
+    eprintln!("sync bench: edge ready in {:.1} s", t.elapsed().as_secs_f64());
+    let edge_rss = std::fs::read_to_string(format!("/proc/{}/status", edge.child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
+        });
+    let base = baseline(&edge, o.repls).await;
+    eprintln!(
+        "sync bench: baseline requests p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
+        base.0, base.1, base.2, base.3
+    );
+    let mut runs = Vec::new();
+    for &rate in &o.rates {
+        let r = rate_run(&url, &edge, rate, o.seconds, o.repls).await?;
+        eprintln!(
+            "sync bench: {rate} changes/s: publish p50 {:.1} ms p99 {:.1} ms max {:.1} ms; requests p50 {:.2} ms p99 {:.2} ms max {:.2} ms, {} errors",
+            r.publish_ms_p50, r.publish_ms_p99, r.publish_ms_max, r.request_ms_p50, r.request_ms_p99, r.request_ms_max, r.request_errors
+        );
+        runs.push(r);
+    }
+    drop(edge);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await?;
+
+    std::fs::create_dir_all(&o.out_dir)?;
+    let json = serde_json::json!({
+        "machine": machine(),
+        "full_load": full,
+        "edge_rss_after_load": edge_rss,
+        "baseline_requests_ms": {"p50": base.0, "p99": base.1, "max": base.2, "count": base.3},
+        "rates": runs.iter().map(|r| serde_json::json!({
+            "rate": r.rate, "changes": r.changes, "publishes_seen": r.publishes_seen,
+            "publish_ms": {"p50": r.publish_ms_p50, "p99": r.publish_ms_p99, "max": r.publish_ms_max},
+            "requests_ms": {"p50": r.request_ms_p50, "p99": r.request_ms_p99, "max": r.request_ms_max, "count": r.requests},
+            "request_errors": r.request_errors,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(o.out_dir.join("sync.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    std::fs::write(o.out_dir.join("sync_latency.svg"), svg(&runs))?;
+    let mut md = format!(
+        "| measure | value |\n|---|---:|\n| repls loaded | {} ({} containers, {} custom domains) |\n\
+| full load, median of 3 | {:.2} s |\n| resident memory per repl (RSS growth) | {:.0} B |\n\
+| table structures per repl (estimate) | {:.0} B |\n| requests, quiet baseline p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n",
+        full.repls,
+        full.containers,
+        full.custom_domains,
+        {
+            let mut s = full.seconds.clone();
+            s.sort_by(f64::total_cmp);
+            s[1]
+        },
+        full.rss_bytes_per_repl,
+        full.table_estimate_bytes_per_repl,
+        base.0,
+        base.1,
+        base.2
+    );
+    for r in &runs {
+        md += &format!(
+            "| {} changes/s: commit-to-publish p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |\n\
+| {} changes/s: requests p50 / p99 / max ({} requests, {} errors) | {:.2} / {:.2} / {:.2} ms |\n",
+            r.rate,
+            r.publish_ms_p50,
+            r.publish_ms_p99,
+            r.publish_ms_max,
+            r.rate,
+            r.requests,
+            r.request_errors,
+            r.request_ms_p50,
+            r.request_ms_p99,
+            r.request_ms_max
+        );
+    }
+    std::fs::write(o.out_dir.join("sync.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    format!(
+        "{cpu}, {} vCPU",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    )
+}
+
+/// Where results go by default.
+pub fn default_out_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("results")
+}
