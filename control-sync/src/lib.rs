@@ -73,10 +73,14 @@ impl TableHandle {
         self.inner.table.load_full()
     }
 
-    /// Publishes a new table; readers switch atomically.
+    /// Publishes a new table; readers switch atomically. The old table is
+    /// handed to the reaper thread, which frees it once its last reader is
+    /// done, so freeing a large table never lands on a request thread as a
+    /// latency spike, nor blocks the sync loop.
     pub fn publish(&self, table: RoutingTable, now_ms: u64) {
-        self.inner.table.store(Arc::new(table));
+        let old = self.inner.table.swap(Arc::new(table));
         self.inner.published_at_ms.store(now_ms, Ordering::Release);
+        retire(old);
     }
 
     /// Counts a rejected snapshot (the previous table stays).
@@ -102,6 +106,35 @@ impl TableHandle {
     pub fn is_ready(&self) -> bool {
         self.inner.table.load().is_loaded()
     }
+}
+
+/// How long the reaper waits for readers of a replaced table before it
+/// drops its own reference anyway (a long holder then frees it).
+pub const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands a replaced table to the reaper thread (started on first use).
+fn retire(old: Arc<RoutingTable>) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    static REAPER: OnceLock<Mutex<Sender<Arc<RoutingTable>>>> = OnceLock::new();
+    let tx = REAPER.get_or_init(|| {
+        let (tx, rx) = channel::<Arc<RoutingTable>>();
+        std::thread::Builder::new()
+            .name("table-reaper".into())
+            .spawn(move || {
+                for old in rx {
+                    let deadline = std::time::Instant::now() + RETIRE_WAIT;
+                    while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_micros(500));
+                    }
+                    drop(old);
+                }
+            })
+            .expect("spawn table-reaper");
+        Mutex::new(tx)
+    });
+    // If the reaper is gone (process exiting), dropping here is fine.
+    let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(old);
 }
 
 /// Why the sync failed or held something back (the `reason` label of

@@ -488,12 +488,70 @@ impl RoutingTable {
         self.repls.approx_bytes() + self.ids.approx_bytes() + strings
     }
 
-    /// The rows this table holds, in a stable order (for `snapshot dump`
-    /// and `last_known_good`).
+    fn cname(&self, c: Idx) -> String {
+        self.topo.clusters[c as usize].name.to_string()
+    }
+    fn rname(&self, r: Idx) -> String {
+        self.topo.regions[r as usize].name.to_string()
+    }
+
+    fn region_rows(&self) -> impl Iterator<Item = RegionRow> + '_ {
+        self.regions().map(|(_, r)| RegionRow {
+            name: r.name.to_string(),
+            edge_addr: r.edge_addr.to_string(),
+        })
+    }
+    fn cluster_rows(&self) -> impl Iterator<Item = ClusterRow> + '_ {
+        self.clusters().map(|(_, c)| ClusterRow {
+            name: c.name.to_string(),
+            region: self.rname(c.region),
+            state: c.state,
+            weight: c.weight,
+        })
+    }
+    fn vm_rows(&self) -> impl Iterator<Item = VmRow> + '_ {
+        self.vms().map(|(_, v)| VmRow {
+            id: v.id.to_string(),
+            cluster: self.cname(v.cluster),
+            addr: v.addr.to_string(),
+            metrics_addr: v.metrics_addr.map(|a| a.to_string()),
+            state: v.state,
+        })
+    }
+    fn repl_row(&self, r: &Repl) -> ReplRow {
+        ReplRow {
+            id: r.id.to_string(),
+            slug: r.slug.to_string(),
+            owner: r.owner.as_deref().map(str::to_string),
+            region: self.rname(r.region),
+            cluster: r.cluster.get().map(|c| self.cname(c)),
+            transfer_to: r.transfer_to.get().map(|c| self.cname(c)),
+        }
+    }
+    fn container_row(&self, r: &Repl) -> Option<ContainerRow> {
+        r.vm.get().map(|v| ContainerRow {
+            repl_id: r.id.to_string(),
+            vm_id: self.topo.vms[v as usize].id.to_string(),
+            started_at: (r.container_started_ms != i64::MIN).then(|| format_rfc3339_ms(r.container_started_ms)),
+        })
+    }
+    fn domain_row(d: &Domain) -> CustomDomainRow {
+        CustomDomainRow {
+            hostname: d.hostname.to_string(),
+            repl_id: d.repl_id.to_string(),
+        }
+    }
+    fn tombstone_rows<'a>(&'a self, t: &'a Tombstones) -> impl Iterator<Item = TombstoneRow> + 'a {
+        t.list.iter().map(move |ts| TombstoneRow {
+            repl_id: t.repl_id.to_string(),
+            from_cluster: self.cname(ts.from_cluster),
+            to_cluster: self.cname(ts.to_cluster),
+            expires_at: format_rfc3339_ms(ts.expires_at_ms),
+        })
+    }
+
+    /// The rows this table holds, sorted by key (for `snapshot dump`).
     pub fn to_snapshot(&self) -> Snapshot {
-        let topo = &self.topo;
-        let cname = |c: Idx| topo.clusters[c as usize].name.to_string();
-        let rname = |r: Idx| topo.regions[r as usize].name.to_string();
         let mut repls: Vec<&Repl> = self.repls.iter().collect();
         repls.sort_by(|a, b| a.id.cmp(&b.id));
         let mut domains: Vec<&Domain> = self.domains.iter().collect();
@@ -502,72 +560,51 @@ impl RoutingTable {
         tombs.sort_by(|a, b| a.repl_id.cmp(&b.repl_id));
         Snapshot {
             version: 0,
-            regions: self
-                .regions()
-                .map(|(_, r)| RegionRow {
-                    name: r.name.to_string(),
-                    edge_addr: r.edge_addr.to_string(),
-                })
-                .collect(),
-            clusters: self
-                .clusters()
-                .map(|(_, c)| ClusterRow {
-                    name: c.name.to_string(),
-                    region: rname(c.region),
-                    state: c.state,
-                    weight: c.weight,
-                })
-                .collect(),
-            vms: self
-                .vms()
-                .map(|(_, v)| VmRow {
-                    id: v.id.to_string(),
-                    cluster: cname(v.cluster),
-                    addr: v.addr.to_string(),
-                    metrics_addr: v.metrics_addr.map(|a| a.to_string()),
-                    state: v.state,
-                })
-                .collect(),
-            repls: repls
-                .iter()
-                .map(|r| ReplRow {
-                    id: r.id.to_string(),
-                    slug: r.slug.to_string(),
-                    owner: r.owner.as_deref().map(str::to_string),
-                    region: rname(r.region),
-                    cluster: r.cluster.get().map(cname),
-                    transfer_to: r.transfer_to.get().map(cname),
-                })
-                .collect(),
-            containers: repls
-                .iter()
-                .filter_map(|r| {
-                    r.vm.get().map(|v| ContainerRow {
-                        repl_id: r.id.to_string(),
-                        vm_id: topo.vms[v as usize].id.to_string(),
-                        started_at: (r.container_started_ms != i64::MIN)
-                            .then(|| format_rfc3339_ms(r.container_started_ms)),
-                    })
-                })
-                .collect(),
-            custom_domains: domains
-                .iter()
-                .map(|d| CustomDomainRow {
-                    hostname: d.hostname.to_string(),
-                    repl_id: d.repl_id.to_string(),
-                })
-                .collect(),
-            tombstones: tombs
-                .iter()
-                .flat_map(|t| {
-                    t.list.iter().map(|ts| TombstoneRow {
-                        repl_id: t.repl_id.to_string(),
-                        from_cluster: cname(ts.from_cluster),
-                        to_cluster: cname(ts.to_cluster),
-                        expires_at: format_rfc3339_ms(ts.expires_at_ms),
-                    })
-                })
-                .collect(),
+            regions: self.region_rows().collect(),
+            clusters: self.cluster_rows().collect(),
+            vms: self.vm_rows().collect(),
+            repls: repls.iter().map(|r| self.repl_row(r)).collect(),
+            containers: repls.iter().filter_map(|r| self.container_row(r)).collect(),
+            custom_domains: domains.iter().map(|d| Self::domain_row(d)).collect(),
+            tombstones: tombs.iter().flat_map(|t| self.tombstone_rows(t)).collect(),
         }
+    }
+
+    /// Writes the table as snapshot JSON (with `version`) row by row, in
+    /// table order, without building a [`Snapshot`] in memory first (for
+    /// `last_known_good` at millions of repls).
+    pub fn write_json<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
+        use serde::ser::{SerializeStruct, Serializer};
+        let mut ser = serde_json::Serializer::new(w);
+        let mut st = ser.serialize_struct("Snapshot", 8)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("regions", &Lazy(|| self.region_rows()))?;
+        st.serialize_field("clusters", &Lazy(|| self.cluster_rows()))?;
+        st.serialize_field("vms", &Lazy(|| self.vm_rows()))?;
+        st.serialize_field("repls", &Lazy(|| self.repls.iter().map(|r| self.repl_row(r))))?;
+        st.serialize_field(
+            "containers",
+            &Lazy(|| self.repls.iter().filter_map(|r| self.container_row(r))),
+        )?;
+        st.serialize_field("custom_domains", &Lazy(|| self.domains.iter().map(Self::domain_row)))?;
+        st.serialize_field(
+            "tombstones",
+            &Lazy(|| self.tombstones.iter().flat_map(|t| self.tombstone_rows(t))),
+        )?;
+        st.end()
+    }
+}
+
+/// Serialises the rows of an iterator as a JSON array, one at a time.
+struct Lazy<F>(F);
+
+impl<F, I> serde::Serialize for Lazy<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: serde::Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
     }
 }
