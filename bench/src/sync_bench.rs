@@ -112,6 +112,9 @@ async fn full_load_runs(url: &str) -> Result<FullLoad> {
         if !skipped.is_empty() {
             bail!("seed rows were skipped: {skipped:?}");
         }
+        // Let the allocator return the pages it freed during the load
+        // (mimalloc purges after a short delay) before reading RSS.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let after = rss_bytes();
         let n = table.counts().repls;
         eprintln!(

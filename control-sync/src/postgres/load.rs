@@ -8,7 +8,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel, Row};
 
 use crate::snapshot::*;
-use crate::table::{Change, RoutingTable, Skipped, SnapshotError, Strictness};
+use crate::table::{Change, ContainerRef, ReplRef, RoutingTable, Skipped, SnapshotError, Strictness};
 
 /// A failure of a load or a delta fetch.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +158,24 @@ pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(Routi
         pin_mut!(stream);
         let mut n = 0u64;
         while let Some(row) = stream.try_next().await? {
-            builder.push(to_change(table, &row))?;
+            // The two big tables go in borrowed: no per-row allocation that
+            // the table does not keep (transients fragment the heap).
+            match table {
+                "repls" => builder.push_repl(ReplRef {
+                    id: row.get(0),
+                    slug: row.get(1),
+                    owner: row.get(2),
+                    region: row.get(3),
+                    cluster: row.get(4),
+                    transfer_to: row.get(5),
+                })?,
+                "containers" => builder.push_container(ContainerRef {
+                    repl_id: row.get(0),
+                    vm_id: row.get(1),
+                    started_at: row.get(2),
+                })?,
+                _ => builder.push(to_change(table, &row))?,
+            }
             n += 1;
             if last_log.elapsed() >= Duration::from_secs(1) {
                 last_log = Instant::now();

@@ -37,7 +37,7 @@ use crate::ring::Ring;
 use crate::sharded::{Keyed, ShardedMap};
 use crate::snapshot::*;
 
-pub use rows::{Change, RowError, Skipped, Strictness, MAX_SKIPPED_EXAMPLES};
+pub use rows::{Change, ContainerRef, ReplRef, RowError, Skipped, Strictness, MAX_SKIPPED_EXAMPLES};
 
 pub type Idx = u32;
 
@@ -210,14 +210,24 @@ impl TableBuilder {
         self.inner.push(change)
     }
 
+    /// Adds a repl row borrowed from a row buffer (no per-row allocation
+    /// beyond what the table keeps). Regions and clusters must come first.
+    pub fn push_repl(&mut self, r: ReplRef<'_>) -> Result<(), SnapshotError> {
+        self.inner.push_repl(r)
+    }
+
+    /// Adds a container row borrowed from a row buffer.
+    pub fn push_container(&mut self, c: ContainerRef<'_>) -> Result<(), SnapshotError> {
+        self.inner.push_container(c)
+    }
+
     /// Finishes the load as `version`; fails if this edge's region is missing.
     pub fn finish(self, version: u64) -> Result<(RoutingTable, Skipped), SnapshotError> {
         if !self.inner.has_local_region() {
             return Err(SnapshotError::UnknownLocalRegion(self.local_region));
         }
         let (mut t, skipped) = self.inner.finish(version);
-        t.repls.shrink_to_fit();
-        t.ids.shrink_to_fit();
+        t.shrink_to_fit();
         Ok((t, skipped))
     }
 }
@@ -363,6 +373,14 @@ impl RoutingTable {
         let mut b = rows::Builder::new(self.clone(), Strictness::Lenient).only_local();
         b.apply_all(changes)?;
         Ok(b.finish(version))
+    }
+
+    /// Releases the spare capacity a full load reserved.
+    fn shrink_to_fit(&mut self) {
+        self.repls.shrink_to_fit();
+        self.ids.shrink_to_fit();
+        self.domains.shrink_to_fit();
+        self.tombstones.shrink_to_fit();
     }
 
     /// Version of the source data this table was built from (0 = nothing loaded).

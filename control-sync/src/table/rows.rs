@@ -50,6 +50,49 @@ pub enum Change {
     },
 }
 
+/// A repl row borrowed from wherever it was read (a database row buffer),
+/// so a bulk load allocates only what the table keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplRef<'a> {
+    pub id: &'a str,
+    pub slug: &'a str,
+    pub owner: Option<&'a str>,
+    pub region: &'a str,
+    pub cluster: Option<&'a str>,
+    pub transfer_to: Option<&'a str>,
+}
+
+impl<'a> ReplRef<'a> {
+    pub fn of(r: &'a ReplRow) -> ReplRef<'a> {
+        ReplRef {
+            id: &r.id,
+            slug: &r.slug,
+            owner: r.owner.as_deref(),
+            region: &r.region,
+            cluster: r.cluster.as_deref(),
+            transfer_to: r.transfer_to.as_deref(),
+        }
+    }
+}
+
+/// A container row borrowed from wherever it was read.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerRef<'a> {
+    pub repl_id: &'a str,
+    pub vm_id: &'a str,
+    pub started_at: Option<&'a str>,
+}
+
+impl<'a> ContainerRef<'a> {
+    pub fn of(c: &'a ContainerRow) -> ContainerRef<'a> {
+        ContainerRef {
+            repl_id: &c.repl_id,
+            vm_id: &c.vm_id,
+            started_at: c.started_at.as_deref(),
+        }
+    }
+}
+
 /// A row that cannot be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{table}[{index}] ({key:?}): {message}")]
@@ -184,13 +227,31 @@ impl Builder {
         if self.not_ours(&c) {
             return Ok(());
         }
-        if let Err(e) = self.apply_one(c) {
+        let r = self.apply_one(c);
+        self.settle(r)
+    }
+
+    /// Strict: a bad row is the error. Lenient: it is recorded.
+    fn settle(&mut self, r: Result<(), RowError>) -> Result<(), SnapshotError> {
+        if let Err(e) = r {
             match self.strictness {
                 Strictness::Strict => return Err(e.into()),
                 Strictness::Lenient => self.skipped.push(e),
             }
         }
         Ok(())
+    }
+
+    /// A repl row of a full load, borrowed (no per-row allocation).
+    pub(super) fn push_repl(&mut self, r: ReplRef<'_>) -> Result<(), SnapshotError> {
+        let r = self.upsert_repl(r);
+        self.settle(r)
+    }
+
+    /// A container row of a full load, borrowed.
+    pub(super) fn push_container(&mut self, c: ContainerRef<'_>) -> Result<(), SnapshotError> {
+        let r = self.upsert_container(c);
+        self.settle(r)
     }
 
     pub(super) fn only_local(mut self) -> Builder {
@@ -275,7 +336,7 @@ impl Builder {
                 }
                 Ok(())
             }
-            Change::UpsertRepl(r) => self.upsert_repl(r),
+            Change::UpsertRepl(r) => self.upsert_repl(ReplRef::of(&r)),
             Change::DeleteRepl(id) => {
                 self.row(3, &id);
                 if let Some(e) = self.table.ids.remove(&id) {
@@ -290,14 +351,14 @@ impl Builder {
                 }
                 Ok(())
             }
-            Change::UpsertContainer(c) => self.upsert_container(c),
+            Change::UpsertContainer(c) => self.upsert_container(ContainerRef::of(&c)),
             Change::DeleteContainer(repl_id) => {
                 self.row(4, &repl_id);
-                if let Some(mut r) = self.table.repl_by_id(&repl_id).cloned() {
-                    let old = r.vm.get();
-                    r.vm = OptIdx::NONE;
-                    r.container_started_ms = i64::MIN;
-                    self.table.repls.insert(r);
+                if let Some(old) = self.table.repl_by_id(&repl_id).map(|r| r.vm.get()) {
+                    self.update_repl(&repl_id, |r| {
+                        r.vm = OptIdx::NONE;
+                        r.container_started_ms = i64::MIN;
+                    });
                     self.set_container(old, None);
                 }
                 Ok(())
@@ -452,18 +513,18 @@ impl Builder {
         Ok(())
     }
 
-    fn upsert_repl(&mut self, r: ReplRow) -> Result<(), RowError> {
-        let row = self.row(3, &r.id);
+    fn upsert_repl(&mut self, r: ReplRef<'_>) -> Result<(), RowError> {
+        let row = self.row(3, r.id);
         row.check_id()?;
-        if !is_valid_slug(&r.slug) {
+        if !is_valid_slug(r.slug) {
             return Err(row.err(
                 "bad_value",
                 format!("slug {:?} is not a DNS label (a-z, 0-9, '-')", r.slug),
             ));
         }
         let topo = &self.table.topo;
-        let region = row.lookup(&topo.by_region, "region", &r.region)?;
-        let in_region = |field: &str, name: &Option<String>| -> Result<OptIdx, RowError> {
+        let region = row.lookup(&topo.by_region, "region", r.region)?;
+        let in_region = |field: &str, name: Option<&str>| -> Result<OptIdx, RowError> {
             let Some(name) = name else { return Ok(OptIdx::NONE) };
             let c = row.lookup(&topo.by_cluster, field, name)?;
             if topo.clusters[c as usize].region != region {
@@ -471,13 +532,16 @@ impl Builder {
             }
             Ok(OptIdx::from(Some(c)))
         };
-        let cluster = in_region("cluster", &r.cluster)?;
-        let transfer_to = in_region("transfer_to", &r.transfer_to)?;
-        let existing = self.table.repl_by_id(&r.id).cloned();
+        let cluster = in_region("cluster", r.cluster)?;
+        let transfer_to = in_region("transfer_to", r.transfer_to)?;
+        let existing = self
+            .table
+            .repl_by_id(r.id)
+            .map(|e| (e.id.clone(), e.slug.clone(), e.vm, e.container_started_ms));
         if existing.is_some() && self.fresh {
             return Err(row.err("duplicate", "duplicate repl id"));
         }
-        if let Some(other) = self.table.repls.get(&r.slug) {
+        if let Some(other) = self.table.repls.get(r.slug) {
             if *other.id != *r.id {
                 return Err(row.err(
                     "duplicate",
@@ -485,30 +549,38 @@ impl Builder {
                 ));
             }
         }
-        let (id, vm, started) = match &existing {
-            Some(e) => (e.id.clone(), e.vm, e.container_started_ms),
-            None => (Arc::from(r.id.as_str()), OptIdx::NONE, i64::MIN),
-        };
-        if let Some(e) = &existing {
-            if *e.slug != *r.slug {
-                self.table.repls.remove(&e.slug);
+        let (id, vm, started) = match existing {
+            Some((id, old_slug, vm, started)) => {
+                if *old_slug != *r.slug {
+                    self.table.repls.remove(&old_slug);
+                }
+                (id, vm, started)
             }
-        }
+            None => (Arc::from(r.id), OptIdx::NONE, i64::MIN),
+        };
         let repl = Repl {
             id: id.clone(),
-            slug: r.slug.as_str().into(),
-            owner: r.owner.as_deref().map(Into::into),
+            slug: r.slug.into(),
+            owner: r.owner.map(Into::into),
             region,
             cluster,
             transfer_to,
             vm,
             container_started_ms: started,
-            id_hash: key_hash(&r.id),
+            id_hash: key_hash(r.id),
         };
         let slug_hash = self.table.repls.hash(&repl.slug);
         self.table.repls.insert(repl);
         self.table.ids.insert(IdEntry { id, slug_hash });
         Ok(())
+    }
+
+    /// Changes the repl with id `id` in place; false if it does not exist.
+    fn update_repl(&mut self, id: &str, f: impl FnOnce(&mut Repl)) -> bool {
+        let Some(slug_hash) = self.table.ids.get(id).map(|e| e.slug_hash) else {
+            return false;
+        };
+        self.table.repls.update_hashed(slug_hash, |r| *r.id == *id, f)
     }
 
     /// Moves one container count from `old` to `new` and marks their clusters.
@@ -529,25 +601,24 @@ impl Builder {
         }
     }
 
-    fn upsert_container(&mut self, c: ContainerRow) -> Result<(), RowError> {
-        let row = self.row(4, &c.repl_id);
-        let mut repl = self
-            .table
-            .repl_by_id(&c.repl_id)
-            .cloned()
-            .ok_or_else(|| row.err("dangling_reference", "repl does not exist"))?;
-        let vm = row.lookup(&self.table.topo.by_vm, "vm", &c.vm_id)?;
-        let started = match &c.started_at {
+    fn upsert_container(&mut self, c: ContainerRef<'_>) -> Result<(), RowError> {
+        let row = self.row(4, c.repl_id);
+        let old = match self.table.repl_by_id(c.repl_id) {
+            Some(r) => r.vm.get(),
+            None => return Err(row.err("dangling_reference", "repl does not exist")),
+        };
+        let vm = row.lookup(&self.table.topo.by_vm, "vm", c.vm_id)?;
+        let started = match c.started_at {
             Some(s) => row.time("started_at", s)?,
             None => i64::MIN,
         };
-        if repl.vm.get().is_some() && self.fresh {
+        if old.is_some() && self.fresh {
             return Err(row.err("duplicate", "repl already has a container (at most one per repl)"));
         }
-        let old = repl.vm.get();
-        repl.vm = OptIdx::from(Some(vm));
-        repl.container_started_ms = started;
-        self.table.repls.insert(repl);
+        self.update_repl(c.repl_id, |r| {
+            r.vm = OptIdx::from(Some(vm));
+            r.container_started_ms = started;
+        });
         self.set_container(old, Some(vm));
         Ok(())
     }
