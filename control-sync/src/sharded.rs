@@ -128,6 +128,19 @@ impl<V: Keyed + Clone> ShardedMap<V> {
         Arc::make_mut(&mut shards[s])
     }
 
+    /// Changes the row with map hash `h` for which `is` holds, in place
+    /// (copying its shard first if shared). `f` must not change the key.
+    /// Returns whether a row was found.
+    pub fn update_hashed(&mut self, h: u64, is: impl Fn(&V) -> bool, f: impl FnOnce(&mut V)) -> bool {
+        if self.get_hashed(h, &is).is_none() {
+            return false;
+        }
+        let shard = self.shard_mut(h);
+        let Some(&i) = shard.index.find(h, |&i| is(&shard.items[i as usize])) else { return false };
+        f(&mut shard.items[i as usize]);
+        true
+    }
+
     /// Inserts or replaces the row with `v`'s key; returns the old row.
     pub fn insert(&mut self, v: V) -> Option<V> {
         let h = self.hash(v.key());
