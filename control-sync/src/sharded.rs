@@ -136,7 +136,9 @@ impl<V: Keyed + Clone> ShardedMap<V> {
             return false;
         }
         let shard = self.shard_mut(h);
-        let Some(&i) = shard.index.find(h, |&i| is(&shard.items[i as usize])) else { return false };
+        let Some(&i) = shard.index.find(h, |&i| is(&shard.items[i as usize])) else {
+            return false;
+        };
         f(&mut shard.items[i as usize]);
         true
     }
@@ -287,5 +289,117 @@ mod tests {
             }
         }
         assert_eq!(m.len(), 2_500);
+    }
+}
+
+/// A copy-on-write multimap of 64-bit hash pairs `(key hash, value)`,
+/// sharded like [`ShardedMap`]: a secondary index that stores no strings.
+/// Lookups return candidate values; the caller verifies them against the
+/// row they point to (so hash collisions cost a comparison, never a wrong
+/// answer).
+#[derive(Clone)]
+pub struct HashIndex {
+    shards: Arc<[Arc<HashTable<(u64, u64)>>]>,
+    mask: u64,
+    len: usize,
+}
+
+impl HashIndex {
+    pub fn with_expected(expected: usize) -> HashIndex {
+        let n = (expected / ROWS_PER_SHARD).next_power_of_two().clamp(16, 1 << 16);
+        HashIndex {
+            shards: (0..n).map(|_| Arc::new(HashTable::new())).collect(),
+            mask: n as u64 - 1,
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn shard_of(&self, h: u64) -> usize {
+        ((h >> 32) & self.mask) as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Values stored under key hash `h`.
+    #[inline]
+    pub fn candidates(&self, h: u64) -> impl Iterator<Item = u64> + '_ {
+        self.shards[self.shard_of(h)]
+            .iter_hash(h)
+            .filter(move |(k, _)| *k == h)
+            .map(|(_, v)| *v)
+    }
+
+    fn shard_mut(&mut self, h: u64) -> &mut HashTable<(u64, u64)> {
+        let s = self.shard_of(h);
+        if Arc::get_mut(&mut self.shards).is_none() {
+            self.shards = self.shards.iter().cloned().collect();
+        }
+        Arc::make_mut(&mut Arc::get_mut(&mut self.shards).expect("unique after copy")[s])
+    }
+
+    /// Adds the pair (no-op if present).
+    pub fn insert(&mut self, h: u64, v: u64) {
+        if self.candidates(h).any(|x| x == v) {
+            return;
+        }
+        self.shard_mut(h).insert_unique(h, (h, v), |&(k, _)| k);
+        self.len += 1;
+    }
+
+    /// Removes the pair; returns whether it was there.
+    pub fn remove(&mut self, h: u64, v: u64) -> bool {
+        if !self.candidates(h).any(|x| x == v) {
+            return false;
+        }
+        if let Ok(e) = self.shard_mut(h).find_entry(h, |&(k, x)| k == h && x == v) {
+            e.remove();
+            self.len -= 1;
+            return true;
+        }
+        false
+    }
+
+    pub fn shrink_to_fit(&mut self) {
+        if let Some(shards) = Arc::get_mut(&mut self.shards) {
+            for s in shards.iter_mut() {
+                if let Some(s) = Arc::get_mut(s) {
+                    s.shrink_to_fit(|&(k, _)| k);
+                }
+            }
+        }
+    }
+
+    pub fn approx_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.capacity() * 17).sum::<usize>() + self.shards.len() * 64
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn pairs_with_colliding_keys() {
+        let mut ix = HashIndex::with_expected(1000);
+        ix.insert(7, 1);
+        ix.insert(7, 2);
+        ix.insert(7, 2);
+        ix.insert(8, 3);
+        let mut c: Vec<u64> = ix.candidates(7).collect();
+        c.sort();
+        assert_eq!(c, vec![1, 2]);
+        assert_eq!(ix.len(), 3);
+        let snapshot = ix.clone();
+        assert!(ix.remove(7, 1));
+        assert!(!ix.remove(7, 1));
+        assert_eq!(ix.candidates(7).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(snapshot.candidates(7).count(), 2, "clones are isolated");
     }
 }

@@ -33,8 +33,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::ring::key_hash;
 use crate::ring::Ring;
-use crate::sharded::{Keyed, ShardedMap};
+use crate::sharded::{HashIndex, Keyed, ShardedMap};
 use crate::snapshot::*;
 
 pub use rows::{Change, ContainerRef, ReplRef, RowError, Skipped, Strictness, MAX_SKIPPED_EXAMPLES};
@@ -116,11 +117,15 @@ struct Load {
     candidates: Vec<Arc<[Candidate]>>,
 }
 
+/// A repl as the edge holds it: 56 bytes plus one allocation.
 #[derive(Debug, Clone)]
 pub struct Repl {
-    pub id: Arc<str>,
-    pub slug: Box<str>,
-    pub owner: Option<Box<str>>,
+    /// id, slug and owner back to back in one allocation (memory per repl
+    /// is a target: three strings cost two extra allocations and 32 bytes).
+    strs: Box<str>,
+    id_len: u8,
+    slug_len: u8,
+    has_owner: bool,
     pub region: Idx,
     /// Pinned cluster.
     pub cluster: OptIdx,
@@ -130,33 +135,57 @@ pub struct Repl {
     pub vm: OptIdx,
     /// Container start, unix ms (`i64::MIN` = unknown).
     pub container_started_ms: i64,
-    /// [`crate::ring::key_hash`] of the id: ring position and pick-memory key.
+    /// [`crate::ring::key_hash`] of the id: ring position, pick-memory key
+    /// and the id index's key.
     pub id_hash: u64,
+}
+
+impl Repl {
+    /// `id` and `slug` must be at most 255 bytes (validated: 128 and 63).
+    fn new(id: &str, slug: &str, owner: Option<&str>, region: Idx) -> Repl {
+        let mut strs = String::with_capacity(id.len() + slug.len() + owner.map_or(0, str::len));
+        strs.push_str(id);
+        strs.push_str(slug);
+        if let Some(o) = owner {
+            strs.push_str(o);
+        }
+        Repl {
+            strs: strs.into_boxed_str(),
+            id_len: id.len() as u8,
+            slug_len: slug.len() as u8,
+            has_owner: owner.is_some(),
+            region,
+            cluster: OptIdx::NONE,
+            transfer_to: OptIdx::NONE,
+            vm: OptIdx::NONE,
+            container_started_ms: i64::MIN,
+            id_hash: key_hash(id),
+        }
+    }
+    #[inline]
+    pub fn id(&self) -> &str {
+        &self.strs[..self.id_len as usize]
+    }
+    #[inline]
+    pub fn slug(&self) -> &str {
+        &self.strs[self.id_len as usize..self.id_len as usize + self.slug_len as usize]
+    }
+    pub fn owner(&self) -> Option<&str> {
+        self.has_owner
+            .then(|| &self.strs[self.id_len as usize + self.slug_len as usize..])
+    }
 }
 
 impl Keyed for Repl {
     fn key(&self) -> &str {
-        &self.slug
-    }
-}
-
-/// Repl id -> the map hash of its slug in the repls map.
-#[derive(Debug, Clone)]
-struct IdEntry {
-    id: Arc<str>,
-    slug_hash: u64,
-}
-
-impl Keyed for IdEntry {
-    fn key(&self) -> &str {
-        &self.id
+        self.slug()
     }
 }
 
 #[derive(Debug, Clone)]
 struct Domain {
     hostname: Box<str>,
-    repl_id: Arc<str>,
+    repl_id: Box<str>,
 }
 
 impl Keyed for Domain {
@@ -175,7 +204,7 @@ pub struct Tombstone {
 /// The tombstones of one repl.
 #[derive(Debug, Clone)]
 struct Tombstones {
-    repl_id: Arc<str>,
+    repl_id: Box<str>,
     list: Vec<Tombstone>,
 }
 
@@ -253,7 +282,8 @@ pub struct RoutingTable {
     topo: Arc<Topology>,
     load: Arc<Load>,
     repls: ShardedMap<Repl>,
-    ids: ShardedMap<IdEntry>,
+    /// Repl id (its `id_hash`) -> map hash of its slug in `repls`.
+    ids: HashIndex,
     domains: ShardedMap<Domain>,
     tombstones: ShardedMap<Tombstones>,
     containers: usize,
@@ -299,7 +329,7 @@ impl RoutingTable {
             topo: Arc::default(),
             load: Arc::default(),
             repls: ShardedMap::with_expected(repls),
-            ids: ShardedMap::with_expected(repls),
+            ids: HashIndex::with_expected(repls),
             domains: ShardedMap::with_expected(repls / 16),
             tombstones: ShardedMap::with_expected(repls / 64),
             containers: 0,
@@ -414,8 +444,9 @@ impl RoutingTable {
     }
     #[inline]
     pub fn repl_by_id(&self, id: &str) -> Option<&Repl> {
-        let e = self.ids.get(id)?;
-        self.repls.get_hashed(e.slug_hash, |r| *r.id == *id)
+        self.ids
+            .candidates(key_hash(id))
+            .find_map(|slug_hash| self.repls.get_hashed(slug_hash, |r| r.id() == id))
     }
     /// `host` must already be canonical (lower case, no port, no trailing dot).
     #[inline]
@@ -498,11 +529,7 @@ impl RoutingTable {
     /// Approximate bytes held by the repl structures (rows, indexes and
     /// their strings), for the memory-per-repl figure.
     pub fn approx_repl_bytes(&self) -> usize {
-        let strings: usize = self
-            .repls
-            .iter()
-            .map(|r| r.id.len() + 16 + r.slug.len() + r.owner.as_ref().map_or(0, |o| o.len()))
-            .sum();
+        let strings: usize = self.repls.iter().map(|r| r.strs.len()).sum();
         self.repls.approx_bytes() + self.ids.approx_bytes() + strings
     }
 
@@ -538,9 +565,9 @@ impl RoutingTable {
     }
     fn repl_row(&self, r: &Repl) -> ReplRow {
         ReplRow {
-            id: r.id.to_string(),
-            slug: r.slug.to_string(),
-            owner: r.owner.as_deref().map(str::to_string),
+            id: r.id().to_string(),
+            slug: r.slug().to_string(),
+            owner: r.owner().map(str::to_string),
             region: self.rname(r.region),
             cluster: r.cluster.get().map(|c| self.cname(c)),
             transfer_to: r.transfer_to.get().map(|c| self.cname(c)),
@@ -548,7 +575,7 @@ impl RoutingTable {
     }
     fn container_row(&self, r: &Repl) -> Option<ContainerRow> {
         r.vm.get().map(|v| ContainerRow {
-            repl_id: r.id.to_string(),
+            repl_id: r.id().to_string(),
             vm_id: self.topo.vms[v as usize].id.to_string(),
             started_at: (r.container_started_ms != i64::MIN).then(|| format_rfc3339_ms(r.container_started_ms)),
         })
@@ -571,7 +598,7 @@ impl RoutingTable {
     /// The rows this table holds, sorted by key (for `snapshot dump`).
     pub fn to_snapshot(&self) -> Snapshot {
         let mut repls: Vec<&Repl> = self.repls.iter().collect();
-        repls.sort_by(|a, b| a.id.cmp(&b.id));
+        repls.sort_by(|a, b| a.id().cmp(b.id()));
         let mut domains: Vec<&Domain> = self.domains.iter().collect();
         domains.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         let mut tombs: Vec<&Tombstones> = self.tombstones.iter().collect();

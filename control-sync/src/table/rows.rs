@@ -267,7 +267,7 @@ impl Builder {
             return false;
         }
         let t = &self.table;
-        let known = |id: &str| t.ids.get(id).is_some();
+        let known = |id: &str| t.repl_by_id(id).is_some();
         match change {
             Change::UpsertRepl(r) => *r.region != *t.local_region_name && !known(&r.id),
             Change::UpsertContainer(c) => !known(&c.repl_id),
@@ -339,13 +339,11 @@ impl Builder {
             Change::UpsertRepl(r) => self.upsert_repl(ReplRef::of(&r)),
             Change::DeleteRepl(id) => {
                 self.row(3, &id);
-                if let Some(e) = self.table.ids.remove(&id) {
-                    let slug = self
-                        .table
-                        .repls
-                        .get_hashed(e.slug_hash, |r| *r.id == *id)
-                        .map(|r| r.slug.clone());
-                    if let Some(old) = slug.and_then(|s| self.table.repls.remove(&s)) {
+                let found = self.table.repl_by_id(&id).map(|r| (r.slug().to_string(), r.id_hash));
+                if let Some((slug, id_hash)) = found {
+                    let slug_hash = self.table.repls.hash(&slug);
+                    self.table.ids.remove(id_hash, slug_hash);
+                    if let Some(old) = self.table.repls.remove(&slug) {
                         self.set_container(old.vm.get(), None);
                     }
                 }
@@ -537,50 +535,47 @@ impl Builder {
         let existing = self
             .table
             .repl_by_id(r.id)
-            .map(|e| (e.id.clone(), e.slug.clone(), e.vm, e.container_started_ms));
+            .map(|e| (e.slug().to_string(), e.vm, e.container_started_ms));
         if existing.is_some() && self.fresh {
             return Err(row.err("duplicate", "duplicate repl id"));
         }
         if let Some(other) = self.table.repls.get(r.slug) {
-            if *other.id != *r.id {
+            if other.id() != r.id {
                 return Err(row.err(
                     "duplicate",
-                    format!("slug {:?} is already used by repl {:?}", r.slug, other.id),
+                    format!("slug {:?} is already used by repl {:?}", r.slug, other.id()),
                 ));
             }
         }
-        let (id, vm, started) = match existing {
-            Some((id, old_slug, vm, started)) => {
-                if *old_slug != *r.slug {
-                    self.table.repls.remove(&old_slug);
-                }
-                (id, vm, started)
+        let mut repl = Repl::new(r.id, r.slug, r.owner, region);
+        repl.cluster = cluster;
+        repl.transfer_to = transfer_to;
+        if let Some((old_slug, vm, started)) = existing {
+            repl.vm = vm;
+            repl.container_started_ms = started;
+            if old_slug != r.slug {
+                let old_hash = self.table.repls.hash(&old_slug);
+                self.table.repls.remove(&old_slug);
+                self.table.ids.remove(repl.id_hash, old_hash);
             }
-            None => (Arc::from(r.id), OptIdx::NONE, i64::MIN),
-        };
-        let repl = Repl {
-            id: id.clone(),
-            slug: r.slug.into(),
-            owner: r.owner.map(Into::into),
-            region,
-            cluster,
-            transfer_to,
-            vm,
-            container_started_ms: started,
-            id_hash: key_hash(r.id),
-        };
-        let slug_hash = self.table.repls.hash(&repl.slug);
+        }
+        let (id_hash, slug_hash) = (repl.id_hash, self.table.repls.hash(r.slug));
         self.table.repls.insert(repl);
-        self.table.ids.insert(IdEntry { id, slug_hash });
+        self.table.ids.insert(id_hash, slug_hash);
         Ok(())
     }
 
     /// Changes the repl with id `id` in place; false if it does not exist.
     fn update_repl(&mut self, id: &str, f: impl FnOnce(&mut Repl)) -> bool {
-        let Some(slug_hash) = self.table.ids.get(id).map(|e| e.slug_hash) else {
+        let table = &self.table;
+        let Some(slug_hash) = table
+            .ids
+            .candidates(key_hash(id))
+            .find(|&h| table.repls.get_hashed(h, |r| r.id() == id).is_some())
+        else {
             return false;
         };
-        self.table.repls.update_hashed(slug_hash, |r| *r.id == *id, f)
+        self.table.repls.update_hashed(slug_hash, |r| r.id() == id, f)
     }
 
     /// Moves one container count from `old` to `new` and marks their clusters.
@@ -632,7 +627,7 @@ impl Builder {
         let repl_id = self
             .table
             .repl_by_id(&d.repl_id)
-            .map(|r| r.id.clone())
+            .map(|r| Box::<str>::from(r.id()))
             .ok_or_else(|| row.err("dangling_reference", format!("repl {:?} does not exist", d.repl_id)))?;
         if self.fresh && self.table.domains.get(&host).is_some() {
             return Err(row.err("duplicate", "duplicate hostname"));
@@ -649,7 +644,7 @@ impl Builder {
         let repl_id = self
             .table
             .repl_by_id(&ts.repl_id)
-            .map(|r| r.id.clone())
+            .map(|r| Box::<str>::from(r.id()))
             .ok_or_else(|| row.err("dangling_reference", "repl does not exist"))?;
         let topo = &self.table.topo;
         let from_cluster = row.lookup(&topo.by_cluster, "from_cluster", &ts.from_cluster)?;

@@ -33,10 +33,10 @@ fn builds_and_indexes_everything() {
     assert_eq!(t.version(), 7);
     assert_eq!(t.counts().repls, 3);
     let r1 = t.repl_by_slug("app1").unwrap();
-    assert_eq!(&*r1.id, "r1");
-    assert_eq!(&*t.repl_by_id("r1").unwrap().slug, "app1");
+    assert_eq!(r1.id(), "r1");
+    assert_eq!(t.repl_by_id("r1").unwrap().slug(), "app1");
     assert_eq!(
-        &*t.repl_by_domain("www.example.com").unwrap().id,
+        t.repl_by_domain("www.example.com").unwrap().id(),
         "r1",
         "hostnames are normalised"
     );
@@ -190,7 +190,7 @@ fn delta_changes_a_new_table_and_leaves_the_published_one() {
     let r5 = t2.repl_by_slug("fresh").unwrap();
     assert_eq!(&*t2.vm(r5.vm.get().unwrap()).id, "vm-1");
     assert!(t2.repl_by_slug("app1").unwrap().vm.get().is_none());
-    assert_eq!(&*t2.repl_by_domain("shop.example.org").unwrap().id, "r5");
+    assert_eq!(t2.repl_by_domain("shop.example.org").unwrap().id(), "r5");
     assert!(t2.tombstones("r4").is_empty());
     let cands = t2.candidates(t2.cluster_by_name("use1-a").unwrap());
     assert_eq!(
@@ -215,8 +215,8 @@ fn repl_update_renames_slug_and_keeps_its_container() {
     assert!(t2.repl_by_slug("app1").is_none());
     let r = t2.repl_by_slug("renamed").unwrap();
     assert_eq!(&*t2.vm(r.vm.get().unwrap()).id, "vm-2", "container survives the rename");
-    assert_eq!(&*t2.repl_by_id("r1").unwrap().slug, "renamed");
-    assert_eq!(&*t2.repl_by_domain("www.example.com").unwrap().slug, "renamed");
+    assert_eq!(t2.repl_by_id("r1").unwrap().slug(), "renamed");
+    assert_eq!(t2.repl_by_domain("www.example.com").unwrap().slug(), "renamed");
     assert_eq!(t2.counts().repls, 3);
     let (t3, _) = t2
         .apply([Change::DeleteRepl("r1".into())], 9, Strictness::Lenient)
@@ -299,7 +299,7 @@ fn bad_delta_rows_are_skipped_in_lenient_mode() {
         vec!["dangling_reference", "duplicate"]
     );
     assert!(t2.repl_by_slug("ok").is_some());
-    assert_eq!(&*t2.repl_by_slug("app1").unwrap().id, "r1");
+    assert_eq!(t2.repl_by_slug("app1").unwrap().id(), "r1");
     assert!(t
         .apply(
             [Change::UpsertRepl(repl("r6", "app1", "us-east1"))],

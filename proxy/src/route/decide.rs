@@ -69,7 +69,7 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
     } else if let Some(slug) = slug_of(host, &ctx.suffixes) {
         match t.repl_by_slug(slug) {
             Some(r) => {
-                ex.step(|| format!("slug {slug:?} -> repl {:?}", r.id));
+                ex.step(|| format!("slug {slug:?} -> repl {:?}", r.id()));
                 (Kind::App, r)
             }
             None => {
@@ -78,7 +78,7 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
             }
         }
     } else if let Some(r) = t.repl_by_domain(host) {
-        ex.step(|| format!("custom domain {host:?} -> repl {:?}", r.id));
+        ex.step(|| format!("custom domain {host:?} -> repl {:?}", r.id()));
         (Kind::CustomDomain, r)
     } else {
         ex.step(|| format!("{host:?} is neither <slug>.<suffix> nor a custom domain -> 404"));
@@ -105,7 +105,7 @@ fn place<E: Explain>(
     let local = t.local_region();
     if r.region != local {
         let home = t.region(r.region);
-        let live_tomb = t.tombstones(&r.id).iter().find(|ts| {
+        let live_tomb = t.tombstones(r.id()).iter().find(|ts| {
             t.cluster(ts.from_cluster).region == local
                 && ts.expires_at_ms > req.now_ms as i64
                 && t.cluster(ts.to_cluster).region != local
