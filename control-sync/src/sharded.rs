@@ -297,9 +297,12 @@ mod tests {
 /// Lookups return candidate values; the caller verifies them against the
 /// row they point to (so hash collisions cost a comparison, never a wrong
 /// answer).
+/// One shard of a [`HashIndex`]: (key hash, value) pairs.
+type PairShard = HashTable<(u64, u64)>;
+
 #[derive(Clone)]
 pub struct HashIndex {
-    shards: Arc<[Arc<HashTable<(u64, u64)>>]>,
+    shards: Arc<[Arc<PairShard>]>,
     mask: u64,
     len: usize,
 }
@@ -336,7 +339,7 @@ impl HashIndex {
             .map(|(_, v)| *v)
     }
 
-    fn shard_mut(&mut self, h: u64) -> &mut HashTable<(u64, u64)> {
+    fn shard_mut(&mut self, h: u64) -> &mut PairShard {
         let s = self.shard_of(h);
         if Arc::get_mut(&mut self.shards).is_none() {
             self.shards = self.shards.iter().cloned().collect();
