@@ -54,7 +54,7 @@ mod tests {
                 "vms": [{"id": "v", "cluster": "c", "addr": "127.0.0.1:3", "metrics_addr": "127.0.0.1:4", "state": "draining"}],
                 "repls": [{"id": "x", "slug": "x", "owner": "o", "region": "r", "cluster": "c"},
                           {"id": "y", "slug": "y", "region": "s"}],
-                "containers": [{"repl_id": "x", "vm_id": "v", "started_at": "2026-01-02T03:04:05Z"}],
+                "containers": [{"repl_id": "x", "vm_id": "v"}],
                 "custom_domains": [{"hostname": "a.example.com", "repl_id": "x"}],
                 "tombstones": [{"repl_id": "y", "from_cluster": "c", "to_cluster": "d", "expires_at": "2030-01-01T00:00:00Z"}]}"#,
         )

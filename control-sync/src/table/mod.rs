@@ -117,7 +117,7 @@ struct Load {
     candidates: Vec<Arc<[Candidate]>>,
 }
 
-/// A repl as the edge holds it: 56 bytes plus one allocation.
+/// A repl as the edge holds it: 48 bytes plus one allocation.
 #[derive(Debug, Clone)]
 pub struct Repl {
     /// id, slug and owner back to back in one allocation (memory per repl
@@ -131,10 +131,10 @@ pub struct Repl {
     pub cluster: OptIdx,
     /// Pending lazy transfer target.
     pub transfer_to: OptIdx,
-    /// The VM running its container, if any.
+    /// The VM running its container, if any. (The container's `started_at`
+    /// is validated but not kept: routing does not use it, and memory per
+    /// repl is a target.)
     pub vm: OptIdx,
-    /// Container start, unix ms (`i64::MIN` = unknown).
-    pub container_started_ms: i64,
     /// [`crate::ring::key_hash`] of the id: ring position, pick-memory key
     /// and the id index's key.
     pub id_hash: u64,
@@ -158,7 +158,6 @@ impl Repl {
             cluster: OptIdx::NONE,
             transfer_to: OptIdx::NONE,
             vm: OptIdx::NONE,
-            container_started_ms: i64::MIN,
             id_hash: key_hash(id),
         }
     }
@@ -577,7 +576,7 @@ impl RoutingTable {
         r.vm.get().map(|v| ContainerRow {
             repl_id: r.id().to_string(),
             vm_id: self.topo.vms[v as usize].id.to_string(),
-            started_at: (r.container_started_ms != i64::MIN).then(|| format_rfc3339_ms(r.container_started_ms)),
+            started_at: None,
         })
     }
     fn domain_row(d: &Domain) -> CustomDomainRow {

@@ -355,7 +355,6 @@ impl Builder {
                 if let Some(old) = self.table.repl_by_id(&repl_id).map(|r| r.vm.get()) {
                     self.update_repl(&repl_id, |r| {
                         r.vm = OptIdx::NONE;
-                        r.container_started_ms = i64::MIN;
                     });
                     self.set_container(old, None);
                 }
@@ -532,10 +531,7 @@ impl Builder {
         };
         let cluster = in_region("cluster", r.cluster)?;
         let transfer_to = in_region("transfer_to", r.transfer_to)?;
-        let existing = self
-            .table
-            .repl_by_id(r.id)
-            .map(|e| (e.slug().to_string(), e.vm, e.container_started_ms));
+        let existing = self.table.repl_by_id(r.id).map(|e| (e.slug().to_string(), e.vm));
         if existing.is_some() && self.fresh {
             return Err(row.err("duplicate", "duplicate repl id"));
         }
@@ -550,9 +546,8 @@ impl Builder {
         let mut repl = Repl::new(r.id, r.slug, r.owner, region);
         repl.cluster = cluster;
         repl.transfer_to = transfer_to;
-        if let Some((old_slug, vm, started)) = existing {
+        if let Some((old_slug, vm)) = existing {
             repl.vm = vm;
-            repl.container_started_ms = started;
             if old_slug != r.slug {
                 let old_hash = self.table.repls.hash(&old_slug);
                 self.table.repls.remove(&old_slug);
@@ -603,16 +598,14 @@ impl Builder {
             None => return Err(row.err("dangling_reference", "repl does not exist")),
         };
         let vm = row.lookup(&self.table.topo.by_vm, "vm", c.vm_id)?;
-        let started = match c.started_at {
-            Some(s) => row.time("started_at", s)?,
-            None => i64::MIN,
-        };
+        if let Some(s) = c.started_at {
+            row.time("started_at", s)?;
+        }
         if old.is_some() && self.fresh {
             return Err(row.err("duplicate", "repl already has a container (at most one per repl)"));
         }
         self.update_repl(c.repl_id, |r| {
             r.vm = OptIdx::from(Some(vm));
-            r.container_started_ms = started;
         });
         self.set_container(old, Some(vm));
         Ok(())
