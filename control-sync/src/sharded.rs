@@ -10,7 +10,8 @@
 //! the old table keep seeing the old shards.
 //!
 //! Layout: `shards: Arc<[Arc<Shard>]>`, a power of two of them, chosen at
-//! build time from the expected size (~256 rows per shard). Each shard is a
+//! build time from the expected size (~1,024 rows per shard, see
+//! [`ROWS_PER_SHARD`]). Each shard is a
 //! dense `Vec<V>` plus a `HashTable<u32>` of positions, so rows are stored
 //! once, contiguously, with 4-byte index slots.
 //!
@@ -33,29 +34,38 @@ pub trait Keyed {
     fn key(&self) -> &str;
 }
 
-#[derive(Clone)]
-struct Shard<V> {
-    items: Vec<V>,
-    index: HashTable<u32>,
+/// Target rows per shard when sizing a new map. A trade: a delta copies
+/// whole shards (~1,400 repls: ~70 KB, microseconds on the sync thread),
+/// while every lookup pays for reaching its shard; smaller shards measured
+/// slower (256 rows: 313 ns per hosted-app decision over 1M repls).
+pub const ROWS_PER_SHARD: usize = 1400;
+
+/// Shard of a hash: bits 16..48 reduced to `0..n` by multiply-shift (n need
+/// not be a power of two). hashbrown uses the low bits (bucket) and the top
+/// 7 (tag), so shard selection does not correlate with either.
+#[inline]
+fn shard_index(h: u64, n: usize) -> usize {
+    ((((h >> 16) & 0xFFFF_FFFF) * n as u64) >> 32) as usize
 }
 
-impl<V> Default for Shard<V> {
-    fn default() -> Self {
-        Shard {
-            items: Vec::new(),
-            index: HashTable::new(),
-        }
-    }
+/// How many shards, and the capacity to pre-size each with, for `expected`
+/// rows: shards hold ~[`ROWS_PER_SHARD`] rows so that, with 12% headroom
+/// for the spread of a hash, a shard's table sits about 70% full (rows live
+/// in the table's buckets, so its load factor is memory per row).
+fn layout(expected: usize) -> (usize, usize) {
+    let n = (expected / ROWS_PER_SHARD).clamp(16, 1 << 16);
+    let per_shard = if expected >= n {
+        expected / n + expected / n * 12 / 100 + 8
+    } else {
+        0
+    };
+    (n, per_shard)
 }
-
-/// Target rows per shard when sizing a new map.
-pub const ROWS_PER_SHARD: usize = 256;
 
 /// See the module docs.
 pub struct ShardedMap<V> {
     hasher: foldhash::fast::RandomState,
-    shards: Arc<[Arc<Shard<V>>]>,
-    mask: u64,
+    shards: Arc<[Arc<HashTable<V>>]>,
     len: usize,
 }
 
@@ -64,20 +74,19 @@ impl<V> Clone for ShardedMap<V> {
         ShardedMap {
             hasher: self.hasher,
             shards: self.shards.clone(),
-            mask: self.mask,
             len: self.len,
         }
     }
 }
 
 impl<V: Keyed + Clone> ShardedMap<V> {
-    /// An empty map sized for about `expected` rows.
+    /// An empty map sized for about `expected` rows (pre-sized, so a full
+    /// load does not grow tables by doubling).
     pub fn with_expected(expected: usize) -> ShardedMap<V> {
-        let n = (expected / ROWS_PER_SHARD).next_power_of_two().clamp(16, 1 << 16);
+        let (n, per_shard) = layout(expected);
         ShardedMap {
             hasher: Default::default(),
-            shards: (0..n).map(|_| Arc::new(Shard::default())).collect(),
-            mask: n as u64 - 1,
+            shards: (0..n).map(|_| Arc::new(HashTable::with_capacity(per_shard))).collect(),
             len: 0,
         }
     }
@@ -86,11 +95,6 @@ impl<V: Keyed + Clone> ShardedMap<V> {
     #[inline]
     pub fn hash(&self, key: &str) -> u64 {
         self.hasher.hash_one(key)
-    }
-
-    #[inline]
-    fn shard_of(&self, h: u64) -> usize {
-        ((h >> 32) & self.mask) as usize
     }
 
     pub fn len(&self) -> usize {
@@ -110,17 +114,13 @@ impl<V: Keyed + Clone> ShardedMap<V> {
     /// indexes that store a hash instead of the key).
     #[inline]
     pub fn get_hashed(&self, h: u64, is: impl Fn(&V) -> bool) -> Option<&V> {
-        let shard = &self.shards[self.shard_of(h)];
-        shard
-            .index
-            .find(h, |&i| is(&shard.items[i as usize]))
-            .map(|&i| &shard.items[i as usize])
+        self.shards[shard_index(h, self.shards.len())].find(h, is)
     }
 
     /// Writable access to the shard of `h`, copying it (and the shard array)
     /// first if a published table still shares them.
-    fn shard_mut(&mut self, h: u64) -> &mut Shard<V> {
-        let s = self.shard_of(h);
+    fn shard_mut(&mut self, h: u64) -> &mut HashTable<V> {
+        let s = shard_index(h, self.shards.len());
         if Arc::get_mut(&mut self.shards).is_none() {
             self.shards = self.shards.iter().cloned().collect();
         }
@@ -135,12 +135,13 @@ impl<V: Keyed + Clone> ShardedMap<V> {
         if self.get_hashed(h, &is).is_none() {
             return false;
         }
-        let shard = self.shard_mut(h);
-        let Some(&i) = shard.index.find(h, |&i| is(&shard.items[i as usize])) else {
-            return false;
-        };
-        f(&mut shard.items[i as usize]);
-        true
+        match self.shard_mut(h).find_mut(h, is) {
+            Some(v) => {
+                f(v);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Inserts or replaces the row with `v`'s key; returns the old row.
@@ -148,16 +149,10 @@ impl<V: Keyed + Clone> ShardedMap<V> {
         let h = self.hash(v.key());
         let hasher = self.hasher;
         let shard = self.shard_mut(h);
-        let key = v.key();
-        if let Some(&i) = shard.index.find(h, |&i| shard.items[i as usize].key() == key) {
-            return Some(std::mem::replace(&mut shard.items[i as usize], v));
+        if let Some(old) = shard.find_mut(h, |x| x.key() == v.key()) {
+            return Some(std::mem::replace(old, v));
         }
-        let pos = shard.items.len() as u32;
-        shard.items.push(v);
-        let items = &shard.items;
-        shard
-            .index
-            .insert_unique(h, pos, |&i| hasher.hash_one(items[i as usize].key()));
+        shard.insert_unique(h, v, |x| hasher.hash_one(x.key()));
         self.len += 1;
         None
     }
@@ -167,29 +162,14 @@ impl<V: Keyed + Clone> ShardedMap<V> {
         let h = self.hash(key);
         // Do not copy a shard for a key that is not there.
         self.get_hashed(h, |v| v.key() == key)?;
-        let hasher = self.hasher;
-        let shard = self.shard_mut(h);
-        let entry = shard
-            .index
-            .find_entry(h, |&i| shard.items[i as usize].key() == key)
-            .ok()?;
-        let (pos, _) = entry.remove();
-        let last = shard.items.len() as u32 - 1;
-        if pos != last {
-            // The last row moves into the hole: repoint its index slot.
-            let moved_h = hasher.hash_one(shard.items[last as usize].key());
-            if let Some(slot) = shard.index.find_mut(moved_h, |&i| i == last) {
-                *slot = pos;
-            }
-        }
-        let old = shard.items.swap_remove(pos as usize);
+        let (old, _) = self.shard_mut(h).find_entry(h, |v| v.key() == key).ok()?.remove();
         self.len -= 1;
         Some(old)
     }
 
     /// All rows, shard by shard (unordered).
     pub fn iter(&self) -> impl Iterator<Item = &V> {
-        self.shards.iter().flat_map(|s| s.items.iter())
+        self.shards.iter().flat_map(|s| s.iter())
     }
 
     /// Releases spare capacity (after a full load).
@@ -197,18 +177,17 @@ impl<V: Keyed + Clone> ShardedMap<V> {
         let hasher = self.hasher;
         let shards = Arc::get_mut(&mut self.shards).expect("shrink only an unshared map");
         for s in shards.iter_mut() {
-            let s = Arc::get_mut(s).expect("shrink only an unshared map");
-            s.items.shrink_to_fit();
-            let items = &s.items;
-            s.index.shrink_to_fit(|&i| hasher.hash_one(items[i as usize].key()));
+            Arc::get_mut(s)
+                .expect("shrink only an unshared map")
+                .shrink_to_fit(|x| hasher.hash_one(x.key()));
         }
     }
 
-    /// Bytes held by rows and index slots (not counting heap data inside rows).
+    /// Bytes held by the shards' tables (not counting heap data inside rows).
     pub fn approx_bytes(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.items.capacity() * std::mem::size_of::<V>() + s.index.capacity() * 5)
+            .map(|s| s.capacity() * (std::mem::size_of::<V>() + 1))
             .sum::<usize>()
             + self.shards.len() * 64
     }
@@ -303,23 +282,21 @@ type PairShard = HashTable<(u64, u64)>;
 #[derive(Clone)]
 pub struct HashIndex {
     shards: Arc<[Arc<PairShard>]>,
-    mask: u64,
     len: usize,
 }
 
 impl HashIndex {
     pub fn with_expected(expected: usize) -> HashIndex {
-        let n = (expected / ROWS_PER_SHARD).next_power_of_two().clamp(16, 1 << 16);
+        let (n, per_shard) = layout(expected);
         HashIndex {
-            shards: (0..n).map(|_| Arc::new(HashTable::new())).collect(),
-            mask: n as u64 - 1,
+            shards: (0..n).map(|_| Arc::new(HashTable::with_capacity(per_shard))).collect(),
             len: 0,
         }
     }
 
     #[inline]
     fn shard_of(&self, h: u64) -> usize {
-        ((h >> 32) & self.mask) as usize
+        shard_index(h, self.shards.len())
     }
 
     pub fn len(&self) -> usize {
