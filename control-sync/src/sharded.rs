@@ -2,26 +2,23 @@
 //! of millions of rows can be changed one row at a time and republished
 //! without copying it.
 //!
-//! Where it sits: the routing table keeps repls, their id index, custom
-//! domains and tombstones in [`ShardedMap`]s. A published table is never
+//! Where it sits: the routing table keeps repls, custom domains and
+//! tombstones in [`ShardedMap`]s and the repl-id index in a [`HashIndex`]. A published table is never
 //! mutated: applying a delta clones the table (cheap: a few `Arc`s), and the
 //! first write to a shard copies that shard only (`Arc::make_mut`), plus the
 //! top-level array of shard pointers once per delta batch. Readers holding
 //! the old table keep seeing the old shards.
 //!
-//! Layout: `shards: Arc<[Arc<Shard>]>`, a power of two of them, chosen at
-//! build time from the expected size (~1,024 rows per shard, see
-//! [`ROWS_PER_SHARD`]). Each shard is a
-//! dense `Vec<V>` plus a `HashTable<u32>` of positions, so rows are stored
-//! once, contiguously, with 4-byte index slots.
+//! Layout: `shards: Arc<[Arc<HashTable<V>>]>`, the count chosen at build
+//! time from the expected size (~[`ROWS_PER_SHARD`] rows each); rows live in
+//! the tables' buckets, so a lookup is shard pointer, control group, row.
 //!
 //! Hashing: one 64-bit foldhash per key with a per-process random seed
 //! (hash-flooding resistant; nothing here needs to agree across edges). Bits
-//! 32..48 pick the shard; hashbrown uses the low bits and the top 7, so
-//! shard selection does not starve its SIMD tag bytes.
+//! 16..48 pick the shard by multiply-shift; hashbrown uses the low bits and
+//! the top 7, so shard selection does not starve its SIMD tag bytes.
 //!
-//! Invariants: `len` is the sum of shard lengths; every position in a
-//! shard's index is `< items.len()`; keys are unique. Start at
+//! Invariants: `len` is the sum of shard lengths; keys are unique. Start at
 //! [`ShardedMap::get`] and [`ShardedMap::insert`].
 
 use std::hash::BuildHasher;

@@ -19,7 +19,7 @@
 //!   `Arc`-shared; a container change rebuilds one cluster's candidates.
 //! - Repls (keyed by slug: the hot-path lookup), the repl-id index, custom
 //!   domains and tombstones are [`ShardedMap`]s: a one-row change copies one
-//!   shard of ~256 rows and the shard pointer array, never the table.
+//!   shard of ~1,400 rows and the shard pointer array, never the table.
 //! - One ring per region over its active clusters with weight > 0, rebuilt
 //!   only when clusters change.
 //!
