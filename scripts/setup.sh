@@ -13,6 +13,8 @@ if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi
+installed_pg=0
+case " ${need[*]:-} " in *" postgresql "*) installed_pg=1 ;; esac
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""
@@ -28,12 +30,20 @@ fi
 if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
   # PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379: use running
   # ones, start installed ones.
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  if [ "$installed_pg" = 1 ] && [ -n "$ver" ]; then
+    # A server we just installed: let local test connections in as
+    # postgres without a password (loopback only), as on the CI machines.
+    hba=/etc/postgresql/$ver/main/pg_hba.conf
+    sed -i -E 's/^(host[[:space:]]+all[[:space:]]+all[[:space:]]+(127\.0\.0\.1\/32|::1\/128)[[:space:]]+)[a-z0-9-]+/\1trust/' "$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main reload 2>/dev/null || true
+  fi
   if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
     echo "setup: starting PostgreSQL"
-    ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
     if [ -n "$ver" ]; then
       pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
     fi
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.2; done
   fi
   if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
     echo "setup: starting Redis"
