@@ -399,3 +399,128 @@ async fn a_suspicious_shrink_is_held_back() {
     );
     assert_eq!(a.get("app1.repl.co", "/", &[]).await.served_by(), Some("vm-1"));
 }
+
+#[tokio::test]
+async fn placectl_operations_and_the_one_container_rule() {
+    let (vm1, vm2, vm3) = vms().await;
+    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
+    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
+
+    // At most one container per repl (r1 already runs on vm-1).
+    let dup = db
+        .client
+        .execute("INSERT INTO containers (repl_id, vm_id) VALUES ('r1', 'vm-2')", &[])
+        .await;
+    assert!(dup.is_err(), "a second container row for one repl was accepted");
+
+    // A lazy transfer: the repl is served from the target cluster, and the
+    // VM is told where it comes from.
+    db.client
+        .execute("UPDATE repls SET cluster = 'use1-a' WHERE id = 'r2'", &[])
+        .await
+        .unwrap();
+    let out = db.placectl(&["transfer", "r2", "--to", "use1-b", "--lazy"]);
+    assert!(out.contains("lazy transfer to use1-b pending"), "{out}");
+    wait_served_by(&a, "app2.repl.co", "vm-2").await;
+    let r = a.get("app2.repl.co", "/", &[]).await;
+    assert_eq!(r.json()["headers"]["x-edgeplane-transfer-from"], "use1-a");
+
+    // add-cluster, then drain-vm: a drained VM gets no new repls.
+    let out = db.placectl(&["add-cluster", "use1-c", "--region", "us-east1", "--weight", "50"]);
+    assert!(out.contains("cluster use1-c added"), "{out}");
+    db.client
+        .execute(
+            "INSERT INTO vms (id, cluster, addr, state) VALUES ('vm-c', 'use1-c', $1, 'active')",
+            &[&vm3.http.to_string()],
+        )
+        .await
+        .unwrap();
+    db.client
+        .execute(
+            "UPDATE repls SET cluster = 'use1-c', transfer_to = NULL WHERE id = 'r2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_served_by(&a, "app2.repl.co", "vm-3").await;
+    db.placectl(&["drain-vm", "vm-c"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = a.get("app2.repl.co", "/", &[]).await;
+        if r.status == 503 {
+            assert_eq!(r.header("retry-after"), Some("5"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "a draining VM kept getting a new repl");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ls = db.placectl(&["ls"]);
+    let line = ls
+        .lines()
+        .find(|l| l.trim_start().starts_with("use1-c"))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(line.contains("weight 50") && line.contains("vms 0/1 active"), "{line}");
+    assert!(ls.contains("live tombstones: 1"), "r4 moved (seed data): {ls}");
+}
+
+/// A read replica never delivers NOTIFY: the edge must still follow by
+/// polling, and a pruned change (a version gap) must force a full reload.
+#[tokio::test]
+async fn without_notify_the_edge_polls_and_a_gap_forces_a_full_reload() {
+    let (vm1, vm2, vm3) = vms().await;
+    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
+    // Emulate a replica: the change log is written, no notification sent.
+    let f: String = db
+        .client
+        .query_one("SELECT pg_get_functiondef('edgeplane_record_change'::regproc)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.client
+        .batch_execute(&f.replace("PERFORM pg_notify('edgeplane_placement', '');", ""))
+        .await
+        .unwrap();
+    db.client
+        .execute("UPDATE repls SET cluster = 'use1-a' WHERE id = 'r2'", &[])
+        .await
+        .unwrap();
+    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
+    wait_served_by(&a, "app2.repl.co", "vm-1").await;
+
+    // Polling alone carries the change.
+    db.client
+        .execute("INSERT INTO containers (repl_id, vm_id) VALUES ('r2', 'vm-2')", &[])
+        .await
+        .unwrap();
+    wait_served_by(&a, "app2.repl.co", "vm-2").await;
+
+    // A change whose log row is pruned before the edge reads it: a gap.
+    db.client
+        .batch_execute(
+            "BEGIN; DELETE FROM containers WHERE repl_id = 'r2';
+             DELETE FROM placement_changes WHERE version = (SELECT version FROM placement_version); COMMIT;",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = a.metrics().await;
+        if metric_with(&m, "edgeplane_sync_errors_total", &["reason=\"gap\""]).unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no gap noticed: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The full reload brought the deleted container's effect anyway.
+    wait_served_by(&a, "app2.repl.co", "vm-1").await;
+}
+
+#[tokio::test]
+async fn without_database_or_last_known_good_the_edge_is_not_ready() {
+    let dead = format!("postgres://postgres@{}/nowhere", dead_addr());
+    let edge = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &dead, false).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(edge.admin, "admin", "/readyz", &[]).await.status, 503);
+    let r = edge.get("app1.repl.co", "/", &[]).await;
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
+}
