@@ -11,6 +11,7 @@
 //!   `expires_at = now + DNS TTL + margin`, all in one transaction. `--lazy`
 //!   only sets `transfer_to` (same region).
 //! - `drain-vm ID`, `add-cluster NAME --region R`, `ls`.
+//! - `prune [--keep SECONDS]` trims the change log (run it periodically).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -76,6 +77,12 @@ enum Cmd {
     },
     /// Summarise the placement store.
     Ls,
+    /// Delete change-log rows older than --keep seconds (the newest row is
+    /// always kept). Edges further behind than that reload fully.
+    Prune {
+        #[arg(long, default_value_t = 3600)]
+        keep: u64,
+    },
 }
 
 async fn connect(url: &str) -> Result<Client> {
@@ -150,6 +157,18 @@ async fn run(cli: Cli) -> Result<()> {
             println!("cluster {name} added to {region}");
         }
         Cmd::Ls => ls(&client).await?,
+        Cmd::Prune { keep } => {
+            let secs = keep as f64;
+            let n = client
+                .execute(
+                    "DELETE FROM placement_changes
+                      WHERE changed_at < now() - make_interval(secs => $1)
+                        AND version < (SELECT max(version) FROM placement_changes)",
+                    &[&secs],
+                )
+                .await?;
+            println!("pruned {n} changes older than {keep} s");
+        }
     }
     Ok(())
 }

@@ -461,6 +461,23 @@ async fn placectl_operations_and_the_one_container_rule() {
         .unwrap_or_else(|| panic!("{ls}"));
     assert!(line.contains("weight 50") && line.contains("vms 0/1 active"), "{line}");
     assert!(ls.contains("live tombstones: 1"), "r4 moved (seed data): {ls}");
+
+    // Pruning trims the change log but keeps the newest row; the edge, being
+    // current, keeps following.
+    let out = db.placectl(&["prune", "--keep", "0"]);
+    assert!(out.starts_with("pruned "), "{out}");
+    let left: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM placement_changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
+    db.client
+        .execute("UPDATE vms SET state = 'active' WHERE id = 'vm-c'", &[])
+        .await
+        .unwrap();
+    wait_served_by(&a, "app2.repl.co", "vm-3").await;
 }
 
 /// A read replica never delivers NOTIFY: the edge must still follow by
