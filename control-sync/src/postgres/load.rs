@@ -125,12 +125,9 @@ fn to_change(table: &str, r: &Row) -> Change {
     }
 }
 
-/// Loads this edge's part of the world in one REPEATABLE READ, read-only
-/// transaction, streaming rows into the table builder and logging progress
-/// every second. The table's version is `placement_version` as of the
-/// transaction's snapshot: every change up to it is included, none after.
-pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(RoutingTable, Skipped), LoadError> {
-    let started = Instant::now();
+/// A read-only REPEATABLE READ transaction and the placement version its
+/// snapshot sees: everything read in it is consistent with that version.
+async fn snapshot(client: &mut Client) -> Result<(tokio_postgres::Transaction<'_>, i64), LoadError> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -141,6 +138,16 @@ pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(Routi
         .query_one("SELECT version FROM placement_version WHERE id = 1", &[])
         .await?
         .get(0);
+    Ok((tx, version))
+}
+
+/// Loads this edge's part of the world in one REPEATABLE READ, read-only
+/// transaction, streaming rows into the table builder and logging progress
+/// every second. The table's version is `placement_version` as of the
+/// transaction's snapshot: every change up to it is included, none after.
+pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(RoutingTable, Skipped), LoadError> {
+    let started = Instant::now();
+    let (tx, version) = snapshot(client).await?;
     let expected: i64 = tx
         .query_one("SELECT count(*) FROM repls WHERE region = $1", &[&local_region])
         .await?
@@ -213,16 +220,7 @@ pub struct ChangeRow {
 /// Changes after `cursor` (up to `limit`) and the head version, read in one
 /// snapshot so they agree.
 pub async fn fetch_changes(client: &mut Client, cursor: i64, limit: i64) -> Result<(i64, Vec<ChangeRow>), LoadError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
-    let head: i64 = tx
-        .query_one("SELECT version FROM placement_version WHERE id = 1", &[])
-        .await?
-        .get(0);
+    let (tx, head) = snapshot(client).await?;
     let rows = if head > cursor {
         tx.query(
             "SELECT version, txid, tbl, op, row::text, old::text,

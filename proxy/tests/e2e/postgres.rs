@@ -147,6 +147,20 @@ async fn vms() -> (FakeVm, FakeVm, FakeVm) {
     (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"))
 }
 
+/// The common start: app2 is not running and is pinned to use1-a, whose only
+/// VM is vm-1; an edge of us-east1 is up and already sends app2 to vm-1.
+async fn app2_pinned_to_vm1() -> ((FakeVm, FakeVm, FakeVm), PgDb, Edge) {
+    let (vm1, vm2, vm3) = vms().await;
+    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
+    db.client
+        .execute("UPDATE repls SET cluster = 'use1-a' WHERE id = 'r2'", &[])
+        .await
+        .unwrap();
+    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
+    wait_served_by(&a, "app2.repl.co", "vm-1").await;
+    ((vm1, vm2, vm3), db, a)
+}
+
 #[tokio::test]
 async fn placectl_transfer_moves_traffic_within_and_across_regions() {
     let (vm1, vm2, vm3) = vms().await;
@@ -189,15 +203,7 @@ async fn placectl_transfer_moves_traffic_within_and_across_regions() {
 
 #[tokio::test]
 async fn a_new_container_row_moves_a_not_running_repl() {
-    let (vm1, vm2, vm3) = vms().await;
-    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
-    // app2 is not running: pin it to use1-a, whose only VM is vm-1.
-    db.client
-        .execute("UPDATE repls SET cluster = 'use1-a' WHERE id = 'r2'", &[])
-        .await
-        .unwrap();
-    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
-    wait_served_by(&a, "app2.repl.co", "vm-1").await;
+    let (_vms, db, a) = app2_pinned_to_vm1().await;
     db.client
         .execute("INSERT INTO containers (repl_id, vm_id) VALUES ('r2', 'vm-2')", &[])
         .await
@@ -210,14 +216,7 @@ async fn a_new_container_row_moves_a_not_running_repl() {
 
 #[tokio::test]
 async fn killed_connection_loses_no_request_and_catches_up() {
-    let (vm1, vm2, vm3) = vms().await;
-    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
-    db.client
-        .execute("UPDATE repls SET cluster = 'use1-a' WHERE id = 'r2'", &[])
-        .await
-        .unwrap();
-    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
-    wait_served_by(&a, "app2.repl.co", "vm-1").await;
+    let (_vms, db, a) = app2_pinned_to_vm1().await;
 
     let failures = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
