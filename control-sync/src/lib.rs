@@ -1,15 +1,18 @@
 //! edgeplane control-sync: the placement model and how it reaches the edge.
 //!
-//! Flow: a source ([`file_source`] today; PostgreSQL and Redis later) yields
-//! a [`snapshot::Snapshot`] of rows; [`table::RoutingTable::build`] validates
-//! it and builds an immutable, index-based table with one consistent-hash
-//! [`ring::Ring`] per region; [`TableHandle::publish`] swaps it in with one
-//! atomic store. Readers (`TableHandle::load`) never block and never see a
-//! half-built table; a snapshot that fails validation is rejected whole and
-//! the previous table keeps serving.
+//! Flow: a source — [`file_source`] (a JSON snapshot, rejected whole when
+//! bad) or [`postgres`] (a streamed full load, then deltas; bad rows skipped
+//! and counted) — yields rows; [`table::RoutingTable`] validates them into
+//! an immutable, copy-on-write table ([`sharded`] maps, one consistent-hash
+//! [`ring::Ring`] per region), so a delta makes a new table sharing all
+//! untouched shards; [`TableHandle::publish`] swaps it in with one atomic
+//! store and retires the old one off the request path. Readers
+//! (`TableHandle::load`) never block and never see a half-applied change.
+//! [`last_known_good`] keeps the last table on disk for starts without a
+//! database; [`SyncStatus`] counts what the sync did for the metrics.
 //!
 //! Nothing here knows Pingora; the proxy crate reads tables through
-//! [`TableHandle`]. Start reading at [`table`], then [`ring`].
+//! [`TableHandle`]. Start reading at [`table`], then [`postgres`].
 
 pub mod file_source;
 pub mod last_known_good;
