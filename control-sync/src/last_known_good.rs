@@ -6,7 +6,7 @@
 //! Writes are atomic: a temp file in the same folder, fsync, rename, fsync
 //! of the folder; a crash leaves the old file or the new one, never half of
 //! one. The sync rate-limits writes; see `placement.last_known_good_interval_ms`.
-//! Start at [`write`] and [`read`].
+//! Start at [`write()`] and [`read()`].
 
 use std::io::Write;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! Flow: a full load goes through [`RoutingTable::build`] (rows of a
 //! [`Snapshot`]); a sync delta goes through [`RoutingTable::apply`] (a list of
 //! [`Change`]s) and returns a *new* table, leaving the published one
-//! untouched. Both run the same per-row upsert/delete code in [`rows`], so
+//! untouched. Both run the same per-row upsert/delete code in `rows.rs`, so
 //! validation is written once: duplicate ids or slugs, dangling references,
 //! bad addresses, bad times. In [`Strictness::Strict`] mode (the file source)
 //! the first bad row rejects the whole load; in [`Strictness::Lenient`] mode
@@ -23,7 +23,7 @@
 //! - One ring per region over its active clusters with weight > 0, rebuilt
 //!   only when clusters change.
 //!
-//! Start reading at [`RoutingTable`], then [`rows`].
+//! Start reading at [`RoutingTable`], then `rows.rs`.
 
 mod rows;
 #[cfg(test)]
