@@ -3,7 +3,7 @@
 //!
 //! Where it sits: the Pingora glue ([`crate::service`]) extracts a
 //! [`RouteRequest`] from the request head and calls [`decide`] with the
-//! current [`RoutingTable`] (one ArcSwap load); `edgeplane route` and
+//! current [`RoutingTable`](edgeplane_control_sync::RoutingTable) (one ArcSwap load); `edgeplane route` and
 //! `/debug/route` call the same function with an [`Explain`] that records
 //! every step. The answer is a [`Decision`]: a VM, a peer region's edge, or
 //! a rejection with its status code.
