@@ -143,6 +143,21 @@ async fn wait_served_by(edge: &Edge, host: &str, vm: &str) {
     }
 }
 
+/// Polls the edge's `/metrics` until the first sample of `name` whose line
+/// holds all of `parts` satisfies `ok` (an absent sample counts as 0), or
+/// fails with `what` after 10 s.
+async fn wait_metric(edge: &Edge, name: &str, parts: &[&str], ok: impl Fn(f64) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = edge.metrics().await;
+        if ok(metric_with(&m, name, parts).unwrap_or(0.0)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn vms() -> (FakeVm, FakeVm, FakeVm) {
     (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"))
 }
@@ -346,15 +361,14 @@ async fn bad_rows_are_skipped_and_counted_while_the_rest_loads() {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = a.metrics().await;
-        if metric_with(&m, "edgeplane_sync_rows_skipped_total", &["table=\"vms\""]) == Some(2.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "delta bad row not counted: {m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &a,
+        "edgeplane_sync_rows_skipped_total",
+        &["table=\"vms\""],
+        |v| v == 2.0,
+        "delta bad row not counted",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -381,15 +395,14 @@ async fn a_suspicious_shrink_is_held_back() {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = a.metrics().await;
-        if metric_with(&m, "edgeplane_sync_errors_total", &["reason=\"held_back\""]).unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "shrink not held back: {m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &a,
+        "edgeplane_sync_errors_total",
+        &["reason=\"held_back\""],
+        |v| v >= 1.0,
+        "shrink not held back",
+    )
+    .await;
     let after = get(a.admin, "admin", "/debug/snapshot", &[]).await.json();
     assert_eq!(
         after["counts"]["repls"].as_u64(),
@@ -518,15 +531,14 @@ async fn without_notify_the_edge_polls_and_a_gap_forces_a_full_reload() {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = a.metrics().await;
-        if metric_with(&m, "edgeplane_sync_errors_total", &["reason=\"gap\""]).unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no gap noticed: {m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &a,
+        "edgeplane_sync_errors_total",
+        &["reason=\"gap\""],
+        |v| v >= 1.0,
+        "no gap noticed",
+    )
+    .await;
     // The full reload brought the deleted container's effect anyway.
     wait_served_by(&a, "app2.repl.co", "vm-1").await;
 }
