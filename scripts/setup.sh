@@ -9,6 +9,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The balancer test runs a real Prometheus server (the `prometheus` health source).
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

@@ -13,21 +13,25 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use edgeplane_bench::world::{region_name, synthetic, WorldShape};
 use edgeplane_control_sync::table::Repl;
 use edgeplane_control_sync::RoutingTable;
-use edgeplane_proxy::route::pick_memory::{PickMemory, PlacementLedger};
+use edgeplane_proxy::balancer::{Balancer, BalancerParams, HealthMap, Policy};
+use edgeplane_proxy::route::pick_memory::PickMemory;
 use edgeplane_proxy::route::{decide, Decision, RouteContext, RouteRequest, VmReason};
 
 const NOW: u64 = 1_800_000_000_000;
 const HOSTS: usize = 4096;
 
-fn ctx() -> RouteContext {
-    RouteContext {
+/// A context whose balancer view covers `t`.
+fn ctx(t: &RoutingTable) -> RouteContext {
+    let cx = RouteContext {
         suffixes: vec!["repl.co".into()],
         workspace_prefix: "/__ws/".into(),
         workspace_key: None,
         max_hops: 2,
         memory: PickMemory::new(10_000),
-        ledger: PlacementLedger::new(),
-    }
+        balancer: Balancer::new(BalancerParams::default(), "edge-bench", Policy::LeastLoaded),
+    };
+    cx.balancer.refresh(t, &HealthMap::default(), NOW, true);
+    cx
 }
 
 /// Up to HOSTS hosts (spelled `APP<i>.Repl.Co:443`) of repls for which `want` holds.
@@ -58,7 +62,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("route_decision_1M_repls");
     let mut run = |name: &str, hosts: &[String], dry_run: bool, check: fn(&Decision) -> bool| {
-        let cx = ctx();
+        let cx = ctx(&table);
         // Sanity: the path measured is the path named.
         let first = RouteRequest {
             host: Some(hosts[0].as_bytes()),

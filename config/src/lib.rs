@@ -43,9 +43,34 @@ pub const DEFAULT_MAX_SHRINK_RATIO: f64 = 0.5;
 pub const DEFAULT_LAST_KNOWN_GOOD_INTERVAL: Duration = Duration::from_secs(30);
 /// Connect timeout to PostgreSQL.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Default balancer policy. Only `least-loaded` exists until the subsetting
-/// balancer lands; other names are rejected with a clear message.
-pub const DEFAULT_POLICY: &str = "least-loaded";
+/// Default balancer policy inside a subset.
+pub const DEFAULT_POLICY: Policy = Policy::LeastLoaded;
+/// VMs of a cluster each edge instance places new repls on (its subset).
+pub const DEFAULT_SUBSET_SIZE: usize = 16;
+/// How often the subset epoch advances (members rotate).
+pub const DEFAULT_SUBSET_REFRESH: Duration = Duration::from_secs(60);
+/// A member stays in the subset while it ranks within
+/// `subset_size * (1 + hysteresis)`, so a VM flapping in and out of
+/// "usable" does not churn the members that replaced it.
+pub const DEFAULT_SUBSET_HYSTERESIS: f64 = 0.25;
+/// Below this share of a cluster's active VMs being usable, health is
+/// ignored and new repls spread over every active VM (Envoy's panic mode).
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 0.5;
+/// Consecutive connect failures to a VM before it is ejected from picks.
+pub const DEFAULT_EJECT_AFTER_FAILURES: u32 = 5;
+/// How long an ejected VM gets no new repls.
+pub const DEFAULT_EJECT: Duration = Duration::from_secs(30);
+/// At most this share of a cluster's active VMs is ejected at once
+/// (at least one VM may always be ejected).
+pub const DEFAULT_MAX_EJECTED_SHARE: f64 = 0.25;
+/// How often VM health is read.
+pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
+/// Deadline of one scrape (connect, request and body) or one Prometheus query.
+pub const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A VM whose last good sample is older than this is not usable.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(15);
+/// Scrapes in flight at once.
+pub const DEFAULT_SCRAPE_CONCURRENCY: usize = 64;
 /// How long the pick of a VM for a not-running repl is remembered, so
 /// concurrent first connections of one repl land on one VM.
 pub const DEFAULT_PICK_TTL: Duration = Duration::from_secs(10);
@@ -76,6 +101,7 @@ pub struct Config {
     pub hosting: HostingConfig,
     pub placement: PlacementConfig,
     pub balancer: BalancerConfig,
+    pub health: HealthConfig,
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
 }
@@ -126,10 +152,74 @@ pub struct PlacementConfig {
     pub connect_timeout: Duration,
 }
 
+/// How a VM is chosen inside an edge's subset of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Scraped load plus this edge's placements since the sample.
+    LeastLoaded,
+    /// Power of two random choices, the less loaded wins.
+    P2c,
+    /// Uniformly random member.
+    Random,
+    /// Members in turn.
+    RoundRobin,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 4] = [Policy::LeastLoaded, Policy::P2c, Policy::Random, Policy::RoundRobin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::LeastLoaded => "least-loaded",
+            Policy::P2c => "p2c",
+            Policy::Random => "random",
+            Policy::RoundRobin => "round-robin",
+        }
+    }
+
+    /// Parses a policy name; the error lists the valid ones.
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of \"least-loaded\", \"p2c\", \"random\", \"round-robin\""))
+    }
+
+    /// Dense index (for per-policy counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BalancerConfig {
-    pub policy: String,
+    pub policy: Policy,
     pub pick_ttl: Duration,
+    pub subset_size: usize,
+    pub subset_refresh: Duration,
+    pub subset_hysteresis: f64,
+    pub panic_threshold: f64,
+    pub eject_after_failures: u32,
+    pub eject: Duration,
+    pub max_ejected_share: f64,
+}
+
+/// Where VM health comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthSource {
+    /// The edge scrapes each VM's `metrics_addr` `/metrics`.
+    Scrape,
+    /// One query to a Prometheus server's HTTP API (`http://host:port`).
+    Prometheus(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub source: HealthSource,
+    pub scrape_interval: Duration,
+    pub scrape_timeout: Duration,
+    pub stale_after: Duration,
+    pub scrape_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub hosting: Option<RawHosting>,
     pub placement: Option<RawPlacement>,
     pub balancer: Option<RawBalancer>,
+    pub health: Option<RawHealth>,
     pub limits: Option<RawLimits>,
     pub security: Option<RawSecurity>,
 }
@@ -59,6 +60,24 @@ pub struct RawPlacement {
 pub struct RawBalancer {
     pub policy: Option<String>,
     pub pick_ttl_ms: Option<u64>,
+    pub subset_size: Option<usize>,
+    pub subset_refresh_ms: Option<u64>,
+    pub subset_hysteresis: Option<f64>,
+    pub panic_threshold: Option<f64>,
+    pub eject_after_failures: Option<u32>,
+    pub eject_ms: Option<u64>,
+    pub max_ejected_share: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub source: Option<String>,
+    pub scrape_interval_ms: Option<u64>,
+    pub scrape_timeout_ms: Option<u64>,
+    pub stale_after_ms: Option<u64>,
+    pub prometheus_url: Option<String>,
+    pub scrape_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -188,19 +188,96 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
 
     // [balancer]
     let b = raw.balancer.unwrap_or_default();
-    let policy = b.policy.unwrap_or_else(|| DEFAULT_POLICY.into());
-    if policy != "least-loaded" {
-        return Err(loc.err(
-            "balancer.policy",
-            format!("{policy:?} is not available in this build (only \"least-loaded\")"),
-        ));
-    }
+    let policy = match b.policy {
+        None => DEFAULT_POLICY,
+        Some(p) => Policy::parse(&p).map_err(|m| loc.err("balancer.policy", m))?,
+    };
     let pick_ttl = ms(b.pick_ttl_ms, DEFAULT_PICK_TTL);
     if pick_ttl.is_zero() || pick_ttl > MAX_PICK_TTL {
         return Err(loc.err(
             "balancer.pick_ttl_ms",
             format!("must be between 1 and {}", MAX_PICK_TTL.as_millis()),
         ));
+    }
+    let share = |key: &str, v: Option<f64>, default: f64| -> Result<f64, ConfigError> {
+        let v = v.unwrap_or(default);
+        if !(0.0..=1.0).contains(&v) {
+            return Err(loc.err(key, "must be between 0.0 and 1.0"));
+        }
+        Ok(v)
+    };
+    let balancer = BalancerConfig {
+        policy,
+        pick_ttl,
+        subset_size: b.subset_size.unwrap_or(DEFAULT_SUBSET_SIZE),
+        subset_refresh: ms(b.subset_refresh_ms, DEFAULT_SUBSET_REFRESH),
+        subset_hysteresis: b.subset_hysteresis.unwrap_or(DEFAULT_SUBSET_HYSTERESIS),
+        panic_threshold: share("balancer.panic_threshold", b.panic_threshold, DEFAULT_PANIC_THRESHOLD)?,
+        eject_after_failures: b.eject_after_failures.unwrap_or(DEFAULT_EJECT_AFTER_FAILURES),
+        eject: ms(b.eject_ms, DEFAULT_EJECT),
+        max_ejected_share: share("balancer.max_ejected_share", b.max_ejected_share, DEFAULT_MAX_EJECTED_SHARE)?,
+    };
+    if !(1..=4096).contains(&balancer.subset_size) {
+        return Err(loc.err("balancer.subset_size", "must be between 1 and 4096"));
+    }
+    if balancer.subset_refresh < Duration::from_millis(100) {
+        return Err(loc.err("balancer.subset_refresh_ms", "must be at least 100"));
+    }
+    if !(0.0..=4.0).contains(&balancer.subset_hysteresis) {
+        return Err(loc.err("balancer.subset_hysteresis", "must be between 0.0 and 4.0"));
+    }
+    if balancer.eject_after_failures == 0 {
+        return Err(loc.err("balancer.eject_after_failures", "must be at least 1"));
+    }
+
+    // [health]
+    let hr = raw.health.unwrap_or_default();
+    let source = match hr.source.as_deref().unwrap_or("scrape") {
+        "scrape" => HealthSource::Scrape,
+        "prometheus" => {
+            let url = hr
+                .prometheus_url
+                .ok_or_else(|| loc.err("health.prometheus_url", "required when source = \"prometheus\""))?;
+            let ok = url
+                .strip_prefix("http://")
+                .map(|rest| !rest.is_empty() && !rest.starts_with('/'))
+                .unwrap_or(false);
+            if !ok {
+                return Err(loc.err(
+                    "health.prometheus_url",
+                    format!("{url:?} is not an http://host:port URL"),
+                ));
+            }
+            HealthSource::Prometheus(url.trim_end_matches('/').to_string())
+        }
+        other => {
+            return Err(loc.err(
+                "health.source",
+                format!("{other:?} is not one of \"scrape\", \"prometheus\""),
+            ))
+        }
+    };
+    let health = HealthConfig {
+        source,
+        scrape_interval: ms(hr.scrape_interval_ms, DEFAULT_SCRAPE_INTERVAL),
+        scrape_timeout: ms(hr.scrape_timeout_ms, DEFAULT_SCRAPE_TIMEOUT),
+        stale_after: ms(hr.stale_after_ms, DEFAULT_STALE_AFTER),
+        scrape_concurrency: hr.scrape_concurrency.unwrap_or(DEFAULT_SCRAPE_CONCURRENCY),
+    };
+    if health.scrape_interval < Duration::from_millis(50) {
+        return Err(loc.err("health.scrape_interval_ms", "must be at least 50"));
+    }
+    if health.scrape_timeout.is_zero() || health.scrape_timeout > health.scrape_interval {
+        return Err(loc.err(
+            "health.scrape_timeout_ms",
+            "must be greater than 0 and at most scrape_interval_ms",
+        ));
+    }
+    if health.stale_after < health.scrape_interval {
+        return Err(loc.err("health.stale_after_ms", "must be at least scrape_interval_ms"));
+    }
+    if !(1..=4096).contains(&health.scrape_concurrency) {
+        return Err(loc.err("health.scrape_concurrency", "must be between 1 and 4096"));
     }
 
     // [limits]
@@ -286,7 +363,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             workspace_path_prefix,
         },
         placement,
-        balancer: BalancerConfig { policy, pick_ttl },
+        balancer,
+        health,
         limits,
         security: SecurityConfig {
             hop_secret,
@@ -389,11 +467,31 @@ mod tests {
 
     #[test]
     fn unknown_policy_and_source_are_rejected() {
+        let (_d, path) = setup(&format!("{MINIMAL}[balancer]\npolicy = \"p3c\"\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("balancer.policy", 10), "{e}");
+        assert!(e.message.contains("\"round-robin\""), "{e}");
         let (_d, path) = setup(&format!("{MINIMAL}[balancer]\npolicy = \"p2c\"\n"));
-        assert_eq!(crate::load(&path).unwrap_err().key, "balancer.policy");
+        assert_eq!(crate::load(&path).unwrap().balancer.policy, Policy::P2c);
         let (_d, path) = setup(&MINIMAL.replace("[placement]\n", "[placement]\nsource = \"etcd\"\n"));
         let e = crate::load(&path).unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("placement.source", 5));
+    }
+
+    #[test]
+    fn health_section_is_checked() {
+        let (_d, path) = setup(&format!("{MINIMAL}[health]\nsource = \"prometheus\"\n"));
+        assert_eq!(crate::load(&path).unwrap_err().key, "health.prometheus_url");
+        let (_d, path) = setup(&format!(
+            "{MINIMAL}[health]\nsource = \"prometheus\"\nprometheus_url = \"http://127.0.0.1:9090/\"\n"
+        ));
+        let c = crate::load(&path).unwrap();
+        assert_eq!(c.health.source, HealthSource::Prometheus("http://127.0.0.1:9090".into()));
+        let (_d, path) = setup(&format!("{MINIMAL}[health]\nscrape_interval_ms = 1000\nstale_after_ms = 500\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("health.stale_after_ms", 11), "{e}");
+        let (_d, path) = setup(&format!("{MINIMAL}[balancer]\npanic_threshold = 1.5\n"));
+        assert_eq!(crate::load(&path).unwrap_err().key, "balancer.panic_threshold");
     }
 
     #[test]

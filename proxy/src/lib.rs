@@ -1,11 +1,14 @@
-//! edgeplane-proxy: the edge. A pure routing core ([`route`]) and thin
-//! Pingora glue around it ([`service`], [`admin`], [`server`]).
+//! edgeplane-proxy: the edge. A pure routing core ([`route`], with the
+//! subsetting [`balancer`]) and thin glue around it: Pingora
+//! ([`service`], [`admin`], [`server`]) and the health monitor ([`health`]).
 //!
 //! Start reading at [`route`] (what decides where a request goes), then
 //! [`service`] (the Pingora `ProxyHttp` implementation that carries it
 //! out), then [`server`] (how the process is put together).
 
 pub mod admin;
+pub mod balancer;
+pub mod health;
 pub mod metrics;
 pub mod pages;
 pub mod route;

@@ -5,9 +5,13 @@
 //! table (version, age, rejected loads) are refreshed when scraped
 //! ([`Metrics::refresh_from`]). Start at [`Metrics::new`].
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
-use edgeplane_control_sync::{SyncErrorKind, TableHandle};
+use edgeplane_control_sync::{RoutingTable, SyncErrorKind, TableHandle};
+
+use crate::balancer::{Balancer, HealthMap, Policy};
 
 /// Raises a counter to `total` (counters mirrored from the sync's atomics).
 fn mirror(c: &IntCounter, total: u64) {
@@ -31,6 +35,21 @@ pub struct Metrics {
     pub sync_connected: IntGauge,
     pub sync_lag: prometheus::Gauge,
     pub sync_rows_skipped: IntCounterVec,
+    pub vm_usable: IntGaugeVec,
+    pub balancer_panic: IntGaugeVec,
+    pub balancer_ejected: IntGaugeVec,
+    pub balancer_picks: IntCounterVec,
+    pub balancer_panic_picks: IntCounter,
+    pub balancer_fallback_picks: IntCounter,
+    pub balancer_policy: IntGaugeVec,
+    pub scrape_errors: IntCounterVec,
+    pub scrape_rounds: IntCounter,
+    pub sample_age_max: Gauge,
+    pub stale_vms: IntGauge,
+}
+
+fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &[label]).unwrap()
 }
 
 impl Metrics {
@@ -106,8 +125,69 @@ impl Metrics {
             &["table", "reason"],
         )
         .unwrap();
+        let vm_usable = gauge_vec(
+            "edgeplane_vm_usable",
+            "Active VMs of a cluster that may get new repls (fresh health, ready, not ejected)",
+            "cluster",
+        );
+        let balancer_panic = gauge_vec(
+            "edgeplane_balancer_panic",
+            "1 while a cluster has too few usable VMs and health is ignored",
+            "cluster",
+        );
+        let balancer_ejected = gauge_vec(
+            "edgeplane_balancer_ejected_vms",
+            "VMs ejected after consecutive connect failures",
+            "cluster",
+        );
+        let balancer_picks = IntCounterVec::new(
+            Opts::new("edgeplane_balancer_picks_total", "VMs picked for repls that were not running"),
+            &["policy"],
+        )
+        .unwrap();
+        let balancer_panic_picks = IntCounter::new(
+            "edgeplane_balancer_panic_picks_total",
+            "Picks made in panic mode (health ignored)",
+        )
+        .unwrap();
+        let balancer_fallback_picks = IntCounter::new(
+            "edgeplane_balancer_fallback_picks_total",
+            "Picks made from the snapshot before the balancer view covered the cluster",
+        )
+        .unwrap();
+        let balancer_policy = gauge_vec("edgeplane_balancer_policy", "1 for the policy in use", "policy");
+        let scrape_errors = IntCounterVec::new(
+            Opts::new(
+                "edgeplane_health_scrape_errors_total",
+                "VM health reads that failed, by reason; the last sample is kept",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let scrape_rounds = IntCounter::new("edgeplane_health_rounds_total", "Health rounds run").unwrap();
+        let sample_age_max = Gauge::new(
+            "edgeplane_health_sample_age_max_seconds",
+            "Age of the oldest VM health sample in use",
+        )
+        .unwrap();
+        let stale_vms = IntGauge::new(
+            "edgeplane_health_stale_vms",
+            "Monitored VMs without a good sample within stale_after",
+        )
+        .unwrap();
         for c in [
-            Box::new(sync_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(vm_usable.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(balancer_panic.clone()),
+            Box::new(balancer_ejected.clone()),
+            Box::new(balancer_picks.clone()),
+            Box::new(balancer_panic_picks.clone()),
+            Box::new(balancer_fallback_picks.clone()),
+            Box::new(balancer_policy.clone()),
+            Box::new(scrape_errors.clone()),
+            Box::new(scrape_rounds.clone()),
+            Box::new(sample_age_max.clone()),
+            Box::new(stale_vms.clone()),
+            Box::new(sync_connected.clone()),
             Box::new(sync_lag.clone()),
             Box::new(sync_rows_skipped.clone()),
             Box::new(requests.clone()),
@@ -136,7 +216,56 @@ impl Metrics {
             sync_connected,
             sync_lag,
             sync_rows_skipped,
+            vm_usable,
+            balancer_panic,
+            balancer_ejected,
+            balancer_picks,
+            balancer_panic_picks,
+            balancer_fallback_picks,
+            balancer_policy,
+            scrape_errors,
+            scrape_rounds,
+            sample_age_max,
+            stale_vms,
         }
+    }
+
+    /// Mirrors a freshly built balancer view: usable, panic and ejected
+    /// VMs per cluster of this region.
+    pub fn set_balancer_view(&self, t: &RoutingTable, b: &Balancer) {
+        if !t.is_loaded() {
+            return;
+        }
+        let view = b.view();
+        self.vm_usable.reset();
+        self.balancer_panic.reset();
+        self.balancer_ejected.reset();
+        let local = t.local_region();
+        for (i, cl) in t.clusters().filter(|(_, c)| c.region == local) {
+            let Some(cv) = view.clusters.get(i as usize) else { continue };
+            let name: &str = &cl.name;
+            self.vm_usable.with_label_values(&[name]).set(cv.usable as i64);
+            self.balancer_panic
+                .with_label_values(&[name])
+                .set((cv.mode == crate::balancer::Mode::Panic) as i64);
+            self.balancer_ejected.with_label_values(&[name]).set(cv.ejected as i64);
+        }
+    }
+
+    /// Mirrors the balancer's counters and the health ages (scrape time).
+    pub fn refresh_balancer(&self, b: &Balancer, health: &HealthMap, now_ms: u64) {
+        let (picks, panic, fallback) = b.pick_counts();
+        for p in Policy::ALL {
+            mirror(&self.balancer_picks.with_label_values(&[p.as_str()]), picks[p.index()]);
+            self.balancer_policy
+                .with_label_values(&[p.as_str()])
+                .set((b.policy() == p) as i64);
+        }
+        mirror(&self.balancer_panic_picks, panic);
+        mirror(&self.balancer_fallback_picks, fallback);
+        let (oldest_ms, stale) = health.ages(now_ms, b.params.stale_after_ms);
+        self.sample_age_max.set(oldest_ms as f64 / 1000.0);
+        self.stale_vms.set(stale as i64);
     }
 
     /// Mirrors the table's state into gauges (called at scrape time).

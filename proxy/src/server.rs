@@ -105,6 +105,20 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
 
     let metrics = Arc::new(Metrics::new());
     let edge = Edge::new(Arc::new(cfg), table, metrics);
+    crate::health::refresh_now(
+        &edge.table.load(),
+        &edge.route.balancer,
+        &edge.health.load(),
+        &edge.metrics,
+    );
+    crate::health::spawn(
+        &edge.cfg,
+        edge.table.clone(),
+        edge.route.clone(),
+        edge.health.clone(),
+        edge.metrics.clone(),
+        Arc::new(AtomicBool::new(false)),
+    );
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, edge.clone(), "edgeplane proxy");
     for a in &listen {

@@ -34,6 +34,8 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use edgeplane_config::Config;
 use edgeplane_control_sync::TableHandle;
 
+use crate::balancer::subset::mix;
+use crate::health::HealthHandle;
 use crate::metrics::Metrics;
 use crate::pages;
 use crate::route::signing::{sign_hop, verify_hop};
@@ -52,6 +54,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Per-thread random bits for the balancer (no shared state, no syscall).
+fn entropy() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(mix(now_ms() ^ (&STATE as *const _ as u64)));
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        mix(x)
+    })
+}
+
 /// Everything a request needs, shared by all of them. Cloning shares the
 /// same state (the admin listener holds a clone).
 #[derive(Clone)]
@@ -59,6 +74,7 @@ pub struct Edge {
     pub cfg: Arc<Config>,
     pub route: Arc<RouteContext>,
     pub table: TableHandle,
+    pub health: HealthHandle,
     pub metrics: Arc<Metrics>,
     request_seq: Arc<AtomicU64>,
 }
@@ -69,6 +85,7 @@ impl Edge {
             route: Arc::new(RouteContext::from_config(&cfg)),
             cfg,
             table,
+            health: HealthHandle::default(),
             metrics,
             request_seq: Arc::new(AtomicU64::new(0)),
         }
@@ -90,6 +107,8 @@ pub struct RequestCtx {
     forward_host: Option<String>,
     /// Name of the cluster a lazy transfer moves from.
     transfer_from: Option<Box<str>>,
+    /// Id hash of the VM proxied to (outlier detection).
+    vm_hash: Option<u64>,
     request_id: Option<String>,
     status: u16,
     tunnel: bool,
@@ -130,6 +149,7 @@ impl ProxyHttp for Edge {
             hops_in: 0,
             forward_host: None,
             transfer_from: None,
+            vm_hash: None,
             request_id: None,
             status: 0,
             tunnel: false,
@@ -175,6 +195,7 @@ impl ProxyHttp for Edge {
             hops: hops_in,
             now_ms: now,
             dry_run: false,
+            entropy: entropy(),
         };
         let table = self.table.load();
         let decision = route::decide(&self.route, &table, &rreq, &mut ());
@@ -197,8 +218,9 @@ impl ProxyHttp for Edge {
                     .and_then(|h| route::host::canonical_host(h).ok())
                     .map(|c| c.as_str().to_string());
             }
-            Decision::Vm { transfer_from, .. } => {
+            Decision::Vm { transfer_from, vm, .. } => {
                 ctx.transfer_from = transfer_from.map(|c| table.cluster(c).name.clone());
+                ctx.vm_hash = Some(table.vm(vm).id_hash);
             }
         }
         ctx.decision = Some(decision);
@@ -299,6 +321,9 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.remove_header(REPLAY_HEADER);
+        if let Some(h) = ctx.vm_hash {
+            self.route.balancer.outliers.success(h);
+        }
         if resp.status.as_u16() == 101 && !ctx.tunnel {
             ctx.tunnel = true;
             self.metrics.tunnels_active.inc();
@@ -333,6 +358,17 @@ impl ProxyHttp for Edge {
             || matches!(e.etype(), ErrorType::ConnectTimedout | ErrorType::ConnectRefused)
         {
             self.metrics.upstream_errors.with_label_values(&[reason]).inc();
+            let connect_failed = matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+                    | ErrorType::SocketError
+            );
+            if let (true, Some(h)) = (connect_failed, ctx.vm_hash) {
+                self.route.balancer.outliers.failure(h);
+            }
             // A VM that refused us should not stay the remembered pick.
             if let Some(Decision::Vm {
                 repl_hash,

@@ -472,6 +472,15 @@ impl RoutingTable {
     pub fn vm(&self, i: Idx) -> &Vm {
         &self.topo.vms[i as usize]
     }
+    /// A VM by index, None when out of range (an index from an older table).
+    #[inline]
+    pub fn get_vm(&self, i: Idx) -> Option<&Vm> {
+        self.topo.vms.get(i as usize)
+    }
+    /// Clusters slots in the table (present or not): cluster indexes are below it.
+    pub fn cluster_slots(&self) -> usize {
+        self.topo.clusters.len()
+    }
     /// The active VMs of a cluster, packed for the balancer.
     #[inline]
     pub fn candidates(&self, cluster: Idx) -> &[Candidate] {

@@ -5,11 +5,13 @@ use edgeplane_control_sync::table::{Idx, Repl, RoutingTable};
 
 use super::host::{canonical_host, slug_of};
 use super::pick_memory::vm_fingerprint;
+use crate::balancer::view::CPU_ONE;
+use crate::balancer::Mode;
 use super::signing::{verify_token, TokenError};
 use super::*;
 
 /// Decides where one request goes. Pure: same inputs, same answer (apart
-/// from the pick memory and ledger in `ctx`, which it updates).
+/// from the pick memory and balancer counters in `ctx`, which it updates).
 pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteRequest<'_>, ex: &mut E) -> Decision {
     let reject = |kind, reason| Decision::Reject { kind, reason };
     if !t.is_loaded() {
@@ -242,17 +244,8 @@ fn place<E: Explain>(
     }
 }
 
-/// splitmix64's finaliser: spreads ties differently for every repl.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
-}
-
-/// Placeholder balancer until the subsetting balancer lands: the active VM
-/// with the fewest containers (snapshot count plus this edge's recent
-/// placements), ties broken by a stable hash of (repl, vm).
+/// Step 5 for a repl that is not running: the pick memory (concurrent
+/// first connections follow the first pick), else the subsetting balancer.
 fn pick_vm<E: Explain>(
     ctx: &RouteContext,
     t: &RoutingTable,
@@ -262,9 +255,6 @@ fn pick_vm<E: Explain>(
     ex: &mut E,
 ) -> Option<(Idx, VmReason)> {
     let now_ms = req.now_ms;
-    if !req.dry_run {
-        ctx.ledger.track_version(t.version());
-    }
     let candidates = t.candidates(cluster);
     let by_fp = |fp: u16| {
         candidates
@@ -277,33 +267,35 @@ fn pick_vm<E: Explain>(
         ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).addr));
         return Some((v, VmReason::Remembered));
     }
-    let best = candidates
-        .iter()
-        .min_by_key(|c| (c.containers + ctx.ledger.placed(c.id_hash), mix(repl_hash ^ c.id_hash)))?
-        .vm;
-    let fp = vm_fingerprint(t.vm(best).id_hash);
+    let choice = ctx.balancer.choose(t, cluster, req.entropy)?;
+    let best = choice.vm;
+    let describe = |verb: &str| {
+        let vm = t.vm(best);
+        let how = match choice.mode {
+            Mode::Normal => format!("{} over this edge's subset of {}", choice.policy.as_str(), choice.members),
+            Mode::Panic => format!(
+                "{} over all {} active VMs (panic: too few usable)",
+                choice.policy.as_str(),
+                choice.members
+            ),
+            Mode::Empty => format!("least containers in the snapshot over {} active VMs (no balancer view yet)", choice.members),
+        };
+        format!(
+            "{verb} vm {:?} ({}) by {how}; load {:.2}",
+            vm.id,
+            vm.addr,
+            choice.load as f64 / CPU_ONE as f64
+        )
+    };
     if req.dry_run {
-        ex.step(|| {
-            format!(
-                "would pick the least loaded active vm: {:?} ({})",
-                t.vm(best).id,
-                t.vm(best).addr
-            )
-        });
+        ex.step(|| describe("would pick"));
         return Some((best, VmReason::Picked));
     }
+    let fp = vm_fingerprint(choice.id_hash);
     let won = ctx.memory.remember(repl_hash, fp, now_ms);
     if won == fp {
-        ctx.ledger.record(t.vm(best).id_hash);
-        ex.step(|| {
-            let vm = t.vm(best);
-            format!(
-                "least loaded active vm: {:?} ({}), {} containers known",
-                vm.id,
-                vm.addr,
-                t.containers_on(best)
-            )
-        });
+        ctx.balancer.record(&choice);
+        ex.step(|| describe("picked"));
         return Some((best, VmReason::Picked));
     }
     // Another request picked first: follow it.

@@ -12,7 +12,7 @@
 //! mismatch) -> workspace path (token checked before anything else, 401) or
 //! slug / custom domain (404) -> regional affinity or tombstone forward
 //! (`max_hops`, 508) -> running container -> pinned cluster or ring, lazy
-//! transfer -> pick memory, else least-loaded active VM (503 when none).
+//! transfer -> pick memory, else the subsetting balancer (503 when no active VM).
 //!
 //! Invariants: no allocation on the hosted-app path; explanations are
 //! closures that only run when explaining. Start at [`decide`].
@@ -29,7 +29,8 @@ use std::net::SocketAddr;
 
 use edgeplane_control_sync::table::Idx;
 
-use pick_memory::{PickMemory, PlacementLedger};
+use crate::balancer::{Balancer, BalancerParams};
+use pick_memory::PickMemory;
 
 /// What the edge knows about itself that routing needs.
 pub struct RouteContext {
@@ -39,7 +40,7 @@ pub struct RouteContext {
     pub workspace_key: Option<Vec<u8>>,
     pub max_hops: u8,
     pub memory: PickMemory,
-    pub ledger: PlacementLedger,
+    pub balancer: Balancer,
 }
 
 impl RouteContext {
@@ -52,7 +53,11 @@ impl RouteContext {
             workspace_key: cfg.security.workspace_token_key.clone(),
             max_hops: cfg.limits.max_hops,
             memory: PickMemory::new(cfg.balancer.pick_ttl.as_millis() as u64),
-            ledger: PlacementLedger::new(),
+            balancer: Balancer::new(
+                BalancerParams::from_config(cfg),
+                &cfg.edge.instance_id,
+                cfg.balancer.policy,
+            ),
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct RouteRequest<'a> {
     pub now_ms: u64,
     /// Explain only: read the pick memory but change nothing.
     pub dry_run: bool,
+    /// Random bits for the balancer's random choices and tie-breaks.
+    pub entropy: u64,
 }
 
 /// What kind of request it was (the `kind` metric label).

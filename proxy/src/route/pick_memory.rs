@@ -1,13 +1,10 @@
-//! Balancer state shared by all requests, lock-free and allocation-free:
-//! the short-lived memory of which VM was picked for a not-running repl,
-//! and the ledger of placements this edge made.
+//! The short-lived memory of which VM was picked for a not-running repl,
+//! shared by all requests, lock-free and allocation-free.
 //!
 //! Where it sits: the routing decision consults [`PickMemory`] before
-//! picking a VM for a repl that has no container yet, so that concurrent
-//! first connections of one repl (a multiplayer session opening, a client
-//! retrying) all land on one VM. [`PlacementLedger`] adds this edge's own
-//! recent placements to each VM's known load so new repls spread instead of
-//! herding onto the VM that looked least loaded in the snapshot.
+//! asking the balancer ([`crate::balancer`]) for a VM for a repl that has no
+//! container yet, so that concurrent first connections of one repl (a
+//! multiplayer session opening, a client retrying) all land on one VM.
 //!
 //! Invariants:
 //! - One `AtomicU64` per memory slot packs `tag:32 | vm fingerprint:12 |
@@ -15,18 +12,15 @@
 //!   direct-mapped by repl hash; a collision just evicts (memory is a hint).
 //! - [`PickMemory::remember`] is insert-if-absent by compare-and-swap: when
 //!   two requests race, both leave with the winner's VM.
-//! - Both are keyed by stable hashes (repl id, VM id), not table indexes, so
-//!   they survive table republishes (Pingora #821: keep per-backend counters
-//!   outside the selector, which is rebuilt on every update).
+//! - Keyed by stable hashes (repl id, VM id), not table indexes, so it
+//!   survives table republishes.
 //!
 //! Time is passed in (unix ms). Start at [`PickMemory::remember`].
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Slots in the pick memory (power of two; 512 KiB).
 pub const PICK_MEMORY_SLOTS: usize = 1 << 16;
-/// Counters in the placement ledger (power of two).
-pub const LEDGER_SLOTS: usize = 1 << 13;
 
 const EXP_BITS: u32 = 20;
 const FP_BITS: u32 = 12;
@@ -117,54 +111,6 @@ impl PickMemory {
     }
 }
 
-/// Placements this edge made per VM since the table version it tracks.
-pub struct PlacementLedger {
-    counts: Box<[AtomicU32]>,
-    version: AtomicU64,
-}
-
-impl Default for PlacementLedger {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PlacementLedger {
-    pub fn new() -> PlacementLedger {
-        PlacementLedger {
-            counts: (0..LEDGER_SLOTS).map(|_| AtomicU32::new(0)).collect(),
-            version: AtomicU64::new(0),
-        }
-    }
-
-    /// Resets the counts when a new table version is seen: the new snapshot
-    /// already counts the containers those placements started.
-    #[inline]
-    pub fn track_version(&self, version: u64) {
-        let seen = self.version.load(Ordering::Relaxed);
-        if seen != version
-            && self
-                .version
-                .compare_exchange(seen, version, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            for c in self.counts.iter() {
-                c.store(0, Ordering::Relaxed);
-            }
-        }
-    }
-
-    #[inline]
-    pub fn placed(&self, vm_id_hash: u64) -> u32 {
-        self.counts[vm_id_hash as usize & (LEDGER_SLOTS - 1)].load(Ordering::Relaxed)
-    }
-
-    #[inline]
-    pub fn record(&self, vm_id_hash: u64) {
-        self.counts[vm_id_hash as usize & (LEDGER_SLOTS - 1)].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,18 +161,5 @@ mod tests {
             .collect();
         let got: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
-    }
-
-    #[test]
-    fn ledger_counts_and_resets_on_new_version() {
-        let l = PlacementLedger::new();
-        l.track_version(1);
-        l.record(77);
-        l.record(77);
-        assert_eq!(l.placed(77), 2);
-        l.track_version(1);
-        assert_eq!(l.placed(77), 2);
-        l.track_version(2);
-        assert_eq!(l.placed(77), 0);
     }
 }

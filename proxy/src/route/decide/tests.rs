@@ -3,7 +3,8 @@
 use edgeplane_control_sync::{RoutingTable, Snapshot};
 
 use super::*;
-use crate::route::pick_memory::{PickMemory, PlacementLedger};
+use crate::balancer::{Balancer, BalancerParams, HealthMap, Policy};
+use crate::route::pick_memory::PickMemory;
 use crate::route::signing::mint_token;
 
 const KEY: &[u8] = b"workspace-key-0123456789";
@@ -50,8 +51,16 @@ fn ctx() -> RouteContext {
         workspace_key: Some(KEY.to_vec()),
         max_hops: 2,
         memory: PickMemory::new(10_000),
-        ledger: PlacementLedger::new(),
+        balancer: Balancer::new(BalancerParams::default(), "edge-test", Policy::LeastLoaded),
     }
+}
+
+/// A context whose balancer view is built for `t` (without one, picks
+/// fall back to the snapshot's container counts).
+fn ctx_with(t: &RoutingTable) -> RouteContext {
+    let c = ctx();
+    c.balancer.refresh(t, &HealthMap::default(), NOW, true);
+    c
 }
 
 fn table() -> RoutingTable {
@@ -416,7 +425,7 @@ fn ledger_spreads_new_repls_over_a_cluster() {
         );
     }
     let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
-    let c = ctx();
+    let c = ctx_with(&t);
     let mut per_vm = std::collections::HashMap::new();
     for i in 0..20 {
         let h = format!("new{i}.repl.co");
@@ -458,7 +467,8 @@ fn region_without_active_cluster_is_503() {
 
 #[test]
 fn explanation_names_every_step() {
-    let (c, t) = (ctx(), table());
+    let t = table();
+    let c = ctx_with(&t);
     let mut ex = Vec::new();
     decide(&c, &t, &req("lazy.repl.co"), &mut ex);
     let all = ex.join("\n");
@@ -468,7 +478,7 @@ fn explanation_names_every_step() {
         "not running",
         "pinned to cluster \"use1-a\"",
         "lazy transfer pending",
-        "least loaded active vm: \"vm-4\"",
+        "picked vm \"vm-4\" (127.0.0.1:7004) by least-loaded over this edge's subset of 1",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in\n{all}");
     }

@@ -1,0 +1,270 @@
+//! The balancer view: for every cluster of this edge's region, the members
+//! new repls may go to (the subset, or every active VM in panic mode) with
+//! their load baseline, built off the hot path and published whole.
+//!
+//! Where it sits: [`build`] runs on the balancer refresh thread whenever the
+//! placement table, the health map, the subset epoch or an outlier changes;
+//! [`super::Balancer`] stores the result in an ArcSwap and the routing
+//! decision reads it with one load ([`super::pick`]).
+//!
+//! Per cluster (DESIGN §4): take the active VMs of the table; mark each
+//! usable or not ([`usability`], passive ejection capped at
+//! `max_ejected_share`); if fewer than `panic_threshold` of them are usable
+//! (or none), ignore health and use them all (panic mode); otherwise choose
+//! this instance's subset with hysteresis ([`subset::choose`]). Draining and
+//! down VMs are never candidates, so never members.
+//!
+//! Invariants: members reference table indexes of the table whose version
+//! the view records; the picker re-checks the chosen VM against the table
+//! it routes with (a view may lag a publish by one refresh tick). Pure:
+//! time, table, health and counters come in. Start at [`build`].
+
+use std::sync::atomic::AtomicU32;
+
+use edgeplane_control_sync::table::{Idx, RoutingTable};
+use hashbrown::HashMap;
+
+use super::health::{usability, HealthMap, Usability};
+use super::ledger::PlacementLedger;
+use super::outliers::Outliers;
+use super::{subset, BalancerParams};
+
+/// CPU utilisation 1.0 in the fixed-point `cpu_fp`.
+pub const CPU_ONE: u32 = 1024;
+
+/// A VM new repls may go to, with its load baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub vm: Idx,
+    pub id_hash: u64,
+    /// Containers at the last sample (or in the snapshot, unmonitored).
+    pub containers: u32,
+    /// CPU utilisation at the last sample, `CPU_ONE` = 100 %.
+    pub cpu_fp: u32,
+    /// Ledger count when the baseline was taken.
+    pub mark: u32,
+}
+
+impl Member {
+    /// Load as least-loaded and p2c compare it: containers (sampled plus
+    /// this edge's placements since) weighted by `1 + cpu`, so a VM at full
+    /// CPU looks twice as loaded as an idle one with as many containers.
+    #[inline]
+    pub fn load(&self, ledger: &PlacementLedger) -> u64 {
+        let containers = self.containers as u64 + ledger.since(self.id_hash, self.mark) as u64;
+        containers * (CPU_ONE + self.cpu_fp) as u64
+    }
+}
+
+/// How a cluster's members were chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// This instance's subset of the usable VMs.
+    Normal,
+    /// Too few usable VMs: every active VM, health ignored.
+    Panic,
+    /// No active VM at all (503), or not a cluster of this region.
+    #[default]
+    Empty,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Panic => "panic",
+            Mode::Empty => "empty",
+        }
+    }
+}
+
+/// One active VM as the builder judged it (for `/balancer` and explain).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VmStatus {
+    pub vm: Idx,
+    pub usability: Usability,
+    pub member: bool,
+    pub containers: u32,
+    pub cpu: f32,
+    /// Age of the sample the load comes from (None: snapshot count).
+    pub sample_age_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    pub mode: Mode,
+    pub members: Box<[Member]>,
+    pub vms: Box<[VmStatus]>,
+    pub active: u32,
+    pub usable: u32,
+    pub ejected: u32,
+    /// Round-robin position.
+    pub rr: AtomicU32,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct BalancerView {
+    pub table_version: u64,
+    pub health_generation: u64,
+    pub epoch: u64,
+    pub built_at_ms: u64,
+    /// Index = cluster index of the table.
+    pub clusters: Vec<ClusterView>,
+    /// Ejected VMs (id hash -> until, unix ms).
+    pub ejected: HashMap<u64, u64>,
+    /// Ledger marks of VMs whose load comes from the snapshot, with the
+    /// table version they were taken at.
+    snapshot_marks: HashMap<u64, (u64, u32)>,
+}
+
+impl BalancerView {
+    /// Earliest time an ejection ends (a rebuild is due then).
+    pub fn next_ejection_end(&self) -> Option<u64> {
+        self.ejected.values().copied().min()
+    }
+}
+
+/// Everything [`build`] reads.
+pub struct BuildInput<'a> {
+    pub table: &'a RoutingTable,
+    pub health: &'a HealthMap,
+    pub ledger: &'a PlacementLedger,
+    pub outliers: &'a Outliers,
+    pub params: &'a BalancerParams,
+    pub instance_hash: u64,
+    pub now_ms: u64,
+}
+
+fn cpu_fp(cpu: f32) -> u32 {
+    if cpu.is_finite() {
+        (cpu.clamp(0.0, 1.0) * CPU_ONE as f32) as u32
+    } else {
+        CPU_ONE
+    }
+}
+
+/// Builds the view; `prev` supplies hysteresis, ejections and marks.
+pub fn build(input: &BuildInput<'_>, prev: &BalancerView) -> BalancerView {
+    let BuildInput {
+        table: t,
+        health,
+        ledger,
+        outliers,
+        params: p,
+        instance_hash,
+        now_ms: now,
+    } = *input;
+    let epoch = subset::epoch(instance_hash, now, p.subset_refresh_ms);
+    let mut view = BalancerView {
+        table_version: t.version(),
+        health_generation: health.generation,
+        epoch,
+        built_at_ms: now,
+        clusters: Vec::new(),
+        ejected: prev.ejected.iter().filter(|(_, &until)| until > now).map(|(&k, &v)| (k, v)).collect(),
+        snapshot_marks: HashMap::new(),
+    };
+    if !t.is_loaded() {
+        return view;
+    }
+    let seed = subset::seed(instance_hash, epoch);
+    let local = t.local_region();
+    view.clusters.resize_with(t.cluster_slots(), ClusterView::default);
+    for (ci, cl) in t.clusters() {
+        if cl.region != local {
+            continue;
+        }
+        let cands = t.candidates(ci);
+        let active = cands.len();
+        let cap = ((p.max_ejected_share * active as f64).floor() as usize).max(1);
+        let mut ejected_here = cands.iter().filter(|c| view.ejected.contains_key(&c.id_hash)).count();
+        let mut members_all = Vec::with_capacity(active);
+        let mut statuses = Vec::with_capacity(active);
+        for c in cands {
+            let vm = t.vm(c.vm);
+            let h = health.vms.get(&c.id_hash);
+            let mut u = usability(vm.metrics_addr.is_some(), h, now, p.stale_after_ms);
+            if view.ejected.contains_key(&c.id_hash) {
+                u = Usability::Ejected;
+            } else if outliers.tripped(c.id_hash) && ejected_here < cap {
+                view.ejected.insert(c.id_hash, now + p.eject_ms);
+                outliers.reset(c.id_hash);
+                ejected_here += 1;
+                u = Usability::Ejected;
+            }
+            let (member, cpu, age) = match h.and_then(|h| h.sample) {
+                Some(s) => (
+                    Member {
+                        vm: c.vm,
+                        id_hash: c.id_hash,
+                        containers: s.reading.containers,
+                        cpu_fp: cpu_fp(s.reading.cpu),
+                        mark: s.ledger_mark,
+                    },
+                    s.reading.cpu,
+                    Some(now.saturating_sub(s.reading.sampled_at_ms)),
+                ),
+                None => {
+                    let mark = match prev.snapshot_marks.get(&c.id_hash) {
+                        Some(&(v, m)) if v == t.version() => m,
+                        _ => ledger.count(c.id_hash),
+                    };
+                    view.snapshot_marks.insert(c.id_hash, (t.version(), mark));
+                    (
+                        Member {
+                            vm: c.vm,
+                            id_hash: c.id_hash,
+                            containers: c.containers,
+                            cpu_fp: 0,
+                            mark,
+                        },
+                        0.0,
+                        None,
+                    )
+                }
+            };
+            members_all.push(member);
+            statuses.push(VmStatus {
+                vm: c.vm,
+                usability: u,
+                member: false,
+                containers: member.containers,
+                cpu,
+                sample_age_ms: age,
+            });
+        }
+        let usable: Vec<usize> = (0..active).filter(|&i| statuses[i].usability.is_usable()).collect();
+        let cv = &mut view.clusters[ci as usize];
+        cv.active = active as u32;
+        cv.usable = usable.len() as u32;
+        cv.ejected = ejected_here as u32;
+        let panic = usable.is_empty() || (usable.len() as f64) < p.panic_threshold * active as f64;
+        let chosen: Vec<usize> = if active == 0 {
+            cv.mode = Mode::Empty;
+            Vec::new()
+        } else if panic {
+            cv.mode = Mode::Panic;
+            (0..active).collect()
+        } else {
+            cv.mode = Mode::Normal;
+            let ids: Vec<u64> = usable.iter().map(|&i| members_all[i].id_hash).collect();
+            let previous: Vec<u64> = prev
+                .clusters
+                .get(ci as usize)
+                .filter(|pc| pc.mode == Mode::Normal)
+                .map(|pc| pc.members.iter().map(|m| m.id_hash).collect())
+                .unwrap_or_default();
+            subset::choose(&ids, &previous, p.subset_size, p.subset_hysteresis, seed)
+                .into_iter()
+                .map(|j| usable[j])
+                .collect()
+        };
+        for &i in &chosen {
+            statuses[i].member = true;
+        }
+        cv.members = chosen.iter().map(|&i| members_all[i]).collect();
+        cv.vms = statuses.into_boxed_slice();
+    }
+    view
+}

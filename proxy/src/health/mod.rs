@@ -1,0 +1,144 @@
+//! The health monitor: reads VM load off the hot path and keeps the
+//! balancer view fresh.
+//!
+//! Where it sits: [`spawn`] starts one thread with its own single-threaded
+//! tokio runtime running two loops:
+//! - every `scrape_interval`, one health round over this region's active
+//!   VMs that have a `metrics_addr` ([`scrape`] or [`prometheus_api`]),
+//!   merged into a new [`HealthMap`] (pure merge in
+//!   [`crate::balancer::health`]) and published whole;
+//! - every [`REFRESH_TICK`], [`Balancer::refresh`] rebuilds the balancer
+//!   view if the table, health, subset epoch or an outlier changed (so a
+//!   drained VM or a new table reaches the balancer within a tick).
+//!
+//! Invariants: nothing here runs on the request path; a failed round never
+//! erases the last good sample (the merge keeps it until `stale_after`);
+//! scrape errors are counted by reason. Start at [`spawn`].
+
+pub mod prometheus_api;
+pub mod scrape;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use edgeplane_config::{Config, HealthSource};
+use edgeplane_control_sync::snapshot::VmState;
+use edgeplane_control_sync::{RoutingTable, TableHandle};
+
+use crate::balancer::health::Outcome;
+use crate::balancer::{Balancer, HealthMap};
+use crate::metrics::Metrics;
+use crate::service::now_ms;
+
+/// How often the balancer view is checked for a rebuild.
+pub const REFRESH_TICK: Duration = Duration::from_millis(100);
+
+/// A VM to read health for.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id_hash: u64,
+    pub id: Box<str>,
+    pub metrics_addr: SocketAddr,
+}
+
+/// The monitored VMs of this edge's region: active, with a metrics address.
+pub fn targets(t: &RoutingTable) -> Vec<Target> {
+    if !t.is_loaded() {
+        return Vec::new();
+    }
+    let local = t.local_region();
+    t.vms()
+        .filter(|(_, v)| v.state == VmState::Active && t.cluster(v.cluster).region == local)
+        .filter_map(|(_, v)| {
+            v.metrics_addr.map(|m| Target {
+                id_hash: v.id_hash,
+                id: v.id.clone(),
+                metrics_addr: m,
+            })
+        })
+        .collect()
+}
+
+/// Shared state of the monitor: the published health map.
+pub type HealthHandle = Arc<ArcSwap<HealthMap>>;
+
+/// Starts the monitor thread. It stops when `stop` is set.
+pub fn spawn(
+    cfg: &Config,
+    table: TableHandle,
+    balancer: Arc<crate::route::RouteContext>,
+    health: HealthHandle,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let hc = cfg.health.clone();
+    std::thread::Builder::new()
+        .name("edgeplane-health".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("health runtime");
+            rt.block_on(async move {
+                let refresh = {
+                    let (table, health, ctx, metrics, stop) =
+                        (table.clone(), health.clone(), balancer.clone(), metrics.clone(), stop.clone());
+                    async move {
+                        let mut tick = tokio::time::interval(REFRESH_TICK);
+                        while !stop.load(Ordering::Relaxed) {
+                            tick.tick().await;
+                            let t = table.load_full();
+                            if ctx.balancer.refresh(&t, &health.load(), now_ms(), false) {
+                                metrics.set_balancer_view(&t, &ctx.balancer);
+                            }
+                        }
+                    }
+                };
+                let rounds = async move {
+                    let mut tick = tokio::time::interval(hc.scrape_interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        let t = table.load_full();
+                        let targets = targets(&t);
+                        let now = now_ms();
+                        let outcomes = match &hc.source {
+                            HealthSource::Scrape => {
+                                scrape::round(&targets, hc.scrape_timeout, hc.scrape_concurrency, now).await
+                            }
+                            HealthSource::Prometheus(url) => {
+                                prometheus_api::round(url, &targets, hc.scrape_timeout, now).await
+                            }
+                        };
+                        for (_, o) in &outcomes {
+                            if let Outcome::Err(reason) = o {
+                                metrics.scrape_errors.with_label_values(&[reason]).inc();
+                            }
+                        }
+                        metrics.scrape_rounds.inc();
+                        let next = health.load().next(
+                            targets.iter().map(|t| t.id_hash),
+                            outcomes,
+                            &balancer.balancer.ledger,
+                            now_ms(),
+                        );
+                        health.store(Arc::new(next));
+                        if balancer.balancer.refresh(&t, &health.load(), now_ms(), false) {
+                            metrics.set_balancer_view(&t, &balancer.balancer);
+                        }
+                    }
+                };
+                tokio::join!(refresh, rounds);
+            });
+        })
+        .expect("spawn health thread");
+}
+
+/// Forces one view rebuild now (start-up: before the first request).
+pub fn refresh_now(t: &RoutingTable, balancer: &Balancer, health: &HealthMap, metrics: &Metrics) {
+    balancer.refresh(t, health, now_ms(), true);
+    metrics.set_balancer_view(t, balancer);
+}
