@@ -9,7 +9,9 @@
 //!   4000), so tests can check that a close from either side crosses the edge.
 //! - The metrics listener serves `/metrics` (`conman_containers`,
 //!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`) and
-//!   takes `POST /control` with JSON `{"containers":N,"cpu":F,"ready":bool}`.
+//!   takes `POST /control` with JSON `{"containers":N,"cpu":F,"ready":bool,
+//!   "scrape":"ok"|"hang"|"garbage"|"error"}` (all fields optional; `scrape`
+//!   injects faults into `/metrics` only, the HTTP listener keeps serving).
 //!
 //! Both listeners may be given port 0; the bound addresses are printed as
 //! `fake-vm <id> listening http=<addr> metrics=<addr>`. Start at [`run`].
@@ -40,13 +42,29 @@ pub struct Reported {
     pub containers: u64,
     pub cpu: f64,
     pub ready: bool,
+    /// How `/metrics` answers: `ok`, `hang` (never), `garbage` (200 with a
+    /// body that is not the exposition format) or `error` (500).
+    pub scrape: ScrapeMode,
+}
+
+/// How the fake VM answers scrapes (fault injection for health tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScrapeMode {
+    #[default]
+    Ok,
+    Hang,
+    Garbage,
+    Error,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ControlBody {
     containers: Option<u64>,
     cpu: Option<f64>,
     ready: Option<bool>,
+    scrape: Option<ScrapeMode>,
 }
 
 struct State {
@@ -183,6 +201,14 @@ async fn metrics_app(state: Arc<State>, req: Request<Incoming>) -> Result<Respon
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => {
             let r = state.reported.lock().unwrap().clone();
+            match r.scrape {
+                ScrapeMode::Ok => {}
+                ScrapeMode::Hang => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
+                ScrapeMode::Garbage => return Ok(text(StatusCode::OK, "<html><body>upstream maintenance</body></html>\n")),
+                ScrapeMode::Error => return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "metrics broken\n")),
+            }
             let body = format!(
                 "# HELP conman_containers Containers running on this VM.\n# TYPE conman_containers gauge\n\
 conman_containers {}\n# HELP conman_cpu_utilization CPU utilisation, 0 to 1.\n# TYPE conman_cpu_utilization gauge\n\
@@ -219,6 +245,9 @@ fakevm_websockets_open {}\n",
             }
             if let Some(v) = c.ready {
                 r.ready = v;
+            }
+            if let Some(v) = c.scrape {
+                r.scrape = v;
             }
             Ok(Response::builder()
                 .header("content-type", "application/json")
@@ -259,6 +288,7 @@ pub async fn start(opts: FakeVmOptions) -> std::io::Result<(SocketAddr, SocketAd
     let state = Arc::new(State {
         id: opts.id,
         reported: Mutex::new(Reported {
+            scrape: ScrapeMode::Ok,
             containers: opts.containers,
             cpu: opts.cpu,
             ready: true,

@@ -1,5 +1,7 @@
 //! The admin listener (DESIGN §5): `/metrics`, `/healthz`, `/readyz`,
-//! `/debug/route`, `/debug/snapshot` and a small status page at `/`.
+//! `/debug/route`, `/debug/snapshot`, the balancer (`GET /balancer`: policy,
+//! per-cluster mode, subsets and VM health; `POST /balancer/policy?policy=P`:
+//! switch the policy at runtime) and a small status page at `/`.
 //!
 //! Where it sits: a second Pingora service in the same process, bound to
 //! `edge.admin_listen` (loopback by default). When an admin token is
@@ -61,7 +63,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 impl AdminApp {
-    pub fn handle(&self, path: &str, query: &str, authorization: Option<&str>) -> Response<Vec<u8>> {
+    pub fn handle(&self, method: &str, path: &str, query: &str, authorization: Option<&str>) -> Response<Vec<u8>> {
         let edge = &self.edge;
         if let Some(token) = &edge.cfg.security.admin_token {
             let open = matches!(path, "/healthz" | "/readyz");
@@ -93,6 +95,8 @@ impl AdminApp {
             }
             "/metrics" => {
                 edge.metrics.refresh_from(&edge.table, now);
+                edge.metrics
+                    .refresh_balancer(&edge.route.balancer, &edge.health.load(), now);
                 resp(StatusCode::OK, "text/plain; version=0.0.4", edge.metrics.render())
             }
             "/debug/route" => {
@@ -124,9 +128,101 @@ impl AdminApp {
                 });
                 resp(StatusCode::OK, "application/json", format!("{body}\n"))
             }
+            "/balancer" => resp(StatusCode::OK, "application/json", format!("{}\n", self.balancer_json(now))),
+            "/balancer/policy" => {
+                if method != "POST" && method != "PUT" {
+                    return resp(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "text/plain",
+                        "use POST /balancer/policy?policy=least-loaded|p2c|random|round-robin\n",
+                    );
+                }
+                let want = query_param(query, "policy").unwrap_or_default();
+                match crate::balancer::Policy::parse(&want) {
+                    Ok(p) => {
+                        let old = edge.route.balancer.policy();
+                        edge.route.balancer.set_policy(p);
+                        log::warn!("balancer policy switched from {} to {} via admin API", old.as_str(), p.as_str());
+                        resp(
+                            StatusCode::OK,
+                            "application/json",
+                            format!("{}\n", serde_json::json!({"policy": p.as_str(), "previous": old.as_str()})),
+                        )
+                    }
+                    Err(m) => resp(StatusCode::BAD_REQUEST, "text/plain", format!("policy: {m}\n")),
+                }
+            }
             "/" => resp(StatusCode::OK, "text/html; charset=utf-8", self.status_page(now)),
             _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
+    }
+
+    /// The balancer's state: what `/balancer` shows an operator.
+    fn balancer_json(&self, now: u64) -> serde_json::Value {
+        let e = &self.edge;
+        let b = &e.route.balancer;
+        let t = e.table.load_full();
+        let view = b.view();
+        let health = e.health.load();
+        let (picks, panic_picks, fallback_picks) = b.pick_counts();
+        let mut clusters = Vec::new();
+        if t.is_loaded() {
+            let local = t.local_region();
+            for (i, cl) in t.clusters().filter(|(_, c)| c.region == local) {
+                let Some(cv) = view.clusters.get(i as usize) else { continue };
+                let vms: Vec<serde_json::Value> = cv
+                    .vms
+                    .iter()
+                    .filter_map(|s| {
+                        let vm = t.get_vm(s.vm)?;
+                        let h = health.vms.get(&vm.id_hash);
+                        Some(serde_json::json!({
+                            "id": &*vm.id,
+                            "usability": s.usability.as_str(),
+                            "member": s.member,
+                            "containers": s.containers,
+                            "cpu": s.cpu,
+                            "placed_since_sample": cv.members.iter().find(|m| m.vm == s.vm)
+                                .map(|m| b.ledger.since(m.id_hash, m.mark)),
+                            "sample_age_ms": s.sample_age_ms,
+                            "scrape_errors_in_a_row": h.map(|h| h.consecutive_errors),
+                            "last_error": h.and_then(|h| h.last_error),
+                        }))
+                    })
+                    .collect();
+                clusters.push(serde_json::json!({
+                    "name": &*cl.name,
+                    "mode": cv.mode.as_str(),
+                    "active": cv.active,
+                    "usable": cv.usable,
+                    "ejected": cv.ejected,
+                    "subset": cv.members.iter().filter_map(|m| t.get_vm(m.vm).map(|v| &*v.id)).collect::<Vec<_>>(),
+                    "vms": vms,
+                }));
+            }
+        }
+        let p = &b.params;
+        serde_json::json!({
+            "policy": b.policy().as_str(),
+            "instance_id": e.cfg.edge.instance_id,
+            "health_source": match &e.cfg.health.source {
+                edgeplane_config::HealthSource::Scrape => "scrape".to_string(),
+                edgeplane_config::HealthSource::Prometheus(u) => format!("prometheus {u}"),
+            },
+            "subset_size": p.subset_size,
+            "subset_refresh_ms": p.subset_refresh_ms,
+            "panic_threshold": p.panic_threshold,
+            "stale_after_ms": p.stale_after_ms,
+            "epoch": view.epoch,
+            "view_age_ms": now.saturating_sub(view.built_at_ms),
+            "view_table_version": view.table_version,
+            "health_rounds": health.generation,
+            "picks": crate::balancer::Policy::ALL.iter().map(|p| (p.as_str().to_string(), picks[p.index()].into()))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+            "panic_picks": panic_picks,
+            "fallback_picks": fallback_picks,
+            "clusters": clusters,
+        })
     }
 
     fn status_page(&self, now: u64) -> String {
@@ -191,6 +287,7 @@ fn html_escape(s: &str) -> String {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let method = req.method.as_str().to_string();
         let path = req.uri.path().to_string();
         let query = req.uri.query().unwrap_or("").to_string();
         let auth = req
@@ -198,7 +295,7 @@ impl ServeHttp for AdminApp {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        self.handle(&path, &query, auth.as_deref())
+        self.handle(&method, &path, &query, auth.as_deref())
     }
 }
 

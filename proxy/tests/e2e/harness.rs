@@ -99,6 +99,15 @@ impl FakeVm {
         }
     }
 
+    /// Changes what the VM reports (`POST /control`).
+    pub async fn control(&self, body: serde_json::Value) {
+        let b = serde_json::to_vec(&body).unwrap();
+        let r = try_request(self.metrics, "POST", "vm", "/control", &[("content-type", "application/json")], &b)
+            .await
+            .expect("control request");
+        assert_eq!(r.status, 200, "{}", r.body_str());
+    }
+
     /// `fakevm_requests_total` as the VM reports it.
     pub async fn requests(&self) -> u64 {
         let r = get(self.metrics, "vm", "/metrics", &[]).await;
@@ -116,7 +125,8 @@ pub struct Edge {
 
 impl Edge {
     /// Starts an edge of `region` serving `snapshot` (JSON), with extra TOML
-    /// lines appended to its `[limits]` section.
+    /// lines appended to its `[limits]` section (they may open further
+    /// sections such as `[health]` and `[balancer]`).
     pub async fn start(region: &str, snapshot: &serde_json::Value, limits: &str) -> Edge {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -190,6 +200,24 @@ grace_period_ms = 0\n\n[placement]\n{placement}\n\n[limits]\n{limits}\n\n\
 
     pub fn snapshot_path(&self) -> PathBuf {
         self.dir.path().join("snapshot.json")
+    }
+
+    /// `GET /balancer` on the admin listener.
+    pub async fn balancer(&self) -> serde_json::Value {
+        get(self.admin, "admin", "/balancer", &[]).await.json()
+    }
+
+    /// Polls `/balancer` until `f` holds or 15 s pass.
+    pub async fn wait_balancer(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.balancer().await;
+            if f(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "balancer never reached: {what}\n{v:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn metrics(&self) -> String {
