@@ -5,5 +5,6 @@
 //! Start at [`fake_vm`]; the criterion benches live under `benches/`.
 
 pub mod fake_vm;
+pub mod sim;
 pub mod sync_bench;
 pub mod world;

@@ -66,6 +66,29 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Simulate a day of repl starts placed by the edge's own balancer under
+    /// each policy, pure random and a cloud-LB model; print the table and
+    /// write bench/results/sim.{md,json} and SVG histograms.
+    Sim {
+        #[arg(long, default_value_t = 1_000_000)]
+        starts: usize,
+        #[arg(long, default_value_t = 12)]
+        edges: usize,
+        #[arg(long, default_value_t = 10)]
+        clusters: usize,
+        #[arg(long, default_value_t = 100)]
+        vms_per_cluster: usize,
+        #[arg(long, default_value_t = 5)]
+        scrape_delay_s: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Only scenarios whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Where results go (default bench/results); `-` writes nothing.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Write a synthetic placement snapshot (JSON) for load runs.
     World {
         #[arg(long, default_value_t = 1_000_000)]
@@ -146,6 +169,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 edgeplane_bench::sync_bench::run(opts, vm_addr).await
             })?;
+        }
+        Cmd::Sim {
+            starts,
+            edges,
+            clusters,
+            vms_per_cluster,
+            scrape_delay_s,
+            seed,
+            only,
+            out,
+        } => {
+            use edgeplane_bench::sim;
+            let o = sim::SimOptions {
+                starts,
+                edges,
+                clusters,
+                vms_per_cluster,
+                scrape_delay_s,
+                seed,
+                ..Default::default()
+            };
+            let scenarios: Vec<_> = sim::default_scenarios()
+                .into_iter()
+                .filter(|s| only.as_deref().is_none_or(|f| s.name.contains(f)))
+                .collect();
+            let out = match out {
+                Some(p) if p.as_os_str() == "-" => None,
+                Some(p) => Some(p),
+                None => Some(edgeplane_bench::sync_bench::default_out_dir()),
+            };
+            let command: Vec<String> = std::env::args().skip(1).collect();
+            sim::report::run_all(&o, &scenarios, out.as_deref(), &format!("edgeplane-bench {}", command.join(" ")))?;
         }
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {

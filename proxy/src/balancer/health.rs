@@ -16,8 +16,10 @@
 //!   alone, with the snapshot's container count as its load.
 //! - A monitored VM never sampled yet is *pending*: usable until it has
 //!   been watched for `stale_after` without one good sample.
-//! - Each sample carries the ledger mark taken when it was merged, so the
-//!   load the balancer uses is "sample + this edge's placements since".
+//! - Each sample carries the ledger mark of the moment it was taken (the
+//!   newest round at or before its timestamp), so the load the balancer
+//!   uses is "sample + this edge's placements since the sample", even when
+//!   the sample reaches the edge late.
 
 use hashbrown::HashMap;
 
@@ -59,7 +61,15 @@ pub struct VmHealth {
     /// Failed rounds since the last good one.
     pub consecutive_errors: u32,
     pub last_error: Option<&'static str>,
+    /// Ledger marks taken at the last rounds (time, count), newest last:
+    /// a sample taken before this round (Prometheus, a slow scrape) gets
+    /// the mark of its own time, so placements made since it was taken
+    /// still count as load.
+    pub recent_marks: [(u64, u32); MARKS_KEPT],
 }
+
+/// Rounds of ledger marks remembered per VM.
+pub const MARKS_KEPT: usize = 4;
 
 /// Health of every monitored VM, keyed by VM id hash. Immutable once
 /// published; each round makes a new one.
@@ -141,12 +151,15 @@ impl HealthMap {
         let mut vms: HashMap<u64, VmHealth> = watched
             .into_iter()
             .map(|vm| {
-                let h = self.vms.get(&vm).cloned().unwrap_or(VmHealth {
+                let mut h = self.vms.get(&vm).cloned().unwrap_or(VmHealth {
                     sample: None,
                     watched_since_ms: now_ms,
                     consecutive_errors: 0,
                     last_error: None,
+                    recent_marks: [(now_ms, ledger.count(vm)); MARKS_KEPT],
                 });
+                h.recent_marks.rotate_left(1);
+                h.recent_marks[MARKS_KEPT - 1] = (now_ms, ledger.count(vm));
                 (vm, h)
             })
             .collect();
@@ -154,10 +167,16 @@ impl HealthMap {
             let Some(h) = vms.get_mut(&vm) else { continue };
             match outcome {
                 Outcome::Ok(reading) => {
-                    h.sample = Some(Sample {
-                        reading,
-                        ledger_mark: ledger.count(vm),
-                    });
+                    // The newest mark not after the sample; the oldest kept
+                    // one when the sample is older than all of them.
+                    let ledger_mark = h
+                        .recent_marks
+                        .iter()
+                        .rev()
+                        .find(|(at, _)| *at <= reading.sampled_at_ms)
+                        .unwrap_or(&h.recent_marks[0])
+                        .1;
+                    h.sample = Some(Sample { reading, ledger_mark });
                     h.consecutive_errors = 0;
                     h.last_error = None;
                 }
@@ -243,5 +262,26 @@ mod tests {
         let h = HealthMap::default().next([9], [(9, Outcome::Ok(r))], &ledger, 10);
         assert_eq!(usability(true, h.vms.get(&9), 10, 100), Usability::NotReady);
         assert_eq!(h.vms[&9].sample.unwrap().ledger_mark, 1);
+    }
+
+    #[test]
+    fn a_late_sample_gets_the_mark_of_its_own_time() {
+        let ledger = PlacementLedger::new();
+        let h1 = HealthMap::default().next([9], [], &ledger, 1000);
+        ledger.record(9);
+        let h2 = h1.next([9], [], &ledger, 2000);
+        ledger.record(9);
+        ledger.record(9);
+        // Taken at 1500 (after the round at 1000), merged at 3000.
+        let r = Reading {
+            containers: 3,
+            cpu: 0.1,
+            ready: true,
+            sampled_at_ms: 1500,
+        };
+        let h3 = h2.next([9], [(9, Outcome::Ok(r))], &ledger, 3000);
+        let mark = h3.vms[&9].sample.unwrap().ledger_mark;
+        assert_eq!(mark, 0, "the round at 1000 is the newest before 1500");
+        assert_eq!(ledger.since(9, mark), 3, "placements since the sample count as load");
     }
 }
