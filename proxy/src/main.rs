@@ -128,6 +128,18 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 cfg.hosting.suffixes, cfg.hosting.workspace_path_prefix
             );
             println!("  placement: {:?}", cfg.placement.source);
+            let (b, h) = (&cfg.balancer, &cfg.health);
+            println!(
+                "  balancer: {} over subsets of {} (rotating every {:?}), panic below {:.0} % usable",
+                b.policy.as_str(),
+                b.subset_size,
+                b.subset_refresh,
+                b.panic_threshold * 100.0
+            );
+            println!(
+                "  health: {:?} every {:?} (timeout {:?}, stale after {:?})",
+                h.source, h.scrape_interval, h.scrape_timeout, h.stale_after
+            );
             println!(
                 "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones",
                 c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones
