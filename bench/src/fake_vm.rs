@@ -206,7 +206,9 @@ async fn metrics_app(state: Arc<State>, req: Request<Incoming>) -> Result<Respon
                 ScrapeMode::Hang => {
                     tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                 }
-                ScrapeMode::Garbage => return Ok(text(StatusCode::OK, "<html><body>upstream maintenance</body></html>\n")),
+                ScrapeMode::Garbage => {
+                    return Ok(text(StatusCode::OK, "<html><body>upstream maintenance</body></html>\n"))
+                }
                 ScrapeMode::Error => return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "metrics broken\n")),
             }
             let body = format!(

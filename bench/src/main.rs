@@ -200,7 +200,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Some(edgeplane_bench::sync_bench::default_out_dir()),
             };
             let command: Vec<String> = std::env::args().skip(1).collect();
-            sim::report::run_all(&o, &scenarios, out.as_deref(), &format!("edgeplane-bench {}", command.join(" ")))?;
+            sim::report::run_all(
+                &o,
+                &scenarios,
+                out.as_deref(),
+                &format!("edgeplane-bench {}", command.join(" ")),
+            )?;
         }
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {

@@ -215,7 +215,11 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         panic_threshold: share("balancer.panic_threshold", b.panic_threshold, DEFAULT_PANIC_THRESHOLD)?,
         eject_after_failures: b.eject_after_failures.unwrap_or(DEFAULT_EJECT_AFTER_FAILURES),
         eject: ms(b.eject_ms, DEFAULT_EJECT),
-        max_ejected_share: share("balancer.max_ejected_share", b.max_ejected_share, DEFAULT_MAX_EJECTED_SHARE)?,
+        max_ejected_share: share(
+            "balancer.max_ejected_share",
+            b.max_ejected_share,
+            DEFAULT_MAX_EJECTED_SHARE,
+        )?,
     };
     if !(1..=4096).contains(&balancer.subset_size) {
         return Err(loc.err("balancer.subset_size", "must be between 1 and 4096"));
@@ -486,8 +490,13 @@ mod tests {
             "{MINIMAL}[health]\nsource = \"prometheus\"\nprometheus_url = \"http://127.0.0.1:9090/\"\n"
         ));
         let c = crate::load(&path).unwrap();
-        assert_eq!(c.health.source, HealthSource::Prometheus("http://127.0.0.1:9090".into()));
-        let (_d, path) = setup(&format!("{MINIMAL}[health]\nscrape_interval_ms = 1000\nstale_after_ms = 500\n"));
+        assert_eq!(
+            c.health.source,
+            HealthSource::Prometheus("http://127.0.0.1:9090".into())
+        );
+        let (_d, path) = setup(&format!(
+            "{MINIMAL}[health]\nscrape_interval_ms = 1000\nstale_after_ms = 500\n"
+        ));
         let e = crate::load(&path).unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("health.stale_after_ms", 11), "{e}");
         let (_d, path) = setup(&format!("{MINIMAL}[balancer]\npanic_threshold = 1.5\n"));

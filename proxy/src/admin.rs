@@ -128,7 +128,11 @@ impl AdminApp {
                 });
                 resp(StatusCode::OK, "application/json", format!("{body}\n"))
             }
-            "/balancer" => resp(StatusCode::OK, "application/json", format!("{}\n", self.balancer_json(now))),
+            "/balancer" => resp(
+                StatusCode::OK,
+                "application/json",
+                format!("{}\n", self.balancer_json(now)),
+            ),
             "/balancer/policy" => {
                 if method != "POST" && method != "PUT" {
                     return resp(
@@ -142,11 +146,18 @@ impl AdminApp {
                     Ok(p) => {
                         let old = edge.route.balancer.policy();
                         edge.route.balancer.set_policy(p);
-                        log::warn!("balancer policy switched from {} to {} via admin API", old.as_str(), p.as_str());
+                        log::warn!(
+                            "balancer policy switched from {} to {} via admin API",
+                            old.as_str(),
+                            p.as_str()
+                        );
                         resp(
                             StatusCode::OK,
                             "application/json",
-                            format!("{}\n", serde_json::json!({"policy": p.as_str(), "previous": old.as_str()})),
+                            format!(
+                                "{}\n",
+                                serde_json::json!({"policy": p.as_str(), "previous": old.as_str()})
+                            ),
                         )
                     }
                     Err(m) => resp(StatusCode::BAD_REQUEST, "text/plain", format!("policy: {m}\n")),
@@ -169,7 +180,9 @@ impl AdminApp {
         if t.is_loaded() {
             let local = t.local_region();
             for (i, cl) in t.clusters().filter(|(_, c)| c.region == local) {
-                let Some(cv) = view.clusters.get(i as usize) else { continue };
+                let Some(cv) = view.clusters.get(i as usize) else {
+                    continue;
+                };
                 let vms: Vec<serde_json::Value> = cv
                     .vms
                     .iter()

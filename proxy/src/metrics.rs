@@ -6,7 +6,8 @@
 //! ([`Metrics::refresh_from`]). Start at [`Metrics::new`].
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use edgeplane_control_sync::{RoutingTable, SyncErrorKind, TableHandle};
@@ -141,7 +142,10 @@ impl Metrics {
             "cluster",
         );
         let balancer_picks = IntCounterVec::new(
-            Opts::new("edgeplane_balancer_picks_total", "VMs picked for repls that were not running"),
+            Opts::new(
+                "edgeplane_balancer_picks_total",
+                "VMs picked for repls that were not running",
+            ),
             &["policy"],
         )
         .unwrap();
@@ -242,7 +246,9 @@ impl Metrics {
         self.balancer_ejected.reset();
         let local = t.local_region();
         for (i, cl) in t.clusters().filter(|(_, c)| c.region == local) {
-            let Some(cv) = view.clusters.get(i as usize) else { continue };
+            let Some(cv) = view.clusters.get(i as usize) else {
+                continue;
+            };
             let name: &str = &cl.name;
             self.vm_usable.with_label_values(&[name]).set(cv.usable as i64);
             self.balancer_panic

@@ -90,7 +90,11 @@ impl Default for SimOptions {
 pub enum Placement {
     /// The edge's balancer: ring -> cluster, then `policy` over a subset of
     /// `subset` VMs refreshed every `refresh_s`.
-    Edge { policy: Policy, subset: usize, refresh_s: u64 },
+    Edge {
+        policy: Policy,
+        subset: usize,
+        refresh_s: u64,
+    },
     /// A cloud load balancer: fill clusters in a fixed preference order up
     /// to their provisioned rate, spill over to the next; round-robin
     /// inside. It knows nothing about apps, containers or CPU.
@@ -293,7 +297,10 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
         }
         if t == end_of_surge {
             let live: Vec<u32> = vms.iter().map(|&(i, _)| containers[i as usize]).collect();
-            let util: Vec<f64> = vms.iter().map(|&(i, _)| cpu_mc[i as usize] / o.vm_capacity_mc).collect();
+            let util: Vec<f64> = vms
+                .iter()
+                .map(|&(i, _)| cpu_mc[i as usize] / o.vm_capacity_mc)
+                .collect();
             at_surge_end = Some((live, util));
         }
         if t % 600 == 0 {
@@ -311,9 +318,13 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
             let cost = o.cost_min_mc * (rng.unit() * cost_span).exp();
             let vm = match sc.placement {
                 Placement::Edge { .. } => {
-                    let Some(cluster) = table.ring(local).lookup_hash(repl_hash) else { continue };
+                    let Some(cluster) = table.ring(local).lookup_hash(repl_hash) else {
+                        continue;
+                    };
                     let b = &balancers[edge];
-                    let Some(c) = b.choose(&table, cluster, entropy) else { continue };
+                    let Some(c) = b.choose(&table, cluster, entropy) else {
+                        continue;
+                    };
                     b.record(&c);
                     c.vm
                 }

@@ -239,7 +239,11 @@ pub fn run_all(
     println!("{table}");
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)?;
-        let cmax = rows.iter().map(|r| r.containers.max).fold(1.0, f64::max).min(rows[0].containers.p50 * 4.0);
+        let cmax = rows
+            .iter()
+            .map(|r| r.containers.max)
+            .fold(1.0, f64::max)
+            .min(rows[0].containers.p50 * 4.0);
         std::fs::write(
             dir.join("sim_cpu.svg"),
             histograms_svg(

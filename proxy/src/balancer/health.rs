@@ -235,7 +235,12 @@ mod tests {
             Usability::Pending,
             "never sampled, watched briefly"
         );
-        let h2 = h1.next([1, 2], [(1, Outcome::Err("parse")), (2, Outcome::Err("connect"))], &ledger, 3500);
+        let h2 = h1.next(
+            [1, 2],
+            [(1, Outcome::Err("parse")), (2, Outcome::Err("connect"))],
+            &ledger,
+            3500,
+        );
         let v1 = &h2.vms[&1];
         assert_eq!(v1.sample.unwrap().reading.containers, 10, "last sample kept");
         assert_eq!((v1.consecutive_errors, v1.last_error), (1, Some("parse")));

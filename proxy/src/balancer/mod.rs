@@ -182,8 +182,9 @@ impl Balancer {
         let view = self.view.load();
         let policy = self.policy();
         let valid = |m: &Member| {
-            t.get_vm(m.vm)
-                .is_some_and(|v| v.present && v.state == VmState::Active && v.cluster == cluster && v.id_hash == m.id_hash)
+            t.get_vm(m.vm).is_some_and(|v| {
+                v.present && v.state == VmState::Active && v.cluster == cluster && v.id_hash == m.id_hash
+            })
         };
         if let Some(cv) = view.clusters.get(cluster as usize) {
             let choice = |m: &Member, policy| Choice {

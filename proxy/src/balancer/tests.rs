@@ -68,11 +68,20 @@ fn chosen_id(t: &RoutingTable, c: &Choice) -> String {
 fn least_loaded_takes_the_emptiest_member_and_the_ledger_spreads() {
     let t = table(4, &[], 1);
     let b = Balancer::new(params(16), "edge-a", Policy::LeastLoaded);
-    let h = round(&t, &HealthMap::default(), &b, &[Some(10), Some(3), Some(7), Some(9)], 1000);
+    let h = round(
+        &t,
+        &HealthMap::default(),
+        &b,
+        &[Some(10), Some(3), Some(7), Some(9)],
+        1000,
+    );
     assert!(b.refresh(&t, &h, 1000, false));
     assert!(!b.refresh(&t, &h, 1001, false), "nothing changed");
     let c = b.choose(&t, 0, 1).unwrap();
-    assert_eq!((chosen_id(&t, &c).as_str(), c.mode, c.members), ("vm-1", Mode::Normal, 4));
+    assert_eq!(
+        (chosen_id(&t, &c).as_str(), c.mode, c.members),
+        ("vm-1", Mode::Normal, 4)
+    );
     // Record 4 placements on vm-1: 3 + 4 = 7 ties vm-2, then vm-2 and vm-1 alternate.
     for _ in 0..4 {
         b.record(&b.choose(&t, 0, 1).unwrap());
@@ -118,7 +127,13 @@ fn subset_limits_members_and_picks_stay_inside() {
 fn stale_not_ready_and_draining_vms_get_no_new_repls() {
     let t = table(6, &[5], 1);
     let b = Balancer::new(params(16), "edge-a", Policy::LeastLoaded);
-    let h1 = round(&t, &HealthMap::default(), &b, &[Some(0), Some(9), Some(9), Some(9), Some(9), Some(0)], 1000);
+    let h1 = round(
+        &t,
+        &HealthMap::default(),
+        &b,
+        &[Some(0), Some(9), Some(9), Some(9), Some(9), Some(0)],
+        1000,
+    );
     b.refresh(&t, &h1, 1000, false);
     assert_eq!(chosen_id(&t, &b.choose(&t, 0, 1).unwrap()), "vm-0");
     // vm-0 stops answering: kept until stale_after, then out.
@@ -129,7 +144,11 @@ fn stale_not_ready_and_draining_vms_get_no_new_repls() {
     b.refresh(&t, &h3, 4500, false);
     let view = b.view();
     let cv = &view.clusters[0];
-    assert_eq!((cv.active, cv.usable, cv.mode), (5, 4, Mode::Normal), "draining vm-5 is not active");
+    assert_eq!(
+        (cv.active, cv.usable, cv.mode),
+        (5, 4, Mode::Normal),
+        "draining vm-5 is not active"
+    );
     let vm0 = cv.vms.iter().find(|s| t.vm(s.vm).id.as_ref() == "vm-0").unwrap();
     assert_eq!((vm0.usability, vm0.member), (Usability::Stale, false));
     for e in 0..50 {
@@ -161,7 +180,13 @@ fn every_scrape_failing_is_panic_mode_not_an_outage() {
 fn connect_failures_eject_a_vm_capped_per_cluster() {
     let t = table(8, &[], 1);
     let b = Balancer::new(params(16), "edge-a", Policy::LeastLoaded);
-    let h = round(&t, &HealthMap::default(), &b, &[Some(0), Some(0), Some(5), Some(5), Some(5), Some(5), Some(5), Some(5)], 1000);
+    let h = round(
+        &t,
+        &HealthMap::default(),
+        &b,
+        &[Some(0), Some(0), Some(5), Some(5), Some(5), Some(5), Some(5), Some(5)],
+        1000,
+    );
     b.refresh(&t, &h, 1000, false);
     for vm in ["vm-0", "vm-1"] {
         for _ in 0..3 {
@@ -190,7 +215,13 @@ fn connect_failures_eject_a_vm_capped_per_cluster() {
     b.refresh(&t, &h, 1200, false);
     assert_eq!(b.view().clusters[0].ejected, 2);
     // The ejection ends after eject_ms.
-    let h2 = round(&t, &h, &b, &[Some(0), Some(0), Some(5), Some(5), Some(5), Some(5), Some(5), Some(5)], 11_200);
+    let h2 = round(
+        &t,
+        &h,
+        &b,
+        &[Some(0), Some(0), Some(5), Some(5), Some(5), Some(5), Some(5), Some(5)],
+        11_200,
+    );
     b.refresh(&t, &h2, 11_200, false);
     let view = b.view();
     assert!(view.clusters[0].ejected <= 1, "vm-0/1 are back, vm-2 may take a slot");

@@ -162,7 +162,12 @@ pub fn build(input: &BuildInput<'_>, prev: &BalancerView) -> BalancerView {
         epoch,
         built_at_ms: now,
         clusters: Vec::new(),
-        ejected: prev.ejected.iter().filter(|(_, &until)| until > now).map(|(&k, &v)| (k, v)).collect(),
+        ejected: prev
+            .ejected
+            .iter()
+            .filter(|(_, &until)| until > now)
+            .map(|(&k, &v)| (k, v))
+            .collect(),
         snapshot_marks: HashMap::new(),
     };
     if !t.is_loaded() {

@@ -84,8 +84,13 @@ pub fn spawn(
                 .expect("health runtime");
             rt.block_on(async move {
                 let refresh = {
-                    let (table, health, ctx, metrics, stop) =
-                        (table.clone(), health.clone(), balancer.clone(), metrics.clone(), stop.clone());
+                    let (table, health, ctx, metrics, stop) = (
+                        table.clone(),
+                        health.clone(),
+                        balancer.clone(),
+                        metrics.clone(),
+                        stop.clone(),
+                    );
                     async move {
                         let mut tick = tokio::time::interval(REFRESH_TICK);
                         while !stop.load(Ordering::Relaxed) {

@@ -182,7 +182,9 @@ mod tests {
         assert!(matches!(out[1].1, Outcome::Ok(Reading { containers: 4, .. })));
         assert_eq!(out[2].1, Outcome::Err("absent"));
         let bad = serde_json::json!({"status": "error", "error": "boom"});
-        assert!(map_answer(&bad, &targets, 0).iter().all(|(_, o)| *o == Outcome::Err("status")));
+        assert!(map_answer(&bad, &targets, 0)
+            .iter()
+            .all(|(_, o)| *o == Outcome::Err("status")));
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub fn parse_exposition(text: &str, now_ms: u64) -> Result<Reading, &'static str
 
 /// Checks the three values and builds a reading.
 pub fn reading(containers: f64, cpu: f64, ready: f64, sampled_at_ms: u64) -> Result<Reading, &'static str> {
-    if !(containers.is_finite() && cpu.is_finite() && ready.is_finite()) || containers < 0.0 || containers > 1e7 {
+    let sane = cpu.is_finite() && ready.is_finite() && (0.0..=1e7).contains(&containers);
+    if !sane {
         return Err("invalid");
     }
     Ok(Reading {

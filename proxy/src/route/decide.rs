@@ -5,10 +5,10 @@ use edgeplane_control_sync::table::{Idx, Repl, RoutingTable};
 
 use super::host::{canonical_host, slug_of};
 use super::pick_memory::vm_fingerprint;
-use crate::balancer::view::CPU_ONE;
-use crate::balancer::Mode;
 use super::signing::{verify_token, TokenError};
 use super::*;
+use crate::balancer::view::CPU_ONE;
+use crate::balancer::Mode;
 
 /// Decides where one request goes. Pure: same inputs, same answer (apart
 /// from the pick memory and balancer counters in `ctx`, which it updates).
@@ -272,13 +272,20 @@ fn pick_vm<E: Explain>(
     let describe = |verb: &str| {
         let vm = t.vm(best);
         let how = match choice.mode {
-            Mode::Normal => format!("{} over this edge's subset of {}", choice.policy.as_str(), choice.members),
+            Mode::Normal => format!(
+                "{} over this edge's subset of {}",
+                choice.policy.as_str(),
+                choice.members
+            ),
             Mode::Panic => format!(
                 "{} over all {} active VMs (panic: too few usable)",
                 choice.policy.as_str(),
                 choice.members
             ),
-            Mode::Empty => format!("least containers in the snapshot over {} active VMs (no balancer view yet)", choice.members),
+            Mode::Empty => format!(
+                "least containers in the snapshot over {} active VMs (no balancer view yet)",
+                choice.members
+            ),
         };
         format!(
             "{verb} vm {:?} ({}) by {how}; load {:.2}",

@@ -53,7 +53,11 @@ impl Cluster {
     async fn start(n: usize, extra: &str) -> Cluster {
         let vms: Vec<FakeVm> = (1..=n).map(|i| FakeVm::start(&format!("vm-{i}"))).collect();
         let ids: Vec<String> = (1..=n).map(|i| format!("vm-{i}")).collect();
-        let rows: Vec<_> = vms.iter().zip(&ids).map(|(v, id)| (id.as_str(), v.http, v.metrics)).collect();
+        let rows: Vec<_> = vms
+            .iter()
+            .zip(&ids)
+            .map(|(v, id)| (id.as_str(), v.http, v.metrics))
+            .collect();
         let edge = Edge::start("us-east1", &cluster_world(&rows, &[]), extra).await;
         Cluster { vms, edge, next_app: 0 }
     }
@@ -65,17 +69,22 @@ impl Cluster {
     /// Sets every VM's reported containers (and scrape mode "ok").
     async fn report(&self, containers: &[u64]) {
         for (vm, c) in self.vms.iter().zip(containers) {
-            vm.control(json!({"containers": c, "cpu": 0.0, "ready": true, "scrape": "ok"})).await;
+            vm.control(json!({"containers": c, "cpu": 0.0, "ready": true, "scrape": "ok"}))
+                .await;
         }
     }
 
     /// Waits until the edge's view shows `containers` for every VM.
     async fn wait_reported(&self, containers: &[u64]) {
-        let want: Vec<(String, u64)> =
-            containers.iter().enumerate().map(|(i, &c)| (format!("vm-{}", i + 1), c)).collect();
+        let want: Vec<(String, u64)> = containers
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (format!("vm-{}", i + 1), c))
+            .collect();
         self.edge
             .wait_balancer("samples arrive", |b| {
-                want.iter().all(|(id, c)| vm_field(b, id, "containers") == Some(json!(c)))
+                want.iter()
+                    .all(|(id, c)| vm_field(b, id, "containers") == Some(json!(c)))
             })
             .await;
     }
@@ -102,14 +111,22 @@ fn vm_field(b: &serde_json::Value, id: &str, field: &str) -> Option<serde_json::
 #[tokio::test]
 async fn new_repls_go_to_the_least_loaded_vm_of_the_subset() {
     let mut c = Cluster::start(4, &health(5000, "subset_size = 3")).await;
-    let b = c.edge.wait_balancer("a view", |b| b["clusters"][0]["subset"].as_array().map(Vec::len) == Some(3)).await;
+    let b = c
+        .edge
+        .wait_balancer("a view", |b| {
+            b["clusters"][0]["subset"].as_array().map(Vec::len) == Some(3)
+        })
+        .await;
     let subset: Vec<String> = b["clusters"][0]["subset"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let outsider = (1..=4).map(|i| format!("vm-{i}")).find(|v| !subset.contains(v)).unwrap();
+    let outsider = (1..=4)
+        .map(|i| format!("vm-{i}"))
+        .find(|v| !subset.contains(v))
+        .unwrap();
     // The VM outside the subset is the emptiest of all: it must still get nothing.
     let mut load = [0u64; 4];
     let idx = |id: &str| id.trim_start_matches("vm-").parse::<usize>().unwrap() - 1;
@@ -129,8 +146,14 @@ async fn new_repls_go_to_the_least_loaded_vm_of_the_subset() {
     assert_eq!(c.new_repl().await, subset[0]);
     let m = c.edge.metrics().await;
     assert_eq!(metric_with(&m, "edgeplane_vm_usable", &["use1-a"]), Some(4.0), "{m}");
-    assert_eq!(metric_with(&m, "edgeplane_balancer_picks_total", &["least-loaded"]), Some(6.0));
-    assert_eq!(metric_with(&m, "edgeplane_balancer_policy", &["least-loaded"]), Some(1.0));
+    assert_eq!(
+        metric_with(&m, "edgeplane_balancer_picks_total", &["least-loaded"]),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric_with(&m, "edgeplane_balancer_policy", &["least-loaded"]),
+        Some(1.0)
+    );
     // The running app was never balanced: it stays on its VM.
     assert_eq!(c.edge.get("app1.repl.co", "/", &[]).await.served_by(), Some("vm-1"));
 }
@@ -148,14 +171,21 @@ async fn a_vm_that_stops_answering_scrapes_gets_no_new_repls_but_keeps_its_runni
     let t0 = Instant::now();
     // The last sample is kept until stale_after: vm-1 is still the pick.
     assert_eq!(c.new_repl().await, "vm-1");
-    assert!(t0.elapsed() < Duration::from_millis(1200), "too slow to test the grace period");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1200),
+        "too slow to test the grace period"
+    );
     let b = c
         .edge
         .wait_balancer("vm-1 and vm-3 stale", |b| {
-            vm_field(b, "vm-1", "usability") == Some(json!("stale")) && vm_field(b, "vm-3", "usability") == Some(json!("stale"))
+            vm_field(b, "vm-1", "usability") == Some(json!("stale"))
+                && vm_field(b, "vm-3", "usability") == Some(json!("stale"))
         })
         .await;
-    assert!(t0.elapsed() >= Duration::from_millis(1400), "stale before stale_after: {b:#}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "stale before stale_after: {b:#}"
+    );
     assert_eq!(vm_field(&b, "vm-1", "last_error"), Some(json!("timeout")));
     assert_eq!(vm_field(&b, "vm-3", "last_error"), Some(json!("missing")));
     for _ in 0..5 {
@@ -173,7 +203,9 @@ async fn a_vm_that_stops_answering_scrapes_gets_no_new_repls_but_keeps_its_runni
     // Scrapes answer again: vm-1 (emptiest) is back.
     c.report(&[0, 10, 20, 30]).await;
     c.edge
-        .wait_balancer("vm-1 usable", |b| vm_field(b, "vm-1", "usability") == Some(json!("usable")))
+        .wait_balancer("vm-1 usable", |b| {
+            vm_field(b, "vm-1", "usability") == Some(json!("usable"))
+        })
         .await;
     assert_eq!(c.new_repl().await, "vm-1");
 }
@@ -218,7 +250,10 @@ async fn when_every_scrape_fails_the_edge_still_places_repls() {
     for vm in &c.vms {
         vm.control(json!({"scrape": "error"})).await;
     }
-    let b = c.edge.wait_balancer("panic mode", |b| b["clusters"][0]["mode"] == "panic").await;
+    let b = c
+        .edge
+        .wait_balancer("panic mode", |b| b["clusters"][0]["mode"] == "panic")
+        .await;
     assert_eq!(b["clusters"][0]["usable"], 0);
     let mut served = std::collections::HashSet::new();
     for _ in 0..12 {
@@ -226,7 +261,11 @@ async fn when_every_scrape_fails_the_edge_still_places_repls() {
     }
     assert!(served.len() >= 2, "panic mode spreads: {served:?}");
     let m = c.edge.metrics().await;
-    assert_eq!(metric_with(&m, "edgeplane_balancer_panic", &["use1-a"]), Some(1.0), "{m}");
+    assert_eq!(
+        metric_with(&m, "edgeplane_balancer_panic", &["use1-a"]),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(metric_with(&m, "edgeplane_vm_usable", &["use1-a"]), Some(0.0));
     assert_eq!(metric_with(&m, "edgeplane_balancer_panic_picks_total", &[]), Some(12.0));
     assert!(metric_with(&m, "edgeplane_health_scrape_errors_total", &["status"]).unwrap() >= 3.0);
@@ -240,14 +279,28 @@ async fn the_policy_switches_at_runtime() {
     for _ in 0..6 {
         assert_eq!(c.new_repl().await, "vm-1", "least-loaded herds onto the empty VM");
     }
-    let r = try_request(c.edge.admin, "POST", "admin", "/balancer/policy?policy=round-robin", &[], &[])
-        .await
-        .unwrap();
+    let r = try_request(
+        c.edge.admin,
+        "POST",
+        "admin",
+        "/balancer/policy?policy=round-robin",
+        &[],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(r.json()["previous"], "least-loaded");
-    let bad = try_request(c.edge.admin, "POST", "admin", "/balancer/policy?policy=fastest", &[], &[])
-        .await
-        .unwrap();
+    let bad = try_request(
+        c.edge.admin,
+        "POST",
+        "admin",
+        "/balancer/policy?policy=fastest",
+        &[],
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(bad.status, 400);
     assert!(bad.body_str().contains("round-robin"), "{}", bad.body_str());
     let get = try_request(c.edge.admin, "GET", "admin", "/balancer/policy?policy=random", &[], &[])
@@ -258,11 +311,21 @@ async fn the_policy_switches_at_runtime() {
     for _ in 0..6 {
         *counts.entry(c.new_repl().await).or_insert(0) += 1;
     }
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{counts:?}");
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{counts:?}"
+    );
     assert_eq!(c.edge.balancer().await["policy"], "round-robin");
     let m = c.edge.metrics().await;
-    assert_eq!(metric_with(&m, "edgeplane_balancer_picks_total", &["round-robin"]), Some(6.0));
-    assert_eq!(metric_with(&m, "edgeplane_balancer_policy", &["round-robin"]), Some(1.0));
+    assert_eq!(
+        metric_with(&m, "edgeplane_balancer_picks_total", &["round-robin"]),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric_with(&m, "edgeplane_balancer_policy", &["round-robin"]),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -291,8 +354,10 @@ async fn connect_failures_eject_a_vm_from_new_placements() {
         failed += 1;
     }
     assert_eq!(failed, 2);
-    edge.wait_balancer("vm-1 ejected", |b| vm_field(b, "vm-1", "usability") == Some(json!("ejected")))
-        .await;
+    edge.wait_balancer("vm-1 ejected", |b| {
+        vm_field(b, "vm-1", "usability") == Some(json!("ejected"))
+    })
+    .await;
     for i in 2..8 {
         let r = edge.get(&format!("new{i}.repl.co"), "/", &[]).await;
         assert_eq!((r.status, r.served_by()), (200, Some("vm-2")), "new{i}");

@@ -102,9 +102,16 @@ impl FakeVm {
     /// Changes what the VM reports (`POST /control`).
     pub async fn control(&self, body: serde_json::Value) {
         let b = serde_json::to_vec(&body).unwrap();
-        let r = try_request(self.metrics, "POST", "vm", "/control", &[("content-type", "application/json")], &b)
-            .await
-            .expect("control request");
+        let r = try_request(
+            self.metrics,
+            "POST",
+            "vm",
+            "/control",
+            &[("content-type", "application/json")],
+            &b,
+        )
+        .await
+        .expect("control request");
         assert_eq!(r.status, 200, "{}", r.body_str());
     }
 
@@ -189,7 +196,9 @@ grace_period_ms = 0\n\n[placement]\n{placement}\n\n[limits]\n{limits}\n\n\
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = try_request(self.admin, "GET", "admin", "/readyz", &[], &[]).await {
-                if r.status == 200 {
+                // Pingora binds its services' listeners one by one: the
+                // admin answering does not mean the proxy listener is up.
+                if r.status == 200 && TcpStream::connect(self.proxy).await.is_ok() {
                     return;
                 }
             }
