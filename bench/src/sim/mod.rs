@@ -374,10 +374,9 @@ mod tests {
     use super::report::Summary;
     use super::*;
 
-    /// A small day: the ordering the full run shows must already hold.
-    #[test]
-    fn subsetting_least_loaded_beats_random_and_the_cloud_lb() {
-        let o = SimOptions {
+    /// A quarter day on a tenth of the region, with the default's load per VM.
+    fn small_day() -> SimOptions {
+        SimOptions {
             starts: 25_000,
             edges: 6,
             clusters: 4,
@@ -386,7 +385,13 @@ mod tests {
             surge_start_h: 3.0,
             surge_hours: 1.0,
             ..SimOptions::default()
-        };
+        }
+    }
+
+    /// A small day: the ordering the full run shows must already hold.
+    #[test]
+    fn subsetting_least_loaded_beats_random_and_the_cloud_lb() {
+        let o = small_day();
         let run = |i: usize| Summary::of(&run_scenario(&o, &default_scenarios()[i], &mut |_| {}));
         let (ours, random, cloud) = (run(0), run(4), run(5));
         assert!(ours.containers.p50 > 0.0, "{ours:?}");
@@ -404,16 +409,7 @@ mod tests {
 
     #[test]
     fn a_too_small_subset_overloads_vms_in_the_surge() {
-        let o = SimOptions {
-            starts: 25_000,
-            edges: 6,
-            clusters: 4,
-            vms_per_cluster: 25,
-            hours: 6.0,
-            surge_start_h: 3.0,
-            surge_hours: 1.0,
-            ..SimOptions::default()
-        };
+        let o = small_day();
         let sc = default_scenarios();
         let good = Summary::of(&run_scenario(&o, &sc[0], &mut |_| {}));
         let small = Summary::of(&run_scenario(&o, &sc[6], &mut |_| {}));
