@@ -1,10 +1,18 @@
 //! edgeplane-bench: tools that exercise the edge from outside — the fake
-//! conman VM ([`fake_vm`]), the synthetic placement worlds used by the
-//! benchmarks ([`world`]), and the PostgreSQL sync benchmark ([`sync_bench`]).
+//! conman VM ([`fake_vm`]), the fast backend and load generators of the
+//! comparison runs ([`backend`], [`load`], [`compare`]), the synthetic
+//! placement worlds used by the benchmarks ([`world`]), the PostgreSQL sync
+//! benchmark ([`sync_bench`]) and the placement simulator ([`sim`]).
 //!
-//! Start at [`fake_vm`]; the criterion benches live under `benches/`.
+//! Start at [`compare`] for the load runs, [`fake_vm`] for the tests; the
+//! criterion benches live under `benches/`.
 
+pub mod backend;
+pub mod compare;
 pub mod fake_vm;
+pub mod http1;
+pub mod load;
+pub mod procstat;
 pub mod sim;
 pub mod sync_bench;
 pub mod world;

@@ -89,6 +89,100 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// The fast backend of the comparison runs: canned 200s and WebSocket echo.
+    Backend {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// HTTP/1.1 keep-alive load, closed loop or at a fixed offered rate;
+    /// prints one JSON line.
+    HttpLoad {
+        #[arg(long)]
+        target: SocketAddr,
+        /// Host names, one per line, cycled over.
+        #[arg(long)]
+        hosts_file: Option<std::path::PathBuf>,
+        /// One Host name (when no file is given).
+        #[arg(long, default_value = "app0.repl.co")]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Offered requests per second (open loop); omit for closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+    },
+    /// WebSocket echo round trips over N connections; prints one JSON line.
+    WsLoad {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value = "app0.repl.co")]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+    },
+    /// Hold N idle WebSocket tunnels: prints {"opened","failed_open"}, waits
+    /// for a line on stdin (measure the proxy meanwhile), checks every tunnel
+    /// echoes, prints {"echoed","failed_echo"} and exits.
+    WsIdle {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value = "app0.repl.co")]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 10_000)]
+        tunnels: usize,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+    /// edgeplane vs a bare Pingora pass-through vs nginx vs HAProxy (and no
+    /// proxy): HTTP saturation and fixed-rate runs, WebSocket echo, idle
+    /// tunnels. Installs nginx/haproxy/wrk if absent. Writes
+    /// bench/results/compare.{md,json} and compare_cpu.svg.
+    Compare {
+        /// Seconds-long run that only proves the harness works.
+        #[arg(long)]
+        smoke: bool,
+        /// Peers, comma separated (direct,edgeplane,pingora,nginx,haproxy).
+        #[arg(long, value_delimiter = ',')]
+        peers: Option<Vec<String>>,
+        #[arg(long)]
+        rounds: Option<usize>,
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Offered rate of the fixed-rate run (default: half the slowest
+        /// proxy's saturation rate).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        repls: Option<usize>,
+        #[arg(long)]
+        idle_tunnels: Option<usize>,
+        /// WebSocket connection counts, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        ws_connections: Option<Vec<usize>>,
+        /// WebSocket message sizes, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        ws_sizes: Option<Vec<usize>>,
+        /// Where results go (default bench/results); `-` writes nothing.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Write a synthetic placement snapshot (JSON) for load runs.
     World {
         #[arg(long, default_value_t = 1_000_000)]
@@ -206,6 +300,124 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out.as_deref(),
                 &format!("edgeplane-bench {}", command.join(" ")),
             )?;
+        }
+        Cmd::Backend { listen } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(edgeplane_bench::backend::serve(listen))?;
+        }
+        Cmd::HttpLoad {
+            target,
+            hosts_file,
+            host,
+            path,
+            connections,
+            rate,
+            seconds,
+            warmup_ms,
+        } => {
+            let hosts = match hosts_file {
+                Some(f) => std::fs::read_to_string(&f)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().to_string())
+                    .collect(),
+                None => vec![host],
+            };
+            anyhow::ensure!(!hosts.is_empty(), "no hosts to load");
+            anyhow::ensure!(connections > 0, "--connections must be at least 1");
+            let o = edgeplane_bench::load::http::HttpLoadOptions {
+                target,
+                hosts,
+                path,
+                connections,
+                rate,
+                duration: std::time::Duration::from_secs(seconds),
+                warmup: std::time::Duration::from_millis(warmup_ms),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let r = rt.block_on(edgeplane_bench::load::http::run(o));
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::WsLoad {
+            target,
+            host,
+            path,
+            connections,
+            size,
+            seconds,
+            warmup_ms,
+        } => {
+            let t = edgeplane_bench::load::ws::WsTarget { addr: target, host, path };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let r = rt.block_on(edgeplane_bench::load::ws::echo(
+                t,
+                connections,
+                size,
+                std::time::Duration::from_millis(warmup_ms),
+                std::time::Duration::from_secs(seconds),
+            ));
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::WsIdle {
+            target,
+            host,
+            path,
+            tunnels,
+            concurrency,
+        } => {
+            use edgeplane_bench::load::ws;
+            let t = ws::WsTarget { addr: target, host, path };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let (open, failed) = ws::open_idle(&t, tunnels, concurrency).await;
+                println!("{}", serde_json::json!({"opened": open.len(), "failed_open": failed}));
+                let mut line = String::new();
+                tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
+                let (ok, bad, _open) = ws::check_all(open, concurrency).await;
+                println!("{}", serde_json::json!({"echoed": ok, "failed_echo": bad}));
+                anyhow::Ok(())
+            })?;
+        }
+        Cmd::Compare {
+            smoke,
+            peers,
+            rounds,
+            seconds,
+            rate,
+            repls,
+            idle_tunnels,
+            ws_connections,
+            ws_sizes,
+            out,
+        } => {
+            use edgeplane_bench::compare::{self, CompareOptions, PeerKind};
+            let mut o = if smoke {
+                CompareOptions::smoke()
+            } else {
+                CompareOptions::full()
+            };
+            if let Some(p) = peers {
+                o.peers = p
+                    .iter()
+                    .map(|s| PeerKind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown peer {s:?}")))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            o.rounds = rounds.unwrap_or(o.rounds).max(1);
+            o.http_seconds = seconds.unwrap_or(o.http_seconds);
+            o.rate = rate.or(o.rate);
+            o.repls = repls.unwrap_or(o.repls);
+            o.idle_tunnels = idle_tunnels.unwrap_or(o.idle_tunnels);
+            o.ws_connections = ws_connections.unwrap_or(o.ws_connections);
+            o.ws_sizes = ws_sizes.unwrap_or(o.ws_sizes);
+            o.out = match out {
+                Some(p) if p.as_os_str() == "-" => None,
+                Some(p) => Some(p),
+                None => Some(edgeplane_bench::sync_bench::default_out_dir()),
+            };
+            o.command = format!("edgeplane-bench {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+            let r = compare::run(&o)?;
+            println!("{}", compare::report::markdown(&r));
         }
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {

@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::http1::get as request;
+use crate::procstat::machine;
 use tokio_postgres::{Client, NoTls};
 
 use edgeplane_control_sync::postgres::{load, migrate::migrate};
@@ -42,12 +43,7 @@ fn now_ms() -> i64 {
 }
 
 fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+    crate::procstat::rss(std::process::id())
 }
 
 async fn connect(url: &str) -> Result<Client> {
@@ -204,54 +200,6 @@ poll_interval_ms = 1000\n[security]\nhop_secret_file = \"hop.secret\"\n"
         admin: admin.unwrap(),
         _dir: dir,
     })
-}
-
-/// One keep-alive HTTP/1.1 request; returns the status.
-async fn request(s: &mut tokio::net::TcpStream, host: &str, path: &str, buf: &mut Vec<u8>) -> Result<u16> {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    buf.clear();
-    loop {
-        let mut chunk = [0u8; 16384];
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).await?;
-                if n == 0 {
-                    bail!("closed mid-body");
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(status);
-        }
-    }
-}
-
-async fn wait_ready(admin: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut buf = Vec::new();
-    loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(admin).await {
-            if request(&mut s, "admin", "/readyz", &mut buf).await.ok() == Some(200) {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("edge not ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Steady traffic: `conns` connections, each paced to `rate_per_conn`/s.
@@ -511,7 +459,9 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
     eprintln!("sync bench: starting an edge on the database");
     let edge = start_edge(&url)?;
     let t = Instant::now();
-    wait_ready(edge.admin).await?;
+    crate::http1::wait_ok(edge.admin, "admin", "/readyz", Duration::from_secs(120))
+        .await
+        .context("edge not ready")?;
     eprintln!("sync bench: edge ready in {:.1} s", t.elapsed().as_secs_f64());
     let edge_rss = std::fs::read_to_string(format!("/proc/{}/status", edge.child.id()))
         .ok()
@@ -590,22 +540,6 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
     std::fs::write(o.out_dir.join("sync.md"), &md)?;
     println!("{md}");
     Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_default();
-    format!(
-        "{cpu}, {} vCPU",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    )
 }
 
 /// Where results go by default.

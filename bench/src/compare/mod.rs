@@ -1,0 +1,436 @@
+//! `edgeplane-bench compare`: edgeplane side by side with the proxies its
+//! users would otherwise pick, on the same machine, in the same run.
+//!
+//! Flow ([`run`]): install nginx/haproxy/wrk if absent → start the fast
+//! backend ([`crate::backend`]) on the load core → write a synthetic world
+//! (1M repls by default, every VM pointing at the backend) → start every
+//! peer ([`peers`]) pinned to the proxy core → for each round, in an order
+//! that rotates every round: a wrk saturation run, then an open-loop run at
+//! one offered rate for all ([`crate::load::http`]), then WebSocket echo at
+//! each (connections, size) → an idle-capacity run per peer → medians over
+//! rounds, ratios to nginx, written by [`report`].
+//!
+//! Invariants: the proxy core runs only proxies (all but the one under load
+//! are idle); the backend and every load generator share the other core;
+//! "CPU-µs per request" is the proxy process tree's user+system time over
+//! the run divided by what it served, read from `/proc` ([`crate::procstat`]).
+//! Nothing here asserts timings: the smoke mode only proves the harness runs.
+
+pub mod peers;
+pub mod report;
+pub mod wrk;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::load::http::HttpLoadResult;
+use crate::load::ws::WsEchoResult;
+use crate::procstat::{self, ProcTree};
+pub use peers::PeerKind;
+
+/// Why a comparison could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("missing tools (apt-get install failed): {0}")]
+    Tools(String),
+    #[error("could not start {0}")]
+    Start(String),
+    #[error("load run failed: {0}")]
+    Load(String),
+    #[error("bad output from a load generator: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What to compare and how long.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    pub peers: Vec<PeerKind>,
+    pub rounds: usize,
+    pub connections: usize,
+    pub http_seconds: u64,
+    /// Offered rate of the open-loop run; default half the slowest proxy's
+    /// saturation rate in the first round.
+    pub rate: Option<f64>,
+    pub ws_connections: Vec<usize>,
+    pub ws_sizes: Vec<usize>,
+    pub ws_seconds: u64,
+    /// Idle tunnels to hold per peer (capped by the open-files limit).
+    pub idle_tunnels: usize,
+    pub repls: usize,
+    pub hosts: usize,
+    pub proxy_core: String,
+    pub load_core: String,
+    /// Where results go; `None` prints only.
+    pub out: Option<PathBuf>,
+    /// The command line, recorded in the results.
+    pub command: String,
+}
+
+impl CompareOptions {
+    /// The full comparison of issue 5.
+    pub fn full() -> CompareOptions {
+        CompareOptions {
+            peers: PeerKind::ALL.to_vec(),
+            rounds: 3,
+            connections: 64,
+            http_seconds: 10,
+            rate: None,
+            ws_connections: vec![1, 64, 512],
+            ws_sizes: vec![64, 1024, 16384],
+            ws_seconds: 5,
+            idle_tunnels: 20_000,
+            repls: 1_000_000,
+            hosts: 4096,
+            proxy_core: "0".into(),
+            load_core: "1".into(),
+            out: None,
+            command: String::new(),
+        }
+    }
+
+    /// Seconds, not minutes: proves the harness still works (the test suite
+    /// runs this; nothing in it is a timing assertion).
+    pub fn smoke() -> CompareOptions {
+        CompareOptions {
+            rounds: 1,
+            http_seconds: 1,
+            ws_connections: vec![8],
+            ws_sizes: vec![64],
+            ws_seconds: 1,
+            idle_tunnels: 200,
+            repls: 10_000,
+            hosts: 64,
+            ..CompareOptions::full()
+        }
+    }
+}
+
+/// One peer's HTTP numbers in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpRun {
+    pub peer: PeerKind,
+    pub round: usize,
+    pub saturation: wrk::WrkResult,
+    pub saturation_cpu_us_per_req: Option<f64>,
+    pub fixed: HttpLoadResult,
+    pub fixed_cpu_us_per_req: Option<f64>,
+    pub rss_bytes: Option<u64>,
+}
+
+/// One peer's WebSocket echo numbers in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct WsRun {
+    pub peer: PeerKind,
+    pub round: usize,
+    pub echo: WsEchoResult,
+    pub cpu_us_per_round_trip: Option<f64>,
+}
+
+/// One peer holding idle tunnels.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct IdleRun {
+    pub peer: Option<PeerKind>,
+    pub requested: usize,
+    pub opened: usize,
+    pub failed_open: usize,
+    pub echoed: usize,
+    pub failed_echo: usize,
+    pub rss_per_tunnel_bytes: Option<f64>,
+    pub kernel_per_tunnel_bytes: f64,
+    pub fds_per_tunnel: Option<f64>,
+}
+
+/// Everything one comparison measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareResults {
+    pub machine: String,
+    pub command: String,
+    pub offered_rps: f64,
+    pub open_files_limit: u64,
+    pub http: Vec<HttpRun>,
+    pub ws: Vec<WsRun>,
+    pub idle: Vec<IdleRun>,
+}
+
+fn progress(msg: &str) {
+    eprintln!("compare: {msg}");
+}
+
+/// Runs a load-generator subcommand pinned to `core`; parses its last line.
+fn generator<T: serde::de::DeserializeOwned>(core: &str, args: &[String]) -> Result<T, CompareError> {
+    let out = Command::new("taskset")
+        .args(["-c", core])
+        .arg(peers::bin_dir().join("edgeplane-bench"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(CompareError::Load(format!("edgeplane-bench {} failed", args.join(" "))));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    Ok(serde_json::from_str(last)?)
+}
+
+fn cpu_per(before: Option<procstat::Sample>, tree: Option<ProcTree>, units: u64) -> Option<f64> {
+    let (b, t) = (before?, tree?);
+    let a = t.sample();
+    (units > 0).then(|| (a.cpu.saturating_sub(b.cpu)).as_secs_f64() * 1e6 / units as f64)
+}
+
+/// Waits until a request through `addr` for `host` answers 200.
+fn wait_proxying(addr: SocketAddr, host: &str) -> Result<(), CompareError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(crate::http1::wait_ok(addr, host, "/", Duration::from_secs(180)))
+        .map_err(|e| CompareError::Start(format!("{addr} never proxied {host}: {e}")))
+}
+
+/// The Host names the load cycles over: running repls homed in the edge's
+/// region (`app<i>` with `i % 12 == 0` in the default world), spread over
+/// the whole table so lookups miss the cache as real traffic would.
+pub fn hosts(repls: usize, n: usize) -> Vec<String> {
+    let candidates = repls.div_ceil(12);
+    let step = (candidates / n.max(1)).max(1);
+    (0..n.min(candidates)).map(|k| format!("app{}.repl.co", k * step * 12)).collect()
+}
+
+fn write_world(path: &Path, repls: usize, backend: SocketAddr) -> Result<(), CompareError> {
+    let shape = crate::world::WorldShape {
+        repls,
+        ..Default::default()
+    };
+    let snap = crate::world::synthetic(shape, |_| backend.to_string());
+    let f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    serde_json::to_writer(f, &snap)?;
+    Ok(())
+}
+
+/// Holds `n` idle tunnels through `peer`, measures it, checks every tunnel.
+fn idle_run(o: &CompareOptions, peer: &peers::Peer, host: &str, n: usize) -> Result<IdleRun, CompareError> {
+    let tree = peer.proc.as_ref().map(|p| p.tree());
+    let before = tree.map(|t| t.sample());
+    let k0 = procstat::tcp_socket_memory_bytes();
+    let mut child = Command::new("taskset")
+        .args(["-c", &o.load_core])
+        .arg(peers::bin_dir().join("edgeplane-bench"))
+        .args(["ws-idle", "--target", &peer.addr.to_string(), "--host", host])
+        .args(["--tunnels", &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    let opened: IdleRun = serde_json::from_str(line.trim())?;
+    // Let buffers settle before reading memory.
+    std::thread::sleep(Duration::from_secs(2));
+    let mid = tree.map(|t| t.sample());
+    let k1 = procstat::tcp_socket_memory_bytes();
+    writeln!(child.stdin.as_mut().unwrap(), "check")?;
+    line.clear();
+    out.read_line(&mut line)?;
+    let checked: IdleRun = serde_json::from_str(line.trim())?;
+    let _ = child.wait();
+    let per = |x: f64| (opened.opened > 0).then(|| x / opened.opened as f64);
+    Ok(IdleRun {
+        peer: Some(peer.kind),
+        requested: n,
+        opened: opened.opened,
+        failed_open: opened.failed_open,
+        echoed: checked.echoed,
+        failed_echo: checked.failed_echo,
+        rss_per_tunnel_bytes: before
+            .zip(mid)
+            .and_then(|(b, m)| per(m.rss_bytes as f64 - b.rss_bytes as f64)),
+        kernel_per_tunnel_bytes: per(k1 as f64 - k0 as f64).unwrap_or(0.0),
+        fds_per_tunnel: before.zip(mid).and_then(|(b, m)| per(m.fds as f64 - b.fds as f64)),
+    })
+}
+
+/// Runs the whole comparison.
+pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
+    let mut need = vec!["wrk"];
+    for (k, tool) in [(PeerKind::Nginx, "nginx"), (PeerKind::Haproxy, "haproxy")] {
+        if o.peers.contains(&k) {
+            need.push(tool);
+        }
+    }
+    peers::ensure_tools(&need)?;
+    let work = tempfile::Builder::new().prefix("edgeplane-compare-").tempdir()?;
+    let dir = work.path();
+    progress(&format!("work directory {} (configs and logs)", dir.display()));
+
+    let backend = peers::start_backend(&o.load_core, dir)?;
+    let hosts = hosts(o.repls, o.hosts);
+    let hosts_file = dir.join("hosts.txt");
+    std::fs::write(&hosts_file, hosts.join("\n") + "\n")?;
+    let script = dir.join("hosts.lua");
+    wrk::write_script(&script, &hosts_file)?;
+    let snapshot = dir.join("world.json");
+    progress(&format!("writing a {}-repl world", o.repls));
+    write_world(&snapshot, o.repls, backend.addr)?;
+
+    let env = peers::PeerEnv {
+        dir,
+        backend: backend.addr,
+        core: &o.proxy_core,
+        snapshot: &snapshot,
+    };
+    let mut running = Vec::new();
+    for &k in &o.peers {
+        progress(&format!("starting {}", k.as_str()));
+        let p = peers::start(k, &env)?;
+        wait_proxying(p.addr, &hosts[0])?;
+        running.push(p);
+    }
+
+    let fd_limit = procstat::open_files_limit();
+    let mut res = CompareResults {
+        machine: procstat::machine(),
+        command: o.command.clone(),
+        offered_rps: o.rate.unwrap_or(0.0),
+        open_files_limit: fd_limit,
+        http: Vec::new(),
+        ws: Vec::new(),
+        idle: Vec::new(),
+    };
+    let http_secs = Duration::from_secs(o.http_seconds);
+    let common = |target: SocketAddr| -> Vec<String> {
+        vec![
+            "--target".into(),
+            target.to_string(),
+            "--hosts-file".into(),
+            hosts_file.display().to_string(),
+            "--connections".into(),
+            o.connections.to_string(),
+        ]
+    };
+    for round in 0..o.rounds {
+        let mut order: Vec<&peers::Peer> = running.iter().collect();
+        let n = order.len().max(1);
+        order.rotate_left(round % n);
+        // Saturation first for everyone: the first round's numbers set the
+        // offered rate of the open-loop runs.
+        let mut sat = Vec::new();
+        for p in &order {
+            progress(&format!("round {}/{}: {} saturation", round + 1, o.rounds, p.kind.as_str()));
+            // Warm pools and caches; not measured.
+            wrk::run(&o.load_core, p.addr, &script, o.connections, Duration::from_secs(1))?;
+            let tree = p.proc.as_ref().map(|x| x.tree());
+            let before = tree.map(|t| t.sample());
+            let w = wrk::run(&o.load_core, p.addr, &script, o.connections, http_secs)?;
+            let cpu = cpu_per(before, tree, w.requests);
+            let rss = tree.map(|t| t.sample().rss_bytes);
+            sat.push((p.kind, w, cpu, rss));
+        }
+        if res.offered_rps == 0.0 {
+            let slowest = sat
+                .iter()
+                .filter(|s| s.0 != PeerKind::Direct)
+                .map(|s| s.1.rps)
+                .fold(f64::INFINITY, f64::min);
+            let slowest = if slowest.is_finite() { slowest } else { sat[0].1.rps };
+            res.offered_rps = (slowest * 0.5 / 1000.0).floor().max(1.0) * 1000.0;
+            progress(&format!("open-loop runs offer {} req/s", res.offered_rps));
+        }
+        for (p, (kind, w, cpu, rss)) in order.iter().zip(sat) {
+            progress(&format!(
+                "round {}/{}: {} at {} req/s",
+                round + 1,
+                o.rounds,
+                kind.as_str(),
+                res.offered_rps
+            ));
+            let tree = p.proc.as_ref().map(|x| x.tree());
+            let before = tree.map(|t| t.sample());
+            let mut args = vec!["http-load".to_string()];
+            args.extend(common(p.addr));
+            args.extend([
+                "--rate".into(),
+                res.offered_rps.to_string(),
+                "--seconds".into(),
+                o.http_seconds.to_string(),
+                "--warmup-ms".into(),
+                "0".into(),
+            ]);
+            let fixed: HttpLoadResult = generator(&o.load_core, &args)?;
+            let fixed_cpu = cpu_per(before, tree, fixed.requests);
+            res.http.push(HttpRun {
+                peer: kind,
+                round,
+                saturation: w,
+                saturation_cpu_us_per_req: cpu,
+                fixed,
+                fixed_cpu_us_per_req: fixed_cpu,
+                rss_bytes: rss,
+            });
+        }
+        for &c in &o.ws_connections {
+            for &size in &o.ws_sizes {
+                for p in &order {
+                    progress(&format!(
+                        "round {}/{}: {} websocket {c} x {size} B",
+                        round + 1,
+                        o.rounds,
+                        p.kind.as_str()
+                    ));
+                    let tree = p.proc.as_ref().map(|x| x.tree());
+                    let before = tree.map(|t| t.sample());
+                    let echo: WsEchoResult = generator(
+                        &o.load_core,
+                        &[
+                            "ws-load".into(),
+                            "--target".into(),
+                            p.addr.to_string(),
+                            "--host".into(),
+                            hosts[0].clone(),
+                            "--connections".into(),
+                            c.to_string(),
+                            "--size".into(),
+                            size.to_string(),
+                            "--seconds".into(),
+                            o.ws_seconds.to_string(),
+                            "--warmup-ms".into(),
+                            "0".into(),
+                        ],
+                    )?;
+                    let cpu = cpu_per(before, tree, echo.round_trips);
+                    res.ws.push(WsRun {
+                        peer: p.kind,
+                        round,
+                        echo,
+                        cpu_us_per_round_trip: cpu,
+                    });
+                }
+            }
+        }
+    }
+    // One process holds both ends of each tunnel it proxies.
+    let per_process = (fd_limit.saturating_sub(256) / 2) as usize;
+    let n = o.idle_tunnels.min(per_process);
+    if n < o.idle_tunnels {
+        progress(&format!(
+            "idle tunnels capped at {n} (of {}): this machine allows {fd_limit} open files per process",
+            o.idle_tunnels
+        ));
+    }
+    for p in &running {
+        progress(&format!("{}: holding {n} idle tunnels", p.kind.as_str()));
+        res.idle.push(idle_run(o, p, &hosts[0], n)?);
+    }
+    drop(running);
+    drop(backend);
+    if let Some(out) = &o.out {
+        report::write(out, &res)?;
+    }
+    Ok(res)
+}

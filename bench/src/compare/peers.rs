@@ -1,0 +1,296 @@
+//! The processes a comparison starts: the fast backend, and each proxy under
+//! test (edgeplane with a realistic table, the bare Pingora pass-through,
+//! nginx, HAProxy), all pinned with `taskset` and all pointed at the same
+//! backend. "direct" is no proxy at all (the load goes to the backend).
+//!
+//! Configs are written into the run's work directory and kept there (the
+//! harness prints where) so a surprising number can be re-run by hand.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::CompareError;
+use crate::procstat::ProcTree;
+
+/// A proxy (or none) the load runs through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerKind {
+    Direct,
+    Edgeplane,
+    Pingora,
+    Nginx,
+    Haproxy,
+}
+
+impl PeerKind {
+    pub const ALL: [PeerKind; 5] = [
+        PeerKind::Direct,
+        PeerKind::Edgeplane,
+        PeerKind::Pingora,
+        PeerKind::Nginx,
+        PeerKind::Haproxy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerKind::Direct => "direct",
+            PeerKind::Edgeplane => "edgeplane",
+            PeerKind::Pingora => "pingora",
+            PeerKind::Nginx => "nginx",
+            PeerKind::Haproxy => "haproxy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PeerKind> {
+        PeerKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A started process; killed (with its children) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    pub fn tree(&self) -> ProcTree {
+        ProcTree::new(self.child.id())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // nginx's master takes its worker down on SIGTERM; the others are
+        // single processes.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy under test: its process (none for `direct`) and where to send load.
+pub struct Peer {
+    pub kind: PeerKind,
+    pub addr: SocketAddr,
+    pub proc: Option<Proc>,
+}
+
+/// What every peer needs to start.
+pub struct PeerEnv<'a> {
+    pub dir: &'a Path,
+    pub backend: SocketAddr,
+    /// CPU list for `taskset -c` (the proxy core).
+    pub core: &'a str,
+    /// edgeplane's snapshot file (the synthetic world).
+    pub snapshot: &'a Path,
+}
+
+/// Directory of this executable: the workspace's other binaries are there.
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
+/// Finds a program on PATH or in the sbin directories Debian uses.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// Installs nginx, haproxy and wrk from Debian's packages when absent.
+pub fn ensure_tools(need: &[&str]) -> Result<(), CompareError> {
+    let missing: Vec<&str> = need.iter().copied().filter(|n| find_program(n).is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("compare: installing {} from Debian's packages", missing.join(" "));
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let still: Vec<&str> = need.iter().copied().filter(|n| find_program(n).is_none()).collect();
+    if !ok || !still.is_empty() {
+        return Err(CompareError::Tools(still.join(" ")));
+    }
+    Ok(())
+}
+
+/// A port the OS says is free now (for peers whose config needs a number).
+pub fn free_port() -> Result<SocketAddr, CompareError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Starts `cmd` pinned to `core`, with stdout piped and stderr to `log`.
+pub fn spawn_pinned(core: &str, program: &Path, args: &[String], log: &Path) -> Result<Child, CompareError> {
+    let err = std::fs::File::create(log)?;
+    Command::new("taskset")
+        .arg("-c")
+        .arg(core)
+        .arg(program)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .map_err(|e| CompareError::Start(format!("{}: {e}", program.display())))
+}
+
+/// Reads stdout lines until one starts with `prefix`; returns the rest of
+/// it as an address. The remaining output is drained in the background.
+pub fn await_listen_line(child: &mut Child, prefix: &str, what: &str) -> Result<SocketAddr, CompareError> {
+    let out = child.stdout.take().ok_or_else(|| CompareError::Start(what.into()))?;
+    let mut reader = BufReader::new(out);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(CompareError::Start(format!("{what} exited before listening")));
+        }
+        if let Some(a) = line.trim().strip_prefix(prefix) {
+            let addr = a
+                .parse()
+                .map_err(|_| CompareError::Start(format!("{what}: bad address {a:?}")))?;
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                while reader.read_line(&mut s).unwrap_or(0) > 0 {
+                    s.clear();
+                }
+            });
+            return Ok(addr);
+        }
+    }
+}
+
+/// Starts the fast backend pinned to `core`.
+pub fn start_backend(core: &str, dir: &Path) -> Result<Proc, CompareError> {
+    let exe = bin_dir().join("edgeplane-bench");
+    let mut child = spawn_pinned(
+        core,
+        &exe,
+        &["backend".into(), "--listen".into(), "127.0.0.1:0".into()],
+        &dir.join("backend.log"),
+    )?;
+    let addr = await_listen_line(&mut child, "backend listening on ", "backend")?;
+    Ok(Proc { child, addr })
+}
+
+fn nginx_conf(dir: &Path, listen: SocketAddr, backend: SocketAddr, max_fds: u64) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+events {{ worker_connections {max_fds}; }}\n\
+http {{\n  access_log off;\n  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
+  fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n  scgi_temp_path {d}/nginx-scgi;\n\
+  upstream backend {{ server {backend}; keepalive 128; }}\n\
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
+  server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n\
+      proxy_http_version 1.1;\n      proxy_set_header Host $host;\n      proxy_set_header Upgrade $http_upgrade;\n\
+      proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n"
+    )
+}
+
+fn haproxy_conf(listen: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n\
+  timeout tunnel 1h\n  timeout http-keep-alive 60s\n\nfrontend fe\n  bind {listen}\n  default_backend be\n\n\
+backend be\n  http-reuse always\n  server s1 {backend}\n"
+    )
+}
+
+fn edgeplane_conf(snapshot: &Path) -> String {
+    format!(
+        "[edge]\nregion = \"{}\"\ninstance_id = \"bench-edge\"\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+threads = 1\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\n[hosting]\nsuffixes = [\"repl.co\"]\n\n\
+[placement]\nsource = \"file\"\nfile = \"{}\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n",
+        crate::world::region_name(0),
+        snapshot.display()
+    )
+}
+
+/// Starts one peer and returns once it listens (not yet once it proxies:
+/// see [`super::wait_proxying`]).
+pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
+    let dir = env.dir;
+    let max_fds = crate::procstat::open_files_limit().saturating_sub(64).max(1024);
+    let (proc_, addr) = match kind {
+        PeerKind::Direct => (None, env.backend),
+        PeerKind::Edgeplane => {
+            let d = dir.join("edgeplane");
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(d.join("hop.secret"), "bench-hop-secret-0123456789abcdef")?;
+            std::fs::write(d.join("edge.toml"), edgeplane_conf(env.snapshot))?;
+            let mut child = spawn_pinned(
+                env.core,
+                &bin_dir().join("edgeplane"),
+                &["serve".into(), "-c".into(), d.join("edge.toml").display().to_string()],
+                &d.join("edge.log"),
+            )?;
+            let addr = await_listen_line(&mut child, "edgeplane: proxy listening on ", "edgeplane")?;
+            (Some(Proc { child, addr }), addr)
+        }
+        PeerKind::Pingora => {
+            let mut child = spawn_pinned(
+                env.core,
+                &bin_dir().join("pingora-passthrough"),
+                &[
+                    "--listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--upstream".into(),
+                    env.backend.to_string(),
+                ],
+                &dir.join("pingora.log"),
+            )?;
+            let addr = await_listen_line(&mut child, "pingora-passthrough listening on ", "pingora-passthrough")?;
+            (Some(Proc { child, addr }), addr)
+        }
+        PeerKind::Nginx => {
+            let addr = free_port()?;
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(dir, addr, env.backend, max_fds))?;
+            let nginx = find_program("nginx").ok_or(CompareError::Tools("nginx".into()))?;
+            let child = spawn_pinned(
+                env.core,
+                &nginx,
+                &["-c".into(), conf.display().to_string(), "-p".into(), dir.display().to_string()],
+                &dir.join("nginx.log"),
+            )?;
+            (Some(Proc { child, addr }), addr)
+        }
+        PeerKind::Haproxy => {
+            let addr = free_port()?;
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_conf(addr, env.backend))?;
+            let haproxy = find_program("haproxy").ok_or(CompareError::Tools("haproxy".into()))?;
+            let child = spawn_pinned(
+                env.core,
+                &haproxy,
+                &["-f".into(), conf.display().to_string(), "-db".into()],
+                &dir.join("haproxy.log"),
+            )?;
+            (Some(Proc { child, addr }), addr)
+        }
+    };
+    Ok(Peer {
+        kind,
+        addr,
+        proc: proc_,
+    })
+}

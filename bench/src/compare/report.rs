@@ -1,0 +1,343 @@
+//! Turns a [`CompareResults`] into what people read: medians over rounds per
+//! peer, each proxy's ratio to nginx, a markdown page, the raw JSON, and an
+//! SVG bar chart of proxy CPU per request and per WebSocket round trip.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{CompareError, CompareResults, PeerKind};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Medians of one peer's HTTP runs.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSummary {
+    pub peer: PeerKind,
+    pub sat_rps: f64,
+    pub sat_p50_us: f64,
+    pub sat_p99_us: f64,
+    pub sat_cpu_us: f64,
+    pub fixed_rps: f64,
+    pub fixed_p50_us: f64,
+    pub fixed_p99_us: f64,
+    pub fixed_p999_us: f64,
+    pub fixed_cpu_us: f64,
+    pub rss_mib: f64,
+    pub errors: u64,
+}
+
+/// Medians per peer, in the order peers were given.
+pub fn http_summary(r: &CompareResults) -> Vec<HttpSummary> {
+    let mut peers: Vec<PeerKind> = Vec::new();
+    for h in &r.http {
+        if !peers.contains(&h.peer) {
+            peers.push(h.peer);
+        }
+    }
+    peers
+        .into_iter()
+        .map(|p| {
+            let runs: Vec<_> = r.http.iter().filter(|h| h.peer == p).collect();
+            let m = |f: &dyn Fn(&super::HttpRun) -> f64| median(runs.iter().map(|h| f(h)).collect());
+            HttpSummary {
+                peer: p,
+                sat_rps: m(&|h| h.saturation.rps),
+                sat_p50_us: m(&|h| h.saturation.latency.p50_us),
+                sat_p99_us: m(&|h| h.saturation.latency.p99_us),
+                sat_cpu_us: m(&|h| h.saturation_cpu_us_per_req.unwrap_or(f64::NAN)),
+                fixed_rps: m(&|h| h.fixed.rps),
+                fixed_p50_us: m(&|h| h.fixed.latency.p50_us),
+                fixed_p99_us: m(&|h| h.fixed.latency.p99_us),
+                fixed_p999_us: m(&|h| h.fixed.latency.p999_us),
+                fixed_cpu_us: m(&|h| h.fixed_cpu_us_per_req.unwrap_or(f64::NAN)),
+                rss_mib: m(&|h| h.rss_bytes.map(|b| b as f64 / 1048576.0).unwrap_or(f64::NAN)),
+                errors: runs
+                    .iter()
+                    .map(|h| h.saturation.errors + h.saturation.non_2xx + h.fixed.errors + h.fixed.non_2xx)
+                    .sum(),
+            }
+        })
+        .collect()
+}
+
+/// Medians of one peer's echo runs at one (connections, size).
+#[derive(Debug, Clone, Copy)]
+pub struct WsSummary {
+    pub peer: PeerKind,
+    pub connections: usize,
+    pub size: usize,
+    pub rtps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_us: f64,
+    pub errors: u64,
+}
+
+pub fn ws_summary(r: &CompareResults) -> Vec<WsSummary> {
+    let mut keys: Vec<(usize, usize, PeerKind)> = Vec::new();
+    for w in &r.ws {
+        let k = (w.echo.connections, w.echo.size, w.peer);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(c, s, p)| {
+            let runs: Vec<_> = r
+                .ws
+                .iter()
+                .filter(|w| w.peer == p && w.echo.connections == c && w.echo.size == s)
+                .collect();
+            let m = |f: &dyn Fn(&super::WsRun) -> f64| median(runs.iter().map(|w| f(w)).collect());
+            WsSummary {
+                peer: p,
+                connections: c,
+                size: s,
+                rtps: m(&|w| w.echo.round_trips_per_sec),
+                p50_us: m(&|w| w.echo.latency.p50_us),
+                p99_us: m(&|w| w.echo.latency.p99_us),
+                cpu_us: m(&|w| w.cpu_us_per_round_trip.unwrap_or(f64::NAN)),
+                errors: runs.iter().map(|w| w.echo.errors).sum(),
+            }
+        })
+        .collect()
+}
+
+fn num(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "–".into()
+    }
+}
+
+fn ms(us: f64) -> String {
+    num(us / 1000.0, 2)
+}
+
+fn ratio(x: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 && x.is_finite() && b.is_finite() => format!("{:.2}x", x / b),
+        _ => "–".into(),
+    }
+}
+
+/// The markdown page.
+pub fn markdown(r: &CompareResults) -> String {
+    let mut s = String::new();
+    let http = http_summary(r);
+    let rounds = r.http.iter().map(|h| h.round).max().map_or(0, |m| m + 1);
+    let _ = writeln!(s, "# edgeplane vs nginx vs HAProxy\n");
+    let _ = writeln!(s, "Machine: {}  ", r.machine);
+    let _ = writeln!(s, "Command: `{}`  ", r.command);
+    let _ = writeln!(
+        s,
+        "Proxies pinned alone to one core, one worker each; backend and load generators on the other. \
+Medians of {rounds} alternating rounds. CPU-µs = the proxy's user+system CPU time over the run / requests served.\n"
+    );
+    let nginx = http.iter().find(|h| h.peer == PeerKind::Nginx);
+    let _ = writeln!(s, "## HTTP saturation (wrk -t1, keep-alive, tiny 200)\n");
+    let _ = writeln!(
+        s,
+        "| peer | req/s | p50 ms | p99 ms | CPU-µs/req | CPU vs nginx | RSS MiB | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for h in &http {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            h.peer.as_str(),
+            num(h.sat_rps, 0),
+            ms(h.sat_p50_us),
+            ms(h.sat_p99_us),
+            num(h.sat_cpu_us, 1),
+            ratio(h.sat_cpu_us, nginx.map(|n| n.sat_cpu_us)),
+            num(h.rss_mib, 1),
+            h.errors
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## HTTP at a fixed offered rate ({} req/s, open loop, latency from the scheduled send)\n",
+        r.offered_rps
+    );
+    let _ = writeln!(
+        s,
+        "| peer | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | CPU-µs/req | CPU vs nginx |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for h in &http {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            h.peer.as_str(),
+            num(h.fixed_rps, 0),
+            ms(h.fixed_p50_us),
+            ms(h.fixed_p99_us),
+            ms(h.fixed_p999_us),
+            ratio(h.fixed_p99_us, nginx.map(|n| n.fixed_p99_us)),
+            num(h.fixed_cpu_us, 1),
+            ratio(h.fixed_cpu_us, nginx.map(|n| n.fixed_cpu_us)),
+        );
+    }
+    let ws = ws_summary(r);
+    if !ws.is_empty() {
+        let _ = writeln!(s, "\n## WebSocket echo (closed loop, one message in flight per connection)\n");
+        let _ = writeln!(
+            s,
+            "| connections | size B | peer | round trips/s | p50 ms | p99 ms | CPU-µs/round trip | CPU vs nginx | errors |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+        );
+        for w in &ws {
+            let base = ws
+                .iter()
+                .find(|n| n.peer == PeerKind::Nginx && n.connections == w.connections && n.size == w.size)
+                .map(|n| n.cpu_us);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                w.connections,
+                w.size,
+                w.peer.as_str(),
+                num(w.rtps, 0),
+                ms(w.p50_us),
+                ms(w.p99_us),
+                num(w.cpu_us, 1),
+                ratio(w.cpu_us, base),
+                w.errors
+            );
+        }
+    }
+    if !r.idle.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Idle WebSocket tunnels (open files per process here: {})\n",
+            r.open_files_limit
+        );
+        let _ = writeln!(
+            s,
+            "| peer | tunnels asked | opened | echoed after idling | proxy RSS per tunnel KiB | proxy fds per tunnel | kernel TCP memory per tunnel KiB (all sockets) |\n|---|---:|---:|---:|---:|---:|---:|"
+        );
+        for i in &r.idle {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                i.peer.map_or("?", |p| p.as_str()),
+                i.requested,
+                i.opened,
+                i.echoed,
+                num(i.rss_per_tunnel_bytes.unwrap_or(f64::NAN) / 1024.0, 2),
+                num(i.fds_per_tunnel.unwrap_or(f64::NAN), 2),
+                num(i.kernel_per_tunnel_bytes / 1024.0, 2)
+            );
+        }
+    }
+    s
+}
+
+/// Bars of CPU-µs per request (saturation and fixed rate) and per echoed
+/// round trip (64 connections, 64 B when measured), one group per peer.
+pub fn svg(r: &CompareResults) -> String {
+    let http = http_summary(r);
+    let ws = ws_summary(r);
+    let series: Vec<(&str, &str, Vec<(PeerKind, f64)>)> = vec![
+        (
+            "HTTP, saturation",
+            "#4e79a7",
+            http.iter().map(|h| (h.peer, h.sat_cpu_us)).collect(),
+        ),
+        (
+            "HTTP, fixed rate",
+            "#59a14f",
+            http.iter().map(|h| (h.peer, h.fixed_cpu_us)).collect(),
+        ),
+        (
+            "WebSocket round trip (64 conns, 64 B)",
+            "#f28e2b",
+            ws.iter()
+                .filter(|w| w.connections == 64 && w.size == 64)
+                .map(|w| (w.peer, w.cpu_us))
+                .collect(),
+        ),
+    ];
+    let peers: Vec<PeerKind> = http.iter().map(|h| h.peer).filter(|p| *p != PeerKind::Direct).collect();
+    let max = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|x| x.1))
+        .filter(|x| x.is_finite())
+        .fold(1.0f64, f64::max);
+    let (w, h, left, top, bottom) = (720.0, 340.0, 60.0, 40.0, 60.0);
+    let group = (w - left - 20.0) / peers.len().max(1) as f64;
+    let bar = group / (series.len() as f64 + 1.0);
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+<text x=\"{left}\" y=\"20\" font-size=\"14\">Proxy CPU-µs per request / round trip (lower is better)</text>\n"
+    );
+    for t in 0..=4 {
+        let v = max * t as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            w - 20.0,
+            left - 6.0,
+            y(v) + 4.0,
+            y = y(v)
+        );
+    }
+    for (gi, p) in peers.iter().enumerate() {
+        let gx = left + gi as f64 * group;
+        for (si, (_, color, vals)) in series.iter().enumerate() {
+            if let Some((_, v)) = vals.iter().find(|(q, v)| q == p && v.is_finite()) {
+                let x = gx + bar * (si as f64 + 0.5);
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.1}</text>",
+                    y(*v),
+                    bar * 0.9,
+                    y(0.0) - y(*v),
+                    x + bar * 0.45,
+                    y(*v) - 3.0
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            gx + group / 2.0,
+            h - bottom + 16.0,
+            p.as_str()
+        );
+    }
+    for (si, (name, color, _)) in series.iter().enumerate() {
+        let lx = left + si as f64 * 220.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{lx}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
+            h - 24.0,
+            lx + 14.0,
+            h - 15.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Writes compare.md, compare.json and compare_cpu.svg into `dir`.
+pub fn write(dir: &Path, r: &CompareResults) -> Result<(), CompareError> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("compare.md"), markdown(r))?;
+    std::fs::write(dir.join("compare.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(dir.join("compare_cpu.svg"), svg(r))?;
+    Ok(())
+}
