@@ -11,6 +11,11 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The balancer test runs a real Prometheus server (the `prometheus` health source).
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# The comparison harness's smoke run (bench/tests/compare_smoke.rs) puts
+# nginx and HAProxy beside edgeplane and loads them with wrk.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

@@ -78,7 +78,9 @@ async fn connection(mut s: TcpStream) {
             let head = &buf[consumed..consumed + end];
             if header_value(head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")) {
                 let Some(key) = header_value(head, "sec-websocket-key") else {
-                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
                     return;
                 };
                 let accept = derive_accept_key(key);

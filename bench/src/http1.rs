@@ -168,12 +168,18 @@ mod tests {
 
     #[test]
     fn heads_and_chunks_parse() {
-        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap().unwrap();
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap()
+            .unwrap();
         assert_eq!((h.status, h.len), (200, 38));
         assert!(matches!(h.body, Framing::Length(2)));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n").unwrap().is_none());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n")
+            .unwrap()
+            .is_none());
         assert!(parse_head(b"HTTP/1.1 2x0 OK\r\n\r\n").is_err());
-        let h = parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").unwrap().unwrap();
+        let h = parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(matches!(h.body, Framing::Chunked));
         assert_eq!(chunked_end(b"2\r\nok\r\n0\r\n\r\n").unwrap(), Some(12));
         assert_eq!(chunked_end(b"2\r\nok\r\n0\r\n").unwrap(), None);

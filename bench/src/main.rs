@@ -165,6 +165,9 @@ enum Cmd {
         rounds: Option<usize>,
         #[arg(long)]
         seconds: Option<u64>,
+        /// Seconds per WebSocket echo run.
+        #[arg(long)]
+        ws_seconds: Option<u64>,
         /// Offered rate of the fixed-rate run (default: half the slowest
         /// proxy's saturation rate).
         #[arg(long)]
@@ -348,7 +351,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             warmup_ms,
         } => {
-            let t = edgeplane_bench::load::ws::WsTarget { addr: target, host, path };
+            let t = edgeplane_bench::load::ws::WsTarget {
+                addr: target,
+                host,
+                path,
+            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let r = rt.block_on(edgeplane_bench::load::ws::echo(
                 t,
@@ -367,7 +374,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
         } => {
             use edgeplane_bench::load::ws;
-            let t = ws::WsTarget { addr: target, host, path };
+            let t = ws::WsTarget {
+                addr: target,
+                host,
+                path,
+            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
                 let (open, failed) = ws::open_idle(&t, tunnels, concurrency).await;
@@ -384,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             peers,
             rounds,
             seconds,
+            ws_seconds,
             rate,
             repls,
             idle_tunnels,
@@ -405,6 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             o.rounds = rounds.unwrap_or(o.rounds).max(1);
             o.http_seconds = seconds.unwrap_or(o.http_seconds);
+            o.ws_seconds = ws_seconds.unwrap_or(o.ws_seconds);
             o.rate = rate.or(o.rate);
             o.repls = repls.unwrap_or(o.repls);
             o.idle_tunnels = idle_tunnels.unwrap_or(o.idle_tunnels);
@@ -415,7 +428,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(p) => Some(p),
                 None => Some(edgeplane_bench::sync_bench::default_out_dir()),
             };
-            o.command = format!("edgeplane-bench {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+            o.command = format!(
+                "edgeplane-bench {}",
+                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+            );
             let r = compare::run(&o)?;
             println!("{}", compare::report::markdown(&r));
         }

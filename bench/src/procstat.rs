@@ -111,7 +111,9 @@ pub fn tcp_socket_memory_bytes() -> u64 {
         .find(|l| l.starts_with("TCP:"))
         .and_then(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.iter().position(|&w| w == "mem").and_then(|i| f.get(i + 1)?.parse::<u64>().ok())
+            f.iter()
+                .position(|&w| w == "mem")
+                .and_then(|i| f.get(i + 1)?.parse::<u64>().ok())
         })
         .unwrap_or(0)
         * 4096
@@ -123,9 +125,9 @@ pub fn open_files_limit() -> u64 {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Max open files")).and_then(|l| {
-                l.split_whitespace().nth(3).and_then(|v| v.parse().ok())
-            })
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(1024)
 }

@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
 use crate::http1::get as request;
 use crate::procstat::machine;
+use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, NoTls};
 
 use edgeplane_control_sync::postgres::{load, migrate::migrate};

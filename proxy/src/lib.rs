@@ -14,3 +14,4 @@ pub mod pages;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod tunnel;

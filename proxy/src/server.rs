@@ -10,6 +10,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
@@ -80,8 +82,24 @@ pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
     Ok(handle)
 }
 
+/// Read buffer in front of each client socket. Pingora's default is 64 KiB
+/// per connection (it helps TLS record reads); plain HTTP/1 parses heads
+/// and bodies from its own buffers, so edgeplane reads straight from the
+/// socket: an idle keep-alive connection or WebSocket tunnel then costs no
+/// read buffer at all (bench/results/README.md has the before and after).
+pub const DOWNSTREAM_READ_BUFFER: usize = 0;
+
+/// Timeouts at least this long use tokio's timer instead of Pingora's
+/// "fast" timer wheel. Pingora keeps a cancelled fast timer until its
+/// deadline; with a 60 s keep-alive and 60 s upstream read timeout per
+/// request that is over a million live timers at 20k req/s, and its clock
+/// thread holds the wheel's lock while it sweeps them — measured here as
+/// 25-50 ms stalls at p99 under a steady 20k req/s (bench/results/README.md).
+pub const FAST_TIMER_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the edge until it is told to stop. Never returns on success.
 pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
+    pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(FAST_TIMER_MAX));
     let table = load_placement(&cfg)?;
     let listen: Vec<SocketAddr> = cfg.edge.listen.iter().map(|&a| concrete(a)).collect::<Result<_, _>>()?;
     let admin_addr = concrete(cfg.edge.admin_listen)?;
@@ -122,7 +140,10 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, edge.clone(), "edgeplane proxy");
     for a in &listen {
-        proxy.add_tcp(&a.to_string());
+        proxy.add_listener(ListenerConfig::tcp(a.to_string()).l4_buffer(L4BufferSettings {
+            read: Some(DOWNSTREAM_READ_BUFFER),
+            write: None,
+        }));
     }
     let mut admin = Service::new("edgeplane admin".to_string(), AdminApp { edge: edge.clone() });
     admin.threads = Some(1);

@@ -114,6 +114,56 @@ pub struct RequestCtx {
     tunnel: bool,
 }
 
+/// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::tunnel`]).
+fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    let has_token = |name: http::HeaderName, token: &str| {
+        req.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    req.version == http::Version::HTTP_11
+        && req.method == http::Method::GET
+        && has_token(http::header::UPGRADE, "websocket")
+        && has_token(http::header::CONNECTION, "upgrade")
+        && !req.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// The client socket of a plain-TCP HTTP/1 session (None for TLS or H2,
+/// which keep Pingora's own upgrade path).
+fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    session
+        .stream()?
+        .as_any()
+        .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()
+        .map(|s| s.as_raw_fd())
+}
+
+/// Hop-by-hop headers a tunnel request must not pass on (Connection and
+/// Upgrade are rewritten, not dropped).
+const TUNNEL_HOP_HEADERS: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization"];
+
+/// Serialises a request head for the wire (origin-form target).
+fn request_head_bytes(req: &RequestHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in req.headers.iter() {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -134,6 +184,157 @@ impl Edge {
         ctx.status = status;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(Bytes::from(body)), true).await?;
+        Ok(())
+    }
+
+    /// Carries a WebSocket upgrade itself ([`crate::tunnel`]): connect to the
+    /// decided address, send the edited head, relay the answer, and pump the
+    /// tunnel until it ends. Errors before the answer get the edge's own
+    /// 502/504 page, exactly as on the proxied path.
+    async fn tunnel_websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        use crate::tunnel::{client_socket, Tunnel};
+        let addr = match ctx.decision {
+            Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
+            _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
+        };
+        session.set_keepalive(None);
+        let mut head = session.req_header().clone();
+        for h in TUNNEL_HOP_HEADERS {
+            head.remove_header(h);
+        }
+        head.insert_header(http::header::CONNECTION, "upgrade")?;
+        self.edit_upstream_request(session, &mut head, ctx)?;
+        let bytes = request_head_bytes(&head);
+        let limits = &self.cfg.limits;
+        let id = ctx.request_id.clone().unwrap_or_default();
+        let add: [(&str, &str); 1] = [(REQUEST_ID_HEADER, id.as_str())];
+        let opened = Tunnel::open(
+            addr,
+            &bytes,
+            limits.upstream_connect_timeout,
+            limits.upstream_read_timeout,
+            &[REPLAY_HEADER],
+            &add,
+        )
+        .await;
+        let t = match opened {
+            Ok(t) => t,
+            Err(e) => {
+                let (code, reason) = match &e {
+                    crate::tunnel::TunnelError::ConnectTimeout(_) | crate::tunnel::TunnelError::ReadTimeout => {
+                        (504, "timeout")
+                    }
+                    crate::tunnel::TunnelError::Connect { .. } => (502, "connect_refused"),
+                    _ => (502, "upstream"),
+                };
+                self.note_upstream_failure(ctx, reason, e.is_connect());
+                log::debug!("tunnel to {addr}: {e}");
+                return self.respond(session, ctx, code).await;
+            }
+        };
+        if let Some(h) = ctx.vm_hash {
+            self.route.balancer.outliers.success(h);
+        }
+        ctx.status = t.answer.status;
+        let fd = plain_tcp_fd(session).ok_or_else(|| Error::explain(ErrorType::InternalError, "no client socket"))?;
+        let mut client =
+            client_socket(fd).map_err(|e| Error::because(ErrorType::InternalError, "dup client socket", e))?;
+        if t.answer.status != 101 {
+            let _ = t.refuse(&mut client, limits.upstream_read_timeout).await;
+            return Ok(());
+        }
+        ctx.tunnel = true;
+        self.metrics.tunnels_active.inc();
+        if let Err(e) = t.run(client, limits.tunnel_idle_timeout).await {
+            log::debug!("tunnel to {addr} ended: {e}");
+        }
+        Ok(())
+    }
+
+    /// Counts an upstream failure; a VM that could not be reached counts
+    /// towards its ejection, and a remembered pick is forgotten.
+    fn note_upstream_failure(&self, ctx: &RequestCtx, reason: &str, connect_failed: bool) {
+        self.metrics.upstream_errors.with_label_values(&[reason]).inc();
+        if let (true, Some(h)) = (connect_failed, ctx.vm_hash) {
+            self.route.balancer.outliers.failure(h);
+        }
+        // A VM that refused us should not stay the remembered pick.
+        if let Some(Decision::Vm {
+            repl_hash,
+            reason: route::VmReason::Picked | route::VmReason::Remembered,
+            ..
+        }) = ctx.decision
+        {
+            self.route.memory.forget(repl_hash);
+        }
+    }
+
+    /// The request head edits for a VM or peer edge (shared by the proxied
+    /// path and the WebSocket tunnel): internal headers dropped,
+    /// `x-forwarded-*` and `x-request-id` set, hop or transfer header added.
+    fn edit_upstream_request(
+        &self,
+        session: &Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Drop every client-sent internal header (allocates only when some are there).
+        let is_internal = |k: &http::HeaderName| k.as_str().starts_with("x-edgeplane-");
+        if upstream.headers.keys().any(is_internal) {
+            let internal: Vec<http::HeaderName> = upstream.headers.keys().filter(|k| is_internal(k)).cloned().collect();
+            for k in internal {
+                upstream.remove_header(&k);
+            }
+        }
+        let trusted_peer = ctx.hops_in > 0;
+        if !trusted_peer {
+            let client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            upstream.insert_header("x-forwarded-for", client_ip)?;
+            upstream.insert_header("x-forwarded-proto", "http")?;
+            let host = session.req_header().headers.get(http::header::HOST).cloned();
+            match host {
+                Some(h) => upstream.insert_header("x-forwarded-host", h)?,
+                None => {
+                    upstream.remove_header("x-forwarded-host");
+                }
+            }
+            let id = self.next_request_id();
+            upstream.insert_header(REQUEST_ID_HEADER, id.as_str())?;
+            ctx.request_id = Some(id);
+        } else {
+            match header_str(session.req_header(), REQUEST_ID_HEADER) {
+                Some(id) => ctx.request_id = Some(id.to_string()),
+                None => {
+                    let id = self.next_request_id();
+                    upstream.insert_header(REQUEST_ID_HEADER, id.as_str())?;
+                    ctx.request_id = Some(id);
+                }
+            }
+        }
+        match ctx.decision {
+            Some(Decision::Forward { hops, .. }) => {
+                let host = ctx.forward_host.as_deref().unwrap_or("");
+                // The table is built for this edge's region, so its name is the config's.
+                let v = sign_hop(
+                    &self.cfg.security.hop_secret,
+                    &self.cfg.edge.region,
+                    hops,
+                    now_ms() / 1000,
+                    host,
+                );
+                upstream.insert_header(HOP_HEADER, v)?;
+            }
+            Some(Decision::Vm { .. }) => {
+                if let Some(from) = &ctx.transfer_from {
+                    upstream.insert_header(TRANSFER_FROM_HEADER, from.as_ref())?;
+                }
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -224,6 +425,11 @@ impl ProxyHttp for Edge {
             }
         }
         ctx.decision = Some(decision);
+        drop(table);
+        if is_websocket_upgrade(session.req_header()) && plain_tcp_fd(session).is_some() {
+            self.tunnel_websocket(session, ctx).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -252,66 +458,7 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Drop every client-sent internal header.
-        let internal: Vec<http::HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-edgeplane-"))
-            .cloned()
-            .collect();
-        for k in internal {
-            upstream.remove_header(&k);
-        }
-        let trusted_peer = ctx.hops_in > 0;
-        if !trusted_peer {
-            let client_ip = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            upstream.insert_header("x-forwarded-for", client_ip)?;
-            upstream.insert_header("x-forwarded-proto", "http")?;
-            let host = session.req_header().headers.get(http::header::HOST).cloned();
-            match host {
-                Some(h) => upstream.insert_header("x-forwarded-host", h)?,
-                None => {
-                    upstream.remove_header("x-forwarded-host");
-                }
-            }
-            let id = self.next_request_id();
-            upstream.insert_header(REQUEST_ID_HEADER, id.as_str())?;
-            ctx.request_id = Some(id);
-        } else {
-            match header_str(session.req_header(), REQUEST_ID_HEADER) {
-                Some(id) => ctx.request_id = Some(id.to_string()),
-                None => {
-                    let id = self.next_request_id();
-                    upstream.insert_header(REQUEST_ID_HEADER, id.as_str())?;
-                    ctx.request_id = Some(id);
-                }
-            }
-        }
-        match ctx.decision {
-            Some(Decision::Forward { hops, .. }) => {
-                let host = ctx.forward_host.as_deref().unwrap_or("");
-                // The table is built for this edge's region, so its name is the config's.
-                let v = sign_hop(
-                    &self.cfg.security.hop_secret,
-                    &self.cfg.edge.region,
-                    hops,
-                    now_ms() / 1000,
-                    host,
-                );
-                upstream.insert_header(HOP_HEADER, v)?;
-            }
-            Some(Decision::Vm { .. }) => {
-                if let Some(from) = &ctx.transfer_from {
-                    upstream.insert_header(TRANSFER_FROM_HEADER, from.as_ref())?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+        self.edit_upstream_request(session, upstream, ctx)
     }
 
     async fn response_filter(
@@ -357,7 +504,6 @@ impl ProxyHttp for Edge {
         if e.esource() == &ErrorSource::Upstream
             || matches!(e.etype(), ErrorType::ConnectTimedout | ErrorType::ConnectRefused)
         {
-            self.metrics.upstream_errors.with_label_values(&[reason]).inc();
             let connect_failed = matches!(
                 e.etype(),
                 ErrorType::ConnectTimedout
@@ -366,18 +512,7 @@ impl ProxyHttp for Edge {
                     | ErrorType::ConnectError
                     | ErrorType::SocketError
             );
-            if let (true, Some(h)) = (connect_failed, ctx.vm_hash) {
-                self.route.balancer.outliers.failure(h);
-            }
-            // A VM that refused us should not stay the remembered pick.
-            if let Some(Decision::Vm {
-                repl_hash,
-                reason: route::VmReason::Picked | route::VmReason::Remembered,
-                ..
-            }) = ctx.decision
-            {
-                self.route.memory.forget(repl_hash);
-            }
+            self.note_upstream_failure(ctx, reason, connect_failed);
         }
         if code > 0 && self.respond(session, ctx, code).await.is_err() {
             log::debug!("could not send error page: {e}");

@@ -29,8 +29,24 @@ impl ProxyHttp for Passthrough {
     type CTX = ();
     fn new_ctx(&self) {}
 
+    async fn request_filter(&self, s: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        if std::env::var_os("PT_KEEPALIVE").is_some() {
+            s.set_keepalive(Some(60));
+        }
+        Ok(false)
+    }
+
     async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if std::env::var_os("PT_TIMEOUTS").is_some() {
+            let d = std::time::Duration::from_secs(60);
+            peer.options.connection_timeout = Some(std::time::Duration::from_secs(3));
+            peer.options.total_connection_timeout = Some(std::time::Duration::from_secs(3));
+            peer.options.read_timeout = Some(d);
+            peer.options.write_timeout = Some(d);
+            peer.options.idle_timeout = Some(d);
+        }
+        Ok(Box::new(peer))
     }
 }
 
@@ -55,7 +71,9 @@ fn main() {
         .expect("--upstream: an address");
     let threads = arg("--threads").and_then(|t| t.parse().ok()).unwrap_or(1);
     let listen = if listen.port() == 0 {
-        TcpListener::bind(listen).and_then(|l| l.local_addr()).expect("free port")
+        TcpListener::bind(listen)
+            .and_then(|l| l.local_addr())
+            .expect("free port")
     } else {
         listen
     };
@@ -63,8 +81,14 @@ fn main() {
     let conf = ServerConf {
         threads,
         work_stealing: false,
-        pid_file: dir.join(format!("pingora-passthrough-{}.pid", std::process::id())).display().to_string(),
-        upgrade_sock: dir.join(format!("pingora-passthrough-{}.sock", std::process::id())).display().to_string(),
+        pid_file: dir
+            .join(format!("pingora-passthrough-{}.pid", std::process::id()))
+            .display()
+            .to_string(),
+        upgrade_sock: dir
+            .join(format!("pingora-passthrough-{}.sock", std::process::id()))
+            .display()
+            .to_string(),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -61,6 +61,9 @@ pub struct CompareOptions {
     pub ws_connections: Vec<usize>,
     pub ws_sizes: Vec<usize>,
     pub ws_seconds: u64,
+    /// Start of each generator run that is not in its latency figures (new
+    /// connections and first requests take tens of ms; see README).
+    pub warmup_ms: u64,
     /// Idle tunnels to hold per peer (capped by the open-files limit).
     pub idle_tunnels: usize,
     pub repls: usize,
@@ -85,6 +88,7 @@ impl CompareOptions {
             ws_connections: vec![1, 64, 512],
             ws_sizes: vec![64, 1024, 16384],
             ws_seconds: 5,
+            warmup_ms: 1000,
             idle_tunnels: 20_000,
             repls: 1_000_000,
             hosts: 4096,
@@ -104,6 +108,7 @@ impl CompareOptions {
             ws_connections: vec![8],
             ws_sizes: vec![64],
             ws_seconds: 1,
+            warmup_ms: 200,
             idle_tunnels: 200,
             repls: 10_000,
             hosts: 64,
@@ -199,7 +204,9 @@ fn wait_proxying(addr: SocketAddr, host: &str) -> Result<(), CompareError> {
 pub fn hosts(repls: usize, n: usize) -> Vec<String> {
     let candidates = repls.div_ceil(12);
     let step = (candidates / n.max(1)).max(1);
-    (0..n.min(candidates)).map(|k| format!("app{}.repl.co", k * step * 12)).collect()
+    (0..n.min(candidates))
+        .map(|k| format!("app{}.repl.co", k * step * 12))
+        .collect()
 }
 
 fn write_world(path: &Path, repls: usize, backend: SocketAddr) -> Result<(), CompareError> {
@@ -322,7 +329,12 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
         // offered rate of the open-loop runs.
         let mut sat = Vec::new();
         for p in &order {
-            progress(&format!("round {}/{}: {} saturation", round + 1, o.rounds, p.kind.as_str()));
+            progress(&format!(
+                "round {}/{}: {} saturation",
+                round + 1,
+                o.rounds,
+                p.kind.as_str()
+            ));
             // Warm pools and caches; not measured.
             wrk::run(&o.load_core, p.addr, &script, o.connections, Duration::from_secs(1))?;
             let tree = p.proc.as_ref().map(|x| x.tree());
@@ -360,10 +372,10 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
                 "--seconds".into(),
                 o.http_seconds.to_string(),
                 "--warmup-ms".into(),
-                "0".into(),
+                o.warmup_ms.to_string(),
             ]);
             let fixed: HttpLoadResult = generator(&o.load_core, &args)?;
-            let fixed_cpu = cpu_per(before, tree, fixed.requests);
+            let fixed_cpu = cpu_per(before, tree, fixed.answered_total);
             res.http.push(HttpRun {
                 peer: kind,
                 round,
@@ -400,10 +412,10 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
                             "--seconds".into(),
                             o.ws_seconds.to_string(),
                             "--warmup-ms".into(),
-                            "0".into(),
+                            o.warmup_ms.to_string(),
                         ],
                     )?;
-                    let cpu = cpu_per(before, tree, echo.round_trips);
+                    let cpu = cpu_per(before, tree, echo.round_trips_total);
                     res.ws.push(WsRun {
                         peer: p.kind,
                         round,

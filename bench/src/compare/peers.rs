@@ -269,7 +269,12 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
             let child = spawn_pinned(
                 env.core,
                 &nginx,
-                &["-c".into(), conf.display().to_string(), "-p".into(), dir.display().to_string()],
+                &[
+                    "-c".into(),
+                    conf.display().to_string(),
+                    "-p".into(),
+                    dir.display().to_string(),
+                ],
                 &dir.join("nginx.log"),
             )?;
             (Some(Proc { child, addr }), addr)

@@ -95,11 +95,10 @@ pub fn ws_summary(r: &CompareResults) -> Vec<WsSummary> {
     }
     keys.into_iter()
         .map(|(c, s, p)| {
-            let runs: Vec<_> = r
-                .ws
-                .iter()
-                .filter(|w| w.peer == p && w.echo.connections == c && w.echo.size == s)
-                .collect();
+            let runs: Vec<_> =
+                r.ws.iter()
+                    .filter(|w| w.peer == p && w.echo.connections == c && w.echo.size == s)
+                    .collect();
             let m = |f: &dyn Fn(&super::WsRun) -> f64| median(runs.iter().map(|w| f(w)).collect());
             WsSummary {
                 peer: p,
@@ -192,7 +191,10 @@ Medians of {rounds} alternating rounds. CPU-µs = the proxy's user+system CPU ti
     }
     let ws = ws_summary(r);
     if !ws.is_empty() {
-        let _ = writeln!(s, "\n## WebSocket echo (closed loop, one message in flight per connection)\n");
+        let _ = writeln!(
+            s,
+            "\n## WebSocket echo (closed loop, one message in flight per connection)\n"
+        );
         let _ = writeln!(
             s,
             "| connections | size B | peer | round trips/s | p50 ms | p99 ms | CPU-µs/round trip | CPU vs nginx | errors |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|"

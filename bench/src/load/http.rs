@@ -38,7 +38,10 @@ pub struct HttpLoadOptions {
 /// What happened, after warm-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HttpLoadResult {
+    /// Answered after warm-up (what the latency figures describe).
     pub requests: u64,
+    /// Answered in all, warm-up included (what the proxy's CPU time covers).
+    pub answered_total: u64,
     pub errors: u64,
     pub non_2xx: u64,
     pub seconds: f64,
@@ -49,6 +52,7 @@ pub struct HttpLoadResult {
 
 struct ConnOutcome {
     samples: Vec<u32>,
+    warmup_answered: u64,
     errors: u64,
     non_2xx: u64,
 }
@@ -67,11 +71,15 @@ async fn connection(
 ) -> ConnOutcome {
     let mut out = ConnOutcome {
         samples: Vec::with_capacity(64 * 1024),
+        warmup_answered: 0,
         errors: 0,
         non_2xx: 0,
     };
     let interval = o.rate.map(|r| Duration::from_secs_f64(o.connections as f64 / r));
-    let mut next = t0 + interval.map(|i| i.mul_f64(idx as f64 / o.connections as f64)).unwrap_or_default();
+    let mut next = t0
+        + interval
+            .map(|i| i.mul_f64(idx as f64 / o.connections as f64))
+            .unwrap_or_default();
     let mut prev_done = t0;
     let mut k = idx;
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -116,8 +124,9 @@ async fn connection(
         };
         prev_done = done;
         if sent < record_from {
-            if status.is_none() {
-                conn = None;
+            match status {
+                Some(_) => out.warmup_answered += 1,
+                None => conn = None,
             }
             continue;
         }
@@ -149,9 +158,10 @@ pub async fn run(o: HttpLoadOptions) -> HttpLoadResult {
         .map(|i| tokio::spawn(connection(o.clone(), reqs.clone(), i, t0, record_from, end)))
         .collect();
     let mut samples = Vec::new();
-    let (mut errors, mut non_2xx) = (0, 0);
+    let (mut errors, mut non_2xx, mut warm) = (0, 0, 0);
     for t in tasks {
         if let Ok(c) = t.await {
+            warm += c.warmup_answered;
             samples.extend(c.samples);
             errors += c.errors;
             non_2xx += c.non_2xx;
@@ -160,6 +170,7 @@ pub async fn run(o: HttpLoadOptions) -> HttpLoadResult {
     let seconds = o.duration.as_secs_f64();
     HttpLoadResult {
         requests: samples.len() as u64,
+        answered_total: samples.len() as u64 + warm,
         errors,
         non_2xx,
         seconds,

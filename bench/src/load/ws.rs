@@ -61,7 +61,10 @@ pub async fn connect(t: &WsTarget) -> Result<Tunnel, String> {
 pub struct WsEchoResult {
     pub connections: usize,
     pub size: usize,
+    /// Round trips after warm-up (what the latency figures describe).
     pub round_trips: u64,
+    /// Round trips in all, warm-up included (what the proxy's CPU covers).
+    pub round_trips_total: u64,
     pub errors: u64,
     pub seconds: f64,
     pub round_trips_per_sec: f64,
@@ -97,6 +100,7 @@ pub async fn echo(t: WsTarget, connections: usize, size: usize, warmup: Duration
                 let payload: Vec<u8> = (0..size).map(|b| (b + i) as u8).collect();
                 let mut samples = Vec::with_capacity(16 * 1024);
                 let mut errors = 0u64;
+                let mut warm = 0u64;
                 let mut ws = None;
                 while Instant::now() < end {
                     if ws.is_none() {
@@ -112,6 +116,11 @@ pub async fn echo(t: WsTarget, connections: usize, size: usize, warmup: Duration
                     let sent = Instant::now();
                     let ok = round_trip(ws.as_mut().unwrap(), &payload).await.is_ok();
                     if sent < record_from {
+                        if ok {
+                            warm += 1;
+                        } else {
+                            ws = None;
+                        }
                         continue;
                     }
                     if ok {
@@ -124,16 +133,17 @@ pub async fn echo(t: WsTarget, connections: usize, size: usize, warmup: Duration
                 if let Some(mut w) = ws {
                     let _ = w.close(None).await;
                 }
-                (samples, errors)
+                (samples, errors, warm)
             })
         })
         .collect();
     let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut warm) = (0, 0);
     for task in tasks {
-        if let Ok((s, e)) = task.await {
+        if let Ok((s, e, w)) = task.await {
             all.extend(s);
             errors += e;
+            warm += w;
         }
     }
     let seconds = duration.as_secs_f64();
@@ -141,6 +151,7 @@ pub async fn echo(t: WsTarget, connections: usize, size: usize, warmup: Duration
         connections,
         size,
         round_trips: all.len() as u64,
+        round_trips_total: all.len() as u64 + warm,
         errors,
         seconds,
         round_trips_per_sec: all.len() as f64 / seconds,
