@@ -6,7 +6,10 @@
 //! this costs above nginx is Pingora.
 //!
 //! `pingora-passthrough --listen 127.0.0.1:0 --upstream 127.0.0.1:7001`
-//! prints `pingora-passthrough listening on <addr>`.
+//! prints `pingora-passthrough listening on <addr>`. Experiment switches:
+//! `PT_KEEPALIVE=1` sets a 60 s keep-alive like edgeplane, `PT_TIMEOUTS=1`
+//! sets edgeplane's upstream timeouts (how the fast-timer stalls of
+//! bench/results/README.md were isolated).
 
 use std::net::{SocketAddr, TcpListener};
 
