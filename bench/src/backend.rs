@@ -122,17 +122,13 @@ async fn connection(mut s: TcpStream) {
 async fn echo(s: TcpStream) {
     let mut ws = WebSocketStream::from_raw_socket(s, Role::Server, Some(small_ws_config())).await;
     while let Some(Ok(m)) = ws.next().await {
-        match m {
-            Message::Text(_) | Message::Binary(_) => {
-                if ws.send(m).await.is_err() {
-                    return;
-                }
-            }
-            Message::Close(_) => {
-                let _ = ws.flush().await;
-                return;
-            }
-            _ => {}
+        let echo = matches!(m, Message::Text(_) | Message::Binary(_));
+        if matches!(m, Message::Close(_)) {
+            let _ = ws.flush().await;
+            return;
+        }
+        if echo && ws.send(m).await.is_err() {
+            return;
         }
     }
 }

@@ -251,7 +251,8 @@ Medians of {rounds} alternating rounds. CPU-µs = the proxy's user+system CPU ti
 pub fn svg(r: &CompareResults) -> String {
     let http = http_summary(r);
     let ws = ws_summary(r);
-    let series: Vec<(&str, &str, Vec<(PeerKind, f64)>)> = vec![
+    type Series<'a> = (&'a str, &'a str, Vec<(PeerKind, f64)>);
+    let series: Vec<Series> = vec![
         (
             "HTTP, saturation",
             "#4e79a7",
