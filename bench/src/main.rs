@@ -17,6 +17,28 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where a WebSocket load generator opens its tunnels.
+#[derive(clap::Args)]
+struct WsTargetArgs {
+    /// The proxy (or backend) address.
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, default_value = "app0.repl.co")]
+    host: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+}
+
+impl WsTargetArgs {
+    fn into_target(self) -> edgeplane_bench::load::ws::WsTarget {
+        edgeplane_bench::load::ws::WsTarget {
+            addr: self.target,
+            host: self.host,
+            path: self.path,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a fake conman VM: HTTP echo, WebSocket echo, Prometheus metrics.
@@ -119,12 +141,8 @@ enum Cmd {
     },
     /// WebSocket echo round trips over N connections; prints one JSON line.
     WsLoad {
-        #[arg(long)]
-        target: SocketAddr,
-        #[arg(long, default_value = "app0.repl.co")]
-        host: String,
-        #[arg(long, default_value = "/")]
-        path: String,
+        #[command(flatten)]
+        to: WsTargetArgs,
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Message size in bytes.
@@ -139,12 +157,8 @@ enum Cmd {
     /// for a line on stdin (measure the proxy meanwhile), checks every tunnel
     /// echoes, prints {"echoed","failed_echo"} and exits.
     WsIdle {
-        #[arg(long)]
-        target: SocketAddr,
-        #[arg(long, default_value = "app0.repl.co")]
-        host: String,
-        #[arg(long, default_value = "/")]
-        path: String,
+        #[command(flatten)]
+        to: WsTargetArgs,
         #[arg(long, default_value_t = 10_000)]
         tunnels: usize,
         #[arg(long, default_value_t = 256)]
@@ -343,19 +357,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::WsLoad {
-            target,
-            host,
-            path,
+            to,
             connections,
             size,
             seconds,
             warmup_ms,
         } => {
-            let t = edgeplane_bench::load::ws::WsTarget {
-                addr: target,
-                host,
-                path,
-            };
+            let t = to.into_target();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let r = rt.block_on(edgeplane_bench::load::ws::echo(
                 t,
@@ -367,18 +375,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::WsIdle {
-            target,
-            host,
-            path,
+            to,
             tunnels,
             concurrency,
         } => {
             use edgeplane_bench::load::ws;
-            let t = ws::WsTarget {
-                addr: target,
-                host,
-                path,
-            };
+            let t = to.into_target();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
                 let (open, failed) = ws::open_idle(&t, tunnels, concurrency).await;
