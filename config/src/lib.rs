@@ -91,6 +91,31 @@ pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Forwards between edges allowed in total before the edge answers 508.
 pub const DEFAULT_MAX_HOPS: u8 = 2;
+/// Time from a request's first byte to the end of its head (or from accept
+/// to the end of a TLS handshake). Past it the edge answers 408 and closes:
+/// a slowloris client trickling one header byte at a time is cut here,
+/// whatever its per-read pace.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the next piece of a request body (408 after).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request body accepted (413 above; by Content-Length up front,
+/// by counting for chunked bodies).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// Requests served on one client connection before the edge closes it
+/// (nginx `keepalive_requests`: 1000). Bounds per-connection memory growth
+/// and spreads long-lived clients over edges after a deploy.
+pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
+/// Client connections open at once on this edge; past it new connections
+/// get 503 and are closed.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Client connections open at once from one IP address; past it new
+/// connections from that address get 429 and are closed. High enough for
+/// a large NAT, low enough that one host cannot take the edge's sockets.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+/// WebSocket tunnels open at once; past it an upgrade gets 503.
+pub const DEFAULT_MAX_TUNNELS: usize = 40_000;
+/// How often the TLS certificate directory is checked for changes.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A validated edge configuration.
 #[derive(Debug, Clone)]
@@ -104,6 +129,21 @@ pub struct Config {
     pub health: HealthConfig,
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
+    /// HTTPS listeners; `None` when `[tls]` is absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: HTTPS listeners whose certificates are chosen by SNI from a
+/// directory of PEM pairs (`NAME.crt` + `NAME.key`), reloaded when the
+/// directory changes.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub certs_dir: PathBuf,
+    /// Plain-HTTP listeners answer 308 to the https:// URL (except ACME
+    /// HTTP-01 challenges under `/.well-known/acme-challenge/`).
+    pub redirect_http: bool,
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +271,13 @@ pub struct LimitsConfig {
     pub upstream_read_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_hops: u8,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_requests_per_connection: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_tunnels: usize,
 }
 
 /// Secrets are held as bytes read from their files (whitespace trimmed).
@@ -239,6 +286,9 @@ pub struct SecurityConfig {
     pub hop_secret: Vec<u8>,
     pub workspace_token_key: Option<Vec<u8>>,
     pub admin_token: Option<String>,
+    /// Origins (`scheme://host[:port]`, lower-case) allowed to open
+    /// workspace sessions from a browser. Empty: no Origin check.
+    pub workspace_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -250,6 +300,7 @@ impl std::fmt::Debug for SecurityConfig {
                 &self.workspace_token_key.as_ref().map(|_| "<redacted>"),
             )
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("workspace_origins", &self.workspace_origins)
             .finish()
     }
 }

@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub health: Option<RawHealth>,
     pub limits: Option<RawLimits>,
     pub security: Option<RawSecurity>,
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +91,13 @@ pub struct RawLimits {
     pub upstream_read_timeout_ms: Option<u64>,
     pub tunnel_idle_timeout_ms: Option<u64>,
     pub max_hops: Option<u8>,
+    pub header_timeout_ms: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_tunnels: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,4 +106,14 @@ pub struct RawSecurity {
     pub hop_secret_file: Option<String>,
     pub workspace_token_key_file: Option<String>,
     pub admin_token_file: Option<String>,
+    pub workspace_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<Vec<String>>,
+    pub certs_dir: Option<String>,
+    pub redirect_http: Option<bool>,
+    pub reload_interval_ms: Option<u64>,
 }

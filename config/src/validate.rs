@@ -294,6 +294,15 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         upstream_read_timeout: ms(l.upstream_read_timeout_ms, DEFAULT_UPSTREAM_READ_TIMEOUT),
         tunnel_idle_timeout: ms(l.tunnel_idle_timeout_ms, DEFAULT_TUNNEL_IDLE_TIMEOUT),
         max_hops: l.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
+        header_timeout: ms(l.header_timeout_ms, DEFAULT_HEADER_TIMEOUT),
+        body_timeout: ms(l.body_timeout_ms, DEFAULT_BODY_TIMEOUT),
+        max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_requests_per_connection: l
+            .max_requests_per_connection
+            .unwrap_or(DEFAULT_MAX_REQUESTS_PER_CONNECTION),
+        max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_connections_per_ip: l.max_connections_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+        max_tunnels: l.max_tunnels.unwrap_or(DEFAULT_MAX_TUNNELS),
     };
     if limits.max_header_bytes < 1024 {
         return Err(loc.err("limits.max_header_bytes", "must be at least 1024"));
@@ -308,6 +317,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         ("limits.upstream_connect_timeout_ms", limits.upstream_connect_timeout),
         ("limits.upstream_read_timeout_ms", limits.upstream_read_timeout),
         ("limits.tunnel_idle_timeout_ms", limits.tunnel_idle_timeout),
+        ("limits.header_timeout_ms", limits.header_timeout),
+        ("limits.body_timeout_ms", limits.body_timeout),
     ] {
         if d.is_zero() {
             return Err(loc.err(key, "must be greater than 0"));
@@ -315,6 +326,23 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     }
     if !(1..=8).contains(&limits.max_hops) {
         return Err(loc.err("limits.max_hops", "must be between 1 and 8"));
+    }
+    for (key, n) in [
+        ("limits.max_body_bytes", limits.max_body_bytes as usize),
+        (
+            "limits.max_requests_per_connection",
+            limits.max_requests_per_connection as usize,
+        ),
+        ("limits.max_connections", limits.max_connections),
+        ("limits.max_connections_per_ip", limits.max_connections_per_ip),
+        ("limits.max_tunnels", limits.max_tunnels),
+    ] {
+        if n == 0 {
+            return Err(loc.err(key, "must be at least 1"));
+        }
+    }
+    if limits.max_connections_per_ip > limits.max_connections {
+        return Err(loc.err("limits.max_connections_per_ip", "must not exceed max_connections"));
     }
 
     // [security]
@@ -343,12 +371,61 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         ),
         None => None,
     };
+    let mut workspace_origins = Vec::new();
+    for o in s.workspace_origins.unwrap_or_default() {
+        let lower = o.trim_end_matches('/').to_ascii_lowercase();
+        let ok = (lower.starts_with("https://") || lower.starts_with("http://"))
+            && !lower.split_once("://").map(|(_, h)| h).unwrap_or("").is_empty()
+            && !lower.split_once("://").map(|(_, h)| h.contains('/')).unwrap_or(true);
+        if !ok {
+            return Err(loc.err(
+                "security.workspace_origins",
+                format!("{o:?} is not an origin (scheme://host[:port])"),
+            ));
+        }
+        workspace_origins.push(lower);
+    }
     if !admin_listen.ip().is_loopback() && admin_token.is_none() {
         return Err(loc.err(
             "edge.admin_listen",
             "a non-loopback admin listener needs security.admin_token_file",
         ));
     }
+
+    // [tls]
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            let listen_raw = t.listen.unwrap_or_default();
+            if listen_raw.is_empty() {
+                return Err(loc.err("tls.listen", "at least one HTTPS listener is required in [tls]"));
+            }
+            let mut tls_listen = Vec::with_capacity(listen_raw.len());
+            for l in &listen_raw {
+                let a: SocketAddr = l
+                    .parse()
+                    .map_err(|_| loc.err("tls.listen", format!("{l:?} is not an ip:port address")))?;
+                tls_listen.push(a);
+            }
+            let dir = t
+                .certs_dir
+                .ok_or_else(|| loc.err("tls.certs_dir", "required in [tls]"))?;
+            let certs_dir = resolve(&dir);
+            if !certs_dir.is_dir() {
+                return Err(loc.err("tls.certs_dir", format!("{} is not a directory", certs_dir.display())));
+            }
+            let reload_interval = ms(t.reload_interval_ms, DEFAULT_TLS_RELOAD_INTERVAL);
+            if reload_interval < Duration::from_millis(100) {
+                return Err(loc.err("tls.reload_interval_ms", "must be at least 100"));
+            }
+            Some(TlsConfig {
+                listen: tls_listen,
+                certs_dir,
+                redirect_http: t.redirect_http.unwrap_or(false),
+                reload_interval,
+            })
+        }
+    };
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -374,7 +451,9 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             hop_secret,
             workspace_token_key,
             admin_token,
+            workspace_origins,
         },
+        tls,
     })
 }
 

@@ -8,10 +8,13 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod conn;
 pub mod health;
 pub mod metrics;
 pub mod pages;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod tunnel;
+pub mod ws_frames;

@@ -47,6 +47,12 @@ pub struct Metrics {
     pub scrape_rounds: IntCounter,
     pub sample_age_max: Gauge,
     pub stale_vms: IntGauge,
+    pub connections_active: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub client_timeouts: IntCounterVec,
+    pub tls_handshake_errors: IntCounter,
+    pub tls_certificates: IntGauge,
+    pub tls_reload_errors: IntCounter,
 }
 
 fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
@@ -179,8 +185,50 @@ impl Metrics {
             "Monitored VMs without a good sample within stale_after",
         )
         .unwrap();
+        let connections_active = IntGauge::new(
+            "edgeplane_connections_active",
+            "Client connections open now (HTTP and HTTPS listeners)",
+        )
+        .unwrap();
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "edgeplane_connections_refused_total",
+                "Client connections refused at accept, by the limit that refused them",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let client_timeouts = IntCounterVec::new(
+            Opts::new(
+                "edgeplane_client_timeouts_total",
+                "Clients cut for slowness (408), by phase: head, body, tls_handshake",
+            ),
+            &["phase"],
+        )
+        .unwrap();
+        let tls_handshake_errors = IntCounter::new(
+            "edgeplane_tls_handshake_errors_total",
+            "TLS handshakes that failed (no certificate for the SNI name, bad client hello, timeout)",
+        )
+        .unwrap();
+        let tls_certificates = IntGauge::new(
+            "edgeplane_tls_certificates",
+            "Certificates loaded from tls.certs_dir and in use",
+        )
+        .unwrap();
+        let tls_reload_errors = IntCounter::new(
+            "edgeplane_tls_reload_errors_total",
+            "Certificate pairs that could not be loaded (skipped; the rest keep serving)",
+        )
+        .unwrap();
         for c in [
             Box::new(vm_usable.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_active.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(client_timeouts.clone()),
+            Box::new(tls_handshake_errors.clone()),
+            Box::new(tls_certificates.clone()),
+            Box::new(tls_reload_errors.clone()),
             Box::new(balancer_panic.clone()),
             Box::new(balancer_ejected.clone()),
             Box::new(balancer_picks.clone()),
@@ -208,6 +256,12 @@ impl Metrics {
         }
         Metrics {
             registry,
+            connections_active,
+            connections_refused,
+            client_timeouts,
+            tls_handshake_errors,
+            tls_certificates,
+            tls_reload_errors,
             requests,
             duration,
             tunnels_active,

@@ -6,9 +6,15 @@ pub fn describe(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("Bad Request", "The request was malformed."),
         401 => ("Unauthorized", "This workspace session needs a valid token."),
+        403 => ("Forbidden", "This page may not open a workspace session."),
         404 => ("Not Found", "No app is served at this address."),
         408 => ("Request Timeout", "The request took too long to arrive."),
+        413 => (
+            "Content Too Large",
+            "The request body is larger than this edge accepts.",
+        ),
         421 => ("Misdirected Request", "This host is not served here."),
+        429 => ("Too Many Requests", "Too many connections from your address."),
         431 => ("Request Header Fields Too Large", "The request headers are too large."),
         502 => ("Bad Gateway", "The app's server did not answer properly."),
         503 => (

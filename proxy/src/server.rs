@@ -3,11 +3,20 @@
 //! `Server` (which handles `--upgrade` fd hand-over and `--daemon`).
 //!
 //! Listeners given with port 0 get a free port from the OS; the chosen
-//! addresses are printed on stdout (`edgeplane: proxy listening on ...`) so
-//! tests and scripts never need fixed ports. Start at [`run`].
+//! addresses are printed on stdout (`edgeplane: proxy listening on ...`,
+//! `edgeplane: https listening on ...`) so tests and scripts never need
+//! fixed ports.
+//!
+//! Every proxy listener runs [`crate::conn::EdgeApp`] (admission caps, TLS
+//! handshake on HTTPS listeners, head deadline) in front of one shared
+//! Pingora HTTP proxy over [`Edge`]. Signals: SIGTERM drains (listeners
+//! close, requests in flight finish, tunnels get close frame 1001, exit
+//! after `edge.grace_period_ms`); SIGQUIT hands the listeners to a new
+//! `serve --upgrade` process and then drains the same way, with close code
+//! 1012; SIGINT stops at once. Start at [`run`].
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pingora_core::listeners::ListenerConfig;
@@ -22,6 +31,7 @@ use edgeplane_control_sync::postgres::{self, PgSyncOptions};
 use edgeplane_control_sync::{SnapshotError, TableHandle};
 
 use crate::admin::AdminApp;
+use crate::conn::{Admission, EdgeApp};
 use crate::metrics::Metrics;
 use crate::service::Edge;
 
@@ -97,12 +107,33 @@ pub const DOWNSTREAM_READ_BUFFER: usize = 0;
 /// 25-50 ms stalls at p99 under a steady 20k req/s (bench/results/README.md).
 pub const FAST_TIMER_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Set when SIGQUIT (graceful upgrade) arrives: tunnels then close with
+/// 1012 "service restart" instead of 1001 "going away".
+static UPGRADING: std::sync::LazyLock<Arc<AtomicBool>> = std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+/// The close code tunnels send when the process stops.
+pub fn tunnel_close_code() -> u16 {
+    if UPGRADING.load(Ordering::Relaxed) {
+        crate::ws_frames::CLOSE_SERVICE_RESTART
+    } else {
+        crate::ws_frames::CLOSE_GOING_AWAY
+    }
+}
+
 /// Runs the edge until it is told to stop. Never returns on success.
 pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(FAST_TIMER_MAX));
     let table = load_placement(&cfg)?;
     let listen: Vec<SocketAddr> = cfg.edge.listen.iter().map(|&a| concrete(a)).collect::<Result<_, _>>()?;
     let admin_addr = concrete(cfg.edge.admin_listen)?;
+    let tls_listen: Vec<SocketAddr> = match &cfg.tls {
+        Some(t) => t.listen.iter().map(|&a| concrete(a)).collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    // Pingora handles SIGQUIT too; this only records which stop it is.
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGQUIT, UPGRADING.clone()) {
+        log::warn!("cannot watch SIGQUIT: {e}");
+    }
 
     let conf = ServerConf {
         threads: cfg.edge.threads,
@@ -122,7 +153,8 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
-    let edge = Edge::new(Arc::new(cfg), table, metrics);
+    let mut edge = Edge::new(Arc::new(cfg), table, metrics);
+    edge.https_port = tls_listen.first().map(|a| a.port());
     crate::health::refresh_now(
         &edge.table.load(),
         &edge.route.balancer,
@@ -138,19 +170,57 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         Arc::new(AtomicBool::new(false)),
     );
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, edge.clone(), "edgeplane proxy");
+    let limits = &edge.cfg.limits;
+    let mut http = pingora_proxy::http_proxy(&server.configuration, edge.clone());
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.keepalive_request_limit = Some(limits.max_requests_per_connection);
+    http.server_options = Some(options);
+    let http = Arc::new(http);
+    let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
+    let app = |tls| EdgeApp {
+        proxy: http.clone(),
+        admission: admission.clone(),
+        tls,
+        header_timeout: limits.header_timeout,
+        metrics: edge.metrics.clone(),
+    };
+    let mut proxy = Service::new("edgeplane proxy".to_string(), app(None));
     for a in &listen {
         proxy.add_listener(ListenerConfig::tcp(a.to_string()).l4_buffer(L4BufferSettings {
             read: Some(DOWNSTREAM_READ_BUFFER),
             write: None,
         }));
     }
+    let https = match &edge.cfg.tls {
+        Some(t) => {
+            let resolver = crate::tls::SniResolver::new(Default::default());
+            crate::tls::reload(&t.certs_dir, &resolver, &edge.metrics);
+            crate::tls::spawn_watcher(
+                t.certs_dir.clone(),
+                t.reload_interval,
+                resolver.clone(),
+                edge.metrics.clone(),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let acceptor =
+                pingora_core::listeners::tls::Acceptor::from_server_config(crate::tls::server_config(resolver));
+            let mut svc = Service::new("edgeplane https".to_string(), app(Some(acceptor)));
+            for a in &tls_listen {
+                svc.add_listener(ListenerConfig::tcp(a.to_string()));
+            }
+            Some(svc)
+        }
+        None => None,
+    };
     let mut admin = Service::new("edgeplane admin".to_string(), AdminApp { edge: edge.clone() });
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr.to_string());
 
     for a in &listen {
         println!("edgeplane: proxy listening on {a}");
+    }
+    for a in &tls_listen {
+        println!("edgeplane: https listening on {a}");
     }
     println!("edgeplane: admin listening on {admin_addr}");
     println!(
@@ -163,6 +233,9 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     let _ = std::io::stdout().flush();
 
     server.add_service(proxy);
+    if let Some(h) = https {
+        server.add_service(h);
+    }
     server.add_service(admin);
     server.run_forever()
 }

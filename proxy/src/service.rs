@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -76,6 +76,9 @@ pub struct Edge {
     pub table: TableHandle,
     pub health: HealthHandle,
     pub metrics: Arc<Metrics>,
+    /// Port of the first HTTPS listener (for `tls.redirect_http`), set by
+    /// [`crate::server`] once listeners have their ports.
+    pub https_port: Option<u16>,
     request_seq: Arc<AtomicU64>,
 }
 
@@ -87,6 +90,7 @@ impl Edge {
             table,
             health: HealthHandle::default(),
             metrics,
+            https_port: None,
             request_seq: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -112,6 +116,10 @@ pub struct RequestCtx {
     request_id: Option<String>,
     status: u16,
     tunnel: bool,
+    /// The client connection is TLS.
+    tls: bool,
+    /// Request body bytes seen (for `limits.max_body_bytes` on chunked bodies).
+    body_bytes: u64,
 }
 
 /// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::tunnel`]).
@@ -137,6 +145,9 @@ fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::RawFd> {
     use std::os::fd::AsRawFd;
     session
         .stream()?
+        .as_any()
+        .downcast_ref::<crate::conn::ConnStream>()?
+        .inner()
         .as_any()
         .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()
         .map(|s| s.as_raw_fd())
@@ -187,12 +198,37 @@ impl Edge {
         Ok(())
     }
 
+    /// Answers a plain-HTTP request with 308 to the same URL on HTTPS.
+    async fn redirect_to_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| route::host::canonical_host(h.as_bytes()).ok())
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default();
+        let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let port = match self.https_port {
+            Some(443) | None => String::new(),
+            Some(p) => format!(":{p}"),
+        };
+        let id = ctx.request_id.get_or_insert_with(|| self.next_request_id()).clone();
+        let mut resp = ResponseHeader::build(308, Some(4))?;
+        resp.insert_header("location", format!("https://{host}{port}{target}"))?;
+        resp.insert_header("content-length", "0")?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header(REQUEST_ID_HEADER, id)?;
+        ctx.status = 308;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(())
+    }
+
     /// Carries a WebSocket upgrade itself ([`crate::tunnel`]): connect to the
     /// decided address, send the edited head, relay the answer, and pump the
     /// tunnel until it ends. Errors before the answer get the edge's own
     /// 502/504 page, exactly as on the proxied path.
     async fn tunnel_websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        use crate::tunnel::{client_socket, Tunnel};
+        use crate::tunnel::{client_socket, Tunnel, TunnelStop};
         let addr = match ctx.decision {
             Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
             _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
@@ -245,7 +281,18 @@ impl Edge {
         }
         ctx.tunnel = true;
         self.metrics.tunnels_active.inc();
-        if let Err(e) = t.run(client, limits.tunnel_idle_timeout).await {
+        let stop = crate::conn::conn_of(session)
+            .and_then(|c| c.shutdown())
+            .map(|w| TunnelStop {
+                watch: w.clone(),
+                code: crate::server::tunnel_close_code,
+                // Spread closes over the first half of the grace period (at most
+                // 10 s) so clients do not all reconnect in the same instant.
+                delay: Duration::from_millis(
+                    entropy() % (self.cfg.edge.grace_period.as_millis() as u64 / 2).clamp(1, 10_000),
+                ),
+            });
+        if let Err(e) = t.run(client, limits.tunnel_idle_timeout, stop).await {
             log::debug!("tunnel to {addr} ended: {e}");
         }
         Ok(())
@@ -294,7 +341,7 @@ impl Edge {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default();
             upstream.insert_header("x-forwarded-for", client_ip)?;
-            upstream.insert_header("x-forwarded-proto", "http")?;
+            upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
             let host = session.req_header().headers.get(http::header::HOST).cloned();
             match host {
                 Some(h) => upstream.insert_header("x-forwarded-host", h)?,
@@ -354,13 +401,21 @@ impl ProxyHttp for Edge {
             request_id: None,
             status: 0,
             tunnel: false,
+            tls: false,
+            body_bytes: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Instant::now();
+        if let Some(c) = crate::conn::conn_of(session) {
+            c.head_done();
+            ctx.tls = c.is_tls();
+        }
         session.set_keepalive(Some(self.cfg.limits.keepalive_idle.as_secs().max(1)));
         let limits = &self.cfg.limits;
+        // Each wait for the next piece of body is bounded (slow-body clients).
+        session.set_read_timeout(Some(limits.body_timeout));
         let req = session.req_header();
         let too_many = req.headers.len() > limits.max_headers;
         let too_big = !too_many && {
@@ -369,6 +424,12 @@ impl ProxyHttp for Edge {
         };
         if too_many || too_big {
             self.respond(session, ctx, 431).await?;
+            return Ok(true);
+        }
+        let declared_body = header_str(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if declared_body.is_some_and(|n| n > limits.max_body_bytes) {
+            session.set_keepalive(None);
+            self.respond(session, ctx, 413).await?;
             return Ok(true);
         }
 
@@ -387,12 +448,14 @@ impl ProxyHttp for Edge {
         };
         ctx.hops_in = hops_in;
         let bearer = header_str(req, "authorization").and_then(|a| a.strip_prefix("Bearer "));
+        let origin = req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes());
         let rreq = RouteRequest {
             host,
             authority,
             path: req.uri.path(),
             query: req.uri.query(),
             bearer,
+            origin,
             hops: hops_in,
             now_ms: now,
             dry_run: false,
@@ -426,6 +489,20 @@ impl ProxyHttp for Edge {
         }
         ctx.decision = Some(decision);
         drop(table);
+        if let Some(tls) = &self.cfg.tls {
+            let acme = session
+                .req_header()
+                .uri
+                .path()
+                .starts_with("/.well-known/acme-challenge/");
+            if tls.redirect_http && !ctx.tls && hops_in == 0 && !acme {
+                return self.redirect_to_https(session, ctx).await.map(|_| true);
+            }
+        }
+        if session.is_upgrade_req() && self.metrics.tunnels_active.get() as usize >= limits.max_tunnels {
+            self.respond(session, ctx, 503).await?;
+            return Ok(true);
+        }
         if is_websocket_upgrade(session.req_header()) && plain_tcp_fd(session).is_some() {
             self.tunnel_websocket(session, ctx).await?;
             return Ok(true);
@@ -461,6 +538,22 @@ impl ProxyHttp for Edge {
         self.edit_upstream_request(session, upstream, ctx)
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.cfg.limits.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limits.max_body_bytes");
+            }
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -485,8 +578,10 @@ impl ProxyHttp for Edge {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let client_slow = e.esource() == &ErrorSource::Downstream && matches!(e.etype(), ErrorType::ReadTimedout);
         let (code, reason) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "status"),
+            _ if client_slow => (408, "client_timeout"),
             ErrorType::ConnectTimedout => (504, "connect_timeout"),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, "timeout"),
             ErrorType::ConnectRefused => (502, "connect_refused"),
@@ -501,7 +596,10 @@ impl ProxyHttp for Edge {
                 ErrorSource::Internal | ErrorSource::Unset => (500, "internal"),
             },
         };
-        if e.esource() == &ErrorSource::Upstream
+        if client_slow {
+            self.metrics.client_timeouts.with_label_values(&["body"]).inc();
+        }
+        if !client_slow && e.esource() == &ErrorSource::Upstream
             || matches!(e.etype(), ErrorType::ConnectTimedout | ErrorType::ConnectRefused)
         {
             let connect_failed = matches!(
@@ -524,7 +622,10 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(c) = crate::conn::conn_of(session) {
+            c.expect_head();
+        }
         if ctx.tunnel {
             self.metrics.tunnels_active.dec();
         }

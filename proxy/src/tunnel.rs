@@ -32,6 +32,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::ws_frames::{close_frame_to_client, close_frame_to_server, FrameCursor, CLOSE_GOING_AWAY};
+
 /// Largest response head accepted from a VM.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Largest non-101 body relayed (error pages).
@@ -240,10 +242,23 @@ impl Tunnel {
 
     /// Relays the `101` and pumps bytes both ways until the tunnel ends.
     /// Returns bytes carried (client→upstream, upstream→client).
-    pub async fn run(self, client: TcpStream, idle_timeout: Duration) -> Result<(u64, u64), TunnelError> {
+    ///
+    /// With `stop`, the tunnel also ends when the edge shuts down: after the
+    /// stop's delay (spread over tunnels so clients do not all reconnect at
+    /// once) each direction is read up to its next frame boundary, a close
+    /// frame with the stop's code goes to both the client and the VM, and
+    /// the tunnel ends (at most [`DRAIN_LIMIT`] later).
+    pub async fn run(
+        self,
+        client: TcpStream,
+        idle_timeout: Duration,
+        stop: Option<TunnelStop>,
+    ) -> Result<(u64, u64), TunnelError> {
         let Tunnel { upstream, answer } = self;
         let mut down = Direction::default();
-        // The 101 head and any frames the VM sent right behind it go first.
+        // The 101 head goes first; frames the VM sent right behind it are
+        // followed by the frame cursor.
+        down.frames.advance(&answer.rest);
         let mut first = answer.head;
         first.extend_from_slice(&answer.rest);
         down.pending = first;
@@ -251,12 +266,40 @@ impl Tunnel {
         let mut up = Direction::default();
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        let (mut watch, code, delay) = match stop {
+            Some(s) => (Some(s.watch), s.code, s.delay),
+            None => (None, going_away as fn() -> u16, Duration::ZERO),
+        };
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let drain_at = tokio::time::sleep_until(far);
+        tokio::pin!(drain_at);
+        let mut stop_seen = false;
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
         loop {
             // Either side finishing ends the tunnel once what it sent is
             // delivered (WebSocket closes with frames; a half-open tunnel
             // would only hold sockets, as nginx also decides).
             if up.closed || down.closed || up.failed || down.failed {
                 break;
+            }
+            if up.draining {
+                if !down.close_sent && down.frames.at_boundary() && down.pending.is_empty() {
+                    down.pending.extend_from_slice(&close_frame_to_client((code)()));
+                    down.close_sent = true;
+                    down.drain_pending(&client);
+                }
+                if !up.close_sent && up.frames.at_boundary() && up.pending.is_empty() {
+                    up.pending
+                        .extend_from_slice(&close_frame_to_server((code)(), mask_key()));
+                    up.close_sent = true;
+                    up.drain_pending(&upstream);
+                }
+                let done = up.close_sent && down.close_sent && up.pending.is_empty() && down.pending.is_empty();
+                if done || drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    let _ = socket2::SockRef::from(&client).shutdown(Shutdown::Write);
+                    let _ = socket2::SockRef::from(&upstream).shutdown(Shutdown::Write);
+                    break;
+                }
             }
             tokio::select! {
                 r = client.readable(), if up.can_read() => {
@@ -275,12 +318,56 @@ impl Tunnel {
                     r.map_err(TunnelError::Client)?;
                     down.drain_pending(&client);
                 }
+                r = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() && !stop_seen => {
+                    let stopping = r.is_err() || watch.as_ref().is_some_and(|w| *w.borrow());
+                    if stopping {
+                        stop_seen = true;
+                        drain_at.as_mut().reset(tokio::time::Instant::now() + delay);
+                    }
+                }
+                _ = &mut drain_at, if stop_seen => {
+                    if !up.draining {
+                        up.draining = true;
+                        down.draining = true;
+                        let until = tokio::time::Instant::now() + DRAIN_LIMIT;
+                        drain_deadline = Some(until);
+                        drain_at.as_mut().reset(until);
+                    }
+                    continue;
+                }
                 _ = &mut idle => break,
             }
             idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
         }
         Ok((up.carried, down.carried))
     }
+}
+
+/// Longest a tunnel waits for a frame boundary once it is told to stop.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How a tunnel learns that the edge is stopping.
+pub struct TunnelStop {
+    /// Turns true when the process begins a graceful stop or upgrade.
+    pub watch: tokio::sync::watch::Receiver<bool>,
+    /// The close code to send, read when the tunnel drains (the kind of
+    /// stop is known only then).
+    pub code: fn() -> u16,
+    /// Wait after the signal before draining this tunnel.
+    pub delay: Duration,
+}
+
+fn going_away() -> u16 {
+    CLOSE_GOING_AWAY
+}
+
+/// A masking key for a frame the edge sends to a VM (RFC 6455 §5.3).
+fn mask_key() -> [u8; 4] {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0x5bd1_e995);
+    (crate::balancer::subset::mix(t as u64 ^ 0x9e37_79b9) as u32).to_be_bytes()
 }
 
 /// One direction of a tunnel: bytes that could not be written yet, and
@@ -294,11 +381,19 @@ struct Direction {
     eof_seen: bool,
     failed: bool,
     carried: u64,
+    /// Frame boundaries of the bytes read from this direction's source.
+    frames: FrameCursor,
+    /// Stopping: read only up to the next frame boundary.
+    draining: bool,
+    close_sent: bool,
 }
 
 impl Direction {
     fn can_read(&self) -> bool {
-        !self.eof_seen && self.pending.is_empty() && !self.failed
+        !self.eof_seen
+            && self.pending.is_empty()
+            && !self.failed
+            && !(self.draining && (self.close_sent || self.frames.at_boundary()))
     }
 
     fn has_pending(&self) -> bool {
@@ -340,13 +435,22 @@ impl Direction {
         SCRATCH_BUF.with(|b| {
             let mut buf = b.borrow_mut();
             loop {
-                match from.try_read(&mut buf) {
+                let limit = if self.draining {
+                    (self.frames.to_boundary().min(buf.len() as u64)) as usize
+                } else {
+                    buf.len()
+                };
+                if limit == 0 {
+                    break;
+                }
+                match from.try_read(&mut buf[..limit]) {
                     Ok(0) => {
                         self.eof_seen = true;
                         break;
                     }
                     Ok(n) => {
                         self.carried += n as u64;
+                        self.frames.advance(&buf[..n]);
                         let mut at = 0;
                         while at < n {
                             match to.try_write(&buf[at..n]) {
@@ -364,7 +468,7 @@ impl Direction {
                             self.pending.extend_from_slice(&buf[at..n]);
                             return;
                         }
-                        if n < buf.len() {
+                        if n < limit {
                             // Short read: the socket is most likely drained.
                             // The next readiness event brings us back.
                             break;

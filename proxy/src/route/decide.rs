@@ -61,6 +61,16 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
             return reject(Kind::Workspace, RejectReason::BadToken);
         }
         ex.step(|| "workspace token valid".into());
+        if let (false, Some(origin)) = (ctx.workspace_origins.is_empty(), req.origin) {
+            let allowed = ctx
+                .workspace_origins
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin));
+            if !allowed {
+                ex.step(|| format!("Origin {:?} is not allowed -> 403", String::from_utf8_lossy(origin)));
+                return reject(Kind::Workspace, RejectReason::BadOrigin);
+            }
+        }
         match t.repl_by_id(id) {
             Some(r) => (Kind::Workspace, r),
             None => {

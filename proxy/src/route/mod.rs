@@ -38,6 +38,8 @@ pub struct RouteContext {
     pub suffixes: Vec<String>,
     pub workspace_prefix: String,
     pub workspace_key: Option<Vec<u8>>,
+    /// Browser origins allowed on workspace sessions (empty: not checked).
+    pub workspace_origins: Vec<String>,
     pub max_hops: u8,
     pub memory: PickMemory,
     pub balancer: Balancer,
@@ -51,6 +53,7 @@ impl RouteContext {
             suffixes,
             workspace_prefix: cfg.hosting.workspace_path_prefix.clone(),
             workspace_key: cfg.security.workspace_token_key.clone(),
+            workspace_origins: cfg.security.workspace_origins.clone(),
             max_hops: cfg.limits.max_hops,
             memory: PickMemory::new(cfg.balancer.pick_ttl.as_millis() as u64),
             balancer: Balancer::new(
@@ -75,6 +78,8 @@ pub struct RouteRequest<'a> {
     pub query: Option<&'a str>,
     /// Bearer token from `Authorization`, if any.
     pub bearer: Option<&'a str>,
+    /// Raw `Origin` header, if any (checked for workspace sessions).
+    pub origin: Option<&'a [u8]>,
     /// Hop count of a verified `x-edgeplane-hop` header (0 = none).
     pub hops: u8,
     /// Unix time in milliseconds.
@@ -141,6 +146,7 @@ pub enum RejectReason {
     UnknownHost,
     UnknownRepl,
     BadToken,
+    BadOrigin,
     NoUsableVm,
     ForwardLoop,
     NotReady,
@@ -152,6 +158,7 @@ impl RejectReason {
         match self {
             RejectReason::MissingHost | RejectReason::MalformedHost | RejectReason::AuthorityMismatch => 400,
             RejectReason::BadToken => 401,
+            RejectReason::BadOrigin => 403,
             RejectReason::UnknownHost | RejectReason::UnknownRepl => 404,
             RejectReason::NoUsableVm | RejectReason::NotReady => 503,
             RejectReason::ForwardLoop => 508,
@@ -166,6 +173,7 @@ impl RejectReason {
             RejectReason::UnknownHost => "unknown_host",
             RejectReason::UnknownRepl => "unknown_repl",
             RejectReason::BadToken => "bad_token",
+            RejectReason::BadOrigin => "bad_origin",
             RejectReason::NoUsableVm => "no_usable_vm",
             RejectReason::ForwardLoop => "forward_loop",
             RejectReason::NotReady => "not_ready",

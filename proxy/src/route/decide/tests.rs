@@ -49,6 +49,7 @@ fn ctx() -> RouteContext {
         suffixes: vec!["repl.co".into()],
         workspace_prefix: "/__ws/".into(),
         workspace_key: Some(KEY.to_vec()),
+        workspace_origins: Vec::new(),
         max_hops: 2,
         memory: PickMemory::new(10_000),
         balancer: Balancer::new(BalancerParams::default(), "edge-test", Policy::LeastLoaded),
@@ -242,6 +243,48 @@ fn workspace_needs_a_valid_token_before_anything_else() {
         (RejectReason::BadToken, 401),
         "no key configured"
     );
+}
+
+#[test]
+fn workspace_origin_allow_list_is_checked_after_the_token() {
+    let t = table();
+    let c = RouteContext {
+        workspace_origins: vec!["https://replit.com".into()],
+        ..ctx()
+    };
+    let good = mint_token(KEY, "r1", NOW / 1000 + 60);
+    let mut r = RouteRequest {
+        host: Some(b"edge.internal"),
+        path: "/__ws/r1",
+        bearer: Some(&good),
+        origin: Some(b"https://evil.example"),
+        now_ms: NOW,
+        ..Default::default()
+    };
+    assert_eq!(rejected(decide(&c, &t, &r, &mut ())), (RejectReason::BadOrigin, 403));
+    r.origin = Some(b"HTTPS://Replit.com");
+    assert_eq!(
+        vm_id(&t, &decide(&c, &t, &r, &mut ())),
+        "vm-3",
+        "origins compare case-insensitively"
+    );
+    r.origin = None;
+    assert_eq!(
+        vm_id(&t, &decide(&c, &t, &r, &mut ())),
+        "vm-3",
+        "no Origin: the token decides"
+    );
+    r.origin = Some(b"https://evil.example");
+    r.bearer = None;
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::BadToken, 401),
+        "the token is checked first"
+    );
+    // Apps (not workspace sessions) never look at Origin.
+    let mut app = req("app1.repl.co");
+    app.origin = Some(b"https://evil.example");
+    assert!(!matches!(decide(&c, &t, &app, &mut ()), Decision::Reject { .. }));
 }
 
 #[test]

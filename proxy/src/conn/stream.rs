@@ -1,0 +1,246 @@
+//! [`ConnStream`]: the client connection as Pingora's HTTP code sees it.
+//! It wraps the accepted socket (or the TLS stream over it) and adds what
+//! Pingora does not do per connection:
+//! - the admission guard ([`super::admission::Admitted`]) that gives the
+//!   connection's slots back when the connection is dropped;
+//! - the request-head deadline (`limits.header_timeout_ms`): from the first
+//!   byte of a request until its head is parsed. Pingora's own timeouts are
+//!   per read, so a client trickling one byte every few seconds would hold
+//!   the connection forever; here the deadline is total. When it passes,
+//!   `408` is written (best effort) and the read fails, which makes Pingora
+//!   drop the connection;
+//! - what later code asks of the connection: TLS or not, the shutdown watch
+//!   (WebSocket tunnels send close frames on it), a request counter.
+//!
+//! Head tracking: [`ConnStream::head_done`] (called from `request_filter`)
+//! stops the clock; [`ConnStream::expect_head`] (called when a request ends)
+//! arms it again, and the next byte read starts it.
+//!
+//! All other traits delegate to the wrapped stream. Start at
+//! [`ConnStream::new`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::admission::Admitted;
+
+const HEAD_IDLE: u8 = 0;
+const HEAD_ARMED: u8 = 1;
+const HEAD_RUNNING: u8 = 2;
+
+/// The answer to a client whose request head did not arrive in time.
+pub const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\ncache-control: no-store\r\n\r\n";
+
+/// A client connection (see the module docs).
+pub struct ConnStream {
+    inner: Stream,
+    admitted: Option<Admitted>,
+    tls: bool,
+    /// Total time allowed for one request head; None: no head clock (the
+    /// raw socket under a TLS stream).
+    head_timeout: Option<Duration>,
+    head: AtomicU8,
+    deadline: Option<Pin<Box<Sleep>>>,
+    shutdown: Option<ShutdownWatch>,
+}
+
+impl std::fmt::Debug for ConnStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnStream")
+            .field("inner", &self.inner)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl ConnStream {
+    /// Wraps `inner`. With `head_timeout` the first request's clock is armed.
+    pub fn new(
+        inner: Stream,
+        admitted: Option<Admitted>,
+        tls: bool,
+        head_timeout: Option<Duration>,
+        shutdown: Option<ShutdownWatch>,
+    ) -> ConnStream {
+        ConnStream {
+            inner,
+            admitted,
+            tls,
+            head_timeout,
+            head: AtomicU8::new(if head_timeout.is_some() { HEAD_ARMED } else { HEAD_IDLE }),
+            deadline: None,
+            shutdown,
+        }
+    }
+
+    /// The wrapped stream (the l4 socket on plain listeners).
+    pub fn inner(&self) -> &Stream {
+        &self.inner
+    }
+
+    /// Moves the admission guard out (the TLS layer wraps a raw ConnStream
+    /// and the outer one keeps the guard).
+    pub fn take_admitted(&mut self) -> Option<Admitted> {
+        self.admitted.take()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The process's shutdown watch (true once a graceful stop or upgrade began).
+    pub fn shutdown(&self) -> Option<&ShutdownWatch> {
+        self.shutdown.as_ref()
+    }
+
+    /// The request head was parsed: stop the head clock.
+    pub fn head_done(&self) {
+        self.head.store(HEAD_IDLE, Ordering::Relaxed);
+    }
+
+    /// A request ended and the connection may carry another: the next byte
+    /// starts the head clock again.
+    pub fn expect_head(&self) {
+        if self.head_timeout.is_some() {
+            self.head.store(HEAD_ARMED, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the 408 if the socket takes it now (it almost always does:
+    /// nothing else is in flight while a head is being read).
+    fn answer_timeout(&mut self, cx: &mut Context<'_>) {
+        let _ = Pin::new(&mut self.inner).poll_write(cx, RESPONSE_408);
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+    }
+}
+
+impl AsyncRead for ConnStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let state = this.head.load(Ordering::Relaxed);
+        if state == HEAD_RUNNING {
+            if let Some(d) = this.deadline.as_mut() {
+                // Checked before reading too: a client sending a byte every
+                // second never leaves the read pending.
+                if d.as_mut().poll(cx).is_ready() {
+                    this.head.store(HEAD_IDLE, Ordering::Relaxed);
+                    this.answer_timeout(cx);
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request head deadline passed",
+                    )));
+                }
+            }
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if state == HEAD_ARMED && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            if let Some(t) = this.head_timeout {
+                let at = Instant::now() + t;
+                match this.deadline.as_mut() {
+                    Some(d) => d.as_mut().reset(at),
+                    None => this.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+                this.head.store(HEAD_RUNNING, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ConnStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for ConnStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for ConnStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for ConnStream {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for ConnStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for ConnStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: pingora_core::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for ConnStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: pingora_core::protocols::SocketDigest) {
+        self.inner.set_socket_digest(d)
+    }
+}
+
+#[async_trait]
+impl Peek for ConnStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}

@@ -1,0 +1,356 @@
+//! TLS certificates chosen by SNI, from a directory, reloaded live.
+//!
+//! `tls.certs_dir` holds PEM pairs `NAME.crt` (chain) + `NAME.key`: one
+//! wildcard certificate per hosting suffix (`*.repl.co`) and one per custom
+//! domain. [`CertStore::load_dir`] reads every pair and indexes it by the DNS
+//! names in the certificate (subject alternative names, else the common
+//! name): exact names, and wildcard names by the domain under the `*.`.
+//! [`CertStore::lookup`] answers an SNI name with the exact entry, else the
+//! wildcard one label up (a wildcard covers exactly one label, RFC 6125).
+//!
+//! Reload: [`spawn_watcher`] checks the directory every
+//! `tls.reload_interval_ms` (names, sizes, modification times) and, on a
+//! change, builds a whole new store and swaps it into the [`SniResolver`]
+//! (ArcSwap: handshakes in flight keep the store they started with). A pair
+//! that fails to load is skipped with a log line and counted; if a reload
+//! finds no usable pair at all the previous store stays. Connections
+//! without SNI, or naming a host with no certificate, fail the handshake.
+//!
+//! Start at [`CertStore::load_dir`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use pingora_rustls::sign::CertifiedKey;
+use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
+
+use crate::metrics::Metrics;
+
+/// Why one certificate pair was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{0}: no matching .key file")]
+    NoKey(PathBuf),
+    #[error("{path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("{0}: the certificate names no DNS host")]
+    NoNames(PathBuf),
+}
+
+/// Certificates by name (built whole, then swapped in).
+#[derive(Default)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` is stored under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    pairs: usize,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl CertStore {
+    /// Certificate pairs loaded.
+    pub fn len(&self) -> usize {
+        self.pairs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs == 0
+    }
+
+    /// The certificate for an SNI name: exact, else wildcard one label up.
+    pub fn lookup(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = sni.trim_end_matches('.');
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        if let Some(c) = self.exact.get(name) {
+            return Some(c);
+        }
+        let (_, parent) = name.split_once('.')?;
+        if parent.contains('.') {
+            self.wildcard.get(parent)
+        } else {
+            None // never `*.com`
+        }
+    }
+
+    /// Loads every `*.crt` with its `*.key` in `dir`. Returns the store and
+    /// the pairs that were skipped.
+    pub fn load_dir(dir: &Path) -> (CertStore, Vec<CertError>) {
+        let mut store = CertStore::default();
+        let mut errors = Vec::new();
+        let mut crts: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+                .collect(),
+            Err(e) => {
+                errors.push(CertError::Load {
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                });
+                return (store, errors);
+            }
+        };
+        crts.sort();
+        for crt in crts {
+            match load_pair(&crt) {
+                Ok((names, key)) => {
+                    let key = Arc::new(key);
+                    for n in names {
+                        match n.strip_prefix("*.") {
+                            Some(parent) => store.wildcard.insert(parent.to_string(), key.clone()),
+                            None => store.exact.insert(n, key.clone()),
+                        };
+                    }
+                    store.pairs += 1;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        (store, errors)
+    }
+}
+
+/// Reads one pair and the DNS names its leaf certificate covers.
+fn load_pair(crt: &Path) -> Result<(Vec<String>, CertifiedKey), CertError> {
+    let key_path = crt.with_extension("key");
+    if !key_path.exists() {
+        return Err(CertError::NoKey(crt.to_path_buf()));
+    }
+    let load_err = |message: String| CertError::Load {
+        path: crt.to_path_buf(),
+        message,
+    };
+    let (certs, key) =
+        pingora_rustls::load_certs_and_key_files(&crt.display().to_string(), &key_path.display().to_string())
+            .map_err(|e| load_err(e.to_string()))?
+            .ok_or_else(|| load_err("no certificate or no private key in the PEM files".into()))?;
+    let leaf = certs.first().ok_or_else(|| load_err("no certificate".into()))?;
+    let names = dns_names(leaf.as_ref()).map_err(load_err)?;
+    if names.is_empty() {
+        return Err(CertError::NoNames(crt.to_path_buf()));
+    }
+    pingora_rustls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default().ok_or_else(|| load_err("no TLS crypto provider".into()))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| load_err(format!("private key: {e}")))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match()
+        .map_err(|e| load_err(format!("key does not match certificate: {e}")))?;
+    Ok((names, ck))
+}
+
+/// DNS names of a DER certificate: its SANs, else its common name.
+fn dns_names(der: &[u8]) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for g in &san.value.general_names {
+            if let GeneralName::DNSName(n) = g {
+                names.push(n.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The rustls certificate resolver over a swappable [`CertStore`].
+#[derive(Debug)]
+pub struct SniResolver {
+    store: ArcSwap<CertStore>,
+}
+
+impl SniResolver {
+    pub fn new(store: CertStore) -> Arc<SniResolver> {
+        Arc::new(SniResolver {
+            store: ArcSwap::from_pointee(store),
+        })
+    }
+
+    pub fn swap(&self, store: CertStore) {
+        self.store.store(Arc::new(store));
+    }
+
+    pub fn store(&self) -> Arc<CertStore> {
+        self.store.load_full()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?;
+        self.store.load().lookup(name).cloned()
+    }
+}
+
+/// The rustls server config for HTTPS listeners: TLS 1.2 and 1.3, HTTP/1.1
+/// by ALPN (HTTP/2 is not offered: WebSocket and the edge's own tunnel path
+/// are HTTP/1.1).
+pub fn server_config(resolver: Arc<SniResolver>) -> Arc<pingora_rustls::ServerConfig> {
+    pingora_rustls::install_default_crypto_provider();
+    let mut cfg = pingora_rustls::ServerConfig::builder_with_protocol_versions(&[
+        &pingora_rustls::version::TLS12,
+        &pingora_rustls::version::TLS13,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// What the watcher compares: every file's name, size and mtime.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.path(), m.len(), m.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Loads `dir` into `resolver` (logging and counting skipped pairs);
+/// keeps the old store when nothing loads. Returns whether it swapped.
+pub fn reload(dir: &Path, resolver: &SniResolver, metrics: &Metrics) -> bool {
+    let (store, errors) = CertStore::load_dir(dir);
+    for e in &errors {
+        log::error!("tls: skipped certificate: {e}");
+        metrics.tls_reload_errors.inc();
+    }
+    if store.is_empty() && !resolver.store().is_empty() {
+        log::error!(
+            "tls: {} holds no usable certificate; keeping the {} loaded before",
+            dir.display(),
+            resolver.store().len()
+        );
+        return false;
+    }
+    log::info!("tls: {} certificate(s) loaded from {}", store.len(), dir.display());
+    metrics.tls_certificates.set(store.len() as i64);
+    resolver.swap(store);
+    true
+}
+
+/// Re-reads `dir` whenever its files change (a plain thread; off every
+/// request path).
+pub fn spawn_watcher(
+    dir: PathBuf,
+    interval: Duration,
+    resolver: Arc<SniResolver>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    std::thread::Builder::new()
+        .name("edgeplane-tls-watch".into())
+        .spawn(move || {
+            let mut seen = fingerprint(&dir);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(interval);
+                let now = fingerprint(&dir);
+                if now != seen {
+                    seen = now;
+                    reload(&dir, &resolver, &metrics);
+                }
+            }
+        })
+        .expect("spawn tls watcher");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, file: &str, names: &[&str]) {
+        let c = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        std::fs::write(dir.join(format!("{file}.crt")), c.cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), c.key_pair.serialize_pem()).unwrap();
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_wildcard_covers_one_label() {
+        let d = tempfile::tempdir().unwrap();
+        write_pair(d.path(), "suffix", &["*.repl.co"]);
+        write_pair(d.path(), "custom", &["www.example.com", "example.com"]);
+        write_pair(d.path(), "special", &["special.repl.co"]);
+        let (s, errors) = CertStore::load_dir(d.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.len(), 3);
+        let wildcard = s.lookup("app.repl.co").unwrap();
+        assert!(Arc::ptr_eq(wildcard, s.lookup("APP.repl.co.").unwrap()));
+        assert!(!Arc::ptr_eq(wildcard, s.lookup("special.repl.co").unwrap()));
+        assert!(s.lookup("a.b.repl.co").is_none(), "a wildcard covers one label");
+        assert!(s.lookup("repl.co").is_none());
+        assert!(s.lookup("example.com").is_some());
+        assert!(s.lookup("other.example.com").is_none());
+    }
+
+    #[test]
+    fn bad_pairs_are_skipped_with_reasons() {
+        let d = tempfile::tempdir().unwrap();
+        write_pair(d.path(), "good", &["good.example"]);
+        std::fs::write(d.path().join("nokey.crt"), "x").unwrap();
+        std::fs::write(d.path().join("garbage.crt"), "not pem").unwrap();
+        std::fs::write(d.path().join("garbage.key"), "not pem").unwrap();
+        // A key that belongs to another certificate.
+        write_pair(d.path(), "a", &["a.example"]);
+        write_pair(d.path(), "b", &["b.example"]);
+        std::fs::copy(d.path().join("b.key"), d.path().join("a.key")).unwrap();
+        let (s, errors) = CertStore::load_dir(d.path());
+        assert_eq!(s.len(), 2, "good and b load: {s:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(s.lookup("a.example").is_none());
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(text
+            .iter()
+            .any(|t| t.contains("nokey.crt") && t.contains("no matching .key")));
+        assert!(
+            text.iter().any(|t| t.contains("a.crt") && t.contains("does not match")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn reload_keeps_the_old_store_when_nothing_loads() {
+        let d = tempfile::tempdir().unwrap();
+        write_pair(d.path(), "good", &["good.example"]);
+        let m = Metrics::new();
+        let (s, _) = CertStore::load_dir(d.path());
+        let r = SniResolver::new(s);
+        std::fs::remove_file(d.path().join("good.key")).unwrap();
+        assert!(!reload(d.path(), &r, &m));
+        assert!(r.store().lookup("good.example").is_some());
+        assert_eq!(m.tls_reload_errors.get(), 1);
+    }
+}
