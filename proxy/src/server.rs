@@ -173,7 +173,8 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     let limits = &edge.cfg.limits;
     let mut http = pingora_proxy::http_proxy(&server.configuration, edge.clone());
     let mut options = pingora_core::apps::HttpServerOptions::default();
-    options.keepalive_request_limit = Some(limits.max_requests_per_connection);
+    // Pingora counts reuses after the first request.
+    options.keepalive_request_limit = Some(limits.max_requests_per_connection.saturating_sub(1));
     http.server_options = Some(options);
     let http = Arc::new(http);
     let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);

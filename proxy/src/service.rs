@@ -153,9 +153,48 @@ fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::RawFd> {
         .map(|s| s.as_raw_fd())
 }
 
-/// Hop-by-hop headers a tunnel request must not pass on (Connection and
-/// Upgrade are rewritten, not dropped).
-const TUNNEL_HOP_HEADERS: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization"];
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never passed to a VM or peer, in
+/// addition to those the client's `Connection` header names. `Upgrade` is
+/// kept (and `Connection: upgrade` set) only on WebSocket upgrades.
+/// `Transfer-Encoding` is Pingora's to re-frame, not dropped here.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+/// Client-sent headers that apps or their frameworks may trust as set by
+/// the platform (client address, original URL); the edge sets what a VM
+/// may rely on (`x-forwarded-*`, `x-request-id`) and drops the rest.
+const SPOOFABLE: [&str; 10] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+];
+
+/// Whether a request header must not reach a VM (internal, hop-by-hop,
+/// spoofable, or named by the client's `Connection` header).
+fn strip_for_upstream(name: &str, connection_tokens: &[&str], websocket: bool) -> bool {
+    if name.starts_with("x-edgeplane-") || SPOOFABLE.contains(&name) {
+        return true;
+    }
+    if websocket && (name == "upgrade" || name == "connection") {
+        return false;
+    }
+    HOP_BY_HOP.contains(&name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
 
 /// Serialises a request head for the wire (origin-form target).
 fn request_head_bytes(req: &RequestHeader) -> Vec<u8> {
@@ -235,10 +274,6 @@ impl Edge {
         };
         session.set_keepalive(None);
         let mut head = session.req_header().clone();
-        for h in TUNNEL_HOP_HEADERS {
-            head.remove_header(h);
-        }
-        head.insert_header(http::header::CONNECTION, "upgrade")?;
         self.edit_upstream_request(session, &mut head, ctx)?;
         let bytes = request_head_bytes(&head);
         let limits = &self.cfg.limits;
@@ -325,13 +360,24 @@ impl Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Drop every client-sent internal header (allocates only when some are there).
-        let is_internal = |k: &http::HeaderName| k.as_str().starts_with("x-edgeplane-");
-        if upstream.headers.keys().any(is_internal) {
-            let internal: Vec<http::HeaderName> = upstream.headers.keys().filter(|k| is_internal(k)).cloned().collect();
-            for k in internal {
+        // Drop internal, hop-by-hop and spoofable headers (allocates only
+        // when some are there).
+        let websocket = is_websocket_upgrade(session.req_header());
+        let connection = header_str(session.req_header(), "connection").unwrap_or("");
+        let tokens: Vec<&str> = if connection.is_empty() {
+            Vec::new()
+        } else {
+            connection.split(',').map(str::trim).filter(|t| !t.is_empty()).collect()
+        };
+        let strip = |k: &http::HeaderName| strip_for_upstream(k.as_str(), &tokens, websocket);
+        if upstream.headers.keys().any(strip) {
+            let names: Vec<http::HeaderName> = upstream.headers.keys().filter(|k| strip(k)).cloned().collect();
+            for k in names {
                 upstream.remove_header(&k);
             }
+        }
+        if websocket {
+            upstream.insert_header(http::header::CONNECTION, "upgrade")?;
         }
         let trusted_peer = ctx.hops_in > 0;
         if !trusted_peer {
@@ -426,6 +472,13 @@ impl ProxyHttp for Edge {
             self.respond(session, ctx, 431).await?;
             return Ok(true);
         }
+        // Exactly one Host (RFC 9112 §3.2): two could route one way and be
+        // read by the app another.
+        if req.headers.get_all(http::header::HOST).iter().nth(1).is_some() {
+            session.set_keepalive(None);
+            self.respond(session, ctx, 400).await?;
+            return Ok(true);
+        }
         let declared_body = header_str(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
         if declared_body.is_some_and(|n| n > limits.max_body_bytes) {
             session.set_keepalive(None);
@@ -433,6 +486,27 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
 
+        // Upgrades other than WebSocket (h2c, anything else) are served as
+        // plain HTTP/1.1: no other protocol is tunnelled to a VM.
+        if req.headers.contains_key(http::header::UPGRADE) && !is_websocket_upgrade(req) {
+            let h = session.req_header_mut();
+            h.remove_header(&http::header::UPGRADE);
+            h.remove_header("http2-settings");
+            if let Some(c) = h.headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()) {
+                let keep = if c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+                    Some("close")
+                } else {
+                    None
+                };
+                match keep {
+                    Some(k) => h.insert_header(http::header::CONNECTION, k)?,
+                    None => {
+                        h.remove_header(&http::header::CONNECTION);
+                    }
+                }
+            }
+        }
+        let req = session.req_header();
         let now = now_ms();
         let host = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
         let authority = req.uri.authority().map(|a| a.as_str());

@@ -63,6 +63,10 @@ pub fn canonical_host(raw: &[u8]) -> Result<HostBuf, HostError> {
         if p.is_empty() || p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
             return Err(HostError::BadPort);
         }
+        let n = p.iter().fold(0u32, |n, &d| n * 10 + (d - b'0') as u32);
+        if n > 65535 {
+            return Err(HostError::BadPort);
+        }
     }
     let name = name.strip_suffix(b".").unwrap_or(name);
     if name.is_empty() {
@@ -138,6 +142,8 @@ mod tests {
         assert_eq!(c("user@app1.repl.co"), Err(HostError::BadCharacter));
         assert_eq!(c("app1.repl.co:http"), Err(HostError::BadPort));
         assert_eq!(c("app1.repl.co:"), Err(HostError::BadPort));
+        assert_eq!(c("app1.repl.co:99999"), Err(HostError::BadPort));
+        assert_eq!(c("app1.repl.co:65535").map(|h| h.as_str().to_string()), Ok("app1.repl.co".to_string()));
         assert_eq!(c("a..b"), Err(HostError::BadCharacter));
         assert_eq!(
             c("app1.repl.co.."),

@@ -124,10 +124,24 @@ impl FakeVm {
 
 /// A running edge with its own temp dir (config, secrets, snapshot).
 pub struct Edge {
-    _proc: Proc,
+    pub proc: Proc,
     pub dir: tempfile::TempDir,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when started with `[tls]`.
+    pub https: Option<SocketAddr>,
+}
+
+/// Extra config for [`Edge::start_opts`].
+#[derive(Default)]
+pub struct EdgeOpts<'a> {
+    /// Lines added to `[edge]` (replacing the harness's `grace_period_ms = 0`
+    /// when they set it).
+    pub edge: &'a str,
+    /// Lines added to `[limits]` (may open further sections).
+    pub limits: &'a str,
+    /// A `[tls]` section body; the edge then prints an HTTPS address.
+    pub tls: Option<&'a str>,
 }
 
 impl Edge {
@@ -141,7 +155,26 @@ impl Edge {
             serde_json::to_vec_pretty(snapshot).unwrap(),
         )
         .unwrap();
-        Edge::start_in(dir, region, "file = \"snapshot.json\"", limits, true).await
+        Edge::start_in(dir, region, "file = \"snapshot.json\"", &EdgeOpts { limits, ..Default::default() }, true).await
+    }
+
+    /// Like [`Edge::start`] with [`EdgeOpts`], in a given directory (so a
+    /// test can put certificates there first).
+    pub async fn start_opts(dir: tempfile::TempDir, region: &str, snapshot: &serde_json::Value, opts: &EdgeOpts<'_>) -> Edge {
+        std::fs::write(
+            dir.path().join("snapshot.json"),
+            serde_json::to_vec_pretty(snapshot).unwrap(),
+        )
+        .unwrap();
+        Edge::start_in(dir, region, "file = \"snapshot.json\"", opts, true).await
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.0.id() as i32
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("edge.toml")
     }
 
     /// Starts an edge of `region` syncing from PostgreSQL at `url`, with a
@@ -152,39 +185,30 @@ impl Edge {
             "source = \"postgres\"\npostgres_url = \"{url}\"\nlast_known_good = \"lkg.json\"\n\
 last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 1000"
         );
-        Edge::start_in(dir, region, &placement, "", ready).await
+        Edge::start_in(dir, region, &placement, &EdgeOpts::default(), ready).await
     }
 
-    async fn start_in(dir: tempfile::TempDir, region: &str, placement: &str, limits: &str, ready: bool) -> Edge {
+    async fn start_in(dir: tempfile::TempDir, region: &str, placement: &str, opts: &EdgeOpts<'_>, ready: bool) -> Edge {
         let d = dir.path();
         std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
         std::fs::write(d.join("ws.key"), WS_KEY).unwrap();
+        let grace = if opts.edge.contains("grace_period_ms") { "" } else { "grace_period_ms = 0\n" };
+        let tls = opts.tls.map(|t| format!("\n[tls]\n{t}\n")).unwrap_or_default();
         let toml = format!(
             "[edge]\nregion = \"{region}\"\ninstance_id = \"{region}-test\"\nlisten = [\"127.0.0.1:0\"]\n\
 admin_listen = \"127.0.0.1:0\"\nthreads = 2\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\
-grace_period_ms = 0\n\n[placement]\n{placement}\n\n[limits]\n{limits}\n\n\
-[security]\nhop_secret_file = \"hop.secret\"\nworkspace_token_key_file = \"ws.key\"\n"
+{grace}{}\n\n[placement]\n{placement}\n{tls}\n[security]\nhop_secret_file = \"hop.secret\"\n\
+workspace_token_key_file = \"ws.key\"\n\n[limits]\n{}\n",
+            opts.edge, opts.limits
         );
         std::fs::write(d.join("edge.toml"), toml).unwrap();
-        let mut child = Command::new(edgeplane_bin())
-            .args(["serve", "-c"])
-            .arg(d.join("edge.toml"))
-            .env("RUST_LOG", std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn edgeplane");
-        let addrs = read_lines(&mut child, 2, |l| {
-            let a = l.strip_prefix("edgeplane: proxy listening on ").map(|a| ("proxy", a));
-            let a = a.or_else(|| l.strip_prefix("edgeplane: admin listening on ").map(|a| ("admin", a)))?;
-            Some((a.0, a.1.parse::<SocketAddr>().ok()?))
-        });
-        let map: HashMap<_, _> = addrs.into_iter().collect();
+        let (child, map) = spawn_edge(&d.join("edge.toml"), false, opts.tls.is_some());
         let edge = Edge {
-            _proc: Proc(child),
+            proc: Proc(child),
             dir,
             proxy: map["proxy"],
             admin: map["admin"],
+            https: map.get("https").copied(),
         };
         if ready {
             edge.wait_ready().await;
@@ -275,6 +299,70 @@ impl Resp {
     pub fn served_by(&self) -> Option<&str> {
         self.header("x-served-by")
     }
+}
+
+/// Starts `edgeplane serve -c CONFIG [--upgrade]` and reads the addresses
+/// it prints (`proxy`, `admin`, and `https` when `https`).
+pub fn spawn_edge(config: &Path, upgrade: bool, https: bool) -> (Child, HashMap<&'static str, SocketAddr>) {
+    let mut cmd = Command::new(edgeplane_bin());
+    cmd.args(["serve", "-c"]).arg(config);
+    if upgrade {
+        cmd.arg("--upgrade");
+    }
+    let mut child = cmd
+        .env("RUST_LOG", std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn edgeplane");
+    let addrs = read_lines(&mut child, if https { 3 } else { 2 }, |l| {
+        let a = l.strip_prefix("edgeplane: proxy listening on ").map(|a| ("proxy", a));
+        let a = a.or_else(|| l.strip_prefix("edgeplane: https listening on ").map(|a| ("https", a)));
+        let a = a.or_else(|| l.strip_prefix("edgeplane: admin listening on ").map(|a| ("admin", a)))?;
+        Some((a.0, a.1.parse::<SocketAddr>().ok()?))
+    });
+    (child, addrs.into_iter().collect())
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Waits until `f` holds (polling every 50 ms) or panics after `secs`.
+pub async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends raw bytes on a new connection and reads until the edge closes it
+/// (or `wait` passes). Returns everything read.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    out
+}
+
+/// Status codes of every response head in `raw` (pipelined answers).
+pub fn statuses(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text[i + 9..].get(..3).and_then(|c| c.parse().ok()))
+        .collect()
 }
 
 pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {

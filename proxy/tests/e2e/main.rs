@@ -5,7 +5,9 @@
 
 mod balancer;
 mod harness;
+mod hostile;
 mod http;
+mod limits;
 mod postgres;
 mod regions;
 mod websocket;
