@@ -10,6 +10,7 @@ mod http;
 mod limits;
 mod postgres;
 mod regions;
+mod tls;
 mod websocket;
 
 use std::net::SocketAddr;

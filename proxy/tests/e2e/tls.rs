@@ -1,0 +1,147 @@
+//! HTTPS: certificates chosen by SNI from a directory and reloaded without
+//! a restart; plain HTTP redirected when configured.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::{dead_addr, world};
+
+/// Writes a self-signed pair for `names`; returns the certificate DER.
+fn write_pair(dir: &Path, file: &str, names: &[&str]) -> Vec<u8> {
+    let c = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    std::fs::write(dir.join(format!("{file}.key")), c.key_pair.serialize_pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}.crt")), c.cert.pem()).unwrap();
+    c.cert.der().to_vec()
+}
+
+/// One HTTPS GET with SNI `sni`, trusting exactly `trusted`. Returns the
+/// raw answer and the certificate the edge presented.
+fn https_get(addr: SocketAddr, sni: &str, trusted: &[Vec<u8>], path: &str) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trusted {
+        roots.add(rustls::pki_types::CertificateDer::from(der.clone())).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(std::io::Error::other)?;
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let cert = tls.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    Ok((out, cert))
+}
+
+async fn https(addr: SocketAddr, sni: &str, trusted: &[Vec<u8>], path: &str) -> std::io::Result<(Resp, Vec<u8>)> {
+    let (sni, trusted, path) = (sni.to_string(), trusted.to_vec(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        let (raw, cert) = https_get(addr, &sni, &trusted, &path)?;
+        Ok((parse_response(&raw)?, cert))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_a_new_one_is_served_without_restart() {
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let snap = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let wildcard = write_pair(&certs, "repl.co", &["*.repl.co"]);
+    let custom = write_pair(&certs, "www.example.com", &["www.example.com"]);
+    let tls = "listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\"\nreload_interval_ms = 200";
+    let edge = Edge::start_opts(
+        dir,
+        "us-east1",
+        &snap,
+        &EdgeOpts {
+            tls: Some(tls),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = edge.https.expect("https listener");
+    let trusted = vec![wildcard.clone(), custom.clone()];
+
+    let (r, cert) = https(addr, "app1.repl.co", &trusted, "/x").await.unwrap();
+    assert_eq!((r.status, r.served_by()), (200, Some("vm-1")));
+    assert_eq!(cert, wildcard, "the wildcard certificate serves a slug host");
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
+
+    let (r, cert) = https(addr, "www.example.com", &trusted, "/").await.unwrap();
+    assert_eq!((r.status, r.served_by()), (200, Some("vm-1")));
+    assert_eq!(cert, custom, "the custom domain gets its own certificate");
+
+    assert!(
+        https(addr, "unknown.example.org", &trusted, "/").await.is_err(),
+        "no certificate for the name: the handshake fails"
+    );
+
+    // Rotate the wildcard certificate; the edge picks it up by itself.
+    let rotated = write_pair(&certs, "repl.co", &["*.repl.co"]);
+    let trusted = vec![wildcard.clone(), rotated.clone(), custom.clone()];
+    let mut served = Vec::new();
+    for _ in 0..100 {
+        if let Ok((_, c)) = https(addr, "app2.repl.co", &trusted, "/").await {
+            served = c;
+            if served == rotated {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served, rotated, "rotated certificate never served");
+    // A broken pair is skipped; the others keep serving.
+    std::fs::write(certs.join("broken.crt"), "not a certificate").unwrap();
+    std::fs::write(certs.join("broken.key"), "not a key").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (r, _) = https(addr, "www.example.com", &trusted, "/").await.unwrap();
+    assert_eq!(r.status, 200);
+    let m = edge.metrics().await;
+    assert!(metric_value(&m, "edgeplane_tls_reload_errors_total").unwrap_or(0.0) >= 1.0, "{m}");
+    assert_eq!(metric_value(&m, "edgeplane_tls_certificates"), Some(2.0));
+    assert!(metric_value(&m, "edgeplane_tls_handshake_errors_total").unwrap_or(0.0) >= 1.0);
+}
+
+#[tokio::test]
+async fn plain_http_redirects_to_https_except_acme_challenges() {
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let snap = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    write_pair(&certs, "repl.co", &["*.repl.co"]);
+    let tls = "listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\"\nredirect_http = true";
+    let edge = Edge::start_opts(
+        dir,
+        "us-east1",
+        &snap,
+        &EdgeOpts {
+            tls: Some(tls),
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = edge.https.unwrap().port();
+    let r = edge.get("app1.repl.co", "/a?b=1", &[]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some(format!("https://app1.repl.co:{port}/a?b=1").as_str()));
+    assert_eq!(vm1.requests().await, 0);
+    let r = edge.get("app1.repl.co", "/.well-known/acme-challenge/tok", &[]).await;
+    assert_eq!((r.status, r.served_by()), (200, Some("vm-1")));
+    // Unknown hosts are still 404, not redirected.
+    assert_eq!(edge.get("nope.repl.co", "/", &[]).await.status, 404);
+}
