@@ -41,7 +41,7 @@ impl Drop for Proc {
 }
 
 /// Reads stdout lines until `want` returns Some for each of `n` values.
-fn read_lines<T>(child: &mut Child, n: usize, want: impl Fn(&str) -> Option<T>) -> Vec<T> {
+pub fn read_lines<T>(child: &mut Child, n: usize, want: impl Fn(&str) -> Option<T>) -> Vec<T> {
     let out = child.stdout.take().expect("piped stdout");
     let mut reader = BufReader::new(out);
     let mut got = Vec::new();

@@ -7,6 +7,7 @@ mod balancer;
 mod harness;
 mod hostile;
 mod http;
+mod lifecycle;
 mod limits;
 mod postgres;
 mod regions;

@@ -1,0 +1,206 @@
+//! Graceful operations on a real process: SIGTERM drains (requests in
+//! flight finish, WebSocket tunnels get close frame 1001), and `serve
+//! --upgrade` hands the listeners to a new binary under load, five times
+//! in a row, without a refused or failed request.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+use crate::{dead_addr, world};
+
+fn signal(pid: i32, sig: &str) {
+    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A VM that answers every request after `delay` (for requests in flight).
+async fn slow_vm(delay: Duration) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nx-served-by: slow\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_and_closes_tunnels_with_1001() {
+    let vm2 = FakeVm::start("vm-2");
+    let slow = slow_vm(Duration::from_millis(1500)).await;
+    let mut snap = world(slow, vm2.http, dead_addr(), dead_addr(), dead_addr());
+    snap["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"repl_id": "r2", "vm_id": "vm-2"}));
+    let dir = tempfile::tempdir().unwrap();
+    let mut edge = Edge::start_opts(
+        dir,
+        "us-east1",
+        &snap,
+        &EdgeOpts {
+            edge: "grace_period_ms = 3000",
+            ..Default::default()
+        },
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(edge.proxy).await.unwrap();
+    let req = format!("ws://{}/", "app2.repl.co").into_client_request().unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    let proxy = edge.proxy;
+    let in_flight = tokio::spawn(async move { try_request(proxy, "GET", "app1.repl.co", "/", &[], &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = Instant::now();
+    signal(edge.pid(), "-TERM");
+
+    // The tunnel gets a close frame with 1001 within the grace period.
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("tunnel ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no close frame in time");
+    let code: u16 = close.expect("close frame has a code").code.into();
+    assert_eq!(code, 1001);
+    assert!(stopped_at.elapsed() < Duration::from_secs(3), "closed after the grace period");
+
+    let r = in_flight.await.unwrap().expect("request in flight was dropped");
+    assert_eq!((r.status, r.body_str().as_str()), (200, "slow"));
+
+    // Listeners close at once; the process exits after its grace period.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = edge.proc.0.try_wait().unwrap() {
+            println!("drain: exited {status} after {:?}", stopped_at.elapsed());
+            break;
+        }
+        assert!(Instant::now() < deadline, "edge did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn five_binary_upgrades_under_load_lose_no_request() {
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let snap = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start_opts(
+        dir,
+        "us-east1",
+        &snap,
+        &EdgeOpts {
+            edge: "grace_period_ms = 1000",
+            ..Default::default()
+        },
+    )
+    .await;
+    // The new process must find the same addresses to take the sockets
+    // over: pin the ports the OS chose for the first one.
+    let cfg = edge.config_path();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{}\"]", edge.proxy))
+        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{}\"", edge.admin));
+    std::fs::write(&cfg, text).unwrap();
+
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = edge.proxy;
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match try_request(proxy, "GET", "app1.repl.co", "/", &[], &[]).await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("upgrade load: failed request: {:?}", other.map(|r| r.status));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let mut current = edge.proc;
+    let mut old = Vec::new();
+    for round in 1..=5 {
+        let before = ok.load(Ordering::Relaxed);
+        let mut next = Command::new(edgeplane_bin())
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .arg("--upgrade")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(current.0.id() as i32, "-QUIT");
+        let addrs = tokio::task::spawn_blocking(move || {
+            let a = read_lines(&mut next, 2, |l| l.strip_prefix("edgeplane: proxy listening on ").map(str::to_string).or_else(|| l.strip_prefix("edgeplane: admin listening on ").map(str::to_string)));
+            (next, a)
+        })
+        .await
+        .unwrap();
+        let (next, printed) = addrs;
+        assert_eq!(printed[0], proxy.to_string(), "round {round}: the new process serves the same address");
+        old.push(std::mem::replace(&mut current, Proc(next)));
+        // Wait until the new process itself answers on the admin listener
+        // and some load went through since the hand-over began.
+        eventually("load continues", 20, || ok.load(Ordering::Relaxed) > before + 20).await;
+        println!("upgrade: round {round} done, {} ok, {} failed", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    }
+    // Every old process finishes its drain and exits by itself while the
+    // load still runs (Pingora waits 5 s after handing sockets over, then
+    // the grace period).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, p) in old.iter_mut().enumerate() {
+        while p.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "old process {i} never exited");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("upgrade: 5 upgrades, {ok} requests ok, {failed} failed");
+    assert!(ok > 200, "too little load to judge: {ok}");
+    assert_eq!(failed, 0, "requests failed or were refused during upgrades");
+    drop(old);
+    drop(current);
+}
