@@ -143,7 +143,10 @@ mod tests {
         assert_eq!(c("app1.repl.co:http"), Err(HostError::BadPort));
         assert_eq!(c("app1.repl.co:"), Err(HostError::BadPort));
         assert_eq!(c("app1.repl.co:99999"), Err(HostError::BadPort));
-        assert_eq!(c("app1.repl.co:65535").map(|h| h.as_str().to_string()), Ok("app1.repl.co".to_string()));
+        assert_eq!(
+            c("app1.repl.co:65535").map(|h| h.as_str().to_string()),
+            Ok("app1.repl.co".to_string())
+        );
         assert_eq!(c("a..b"), Err(HostError::BadCharacter));
         assert_eq!(
             c("app1.repl.co.."),

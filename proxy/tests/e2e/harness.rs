@@ -155,12 +155,27 @@ impl Edge {
             serde_json::to_vec_pretty(snapshot).unwrap(),
         )
         .unwrap();
-        Edge::start_in(dir, region, "file = \"snapshot.json\"", &EdgeOpts { limits, ..Default::default() }, true).await
+        Edge::start_in(
+            dir,
+            region,
+            "file = \"snapshot.json\"",
+            &EdgeOpts {
+                limits,
+                ..Default::default()
+            },
+            true,
+        )
+        .await
     }
 
     /// Like [`Edge::start`] with [`EdgeOpts`], in a given directory (so a
     /// test can put certificates there first).
-    pub async fn start_opts(dir: tempfile::TempDir, region: &str, snapshot: &serde_json::Value, opts: &EdgeOpts<'_>) -> Edge {
+    pub async fn start_opts(
+        dir: tempfile::TempDir,
+        region: &str,
+        snapshot: &serde_json::Value,
+        opts: &EdgeOpts<'_>,
+    ) -> Edge {
         std::fs::write(
             dir.path().join("snapshot.json"),
             serde_json::to_vec_pretty(snapshot).unwrap(),
@@ -192,7 +207,11 @@ last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 
         let d = dir.path();
         std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
         std::fs::write(d.join("ws.key"), WS_KEY).unwrap();
-        let grace = if opts.edge.contains("grace_period_ms") { "" } else { "grace_period_ms = 0\n" };
+        let grace = if opts.edge.contains("grace_period_ms") {
+            ""
+        } else {
+            "grace_period_ms = 0\n"
+        };
         let tls = opts.tls.map(|t| format!("\n[tls]\n{t}\n")).unwrap_or_default();
         let toml = format!(
             "[edge]\nregion = \"{region}\"\ninstance_id = \"{region}-test\"\nlisten = [\"127.0.0.1:0\"]\n\
@@ -326,7 +345,9 @@ pub fn spawn_edge(config: &Path, upgrade: bool, https: bool) -> (Child, HashMap<
 
 /// Open file descriptors of a process.
 pub fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Waits until `f` holds (polling every 50 ms) or panics after `secs`.

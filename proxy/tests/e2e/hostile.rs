@@ -160,7 +160,10 @@ async fn smuggling_payloads_never_reach_a_vm_as_extra_requests() {
         let seen = t.vm_requests().await - before;
         let codes = statuses(&raw);
         println!("smuggling: {name:28} answers {codes:?} vm requests {seen}");
-        assert!(seen <= max, "{name}: the VMs saw {seen} requests (at most {max} framed): {codes:?}");
+        assert!(
+            seen <= max,
+            "{name}: the VMs saw {seen} requests (at most {max} framed): {codes:?}"
+        );
         // The inner request only counts when it was framed as a second
         // request by the client itself (bare LF and obs-fold cases).
         if seen > max {
@@ -171,7 +174,11 @@ async fn smuggling_payloads_never_reach_a_vm_as_extra_requests() {
         assert!(codes.len() as u64 <= max.max(1), "{name}: {codes:?}");
     }
     assert_eq!(through, 0);
-    assert_eq!(t.vm2.requests().await, 0, "no smuggled request for app2 reached vm-2 by itself");
+    assert_eq!(
+        t.vm2.requests().await,
+        0,
+        "no smuggled request for app2 reached vm-2 by itself"
+    );
 }
 
 #[tokio::test]
@@ -182,8 +189,16 @@ async fn host_attacks_route_only_by_the_canonical_host() {
     let cases: Vec<(&str, String, Option<&str>)> = vec![
         ("missing Host", "".into(), None),
         ("empty Host", "Host: \r\n".into(), None),
-        ("duplicate Host", "Host: app1.repl.co\r\nHost: app2.repl.co\r\n".into(), None),
-        ("duplicate Host same", "Host: app1.repl.co\r\nHost: app1.repl.co\r\n".into(), None),
+        (
+            "duplicate Host",
+            "Host: app1.repl.co\r\nHost: app2.repl.co\r\n".into(),
+            None,
+        ),
+        (
+            "duplicate Host same",
+            "Host: app1.repl.co\r\nHost: app1.repl.co\r\n".into(),
+            None,
+        ),
         ("userinfo", "Host: evil@app1.repl.co\r\n".into(), None),
         ("IPv4 literal", "Host: 127.0.0.1\r\n".into(), None),
         ("IPv6 literal", "Host: [::1]:80\r\n".into(), None),
@@ -251,7 +266,10 @@ async fn host_attacks_route_only_by_the_canonical_host() {
         let seen = t.vm_requests().await - before;
         println!("host: absolute {target:24} -> {:?}", resp.as_ref().map(|r| r.status));
         match want {
-            Some(vm) => assert_eq!(resp.and_then(|r| r.served_by().map(str::to_string)).as_deref(), Some(vm)),
+            Some(vm) => assert_eq!(
+                resp.and_then(|r| r.served_by().map(str::to_string)).as_deref(),
+                Some(vm)
+            ),
             None => assert_eq!(seen, 0, "{target} reached a VM"),
         }
     }
@@ -311,9 +329,15 @@ async fn hop_by_hop_and_spoofed_headers_never_reach_the_vm() {
 async fn h2c_and_other_upgrades_are_served_as_plain_http() {
     let t = setup("").await;
     for (name, extra) in [
-        ("h2c", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"),
+        (
+            "h2c",
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        ),
         ("foo", "Connection: upgrade\r\nUpgrade: foo/1\r\n"),
-        ("websocket without Connection", "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+        (
+            "websocket without Connection",
+            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        ),
     ] {
         let req = format!("GET / HTTP/1.1\r\nHost: app1.repl.co\r\n{extra}\r\n");
         let raw = raw_exchange(t.edge.proxy, req.as_bytes(), Duration::from_secs(2)).await;

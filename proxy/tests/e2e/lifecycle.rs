@@ -18,7 +18,11 @@ use crate::harness::*;
 use crate::{dead_addr, world};
 
 fn signal(pid: i32, sig: &str) {
-    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} {pid}");
 }
 
@@ -40,7 +44,9 @@ async fn slow_vm(delay: Duration) -> SocketAddr {
                 }
                 tokio::time::sleep(delay).await;
                 let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nx-served-by: slow\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nx-served-by: slow\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow",
+                    )
                     .await;
             });
         }
@@ -94,7 +100,10 @@ async fn sigterm_finishes_requests_in_flight_and_closes_tunnels_with_1001() {
     .expect("no close frame in time");
     let code: u16 = close.expect("close frame has a code").code.into();
     assert_eq!(code, 1001);
-    assert!(stopped_at.elapsed() < Duration::from_secs(3), "closed after the grace period");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(3),
+        "closed after the grace period"
+    );
 
     let r = in_flight.await.unwrap().expect("request in flight was dropped");
     assert_eq!((r.status, r.body_str().as_str()), (200, "slow"));
@@ -132,7 +141,10 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{}\"]", edge.proxy))
-        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{}\"", edge.admin));
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"{}\"", edge.admin),
+        );
     std::fs::write(&cfg, text).unwrap();
 
     let ok = Arc::new(AtomicU64::new(0));
@@ -170,18 +182,30 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         signal(current.0.id() as i32, "-QUIT");
         let addrs = tokio::task::spawn_blocking(move || {
-            let a = read_lines(&mut next, 2, |l| l.strip_prefix("edgeplane: proxy listening on ").map(str::to_string).or_else(|| l.strip_prefix("edgeplane: admin listening on ").map(str::to_string)));
+            let a = read_lines(&mut next, 2, |l| {
+                l.strip_prefix("edgeplane: proxy listening on ")
+                    .map(str::to_string)
+                    .or_else(|| l.strip_prefix("edgeplane: admin listening on ").map(str::to_string))
+            });
             (next, a)
         })
         .await
         .unwrap();
         let (next, printed) = addrs;
-        assert_eq!(printed[0], proxy.to_string(), "round {round}: the new process serves the same address");
+        assert_eq!(
+            printed[0],
+            proxy.to_string(),
+            "round {round}: the new process serves the same address"
+        );
         old.push(std::mem::replace(&mut current, Proc(next)));
         // Wait until the new process itself answers on the admin listener
         // and some load went through since the hand-over began.
         eventually("load continues", 20, || ok.load(Ordering::Relaxed) > before + 20).await;
-        println!("upgrade: round {round} done, {} ok, {} failed", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        println!(
+            "upgrade: round {round} done, {} ok, {} failed",
+            ok.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed)
+        );
     }
     // Every old process finishes its drain and exits by itself while the
     // load still runs (Pingora waits 5 s after handing sockets over, then

@@ -38,7 +38,9 @@ async fn slowloris_head_is_cut_at_its_deadline_while_normal_traffic_flows() {
     let (vm1, _vm2, edge) = setup("header_timeout_ms = 1000").await;
     let mut slow = TcpStream::connect(edge.proxy).await.unwrap();
     let start = Instant::now();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\n").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\n")
+        .await
+        .unwrap();
     // A header line every 200 ms: each read is quick, the head never ends.
     let trickle = tokio::spawn(async move {
         for i in 0..40 {
@@ -54,7 +56,11 @@ async fn slowloris_head_is_cut_at_its_deadline_while_normal_traffic_flows() {
         let t = Instant::now();
         let r = edge.get("app1.repl.co", "/", &[]).await;
         assert_eq!(r.status, 200);
-        assert!(t.elapsed() < Duration::from_millis(500), "normal request slowed: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "normal request slowed: {:?}",
+            t.elapsed()
+        );
     }
     let mut slow = trickle.await.unwrap();
     let (raw, ended) = read_until_closed(&mut slow).await;
@@ -64,7 +70,10 @@ async fn slowloris_head_is_cut_at_its_deadline_while_normal_traffic_flows() {
         "got {:?}",
         String::from_utf8_lossy(&raw)
     );
-    assert!(took < Duration::from_secs(9), "cut after {took:?}, not at its 1 s deadline");
+    assert!(
+        took < Duration::from_secs(9),
+        "cut after {took:?}, not at its 1 s deadline"
+    );
     assert_eq!(vm1.requests().await, 5, "the slow request never reached the VM");
 }
 
@@ -77,11 +86,17 @@ async fn slow_body_is_cut_with_408_and_big_bodies_get_413() {
         .unwrap();
     let start = Instant::now();
     let (raw, ended) = read_until_closed(&mut s).await;
-    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&raw));
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
     assert!(ended - start < Duration::from_secs(5));
 
     let big = vec![b'x'; 5000];
-    let r = try_request(edge.proxy, "POST", "app1.repl.co", "/", &[], &big).await.unwrap();
+    let r = try_request(edge.proxy, "POST", "app1.repl.co", "/", &[], &big)
+        .await
+        .unwrap();
     assert_eq!(r.status, 413);
     // Chunked: counted as it arrives.
     let mut chunked = b"POST / HTTP/1.1\r\nHost: app1.repl.co\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -92,9 +107,18 @@ async fn slow_body_is_cut_with_408_and_big_bodies_get_413() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     let raw = raw_exchange(edge.proxy, &chunked, Duration::from_secs(5)).await;
-    assert_eq!(statuses(&raw).first(), Some(&413), "{:?}", String::from_utf8_lossy(&raw));
+    assert_eq!(
+        statuses(&raw).first(),
+        Some(&413),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
     let m = edge.metrics().await;
-    assert_eq!(metric_with(&m, "edgeplane_client_timeouts_total", &["phase=\"body\""]), Some(1.0), "{m}");
+    assert_eq!(
+        metric_with(&m, "edgeplane_client_timeouts_total", &["phase=\"body\""]),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -104,7 +128,10 @@ async fn a_connection_carries_at_most_max_requests() {
     let mut answered = 0;
     let mut buf = vec![0u8; 65536];
     for i in 0..5 {
-        if s.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\n\r\n").await.is_err() {
+        if s.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\n\r\n")
+            .await
+            .is_err()
+        {
             break;
         }
         match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
@@ -130,9 +157,14 @@ async fn connect_from(ip: &str, to: std::net::SocketAddr) -> TcpStream {
 
 /// A request on an established connection; the status, or None if closed.
 async fn status_on(s: &mut TcpStream) -> Option<u16> {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\n\r\n").await.ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\n\r\n")
+        .await
+        .ok()?;
     let mut buf = vec![0u8; 65536];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     statuses(&buf[..n]).first().copied()
 }
 
@@ -173,5 +205,13 @@ async fn per_ip_and_global_connection_caps() {
         metric_with(&m, "edgeplane_connections_refused_total", &["max_connections_per_ip"]),
         Some(1.0)
     );
-    assert!(metric_with(&m, "edgeplane_connections_refused_total", &["reason=\"max_connections\""]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric_with(
+            &m,
+            "edgeplane_connections_refused_total",
+            &["reason=\"max_connections\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
 }

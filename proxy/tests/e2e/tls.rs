@@ -26,7 +26,9 @@ fn https_get(addr: SocketAddr, sni: &str, trusted: &[Vec<u8>], path: &str) -> st
     for der in trusted {
         roots.add(rustls::pki_types::CertificateDer::from(der.clone())).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(std::io::Error::other)?;
     let tcp = std::net::TcpStream::connect(addr)?;
@@ -39,7 +41,12 @@ fn https_get(addr: SocketAddr, sni: &str, trusted: &[Vec<u8>], path: &str) -> st
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
         Err(e) => return Err(e),
     }
-    let cert = tls.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    let cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
     Ok((out, cert))
 }
 
@@ -111,7 +118,10 @@ async fn sni_picks_the_certificate_and_a_new_one_is_served_without_restart() {
     let (r, _) = https(addr, "www.example.com", &trusted, "/").await.unwrap();
     assert_eq!(r.status, 200);
     let m = edge.metrics().await;
-    assert!(metric_value(&m, "edgeplane_tls_reload_errors_total").unwrap_or(0.0) >= 1.0, "{m}");
+    assert!(
+        metric_value(&m, "edgeplane_tls_reload_errors_total").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
     assert_eq!(metric_value(&m, "edgeplane_tls_certificates"), Some(2.0));
     assert!(metric_value(&m, "edgeplane_tls_handshake_errors_total").unwrap_or(0.0) >= 1.0);
 }
@@ -138,7 +148,10 @@ async fn plain_http_redirects_to_https_except_acme_challenges() {
     let port = edge.https.unwrap().port();
     let r = edge.get("app1.repl.co", "/a?b=1", &[]).await;
     assert_eq!(r.status, 308);
-    assert_eq!(r.header("location"), Some(format!("https://app1.repl.co:{port}/a?b=1").as_str()));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://app1.repl.co:{port}/a?b=1").as_str())
+    );
     assert_eq!(vm1.requests().await, 0);
     let r = edge.get("app1.repl.co", "/.well-known/acme-challenge/tok", &[]).await;
     assert_eq!((r.status, r.served_by()), (200, Some("vm-1")));
