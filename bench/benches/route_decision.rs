@@ -26,6 +26,7 @@ fn ctx(t: &RoutingTable) -> RouteContext {
         suffixes: vec!["repl.co".into()],
         workspace_prefix: "/__ws/".into(),
         workspace_key: None,
+        workspace_origins: Vec::new(),
         max_hops: 2,
         memory: PickMemory::new(10_000),
         balancer: Balancer::new(BalancerParams::default(), "edge-bench", Policy::LeastLoaded),
