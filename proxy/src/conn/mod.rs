@@ -34,6 +34,10 @@ use crate::service::Edge;
 pub use admission::{Admission, Refusal};
 pub use stream::ConnStream;
 
+/// How long connections accepted just before a stop get to send their
+/// first request before idle ones are closed.
+pub const FRESH_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
 /// The ServerApp of one kind of proxy listener (plain or TLS).
 pub struct EdgeApp {
     pub proxy: Arc<HttpProxy<Edge>>,
@@ -106,7 +110,14 @@ impl ServerApp for EdgeApp {
         ServerApp::process_new(&self.proxy, conn, shutdown).await
     }
 
+    /// Runs when the listeners stop (graceful stop or upgrade). Pingora's
+    /// cleanup wakes every connection still waiting for a request head and
+    /// drops it — including one accepted a moment ago whose first request is
+    /// on its way (measured: 2 of 21,000 requests lost over 5 upgrades).
+    /// Waiting [`FRESH_CONNECTION_GRACE`] first lets those requests arrive
+    /// and be served (with `connection: close`, as shutdown has begun).
     async fn cleanup(&self) {
+        tokio::time::sleep(FRESH_CONNECTION_GRACE).await;
         ServerApp::cleanup(self.proxy.as_ref()).await
     }
 }

@@ -244,7 +244,10 @@ async fn vm_faults_end_cleanly_and_file_descriptors_come_back() {
         after = fd_count(edge.pid());
     }
     println!("fault: file descriptors baseline {baseline}, after {after}");
-    assert!(fault.accepted.load(Ordering::Relaxed) >= 6, "the faults went through the proxy");
+    assert!(
+        fault.accepted.load(Ordering::Relaxed) >= 6,
+        "the faults went through the proxy"
+    );
     assert!(after <= baseline + 2, "fds leaked: {baseline} -> {after}");
 }
 
