@@ -18,7 +18,9 @@ echo "== build binaries (the end-to-end tests start them as processes)"
 cargo build --workspace --bins --quiet
 
 echo "== cargo test"
-cargo test --workspace --quiet 2>&1 | tee target/test-output.txt
+out="${CARGO_TARGET_DIR:-target}/test-output.txt"
+mkdir -p "$(dirname "$out")"
+cargo test --workspace --quiet 2>&1 | tee "$out"
 # Sum the per-binary results into one closing line.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     END { printf "%d passed, %d failed, %d skipped\n", p, f, s; exit (f > 0) }' target/test-output.txt
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s; exit (f > 0) }' "$out"
