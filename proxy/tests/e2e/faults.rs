@@ -129,13 +129,8 @@ async fn dying_vm(what: &'static str) -> SocketAddr {
         loop {
             let Ok((mut s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 match what {
                     "before-headers" => drop(s),

@@ -343,6 +343,20 @@ pub fn spawn_edge(config: &Path, upgrade: bool, https: bool) -> (Child, HashMap<
     (child, addrs.into_iter().collect())
 }
 
+/// Reads from `s` until a whole request head (`\r\n\r\n`) arrived; false
+/// if the peer closed first. For test-controlled VMs.
+pub async fn read_request_head(s: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// Open file descriptors of a process.
 pub fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
