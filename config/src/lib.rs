@@ -43,6 +43,11 @@ pub const DEFAULT_MAX_SHRINK_RATIO: f64 = 0.5;
 pub const DEFAULT_LAST_KNOWN_GOOD_INTERVAL: Duration = Duration::from_secs(30);
 /// Connect timeout to PostgreSQL.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `placement.query_timeout_ms`: longest one delta round may take before the
+/// PostgreSQL connection is treated as hung and re-established.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// `placement.full_load_timeout_ms`: longest a full load may take.
+pub const DEFAULT_FULL_LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default balancer policy inside a subset.
 pub const DEFAULT_POLICY: Policy = Policy::LeastLoaded;
 /// VMs of a cluster each edge instance places new repls on (its subset).
@@ -190,6 +195,8 @@ pub struct PlacementConfig {
     pub max_shrink_ratio: f64,
     pub last_known_good_interval: Duration,
     pub connect_timeout: Duration,
+    pub query_timeout: Duration,
+    pub full_load_timeout: Duration,
 }
 
 /// How a VM is chosen inside an edge's subset of a cluster.

@@ -54,6 +54,8 @@ pub struct RawPlacement {
     pub max_shrink_ratio: Option<f64>,
     pub last_known_good_interval_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
+    pub query_timeout_ms: Option<u64>,
+    pub full_load_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

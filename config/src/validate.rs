@@ -176,6 +176,14 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     if poll_interval < Duration::from_millis(10) {
         return Err(loc.err("placement.poll_interval_ms", "must be at least 10"));
     }
+    let query_timeout = ms(p.query_timeout_ms, DEFAULT_QUERY_TIMEOUT);
+    if query_timeout < Duration::from_millis(100) {
+        return Err(loc.err("placement.query_timeout_ms", "must be at least 100"));
+    }
+    let full_load_timeout = ms(p.full_load_timeout_ms, DEFAULT_FULL_LOAD_TIMEOUT);
+    if full_load_timeout < query_timeout {
+        return Err(loc.err("placement.full_load_timeout_ms", "must be at least query_timeout_ms"));
+    }
     let placement = PlacementConfig {
         source,
         last_known_good: p.last_known_good.as_deref().map(resolve),
@@ -184,6 +192,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         max_shrink_ratio,
         last_known_good_interval: ms(p.last_known_good_interval_ms, DEFAULT_LAST_KNOWN_GOOD_INTERVAL),
         connect_timeout: ms(p.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT),
+        query_timeout,
+        full_load_timeout,
     };
 
     // [balancer]
@@ -546,6 +556,24 @@ mod tests {
         assert!(crate::load(&path).unwrap_err().message.contains("fewer than 16"));
         let (_d, path) = setup(&MINIMAL.replace("[edge]\n", "[edge]\nadmin_listen = \"0.0.0.0:9901\"\n"));
         assert_eq!(crate::load(&path).unwrap_err().key, "edge.admin_listen");
+    }
+
+    #[test]
+    fn sync_time_limits_are_checked() {
+        let c = crate::load(&setup(MINIMAL).1).unwrap();
+        assert_eq!(
+            (c.placement.query_timeout, c.placement.full_load_timeout),
+            (DEFAULT_QUERY_TIMEOUT, DEFAULT_FULL_LOAD_TIMEOUT)
+        );
+        let (_d, path) = setup(&MINIMAL.replace("[placement]\n", "[placement]\nquery_timeout_ms = 0\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("placement.query_timeout_ms", 5), "{e}");
+        let body = MINIMAL.replace(
+            "[placement]\n",
+            "[placement]\nquery_timeout_ms = 5000\nfull_load_timeout_ms = 1000\n",
+        );
+        let (_d, path) = setup(&body);
+        assert_eq!(crate::load(&path).unwrap_err().key, "placement.full_load_timeout_ms");
     }
 
     #[test]

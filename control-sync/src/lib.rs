@@ -157,10 +157,13 @@ pub enum SyncErrorKind {
     HeldBack,
     /// Writing the last-known-good file failed.
     LastKnownGood,
+    /// The database stopped answering within the query or full-load time
+    /// limit; the connection was dropped and is re-established.
+    Timeout,
 }
 
 impl SyncErrorKind {
-    pub const ALL: [SyncErrorKind; 7] = [
+    pub const ALL: [SyncErrorKind; 8] = [
         SyncErrorKind::InvalidSnapshot,
         SyncErrorKind::Connect,
         SyncErrorKind::Query,
@@ -168,6 +171,7 @@ impl SyncErrorKind {
         SyncErrorKind::Gap,
         SyncErrorKind::HeldBack,
         SyncErrorKind::LastKnownGood,
+        SyncErrorKind::Timeout,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -178,6 +182,7 @@ impl SyncErrorKind {
             SyncErrorKind::Gap => "gap",
             SyncErrorKind::HeldBack => "held_back",
             SyncErrorKind::LastKnownGood => "last_known_good",
+            SyncErrorKind::Timeout => "timeout",
         }
     }
 }
@@ -187,7 +192,7 @@ impl SyncErrorKind {
 #[derive(Default)]
 pub struct SyncStatus {
     connected: std::sync::atomic::AtomicBool,
-    errors: [AtomicU64; 7],
+    errors: [AtomicU64; SyncErrorKind::ALL.len()],
     /// Last commit-to-publish lag, microseconds.
     lag_us: AtomicU64,
     full_loads: AtomicU64,

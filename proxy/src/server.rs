@@ -84,6 +84,8 @@ pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
                 last_known_good: p.last_known_good.clone(),
                 last_known_good_interval: p.last_known_good_interval,
                 connect_timeout: p.connect_timeout,
+                query_timeout: p.query_timeout,
+                full_load_timeout: p.full_load_timeout,
             };
             postgres::spawn(opts, handle.clone(), Arc::new(AtomicBool::new(false)));
         }

@@ -46,6 +46,12 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_SHRINK_RATIO: f64 = 0.5;
 pub const DEFAULT_LAST_KNOWN_GOOD_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest one delta round (or `LISTEN`) may take before the connection is
+/// treated as hung, dropped and re-established.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a full load may take (it streams the whole placement; a million
+/// repls load in a few seconds, see bench/results).
+pub const DEFAULT_FULL_LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Changes read per delta query; a longer backlog is read in several batches.
 pub const DELTA_BATCH: i64 = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -60,6 +66,8 @@ pub struct PgSyncOptions {
     pub last_known_good: Option<PathBuf>,
     pub last_known_good_interval: Duration,
     pub connect_timeout: Duration,
+    pub query_timeout: Duration,
+    pub full_load_timeout: Duration,
 }
 
 impl PgSyncOptions {
@@ -72,6 +80,8 @@ impl PgSyncOptions {
             last_known_good: None,
             last_known_good_interval: DEFAULT_LAST_KNOWN_GOOD_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+            full_load_timeout: DEFAULT_FULL_LOAD_TIMEOUT,
         }
     }
 }
@@ -86,6 +96,20 @@ enum SyncError {
     Closed,
     #[error("full load held back: {0}")]
     HeldBack(String),
+    /// The server stopped answering (hung, or a network path black-holed).
+    #[error("{0} got no answer within {1:?}: connection treated as hung")]
+    Timeout(&'static str, Duration),
+}
+
+/// Runs `work`, or fails with [`SyncError::Timeout`] after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: &'static str,
+    work: impl std::future::Future<Output = Result<T, SyncError>>,
+) -> Result<T, SyncError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(SyncError::Timeout(what, limit)))
 }
 
 impl From<tokio_postgres::Error> for SyncError {
@@ -166,6 +190,7 @@ impl PgSync {
                 }
                 SyncError::Load(LoadError::Snapshot(_)) => self.handle.status().error(SyncErrorKind::InvalidSnapshot),
                 SyncError::HeldBack(_) => self.handle.status().error(SyncErrorKind::HeldBack),
+                SyncError::Timeout(..) => self.handle.status().error(SyncErrorKind::Timeout),
             }
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -235,15 +260,22 @@ impl PgSync {
             })
         };
         let result = async {
-            client.batch_execute("LISTEN edgeplane_placement").await?;
+            let limit = self.opts.query_timeout;
+            bounded(limit, "LISTEN", async {
+                Ok(client.batch_execute("LISTEN edgeplane_placement").await?)
+            })
+            .await?;
             self.handle.status().set_connected(true);
             log::info!("placement: connected to postgres");
-            if self.need_full {
-                self.full_load(&mut client).await?;
-            }
-            backoff.reset();
             loop {
-                self.catch_up(&mut client).await?;
+                if self.need_full {
+                    bounded(self.opts.full_load_timeout, "full load", self.full_load(&mut client)).await?;
+                }
+                let more = bounded(limit, "delta query", self.delta_batch(&mut client)).await?;
+                backoff.reset();
+                if more || self.need_full {
+                    continue;
+                }
                 if closed.load(Ordering::Acquire) {
                     return Err(SyncError::Closed);
                 }
@@ -279,26 +311,26 @@ impl PgSync {
         Ok(())
     }
 
-    /// Reads and applies changes until none are left.
-    async fn catch_up(&mut self, client: &mut Client) -> Result<(), SyncError> {
-        loop {
+    /// Reads and applies one batch of changes; `Ok(true)` when the batch
+    /// was full (more may wait). A gap, an undecodable row or a `*` change
+    /// sets `need_full` instead; the session loop then reloads fully under
+    /// its own, longer, time limit.
+    async fn delta_batch(&mut self, client: &mut Client) -> Result<bool, SyncError> {
             let (head, mut rows) = load::fetch_changes(client, self.cursor, DELTA_BATCH).await?;
             if rows.is_empty() {
                 if head > self.cursor {
                     return self
                         .reload(
-                            client,
                             SyncErrorKind::Gap,
                             format!("head {head} but no changes after {}", self.cursor),
-                        )
-                        .await;
+                        );
                 }
-                return Ok(());
+                return Ok(false);
             }
             for (i, r) in rows.iter().enumerate() {
                 if r.version != self.cursor + 1 + i as i64 {
                     let msg = format!("expected version {} got {}", self.cursor + 1 + i as i64, r.version);
-                    return self.reload(client, SyncErrorKind::Gap, msg).await;
+                    return self.reload(SyncErrorKind::Gap, msg);
                 }
             }
             let full_batch = rows.len() as i64 == DELTA_BATCH;
@@ -311,9 +343,7 @@ impl PgSync {
                     .map(|p| p + 1)
                     .unwrap_or(0);
                 if keep == 0 {
-                    return self
-                        .reload(client, SyncErrorKind::Gap, "one transaction larger than a batch".into())
-                        .await;
+                    return self.reload(SyncErrorKind::Gap, "one transaction larger than a batch".into());
                 }
                 rows.truncate(keep);
             }
@@ -324,9 +354,9 @@ impl PgSync {
                     Ok(Decoded::Reload) => {
                         log::info!("placement: change {} asks for a full reload", r.version);
                         self.need_full = true;
-                        return self.full_load(client).await;
+                        return Ok(false);
                     }
-                    Err(e) => return self.reload(client, SyncErrorKind::Decode, e.to_string()).await,
+                    Err(e) => return self.reload(SyncErrorKind::Decode, e.to_string()),
                 }
             }
             let changes = self.with_arriving_rows(client, changes).await?;
@@ -339,10 +369,7 @@ impl PgSync {
             self.cursor = version;
             self.handle.status().note_delta();
             self.publish(table, Some(newest_commit));
-            if !full_batch {
-                return Ok(());
-            }
-        }
+            Ok(full_batch)
     }
 
     /// Inserts, right after each repl that arrives in this region, the
@@ -376,11 +403,11 @@ impl PgSync {
         Ok(out)
     }
 
-    async fn reload(&mut self, client: &mut Client, why: SyncErrorKind, msg: String) -> Result<(), SyncError> {
+    fn reload(&mut self, why: SyncErrorKind, msg: String) -> Result<bool, SyncError> {
         log::warn!("placement: {} ({msg}): full reload", why.as_str());
         self.handle.status().error(why);
         self.need_full = true;
-        self.full_load(client).await
+        Ok(false)
     }
 
     fn report_skipped(&self, skipped: &Skipped) {

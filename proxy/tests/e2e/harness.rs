@@ -196,9 +196,14 @@ impl Edge {
     /// last-known-good file in `dir` (pass a fresh temp dir, or one an
     /// earlier edge used); `ready` waits for `/readyz`.
     pub async fn start_pg(dir: tempfile::TempDir, region: &str, url: &str, ready: bool) -> Edge {
+        Edge::start_pg_with(dir, region, url, "", ready).await
+    }
+
+    /// [`Edge::start_pg`] with more `[placement]` lines (`extra`).
+    pub async fn start_pg_with(dir: tempfile::TempDir, region: &str, url: &str, extra: &str, ready: bool) -> Edge {
         let placement = format!(
             "source = \"postgres\"\npostgres_url = \"{url}\"\nlast_known_good = \"lkg.json\"\n\
-last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 1000"
+last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 1000\n{extra}"
         );
         Edge::start_in(dir, region, &placement, &EdgeOpts::default(), ready).await
     }
@@ -500,4 +505,69 @@ pub async fn wait_snapshot(edge: &Edge, f: impl Fn(&serde_json::Value) -> bool) 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Steady client load: `workers` loops sending `GET /` for `host` to the
+/// edge, each on a new connection, counting 200s and everything else.
+pub struct Load {
+    pub ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(proxy: SocketAddr, host: &'static str, workers: usize) -> Load {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|_| {
+                let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Relaxed) {
+                        match try_request(proxy, "GET", host, "/", &[], &[]).await {
+                            Ok(r) if r.status == 200 => ok.fetch_add(1, Relaxed),
+                            other => {
+                                eprintln!("load: failed request to {host}: {:?}", other.map(|r| r.status));
+                                failed.fetch_add(1, Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            ok,
+            failed,
+            stop,
+            workers,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the workers; returns (ok, failed).
+    pub async fn stop(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stop.store(true, Relaxed);
+        for w in self.workers {
+            w.await.unwrap();
+        }
+        (self.ok.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
+/// Sends `sig` (as `kill` spells it: "-TERM", "-STOP", ...) to `pid`.
+pub fn signal(pid: i32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
 }

@@ -5,8 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,14 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::harness::*;
 use crate::{dead_addr, world};
 
-fn signal(pid: i32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
 
 /// A VM that answers every request after `delay` (for requests in flight).
 async fn slow_vm(delay: Duration) -> SocketAddr {
@@ -142,29 +133,12 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
         );
     std::fs::write(&cfg, text).unwrap();
 
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let proxy = edge.proxy;
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match try_request(proxy, "GET", "app1.repl.co", "/", &[], &[]).await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("upgrade load: failed request: {:?}", other.map(|r| r.status));
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(proxy, "app1.repl.co", 4);
     let mut current = edge.proc;
     let mut old = Vec::new();
     for round in 1..=5 {
-        let before = ok.load(Ordering::Relaxed);
+        let before = load.ok();
         let mut next = Command::new(edgeplane_bin())
             .args(["serve", "-c"])
             .arg(&cfg)
@@ -195,11 +169,11 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
         old.push(std::mem::replace(&mut current, Proc(next)));
         // Wait until the new process itself answers on the admin listener
         // and some load went through since the hand-over began.
-        eventually("load continues", 20, || ok.load(Ordering::Relaxed) > before + 20).await;
+        eventually("load continues", 20, || load.ok() > before + 20).await;
         println!(
             "upgrade: round {round} done, {} ok, {} failed",
-            ok.load(Ordering::Relaxed),
-            failed.load(Ordering::Relaxed)
+            load.ok(),
+            load.failed.load(Ordering::Relaxed)
         );
     }
     // Every old process finishes its drain and exits by itself while the
@@ -212,11 +186,7 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await;
     println!("upgrade: 5 upgrades, {ok} requests ok, {failed} failed");
     assert!(ok > 200, "too little load to judge: {ok}");
     assert_eq!(failed, 0, "requests failed or were refused during upgrades");

@@ -10,6 +10,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod limits;
+mod pg_server;
 mod postgres;
 mod regions;
 mod tls;

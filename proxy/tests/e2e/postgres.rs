@@ -4,7 +4,6 @@
 //! and a held-back shrink.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -23,7 +22,7 @@ fn placectl() -> std::path::PathBuf {
     edgeplane_bin().with_file_name("placectl")
 }
 
-async fn connect(url: &str) -> Client {
+pub(crate) async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed (scripts/setup.sh starts it): {e}"));
@@ -32,16 +31,23 @@ async fn connect(url: &str) -> Client {
 }
 
 /// A database of its own, migrated and seeded with `placectl`; dropped after.
-struct PgDb {
+pub(crate) struct PgDb {
     name: String,
-    url: String,
-    client: Client,
+    /// The server's maintenance database (where this one is dropped from).
+    admin: String,
+    pub url: String,
+    pub client: Client,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl PgDb {
-    async fn new(seed: &serde_json::Value) -> PgDb {
+    pub async fn new(seed: &serde_json::Value) -> PgDb {
+        PgDb::new_on(&admin_url(), seed).await
+    }
+
+    /// The same on the server whose maintenance database is `admin`.
+    pub async fn new_on(admin: &str, seed: &serde_json::Value) -> PgDb {
         let name = format!(
             "edgeplane_t_{}_{}_{}",
             std::process::id(),
@@ -51,10 +57,12 @@ impl PgDb {
                 .unwrap()
                 .subsec_nanos()
         );
-        let admin = connect(&admin_url()).await;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let base = admin_url();
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        let admin_client = connect(admin).await;
+        admin_client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("seed.json");
         std::fs::write(&file, serde_json::to_vec(seed).unwrap()).unwrap();
@@ -74,7 +82,12 @@ impl PgDb {
             );
         }
         let client = connect(&url).await;
-        PgDb { name, url, client }
+        PgDb {
+            name,
+            admin: admin.to_string(),
+            url,
+            client,
+        }
     }
 
     fn placectl(&self, args: &[&str]) -> String {
@@ -94,7 +107,7 @@ impl PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let (name, admin) = (self.name.clone(), self.admin.clone());
         // Best effort, on a thread of its own (we may be inside a runtime).
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -102,7 +115,7 @@ impl Drop for PgDb {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok((c, conn)) = tokio_postgres::connect(&admin_url(), NoTls).await {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin, NoTls).await {
                     tokio::spawn(conn);
                     let _ = c
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -115,7 +128,7 @@ impl Drop for PgDb {
 }
 
 /// The standard world plus a second us-east1 cluster `use1-b` holding vm-2.
-fn pg_world(vm1: &FakeVm, vm2: &FakeVm, vm3: &FakeVm, edge_b: std::net::SocketAddr) -> serde_json::Value {
+pub(crate) fn pg_world(vm1: &FakeVm, vm2: &FakeVm, vm3: &FakeVm, edge_b: std::net::SocketAddr) -> serde_json::Value {
     let mut w = world(vm1.http, vm2.http, vm3.http, dead_addr(), edge_b);
     w["clusters"]
         .as_array_mut()
@@ -126,7 +139,7 @@ fn pg_world(vm1: &FakeVm, vm2: &FakeVm, vm3: &FakeVm, edge_b: std::net::SocketAd
 }
 
 /// Requests `host` until `vm` answers (or 10 s pass).
-async fn wait_served_by(edge: &Edge, host: &str, vm: &str) {
+pub(crate) async fn wait_served_by(edge: &Edge, host: &str, vm: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = edge.get(host, "/", &[]).await;
@@ -146,7 +159,7 @@ async fn wait_served_by(edge: &Edge, host: &str, vm: &str) {
 /// Polls the edge's `/metrics` until the first sample of `name` whose line
 /// holds all of `parts` satisfies `ok` (an absent sample counts as 0), or
 /// fails with `what` after 10 s.
-async fn wait_metric(edge: &Edge, name: &str, parts: &[&str], ok: impl Fn(f64) -> bool, what: &str) {
+pub(crate) async fn wait_metric(edge: &Edge, name: &str, parts: &[&str], ok: impl Fn(f64) -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = edge.metrics().await;
@@ -158,7 +171,7 @@ async fn wait_metric(edge: &Edge, name: &str, parts: &[&str], ok: impl Fn(f64) -
     }
 }
 
-async fn vms() -> (FakeVm, FakeVm, FakeVm) {
+pub(crate) async fn vms() -> (FakeVm, FakeVm, FakeVm) {
     (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"))
 }
 
@@ -233,26 +246,7 @@ async fn a_new_container_row_moves_a_not_running_repl() {
 async fn killed_connection_loses_no_request_and_catches_up() {
     let (_vms, db, a) = app2_pinned_to_vm1().await;
 
-    let failures = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let proxy = a.proxy;
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
-            let (failures, done, stop) = (failures.clone(), done.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match try_request(proxy, "GET", "app1.repl.co", "/", &[], &[]).await {
-                        Ok(r) if r.status == 200 => {}
-                        _ => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(a.proxy, "app1.repl.co", 8);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Kill the edge's sessions, and change placement right away, before it
     // can reconnect.
@@ -272,22 +266,15 @@ async fn killed_connection_loses_no_request_and_catches_up() {
         .unwrap();
     wait_served_by(&a, "app2.repl.co", "vm-2").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
+    let (ok, failed) = load.stop().await;
     let m = a.metrics().await;
     assert!(
         metric_with(&m, "edgeplane_sync_errors_total", &["reason=\"query\""]).unwrap() >= 1.0,
         "{m}"
     );
     assert_eq!(metric_value(&m, "edgeplane_sync_connected"), Some(1.0), "reconnected");
-    assert!(done.load(Ordering::Relaxed) > 50, "too few requests to mean anything");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed while the database connection was down"
-    );
+    assert!(ok > 50, "too few requests to mean anything");
+    assert_eq!(failed, 0, "requests failed while the database connection was down");
 }
 
 #[tokio::test]
