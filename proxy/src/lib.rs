@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod conn;
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod pages;

@@ -1,0 +1,175 @@
+//! The properties the fuzz targets check, one function per target. Both
+//! the cargo-fuzz targets under `proxy/fuzz/` (run by hand or nightly, see
+//! docs/reliability.md) and the normal test suite (which replays the
+//! committed corpus in `proxy/fuzz/corpus/<target>/`) call these, so a
+//! crash found once stays a regression test.
+//!
+//! Each function takes arbitrary bytes, feeds them to the parser the edge
+//! exposes to the internet or to the control plane, and panics if a
+//! property breaks. Panics inside the parsers are the first thing found;
+//! the properties below catch the quieter bugs:
+//! - [`host`]: canonical hosts are canonical (idempotent, lower-case,
+//!   bounded, plain characters) and case never changes the answer.
+//! - [`token`]: any input verifies safely; a minted workspace token or hop
+//!   header verifies, and any one-byte change to it never does.
+//! - [`snapshot`]: any JSON that decodes as a snapshot builds a table
+//!   without panicking, and that table survives the last-known-good round
+//!   trip row for row.
+//! - [`change_row`]: any PostgreSQL change row decodes or is refused.
+
+use edgeplane_control_sync::postgres::decode::decode;
+use edgeplane_control_sync::table::Strictness;
+use edgeplane_control_sync::{RoutingTable, Snapshot};
+
+use crate::route::host::{canonical_host, slug_of, MAX_HOST_LEN};
+use crate::route::signing::{mint_token, sign_hop, verify_hop, verify_token, TokenError};
+
+/// The fuzz targets by name, as `cargo fuzz run <name>` and the corpus
+/// directories spell them.
+pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+    ("host", host),
+    ("token", token),
+    ("snapshot", snapshot),
+    ("change_row", change_row),
+];
+
+/// Host canonicalisation (`route::host`).
+pub fn host(data: &[u8]) {
+    let got = canonical_host(data).map(|h| h.as_str().to_string());
+    let upper = canonical_host(&data.to_ascii_uppercase()).map(|h| h.as_str().to_string());
+    assert_eq!(got, upper, "case changed the answer for {data:?}");
+    let Ok(h) = got else { return };
+    assert!(!h.is_empty() && h.len() <= MAX_HOST_LEN, "{h:?}");
+    assert!(!h.ends_with('.') && !h.contains(".."), "{h:?}");
+    assert!(!h.bytes().any(|b| b.is_ascii_uppercase()), "{h:?}");
+    if h.starts_with('[') {
+        assert!(h.ends_with(']'), "{h:?}");
+    } else {
+        assert!(
+            h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+            "{h:?} from {data:?}"
+        );
+    }
+    let again = canonical_host(h.as_bytes()).map(|x| x.as_str().to_string());
+    assert_eq!(again.as_deref(), Ok(h.as_str()), "not idempotent");
+    let suffixes = ["repl.co".to_string(), "example.com".to_string()];
+    if let Some(slug) = slug_of(&h, &suffixes) {
+        assert!(!slug.is_empty() && !slug.contains('.'), "{slug:?} of {h:?}");
+        assert!(suffixes.iter().any(|s| h == format!("{slug}.{s}")), "{slug:?} of {h:?}");
+    }
+}
+
+/// Workspace tokens and hop headers (`route::signing`).
+pub fn token(data: &[u8]) {
+    const KEY: &[u8] = b"fuzz-key-0123456789abcdef";
+    let text = String::from_utf8_lossy(data);
+    // Arbitrary input: never a panic, and never valid without the key
+    // unless it is byte for byte a token minted with it.
+    if verify_token(KEY, &text, "r1", 1_000).is_ok() {
+        let exp = token_exp(&text).expect("a valid token has a payload");
+        assert_eq!(text, mint_token(KEY, "r1", exp), "accepted a token nobody minted");
+    }
+    let _ = verify_hop(KEY, data, 1_000, "app1.repl.co");
+
+    // Minted values verify; every one-byte change is refused.
+    let Some((&pos, rest)) = data.split_first() else { return };
+    let repl = String::from_utf8_lossy(rest);
+    let exp = 2_000;
+    let t = mint_token(KEY, &repl, exp);
+    assert_eq!(verify_token(KEY, &t, &repl, exp - 1), Ok(()));
+    assert_eq!(verify_token(KEY, &t, &repl, exp), Err(TokenError::Expired));
+    if !repl.is_empty() {
+        assert_eq!(verify_token(KEY, &t, &repl[1..], 1), Err(TokenError::WrongRepl));
+    }
+    let mut bad = t.clone().into_bytes();
+    let i = pos as usize % bad.len();
+    bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).expect("tokens are ASCII");
+    assert!(verify_token(KEY, &bad, &repl, 1).is_err(), "changed byte {i} of {t} still verified");
+
+    // Origins are region names (never empty, no `;`); hop counts start at 1.
+    let region = match repl.replace(';', "") {
+        r if r.is_empty() => "r".to_string(),
+        r => r,
+    };
+    let h = sign_hop(KEY, &region, 1 + pos % 4, 1_000, "app1.repl.co");
+    assert!(verify_hop(KEY, h.as_bytes(), 1_000, "app1.repl.co").is_some(), "{h}");
+    let mut bad = h.clone().into_bytes();
+    let i = pos as usize % bad.len();
+    bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+    assert!(verify_hop(KEY, &bad, 1_000, "app1.repl.co").is_none(), "changed byte {i} of {h} still verified");
+}
+
+/// The `exp` of a token's payload, if it decodes.
+fn token_exp(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split_once('.')?.0)
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&payload).ok()?["exp"].as_u64()
+}
+
+/// Snapshot decoding and table building (`control-sync`): the file source,
+/// `placectl import` and last-known-good all start here.
+pub fn snapshot(data: &[u8]) {
+    let Ok(snap) = serde_json::from_slice::<Snapshot>(data) else {
+        return;
+    };
+    let _ = RoutingTable::build(&snap, "us-east1", 1);
+    let Ok((table, _skipped)) = RoutingTable::build_with(&snap, "us-east1", 7, Strictness::Lenient) else {
+        return;
+    };
+    for r in &snap.repls {
+        let _ = table.repl_by_slug(&r.slug);
+        let _ = table.repl_by_id(&r.id);
+    }
+    for d in &snap.custom_domains {
+        let _ = table.repl_by_domain(&d.hostname);
+    }
+    // The last-known-good round trip keeps every row.
+    let mut json = Vec::new();
+    table.write_json(&mut json).expect("a table serialises");
+    let back: Snapshot = serde_json::from_slice(&json).expect("written JSON reads back");
+    let (again, skipped) = RoutingTable::build_with(&back, "us-east1", back.version.max(1), Strictness::Lenient)
+        .expect("a written table builds");
+    assert!(skipped.is_empty(), "rows of a valid table were skipped: {skipped:?}");
+    assert_eq!(again.counts(), table.counts());
+    assert_eq!(again.to_snapshot(), table.to_snapshot());
+}
+
+/// PostgreSQL change rows (`control-sync::postgres::decode`). Input: table,
+/// op, row and old row separated by NUL bytes.
+pub fn change_row(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.split('\0');
+    let tbl = parts.next().unwrap_or("");
+    let op = parts.next().unwrap_or("");
+    let row = parts.next();
+    let old = parts.next();
+    let _ = decode(1, tbl, op, row, old);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays every committed corpus file through its target (the crashes
+    /// fuzzing found stay fixed; see docs/reliability.md).
+    #[test]
+    fn committed_corpus_replays_clean() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        for (name, check) in TARGETS {
+            let dir = root.join(name);
+            let mut n = 0;
+            for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let path = e.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                if std::panic::catch_unwind(|| check(&data)).is_err() {
+                    panic!("fuzz target {name} fails on {}", path.display());
+                }
+                n += 1;
+            }
+            assert!(n >= 5, "corpus of {name} has only {n} inputs");
+        }
+    }
+}
