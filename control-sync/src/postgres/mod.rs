@@ -316,60 +316,59 @@ impl PgSync {
     /// sets `need_full` instead; the session loop then reloads fully under
     /// its own, longer, time limit.
     async fn delta_batch(&mut self, client: &mut Client) -> Result<bool, SyncError> {
-            let (head, mut rows) = load::fetch_changes(client, self.cursor, DELTA_BATCH).await?;
-            if rows.is_empty() {
-                if head > self.cursor {
-                    return self
-                        .reload(
-                            SyncErrorKind::Gap,
-                            format!("head {head} but no changes after {}", self.cursor),
-                        );
-                }
-                return Ok(false);
+        let (head, mut rows) = load::fetch_changes(client, self.cursor, DELTA_BATCH).await?;
+        if rows.is_empty() {
+            if head > self.cursor {
+                return self.reload(
+                    SyncErrorKind::Gap,
+                    format!("head {head} but no changes after {}", self.cursor),
+                );
             }
-            for (i, r) in rows.iter().enumerate() {
-                if r.version != self.cursor + 1 + i as i64 {
-                    let msg = format!("expected version {} got {}", self.cursor + 1 + i as i64, r.version);
-                    return self.reload(SyncErrorKind::Gap, msg);
-                }
+            return Ok(false);
+        }
+        for (i, r) in rows.iter().enumerate() {
+            if r.version != self.cursor + 1 + i as i64 {
+                let msg = format!("expected version {} got {}", self.cursor + 1 + i as i64, r.version);
+                return self.reload(SyncErrorKind::Gap, msg);
             }
-            let full_batch = rows.len() as i64 == DELTA_BATCH;
-            if full_batch {
-                // Never publish part of a transaction: drop its tail, read it next time.
-                let last_tx = rows.last().map(|r| r.txid);
-                let keep = rows
-                    .iter()
-                    .rposition(|r| Some(r.txid) != last_tx)
-                    .map(|p| p + 1)
-                    .unwrap_or(0);
-                if keep == 0 {
-                    return self.reload(SyncErrorKind::Gap, "one transaction larger than a batch".into());
-                }
-                rows.truncate(keep);
+        }
+        let full_batch = rows.len() as i64 == DELTA_BATCH;
+        if full_batch {
+            // Never publish part of a transaction: drop its tail, read it next time.
+            let last_tx = rows.last().map(|r| r.txid);
+            let keep = rows
+                .iter()
+                .rposition(|r| Some(r.txid) != last_tx)
+                .map(|p| p + 1)
+                .unwrap_or(0);
+            if keep == 0 {
+                return self.reload(SyncErrorKind::Gap, "one transaction larger than a batch".into());
             }
-            let mut changes: Vec<Change> = Vec::with_capacity(rows.len());
-            for r in &rows {
-                match decode(r.version, &r.tbl, &r.op, r.row.as_deref(), r.old.as_deref()) {
-                    Ok(Decoded::Changes(c)) => changes.extend(c),
-                    Ok(Decoded::Reload) => {
-                        log::info!("placement: change {} asks for a full reload", r.version);
-                        self.need_full = true;
-                        return Ok(false);
-                    }
-                    Err(e) => return self.reload(SyncErrorKind::Decode, e.to_string()),
+            rows.truncate(keep);
+        }
+        let mut changes: Vec<Change> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match decode(r.version, &r.tbl, &r.op, r.row.as_deref(), r.old.as_deref()) {
+                Ok(Decoded::Changes(c)) => changes.extend(c),
+                Ok(Decoded::Reload) => {
+                    log::info!("placement: change {} asks for a full reload", r.version);
+                    self.need_full = true;
+                    return Ok(false);
                 }
+                Err(e) => return self.reload(SyncErrorKind::Decode, e.to_string()),
             }
-            let changes = self.with_arriving_rows(client, changes).await?;
-            let last = rows.last().expect("non-empty");
-            let newest_commit = rows.iter().map(|r| r.changed_at_ms).max().unwrap_or(0);
-            let version = last.version;
-            let prev = self.handle.load_full();
-            let (table, skipped) = prev.apply_for_edge(changes, version as u64).map_err(LoadError::from)?;
-            self.report_skipped(&skipped);
-            self.cursor = version;
-            self.handle.status().note_delta();
-            self.publish(table, Some(newest_commit));
-            Ok(full_batch)
+        }
+        let changes = self.with_arriving_rows(client, changes).await?;
+        let last = rows.last().expect("non-empty");
+        let newest_commit = rows.iter().map(|r| r.changed_at_ms).max().unwrap_or(0);
+        let version = last.version;
+        let prev = self.handle.load_full();
+        let (table, skipped) = prev.apply_for_edge(changes, version as u64).map_err(LoadError::from)?;
+        self.report_skipped(&skipped);
+        self.cursor = version;
+        self.handle.status().note_delta();
+        self.publish(table, Some(newest_commit));
+        Ok(full_batch)
     }
 
     /// Inserts, right after each repl that arrives in this region, the

@@ -48,8 +48,10 @@ pub fn canonical_host(raw: &[u8]) -> Result<HostBuf, HostError> {
             [b':', p @ ..] => Some(p),
             _ => return Err(HostError::BadCharacter),
         };
-        let inner = &raw[1..end];
-        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        // A real IPv6 address (found by fuzzing: `[::ffff:1260.0..10]` used
+        // to pass a character check). Parsing a &str does not allocate.
+        let inner = std::str::from_utf8(&raw[1..end]).map_err(|_| HostError::BadCharacter)?;
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(HostError::BadCharacter);
         }
         (&raw[..=end], port)
@@ -157,6 +159,9 @@ mod tests {
         assert_eq!(c("under_score.repl.co"), Err(HostError::BadCharacter));
         assert_eq!(c(&"a".repeat(254)), Err(HostError::TooLong));
         assert_eq!(c("[zz::1]"), Err(HostError::BadCharacter));
+        // Found by fuzzing: hex, colons and dots are not yet an address.
+        assert_eq!(c("[::ffff:1260.0..10]"), Err(HostError::BadCharacter));
+        assert_eq!(c("[::ffff:10.0.0.1]:443").unwrap(), "[::ffff:10.0.0.1]");
     }
 
     #[test]

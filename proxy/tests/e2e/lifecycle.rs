@@ -16,7 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::harness::*;
 use crate::{dead_addr, world};
 
-
 /// A VM that answers every request after `delay` (for requests in flight).
 async fn slow_vm(delay: Duration) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -196,7 +196,11 @@ async fn per_ip_and_global_connection_caps() {
         Some(1.0)
     );
     assert_eq!(
-        metric_with(&m, "edgeplane_connections_refused_total", &["reason=\"max_connections\""]),
+        metric_with(
+            &m,
+            "edgeplane_connections_refused_total",
+            &["reason=\"max_connections\""]
+        ),
         Some(1.0)
     );
     // Closing connections gives their slots back.

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::dead_addr;
 use crate::harness::*;
 use crate::postgres::{connect, pg_world, vms, wait_metric, wait_served_by, PgDb};
-use crate::dead_addr;
 
 /// A PostgreSQL server of the test's own. Dropped: killed and removed.
 pub struct PrivatePg {
@@ -49,7 +49,11 @@ fn pg_bin_dir() -> PathBuf {
 /// Uid and gid of the `postgres` account when we are root.
 fn owner() -> Option<(u32, u32)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1)?;
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))?
+        .split_whitespace()
+        .nth(1)?;
     if uid != "0" {
         return None;
     }
@@ -146,7 +150,10 @@ impl PrivatePg {
             .unwrap();
         self.postmaster = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio_postgres::connect(&self.admin_url(), tokio_postgres::NoTls).await.is_err() {
+        while tokio_postgres::connect(&self.admin_url(), tokio_postgres::NoTls)
+            .await
+            .is_err()
+        {
             if let Some(st) = self.postmaster.as_mut().unwrap().try_wait().unwrap() {
                 panic!("private postgres exited with {st}; log in {}", d.display());
             }
@@ -202,7 +209,10 @@ fn send(pids: &[i32], sig: &str) {
 /// A process that exists and is not a zombie.
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -243,7 +253,14 @@ async fn postgres_killed_and_restarted_under_load_loses_no_request() {
     load_goes_on(&load, 20, "load before the crash").await;
 
     pg.kill();
-    wait_metric(&edge, "edgeplane_sync_connected", &[], |v| v == 0.0, "edge noticed the crash").await;
+    wait_metric(
+        &edge,
+        "edgeplane_sync_connected",
+        &[],
+        |v| v == 0.0,
+        "edge noticed the crash",
+    )
+    .await;
     load_goes_on(&load, 50, "load while the server is dead").await;
     // Placement keeps answering from the last table: app2 still on vm-1.
     let r = edge.get("app2.repl.co", "/", &[]).await;
@@ -287,7 +304,14 @@ async fn a_hung_postgres_is_dropped_and_the_edge_catches_up_when_it_answers() {
         "the hung query was never given up",
     )
     .await;
-    wait_metric(&edge, "edgeplane_sync_connected", &[], |v| v == 0.0, "edge says disconnected").await;
+    wait_metric(
+        &edge,
+        "edgeplane_sync_connected",
+        &[],
+        |v| v == 0.0,
+        "edge says disconnected",
+    )
+    .await;
     // Reconnects meet a server that accepts TCP but never answers: connect
     // timeouts, still no effect on traffic.
     wait_metric(
