@@ -16,6 +16,10 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+# deploy/ checks: promtool comes with prometheus; systemd-analyze verifies the unit.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The status page test opens the admin page in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

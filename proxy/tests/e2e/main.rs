@@ -4,6 +4,7 @@
 //! it once). Needs `cargo build --workspace --bins` first (for the fake VM).
 
 mod balancer;
+mod deploy;
 mod faults;
 mod harness;
 mod hostile;

@@ -1,0 +1,113 @@
+//! The deploy/ files are checked, not just shipped: the alert rules pass
+//! `promtool check rules` and their unit tests (`promtool test rules`), the
+//! systemd unit passes `systemd-analyze verify`, and every metric the alerts
+//! and the Grafana dashboard query is one the edge exports.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh installs it)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = deploy_dir().join("prometheus");
+    let check = run(Command::new("promtool")
+        .args(["check", "rules", "edgeplane-alerts.yml"])
+        .current_dir(&dir));
+    assert!(check.contains("SUCCESS: 8 rules found"), "{check}");
+    let test = run(Command::new("promtool")
+        .args(["test", "rules", "edgeplane-alerts.test.yml"])
+        .current_dir(&dir));
+    assert!(test.contains("SUCCESS"), "{test}");
+}
+
+/// `edgeplane_*` names in `text`, with histogram suffixes removed.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("edgeplane_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn alerts_and_dashboard_only_query_metrics_the_edge_exports() {
+    let exported = metric_names(include_str!("../../src/metrics.rs"));
+    assert!(exported.len() > 20, "{exported:?}");
+    let alerts = std::fs::read_to_string(deploy_dir().join("prometheus/edgeplane-alerts.yml")).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy_dir().join("grafana/edgeplane-dashboard.json")).unwrap())
+            .unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12, "dashboard has {} panels", panels.len());
+    let mut exprs = String::new();
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    for (what, text) in [("alert rules", alerts.as_str()), ("dashboard", exprs.as_str())] {
+        let used = metric_names(text);
+        assert!(!used.is_empty());
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(unknown.is_empty(), "{what} query metrics the edge does not export: {unknown:?}");
+    }
+    // Every metric of DESIGN §5 the edge has today is on the dashboard.
+    let on_dash = metric_names(&exprs);
+    for m in [
+        "edgeplane_requests_total",
+        "edgeplane_request_duration_seconds",
+        "edgeplane_websocket_tunnels_active",
+        "edgeplane_upstream_errors_total",
+        "edgeplane_forwards_total",
+        "edgeplane_tombstone_hits_total",
+        "edgeplane_snapshot_version",
+        "edgeplane_snapshot_age_seconds",
+        "edgeplane_sync_lag_seconds",
+        "edgeplane_sync_errors_total",
+        "edgeplane_vm_usable",
+        "edgeplane_balancer_picks_total",
+    ] {
+        assert!(on_dash.contains(m), "{m} is not on the dashboard");
+    }
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(deploy_dir().join("systemd/edgeplane.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edgeplane.service");
+    let bin = crate::harness::edgeplane_bin();
+    std::fs::write(&path, unit.replace("/usr/local/bin/edgeplane", &bin.display().to_string())).unwrap();
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(out.trim().is_empty(), "systemd-analyze verify complained:\n{out}");
+}
