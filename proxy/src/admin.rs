@@ -13,7 +13,10 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use edgeplane_control_sync::SyncErrorKind;
+
 use crate::service::{now_ms, Edge};
+use crate::status_page::{ClusterModel, StatusModel, VmModel};
 
 pub struct AdminApp {
     pub edge: Edge,
@@ -163,7 +166,11 @@ impl AdminApp {
                     Err(m) => resp(StatusCode::BAD_REQUEST, "text/plain", format!("policy: {m}\n")),
                 }
             }
-            "/" => resp(StatusCode::OK, "text/html; charset=utf-8", self.status_page(now)),
+            "/" => resp(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::status_page::render(&self.status_model(now)),
+            ),
             _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
@@ -238,62 +245,88 @@ impl AdminApp {
         })
     }
 
-    fn status_page(&self, now: u64) -> String {
+    /// Gathers what the status page shows from the live state.
+    fn status_model(&self, now: u64) -> StatusModel {
         let e = &self.edge;
         let t = e.table.load_full();
         let c = t.counts();
         let published = e.table.published_at_ms();
-        let age = if published == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.1} s", now.saturating_sub(published) as f64 / 1000.0)
-        };
-        let mut clusters = String::new();
+        let status = e.table.status();
+        let b = &e.route.balancer;
+        let view = b.view();
+        let mut clusters = Vec::new();
         if t.is_loaded() {
             let local = t.local_region();
             let shares: std::collections::HashMap<u32, f64> = t.ring(local).shares().into_iter().collect();
             for (i, cl) in t.clusters().filter(|(_, cl)| cl.region == local) {
-                let active = t.candidates(i).len();
-                clusters.push_str(&format!(
-                    "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{active}/{}</td><td>{:.1}%</td></tr>",
-                    html_escape(&cl.name),
-                    cl.state,
-                    cl.weight,
-                    cl.vms.len(),
-                    shares.get(&i).copied().unwrap_or(0.0) * 100.0
-                ));
+                let cv = view.clusters.get(i as usize);
+                let vms = cv
+                    .map(|cv| {
+                        cv.vms
+                            .iter()
+                            .filter_map(|s| {
+                                Some(VmModel {
+                                    id: t.get_vm(s.vm)?.id.to_string(),
+                                    usability: s.usability.as_str(),
+                                    member: s.member,
+                                    containers: s.containers,
+                                    cpu: s.cpu,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                clusters.push(ClusterModel {
+                    name: cl.name.to_string(),
+                    state: format!("{:?}", cl.state),
+                    weight: cl.weight,
+                    ring_share: shares.get(&i).copied().unwrap_or(0.0),
+                    mode: cv.map(|cv| cv.mode.as_str()).unwrap_or("-"),
+                    usable: cv.map(|cv| cv.usable).unwrap_or(0),
+                    active: cv.map(|cv| cv.active).unwrap_or(0),
+                    ejected: cv.map(|cv| cv.ejected).unwrap_or(0),
+                    subset: cv
+                        .map(|cv| {
+                            cv.members
+                                .iter()
+                                .filter_map(|m| t.get_vm(m.vm).map(|v| v.id.to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    vms,
+                });
             }
         }
-        let region = if t.is_loaded() {
-            t.region(t.local_region()).name.to_string()
-        } else {
-            e.cfg.edge.region.clone()
-        };
-        format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>edgeplane {region}</title>\
-<style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style></head>\
-<body><h1>edgeplane · {region} · {inst}</h1>\
-<p>placement table version <b>{ver}</b> (age {age}, {rej} rejected loads): {repls} repls, {vms} VMs, {cls} clusters, {doms} custom domains, {tombs} tombstones.</p>\
-<h2>Clusters of this region</h2><table><tr><th>cluster</th><th>state</th><th>weight</th><th>active VMs</th><th>ring share</th></tr>{clusters}</table>\
-<p><a href=\"/metrics\">metrics</a> · <a href=\"/debug/snapshot\">snapshot</a> · <a href=\"/readyz\">readyz</a></p></body></html>\n",
-            region = html_escape(&region),
-            inst = html_escape(&e.cfg.edge.instance_id),
-            ver = t.version(),
-            rej = e.table.rejected(),
-            repls = c.repls,
-            vms = c.vms,
-            cls = c.clusters,
-            doms = c.custom_domains,
-            tombs = c.tombstones,
-        )
+        StatusModel {
+            region: e.cfg.edge.region.clone(),
+            instance: e.cfg.edge.instance_id.clone(),
+            ready: e.table.is_ready(),
+            version: t.version(),
+            age_s: (published != 0).then(|| now.saturating_sub(published) as f64 / 1000.0),
+            source: match &e.cfg.placement.source {
+                edgeplane_config::PlacementSource::File(_) => "file",
+                edgeplane_config::PlacementSource::Postgres(_) => "postgres",
+                edgeplane_config::PlacementSource::Redis(_) => "redis",
+            }
+            .to_string(),
+            connected: status.connected(),
+            lag_s: status.lag_us() as f64 / 1e6,
+            sync_errors: SyncErrorKind::ALL
+                .iter()
+                .map(|k| (k.as_str(), status.errors(*k)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            repls: c.repls,
+            vms: c.vms,
+            custom_domains: c.custom_domains,
+            tombstones: c.tombstones,
+            policy: b.policy().as_str().to_string(),
+            clusters,
+            forwards: e.recent_forwards.latest(),
+            tombstone_hits: e.metrics.tombstone_hits.get(),
+            now_ms: now,
+        }
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[async_trait]

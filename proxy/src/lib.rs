@@ -16,6 +16,7 @@ pub mod pages;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod status_page;
 pub mod tls;
 pub mod tunnel;
 pub mod ws_frames;

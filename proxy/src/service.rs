@@ -79,6 +79,8 @@ pub struct Edge {
     /// Port of the first HTTPS listener (for `tls.redirect_http`), set by
     /// [`crate::server`] once listeners have their ports.
     pub https_port: Option<u16>,
+    /// The latest forwards, for the status page.
+    pub recent_forwards: Arc<crate::status_page::RecentForwards>,
     request_seq: Arc<AtomicU64>,
 }
 
@@ -91,6 +93,7 @@ impl Edge {
             health: HealthHandle::default(),
             metrics,
             https_port: None,
+            recent_forwards: Arc::default(),
             request_seq: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -555,6 +558,12 @@ impl ProxyHttp for Edge {
                 ctx.forward_host = host
                     .and_then(|h| route::host::canonical_host(h).ok())
                     .map(|c| c.as_str().to_string());
+                self.recent_forwards.record(crate::status_page::ForwardEvent {
+                    at_ms: rreq.now_ms,
+                    host: ctx.forward_host.clone().unwrap_or_default(),
+                    to_region: table.region(region).name.to_string(),
+                    reason: reason.as_str(),
+                });
             }
             Decision::Vm { transfer_from, vm, .. } => {
                 ctx.transfer_from = transfer_from.map(|c| table.cluster(c).name.clone());

@@ -79,7 +79,10 @@ fn alerts_and_dashboard_only_query_metrics_the_edge_exports() {
         let used = metric_names(text);
         assert!(!used.is_empty());
         let unknown: Vec<_> = used.difference(&exported).collect();
-        assert!(unknown.is_empty(), "{what} query metrics the edge does not export: {unknown:?}");
+        assert!(
+            unknown.is_empty(),
+            "{what} query metrics the edge does not export: {unknown:?}"
+        );
     }
     // Every metric of DESIGN §5 the edge has today is on the dashboard.
     let on_dash = metric_names(&exprs);
@@ -107,7 +110,11 @@ fn systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edgeplane.service");
     let bin = crate::harness::edgeplane_bin();
-    std::fs::write(&path, unit.replace("/usr/local/bin/edgeplane", &bin.display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/edgeplane", &bin.display().to_string()),
+    )
+    .unwrap();
     let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
     assert!(out.trim().is_empty(), "systemd-analyze verify complained:\n{out}");
 }

@@ -14,6 +14,7 @@ mod limits;
 mod pg_server;
 mod postgres;
 mod regions;
+mod status_page;
 mod tls;
 mod websocket;
 
