@@ -246,6 +246,21 @@ async fn load_goes_on(load: &Load, more: u64, what: &str) {
     eventually(what, 10, || load.ok() >= before + more).await;
 }
 
+/// Once the server answers again: a container row written now moves app2
+/// to vm-2, the edge says connected, and `load` saw no failed request.
+async fn catches_up_and_lost_nothing(edge: &Edge, client: &tokio_postgres::Client, load: Load, what: &str) {
+    client
+        .execute("INSERT INTO containers (repl_id, vm_id) VALUES ('r2', 'vm-2')", &[])
+        .await
+        .unwrap();
+    wait_served_by(edge, "app2.repl.co", "vm-2").await;
+    wait_metric(edge, "edgeplane_sync_connected", &[], |v| v == 1.0, "edge reconnected").await;
+    let (ok, failed) = load.stop().await;
+    println!("{what}: {ok} requests ok, {failed} failed");
+    assert!(ok > 100, "too little load to judge: {ok}");
+    assert_eq!(failed, 0, "requests failed ({what})");
+}
+
 #[tokio::test]
 async fn postgres_killed_and_restarted_under_load_loses_no_request() {
     let (mut pg, _vms, db, edge) = edge_on_private_pg("").await;
@@ -269,16 +284,7 @@ async fn postgres_killed_and_restarted_under_load_loses_no_request() {
     pg.run().await;
     // The test's own session died with the server.
     let client = connect(&db.url).await;
-    client
-        .execute("INSERT INTO containers (repl_id, vm_id) VALUES ('r2', 'vm-2')", &[])
-        .await
-        .unwrap();
-    wait_served_by(&edge, "app2.repl.co", "vm-2").await;
-    wait_metric(&edge, "edgeplane_sync_connected", &[], |v| v == 1.0, "edge reconnected").await;
-    let (ok, failed) = load.stop().await;
-    println!("postgres killed and restarted: {ok} requests ok, {failed} failed");
-    assert!(ok > 100, "too little load to judge: {ok}");
-    assert_eq!(failed, 0, "requests failed while PostgreSQL was dead");
+    catches_up_and_lost_nothing(&edge, &client, load, "postgres killed and restarted").await;
     let m = edge.metrics().await;
     let errors: f64 = ["query", "connect"]
         .iter()
@@ -325,14 +331,5 @@ async fn a_hung_postgres_is_dropped_and_the_edge_catches_up_when_it_answers() {
     load_goes_on(&load, 50, "load while the server is hung").await;
 
     pg.thaw();
-    db.client
-        .execute("INSERT INTO containers (repl_id, vm_id) VALUES ('r2', 'vm-2')", &[])
-        .await
-        .unwrap();
-    wait_served_by(&edge, "app2.repl.co", "vm-2").await;
-    wait_metric(&edge, "edgeplane_sync_connected", &[], |v| v == 1.0, "edge reconnected").await;
-    let (ok, failed) = load.stop().await;
-    println!("postgres hung: {ok} requests ok, {failed} failed");
-    assert!(ok > 100, "too little load to judge: {ok}");
-    assert_eq!(failed, 0, "requests failed while PostgreSQL hung");
+    catches_up_and_lost_nothing(&edge, &db.client, load, "postgres hung").await;
 }
