@@ -28,8 +28,12 @@ fn ctx(t: &RoutingTable) -> RouteContext {
         workspace_key: None,
         workspace_origins: Vec::new(),
         max_hops: 2,
-        memory: PickMemory::new(10_000),
-        balancer: Balancer::new(BalancerParams::default(), "edge-bench", Policy::LeastLoaded),
+        memory: std::sync::Arc::new(PickMemory::new(10_000)),
+        balancer: std::sync::Arc::new(Balancer::new(
+            BalancerParams::default(),
+            "edge-bench",
+            Policy::LeastLoaded,
+        )),
     };
     cx.balancer.refresh(t, &HealthMap::default(), NOW, true);
     cx

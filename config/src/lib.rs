@@ -13,6 +13,7 @@
 //! `config/examples/edgeplane.toml`. Start reading at [`Config`].
 
 pub mod raw;
+pub mod reload;
 mod validate;
 
 use std::net::SocketAddr;
@@ -119,11 +120,15 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 /// WebSocket tunnels open at once; past it an upgrade gets 503.
 pub const DEFAULT_MAX_TUNNELS: usize = 40_000;
+/// Share of requests written to the access log: 1 in 100. A busy edge
+/// serves tens of thousands of requests a second; the metrics count them
+/// all, the log shows examples with their routing decision.
+pub const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 0.01;
 /// How often the TLS certificate directory is checked for changes.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A validated edge configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was loaded from (for messages and relative paths).
     pub path: PathBuf,
@@ -136,12 +141,27 @@ pub struct Config {
     pub security: SecurityConfig,
     /// HTTPS listeners; `None` when `[tls]` is absent.
     pub tls: Option<TlsConfig>,
+    pub log: LogConfig,
+    /// Every key the file sets, flattened (`limits.header_timeout_ms`) to
+    /// its TOML value: what a reload compares and `/debug/config` shows.
+    pub file_keys: std::collections::BTreeMap<String, String>,
+}
+
+/// `[log]`: the sampled access log (logs themselves go to stderr; the
+/// format is `edgeplane serve --log-format`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Share of requests written to the access log (0 to 1).
+    pub access_log_sample: f64,
+    /// Also log every request the edge answered with a 5xx or a forward
+    /// loop, whatever the sample says.
+    pub access_log_errors: bool,
 }
 
 /// `[tls]`: HTTPS listeners whose certificates are chosen by SNI from a
 /// directory of PEM pairs (`NAME.crt` + `NAME.key`), reloaded when the
 /// directory changes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub listen: Vec<SocketAddr>,
     pub certs_dir: PathBuf,
@@ -151,7 +171,7 @@ pub struct TlsConfig {
     pub reload_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EdgeConfig {
     /// This edge's region (must exist in the placement snapshot).
     pub region: String,
@@ -167,7 +187,7 @@ pub struct EdgeConfig {
     pub grace_period: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostingConfig {
     /// Lower-case suffixes without leading dot, e.g. `repl.co`.
     pub suffixes: Vec<String>,
@@ -185,7 +205,7 @@ pub enum PlacementSource {
     Redis(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlacementConfig {
     pub source: PlacementSource,
     pub last_known_good: Option<PathBuf>,
@@ -238,7 +258,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BalancerConfig {
     pub policy: Policy,
     pub pick_ttl: Duration,
@@ -260,7 +280,7 @@ pub enum HealthSource {
     Prometheus(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     pub source: HealthSource,
     pub scrape_interval: Duration,
@@ -269,7 +289,7 @@ pub struct HealthConfig {
     pub scrape_concurrency: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LimitsConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -288,7 +308,7 @@ pub struct LimitsConfig {
 }
 
 /// Secrets are held as bytes read from their files (whitespace trimmed).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct SecurityConfig {
     pub hop_secret: Vec<u8>,
     pub workspace_token_key: Option<Vec<u8>>,

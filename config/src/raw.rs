@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub security: Option<RawSecurity>,
     pub tls: Option<RawTls>,
+    pub log: Option<RawLog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,4 +119,11 @@ pub struct RawTls {
     pub certs_dir: Option<String>,
     pub redirect_http: Option<bool>,
     pub reload_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access_log_sample: Option<f64>,
+    pub access_log_errors: Option<bool>,
 }

@@ -403,6 +403,13 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     }
 
     // [tls]
+    // [log]
+    let lg = raw.log.unwrap_or_default();
+    let log = LogConfig {
+        access_log_sample: share("log.access_log_sample", lg.access_log_sample, DEFAULT_ACCESS_LOG_SAMPLE)?,
+        access_log_errors: lg.access_log_errors.unwrap_or(true),
+    };
+
     let tls = match raw.tls {
         None => None,
         Some(t) => {
@@ -464,7 +471,33 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             workspace_origins,
         },
         tls,
+        log,
+        file_keys: file_keys(text),
     })
+}
+
+/// The file's keys flattened to `section.key` -> TOML value (inline form).
+fn file_keys(text: &str) -> std::collections::BTreeMap<String, String> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut std::collections::BTreeMap<String, String>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(inner) => walk(&key, inner, out),
+                v => {
+                    out.insert(key, v.to_string());
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(t) = text.parse::<toml::Table>() {
+        walk("", &t, &mut out);
+    }
+    out
 }
 
 /// Names (regions, instance ids) are short, printable and header-safe.

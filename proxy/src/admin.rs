@@ -1,7 +1,9 @@
 //! The admin listener (DESIGN §5): `/metrics`, `/healthz`, `/readyz`,
 //! `/debug/route`, `/debug/snapshot`, the balancer (`GET /balancer`: policy,
 //! per-cluster mode, subsets and VM health; `POST /balancer/policy?policy=P`:
-//! switch the policy at runtime) and a small status page at `/`.
+//! switch the policy at runtime), config reload (`POST /config/reload`,
+//! the same as SIGHUP; `GET /debug/config`: the keys in effect and the last
+//! reload) and a small status page at `/`.
 //!
 //! Where it sits: a second Pingora service in the same process, bound to
 //! `edge.admin_listen` (loopback by default). When an admin token is
@@ -68,12 +70,12 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 impl AdminApp {
     pub fn handle(&self, method: &str, path: &str, query: &str, authorization: Option<&str>) -> Response<Vec<u8>> {
         let edge = &self.edge;
-        if let Some(token) = &edge.cfg.security.admin_token {
+        let token = edge.cfg.load().security.admin_token.clone();
+        if token.is_some() {
             let open = matches!(path, "/healthz" | "/readyz");
             let ok = authorization
                 .and_then(|a| a.strip_prefix("Bearer "))
-                .map(|t| t == token)
-                .unwrap_or(false);
+                .is_some_and(|t| crate::access_log::admin_token_matches(token.as_deref(), t.as_bytes()));
             if !open && !ok {
                 return resp(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
             }
@@ -99,7 +101,7 @@ impl AdminApp {
             "/metrics" => {
                 edge.metrics.refresh_from(&edge.table, now);
                 edge.metrics
-                    .refresh_balancer(&edge.route.balancer, &edge.health.load(), now);
+                    .refresh_balancer(&edge.route.load().balancer, &edge.health.load(), now);
                 resp(StatusCode::OK, "text/plain; version=0.0.4", edge.metrics.render())
             }
             "/debug/route" => {
@@ -115,7 +117,7 @@ impl AdminApp {
                 resp(
                     StatusCode::OK,
                     "text/plain; charset=utf-8",
-                    crate::route::explain(&edge.route, &table, &host, &path, now),
+                    crate::route::explain(&edge.route.load(), &table, &host, &path, now),
                 )
             }
             "/debug/snapshot" => {
@@ -147,8 +149,9 @@ impl AdminApp {
                 let want = query_param(query, "policy").unwrap_or_default();
                 match crate::balancer::Policy::parse(&want) {
                     Ok(p) => {
-                        let old = edge.route.balancer.policy();
-                        edge.route.balancer.set_policy(p);
+                        let balancer = edge.route.load().balancer.clone();
+                        let old = balancer.policy();
+                        balancer.set_policy(p);
                         log::warn!(
                             "balancer policy switched from {} to {} via admin API",
                             old.as_str(),
@@ -166,6 +169,32 @@ impl AdminApp {
                     Err(m) => resp(StatusCode::BAD_REQUEST, "text/plain", format!("policy: {m}\n")),
                 }
             }
+            "/config/reload" => {
+                if method != "POST" {
+                    return resp(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "text/plain",
+                        "use POST /config/reload\n",
+                    );
+                }
+                let r = crate::reload::reload(edge, "admin");
+                let status = if r.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                resp(status, "application/json", format!("{}\n", serde_json::json!(r)))
+            }
+            "/debug/config" => {
+                let cfg = edge.cfg.load_full();
+                let body = serde_json::json!({
+                    "file": cfg.path.display().to_string(),
+                    "keys": cfg.file_keys,
+                    "restart_only": edgeplane_config::reload::RESTART_ONLY,
+                    "last_reload": edge.reloads.last(),
+                });
+                resp(StatusCode::OK, "application/json", format!("{body}\n"))
+            }
             "/" => resp(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
@@ -178,7 +207,8 @@ impl AdminApp {
     /// The balancer's state: what `/balancer` shows an operator.
     fn balancer_json(&self, now: u64) -> serde_json::Value {
         let e = &self.edge;
-        let b = &e.route.balancer;
+        let b = e.route.load().balancer.clone();
+        let cfg = e.cfg.load();
         let t = e.table.load_full();
         let view = b.view();
         let health = e.health.load();
@@ -221,11 +251,11 @@ impl AdminApp {
                 }));
             }
         }
-        let p = &b.params;
+        let p = b.params();
         serde_json::json!({
             "policy": b.policy().as_str(),
-            "instance_id": e.cfg.edge.instance_id,
-            "health_source": match &e.cfg.health.source {
+            "instance_id": cfg.edge.instance_id,
+            "health_source": match &cfg.health.source {
                 edgeplane_config::HealthSource::Scrape => "scrape".to_string(),
                 edgeplane_config::HealthSource::Prometheus(u) => format!("prometheus {u}"),
             },
@@ -252,7 +282,8 @@ impl AdminApp {
         let c = t.counts();
         let published = e.table.published_at_ms();
         let status = e.table.status();
-        let b = &e.route.balancer;
+        let b = e.route.load().balancer.clone();
+        let cfg = e.cfg.load();
         let view = b.view();
         let mut clusters = Vec::new();
         if t.is_loaded() {
@@ -298,12 +329,12 @@ impl AdminApp {
             }
         }
         StatusModel {
-            region: e.cfg.edge.region.clone(),
-            instance: e.cfg.edge.instance_id.clone(),
+            region: cfg.edge.region.clone(),
+            instance: cfg.edge.instance_id.clone(),
             ready: e.table.is_ready(),
             version: t.version(),
             age_s: (published != 0).then(|| now.saturating_sub(published) as f64 / 1000.0),
-            source: match &e.cfg.placement.source {
+            source: match &cfg.placement.source {
                 edgeplane_config::PlacementSource::File(_) => "file",
                 edgeplane_config::PlacementSource::Postgres(_) => "postgres",
                 edgeplane_config::PlacementSource::Redis(_) => "redis",
@@ -325,6 +356,7 @@ impl AdminApp {
             forwards: e.recent_forwards.latest(),
             tombstone_hits: e.metrics.tombstone_hits.get(),
             now_ms: now,
+            last_reload: e.reloads.last(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! [`service`] (the Pingora `ProxyHttp` implementation that carries it
 //! out), then [`server`] (how the process is put together).
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod conn;
@@ -13,6 +14,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod pages;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod service;

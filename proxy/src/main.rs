@@ -35,6 +35,10 @@ enum Cmd {
         /// Run in the background.
         #[arg(short, long)]
         daemon: bool,
+        /// Log line format on stderr: `human` or `json` (one object per
+        /// line). Levels and targets come from RUST_LOG (default `info`).
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
     },
     /// Validate a config (and its file snapshot), print a summary.
     Check {
@@ -63,6 +67,30 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Routes `tracing` events and `log` records (Pingora's and the sync's) to
+/// stderr in the chosen format.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let result = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("edgeplane: cannot set up logging: {e}");
+    }
 }
 
 #[derive(Subcommand)]
@@ -105,8 +133,9 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             config,
             upgrade,
             daemon,
+            log_format,
         } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            init_logging(log_format);
             let cfg = load_config(&config)?;
             server::run(cfg, ServeFlags { upgrade, daemon }).map_err(|e| {
                 eprintln!("edgeplane: {e}");

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub tls_handshake_errors: IntCounter,
     pub tls_certificates: IntGauge,
     pub tls_reload_errors: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_ok: IntGauge,
+    pub config_pending_restart: IntGauge,
 }
 
 fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
@@ -221,8 +224,30 @@ impl Metrics {
             "Certificate pairs that could not be loaded (skipped; the rest keep serving)",
         )
         .unwrap();
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "edgeplane_config_reloads_total",
+                "Config reloads (SIGHUP or admin API) by result: ok, error (old config kept)",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let config_last_reload_ok = IntGauge::new(
+            "edgeplane_config_last_reload_successful",
+            "0 when the last config reload failed and the edge runs an older config than its file",
+        )
+        .unwrap();
+        config_last_reload_ok.set(1);
+        let config_pending_restart = IntGauge::new(
+            "edgeplane_config_pending_restart_keys",
+            "Keys changed in the file that only a restart (serve --upgrade) applies",
+        )
+        .unwrap();
         for c in [
             Box::new(vm_usable.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_ok.clone()),
+            Box::new(config_pending_restart.clone()),
             Box::new(connections_active.clone()),
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
@@ -256,6 +281,9 @@ impl Metrics {
         }
         Metrics {
             registry,
+            config_reloads,
+            config_last_reload_ok,
+            config_pending_restart,
             connections_active,
             connections_refused,
             client_timeouts,
@@ -323,7 +351,7 @@ impl Metrics {
         }
         mirror(&self.balancer_panic_picks, panic);
         mirror(&self.balancer_fallback_picks, fallback);
-        let (oldest_ms, stale) = health.ages(now_ms, b.params.stale_after_ms);
+        let (oldest_ms, stale) = health.ages(now_ms, b.params().stale_after_ms);
         self.sample_age_max.set(oldest_ms as f64 / 1000.0);
         self.stale_vms.set(stale as i64);
     }

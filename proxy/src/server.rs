@@ -31,7 +31,7 @@ use edgeplane_control_sync::postgres::{self, PgSyncOptions};
 use edgeplane_control_sync::{SnapshotError, TableHandle};
 
 use crate::admin::AdminApp;
-use crate::conn::{Admission, EdgeApp};
+use crate::conn::EdgeApp;
 use crate::metrics::Metrics;
 use crate::service::Edge;
 
@@ -155,36 +155,35 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
-    let mut edge = Edge::new(Arc::new(cfg), table, metrics);
+    let tls_cfg = cfg.tls.clone();
+    let mut edge = Edge::new(cfg, table, metrics);
     edge.https_port = tls_listen.first().map(|a| a.port());
-    crate::health::refresh_now(
-        &edge.table.load(),
-        &edge.route.balancer,
-        &edge.health.load(),
-        &edge.metrics,
-    );
+    let balancer = edge.route.load().balancer.clone();
+    crate::health::refresh_now(&edge.table.load(), &balancer, &edge.health.load(), &edge.metrics);
     crate::health::spawn(
-        &edge.cfg,
+        edge.cfg.clone(),
         edge.table.clone(),
-        edge.route.clone(),
+        balancer,
         edge.health.clone(),
         edge.metrics.clone(),
         Arc::new(AtomicBool::new(false)),
     );
+    if let Err(e) = crate::reload::watch_sighup(edge.clone()) {
+        log::warn!("cannot watch SIGHUP, reload through the admin API only: {e}");
+    }
 
-    let limits = &edge.cfg.limits;
+    let limits = edge.limits();
     let mut http = pingora_proxy::http_proxy(&server.configuration, edge.clone());
     let mut options = pingora_core::apps::HttpServerOptions::default();
     // Pingora counts reuses after the first request.
     options.keepalive_request_limit = Some(limits.max_requests_per_connection.saturating_sub(1));
     http.server_options = Some(options);
     let http = Arc::new(http);
-    let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
     let app = |tls| EdgeApp {
         proxy: http.clone(),
-        admission: admission.clone(),
+        admission: edge.admission.clone(),
         tls,
-        header_timeout: limits.header_timeout,
+        cfg: edge.cfg.clone(),
         metrics: edge.metrics.clone(),
     };
     let mut proxy = Service::new("edgeplane proxy".to_string(), app(None));
@@ -194,7 +193,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
             write: None,
         }));
     }
-    let https = match &edge.cfg.tls {
+    let https = match &tls_cfg {
         Some(t) => {
             let resolver = crate::tls::SniResolver::new(Default::default());
             crate::tls::reload(&t.certs_dir, &resolver, &edge.metrics);
@@ -226,12 +225,14 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         println!("edgeplane: https listening on {a}");
     }
     println!("edgeplane: admin listening on {admin_addr}");
+    let cfg = edge.cfg.load();
     println!(
         "edgeplane: region {} instance {} table version {}",
-        edge.cfg.edge.region,
-        edge.cfg.edge.instance_id,
+        cfg.edge.region,
+        cfg.edge.instance_id,
         edge.table.load().version()
     );
+    drop(cfg);
     use std::io::Write;
     let _ = std::io::stdout().flush();
 

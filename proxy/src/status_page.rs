@@ -103,6 +103,8 @@ pub struct StatusModel {
     pub forwards: Vec<ForwardEvent>,
     pub tombstone_hits: u64,
     pub now_ms: u64,
+    /// The last config reload (None: running the config it started with).
+    pub last_reload: Option<crate::reload::ReloadReport>,
 }
 
 pub fn html_escape(s: &str) -> String {
@@ -187,6 +189,47 @@ fn ago(now_ms: u64, at_ms: u64) -> String {
     }
 }
 
+/// The config card: last reload, a refused file, keys waiting for a restart.
+fn config_card(m: &StatusModel) -> String {
+    let (class, state, detail) = match &m.last_reload {
+        None => ("ok", "as started".to_string(), "no reload since start".to_string()),
+        Some(r) if !r.ok => (
+            "bad",
+            "reload refused".to_string(),
+            format!(
+                "{} ({}): {}; the previous config keeps running",
+                ago(m.now_ms, r.at_ms),
+                r.trigger,
+                r.error.as_deref().unwrap_or("")
+            ),
+        ),
+        Some(r) if !r.needs_restart.is_empty() => (
+            "warn",
+            "restart pending".to_string(),
+            format!(
+                "reloaded {} ({}); waiting for a restart: {}",
+                ago(m.now_ms, r.at_ms),
+                r.trigger,
+                r.needs_restart.join(", ")
+            ),
+        ),
+        Some(r) => (
+            "ok",
+            "reloaded".to_string(),
+            format!(
+                "{} ({}), {} keys changed",
+                ago(m.now_ms, r.at_ms),
+                r.trigger,
+                r.changed.len()
+            ),
+        ),
+    };
+    format!(
+        "<div class=\"card\">config<b class=\"{class}\" id=\"config\">{state}</b>{}</div>",
+        html_escape(&detail)
+    )
+}
+
 /// The whole page.
 pub fn render(m: &StatusModel) -> String {
     let mut h = String::with_capacity(8192);
@@ -223,7 +266,7 @@ pub fn render(m: &StatusModel) -> String {
 <div class=\"card\">snapshot version<b id=\"version\">{ver}</b>age {age}</div>\
 <div class=\"card\">sync<b class=\"{sync_class}\" id=\"sync\">{sync}</b>lag {lag:.3} s · errors {errors}</div>\
 <div class=\"card\">placement<b>{repls} repls</b>{vms} VMs · {doms} custom domains · {tombs} tombstones</div>\
-<div class=\"card\">balancer policy<b id=\"policy\">{policy}</b></div></div>",
+<div class=\"card\">balancer policy<b id=\"policy\">{policy}</b></div>{config}</div>",
         ver = m.version,
         lag = m.lag_s,
         repls = m.repls,
@@ -231,6 +274,7 @@ pub fn render(m: &StatusModel) -> String {
         doms = m.custom_domains,
         tombs = m.tombstones,
         policy = html_escape(&m.policy),
+        config = config_card(m),
     );
 
     let _ = write!(h, "<h2>Clusters of {region}</h2>");
@@ -374,6 +418,7 @@ mod tests {
             }],
             tombstone_hits: 1,
             now_ms: 6_000,
+            last_reload: None,
             ..Default::default()
         }
     }
@@ -399,6 +444,35 @@ mod tests {
             !p.contains("http://") || p.matches("http://").count() == p.matches("http://www.w3.org/2000/svg").count(),
             "no external assets"
         );
+    }
+
+    #[test]
+    fn config_card_says_whether_the_file_was_refused_or_waits_for_a_restart() {
+        let report = |ok: bool, restart: Vec<&'static str>| crate::reload::ReloadReport {
+            at_ms: 3_000,
+            trigger: "sighup",
+            ok,
+            error: (!ok).then(|| "/etc/edgeplane.toml:7: limits.max_hops: must be between 1 and 8".into()),
+            changed: vec!["limits.max_hops 2 -> 3".into()],
+            needs_restart: restart,
+        };
+        let card = |r| {
+            render(&StatusModel {
+                last_reload: r,
+                ..model()
+            })
+        };
+        assert!(card(None).contains("id=\"config\">as started</b>"));
+        let refused = card(Some(report(false, vec![])));
+        assert!(refused.contains(
+            "class=\"bad\" id=\"config\">reload refused</b>3 s ago (sighup): /etc/edgeplane.toml:7: limits.max_hops"
+        ));
+        assert!(refused.contains("the previous config keeps running"));
+        let pending = card(Some(report(true, vec!["edge.listen"])));
+        assert!(
+            pending.contains("class=\"warn\" id=\"config\">restart pending</b>") && pending.contains("edge.listen")
+        );
+        assert!(card(Some(report(true, vec![]))).contains("id=\"config\">reloaded</b>3 s ago (sighup), 1 keys changed"));
     }
 
     #[test]

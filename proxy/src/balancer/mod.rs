@@ -15,7 +15,9 @@
 //! - Draining and down VMs are never members; a pick is re-checked against
 //!   the table the request routes with (the view may lag one tick).
 //! - Health can never empty a cluster: panic mode ignores it.
-//! - The policy is one atomic, switchable at runtime (admin API).
+//! - The policy is one atomic, switchable at runtime (admin API); the
+//!   params are swapped whole on a config reload ([`Balancer::set_params`])
+//!   and the next refresh rebuilds the view with them.
 //! - Counters (picks per policy, ledger, outliers) are keyed by stable
 //!   hashes and survive table and view republishes.
 //!
@@ -102,7 +104,9 @@ pub struct Choice {
 
 /// See the module docs.
 pub struct Balancer {
-    pub params: BalancerParams,
+    params: ArcSwap<BalancerParams>,
+    /// Set by [`Balancer::set_params`]: the next refresh rebuilds.
+    params_changed: std::sync::atomic::AtomicBool,
     instance_hash: u64,
     policy: AtomicU8,
     view: ArcSwap<BalancerView>,
@@ -117,7 +121,8 @@ impl Balancer {
     pub fn new(params: BalancerParams, instance_id: &str, policy: Policy) -> Balancer {
         Balancer {
             outliers: Outliers::new(params.eject_after_failures),
-            params,
+            params: ArcSwap::from_pointee(params),
+            params_changed: std::sync::atomic::AtomicBool::new(false),
             instance_hash: xxhash_rust::xxh3::xxh3_64(instance_id.as_bytes()),
             policy: AtomicU8::new(policy.index() as u8),
             view: ArcSwap::from_pointee(BalancerView::default()),
@@ -131,6 +136,19 @@ impl Balancer {
     #[inline]
     pub fn policy(&self) -> Policy {
         Policy::ALL[self.policy.load(Ordering::Relaxed) as usize & 3]
+    }
+
+    /// The settings in use.
+    pub fn params(&self) -> Arc<BalancerParams> {
+        self.params.load_full()
+    }
+
+    /// New settings (config reload): the next [`Balancer::refresh`]
+    /// rebuilds the view with them.
+    pub fn set_params(&self, p: BalancerParams) {
+        self.outliers.set_threshold(p.eject_after_failures);
+        self.params.store(Arc::new(p));
+        self.params_changed.store(true, Ordering::Release);
     }
 
     /// Switches the policy for every following pick.
@@ -147,8 +165,10 @@ impl Balancer {
     /// returns whether it did.
     pub fn refresh(&self, table: &RoutingTable, health: &HealthMap, now_ms: u64, force: bool) -> bool {
         let prev = self.view.load();
-        let epoch = subset::epoch(self.instance_hash, now_ms, self.params.subset_refresh_ms);
-        let due = force
+        let params = self.params.load();
+        let epoch = subset::epoch(self.instance_hash, now_ms, params.subset_refresh_ms);
+        let due = self.params_changed.swap(false, Ordering::AcqRel)
+            || force
             || prev.built_at_ms == 0
             || prev.table_version != table.version()
             || prev.health_generation != health.generation
@@ -164,7 +184,7 @@ impl Balancer {
                 health,
                 ledger: &self.ledger,
                 outliers: &self.outliers,
-                params: &self.params,
+                params: &params,
                 instance_hash: self.instance_hash,
                 now_ms,
             },

@@ -21,7 +21,7 @@ pub struct Outliers {
     failures: Box<[AtomicU32]>,
     /// Set when some count reaches the threshold: the builder should look.
     dirty: AtomicBool,
-    threshold: u32,
+    threshold: AtomicU32,
 }
 
 impl Outliers {
@@ -29,8 +29,13 @@ impl Outliers {
         Outliers {
             failures: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
             dirty: AtomicBool::new(false),
-            threshold: threshold.max(1),
+            threshold: AtomicU32::new(threshold.max(1)),
         }
+    }
+
+    /// Changes the failure count that ejects (config reload).
+    pub fn set_threshold(&self, threshold: u32) {
+        self.threshold.store(threshold.max(1), Ordering::Relaxed);
     }
 
     #[inline]
@@ -41,7 +46,7 @@ impl Outliers {
     /// A connection to this VM failed.
     pub fn failure(&self, vm_id_hash: u64) {
         let n = self.slot(vm_id_hash).fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.threshold {
+        if n == self.threshold.load(Ordering::Relaxed) {
             self.dirty.store(true, Ordering::Release);
         }
     }
@@ -57,7 +62,7 @@ impl Outliers {
 
     /// Whether this VM's consecutive failures reached the threshold.
     pub fn tripped(&self, vm_id_hash: u64) -> bool {
-        self.slot(vm_id_hash).load(Ordering::Relaxed) >= self.threshold
+        self.slot(vm_id_hash).load(Ordering::Relaxed) >= self.threshold.load(Ordering::Relaxed)
     }
 
     pub fn failures(&self, vm_id_hash: u64) -> u32 {

@@ -55,8 +55,8 @@ impl Refusal {
 /// Shared counters of open client connections.
 #[derive(Debug)]
 pub struct Admission {
-    max_total: usize,
-    max_per_ip: u32,
+    max_total: AtomicUsize,
+    max_per_ip: AtomicU32,
     total: AtomicUsize,
     per_ip: Box<[AtomicU32]>,
 }
@@ -69,10 +69,18 @@ pub struct Admitted {
 }
 
 impl Admission {
+    /// Changes the caps (config reload). Connections already open stay;
+    /// a lower cap refuses new ones until enough have closed.
+    pub fn set_caps(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip
+            .store(max_per_ip.min(u32::MAX as usize) as u32, Ordering::Relaxed);
+    }
+
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Admission> {
         Arc::new(Admission {
-            max_total,
-            max_per_ip: max_per_ip.min(u32::MAX as usize) as u32,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicU32::new(max_per_ip.min(u32::MAX as usize) as u32),
             total: AtomicUsize::new(0),
             per_ip: (0..PER_IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
         })
@@ -87,14 +95,14 @@ impl Admission {
     /// unknown peer, counted only against the global cap).
     pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Admitted, Refusal> {
         let prev = self.total.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.max_total {
+        if prev >= self.max_total.load(Ordering::Relaxed) {
             self.total.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::Full);
         }
         let slot = ip.map(slot_of);
         if let Some(s) = slot {
             let prev = self.per_ip[s].fetch_add(1, Ordering::Relaxed);
-            if prev >= self.max_per_ip {
+            if prev >= self.max_per_ip.load(Ordering::Relaxed) {
                 self.per_ip[s].fetch_sub(1, Ordering::Relaxed);
                 self.total.fetch_sub(1, Ordering::Relaxed);
                 return Err(Refusal::PerIp);

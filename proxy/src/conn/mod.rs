@@ -44,7 +44,8 @@ pub struct EdgeApp {
     pub admission: Arc<Admission>,
     /// Some on HTTPS listeners.
     pub tls: Option<Acceptor>,
-    pub header_timeout: Duration,
+    /// The running config (`limits.header_timeout_ms` is read per connection).
+    pub cfg: Arc<arc_swap::ArcSwap<edgeplane_config::Config>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -75,17 +76,18 @@ impl ServerApp for EdgeApp {
         };
         self.metrics.connections_active.inc();
         let _count = ActiveGuard(&self.metrics);
+        let header_timeout = self.cfg.load().limits.header_timeout;
         let conn: Stream = match &self.tls {
             None => Box::new(ConnStream::new(
                 stream,
                 Some(admitted),
                 false,
-                Some(self.header_timeout),
+                Some(header_timeout),
                 Some(shutdown.clone()),
             )),
             Some(acceptor) => {
                 let raw = ConnStream::new(stream, None, false, None, None);
-                let tls = match tokio::time::timeout(self.header_timeout, acceptor.tls_handshake(raw)).await {
+                let tls = match tokio::time::timeout(header_timeout, acceptor.tls_handshake(raw)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         self.metrics.tls_handshake_errors.inc();
@@ -102,7 +104,7 @@ impl ServerApp for EdgeApp {
                     Box::new(tls),
                     Some(admitted),
                     true,
-                    Some(self.header_timeout),
+                    Some(header_timeout),
                     Some(shutdown.clone()),
                 ))
             }

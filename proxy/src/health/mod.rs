@@ -3,7 +3,8 @@
 //!
 //! Where it sits: [`spawn`] starts one thread with its own single-threaded
 //! tokio runtime running two loops:
-//! - every `scrape_interval`, one health round over this region's active
+//! - every `scrape_interval` (read from the running config each round, so
+//!   a reload applies), one health round over this region's active
 //!   VMs that have a `metrics_addr` ([`scrape`] or [`prometheus_api`]),
 //!   merged into a new [`HealthMap`] (pure merge in
 //!   [`crate::balancer::health`]) and published whole;
@@ -67,14 +68,13 @@ pub type HealthHandle = Arc<ArcSwap<HealthMap>>;
 
 /// Starts the monitor thread. It stops when `stop` is set.
 pub fn spawn(
-    cfg: &Config,
+    cfg: Arc<ArcSwap<Config>>,
     table: TableHandle,
-    balancer: Arc<crate::route::RouteContext>,
+    balancer: Arc<Balancer>,
     health: HealthHandle,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
-    let hc = cfg.health.clone();
     std::thread::Builder::new()
         .name("edgeplane-health".into())
         .spawn(move || {
@@ -84,7 +84,7 @@ pub fn spawn(
                 .expect("health runtime");
             rt.block_on(async move {
                 let refresh = {
-                    let (table, health, ctx, metrics, stop) = (
+                    let (table, health, balancer, metrics, stop) = (
                         table.clone(),
                         health.clone(),
                         balancer.clone(),
@@ -96,17 +96,21 @@ pub fn spawn(
                         while !stop.load(Ordering::Relaxed) {
                             tick.tick().await;
                             let t = table.load_full();
-                            if ctx.balancer.refresh(&t, &health.load(), now_ms(), false) {
-                                metrics.set_balancer_view(&t, &ctx.balancer);
+                            if balancer.refresh(&t, &health.load(), now_ms(), false) {
+                                metrics.set_balancer_view(&t, &balancer);
                             }
                         }
                     }
                 };
                 let rounds = async move {
-                    let mut tick = tokio::time::interval(hc.scrape_interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut first = true;
                     while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
+                        // Read per round: a reload changes interval and timeouts.
+                        let hc = cfg.load().health.clone();
+                        if !first {
+                            tokio::time::sleep(hc.scrape_interval).await;
+                        }
+                        first = false;
                         let t = table.load_full();
                         let targets = targets(&t);
                         let now = now_ms();
@@ -124,15 +128,13 @@ pub fn spawn(
                             }
                         }
                         metrics.scrape_rounds.inc();
-                        let next = health.load().next(
-                            targets.iter().map(|t| t.id_hash),
-                            outcomes,
-                            &balancer.balancer.ledger,
-                            now_ms(),
-                        );
+                        let next =
+                            health
+                                .load()
+                                .next(targets.iter().map(|t| t.id_hash), outcomes, &balancer.ledger, now_ms());
                         health.store(Arc::new(next));
-                        if balancer.balancer.refresh(&t, &health.load(), now_ms(), false) {
-                            metrics.set_balancer_view(&t, &balancer.balancer);
+                        if balancer.refresh(&t, &health.load(), now_ms(), false) {
+                            metrics.set_balancer_view(&t, &balancer);
                         }
                     }
                 };

@@ -26,13 +26,19 @@ mod decide;
 pub use decide::decide;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use edgeplane_control_sync::table::Idx;
 
 use crate::balancer::{Balancer, BalancerParams};
 use pick_memory::PickMemory;
 
-/// What the edge knows about itself that routing needs.
+/// What the edge knows about itself that routing needs: settings from the
+/// config plus the shared, stateful pick memory and balancer.
+///
+/// A config reload builds a new context with [`RouteContext::reconfigured`]
+/// (same memory and balancer, new settings) and the proxy swaps it in
+/// whole, so one request never sees half of two configs.
 pub struct RouteContext {
     /// Lower-case hosting suffixes, longest first.
     pub suffixes: Vec<String>,
@@ -41,12 +47,24 @@ pub struct RouteContext {
     /// Browser origins allowed on workspace sessions (empty: not checked).
     pub workspace_origins: Vec<String>,
     pub max_hops: u8,
-    pub memory: PickMemory,
-    pub balancer: Balancer,
+    pub memory: Arc<PickMemory>,
+    pub balancer: Arc<Balancer>,
 }
 
 impl RouteContext {
     pub fn from_config(cfg: &edgeplane_config::Config) -> RouteContext {
+        Self::with_state(
+            cfg,
+            Arc::new(PickMemory::new(cfg.balancer.pick_ttl.as_millis() as u64)),
+            Arc::new(Balancer::new(
+                BalancerParams::from_config(cfg),
+                &cfg.edge.instance_id,
+                cfg.balancer.policy,
+            )),
+        )
+    }
+
+    fn with_state(cfg: &edgeplane_config::Config, memory: Arc<PickMemory>, balancer: Arc<Balancer>) -> RouteContext {
         let mut suffixes = cfg.hosting.suffixes.clone();
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
         RouteContext {
@@ -55,13 +73,23 @@ impl RouteContext {
             workspace_key: cfg.security.workspace_token_key.clone(),
             workspace_origins: cfg.security.workspace_origins.clone(),
             max_hops: cfg.limits.max_hops,
-            memory: PickMemory::new(cfg.balancer.pick_ttl.as_millis() as u64),
-            balancer: Balancer::new(
-                BalancerParams::from_config(cfg),
-                &cfg.edge.instance_id,
-                cfg.balancer.policy,
-            ),
+            memory,
+            balancer,
         }
+    }
+
+    /// The context for config `next` after `prev`: new settings, the same
+    /// pick memory and balancer (their counters, ledger and view live on),
+    /// given `next`'s TTL and params. The balancer policy follows the file
+    /// only when the file's policy changed, so a policy switched through the
+    /// admin API survives a reload that did not touch it.
+    pub fn reconfigured(&self, prev: &edgeplane_config::Config, next: &edgeplane_config::Config) -> RouteContext {
+        self.memory.set_ttl(next.balancer.pick_ttl.as_millis() as u64);
+        self.balancer.set_params(BalancerParams::from_config(next));
+        if next.balancer.policy != prev.balancer.policy {
+            self.balancer.set_policy(next.balancer.policy);
+        }
+        Self::with_state(next, self.memory.clone(), self.balancer.clone())
     }
 }
 

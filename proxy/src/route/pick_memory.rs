@@ -41,17 +41,25 @@ fn units(now_ms: u64) -> u64 {
 /// See the module docs.
 pub struct PickMemory {
     slots: Box<[AtomicU64]>,
-    ttl_units: u64,
+    ttl_units: AtomicU64,
 }
 
 impl PickMemory {
     /// `ttl_ms` must be below ~2.9 hours (config caps it at 60 s).
     pub fn new(ttl_ms: u64) -> PickMemory {
-        let ttl_units = (ttl_ms / 10).clamp(1, EXP_MASK / 2);
         PickMemory {
             slots: (0..PICK_MEMORY_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            ttl_units,
+            ttl_units: AtomicU64::new(Self::units_of(ttl_ms)),
         }
+    }
+
+    fn units_of(ttl_ms: u64) -> u64 {
+        (ttl_ms / 10).clamp(1, EXP_MASK / 2)
+    }
+
+    /// Changes how long new picks are remembered (config reload).
+    pub fn set_ttl(&self, ttl_ms: u64) {
+        self.ttl_units.store(Self::units_of(ttl_ms), Ordering::Relaxed);
     }
 
     #[inline]
@@ -70,7 +78,7 @@ impl PickMemory {
         let exp = word & EXP_MASK;
         let remaining = exp.wrapping_sub(units(now_ms)) & EXP_MASK;
         // Live while 0 < remaining <= ttl (wrap-aware).
-        if remaining == 0 || remaining > self.ttl_units {
+        if remaining == 0 || remaining > self.ttl_units.load(Ordering::Relaxed) {
             return None;
         }
         Some(((word >> EXP_BITS) & FP_MASK) as u16)
@@ -87,7 +95,7 @@ impl PickMemory {
     /// returns the fingerprint every racing caller must use.
     pub fn remember(&self, repl_hash: u64, vm_fp: u16, now_ms: u64) -> u16 {
         let (slot, tag) = self.slot(repl_hash);
-        let exp = (units(now_ms) + self.ttl_units) & EXP_MASK;
+        let exp = (units(now_ms) + self.ttl_units.load(Ordering::Relaxed)) & EXP_MASK;
         let new = (tag << 32) | ((vm_fp as u64 & FP_MASK) << EXP_BITS) | exp;
         let mut cur = slot.load(Ordering::Acquire);
         loop {

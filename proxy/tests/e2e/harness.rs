@@ -142,6 +142,11 @@ pub struct EdgeOpts<'a> {
     pub limits: &'a str,
     /// A `[tls]` section body; the edge then prints an HTTPS address.
     pub tls: Option<&'a str>,
+    /// Lines added to `[security]`.
+    pub security: &'a str,
+    /// Run with `--log-format json` and `RUST_LOG=info`, stderr to
+    /// `edge.log` in the edge's directory ([`Edge::log_lines`]).
+    pub json_log: bool,
 }
 
 impl Edge {
@@ -222,11 +227,22 @@ last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 
             "[edge]\nregion = \"{region}\"\ninstance_id = \"{region}-test\"\nlisten = [\"127.0.0.1:0\"]\n\
 admin_listen = \"127.0.0.1:0\"\nthreads = 2\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\
 {grace}{}\n\n[placement]\n{placement}\n{tls}\n[security]\nhop_secret_file = \"hop.secret\"\n\
-workspace_token_key_file = \"ws.key\"\n\n[limits]\n{}\n",
-            opts.edge, opts.limits
+workspace_token_key_file = \"ws.key\"\n{}\n\n[limits]\n{}\n",
+            opts.edge, opts.security, opts.limits
         );
         std::fs::write(d.join("edge.toml"), toml).unwrap();
-        let (child, map) = spawn_edge(&d.join("edge.toml"), false, opts.tls.is_some());
+        let (child, map) = if opts.json_log {
+            let log = std::fs::File::create(d.join("edge.log")).unwrap();
+            spawn_edge_with(
+                &d.join("edge.toml"),
+                &["--log-format", "json"],
+                opts.tls.is_some(),
+                "info",
+                log.into(),
+            )
+        } else {
+            spawn_edge(&d.join("edge.toml"), false, opts.tls.is_some())
+        };
         let edge = Edge {
             proc: Proc(child),
             dir,
@@ -257,6 +273,15 @@ workspace_token_key_file = \"ws.key\"\n\n[limits]\n{}\n",
 
     pub fn snapshot_path(&self) -> PathBuf {
         self.dir.path().join("snapshot.json")
+    }
+
+    /// The JSON log lines written so far (edges started with `json_log`);
+    /// panics on a line that is not one JSON object.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("edge.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
+            .collect()
     }
 
     /// `GET /balancer` on the admin listener.
@@ -328,15 +353,27 @@ impl Resp {
 /// Starts `edgeplane serve -c CONFIG [--upgrade]` and reads the addresses
 /// it prints (`proxy`, `admin`, and `https` when `https`).
 pub fn spawn_edge(config: &Path, upgrade: bool, https: bool) -> (Child, HashMap<&'static str, SocketAddr>) {
-    let mut cmd = Command::new(edgeplane_bin());
-    cmd.args(["serve", "-c"]).arg(config);
-    if upgrade {
-        cmd.arg("--upgrade");
-    }
-    let mut child = cmd
-        .env("RUST_LOG", std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into()))
+    let level = std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into());
+    let args: &[&str] = if upgrade { &["--upgrade"] } else { &[] };
+    spawn_edge_with(config, args, https, &level, Stdio::inherit())
+}
+
+/// [`spawn_edge`] with more `serve` arguments, a `RUST_LOG` and where its
+/// stderr goes.
+pub fn spawn_edge_with(
+    config: &Path,
+    args: &[&str],
+    https: bool,
+    rust_log: &str,
+    stderr: Stdio,
+) -> (Child, HashMap<&'static str, SocketAddr>) {
+    let mut child = Command::new(edgeplane_bin())
+        .args(["serve", "-c"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn edgeplane");
     let addrs = read_lines(&mut child, if https { 3 } else { 2 }, |l| {

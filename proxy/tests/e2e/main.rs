@@ -11,6 +11,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod limits;
+mod operations;
 mod pg_server;
 mod postgres;
 mod regions;

@@ -51,8 +51,12 @@ fn ctx() -> RouteContext {
         workspace_key: Some(KEY.to_vec()),
         workspace_origins: Vec::new(),
         max_hops: 2,
-        memory: PickMemory::new(10_000),
-        balancer: Balancer::new(BalancerParams::default(), "edge-test", Policy::LeastLoaded),
+        memory: std::sync::Arc::new(PickMemory::new(10_000)),
+        balancer: std::sync::Arc::new(Balancer::new(
+            BalancerParams::default(),
+            "edge-test",
+            Policy::LeastLoaded,
+        )),
     }
 }
 

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -41,10 +42,17 @@ use crate::pages;
 use crate::route::signing::{sign_hop, verify_hop};
 use crate::route::{self, Decision, ForwardReason, RouteContext, RouteRequest};
 
+mod headers;
+use headers::{header_str, is_websocket_upgrade, itoa_u16, request_head_bytes, strip_for_upstream};
+
 pub const HOP_HEADER: &str = "x-edgeplane-hop";
 pub const REPLAY_HEADER: &str = "x-edgeplane-replay";
 pub const TRANSFER_FROM_HEADER: &str = "x-edgeplane-transfer-from";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Request header carrying the admin token to ask for [`ROUTE_HEADER`].
+pub const DEBUG_HEADER: &str = "x-edgeplane-debug";
+/// Response header explaining the routing decision (debug requests only).
+pub const ROUTE_HEADER: &str = "x-edgeplane-route";
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
@@ -69,10 +77,14 @@ fn entropy() -> u64 {
 
 /// Everything a request needs, shared by all of them. Cloning shares the
 /// same state (the admin listener holds a clone).
+///
+/// `cfg` and `route` are swapped whole by a config reload
+/// ([`crate::reload`]); a request loads each once per step and copies what
+/// it needs out, never holding a guard across an `.await`.
 #[derive(Clone)]
 pub struct Edge {
-    pub cfg: Arc<Config>,
-    pub route: Arc<RouteContext>,
+    pub cfg: Arc<ArcSwap<Config>>,
+    pub route: Arc<ArcSwap<RouteContext>>,
     pub table: TableHandle,
     pub health: HealthHandle,
     pub metrics: Arc<Metrics>,
@@ -81,26 +93,39 @@ pub struct Edge {
     pub https_port: Option<u16>,
     /// The latest forwards, for the status page.
     pub recent_forwards: Arc<crate::status_page::RecentForwards>,
+    /// Client connection caps (their limits change on reload).
+    pub admission: Arc<crate::conn::Admission>,
+    /// What the last config reload did.
+    pub reloads: Arc<crate::reload::ReloadLog>,
     request_seq: Arc<AtomicU64>,
 }
 
 impl Edge {
-    pub fn new(cfg: Arc<Config>, table: TableHandle, metrics: Arc<Metrics>) -> Edge {
+    pub fn new(cfg: Config, table: TableHandle, metrics: Arc<Metrics>) -> Edge {
+        let limits = cfg.limits;
         Edge {
-            route: Arc::new(RouteContext::from_config(&cfg)),
-            cfg,
+            route: Arc::new(ArcSwap::from_pointee(RouteContext::from_config(&cfg))),
+            cfg: Arc::new(ArcSwap::from_pointee(cfg)),
             table,
             health: HealthHandle::default(),
             metrics,
             https_port: None,
             recent_forwards: Arc::default(),
+            admission: crate::conn::Admission::new(limits.max_connections, limits.max_connections_per_ip),
+            reloads: Arc::default(),
             request_seq: Arc::new(AtomicU64::new(0)),
         }
     }
 
     fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{:x}-{n:x}", self.cfg.edge.instance_id, now_ms())
+        format!("{}-{:x}-{n:x}", self.cfg.load().edge.instance_id, now_ms())
+    }
+
+    /// The `[limits]` in use (a copy: no guard outlives the call).
+    #[inline]
+    pub fn limits(&self) -> edgeplane_config::LimitsConfig {
+        self.cfg.load().limits
     }
 }
 
@@ -123,23 +148,13 @@ pub struct RequestCtx {
     tls: bool,
     /// Request body bytes seen (for `limits.max_body_bytes` on chunked bodies).
     body_bytes: u64,
-}
-
-/// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::tunnel`]).
-fn is_websocket_upgrade(req: &RequestHeader) -> bool {
-    let has_token = |name: http::HeaderName, token: &str| {
-        req.headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    req.version == http::Version::HTTP_11
-        && req.method == http::Method::GET
-        && has_token(http::header::UPGRADE, "websocket")
-        && has_token(http::header::CONNECTION, "upgrade")
-        && !req.headers.contains_key(http::header::CONTENT_LENGTH)
-        && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+    /// Version of the table the decision was made with.
+    table_version: u64,
+    /// This request is in the access-log sample.
+    sampled: bool,
+    /// `x-edgeplane-route` value, when the request carried the admin token
+    /// in `x-edgeplane-debug`.
+    debug_route: Option<String>,
 }
 
 /// The client socket of a plain-TCP HTTP/1 session (None for TLS or H2,
@@ -156,72 +171,36 @@ fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::RawFd> {
         .map(|s| s.as_raw_fd())
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never passed to a VM or peer, in
-/// addition to those the client's `Connection` header names. `Upgrade` is
-/// kept (and `Connection: upgrade` set) only on WebSocket upgrades.
-/// `Transfer-Encoding` is Pingora's to re-frame, not dropped here.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "http2-settings",
-];
-
-/// Client-sent headers that apps or their frameworks may trust as set by
-/// the platform (client address, original URL); the edge sets what a VM
-/// may rely on (`x-forwarded-*`, `x-request-id`) and drops the rest.
-const SPOOFABLE: [&str; 10] = [
-    "forwarded",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-];
-
-/// Whether a request header must not reach a VM (internal, hop-by-hop,
-/// spoofable, or named by the client's `Connection` header).
-fn strip_for_upstream(name: &str, connection_tokens: &[&str], websocket: bool) -> bool {
-    if name.starts_with("x-edgeplane-") || SPOOFABLE.contains(&name) {
-        return true;
-    }
-    if websocket && (name == "upgrade" || name == "connection") {
-        return false;
-    }
-    HOP_BY_HOP.contains(&name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
-}
-
-/// Serialises a request head for the wire (origin-form target).
-fn request_head_bytes(req: &RequestHeader) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in req.headers.iter() {
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 impl Edge {
+    /// Whether a header value is the configured admin token.
+    fn is_admin_token(&self, given: &[u8]) -> bool {
+        crate::access_log::admin_token_matches(self.cfg.load().security.admin_token.as_deref(), given)
+    }
+
+    /// Writes the access-log line of a finished request.
+    fn access_log(&self, session: &Session, ctx: &RequestCtx, kind: &str, outcome: &str, elapsed: Duration) {
+        let req = session.req_header();
+        let route = match &ctx.decision {
+            Some(d) => crate::access_log::describe_for_log(d, &self.table.load(), ctx.table_version),
+            None => format!("{} before routing", ctx.status),
+        };
+        crate::access_log::emit(&crate::access_log::AccessEntry {
+            request_id: ctx.request_id.as_deref().unwrap_or("-"),
+            client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            method: req.method.as_str(),
+            host: header_str(req, "host").unwrap_or("-"),
+            path: req.uri.path(),
+            status: ctx.status,
+            duration: elapsed,
+            kind,
+            outcome,
+            route: &route,
+            table_version: ctx.table_version,
+            hops_in: ctx.hops_in,
+            websocket: ctx.tunnel,
+        });
+    }
+
     /// Writes one of the edge's own responses.
     async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {
         let id = ctx.request_id.get_or_insert_with(|| self.next_request_id()).clone();
@@ -231,6 +210,9 @@ impl Edge {
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header(REQUEST_ID_HEADER, id)?;
+        if let Some(r) = &ctx.debug_route {
+            let _ = resp.insert_header(ROUTE_HEADER, r.as_str());
+        }
         if status == 503 {
             resp.insert_header("retry-after", "5")?;
         }
@@ -279,15 +261,20 @@ impl Edge {
         let mut head = session.req_header().clone();
         self.edit_upstream_request(session, &mut head, ctx)?;
         let bytes = request_head_bytes(&head);
-        let limits = &self.cfg.limits;
+        let limits = self.limits();
+        let grace_period = self.cfg.load().edge.grace_period;
         let id = ctx.request_id.clone().unwrap_or_default();
-        let add: [(&str, &str); 1] = [(REQUEST_ID_HEADER, id.as_str())];
+        let route = ctx.debug_route.clone();
+        let mut add: Vec<(&str, &str)> = vec![(REQUEST_ID_HEADER, id.as_str())];
+        if let Some(r) = &route {
+            add.push((ROUTE_HEADER, r.as_str()));
+        }
         let opened = Tunnel::open(
             addr,
             &bytes,
             limits.upstream_connect_timeout,
             limits.upstream_read_timeout,
-            &[REPLAY_HEADER],
+            &[REPLAY_HEADER, ROUTE_HEADER],
             &add,
         )
         .await;
@@ -307,7 +294,7 @@ impl Edge {
             }
         };
         if let Some(h) = ctx.vm_hash {
-            self.route.balancer.outliers.success(h);
+            self.route.load().balancer.outliers.success(h);
         }
         ctx.status = t.answer.status;
         let fd = plain_tcp_fd(session).ok_or_else(|| Error::explain(ErrorType::InternalError, "no client socket"))?;
@@ -326,9 +313,7 @@ impl Edge {
                 code: crate::server::tunnel_close_code,
                 // Spread closes over the first half of the grace period (at most
                 // 10 s) so clients do not all reconnect in the same instant.
-                delay: Duration::from_millis(
-                    entropy() % (self.cfg.edge.grace_period.as_millis() as u64 / 2).clamp(1, 10_000),
-                ),
+                delay: Duration::from_millis(entropy() % (grace_period.as_millis() as u64 / 2).clamp(1, 10_000)),
             });
         if let Err(e) = t.run(client, limits.tunnel_idle_timeout, stop).await {
             log::debug!("tunnel to {addr} ended: {e}");
@@ -340,8 +325,9 @@ impl Edge {
     /// towards its ejection, and a remembered pick is forgotten.
     fn note_upstream_failure(&self, ctx: &RequestCtx, reason: &str, connect_failed: bool) {
         self.metrics.upstream_errors.with_label_values(&[reason]).inc();
+        let route = self.route.load();
         if let (true, Some(h)) = (connect_failed, ctx.vm_hash) {
-            self.route.balancer.outliers.failure(h);
+            route.balancer.outliers.failure(h);
         }
         // A VM that refused us should not stay the remembered pick.
         if let Some(Decision::Vm {
@@ -350,7 +336,7 @@ impl Edge {
             ..
         }) = ctx.decision
         {
-            self.route.memory.forget(repl_hash);
+            route.memory.forget(repl_hash);
         }
     }
 
@@ -415,13 +401,8 @@ impl Edge {
             Some(Decision::Forward { hops, .. }) => {
                 let host = ctx.forward_host.as_deref().unwrap_or("");
                 // The table is built for this edge's region, so its name is the config's.
-                let v = sign_hop(
-                    &self.cfg.security.hop_secret,
-                    &self.cfg.edge.region,
-                    hops,
-                    now_ms() / 1000,
-                    host,
-                );
+                let cfg = self.cfg.load();
+                let v = sign_hop(&cfg.security.hop_secret, &cfg.edge.region, hops, now_ms() / 1000, host);
                 upstream.insert_header(HOP_HEADER, v)?;
             }
             Some(Decision::Vm { .. }) => {
@@ -452,6 +433,9 @@ impl ProxyHttp for Edge {
             tunnel: false,
             tls: false,
             body_bytes: 0,
+            table_version: 0,
+            sampled: false,
+            debug_route: None,
         }
     }
 
@@ -461,8 +445,8 @@ impl ProxyHttp for Edge {
             c.head_done();
             ctx.tls = c.is_tls();
         }
-        session.set_keepalive(Some(self.cfg.limits.keepalive_idle.as_secs().max(1)));
-        let limits = &self.cfg.limits;
+        let limits = self.limits();
+        session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
         // Each wait for the next piece of body is bounded (slow-body clients).
         session.set_read_timeout(Some(limits.body_timeout));
         let req = session.req_header();
@@ -516,9 +500,14 @@ impl ProxyHttp for Edge {
         // A hop header counts only if it verifies for this request's host.
         let hops_in = match (req.headers.get(HOP_HEADER), host) {
             (Some(v), Some(h)) => match route::host::canonical_host(h) {
-                Ok(c) => verify_hop(&self.cfg.security.hop_secret, v.as_bytes(), now / 1000, c.as_str())
-                    .map(|hop| hop.hops)
-                    .unwrap_or(0),
+                Ok(c) => verify_hop(
+                    &self.cfg.load().security.hop_secret,
+                    v.as_bytes(),
+                    now / 1000,
+                    c.as_str(),
+                )
+                .map(|hop| hop.hops)
+                .unwrap_or(0),
                 Err(_) => 0,
             },
             _ => 0,
@@ -538,8 +527,17 @@ impl ProxyHttp for Edge {
             dry_run: false,
             entropy: entropy(),
         };
+        let debug = req
+            .headers
+            .get(DEBUG_HEADER)
+            .is_some_and(|v| self.is_admin_token(v.as_bytes()));
         let table = self.table.load();
-        let decision = route::decide(&self.route, &table, &rreq, &mut ());
+        let decision = route::decide(&self.route.load(), &table, &rreq, &mut ());
+        ctx.table_version = table.version();
+        ctx.sampled = crate::access_log::sampled(&self.cfg.load().log, rreq.entropy);
+        if debug {
+            ctx.debug_route = Some(crate::access_log::route_header(&self.cfg.load(), &decision, &table));
+        }
         match decision {
             Decision::Reject { reason, .. } => {
                 ctx.decision = Some(decision);
@@ -572,13 +570,14 @@ impl ProxyHttp for Edge {
         }
         ctx.decision = Some(decision);
         drop(table);
-        if let Some(tls) = &self.cfg.tls {
+        let redirect_http = self.cfg.load().tls.as_ref().is_some_and(|t| t.redirect_http);
+        if redirect_http {
             let acme = session
                 .req_header()
                 .uri
                 .path()
                 .starts_with("/.well-known/acme-challenge/");
-            if tls.redirect_http && !ctx.tls && hops_in == 0 && !acme {
+            if !ctx.tls && hops_in == 0 && !acme {
                 return self.redirect_to_https(session, ctx).await.map(|_| true);
             }
         }
@@ -599,7 +598,7 @@ impl ProxyHttp for Edge {
             _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
         };
         let mut peer = HttpPeer::new(addr, false, String::new());
-        let limits = &self.cfg.limits;
+        let limits = self.limits();
         peer.options.connection_timeout = Some(limits.upstream_connect_timeout);
         peer.options.total_connection_timeout = Some(limits.upstream_connect_timeout);
         peer.options.read_timeout = Some(if session.is_upgrade_req() {
@@ -630,7 +629,7 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > self.cfg.limits.max_body_bytes {
+            if ctx.body_bytes > self.limits().max_body_bytes {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limits.max_body_bytes");
             }
         }
@@ -644,8 +643,12 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.remove_header(REPLAY_HEADER);
+        resp.remove_header(ROUTE_HEADER);
+        if let Some(r) = &ctx.debug_route {
+            let _ = resp.insert_header(ROUTE_HEADER, r.as_str());
+        }
         if let Some(h) = ctx.vm_hash {
-            self.route.balancer.outliers.success(h);
+            self.route.load().balancer.outliers.success(h);
         }
         if resp.status.as_u16() == 101 && !ctx.tunnel {
             ctx.tunnel = true;
@@ -729,52 +732,11 @@ impl ProxyHttp for Edge {
             .with_label_values(&[kind, outcome, code_buf.as_str()])
             .inc();
         code_buf.clear();
-        self.metrics.duration.observe(ctx.start.elapsed().as_secs_f64());
-    }
-}
-
-/// A status code as text without going through `format!`.
-fn itoa_u16(n: u16) -> SmallStr {
-    let mut s = SmallStr { buf: [0; 5], len: 0 };
-    let mut digits = [0u8; 5];
-    let mut i = 0;
-    let mut n = n;
-    loop {
-        digits[i] = b'0' + (n % 10) as u8;
-        i += 1;
-        n /= 10;
-        if n == 0 {
-            break;
+        let elapsed = ctx.start.elapsed();
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        let log_cfg = &self.cfg.load().log;
+        if ctx.sampled || (log_cfg.access_log_errors && crate::access_log::is_error(ctx.status)) {
+            self.access_log(session, ctx, kind, outcome, elapsed);
         }
-    }
-    while i > 0 {
-        i -= 1;
-        s.buf[s.len] = digits[i];
-        s.len += 1;
-    }
-    s
-}
-
-struct SmallStr {
-    buf: [u8; 5],
-    len: usize,
-}
-
-impl SmallStr {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
-    }
-    fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn status_codes_print() {
-        assert_eq!(super::itoa_u16(0).as_str(), "0");
-        assert_eq!(super::itoa_u16(404).as_str(), "404");
-        assert_eq!(super::itoa_u16(65535).as_str(), "65535");
     }
 }

@@ -1,0 +1,171 @@
+//! The sampled access log and the `x-edgeplane-route` debug header: how a
+//! person sees which way individual requests went.
+//!
+//! Where it sits: [`crate::service`] asks [`sampled`] once per request
+//! (one multiply on random bits already drawn), builds an [`AccessEntry`]
+//! in its `logging` phase only for sampled requests and for errors
+//! (`log.access_log_errors`), and [`emit`]s it as one `tracing` event with
+//! target `edgeplane::access` (a JSON object per line with
+//! `--log-format json`). A request whose `x-edgeplane-debug` header holds
+//! the admin token ([`admin_token_matches`]) gets [`route_header`] back as
+//! `x-edgeplane-route`.
+//!
+//! Invariants: nothing here allocates for a request that is neither
+//! sampled nor an error nor a debug request; the token comparison takes
+//! the same time wherever the first difference is; a decision is described
+//! with table names only when the table it was made with is still the one
+//! in use (indexes of another version could name the wrong VM).
+//!
+//! Start at [`emit`].
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use edgeplane_config::{Config, LogConfig};
+use edgeplane_control_sync::RoutingTable;
+
+use crate::route::{describe, Decision};
+
+/// Whether a request with these random bits is in the sample.
+#[inline]
+pub fn sampled(cfg: &LogConfig, entropy: u64) -> bool {
+    // Decorrelated from the balancer's use of the same bits.
+    let r = crate::balancer::subset::mix(entropy ^ 0xacce_5510_9000_0001);
+    (r as f64) < cfg.access_log_sample * (u64::MAX as f64)
+}
+
+/// Statuses always logged when `log.access_log_errors` is on: the edge or
+/// a VM failed (5xx, which includes 503 no usable VM and 508 forward loop).
+#[inline]
+pub fn is_error(status: u16) -> bool {
+    status >= 500
+}
+
+/// Compares a presented token with the configured admin token without
+/// leaking where they differ. No token configured: nothing matches.
+pub fn admin_token_matches(expected: Option<&str>, given: &[u8]) -> bool {
+    let Some(expected) = expected else {
+        return false;
+    };
+    let e = expected.as_bytes();
+    if e.len() != given.len() {
+        return false;
+    }
+    e.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// The `x-edgeplane-route` value: which edge decided, with which table,
+/// and where the request went.
+pub fn route_header(cfg: &Config, d: &Decision, t: &RoutingTable) -> String {
+    format!(
+        "edge={}/{} table={} kind={} -> {}",
+        cfg.edge.region,
+        cfg.edge.instance_id,
+        t.version(),
+        d.kind().as_str(),
+        header_safe(&describe(d, t))
+    )
+}
+
+/// Replaces bytes a header value may not hold.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+        .collect()
+}
+
+/// Describes a decision for the log: with names when `t` is the table it
+/// was made with, else by address only.
+pub fn describe_for_log(d: &Decision, t: &RoutingTable, decided_with: u64) -> String {
+    if t.version() == decided_with {
+        return describe(d, t);
+    }
+    match *d {
+        Decision::Vm { addr, reason, .. } => format!("vm {addr} ({})", format!("{reason:?}").to_lowercase()),
+        Decision::Forward { addr, reason, hops, .. } => {
+            format!("forward to edge {addr} ({}, hop {hops})", reason.as_str())
+        }
+        Decision::Reject { reason, .. } => format!("{} {}", reason.status(), reason.as_str()),
+    }
+}
+
+/// One access-log line.
+#[derive(Debug)]
+pub struct AccessEntry<'a> {
+    pub request_id: &'a str,
+    pub client: Option<IpAddr>,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    /// `app`, `custom_domain`, `workspace`, `unknown`.
+    pub kind: &'a str,
+    /// `proxied`, `forwarded`, `rejected`, `error`.
+    pub outcome: &'a str,
+    /// Where the routing decision sent it ([`describe_for_log`]).
+    pub route: &'a str,
+    pub table_version: u64,
+    /// Forwards before this edge (0 = straight from a client).
+    pub hops_in: u8,
+    pub websocket: bool,
+}
+
+/// Writes the entry as one `edgeplane::access` event.
+pub fn emit(e: &AccessEntry<'_>) {
+    let client = e.client.map(|c| c.to_string()).unwrap_or_default();
+    tracing::info!(
+        target: "edgeplane::access",
+        request_id = e.request_id,
+        client = client.as_str(),
+        method = e.method,
+        host = e.host,
+        path = e.path,
+        status = e.status,
+        duration_ms = e.duration.as_secs_f64() * 1000.0,
+        kind = e.kind,
+        outcome = e.outcome,
+        route = e.route,
+        table_version = e.table_version,
+        hops_in = e.hops_in,
+        websocket = e.websocket,
+        "{} {}{} {} -> {}",
+        e.method,
+        e.host,
+        e.path,
+        e.status,
+        e.route
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_rate_is_honoured() {
+        let cfg = |s| LogConfig {
+            access_log_sample: s,
+            access_log_errors: true,
+        };
+        let hits = |s| (0..100_000u64).filter(|&i| sampled(&cfg(s), i)).count();
+        assert_eq!(hits(0.0), 0);
+        assert_eq!(hits(1.0), 100_000);
+        let one_percent = hits(0.01);
+        assert!((800..1200).contains(&one_percent), "{one_percent}");
+    }
+
+    #[test]
+    fn only_the_exact_admin_token_matches() {
+        assert!(admin_token_matches(Some("s3cret-token"), b"s3cret-token"));
+        assert!(!admin_token_matches(Some("s3cret-token"), b"s3cret-tokeN"));
+        assert!(!admin_token_matches(Some("s3cret-token"), b"s3cret"));
+        assert!(!admin_token_matches(Some("s3cret-token"), b""));
+        assert!(!admin_token_matches(None, b""), "no token configured: debug is off");
+    }
+
+    #[test]
+    fn header_values_stay_printable() {
+        assert_eq!(header_safe("vm é\n1"), "vm ??1");
+    }
+}

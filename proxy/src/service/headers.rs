@@ -1,0 +1,134 @@
+//! Request-head helpers of the proxy glue ([`super`]): which headers never
+//! reach a VM (internal, hop-by-hop per RFC 9110, spoofable), WebSocket
+//! upgrade detection, head serialisation for tunnels, and a status code
+//! printed without `format!`. Pure functions over Pingora's header types.
+
+use pingora_http::RequestHeader;
+
+/// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::tunnel`]).
+pub(super) fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    let has_token = |name: http::HeaderName, token: &str| {
+        req.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    req.version == http::Version::HTTP_11
+        && req.method == http::Method::GET
+        && has_token(http::header::UPGRADE, "websocket")
+        && has_token(http::header::CONNECTION, "upgrade")
+        && !req.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never passed to a VM or peer, in
+/// addition to those the client's `Connection` header names. `Upgrade` is
+/// kept (and `Connection: upgrade` set) only on WebSocket upgrades.
+/// `Transfer-Encoding` is Pingora's to re-frame, not dropped here.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+/// Client-sent headers that apps or their frameworks may trust as set by
+/// the platform (client address, original URL); the edge sets what a VM
+/// may rely on (`x-forwarded-*`, `x-request-id`) and drops the rest.
+const SPOOFABLE: [&str; 10] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+];
+
+/// Whether a request header must not reach a VM (internal, hop-by-hop,
+/// spoofable, or named by the client's `Connection` header).
+pub(super) fn strip_for_upstream(name: &str, connection_tokens: &[&str], websocket: bool) -> bool {
+    if name.starts_with("x-edgeplane-") || SPOOFABLE.contains(&name) {
+        return true;
+    }
+    if websocket && (name == "upgrade" || name == "connection") {
+        return false;
+    }
+    HOP_BY_HOP.contains(&name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Serialises a request head for the wire (origin-form target).
+pub(super) fn request_head_bytes(req: &RequestHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in req.headers.iter() {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+pub(super) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A status code as text without going through `format!`.
+pub(super) fn itoa_u16(n: u16) -> SmallStr {
+    let mut s = SmallStr { buf: [0; 5], len: 0 };
+    let mut digits = [0u8; 5];
+    let mut i = 0;
+    let mut n = n;
+    loop {
+        digits[i] = b'0' + (n % 10) as u8;
+        i += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    while i > 0 {
+        i -= 1;
+        s.buf[s.len] = digits[i];
+        s.len += 1;
+    }
+    s
+}
+
+pub(super) struct SmallStr {
+    buf: [u8; 5],
+    len: usize,
+}
+
+impl SmallStr {
+    pub(super) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
+    }
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_codes_print() {
+        assert_eq!(super::itoa_u16(0).as_str(), "0");
+        assert_eq!(super::itoa_u16(404).as_str(), "404");
+        assert_eq!(super::itoa_u16(65535).as_str(), "65535");
+    }
+}
