@@ -49,17 +49,5 @@ if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
     sed -i -E 's/^(host[[:space:]]+all[[:space:]]+all[[:space:]]+(127\.0\.0\.1\/32|::1\/128)[[:space:]]+)[a-z0-9-]+/\1trust/' "$hba"
     pg_ctlcluster --skip-systemctl-redirect "$ver" main reload 2>/dev/null || true
   fi
-  if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
-    echo "setup: starting PostgreSQL"
-    if [ -n "$ver" ]; then
-      pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
-    fi
-    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.2; done
-  fi
-  if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
-    echo "setup: starting Redis"
-    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
-    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
-      --dir /var/lib/redis --logfile /var/log/redis/edgeplane-ci.log || true
-  fi
+  "$(dirname "$0")/services.sh"
 fi

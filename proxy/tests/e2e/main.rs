@@ -11,6 +11,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod limits;
+mod local_stack;
 mod operations;
 mod pg_server;
 mod postgres;
