@@ -62,6 +62,7 @@ fn request_bytes(host: &str, path: &str) -> Vec<u8> {
 }
 
 async fn connection(
+    progress: Arc<super::Progress>,
     o: Arc<HttpLoadOptions>,
     reqs: Arc<Vec<Vec<u8>>>,
     idx: usize,
@@ -123,6 +124,10 @@ async fn connection(
             sent
         };
         prev_done = done;
+        match status {
+            Some(_) => progress.answer(),
+            None => progress.error(),
+        }
         if sent < record_from {
             match status {
                 Some(_) => out.warmup_answered += 1,
@@ -153,9 +158,21 @@ pub async fn run(o: HttpLoadOptions) -> HttpLoadResult {
     let t0 = Instant::now();
     let record_from = t0 + o.warmup;
     let end = record_from + o.duration;
+    let progress = Arc::new(super::Progress::default());
+    let ticker = super::report_progress("http-load", end - t0, progress.clone());
     let o = Arc::new(o);
     let tasks: Vec<_> = (0..o.connections)
-        .map(|i| tokio::spawn(connection(o.clone(), reqs.clone(), i, t0, record_from, end)))
+        .map(|i| {
+            tokio::spawn(connection(
+                progress.clone(),
+                o.clone(),
+                reqs.clone(),
+                i,
+                t0,
+                record_from,
+                end,
+            ))
+        })
         .collect();
     let mut samples = Vec::new();
     let (mut errors, mut non_2xx, mut warm) = (0, 0, 0);
@@ -167,6 +184,7 @@ pub async fn run(o: HttpLoadOptions) -> HttpLoadResult {
             non_2xx += c.non_2xx;
         }
     }
+    ticker.abort();
     let seconds = o.duration.as_secs_f64();
     HttpLoadResult {
         requests: samples.len() as u64,

@@ -93,9 +93,11 @@ pub async fn echo(t: WsTarget, connections: usize, size: usize, warmup: Duration
     let t = Arc::new(t);
     let t0 = Instant::now();
     let (record_from, end) = (t0 + warmup, t0 + warmup + duration);
+    let progress = Arc::new(super::Progress::default());
+    let ticker = super::report_progress("ws-load", end - t0, progress.clone());
     let tasks: Vec<_> = (0..connections)
         .map(|i| {
-            let t = t.clone();
+            let (t, progress) = (t.clone(), progress.clone());
             tokio::spawn(async move {
                 let payload: Vec<u8> = (0..size).map(|b| (b + i) as u8).collect();
                 let mut samples = Vec::with_capacity(16 * 1024);
@@ -115,6 +117,11 @@ pub async fn echo(t: WsTarget, connections: usize, size: usize, warmup: Duration
                     }
                     let sent = Instant::now();
                     let ok = round_trip(ws.as_mut().unwrap(), &payload).await.is_ok();
+                    if ok {
+                        progress.answer();
+                    } else {
+                        progress.error();
+                    }
                     if sent < record_from {
                         if ok {
                             warm += 1;
@@ -146,6 +153,7 @@ pub async fn echo(t: WsTarget, connections: usize, size: usize, warmup: Duration
             warm += w;
         }
     }
+    ticker.abort();
     let seconds = duration.as_secs_f64();
     WsEchoResult {
         connections,
