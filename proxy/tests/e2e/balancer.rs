@@ -373,7 +373,7 @@ fn start_prometheus(dir: &std::path::Path, targets: &[SocketAddr]) -> (Proc, Soc
         list.join(", ")
     );
     std::fs::write(dir.join("prometheus.yml"), cfg).unwrap();
-    let addr = dead_addr();
+    let addr = crate::free_addr();
     let bin = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
     let child = Command::new(&bin)
         .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))

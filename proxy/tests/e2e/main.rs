@@ -54,8 +54,22 @@ pub fn world(
     })
 }
 
-/// A loopback address nothing listens on (bound, then released).
+/// A loopback address nothing listens on, and nothing will: the port stays
+/// bound (never listening) for the life of the test process, so connects
+/// are refused and the OS cannot hand the port to a VM or edge another
+/// test starts in parallel (a bound-then-released port once could, and a
+/// "dead" VM answered 200).
 pub fn dead_addr() -> SocketAddr {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(s);
+    addr
+}
+
+/// A port free right now, for a server that must be told its port on the
+/// command line (Prometheus, a private PostgreSQL): bound, then released.
+pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }

@@ -112,7 +112,7 @@ impl PrivatePg {
         .output()
         .unwrap();
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let port = dead_addr().port();
+        let port = crate::free_addr().port();
         let mut pg = PrivatePg {
             dir,
             bin,
