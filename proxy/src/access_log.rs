@@ -81,7 +81,7 @@ pub fn describe_for_log(d: &Decision, t: &RoutingTable, decided_with: u64) -> St
         return describe(d, t);
     }
     match *d {
-        Decision::Vm { addr, reason, .. } => format!("vm {addr} ({})", format!("{reason:?}").to_lowercase()),
+        Decision::Vm { addr, reason, .. } => format!("vm {addr} ({})", reason.as_str()),
         Decision::Forward { addr, reason, hops, .. } => {
             format!("forward to edge {addr} ({}, hop {hops})", reason.as_str())
         }

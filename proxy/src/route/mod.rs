@@ -149,6 +149,16 @@ pub enum VmReason {
     Picked,
 }
 
+impl VmReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmReason::Running => "running",
+            VmReason::Remembered => "remembered",
+            VmReason::Picked => "picked",
+        }
+    }
+}
+
 /// Why a request goes to another region's edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardReason {
@@ -275,7 +285,7 @@ pub fn describe(d: &Decision, t: &edgeplane_control_sync::RoutingTable) -> Strin
             let from = transfer_from
                 .map(|c| format!(", transfer from {}", t.cluster(c).name))
                 .unwrap_or_default();
-            let why = format!("{reason:?}").to_lowercase();
+            let why = reason.as_str();
             format!("vm {} {addr} ({why}{from})", t.vm(vm).id)
         }
         Decision::Forward {

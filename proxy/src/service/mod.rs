@@ -172,11 +172,6 @@ fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::RawFd> {
 }
 
 impl Edge {
-    /// Whether a header value is the configured admin token.
-    fn is_admin_token(&self, given: &[u8]) -> bool {
-        crate::access_log::admin_token_matches(self.cfg.load().security.admin_token.as_deref(), given)
-    }
-
     /// Writes the access-log line of a finished request.
     fn access_log(&self, session: &Session, ctx: &RequestCtx, kind: &str, outcome: &str, elapsed: Duration) {
         let req = session.req_header();
@@ -495,19 +490,16 @@ impl ProxyHttp for Edge {
         }
         let req = session.req_header();
         let now = now_ms();
+        // One config for the whole routing step (dropped before any await).
+        let cfg = self.cfg.load();
         let host = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
         let authority = req.uri.authority().map(|a| a.as_str());
         // A hop header counts only if it verifies for this request's host.
         let hops_in = match (req.headers.get(HOP_HEADER), host) {
             (Some(v), Some(h)) => match route::host::canonical_host(h) {
-                Ok(c) => verify_hop(
-                    &self.cfg.load().security.hop_secret,
-                    v.as_bytes(),
-                    now / 1000,
-                    c.as_str(),
-                )
-                .map(|hop| hop.hops)
-                .unwrap_or(0),
+                Ok(c) => verify_hop(&cfg.security.hop_secret, v.as_bytes(), now / 1000, c.as_str())
+                    .map(|hop| hop.hops)
+                    .unwrap_or(0),
                 Err(_) => 0,
             },
             _ => 0,
@@ -530,14 +522,16 @@ impl ProxyHttp for Edge {
         let debug = req
             .headers
             .get(DEBUG_HEADER)
-            .is_some_and(|v| self.is_admin_token(v.as_bytes()));
+            .is_some_and(|v| crate::access_log::admin_token_matches(cfg.security.admin_token.as_deref(), v.as_bytes()));
         let table = self.table.load();
         let decision = route::decide(&self.route.load(), &table, &rreq, &mut ());
         ctx.table_version = table.version();
-        ctx.sampled = crate::access_log::sampled(&self.cfg.load().log, rreq.entropy);
+        ctx.sampled = crate::access_log::sampled(&cfg.log, rreq.entropy);
         if debug {
-            ctx.debug_route = Some(crate::access_log::route_header(&self.cfg.load(), &decision, &table));
+            ctx.debug_route = Some(crate::access_log::route_header(&cfg, &decision, &table));
         }
+        let redirect_http = cfg.tls.as_ref().is_some_and(|t| t.redirect_http);
+        drop(cfg);
         match decision {
             Decision::Reject { reason, .. } => {
                 ctx.decision = Some(decision);
@@ -570,7 +564,6 @@ impl ProxyHttp for Edge {
         }
         ctx.decision = Some(decision);
         drop(table);
-        let redirect_http = self.cfg.load().tls.as_ref().is_some_and(|t| t.redirect_http);
         if redirect_http {
             let acme = session
                 .req_header()
