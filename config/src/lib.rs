@@ -124,6 +124,28 @@ pub const DEFAULT_MAX_TUNNELS: usize = 40_000;
 /// serves tens of thousands of requests a second; the metrics count them
 /// all, the log shows examples with their routing decision.
 pub const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 0.01;
+/// How often the Redis source (primary or shadow) reads the whole legacy
+/// store again. Redis has no change log, so every round is a full read;
+/// unchanged data is not republished.
+pub const DEFAULT_REDIS_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// Where `edgeplane dns` answers (UDP and TCP on each address).
+pub const DEFAULT_DNS_LISTEN: &str = "0.0.0.0:5353";
+/// TTL of an app's A/AAAA answer.
+pub const DEFAULT_DNS_TTL_SECONDS: u32 = 60;
+/// TTL of the answer for an app that moved recently (a live tombstone or a
+/// pending transfer): resolvers come back soon and follow it to its new
+/// region.
+pub const DEFAULT_DNS_MOVED_TTL_SECONDS: u32 = 5;
+/// Shortest time a resolved peer-edge or VM name is kept before it is
+/// asked again, whatever TTL the answer carried.
+pub const DEFAULT_RESOLVER_MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest time a resolved name is kept before it is asked again.
+pub const DEFAULT_RESOLVER_MAX_TTL: Duration = Duration::from_secs(300);
+/// After a failed lookup, the name is asked again this soon (its last good
+/// answer keeps being used meanwhile).
+pub const DEFAULT_RESOLVER_RETRY: Duration = Duration::from_secs(2);
+/// Deadline of one lookup.
+pub const DEFAULT_RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the TLS certificate directory is checked for changes.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -142,6 +164,8 @@ pub struct Config {
     /// HTTPS listeners; `None` when `[tls]` is absent.
     pub tls: Option<TlsConfig>,
     pub log: LogConfig,
+    pub dns: DnsConfig,
+    pub resolver: ResolverConfig,
     /// Every key the file sets, flattened (`limits.header_timeout_ms`) to
     /// its TOML value: what a reload compares and `/debug/config` shows.
     pub file_keys: std::collections::BTreeMap<String, String>,
@@ -156,6 +180,26 @@ pub struct LogConfig {
     /// Also log every request the edge answered with a 5xx or a forward
     /// loop, whatever the sample says.
     pub access_log_errors: bool,
+}
+
+/// `[dns]`: the authoritative responder run by `edgeplane dns`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub ttl_seconds: u32,
+    pub moved_ttl_seconds: u32,
+}
+
+/// `[resolver]`: how the edge resolves the names it dials (peer edges'
+/// `edge_addr`, VM addresses given as `host:port`), in the background.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolverConfig {
+    /// Name servers (`ip:port`); empty means the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub retry: Duration,
+    pub timeout: Duration,
 }
 
 /// `[tls]`: HTTPS listeners whose certificates are chosen by SNI from a
@@ -217,6 +261,10 @@ pub struct PlacementConfig {
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
     pub full_load_timeout: Duration,
+    /// How often a Redis source (primary or shadow) reads the store again.
+    pub redis_poll_interval: Duration,
+    /// The Redis URL, when `source` or `shadow` is "redis".
+    pub redis_url: Option<String>,
 }
 
 /// How a VM is chosen inside an edge's subset of a cluster.

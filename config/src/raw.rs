@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub security: Option<RawSecurity>,
     pub tls: Option<RawTls>,
     pub log: Option<RawLog>,
+    pub dns: Option<RawDns>,
+    pub resolver: Option<RawResolver>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +59,7 @@ pub struct RawPlacement {
     pub connect_timeout_ms: Option<u64>,
     pub query_timeout_ms: Option<u64>,
     pub full_load_timeout_ms: Option<u64>,
+    pub redis_poll_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,4 +129,39 @@ pub struct RawTls {
 pub struct RawLog {
     pub access_log_sample: Option<f64>,
     pub access_log_errors: Option<bool>,
+}
+
+/// `[dns] listen` may be one address or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub listen: Option<OneOrMany>,
+    pub ttl_seconds: Option<u32>,
+    pub moved_ttl_seconds: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    pub nameservers: Option<Vec<String>>,
+    pub min_ttl_ms: Option<u64>,
+    pub max_ttl_ms: Option<u64>,
+    pub retry_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }

@@ -22,7 +22,7 @@ use crate::Config;
 /// The keys a running edge cannot change, as they are named in the file
 /// (a section name means every key of it). `edgeplane serve --upgrade`
 /// (SIGQUIT hand-over) applies them without dropping connections.
-pub const RESTART_ONLY: [&str; 15] = [
+pub const RESTART_ONLY: [&str; 17] = [
     "edge.region",
     "edge.instance_id",
     "edge.listen",
@@ -38,6 +38,8 @@ pub const RESTART_ONLY: [&str; 15] = [
     "tls.certs_dir",
     "tls.reload_interval_ms",
     "tls",
+    "dns",
+    "resolver",
 ];
 
 /// One key whose value differs. `None` means the key is absent (its

@@ -154,6 +154,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         ),
         "redis" => PlacementSource::Redis(
             p.redis_url
+                .clone()
                 .ok_or_else(|| loc.err("placement.redis_url", "required when source = \"redis\""))?,
         ),
         other => {
@@ -168,6 +169,21 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         Some("redis") => Some("redis".to_string()),
         Some(other) => return Err(loc.err("placement.shadow", format!("{other:?} is not \"redis\" or \"none\""))),
     };
+    if shadow.is_some() {
+        if matches!(source, PlacementSource::Redis(_)) {
+            return Err(loc.err(
+                "placement.shadow",
+                "the shadow must be a different store than source (source is already \"redis\")",
+            ));
+        }
+        if p.redis_url.is_none() {
+            return Err(loc.err("placement.redis_url", "required when shadow = \"redis\""));
+        }
+    }
+    let redis_poll_interval = ms(p.redis_poll_interval_ms, DEFAULT_REDIS_POLL_INTERVAL);
+    if redis_poll_interval < Duration::from_millis(100) {
+        return Err(loc.err("placement.redis_poll_interval_ms", "must be at least 100"));
+    }
     let max_shrink_ratio = p.max_shrink_ratio.unwrap_or(DEFAULT_MAX_SHRINK_RATIO);
     if !(0.0..=1.0).contains(&max_shrink_ratio) {
         return Err(loc.err("placement.max_shrink_ratio", "must be between 0.0 and 1.0"));
@@ -194,6 +210,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         connect_timeout: ms(p.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT),
         query_timeout,
         full_load_timeout,
+        redis_poll_interval,
+        redis_url: p.redis_url.clone(),
     };
 
     // [balancer]
@@ -410,6 +428,60 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         access_log_errors: lg.access_log_errors.unwrap_or(true),
     };
 
+    // [dns]
+    let d = raw.dns.unwrap_or_default();
+    let dns_listen = d
+        .listen
+        .map(|l| l.into_vec())
+        .unwrap_or_else(|| vec![DEFAULT_DNS_LISTEN.to_string()]);
+    if dns_listen.is_empty() {
+        return Err(loc.err("dns.listen", "at least one address is required"));
+    }
+    let dns = DnsConfig {
+        listen: dns_listen
+            .iter()
+            .map(|l| {
+                l.parse::<SocketAddr>()
+                    .map_err(|_| loc.err("dns.listen", format!("{l:?} is not an ip:port address")))
+            })
+            .collect::<Result<_, _>>()?,
+        ttl_seconds: d.ttl_seconds.unwrap_or(DEFAULT_DNS_TTL_SECONDS),
+        moved_ttl_seconds: d.moved_ttl_seconds.unwrap_or(DEFAULT_DNS_MOVED_TTL_SECONDS),
+    };
+    if dns.moved_ttl_seconds > dns.ttl_seconds {
+        return Err(loc.err("dns.moved_ttl_seconds", "must not be longer than dns.ttl_seconds"));
+    }
+
+    // [resolver]
+    let r = raw.resolver.unwrap_or_default();
+    let resolver = ResolverConfig {
+        nameservers: r
+            .nameservers
+            .unwrap_or_default()
+            .iter()
+            .map(|l| {
+                l.parse::<SocketAddr>()
+                    .map_err(|_| loc.err("resolver.nameservers", format!("{l:?} is not an ip:port address")))
+            })
+            .collect::<Result<_, _>>()?,
+        min_ttl: ms(r.min_ttl_ms, DEFAULT_RESOLVER_MIN_TTL),
+        max_ttl: ms(r.max_ttl_ms, DEFAULT_RESOLVER_MAX_TTL),
+        retry: ms(r.retry_ms, DEFAULT_RESOLVER_RETRY),
+        timeout: ms(r.timeout_ms, DEFAULT_RESOLVER_TIMEOUT),
+    };
+    if resolver.min_ttl < Duration::from_millis(100) {
+        return Err(loc.err("resolver.min_ttl_ms", "must be at least 100"));
+    }
+    if resolver.max_ttl < resolver.min_ttl {
+        return Err(loc.err("resolver.max_ttl_ms", "must be at least resolver.min_ttl_ms"));
+    }
+    if resolver.retry < Duration::from_millis(100) {
+        return Err(loc.err("resolver.retry_ms", "must be at least 100"));
+    }
+    if resolver.timeout < Duration::from_millis(100) {
+        return Err(loc.err("resolver.timeout_ms", "must be at least 100"));
+    }
+
     let tls = match raw.tls {
         None => None,
         Some(t) => {
@@ -472,6 +544,8 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         },
         tls,
         log,
+        dns,
+        resolver,
         file_keys: file_keys(text),
     })
 }

@@ -9,7 +9,8 @@
 //! Start at [`write()`] and [`read()`].
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::file_source::read_snapshot;
 use crate::table::{RoutingTable, Skipped, SnapshotError, Strictness};
@@ -39,6 +40,55 @@ pub fn write(path: &Path, table: &RoutingTable) -> std::io::Result<()> {
 pub fn read(path: &Path, local_region: &str) -> Result<(RoutingTable, Skipped), SnapshotError> {
     let snap = read_snapshot(path)?;
     RoutingTable::build_with(&snap, local_region, snap.version.max(1), Strictness::Lenient)
+}
+
+/// Rate-limited writing of the last-known-good file after publishes, shared
+/// by every source's sync loop. Serialising a large table takes a while, so
+/// the write runs on its own short-lived thread, never on the sync loop.
+pub struct Writer {
+    path: Option<PathBuf>,
+    interval: Duration,
+    written_at: Option<Instant>,
+    version: u64,
+}
+
+impl Writer {
+    /// `path = None` writes nothing.
+    pub fn new(path: Option<PathBuf>, interval: Duration) -> Writer {
+        Writer {
+            path,
+            interval,
+            written_at: None,
+            version: 0,
+        }
+    }
+
+    /// Writes `handle`'s current table if the interval has passed and its
+    /// version was not written yet. A failed write is logged and counted.
+    pub fn after_publish(&mut self, handle: &crate::TableHandle) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let table = handle.load_full();
+        let due = self.written_at.is_none_or(|t| t.elapsed() >= self.interval);
+        if !due || table.version() == self.version {
+            return;
+        }
+        self.written_at = Some(Instant::now());
+        self.version = table.version();
+        let handle = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("last-known-good".into())
+            .spawn(move || {
+                if let Err(e) = write(&path, &table) {
+                    handle.status().error(crate::SyncErrorKind::LastKnownGood);
+                    log::error!("placement: cannot write last-known-good {}: {e}", path.display());
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("placement: cannot start the last-known-good writer: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,9 +17,12 @@
 pub mod file_source;
 pub mod last_known_good;
 pub mod postgres;
+pub mod redis_source;
 pub mod ring;
+pub mod shadow;
 pub mod sharded;
 pub mod snapshot;
+pub mod switch;
 pub mod table;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +32,14 @@ use arc_swap::ArcSwap;
 
 pub use snapshot::Snapshot;
 pub use table::{RoutingTable, SnapshotError};
+
+/// Wall-clock unix milliseconds (0 if the clock is before 1970).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// The published routing table, shared by every reader. Cloning is cheap.
 #[derive(Clone)]
@@ -42,7 +53,10 @@ struct Shared {
     published_at_ms: AtomicU64,
     /// Snapshots rejected by validation since start.
     rejected: AtomicU64,
-    status: SyncStatus,
+    status: Arc<SyncStatus>,
+    /// Set on a source's handle when a [`switch::SourceSwitch`] chooses
+    /// which source the edge serves: each publish is offered to it.
+    mirror: std::sync::OnceLock<(std::sync::Weak<switch::SourceSwitch>, usize)>,
 }
 
 impl Default for TableHandle {
@@ -54,14 +68,27 @@ impl Default for TableHandle {
 impl TableHandle {
     /// A handle holding the empty, not-loaded table.
     pub fn new() -> TableHandle {
+        Self::with_status(Arc::new(SyncStatus::default()))
+    }
+
+    /// A handle reporting into `status` (a source's own handle shares the
+    /// status of the handle the edge serves from, so the sync metrics stay
+    /// the primary source's).
+    pub fn with_status(status: Arc<SyncStatus>) -> TableHandle {
         TableHandle {
             inner: Arc::new(Shared {
                 table: ArcSwap::from_pointee(RoutingTable::empty()),
                 published_at_ms: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
-                status: SyncStatus::default(),
+                status,
+                mirror: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The shared status, for [`TableHandle::with_status`].
+    pub fn status_arc(&self) -> Arc<SyncStatus> {
+        self.inner.status.clone()
     }
 
     /// The current table: one atomic load, no lock. Do not hold the guard
@@ -81,15 +108,52 @@ impl TableHandle {
     /// done, so freeing a large table never lands on a request thread as a
     /// latency spike, nor blocks the sync loop.
     pub fn publish(&self, table: RoutingTable, now_ms: u64) {
-        let old = self.inner.table.swap(Arc::new(table));
+        let new = Arc::new(table);
+        let old = self.inner.table.swap(new.clone());
         self.inner.published_at_ms.store(now_ms, Ordering::Release);
+        let mirrored_old = self
+            .inner
+            .mirror
+            .get()
+            .and_then(|(sw, idx)| sw.upgrade().and_then(|sw| sw.offer(*idx, new, now_ms)));
+        // Usually the serving handle held the same table as this one: that
+        // copy is not the last reference, dropping it here is free.
+        if let Some(m) = mirrored_old.filter(|m| !Arc::ptr_eq(m, &old)) {
+            retire(m);
+        }
         retire(old);
+    }
+
+    /// Serves `table` (already published by a source's own handle); returns
+    /// the table it replaces. Only [`switch::SourceSwitch`] calls this.
+    fn serve_shared(&self, table: Arc<RoutingTable>, now_ms: u64) -> Arc<RoutingTable> {
+        let old = self.inner.table.swap(table);
+        self.inner.published_at_ms.store(now_ms, Ordering::Release);
+        old
     }
 
     /// Counts a rejected snapshot (the previous table stays).
     pub fn note_rejected(&self) {
         self.inner.rejected.fetch_add(1, Ordering::Relaxed);
         self.inner.status.error(SyncErrorKind::InvalidSnapshot);
+    }
+
+    /// Logs the examples of rows a lenient load skipped and adds the counts
+    /// to the sync status (`edgeplane_sync_skipped_rows_total`).
+    pub fn report_skipped(&self, skipped: &table::Skipped) {
+        if skipped.is_empty() {
+            return;
+        }
+        for e in &skipped.examples {
+            log::warn!("placement: skipped bad row {e}");
+        }
+        if skipped.total() > skipped.examples.len() as u64 {
+            log::warn!(
+                "placement: ... and {} more bad rows skipped",
+                skipped.total() - skipped.examples.len() as u64
+            );
+        }
+        self.status().add_skipped(skipped);
     }
 
     /// The sync's counters and state.
@@ -115,22 +179,34 @@ impl TableHandle {
 /// drops its own reference anyway (a long holder then frees it).
 pub const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Hands a replaced table to the reaper thread (started on first use).
+/// Hands a replaced table to the reaper thread (started on first use). The
+/// reaper keeps every retired table until its last reader is done (or
+/// [`RETIRE_WAIT`] passes), checking all of them every half millisecond, so
+/// one long-held table never delays freeing the others.
 fn retire(old: Arc<RoutingTable>) {
-    use std::sync::mpsc::{channel, Sender};
+    use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
     use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
     static REAPER: OnceLock<Mutex<Sender<Arc<RoutingTable>>>> = OnceLock::new();
     let tx = REAPER.get_or_init(|| {
         let (tx, rx) = channel::<Arc<RoutingTable>>();
         std::thread::Builder::new()
             .name("table-reaper".into())
             .spawn(move || {
-                for old in rx {
-                    let deadline = std::time::Instant::now() + RETIRE_WAIT;
-                    while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-                        std::thread::sleep(std::time::Duration::from_micros(500));
+                let mut pending: Vec<(Arc<RoutingTable>, Instant)> = Vec::new();
+                loop {
+                    let next = if pending.is_empty() {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(Duration::from_micros(500))
+                    };
+                    match next {
+                        Ok(old) => pending.push((old, Instant::now() + RETIRE_WAIT)),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    drop(old);
+                    let now = Instant::now();
+                    pending.retain(|(t, deadline)| Arc::strong_count(t) > 1 && now < *deadline);
                 }
             })
             .expect("spawn table-reaper");

@@ -30,7 +30,7 @@ pub mod migrate;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -160,19 +160,17 @@ pub struct PgSync {
     /// Version of the published table's data (what deltas continue from).
     cursor: i64,
     need_full: bool,
-    lkg_written: Option<Instant>,
-    lkg_version: u64,
+    lkg: last_known_good::Writer,
 }
 
 impl PgSync {
     pub fn new(opts: PgSyncOptions, handle: TableHandle) -> PgSync {
         PgSync {
-            opts,
             handle,
             cursor: 0,
             need_full: true,
-            lkg_written: None,
-            lkg_version: 0,
+            lkg: last_known_good::Writer::new(opts.last_known_good.clone(), opts.last_known_good_interval),
+            opts,
         }
     }
 
@@ -410,24 +408,11 @@ impl PgSync {
     }
 
     fn report_skipped(&self, skipped: &Skipped) {
-        if skipped.is_empty() {
-            return;
-        }
-        for e in &skipped.examples {
-            log::warn!("placement: skipped bad row {e}");
-        }
-        if skipped.total() > skipped.examples.len() as u64 {
-            log::warn!(
-                "placement: ... and {} more bad rows skipped",
-                skipped.total() - skipped.examples.len() as u64
-            );
-        }
-        self.handle.status().add_skipped(skipped);
+        self.handle.report_skipped(skipped);
     }
 
     /// Publishes, records lag, and writes last-known-good when due.
     fn publish(&mut self, table: RoutingTable, newest_commit_ms: Option<i64>) {
-        let version = table.version();
         let now = now_ms();
         self.handle.publish(table, now);
         if let Some(c) = newest_commit_ms {
@@ -439,25 +424,7 @@ impl PgSync {
                 .max(0) as u64;
             self.handle.status().set_lag_us(lag_us);
         }
-        let Some(path) = self.opts.last_known_good.clone() else {
-            return;
-        };
-        let due = self
-            .lkg_written
-            .is_none_or(|t| t.elapsed() >= self.opts.last_known_good_interval);
-        if due && version != self.lkg_version {
-            self.lkg_written = Some(Instant::now());
-            self.lkg_version = version;
-            let table = self.handle.load_full();
-            let handle = self.handle.clone();
-            // Serialising a large table takes a while: off the sync loop.
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = last_known_good::write(&path, &table) {
-                    handle.status().error(SyncErrorKind::LastKnownGood);
-                    log::error!("placement: cannot write last-known-good {}: {e}", path.display());
-                }
-            });
-        }
+        self.lkg.after_publish(&self.handle);
     }
 }
 

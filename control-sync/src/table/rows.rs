@@ -126,11 +126,20 @@ impl Skipped {
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
     }
-    fn push(&mut self, e: RowError) {
+    /// Records one skipped row.
+    pub fn push(&mut self, e: RowError) {
         *self.counts.entry((e.table, e.reason)).or_default() += 1;
         if self.examples.len() < MAX_SKIPPED_EXAMPLES {
             self.examples.push(e);
         }
+    }
+    /// Adds `other`'s counts and (up to the cap) examples.
+    pub fn merge(&mut self, other: Skipped) {
+        for (k, v) in other.counts {
+            *self.counts.entry(k).or_default() += v;
+        }
+        let room = MAX_SKIPPED_EXAMPLES.saturating_sub(self.examples.len());
+        self.examples.extend(other.examples.into_iter().take(room));
     }
 }
 
