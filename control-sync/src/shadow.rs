@@ -20,7 +20,7 @@
 //! [`compare`] is pure: no I/O, no clocks. Start there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::table::{Repl, RoutingTable};
 
@@ -194,6 +194,14 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
     c
 }
 
+/// What an edge in shadow mode holds: the comparison state and the switch
+/// choosing which source is served.
+#[derive(Clone)]
+pub struct ShadowControl {
+    pub state: Arc<ShadowState>,
+    pub switch: Arc<crate::switch::SourceSwitch>,
+}
+
 /// What the shadow has found so far: running totals by field (the
 /// Prometheus counter) and the last comparison.
 pub struct ShadowState {
@@ -215,13 +223,19 @@ impl ShadowState {
     }
 
     /// Adds a comparison made at `at_ms` (unix ms) to the totals and keeps
-    /// it as the latest; logs a summary when the stores disagree.
+    /// it as the latest; logs a summary whenever the differences change.
     pub fn record(&self, c: Comparison, at_ms: u64) {
         for (t, n) in self.totals.iter().zip(c.counts) {
             t.fetch_add(n, Ordering::Relaxed);
         }
         self.comparisons.fetch_add(1, Ordering::Relaxed);
-        if c.total() > 0 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        // Logged when the picture changes, not every round while it holds.
+        let changed = last.as_ref().is_none_or(|(_, l)| l.counts != c.counts);
+        if changed && c.total() == 0 && last.is_some() {
+            log::info!("placement: shadow {} agrees with the primary again", self.source);
+        }
+        if changed && c.total() > 0 {
             let by_field: Vec<String> = FIELDS
                 .iter()
                 .zip(c.counts)
@@ -237,7 +251,7 @@ impl ShadowState {
                 c.samples.first()
             );
         }
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((at_ms, c));
+        *last = Some((at_ms, c));
     }
 
     /// Mismatches counted so far, by field.

@@ -102,6 +102,9 @@ impl AdminApp {
                 edge.metrics.refresh_from(&edge.table, now);
                 edge.metrics
                     .refresh_balancer(&edge.route.load().balancer, &edge.health.load(), now);
+                if let Some(sh) = &edge.shadow {
+                    edge.metrics.refresh_shadow(sh);
+                }
                 resp(StatusCode::OK, "text/plain; version=0.0.4", edge.metrics.render())
             }
             "/debug/route" => {
@@ -185,6 +188,8 @@ impl AdminApp {
                 };
                 resp(status, "application/json", format!("{}\n", serde_json::json!(r)))
             }
+            "/debug/shadow" => resp(StatusCode::OK, "application/json", format!("{}\n", self.shadow_json())),
+            "/placement/primary" => self.switch_primary(method, query, now),
             "/debug/config" => {
                 let cfg = edge.cfg.load_full();
                 let body = serde_json::json!({
@@ -201,6 +206,79 @@ impl AdminApp {
                 crate::status_page::render(&self.status_model(now)),
             ),
             _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+
+    /// `/debug/shadow`: what the shadow comparison found (totals by field,
+    /// the last comparison with samples) and which source is served.
+    fn shadow_json(&self) -> serde_json::Value {
+        let Some(sh) = &self.edge.shadow else {
+            return serde_json::json!({"shadow": null, "note": "placement.shadow is not set"});
+        };
+        let totals: serde_json::Map<String, serde_json::Value> =
+            sh.state.totals().iter().map(|(f, n)| (f.to_string(), (*n).into())).collect();
+        let last = sh.state.last().map(|(at_ms, c)| {
+            let counts: serde_json::Map<String, serde_json::Value> = edgeplane_control_sync::shadow::FIELDS
+                .iter()
+                .zip(c.counts)
+                .map(|(f, n)| (f.to_string(), n.into()))
+                .collect();
+            serde_json::json!({
+                "at_ms": at_ms,
+                "primary_version": c.primary_version,
+                "shadow_version": c.shadow_version,
+                "repls_compared": c.repls_compared,
+                "mismatches": c.total(),
+                "counts": counts,
+                "samples": c.samples,
+            })
+        });
+        serde_json::json!({
+            "shadow": sh.state.source,
+            "serving": sh.switch.selected(),
+            "sources": sh.switch.names(),
+            "comparisons": sh.state.comparisons(),
+            "mismatches_total": totals,
+            "last": last,
+        })
+    }
+
+    /// `POST /placement/primary?source=NAME`: serve another source's table
+    /// from now on (shadow mode only): the quick path back to safety.
+    fn switch_primary(&self, method: &str, query: &str, now: u64) -> Response<Vec<u8>> {
+        let Some(sh) = &self.edge.shadow else {
+            return resp(
+                StatusCode::CONFLICT,
+                "text/plain",
+                "no shadow source: the placement source can only change with a restart\n",
+            );
+        };
+        if method != "POST" && method != "PUT" {
+            return resp(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                format!("use POST /placement/primary?source={}\n", sh.switch.names().join("|")),
+            );
+        }
+        let want = query_param(query, "source").unwrap_or_default();
+        let previous = sh.switch.selected();
+        match sh.switch.select(&want, now) {
+            Ok(()) => {
+                log::warn!("placement: serving source switched from {previous} to {want} via admin API");
+                resp(
+                    StatusCode::OK,
+                    "application/json",
+                    format!(
+                        "{}\n",
+                        serde_json::json!({"serving": sh.switch.selected(), "previous": previous,
+                                           "version": self.edge.table.load().version()})
+                    ),
+                )
+            }
+            Err(e @ edgeplane_control_sync::switch::SwitchError::Unknown(..)) => {
+                resp(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"))
+            }
+            Err(e) => resp(StatusCode::CONFLICT, "text/plain", format!("{e}\n")),
         }
     }
 

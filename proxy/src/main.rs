@@ -113,7 +113,7 @@ fn load_config(path: &std::path::Path) -> Result<edgeplane_config::Config, ExitC
 }
 
 fn load_table(cfg: &edgeplane_config::Config) -> Result<edgeplane_control_sync::TableHandle, ExitCode> {
-    server::load_placement(cfg).map_err(|e| {
+    server::load_placement(cfg).map(|p| p.table).map_err(|e| {
         eprintln!("{}: {e}", cfg.path.display());
         ExitCode::from(1)
     })

@@ -56,6 +56,14 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_ok: IntGauge,
     pub config_pending_restart: IntGauge,
+    pub shadow_mismatches: IntCounterVec,
+    pub shadow_last_mismatches: IntGaugeVec,
+    pub shadow_comparisons: IntCounter,
+    pub placement_serving: IntGaugeVec,
+    pub resolver_names: IntGauge,
+    pub resolver_unresolved: IntGauge,
+    pub resolver_errors: IntCounter,
+    pub resolver_changes: IntCounter,
 }
 
 fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
@@ -279,8 +287,71 @@ impl Metrics {
         ] {
             registry.register(c).unwrap();
         }
+        let shadow_mismatches = IntCounterVec::new(
+            Opts::new(
+                "edgeplane_shadow_mismatches_total",
+                "Differences the shadow placement source showed against the primary, by field (every comparison adds)",
+            ),
+            &["field"],
+        )
+        .unwrap();
+        let shadow_last_mismatches = gauge_vec(
+            "edgeplane_shadow_last_mismatches",
+            "Differences found by the last shadow comparison, by field",
+            "field",
+        );
+        let shadow_comparisons = IntCounter::new(
+            "edgeplane_shadow_comparisons_total",
+            "Comparisons of the shadow placement source against the primary",
+        )
+        .unwrap();
+        let placement_serving = gauge_vec(
+            "edgeplane_placement_serving",
+            "1 for the placement source the edge serves from (switchable at runtime in shadow mode)",
+            "source",
+        );
+        let resolver_names = IntGauge::new(
+            "edgeplane_resolver_names",
+            "Peer-edge and VM names the edge resolves in the background",
+        )
+        .unwrap();
+        let resolver_unresolved = IntGauge::new(
+            "edgeplane_resolver_unresolved",
+            "Names with no good answer yet (requests to them get 502)",
+        )
+        .unwrap();
+        let resolver_errors = IntCounter::new(
+            "edgeplane_resolver_errors_total",
+            "Failed lookups (the last good answer kept serving)",
+        )
+        .unwrap();
+        let resolver_changes = IntCounter::new(
+            "edgeplane_resolver_changes_total",
+            "Lookups whose answer differed from the address in use",
+        )
+        .unwrap();
+        for c in [
+            Box::new(shadow_mismatches.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shadow_last_mismatches.clone()),
+            Box::new(shadow_comparisons.clone()),
+            Box::new(placement_serving.clone()),
+            Box::new(resolver_names.clone()),
+            Box::new(resolver_unresolved.clone()),
+            Box::new(resolver_errors.clone()),
+            Box::new(resolver_changes.clone()),
+        ] {
+            registry.register(c).unwrap();
+        }
         Metrics {
             registry,
+            shadow_mismatches,
+            shadow_last_mismatches,
+            shadow_comparisons,
+            placement_serving,
+            resolver_names,
+            resolver_unresolved,
+            resolver_errors,
+            resolver_changes,
             config_reloads,
             config_last_reload_ok,
             config_pending_restart,
@@ -378,6 +449,26 @@ impl Metrics {
         }
         self.sync_connected.set(status.connected() as i64);
         self.sync_lag.set(status.lag_us() as f64 / 1e6);
+    }
+
+    /// Mirrors the shadow comparison's totals and the source being served
+    /// (called at scrape time).
+    pub fn refresh_shadow(&self, shadow: &edgeplane_control_sync::shadow::ShadowControl) {
+        for (field, n) in shadow.state.totals() {
+            mirror(&self.shadow_mismatches.with_label_values(&[field]), n);
+        }
+        if let Some((_, last)) = shadow.state.last() {
+            for (field, n) in edgeplane_control_sync::shadow::FIELDS.iter().zip(last.counts) {
+                self.shadow_last_mismatches.with_label_values(&[field]).set(n as i64);
+            }
+        }
+        mirror(&self.shadow_comparisons, shadow.state.comparisons());
+        let serving = shadow.switch.selected();
+        for name in shadow.switch.names() {
+            self.placement_serving
+                .with_label_values(&[name])
+                .set((name == serving) as i64);
+        }
     }
 
     /// The text exposition format.

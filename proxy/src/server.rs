@@ -28,6 +28,9 @@ use pingora_core::services::listening::Service;
 use edgeplane_config::{Config, PlacementSource};
 use edgeplane_control_sync::file_source::{FileSource, DEFAULT_WATCH_INTERVAL};
 use edgeplane_control_sync::postgres::{self, PgSyncOptions};
+use edgeplane_control_sync::redis_source::{self, RedisSyncOptions, RoundObserver};
+use edgeplane_control_sync::shadow::{self, ShadowControl, ShadowState};
+use edgeplane_control_sync::switch::SourceSwitch;
 use edgeplane_control_sync::{SnapshotError, TableHandle};
 
 use crate::admin::AdminApp;
@@ -40,8 +43,6 @@ use crate::service::Edge;
 pub enum ServeError {
     #[error("placement: {0}")]
     Placement(#[from] SnapshotError),
-    #[error("placement source {0:?} is not available in this build yet (use source = \"file\")")]
-    SourceNotAvailable(&'static str),
     #[error("cannot reserve a port for {addr}: {err}")]
     Port { addr: SocketAddr, err: std::io::Error },
 }
@@ -62,17 +63,80 @@ fn concrete(addr: SocketAddr) -> Result<SocketAddr, ServeError> {
     l.local_addr().map_err(|err| ServeError::Port { addr, err })
 }
 
-/// Loads the configured placement source into a fresh handle: a file is
-/// loaded now (an error stops the start) and watched; PostgreSQL is synced
-/// by a background thread (the edge is not ready until it publishes, or
-/// until the last-known-good file is loaded when the database is away).
-pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
-    let handle = TableHandle::new();
+/// The placement an edge serves from: the handle requests read, and in
+/// shadow mode the comparison state and the runtime source switch.
+pub struct Placement {
+    pub table: TableHandle,
+    pub shadow: Option<ShadowControl>,
+}
+
+/// The name a placement source goes by in metrics and the admin API.
+pub fn source_name(s: &PlacementSource) -> &'static str {
+    match s {
+        PlacementSource::File(_) => "file",
+        PlacementSource::Postgres(_) => "postgres",
+        PlacementSource::Redis(_) => "redis",
+    }
+}
+
+fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
+    let p = &cfg.placement;
+    RedisSyncOptions {
+        poll_interval: p.redis_poll_interval,
+        timeout: p.query_timeout.min(p.connect_timeout.max(std::time::Duration::from_secs(1))),
+        max_shrink_ratio: p.max_shrink_ratio,
+        last_known_good: if primary { p.last_known_good.clone() } else { None },
+        last_known_good_interval: p.last_known_good_interval,
+        ..RedisSyncOptions::new(url, cfg.edge.region.clone())
+    }
+}
+
+/// Starts the configured placement source: a file is loaded now (an error
+/// stops the start) and watched; PostgreSQL and Redis are synced by
+/// background threads (the edge is not ready until one publishes, or until
+/// the last-known-good file is loaded when the store is away).
+///
+/// With `placement.shadow = "redis"`, the primary publishes into its own
+/// handle, the Redis store is read into another beside it, and a
+/// [`SourceSwitch`] serves the primary's tables (until an operator switches);
+/// after every Redis round the two are compared ([`shadow::compare`]).
+pub fn load_placement(cfg: &Config) -> Result<Placement, ServeError> {
+    let serving = TableHandle::new();
+    let primary_name = source_name(&cfg.placement.source);
+    let (primary, shadow) = match (&cfg.placement.shadow, &cfg.placement.redis_url) {
+        (Some(_), Some(url)) => {
+            let primary = TableHandle::with_status(serving.status_arc());
+            let shadow_handle = TableHandle::new();
+            let switch = SourceSwitch::new(
+                serving.clone(),
+                vec![(primary_name, primary.clone()), ("redis", shadow_handle.clone())],
+            );
+            let control = ShadowControl {
+                state: Arc::new(ShadowState::new("redis")),
+                switch,
+            };
+            let (state, against) = (control.state.clone(), primary.clone());
+            let observer: RoundObserver = Box::new(move |shadow_table| {
+                let p = against.load_full();
+                if p.is_loaded() {
+                    state.record(shadow::compare(&p, shadow_table), edgeplane_control_sync::now_unix_ms());
+                }
+            });
+            redis_source::spawn(
+                redis_options(cfg, url, false),
+                shadow_handle,
+                Some(observer),
+                Arc::new(AtomicBool::new(false)),
+            );
+            (primary, Some(control))
+        }
+        _ => (serving.clone(), None),
+    };
     match &cfg.placement.source {
         PlacementSource::File(path) => {
             let mut src = FileSource::new(path, &cfg.edge.region);
-            src.load_into(&handle)?;
-            src.watch(handle.clone(), DEFAULT_WATCH_INTERVAL, Arc::new(AtomicBool::new(false)));
+            src.load_into(&primary)?;
+            src.watch(primary, DEFAULT_WATCH_INTERVAL, Arc::new(AtomicBool::new(false)));
         }
         PlacementSource::Postgres(url) => {
             let p = &cfg.placement;
@@ -87,11 +151,18 @@ pub fn load_placement(cfg: &Config) -> Result<TableHandle, ServeError> {
                 query_timeout: p.query_timeout,
                 full_load_timeout: p.full_load_timeout,
             };
-            postgres::spawn(opts, handle.clone(), Arc::new(AtomicBool::new(false)));
+            postgres::spawn(opts, primary, Arc::new(AtomicBool::new(false)));
         }
-        PlacementSource::Redis(_) => return Err(ServeError::SourceNotAvailable("redis")),
+        PlacementSource::Redis(url) => {
+            redis_source::spawn(
+                redis_options(cfg, url, true),
+                primary,
+                None,
+                Arc::new(AtomicBool::new(false)),
+            );
+        }
     }
-    Ok(handle)
+    Ok(Placement { table: serving, shadow })
 }
 
 /// Read buffer in front of each client socket. Pingora's default is 64 KiB
@@ -125,7 +196,7 @@ pub fn tunnel_close_code() -> u16 {
 /// Runs the edge until it is told to stop. Never returns on success.
 pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(FAST_TIMER_MAX));
-    let table = load_placement(&cfg)?;
+    let placement = load_placement(&cfg)?;
     let listen: Vec<SocketAddr> = cfg.edge.listen.iter().map(|&a| concrete(a)).collect::<Result<_, _>>()?;
     let admin_addr = concrete(cfg.edge.admin_listen)?;
     let tls_listen: Vec<SocketAddr> = match &cfg.tls {
@@ -156,7 +227,8 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
 
     let metrics = Arc::new(Metrics::new());
     let tls_cfg = cfg.tls.clone();
-    let mut edge = Edge::new(cfg, table, metrics);
+    let mut edge = Edge::new(cfg, placement.table, metrics);
+    edge.shadow = placement.shadow;
     edge.https_port = tls_listen.first().map(|a| a.port());
     let balancer = edge.route.load().balancer.clone();
     crate::health::refresh_now(&edge.table.load(), &balancer, &edge.health.load(), &edge.metrics);

@@ -97,6 +97,9 @@ pub struct Edge {
     pub admission: Arc<crate::conn::Admission>,
     /// What the last config reload did.
     pub reloads: Arc<crate::reload::ReloadLog>,
+    /// Shadow mode (`placement.shadow`): the comparison and the runtime
+    /// switch of the source served. Set by [`crate::server`].
+    pub shadow: Option<edgeplane_control_sync::shadow::ShadowControl>,
     request_seq: Arc<AtomicU64>,
 }
 
@@ -113,6 +116,7 @@ impl Edge {
             recent_forwards: Arc::default(),
             admission: crate::conn::Admission::new(limits.max_connections, limits.max_connections_per_ip),
             reloads: Arc::default(),
+            shadow: None,
             request_seq: Arc::new(AtomicU64::new(0)),
         }
     }

@@ -213,6 +213,16 @@ last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 
         Edge::start_in(dir, region, &placement, &EdgeOpts::default(), ready).await
     }
 
+    /// Starts an edge of `region` with these `[placement]` lines.
+    pub async fn start_placement(region: &str, placement: &str, ready: bool) -> Edge {
+        Edge::start_in(tempfile::tempdir().unwrap(), region, placement, &EdgeOpts::default(), ready).await
+    }
+
+    /// `POST` to the admin listener.
+    pub async fn admin_post(&self, path: &str) -> Resp {
+        try_request(self.admin, "POST", "admin", path, &[], b"").await.unwrap()
+    }
+
     async fn start_in(dir: tempfile::TempDir, region: &str, placement: &str, opts: &EdgeOpts<'_>, ready: bool) -> Edge {
         let d = dir.path();
         std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();

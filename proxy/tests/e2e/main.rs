@@ -15,6 +15,7 @@ mod local_stack;
 mod operations;
 mod pg_server;
 mod postgres;
+mod redis_shadow;
 mod regions;
 mod status_page;
 mod tls;
