@@ -166,8 +166,9 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
         let s = shadow.vm_by_id(id).map(|i| shadow.vm(i)).filter(|v| v.present);
         match (p, s) {
             (Some(p), Some(s)) => {
-                if p.addr != s.addr {
-                    c.note(id, "vm_addr", p.addr.to_string(), s.addr.to_string());
+                let (pa, sa) = (p.addr_text(), s.addr_text());
+                if pa != sa {
+                    c.note(id, "vm_addr", pa, sa);
                 }
                 if p.state != s.state {
                     c.note(id, "vm_state", format!("{:?}", p.state), format!("{:?}", s.state));
@@ -176,8 +177,8 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
             (p, s) => c.note(
                 id,
                 "vm_addr",
-                show(p.map(|v| v.addr.to_string()).as_deref()),
-                show(s.map(|v| v.addr.to_string()).as_deref()),
+                show(p.map(|v| v.addr_text()).as_deref()),
+                show(s.map(|v| v.addr_text()).as_deref()),
             ),
         }
     }
@@ -186,9 +187,9 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
             .region_by_name(&pr.name)
             .map(|i| shadow.region(i))
             .filter(|r| r.present);
-        let sa = s.map(|r| r.edge_addr.to_string());
-        if sa.as_deref() != Some(pr.edge_addr.to_string().as_str()) {
-            c.note(&pr.name, "edge_addr", pr.edge_addr.to_string(), show(sa.as_deref()));
+        let (pa, sa) = (pr.edge_addr_text(), s.map(|r| r.edge_addr_text()));
+        if sa.as_deref() != Some(pa.as_str()) {
+            c.note(&pr.name, "edge_addr", pa, show(sa.as_deref()));
         }
     }
     c

@@ -1,6 +1,7 @@
 //! edgeplane-proxy: the edge. A pure routing core ([`route`], with the
 //! subsetting [`balancer`]) and thin glue around it: Pingora
-//! ([`service`], [`admin`], [`server`]) and the health monitor ([`health`]).
+//! ([`service`], [`admin`], [`server`]), the health monitor ([`health`]),
+//! background name resolution ([`names`]) and the DNS responder ([`dns`]).
 //!
 //! Start reading at [`route`] (what decides where a request goes), then
 //! [`service`] (the Pingora `ProxyHttp` implementation that carries it
@@ -10,9 +11,11 @@ pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod conn;
+pub mod dns;
 pub mod fuzzing;
 pub mod health;
 pub mod metrics;
+pub mod names;
 pub mod pages;
 pub mod reload;
 pub mod route;

@@ -40,6 +40,14 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
     },
+    /// Run the authoritative DNS responder for the hosting suffixes and
+    /// custom domains (`[dns]`), fed by the configured placement source.
+    Dns {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
     /// Validate a config (and its file snapshot), print a summary.
     Check {
         #[arg(short, long)]
@@ -139,6 +147,14 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             let cfg = load_config(&config)?;
             server::run(cfg, ServeFlags { upgrade, daemon }).map_err(|e| {
                 eprintln!("edgeplane: {e}");
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Dns { config, log_format } => {
+            init_logging(log_format);
+            let cfg = load_config(&config)?;
+            edgeplane_proxy::dns::serve(cfg).map_err(|e| {
+                eprintln!("edgeplane dns: {e}");
                 ExitCode::from(1)
             })
         }

@@ -101,10 +101,22 @@ fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
 /// [`SourceSwitch`] serves the primary's tables (until an operator switches);
 /// after every Redis round the two are compared ([`shadow::compare`]).
 pub fn load_placement(cfg: &Config) -> Result<Placement, ServeError> {
+    load_placement_scoped(cfg, false)
+}
+
+/// [`load_placement`]; with `world`, every region's repls are loaded (what
+/// `edgeplane dns` answers from), without a shadow, and the last-known-good
+/// file is `<last_known_good>.world.json` so it never clobbers an edge's.
+pub fn load_placement_scoped(cfg: &Config, world: bool) -> Result<Placement, ServeError> {
     let serving = TableHandle::new();
+    let lkg = cfg
+        .placement
+        .last_known_good
+        .clone()
+        .map(|p| if world { p.with_extension("world.json") } else { p });
     let primary_name = source_name(&cfg.placement.source);
     let (primary, shadow) = match (&cfg.placement.shadow, &cfg.placement.redis_url) {
-        (Some(_), Some(url)) => {
+        (Some(_), Some(url)) if !world => {
             let primary = TableHandle::with_status(serving.status_arc());
             let shadow_handle = TableHandle::new();
             let switch = SourceSwitch::new(
@@ -145,17 +157,20 @@ pub fn load_placement(cfg: &Config) -> Result<Placement, ServeError> {
                 local_region: cfg.edge.region.clone(),
                 poll_interval: p.poll_interval,
                 max_shrink_ratio: p.max_shrink_ratio,
-                last_known_good: p.last_known_good.clone(),
+                last_known_good: lkg,
                 last_known_good_interval: p.last_known_good_interval,
                 connect_timeout: p.connect_timeout,
                 query_timeout: p.query_timeout,
                 full_load_timeout: p.full_load_timeout,
+                world,
             };
             postgres::spawn(opts, primary, Arc::new(AtomicBool::new(false)));
         }
         PlacementSource::Redis(url) => {
+            let mut opts = redis_options(cfg, url, true);
+            opts.last_known_good = lkg;
             redis_source::spawn(
-                redis_options(cfg, url, true),
+                opts,
                 primary,
                 None,
                 Arc::new(AtomicBool::new(false)),
@@ -237,6 +252,13 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         edge.table.clone(),
         balancer,
         edge.health.clone(),
+        edge.metrics.clone(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    crate::names::spawn(
+        edge.cfg.load().resolver.clone(),
+        edge.table.clone(),
+        edge.names.clone(),
         edge.metrics.clone(),
         Arc::new(AtomicBool::new(false)),
     );

@@ -27,7 +27,36 @@ fn clusters_of_region() -> &'static str {
 /// all regions, clusters and VMs; the repls homed here, plus repls with a
 /// tombstone from one of this region's clusters (so their slugs resolve);
 /// those repls' containers and custom domains; tombstones from this region.
-fn full_load_queries() -> Vec<(&'static str, String)> {
+///
+/// With `world`, every repl and its rows, and every tombstone (what the DNS
+/// responder needs: it answers for apps of every region).
+fn full_load_queries(world: bool) -> Vec<(&'static str, String)> {
+    if world {
+        return vec![
+            ("regions", "SELECT name, edge_addr FROM regions ORDER BY name".into()),
+            (
+                "clusters",
+                "SELECT name, region, state, weight FROM clusters ORDER BY name".into(),
+            ),
+            (
+                "vms",
+                "SELECT id, cluster, addr, metrics_addr, state FROM vms ORDER BY id".into(),
+            ),
+            (
+                "repls",
+                "SELECT id, slug, owner, region, cluster, transfer_to FROM repls".into(),
+            ),
+            (
+                "containers",
+                "SELECT repl_id, vm_id, to_json(started_at)#>>'{}' FROM containers".into(),
+            ),
+            ("custom_domains", "SELECT hostname, repl_id FROM custom_domains".into()),
+            (
+                "tombstones",
+                "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{}' FROM tombstones".into(),
+            ),
+        ];
+    }
     let wanted = format!(
         "(SELECT id FROM repls WHERE region = $1
           UNION SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
@@ -145,17 +174,23 @@ async fn snapshot(client: &mut Client) -> Result<(tokio_postgres::Transaction<'_
 /// transaction, streaming rows into the table builder and logging progress
 /// every second. The table's version is `placement_version` as of the
 /// transaction's snapshot: every change up to it is included, none after.
-pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(RoutingTable, Skipped), LoadError> {
+pub async fn full_load(
+    client: &mut Client,
+    local_region: &str,
+    world: bool,
+) -> Result<(RoutingTable, Skipped), LoadError> {
     let started = Instant::now();
     let (tx, version) = snapshot(client).await?;
-    let expected: i64 = tx
-        .query_one("SELECT count(*) FROM repls WHERE region = $1", &[&local_region])
-        .await?
-        .get(0);
+    let count = if world {
+        "SELECT count(*) FROM repls WHERE $1::text IS NOT NULL"
+    } else {
+        "SELECT count(*) FROM repls WHERE region = $1"
+    };
+    let expected: i64 = tx.query_one(count, &[&local_region]).await?.get(0);
     let mut builder = RoutingTable::builder(local_region, expected.max(0) as usize, Strictness::Lenient);
     let mut last_log = Instant::now();
     let mut rows_total = 0u64;
-    for (table, sql) in full_load_queries() {
+    for (table, sql) in full_load_queries(world) {
         let params: Vec<&(dyn ToSql + Sync)> = if sql.contains("$1") {
             vec![&local_region]
         } else {

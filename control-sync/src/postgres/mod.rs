@@ -68,6 +68,9 @@ pub struct PgSyncOptions {
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
     pub full_load_timeout: Duration,
+    /// Load every region's repls, not only `local_region`'s (the DNS
+    /// responder answers for all apps).
+    pub world: bool,
 }
 
 impl PgSyncOptions {
@@ -82,6 +85,7 @@ impl PgSyncOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             full_load_timeout: DEFAULT_FULL_LOAD_TIMEOUT,
+            world: false,
         }
     }
 }
@@ -292,7 +296,7 @@ impl PgSync {
     }
 
     async fn full_load(&mut self, client: &mut Client) -> Result<(), SyncError> {
-        let (table, skipped) = load::full_load(client, &self.opts.local_region).await?;
+        let (table, skipped) = load::full_load(client, &self.opts.local_region, self.opts.world).await?;
         self.report_skipped(&skipped);
         let prev = self.handle.load_full();
         if let Some(why) = suspicious(&prev, &table, self.opts.max_shrink_ratio) {
@@ -361,7 +365,12 @@ impl PgSync {
         let newest_commit = rows.iter().map(|r| r.changed_at_ms).max().unwrap_or(0);
         let version = last.version;
         let prev = self.handle.load_full();
-        let (table, skipped) = prev.apply_for_edge(changes, version as u64).map_err(LoadError::from)?;
+        let (table, skipped) = if self.opts.world {
+            prev.apply(changes, version as u64, crate::table::Strictness::Lenient)
+        } else {
+            prev.apply_for_edge(changes, version as u64)
+        }
+        .map_err(LoadError::from)?;
         self.report_skipped(&skipped);
         self.cursor = version;
         self.handle.status().note_delta();

@@ -61,7 +61,11 @@ impl OptIdx {
 #[derive(Debug, Clone)]
 pub struct Region {
     pub name: Box<str>,
+    /// Where this region's edges are dialed. When the row gave a name
+    /// (`host:port`), this is `0.0.0.0:port` and [`Region::edge_host`] holds
+    /// the name, which the proxy resolves in the background.
     pub edge_addr: SocketAddr,
+    pub edge_host: Option<Arc<str>>,
     /// False once deleted by a delta (the slot stays until a full load).
     pub present: bool,
 }
@@ -81,7 +85,10 @@ pub struct Cluster {
 pub struct Vm {
     pub id: Box<str>,
     pub cluster: Idx,
+    /// `0.0.0.0:port` when the row gave a name ([`Vm::host`]).
     pub addr: SocketAddr,
+    /// The host name of `addr`, when given as `host:port`.
+    pub host: Option<Arc<str>>,
     pub metrics_addr: Option<SocketAddr>,
     pub state: VmState,
     /// [`crate::ring::key_hash`] of the id: stable tie-breaks and pick-memory tags.
@@ -115,6 +122,29 @@ pub struct Topology {
 struct Load {
     containers: Vec<u32>,
     candidates: Vec<Arc<[Candidate]>>,
+}
+
+/// An address as a row wrote it: `ip:port`, or `host:port` for a name
+/// (`addr` is then `0.0.0.0:port`).
+pub fn endpoint_text(addr: SocketAddr, host: Option<&str>) -> String {
+    match host {
+        Some(h) => format!("{h}:{}", addr.port()),
+        None => addr.to_string(),
+    }
+}
+
+impl Region {
+    /// `edge_addr` as the row wrote it.
+    pub fn edge_addr_text(&self) -> String {
+        endpoint_text(self.edge_addr, self.edge_host.as_deref())
+    }
+}
+
+impl Vm {
+    /// `addr` as the row wrote it.
+    pub fn addr_text(&self) -> String {
+        endpoint_text(self.addr, self.host.as_deref())
+    }
 }
 
 /// A repl as the edge holds it: 48 bytes plus one allocation.
@@ -520,6 +550,17 @@ impl RoutingTable {
             .filter(|(_, v)| v.present)
             .map(|(i, v)| (i as Idx, v))
     }
+    /// Every host name the edge may dial: regions' `edge_addr` and VMs'
+    /// `addr` given as `host:port` (present rows only), sorted, deduplicated.
+    pub fn dial_names(&self) -> Vec<Arc<str>> {
+        let regions = self.topo.regions.iter().filter(|r| r.present).filter_map(|r| r.edge_host.clone());
+        let vms = self.topo.vms.iter().filter(|v| v.present).filter_map(|v| v.host.clone());
+        let mut names: Vec<Arc<str>> = regions.chain(vms).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     pub fn region_by_name(&self, name: &str) -> Option<Idx> {
         self.topo.by_region.get(name).copied()
     }
@@ -551,7 +592,7 @@ impl RoutingTable {
     fn region_rows(&self) -> impl Iterator<Item = RegionRow> + '_ {
         self.regions().map(|(_, r)| RegionRow {
             name: r.name.to_string(),
-            edge_addr: r.edge_addr.to_string(),
+            edge_addr: r.edge_addr_text(),
         })
     }
     fn cluster_rows(&self) -> impl Iterator<Item = ClusterRow> + '_ {
@@ -566,7 +607,7 @@ impl RoutingTable {
         self.vms().map(|(_, v)| VmRow {
             id: v.id.to_string(),
             cluster: self.cname(v.cluster),
-            addr: v.addr.to_string(),
+            addr: v.addr_text(),
             metrics_addr: v.metrics_addr.map(|a| a.to_string()),
             state: v.state,
         })

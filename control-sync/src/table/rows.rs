@@ -192,6 +192,32 @@ impl Row<'_> {
         }
     }
 
+    /// A dialed address: `ip:port`, or `host:port` (a valid host name,
+    /// lower-cased), returned as `0.0.0.0:port` plus the name.
+    fn endpoint(&self, field: &str, v: &str) -> Result<(SocketAddr, Option<Arc<str>>), RowError> {
+        if let Ok(a) = v.parse::<SocketAddr>() {
+            if a.port() != 0 && !a.ip().is_unspecified() {
+                return Ok((a, None));
+            }
+        }
+        if let Some((host, port)) = v.rsplit_once(':') {
+            let host = host.to_ascii_lowercase();
+            let host = host.strip_suffix('.').unwrap_or(&host);
+            if let (true, Ok(port @ 1..)) = (is_valid_hostname(host), port.parse::<u16>()) {
+                if host.parse::<std::net::IpAddr>().is_err() {
+                    return Ok((
+                        SocketAddr::from(([0, 0, 0, 0], port)),
+                        Some(Arc::from(host)),
+                    ));
+                }
+            }
+        }
+        Err(self.err(
+            "bad_address",
+            format!("{field} {v:?} is not an ip:port or host:port address"),
+        ))
+    }
+
     fn time(&self, field: &str, v: &str) -> Result<i64, RowError> {
         parse_rfc3339_ms(v).ok_or_else(|| self.err("bad_time", format!("{field} {v:?} is not RFC 3339")))
     }
@@ -401,13 +427,14 @@ impl Builder {
     fn upsert_region(&mut self, r: RegionRow) -> Result<(), RowError> {
         let row = self.row(0, &r.name);
         row.check_id()?;
-        let edge_addr = row.addr("edge_addr", &r.edge_addr)?;
+        let (edge_addr, edge_host) = row.endpoint("edge_addr", &r.edge_addr)?;
         let fresh = self.fresh;
         let topo = self.topo();
         let i = match topo.by_region.get(r.name.as_str()) {
             Some(_) if fresh => return Err(row.err("duplicate", "duplicate region name")),
             Some(&i) => {
                 topo.regions[i as usize].edge_addr = edge_addr;
+                topo.regions[i as usize].edge_host = edge_host;
                 i
             }
             None => {
@@ -415,6 +442,7 @@ impl Builder {
                 topo.regions.push(Region {
                     name: r.name.as_str().into(),
                     edge_addr,
+                    edge_host,
                     present: true,
                 });
                 topo.by_region.insert(r.name.as_str().into(), i);
@@ -477,7 +505,7 @@ impl Builder {
         let row = self.row(2, &v.id);
         row.check_id()?;
         let cluster = row.lookup(&self.table.topo.by_cluster, "cluster", &v.cluster)?;
-        let addr = row.addr("addr", &v.addr)?;
+        let (addr, host) = row.endpoint("addr", &v.addr)?;
         let metrics_addr = v
             .metrics_addr
             .as_deref()
@@ -489,6 +517,7 @@ impl Builder {
             id: v.id.as_str().into(),
             cluster,
             addr,
+            host,
             metrics_addr,
             state: v.state,
             id_hash: key_hash(&v.id),

@@ -87,12 +87,12 @@ fn rejects_bad_rows_naming_them() {
         "repls[2] (\"r1\"): duplicate repl id"
     );
     assert_eq!(
-        err_of(|s| s.vms[0].addr = "localhost:7001".into()),
-        "vms[0] (\"vm-1\"): addr \"localhost:7001\" is not an ip:port address"
+        err_of(|s| s.vms[0].addr = "local host:7001".into()),
+        "vms[0] (\"vm-1\"): addr \"local host:7001\" is not an ip:port or host:port address"
     );
     assert_eq!(
         err_of(|s| s.regions[1].edge_addr = "1.2.3.4".into()),
-        "regions[1] (\"ap-south1\"): edge_addr \"1.2.3.4\" is not an ip:port address"
+        "regions[1] (\"ap-south1\"): edge_addr \"1.2.3.4\" is not an ip:port or host:port address"
     );
     assert!(err_of(|s| s.repls[0].slug = "App_1".into()).contains("not a DNS label"));
     assert!(err_of(|s| s.repls[0].cluster = Some("aps1-a".into())).contains("not in region"));
@@ -347,4 +347,27 @@ fn edge_deltas_ignore_rows_that_are_not_this_edges() {
     );
     assert!(t2.repl_by_slug("arrived").is_some());
     assert!(t2.tombstones("r9").is_empty());
+}
+
+#[test]
+fn addresses_may_be_host_names() {
+    let mut s = demo();
+    s.regions[1].edge_addr = "Edge.AP-South1.internal.:8443".into();
+    s.vms[1].addr = "vm-2.use1.internal:7002".into();
+    let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
+    let r = t.region(t.region_by_name("ap-south1").unwrap());
+    assert_eq!(r.edge_host.as_deref(), Some("edge.ap-south1.internal"), "lower-cased, root dot dropped");
+    assert_eq!(r.edge_addr, "0.0.0.0:8443".parse().unwrap(), "the port is kept; the ip waits for the resolver");
+    let names: Vec<String> = t.dial_names().iter().map(|n| n.to_string()).collect();
+    assert_eq!(names, ["edge.ap-south1.internal", "vm-2.use1.internal"]);
+    let back = t.to_snapshot();
+    assert_eq!(back.regions[1].edge_addr, "edge.ap-south1.internal:8443", "dumped as written");
+    assert_eq!(back.vms[1].addr, "vm-2.use1.internal:7002");
+
+    for bad in ["no_underscores.example:80", "host:0", ":80", "host", "0.0.0.0:80", "host:99999"] {
+        let mut s = demo();
+        s.vms[0].addr = bad.into();
+        let e = RoutingTable::build(&s, "us-east1", 1).unwrap_err();
+        assert!(e.to_string().contains("is not an ip:port or host:port address"), "{bad}: {e}");
+    }
 }

@@ -165,7 +165,7 @@ fn place<E: Explain>(
                 "forward ({}) to region {:?} edge {}",
                 reason.as_str(),
                 region.name,
-                region.edge_addr
+                region.edge_addr_text()
             )
         });
         return Decision::Forward {
@@ -181,7 +181,7 @@ fn place<E: Explain>(
     if let Some(v) = r.vm.get() {
         let vm = t.vm(v);
         if vm.state != VmState::Down {
-            ex.step(|| format!("running on vm {:?} ({}) -> proxy there", vm.id, vm.addr));
+            ex.step(|| format!("running on vm {:?} ({}) -> proxy there", vm.id, vm.addr_text()));
             return Decision::Vm {
                 kind,
                 repl_hash,
@@ -274,7 +274,7 @@ fn pick_vm<E: Explain>(
     };
 
     if let Some(v) = ctx.memory.recall(repl_hash, now_ms).and_then(by_fp) {
-        ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).addr));
+        ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).addr_text()));
         return Some((v, VmReason::Remembered));
     }
     let choice = ctx.balancer.choose(t, cluster, req.entropy)?;
@@ -300,7 +300,7 @@ fn pick_vm<E: Explain>(
         format!(
             "{verb} vm {:?} ({}) by {how}; load {:.2}",
             vm.id,
-            vm.addr,
+            vm.addr_text(),
             choice.load as f64 / CPU_ONE as f64
         )
     };

@@ -188,6 +188,9 @@ pub enum RejectReason {
     NoUsableVm,
     ForwardLoop,
     NotReady,
+    /// The VM or peer edge is named by a host name with no good answer yet
+    /// (502, like any VM that cannot be reached).
+    Unresolved,
 }
 
 impl RejectReason {
@@ -200,6 +203,7 @@ impl RejectReason {
             RejectReason::UnknownHost | RejectReason::UnknownRepl => 404,
             RejectReason::NoUsableVm | RejectReason::NotReady => 503,
             RejectReason::ForwardLoop => 508,
+            RejectReason::Unresolved => 502,
         }
     }
 
@@ -215,6 +219,7 @@ impl RejectReason {
             RejectReason::NoUsableVm => "no_usable_vm",
             RejectReason::ForwardLoop => "forward_loop",
             RejectReason::NotReady => "not_ready",
+            RejectReason::Unresolved => "unresolved",
         }
     }
 }

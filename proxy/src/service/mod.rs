@@ -100,6 +100,8 @@ pub struct Edge {
     /// Shadow mode (`placement.shadow`): the comparison and the runtime
     /// switch of the source served. Set by [`crate::server`].
     pub shadow: Option<edgeplane_control_sync::shadow::ShadowControl>,
+    /// Answers for VM and peer-edge addresses given as names ([`crate::names`]).
+    pub names: Arc<crate::names::Names>,
     request_seq: Arc<AtomicU64>,
 }
 
@@ -117,6 +119,7 @@ impl Edge {
             admission: crate::conn::Admission::new(limits.max_connections, limits.max_connections_per_ip),
             reloads: Arc::default(),
             shadow: None,
+            names: Arc::default(),
             request_seq: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -528,7 +531,9 @@ impl ProxyHttp for Edge {
             .get(DEBUG_HEADER)
             .is_some_and(|v| crate::access_log::admin_token_matches(cfg.security.admin_token.as_deref(), v.as_bytes()));
         let table = self.table.load();
-        let decision = route::decide(&self.route.load(), &table, &rreq, &mut ());
+        let decision = self
+            .names
+            .dialable(&table, route::decide(&self.route.load(), &table, &rreq, &mut ()));
         ctx.table_version = table.version();
         ctx.sampled = crate::access_log::sampled(&cfg.log, rreq.entropy);
         if debug {
@@ -538,6 +543,9 @@ impl ProxyHttp for Edge {
         drop(cfg);
         match decision {
             Decision::Reject { reason, .. } => {
+                if reason == route::RejectReason::Unresolved {
+                    self.metrics.upstream_errors.with_label_values(&["unresolved"]).inc();
+                }
                 ctx.decision = Some(decision);
                 drop(table);
                 self.respond(session, ctx, reason.status()).await?;
