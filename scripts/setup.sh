@@ -18,6 +18,8 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 # deploy/ checks: promtool comes with prometheus; systemd-analyze verifies the unit.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The resolver test runs a real DNS server (dnsmasq) whose answers it changes.
+[ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 # The status page test opens the admin page in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then

@@ -5,6 +5,7 @@
 
 mod balancer;
 mod deploy;
+mod dns;
 mod faults;
 mod harness;
 mod hostile;
@@ -17,6 +18,7 @@ mod pg_server;
 mod postgres;
 mod redis_shadow;
 mod regions;
+mod resolver;
 mod status_page;
 mod tls;
 mod websocket;

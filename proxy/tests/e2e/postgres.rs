@@ -90,7 +90,7 @@ impl PgDb {
         }
     }
 
-    fn placectl(&self, args: &[&str]) -> String {
+    pub(crate) fn placectl(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(placectl())
             .args(args)
             .env("DATABASE_URL", &self.url)

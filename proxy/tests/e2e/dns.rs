@@ -1,0 +1,111 @@
+//! `edgeplane dns` as a process, fed by PostgreSQL, asked by a real DNS
+//! client (hickory-resolver) over UDP and over TCP: apps answer with their
+//! home region's edge, unknown names are NXDOMAIN, and a transferred app's
+//! answer changes with the one sync delta that moves it (with the short
+//! TTL of a recently moved app).
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+use crate::harness::*;
+use crate::postgres::PgDb;
+use crate::{dead_addr, world};
+
+type Client = hickory_resolver::Resolver<TokioRuntimeProvider>;
+
+/// A client that asks only `server`, only over `tcp` or only over UDP.
+fn client(server: SocketAddr, tcp: bool) -> Client {
+    let mut c = if tcp { ConnectionConfig::tcp() } else { ConnectionConfig::udp() };
+    c.port = server.port();
+    let ns = NameServerConfig::new(server.ip(), true, vec![c]);
+    let mut b = hickory_resolver::Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    );
+    b.options_mut().cache_size = 0;
+    b.options_mut().attempts = 1;
+    b.options_mut().timeout = Duration::from_secs(2);
+    b.build().unwrap()
+}
+
+/// (address, ttl) of `name`'s A record, or the error text.
+async fn ask(c: &Client, name: &str) -> Result<(IpAddr, u32), String> {
+    let l = c.lookup(format!("{name}.").as_str(), RecordType::A).await.map_err(|e| {
+        if e.is_nx_domain() {
+            "NXDOMAIN".to_string()
+        } else {
+            e.to_string()
+        }
+    })?;
+    let r = l.answers().first().ok_or("no answer")?;
+    match &r.data {
+        RData::A(a) => Ok((IpAddr::V4(a.0), r.ttl)),
+        other => Err(format!("not an A record: {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_follow_a_transfer_within_one_delta_over_udp_and_tcp() {
+    let b_edge: SocketAddr = "127.0.0.2:8443".parse().unwrap();
+    let w = world(dead_addr(), dead_addr(), dead_addr(), "127.0.0.1:8080".parse().unwrap(), b_edge);
+    let db = PgDb::new(&w).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hop.secret"), HOP_SECRET).unwrap();
+    let toml = format!(
+        "[edge]\nregion = \"us-east1\"\ninstance_id = \"dns-test\"\n\n[placement]\nsource = \"postgres\"\n\
+postgres_url = \"{}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n\n\
+[dns]\nlisten = \"127.0.0.1:0\"\nttl_seconds = 60\nmoved_ttl_seconds = 5\n",
+        db.url
+    );
+    std::fs::write(dir.path().join("edge.toml"), toml).unwrap();
+    let mut child = Command::new(edgeplane_bin())
+        .args(["dns", "-c"])
+        .arg(dir.path().join("edge.toml"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = read_lines(&mut child, 1, |l| {
+        l.strip_prefix("edgeplane: dns listening on udp ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|a| a.parse().ok())
+    })[0];
+    let _proc = Proc(child);
+    let (udp, tcp) = (client(addr, false), client(addr, true));
+
+    // First answers once the full load is in.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ask(&udp, "app1.repl.co").await.is_err() {
+        assert!(Instant::now() < deadline, "no answer for app1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in [&udp, &tcp] {
+        assert_eq!(ask(c, "app1.repl.co").await, Ok(("127.0.0.1".parse().unwrap(), 60)));
+        assert_eq!(ask(c, "app3.repl.co").await, Ok(("127.0.0.2".parse().unwrap(), 60)), "every region's apps");
+        assert_eq!(ask(c, "www.example.com").await, Ok(("127.0.0.1".parse().unwrap(), 60)), "custom domain");
+        assert_eq!(
+            ask(c, "moved.repl.co").await,
+            Ok(("127.0.0.2".parse().unwrap(), 5)),
+            "a live tombstone: short TTL"
+        );
+        assert_eq!(ask(c, "nope.repl.co").await, Err("NXDOMAIN".to_string()));
+    }
+
+    // The transfer is one transaction, so one delta: the next answer is the
+    // new home region's edge, with the short TTL.
+    db.placectl(&["transfer", "r1", "--to", "aps1-a"]);
+    let moved_at = Instant::now();
+    let mut got = ask(&udp, "app1.repl.co").await;
+    while got.as_ref().map(|(ip, _)| ip.to_string()) != Ok("127.0.0.2".into()) {
+        assert!(moved_at.elapsed() < Duration::from_secs(10), "still {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        got = ask(&udp, "app1.repl.co").await;
+    }
+    assert_eq!(got, Ok(("127.0.0.2".parse().unwrap(), 5)), "follows at once, short TTL");
+    assert_eq!(ask(&tcp, "app1.repl.co").await, got, "the same over TCP");
+    assert_eq!(ask(&udp, "www.example.com").await, got, "its custom domain too");
+}
