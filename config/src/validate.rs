@@ -728,4 +728,46 @@ mod tests {
             vec!["repl.co".to_string(), "example.dev".to_string()]
         );
     }
+
+    #[test]
+    fn shadow_dns_and_resolver_keys() {
+        let with = |extra: &str| MINIMAL.replace("[placement]\n", &format!("[placement]\n{extra}"));
+        let (_d, path) = setup(&with("shadow = \"redis\"\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("placement.redis_url", 4),
+            "the [placement] line: {e}"
+        );
+        let (_d, path) = setup(&with(
+            "source = \"redis\"\nredis_url = \"redis://127.0.0.1/1\"\nshadow = \"redis\"\n",
+        ));
+        assert_eq!(crate::load(&path).unwrap_err().key, "placement.shadow");
+        let (_d, path) = setup(&with(
+            "shadow = \"redis\"\nredis_url = \"redis://127.0.0.1/1\"\nredis_poll_interval_ms = 250\n",
+        ));
+        let c = crate::load(&path).unwrap();
+        assert_eq!(c.placement.shadow.as_deref(), Some("redis"));
+        assert_eq!(c.placement.redis_poll_interval, Duration::from_millis(250));
+        assert_eq!(c.dns.listen, vec![DEFAULT_DNS_LISTEN.parse::<SocketAddr>().unwrap()]);
+        assert_eq!((c.dns.ttl_seconds, c.dns.moved_ttl_seconds), (60, 5));
+        assert!(c.resolver.nameservers.is_empty(), "system resolver by default");
+
+        let (_d, path) = setup(&format!(
+            "{MINIMAL}\n[dns]\nlisten = [\"127.0.0.1:53\", \"[::1]:53\"]\nttl_seconds = 30\n\n\
+[resolver]\nnameservers = [\"10.0.0.2:53\"]\nmin_ttl_ms = 500\n"
+        ));
+        let c = crate::load(&path).unwrap();
+        assert_eq!(c.dns.listen.len(), 2);
+        assert_eq!(
+            c.resolver.nameservers,
+            vec!["10.0.0.2:53".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.resolver.min_ttl, Duration::from_millis(500));
+        let (_d, path) = setup(&format!("{MINIMAL}\n[dns]\nttl_seconds = 3\n"));
+        assert_eq!(crate::load(&path).unwrap_err().key, "dns.moved_ttl_seconds");
+        let (_d, path) = setup(&format!("{MINIMAL}\n[resolver]\nnameservers = [\"dns.local\"]\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!(e.key, "resolver.nameservers", "{e}");
+    }
 }

@@ -117,9 +117,12 @@ pub fn decode(store: &LegacyStore) -> (Snapshot, Skipped) {
         field(h, k).filter(|v| !v.is_empty())
     }
     let mut skipped = Skipped::default();
-    let regions = rows::<RegionRow>(&mut skipped, "regions", &store.regions, |id, h| {
-        json!({"name": id, "edge_addr": field(h, "edge_addr")})
-    });
+    let regions = rows::<RegionRow>(
+        &mut skipped,
+        "regions",
+        &store.regions,
+        |id, h| json!({"name": id, "edge_addr": field(h, "edge_addr")}),
+    );
     let clusters = rows::<ClusterRow>(&mut skipped, "clusters", &store.clusters, |id, h| {
         let mut v = json!({"name": id, "region": field(h, "region"), "state": field(h, "state")});
         if let Some(w) = non_empty(h, "weight") {
@@ -174,7 +177,10 @@ fn rows<T: serde::de::DeserializeOwned>(
             message,
         };
         if h.is_empty() {
-            skipped.push(err("missing_hash", format!("in set {table:?} but its hash does not exist")));
+            skipped.push(err(
+                "missing_hash",
+                format!("in set {table:?} but its hash does not exist"),
+            ));
             continue;
         }
         match serde_json::from_value::<T>(to_json(id, h)) {
@@ -435,7 +441,10 @@ mod tests {
         assert_eq!(snap.repls[0].cluster.as_deref(), Some("c"), "legacy cluster is a pin");
         assert_eq!(snap.repls[1].cluster, None, "empty cluster: placed by the ring");
         assert_eq!(snap.containers.len(), 1, "empty vm: not running");
-        assert_eq!((snap.containers[0].repl_id.as_str(), snap.containers[0].vm_id.as_str()), ("a", "v"));
+        assert_eq!(
+            (snap.containers[0].repl_id.as_str(), snap.containers[0].vm_id.as_str()),
+            ("a", "v")
+        );
         let (t, _) = build_table(&store(), "r", 1).unwrap();
         assert_eq!(t.counts().repls, 2);
         assert_eq!(t.repl_by_slug("app-a").and_then(|r| r.vm.get()), t.vm_by_id("v"));
@@ -450,13 +459,20 @@ mod tests {
             "elsewhere".into(),
             h(&[("slug", "x"), ("region", "nowhere"), ("vm", "")]),
         ));
-        s.vms.push(("bad".into(), h(&[("cluster", "c"), ("addr", "1.2.3.4:5"), ("state", "on fire")])));
+        s.vms.push((
+            "bad".into(),
+            h(&[("cluster", "c"), ("addr", "1.2.3.4:5"), ("state", "on fire")]),
+        ));
         let (t, skipped) = build_table(&s, "r", 1).unwrap();
         assert_eq!(t.counts().repls, 2, "the good rows still load");
         assert_eq!(skipped.counts.get(&("repls", "missing_hash")), Some(&1));
         assert_eq!(skipped.counts.get(&("repls", "bad_value")), Some(&1), "{skipped:?}");
         assert_eq!(skipped.counts.get(&("vms", "bad_value")), Some(&1));
-        assert_eq!(skipped.counts.get(&("repls", "dangling_reference")), Some(&1), "{skipped:?}");
+        assert_eq!(
+            skipped.counts.get(&("repls", "dangling_reference")),
+            Some(&1),
+            "{skipped:?}"
+        );
         assert_eq!(skipped.total(), 4);
     }
 

@@ -26,7 +26,15 @@ use crate::table::{Repl, RoutingTable};
 
 /// The `field` label values, in a fixed order.
 pub const FIELDS: [&str; 9] = [
-    "missing", "extra", "slug", "region", "cluster", "vm", "vm_addr", "vm_state", "edge_addr",
+    "missing",
+    "extra",
+    "slug",
+    "region",
+    "cluster",
+    "vm",
+    "vm_addr",
+    "vm_state",
+    "edge_addr",
 ];
 
 /// Mismatches kept as samples per comparison (and at most this many per
@@ -304,7 +312,8 @@ mod tests {
     fn each_seeded_difference_is_counted_under_its_field() {
         let shadow = table(|s| {
             s.repls.retain(|r| r.id != "c"); // missing
-            s.repls.push(serde_json::from_str(r#"{"id": "n", "slug": "new", "region": "r"}"#).unwrap()); // extra
+            s.repls
+                .push(serde_json::from_str(r#"{"id": "n", "slug": "new", "region": "r"}"#).unwrap()); // extra
             s.repls[0].slug = "renamed".into(); // slug of a
             s.containers[0].vm_id = "v2".into(); // vm (and so cluster) of a
             s.repls[1].cluster = Some("c2".into()); // cluster of b
@@ -326,7 +335,10 @@ mod tests {
             assert_eq!(c.count(field), n, "{field}: {c:#?}");
         }
         let vm = c.samples.iter().find(|m| m.field == "vm").unwrap();
-        assert_eq!((vm.key.as_str(), vm.primary.as_str(), vm.shadow.as_str()), ("a", "v1", "v2"));
+        assert_eq!(
+            (vm.key.as_str(), vm.primary.as_str(), vm.shadow.as_str()),
+            ("a", "v1", "v2")
+        );
         let missing = c.samples.iter().find(|m| m.field == "missing").unwrap();
         assert_eq!((missing.key.as_str(), missing.shadow.as_str()), ("c", "-"));
     }

@@ -116,14 +116,20 @@ mod tests {
     }
 
     fn served_slug(h: &TableHandle) -> String {
-        h.load().repl_by_id("x").map(|r| r.slug().to_string()).unwrap_or_default()
+        h.load()
+            .repl_by_id("x")
+            .map(|r| r.slug().to_string())
+            .unwrap_or_default()
     }
 
     #[test]
     fn only_the_selected_source_reaches_the_serving_handle() {
         let serving = TableHandle::new();
         let (pg, redis) = (TableHandle::new(), TableHandle::new());
-        let sw = SourceSwitch::new(serving.clone(), vec![("postgres", pg.clone()), ("redis", redis.clone())]);
+        let sw = SourceSwitch::new(
+            serving.clone(),
+            vec![("postgres", pg.clone()), ("redis", redis.clone())],
+        );
         assert_eq!(
             sw.select("redis", 1),
             Err(SwitchError::NotLoaded("redis".into(), "postgres")),
@@ -135,9 +141,17 @@ mod tests {
         assert_eq!(sw.selected(), "postgres");
 
         sw.select("redis", 2).unwrap();
-        assert_eq!(served_slug(&serving), "from-redis", "switch serves redis's latest at once");
+        assert_eq!(
+            served_slug(&serving),
+            "from-redis",
+            "switch serves redis's latest at once"
+        );
         pg.publish(table("pg-2", 2), 3);
-        assert_eq!(served_slug(&serving), "from-redis", "postgres publishes stay in its own handle");
+        assert_eq!(
+            served_slug(&serving),
+            "from-redis",
+            "postgres publishes stay in its own handle"
+        );
         assert_eq!(served_slug(&pg), "pg-2");
         redis.publish(table("redis-2", 2), 4);
         assert_eq!(served_slug(&serving), "redis-2");

@@ -215,8 +215,12 @@ impl AdminApp {
         let Some(sh) = &self.edge.shadow else {
             return serde_json::json!({"shadow": null, "note": "placement.shadow is not set"});
         };
-        let totals: serde_json::Map<String, serde_json::Value> =
-            sh.state.totals().iter().map(|(f, n)| (f.to_string(), (*n).into())).collect();
+        let totals: serde_json::Map<String, serde_json::Value> = sh
+            .state
+            .totals()
+            .iter()
+            .map(|(f, n)| (f.to_string(), (*n).into()))
+            .collect();
         let last = sh.state.last().map(|(at_ms, c)| {
             let counts: serde_json::Map<String, serde_json::Value> = edgeplane_control_sync::shadow::FIELDS
                 .iter()

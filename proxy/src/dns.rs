@@ -58,7 +58,14 @@ pub enum Lookup {
 }
 
 /// Answers `name` (lower-case, no trailing dot) from `t`.
-pub fn answer(t: &RoutingTable, suffixes: &[String], dns: &DnsConfig, names: &Names, name: &str, now_ms: u64) -> Lookup {
+pub fn answer(
+    t: &RoutingTable,
+    suffixes: &[String],
+    dns: &DnsConfig,
+    names: &Names,
+    name: &str,
+    now_ms: u64,
+) -> Lookup {
     let mut zone = None;
     let mut repl = None;
     for sfx in suffixes {
@@ -82,8 +89,7 @@ pub fn answer(t: &RoutingTable, suffixes: &[String], dns: &DnsConfig, names: &Na
         None => Some(region.edge_addr.ip()),
         Some(h) => names.get(h),
     };
-    let moved =
-        r.transfer_to.get().is_some() || t.tombstones(r.id()).iter().any(|ts| ts.expires_at_ms > now_ms as i64);
+    let moved = r.transfer_to.get().is_some() || t.tombstones(r.id()).iter().any(|ts| ts.expires_at_ms > now_ms as i64);
     Lookup::App {
         region: r.region,
         ip,
@@ -379,18 +385,46 @@ mod tests {
     #[test]
     fn names_map_to_their_home_region_edge() {
         let t = world();
-        assert!(matches!(look("app-a.repl.co"), Lookup::App { ip: Some(ip), ttl: 60, region }
-            if ip.to_string() == "127.0.0.1" && region == t.region_by_name("r").unwrap()));
-        assert!(matches!(look("app-b.repl.co"), Lookup::App { ip: Some(IpAddr::V6(_)), ttl: 60, .. }));
-        assert!(matches!(look("www.example.com"), Lookup::App { ttl: 60, .. }), "custom domain");
-        assert!(matches!(look("moved.repl.co"), Lookup::App { ttl: 5, .. }), "live tombstone: short TTL");
-        assert!(matches!(look("lazy.repl.co"), Lookup::App { ttl: 5, .. }), "pending transfer: short TTL");
+        assert!(
+            matches!(look("app-a.repl.co"), Lookup::App { ip: Some(ip), ttl: 60, region }
+            if ip.to_string() == "127.0.0.1" && region == t.region_by_name("r").unwrap())
+        );
+        assert!(matches!(
+            look("app-b.repl.co"),
+            Lookup::App {
+                ip: Some(IpAddr::V6(_)),
+                ttl: 60,
+                ..
+            }
+        ));
+        assert!(
+            matches!(look("www.example.com"), Lookup::App { ttl: 60, .. }),
+            "custom domain"
+        );
+        assert!(
+            matches!(look("moved.repl.co"), Lookup::App { ttl: 5, .. }),
+            "live tombstone: short TTL"
+        );
+        assert!(
+            matches!(look("lazy.repl.co"), Lookup::App { ttl: 5, .. }),
+            "pending transfer: short TTL"
+        );
         assert!(
             matches!(look("named.repl.co"), Lookup::App { ip: None, .. }),
             "a named edge before its answer"
         );
-        assert_eq!(look("nope.repl.co"), Lookup::Unknown { zone: Some("repl.co".into()) });
-        assert_eq!(look("a.b.repl.co"), Lookup::Unknown { zone: Some("repl.co".into()) });
+        assert_eq!(
+            look("nope.repl.co"),
+            Lookup::Unknown {
+                zone: Some("repl.co".into())
+            }
+        );
+        assert_eq!(
+            look("a.b.repl.co"),
+            Lookup::Unknown {
+                zone: Some("repl.co".into())
+            }
+        );
         assert_eq!(look("example.org"), Lookup::Unknown { zone: None });
         assert_eq!(look("repl.co"), Lookup::Apex { zone: "repl.co".into() });
     }
@@ -416,14 +450,31 @@ mod tests {
         assert_eq!(m.answers[0].data, RData::A(A("127.0.0.1".parse().unwrap())));
 
         let m = ask("app-a.repl.co.", RecordType::AAAA);
-        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "NODATA");
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0),
+            "NODATA"
+        );
 
         let m = ask("nope.repl.co.", RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-        assert!(matches!(m.authorities[0].data, RData::SOA(_)), "SOA for negative caching");
+        assert!(
+            matches!(m.authorities[0].data, RData::SOA(_)),
+            "SOA for negative caching"
+        );
 
-        assert_eq!(respond(&[1, 2, 3], Some(512), |n| (look(n), 3), 5), None, "too short to answer");
-        let (garbage, rc) = respond(&[7, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff], Some(512), |n| (look(n), 3), 5).unwrap();
+        assert_eq!(
+            respond(&[1, 2, 3], Some(512), |n| (look(n), 3), 5),
+            None,
+            "too short to answer"
+        );
+        let (garbage, rc) = respond(
+            &[7, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff],
+            Some(512),
+            |n| (look(n), 3),
+            5,
+        )
+        .unwrap();
         assert_eq!(rc, ResponseCode::FormErr);
         assert_eq!(Message::from_vec(&garbage).unwrap().metadata.id, 0x0707);
     }

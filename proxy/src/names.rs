@@ -273,8 +273,12 @@ async fn lookup(r: &Resolver, name: &str, timeout: Duration) -> Answer {
         Err(_) => Err(format!("no answer within {timeout:?}")),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(answer)) => {
-            let ttl = answer.valid_until().saturating_duration_since(std::time::Instant::now());
-            choose(answer.iter()).map(|ip| (ip, ttl)).ok_or_else(|| "no address".to_string())
+            let ttl = answer
+                .valid_until()
+                .saturating_duration_since(std::time::Instant::now());
+            choose(answer.iter())
+                .map(|ip| (ip, ttl))
+                .ok_or_else(|| "no address".to_string())
         }
     }
 }
@@ -380,19 +384,42 @@ mod tests {
         let names: Vec<Arc<str>> = vec!["edge.b".into(), "vm.a".into()];
         b.track(&names, 0);
         assert_eq!(b.due(0), names, "new names are asked at once");
-        assert_eq!(b.apply("edge.b", Ok((ip("10.0.0.1"), Duration::from_millis(10))), 0, &c), Applied::New);
-        assert_eq!(b.due(999), vec![Arc::from("vm.a")], "a 10 ms TTL is held for min_ttl (1 s)");
+        assert_eq!(
+            b.apply("edge.b", Ok((ip("10.0.0.1"), Duration::from_millis(10))), 0, &c),
+            Applied::New
+        );
+        assert_eq!(
+            b.due(999),
+            vec![Arc::from("vm.a")],
+            "a 10 ms TTL is held for min_ttl (1 s)"
+        );
         assert_eq!(b.due(1000).len(), 2);
-        assert_eq!(b.apply("vm.a", Ok((ip("10.0.0.2"), Duration::from_secs(3600))), 0, &c), Applied::New);
-        assert!(b.due(59_999).iter().all(|n| &**n != "vm.a"), "an hour is capped at max_ttl");
+        assert_eq!(
+            b.apply("vm.a", Ok((ip("10.0.0.2"), Duration::from_secs(3600))), 0, &c),
+            Applied::New
+        );
+        assert!(
+            b.due(59_999).iter().all(|n| &**n != "vm.a"),
+            "an hour is capped at max_ttl"
+        );
         assert!(b.due(60_000).iter().any(|n| &**n == "vm.a"));
 
         assert_eq!(b.apply("edge.b", Err("SERVFAIL".into()), 1000, &c), Applied::Failed);
-        assert_eq!(b.answers()[&Arc::<str>::from("edge.b")], ip("10.0.0.1"), "last good answer kept");
+        assert_eq!(
+            b.answers()[&Arc::<str>::from("edge.b")],
+            ip("10.0.0.1"),
+            "last good answer kept"
+        );
         assert_eq!(b.due(2999).len(), 0, "retried after retry_ms");
         assert_eq!(b.due(3000), vec![Arc::from("edge.b")]);
-        assert_eq!(b.apply("edge.b", Ok((ip("10.0.0.9"), Duration::from_secs(5))), 3000, &c), Applied::Changed);
-        assert_eq!(b.apply("edge.b", Ok((ip("10.0.0.9"), Duration::from_secs(5))), 8000, &c), Applied::Same);
+        assert_eq!(
+            b.apply("edge.b", Ok((ip("10.0.0.9"), Duration::from_secs(5))), 3000, &c),
+            Applied::Changed
+        );
+        assert_eq!(
+            b.apply("edge.b", Ok((ip("10.0.0.9"), Duration::from_secs(5))), 8000, &c),
+            Applied::Same
+        );
 
         assert!(b.track(&[Arc::from("vm.a")], 9000), "edge.b left the table");
         assert_eq!(b.answers().len(), 1);
@@ -445,7 +472,11 @@ mod tests {
             (Arc::from("vm-v.internal"), ip("10.1.1.1")),
             (Arc::from("edge-s.internal"), ip("10.2.2.2")),
         ]));
-        assert!(matches!(names.dialable(&t, vm("v")), Decision::Vm { addr, .. } if addr == "10.1.1.1:7000".parse().unwrap()));
-        assert!(matches!(names.dialable(&t, fwd), Decision::Forward { addr, .. } if addr == "10.2.2.2:8443".parse().unwrap()));
+        assert!(
+            matches!(names.dialable(&t, vm("v")), Decision::Vm { addr, .. } if addr == "10.1.1.1:7000".parse().unwrap())
+        );
+        assert!(
+            matches!(names.dialable(&t, fwd), Decision::Forward { addr, .. } if addr == "10.2.2.2:8443".parse().unwrap())
+        );
     }
 }

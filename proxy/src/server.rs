@@ -83,7 +83,9 @@ fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
     let p = &cfg.placement;
     RedisSyncOptions {
         poll_interval: p.redis_poll_interval,
-        timeout: p.query_timeout.min(p.connect_timeout.max(std::time::Duration::from_secs(1))),
+        timeout: p
+            .query_timeout
+            .min(p.connect_timeout.max(std::time::Duration::from_secs(1))),
         max_shrink_ratio: p.max_shrink_ratio,
         last_known_good: if primary { p.last_known_good.clone() } else { None },
         last_known_good_interval: p.last_known_good_interval,
@@ -169,12 +171,7 @@ pub fn load_placement_scoped(cfg: &Config, world: bool) -> Result<Placement, Ser
         PlacementSource::Redis(url) => {
             let mut opts = redis_options(cfg, url, true);
             opts.last_known_good = lkg;
-            redis_source::spawn(
-                opts,
-                primary,
-                None,
-                Arc::new(AtomicBool::new(false)),
-            );
+            redis_source::spawn(opts, primary, None, Arc::new(AtomicBool::new(false)));
         }
     }
     Ok(Placement { table: serving, shadow })

@@ -553,8 +553,18 @@ impl RoutingTable {
     /// Every host name the edge may dial: regions' `edge_addr` and VMs'
     /// `addr` given as `host:port` (present rows only), sorted, deduplicated.
     pub fn dial_names(&self) -> Vec<Arc<str>> {
-        let regions = self.topo.regions.iter().filter(|r| r.present).filter_map(|r| r.edge_host.clone());
-        let vms = self.topo.vms.iter().filter(|v| v.present).filter_map(|v| v.host.clone());
+        let regions = self
+            .topo
+            .regions
+            .iter()
+            .filter(|r| r.present)
+            .filter_map(|r| r.edge_host.clone());
+        let vms = self
+            .topo
+            .vms
+            .iter()
+            .filter(|v| v.present)
+            .filter_map(|v| v.host.clone());
         let mut names: Vec<Arc<str>> = regions.chain(vms).collect();
         names.sort_unstable();
         names.dedup();

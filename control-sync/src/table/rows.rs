@@ -205,10 +205,7 @@ impl Row<'_> {
             let host = host.strip_suffix('.').unwrap_or(&host);
             if let (true, Ok(port @ 1..)) = (is_valid_hostname(host), port.parse::<u16>()) {
                 if host.parse::<std::net::IpAddr>().is_err() {
-                    return Ok((
-                        SocketAddr::from(([0, 0, 0, 0], port)),
-                        Some(Arc::from(host)),
-                    ));
+                    return Ok((SocketAddr::from(([0, 0, 0, 0], port)), Some(Arc::from(host))));
                 }
             }
         }

@@ -356,18 +356,39 @@ fn addresses_may_be_host_names() {
     s.vms[1].addr = "vm-2.use1.internal:7002".into();
     let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
     let r = t.region(t.region_by_name("ap-south1").unwrap());
-    assert_eq!(r.edge_host.as_deref(), Some("edge.ap-south1.internal"), "lower-cased, root dot dropped");
-    assert_eq!(r.edge_addr, "0.0.0.0:8443".parse().unwrap(), "the port is kept; the ip waits for the resolver");
+    assert_eq!(
+        r.edge_host.as_deref(),
+        Some("edge.ap-south1.internal"),
+        "lower-cased, root dot dropped"
+    );
+    assert_eq!(
+        r.edge_addr,
+        "0.0.0.0:8443".parse().unwrap(),
+        "the port is kept; the ip waits for the resolver"
+    );
     let names: Vec<String> = t.dial_names().iter().map(|n| n.to_string()).collect();
     assert_eq!(names, ["edge.ap-south1.internal", "vm-2.use1.internal"]);
     let back = t.to_snapshot();
-    assert_eq!(back.regions[1].edge_addr, "edge.ap-south1.internal:8443", "dumped as written");
+    assert_eq!(
+        back.regions[1].edge_addr, "edge.ap-south1.internal:8443",
+        "dumped as written"
+    );
     assert_eq!(back.vms[1].addr, "vm-2.use1.internal:7002");
 
-    for bad in ["no_underscores.example:80", "host:0", ":80", "host", "0.0.0.0:80", "host:99999"] {
+    for bad in [
+        "no_underscores.example:80",
+        "host:0",
+        ":80",
+        "host",
+        "0.0.0.0:80",
+        "host:99999",
+    ] {
         let mut s = demo();
         s.vms[0].addr = bad.into();
         let e = RoutingTable::build(&s, "us-east1", 1).unwrap_err();
-        assert!(e.to_string().contains("is not an ip:port or host:port address"), "{bad}: {e}");
+        assert!(
+            e.to_string().contains("is not an ip:port or host:port address"),
+            "{bad}: {e}"
+        );
     }
 }

@@ -20,7 +20,11 @@ type Client = hickory_resolver::Resolver<TokioRuntimeProvider>;
 
 /// A client that asks only `server`, only over `tcp` or only over UDP.
 fn client(server: SocketAddr, tcp: bool) -> Client {
-    let mut c = if tcp { ConnectionConfig::tcp() } else { ConnectionConfig::udp() };
+    let mut c = if tcp {
+        ConnectionConfig::tcp()
+    } else {
+        ConnectionConfig::udp()
+    };
     c.port = server.port();
     let ns = NameServerConfig::new(server.ip(), true, vec![c]);
     let mut b = hickory_resolver::Resolver::builder_with_config(
@@ -35,13 +39,16 @@ fn client(server: SocketAddr, tcp: bool) -> Client {
 
 /// (address, ttl) of `name`'s A record, or the error text.
 async fn ask(c: &Client, name: &str) -> Result<(IpAddr, u32), String> {
-    let l = c.lookup(format!("{name}.").as_str(), RecordType::A).await.map_err(|e| {
-        if e.is_nx_domain() {
-            "NXDOMAIN".to_string()
-        } else {
-            e.to_string()
-        }
-    })?;
+    let l = c
+        .lookup(format!("{name}.").as_str(), RecordType::A)
+        .await
+        .map_err(|e| {
+            if e.is_nx_domain() {
+                "NXDOMAIN".to_string()
+            } else {
+                e.to_string()
+            }
+        })?;
     let r = l.answers().first().ok_or("no answer")?;
     match &r.data {
         RData::A(a) => Ok((IpAddr::V4(a.0), r.ttl)),
@@ -52,7 +59,13 @@ async fn ask(c: &Client, name: &str) -> Result<(IpAddr, u32), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_answers_follow_a_transfer_within_one_delta_over_udp_and_tcp() {
     let b_edge: SocketAddr = "127.0.0.2:8443".parse().unwrap();
-    let w = world(dead_addr(), dead_addr(), dead_addr(), "127.0.0.1:8080".parse().unwrap(), b_edge);
+    let w = world(
+        dead_addr(),
+        dead_addr(),
+        dead_addr(),
+        "127.0.0.1:8080".parse().unwrap(),
+        b_edge,
+    );
     let db = PgDb::new(&w).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hop.secret"), HOP_SECRET).unwrap();
@@ -85,8 +98,16 @@ postgres_url = \"{}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"\n\
     }
     for c in [&udp, &tcp] {
         assert_eq!(ask(c, "app1.repl.co").await, Ok(("127.0.0.1".parse().unwrap(), 60)));
-        assert_eq!(ask(c, "app3.repl.co").await, Ok(("127.0.0.2".parse().unwrap(), 60)), "every region's apps");
-        assert_eq!(ask(c, "www.example.com").await, Ok(("127.0.0.1".parse().unwrap(), 60)), "custom domain");
+        assert_eq!(
+            ask(c, "app3.repl.co").await,
+            Ok(("127.0.0.2".parse().unwrap(), 60)),
+            "every region's apps"
+        );
+        assert_eq!(
+            ask(c, "www.example.com").await,
+            Ok(("127.0.0.1".parse().unwrap(), 60)),
+            "custom domain"
+        );
         assert_eq!(
             ask(c, "moved.repl.co").await,
             Ok(("127.0.0.2".parse().unwrap(), 5)),

@@ -215,7 +215,14 @@ last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 
 
     /// Starts an edge of `region` with these `[placement]` lines.
     pub async fn start_placement(region: &str, placement: &str, ready: bool) -> Edge {
-        Edge::start_in(tempfile::tempdir().unwrap(), region, placement, &EdgeOpts::default(), ready).await
+        Edge::start_in(
+            tempfile::tempdir().unwrap(),
+            region,
+            placement,
+            &EdgeOpts::default(),
+            ready,
+        )
+        .await
     }
 
     /// `POST` to the admin listener.

@@ -56,7 +56,12 @@ impl RedisDb {
     pub fn seed(&mut self, snap: &Value) {
         let s = |v: &Value| v.as_str().unwrap_or("").to_string();
         for r in snap["regions"].as_array().unwrap() {
-            self.hset("regions", "region:", r["name"].as_str().unwrap(), &[("edge_addr", s(&r["edge_addr"]))]);
+            self.hset(
+                "regions",
+                "region:",
+                r["name"].as_str().unwrap(),
+                &[("edge_addr", s(&r["edge_addr"]))],
+            );
         }
         for c in snap["clusters"].as_array().unwrap() {
             self.hset(
@@ -67,7 +72,12 @@ impl RedisDb {
             );
         }
         for v in snap["vms"].as_array().unwrap() {
-            self.set_vm(v["id"].as_str().unwrap(), &s(&v["cluster"]), &s(&v["addr"]), &s(&v["state"]));
+            self.set_vm(
+                v["id"].as_str().unwrap(),
+                &s(&v["cluster"]),
+                &s(&v["addr"]),
+                &s(&v["state"]),
+            );
         }
         for r in snap["repls"].as_array().unwrap() {
             let id = r["id"].as_str().unwrap();
@@ -134,14 +144,25 @@ async fn redis_source_serves_the_legacy_store_and_follows_it() {
     r.dangling_repl("half-deleted");
     let edge = Edge::start_placement(
         "us-east1",
-        &format!("source = \"redis\"\nredis_url = \"{}\"\nredis_poll_interval_ms = 100\n", r.url),
+        &format!(
+            "source = \"redis\"\nredis_url = \"{}\"\nredis_poll_interval_ms = 100\n",
+            r.url
+        ),
         true,
     )
     .await;
-    assert_eq!(edge.get("app1.repl.co", "/", &[]).await.served_by(), Some("vm-1"), "running on vm-1");
+    assert_eq!(
+        edge.get("app1.repl.co", "/", &[]).await.served_by(),
+        Some("vm-1"),
+        "running on vm-1"
+    );
     let m = edge.metrics().await;
     assert_eq!(
-        metric_with(&m, "edgeplane_sync_rows_skipped_total", &["table=\"repls\"", "reason=\"missing_hash\""]),
+        metric_with(
+            &m,
+            "edgeplane_sync_rows_skipped_total",
+            &["table=\"repls\"", "reason=\"missing_hash\""]
+        ),
         Some(1.0),
         "a set member without its hash is skipped and counted:\n{m}"
     );
@@ -171,13 +192,19 @@ async fn shadow_counts_seeded_differences_by_field_and_the_primary_switches_at_r
         tempfile::tempdir().unwrap(),
         "us-east1",
         &db.url,
-        &format!("shadow = \"redis\"\nredis_url = \"{}\"\nredis_poll_interval_ms = 100\n", r.url),
+        &format!(
+            "shadow = \"redis\"\nredis_url = \"{}\"\nredis_poll_interval_ms = 100\n",
+            r.url
+        ),
         true,
     )
     .await;
 
     // Stores that agree: comparisons run, nothing is counted.
-    let v = comparison_after(&edge, 1, "both sides loaded", |v| v["last"]["primary_version"].as_u64() > Some(0)).await;
+    let v = comparison_after(&edge, 1, "both sides loaded", |v| {
+        v["last"]["primary_version"].as_u64() > Some(0)
+    })
+    .await;
     assert_eq!(v["serving"], "postgres");
     assert_eq!(v["last"]["mismatches"], 0, "{v:#}");
     assert_eq!(v["last"]["repls_compared"], 2, "r1 and r2 are homed in us-east1: {v:#}");
@@ -187,15 +214,26 @@ async fn shadow_counts_seeded_differences_by_field_and_the_primary_switches_at_r
         Some(0.0),
         "{m}"
     );
-    assert_eq!(metric_with(&m, "edgeplane_placement_serving", &["source=\"postgres\""]), Some(1.0));
+    assert_eq!(
+        metric_with(&m, "edgeplane_placement_serving", &["source=\"postgres\""]),
+        Some(1.0)
+    );
 
     // Seeded differences: Redis thinks app1 runs on vm-2, knows a repl the
     // control plane does not, and has vm-2 at another address.
     r.set_repl("r1", "app1", "us-east1", "use1-a", "vm-2");
     r.set_repl("r9", "ghost", "us-east1", "", "");
-    r.set_vm("vm-2", "use1-a", &vm2.http.to_string().replace("127.0.0.1", "127.0.0.2"), "active");
+    r.set_vm(
+        "vm-2",
+        "use1-a",
+        &vm2.http.to_string().replace("127.0.0.1", "127.0.0.2"),
+        "active",
+    );
     let seen = v["comparisons"].as_u64().unwrap();
-    let v = comparison_after(&edge, seen, "the seeded differences", |v| v["last"]["mismatches"].as_u64() >= Some(3)).await;
+    let v = comparison_after(&edge, seen, "the seeded differences", |v| {
+        v["last"]["mismatches"].as_u64() >= Some(3)
+    })
+    .await;
     let counts = &v["last"]["counts"];
     assert_eq!(
         (&counts["vm"], &counts["extra"], &counts["vm_addr"]),
@@ -206,10 +244,19 @@ async fn shadow_counts_seeded_differences_by_field_and_the_primary_switches_at_r
     assert_eq!(counts["slug"], 0);
     let samples = v["last"]["samples"].as_array().unwrap();
     let vm = samples.iter().find(|s| s["field"] == "vm").expect("a vm sample");
-    assert_eq!((&vm["key"], &vm["primary"], &vm["shadow"]), (&Value::from("r1"), &Value::from("vm-1"), &Value::from("vm-2")));
+    assert_eq!(
+        (&vm["key"], &vm["primary"], &vm["shadow"]),
+        (&Value::from("r1"), &Value::from("vm-1"), &Value::from("vm-2"))
+    );
     let m = edge.metrics().await;
-    assert!(metric_with(&m, "edgeplane_shadow_mismatches_total", &["field=\"extra\""]) >= Some(1.0), "{m}");
-    assert_eq!(metric_with(&m, "edgeplane_shadow_last_mismatches", &["field=\"vm\""]), Some(1.0));
+    assert!(
+        metric_with(&m, "edgeplane_shadow_mismatches_total", &["field=\"extra\""]) >= Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_with(&m, "edgeplane_shadow_last_mismatches", &["field=\"vm\""]),
+        Some(1.0)
+    );
     // Requests follow the primary, not the shadow.
     assert_eq!(edge.get("app1.repl.co", "/", &[]).await.served_by(), Some("vm-1"));
     assert_eq!(edge.get("ghost.repl.co", "/", &[]).await.status, 404);
@@ -219,12 +266,26 @@ async fn shadow_counts_seeded_differences_by_field_and_the_primary_switches_at_r
     tokio::time::sleep(Duration::from_millis(400)).await;
     let sw = edge.admin_post("/placement/primary?source=redis").await;
     assert_eq!(sw.status, 200, "{}", sw.body_str());
-    assert_eq!((&sw.json()["serving"], &sw.json()["previous"]), (&Value::from("redis"), &Value::from("postgres")));
-    assert_eq!(edge.get("app1.repl.co", "/", &[]).await.served_by(), Some("vm-2"), "Redis's view now");
-    assert_eq!(edge.get("ghost.repl.co", "/", &[]).await.status, 200, "only Redis knows ghost: placed now");
+    assert_eq!(
+        (&sw.json()["serving"], &sw.json()["previous"]),
+        (&Value::from("redis"), &Value::from("postgres"))
+    );
+    assert_eq!(
+        edge.get("app1.repl.co", "/", &[]).await.served_by(),
+        Some("vm-2"),
+        "Redis's view now"
+    );
+    assert_eq!(
+        edge.get("ghost.repl.co", "/", &[]).await.status,
+        200,
+        "only Redis knows ghost: placed now"
+    );
     assert_eq!(shadow(&edge).await["serving"], "redis");
     let m = edge.metrics().await;
-    assert_eq!(metric_with(&m, "edgeplane_placement_serving", &["source=\"redis\""]), Some(1.0));
+    assert_eq!(
+        metric_with(&m, "edgeplane_placement_serving", &["source=\"redis\""]),
+        Some(1.0)
+    );
     let back = edge.admin_post("/placement/primary?source=postgres").await;
     assert_eq!(back.status, 200);
     assert_eq!(edge.get("app1.repl.co", "/", &[]).await.served_by(), Some("vm-1"));

@@ -129,7 +129,11 @@ async fn a_peer_edge_name_is_re_resolved_when_its_address_changes_without_droppi
         if r.served_by() == Some("behind-peer-1") {
             break;
         }
-        assert!(Instant::now() < deadline, "never forwarded to the named peer: {}", r.status);
+        assert!(
+            Instant::now() < deadline,
+            "never forwarded to the named peer: {}",
+            r.status
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let m = edge.metrics().await;
@@ -145,7 +149,10 @@ async fn a_peer_edge_name_is_re_resolved_when_its_address_changes_without_droppi
         if edge.get("app3.repl.co", "/", &[]).await.served_by() == Some("behind-peer-2") {
             break;
         }
-        assert!(moved.elapsed() < Duration::from_secs(15), "the new address was never used");
+        assert!(
+            moved.elapsed() < Duration::from_secs(15),
+            "the new address was never used"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -154,10 +161,16 @@ async fn a_peer_edge_name_is_re_resolved_when_its_address_changes_without_droppi
     drop(dns);
     let gone = Instant::now();
     while metric_value(&edge.metrics().await, "edgeplane_resolver_errors_total") < Some(1.0) {
-        assert!(gone.elapsed() < Duration::from_secs(10), "the failed lookups were never counted");
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the failed lookups were never counted"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(edge.get("app3.repl.co", "/", &[]).await.served_by(), Some("behind-peer-2"));
+    assert_eq!(
+        edge.get("app3.repl.co", "/", &[]).await.served_by(),
+        Some("behind-peer-2")
+    );
     let (ok, failed) = load.stop().await;
     assert!(ok > 50, "load ran: {ok}");
     assert_eq!(failed, 0, "no request failed across the change and the outage");
