@@ -42,6 +42,31 @@ pub fn read(path: &Path, local_region: &str) -> Result<(RoutingTable, Skipped), 
     RoutingTable::build_with(&snap, local_region, snap.version.max(1), Strictness::Lenient)
 }
 
+/// Publishes the table in `path` into `handle` when a source cannot load at
+/// start (static stability); `source` names the store in the log line.
+/// Returns the restored table's version, or `None` (no path, or no usable
+/// file: logged).
+pub fn restore(path: Option<&Path>, local_region: &str, handle: &crate::TableHandle, source: &str) -> Option<u64> {
+    let path = path?;
+    match read(path, local_region) {
+        Ok((table, skipped)) => {
+            let version = table.version();
+            log::warn!(
+                "placement: serving last-known-good version {version} from {} ({} repls) until {source} is back",
+                path.display(),
+                table.counts().repls
+            );
+            handle.report_skipped(&skipped);
+            handle.publish(table, crate::now_unix_ms());
+            Some(version)
+        }
+        Err(e) => {
+            log::error!("placement: no usable last-known-good file {}: {e}", path.display());
+            None
+        }
+    }
+}
+
 /// Rate-limited writing of the last-known-good file after publishes, shared
 /// by every source's sync loop. Serialising a large table takes a while, so
 /// the write runs on its own short-lived thread, never on the sync loop.

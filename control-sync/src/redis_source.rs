@@ -373,21 +373,9 @@ impl RedisSync {
     }
 
     fn load_last_known_good(&mut self) {
-        let Some(path) = self.opts.last_known_good.clone() else {
-            return;
-        };
-        match last_known_good::read(&path, &self.opts.local_region) {
-            Ok((table, skipped)) => {
-                log::warn!(
-                    "placement: serving last-known-good version {} from {} until redis answers",
-                    table.version(),
-                    path.display()
-                );
-                self.handle.report_skipped(&skipped);
-                self.version = self.version.max(table.version());
-                self.handle.publish(table, crate::now_unix_ms());
-            }
-            Err(e) => log::error!("placement: no usable last-known-good file {}: {e}", path.display()),
+        let path = self.opts.last_known_good.as_deref();
+        if let Some(v) = last_known_good::restore(path, &self.opts.local_region, &self.handle, "redis") {
+            self.version = self.version.max(v);
         }
     }
 }

@@ -31,38 +31,7 @@ fn clusters_of_region() -> &'static str {
 /// With `world`, every repl and its rows, and every tombstone (what the DNS
 /// responder needs: it answers for apps of every region).
 fn full_load_queries(world: bool) -> Vec<(&'static str, String)> {
-    if world {
-        return vec![
-            ("regions", "SELECT name, edge_addr FROM regions ORDER BY name".into()),
-            (
-                "clusters",
-                "SELECT name, region, state, weight FROM clusters ORDER BY name".into(),
-            ),
-            (
-                "vms",
-                "SELECT id, cluster, addr, metrics_addr, state FROM vms ORDER BY id".into(),
-            ),
-            (
-                "repls",
-                "SELECT id, slug, owner, region, cluster, transfer_to FROM repls".into(),
-            ),
-            (
-                "containers",
-                "SELECT repl_id, vm_id, to_json(started_at)#>>'{}' FROM containers".into(),
-            ),
-            ("custom_domains", "SELECT hostname, repl_id FROM custom_domains".into()),
-            (
-                "tombstones",
-                "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{}' FROM tombstones".into(),
-            ),
-        ];
-    }
-    let wanted = format!(
-        "(SELECT id FROM repls WHERE region = $1
-          UNION SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
-        clusters_of_region()
-    );
-    vec![
+    let mut q: Vec<(&'static str, String)> = vec![
         ("regions", "SELECT name, edge_addr FROM regions ORDER BY name".into()),
         (
             "clusters",
@@ -72,33 +41,43 @@ fn full_load_queries(world: bool) -> Vec<(&'static str, String)> {
             "vms",
             "SELECT id, cluster, addr, metrics_addr, state FROM vms ORDER BY id".into(),
         ),
+    ];
+    let repls = "SELECT id, slug, owner, region, cluster, transfer_to FROM repls";
+    let containers = "SELECT repl_id, vm_id, to_json(started_at)#>>'{}' FROM containers";
+    let domains = "SELECT hostname, repl_id FROM custom_domains";
+    let tombstones = "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{}' FROM tombstones";
+    if world {
+        q.extend([
+            ("repls", repls.to_string()),
+            ("containers", containers.to_string()),
+            ("custom_domains", domains.to_string()),
+            ("tombstones", tombstones.to_string()),
+        ]);
+        return q;
+    }
+    let wanted = format!(
+        "(SELECT id FROM repls WHERE region = $1
+          UNION SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
+        clusters_of_region()
+    );
+    q.extend([
         (
             "repls",
             format!(
-                "SELECT id, slug, owner, region, cluster, transfer_to FROM repls WHERE region = $1
+                "{repls} WHERE region = $1
                  UNION ALL
-                 SELECT id, slug, owner, region, cluster, transfer_to FROM repls
-                  WHERE region <> $1 AND id IN (SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
+                 {repls} WHERE region <> $1 AND id IN (SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
                 clusters_of_region()
             ),
         ),
-        (
-            "containers",
-            format!("SELECT repl_id, vm_id, to_json(started_at)#>>'{{}}' FROM containers WHERE repl_id IN {wanted}"),
-        ),
-        (
-            "custom_domains",
-            format!("SELECT hostname, repl_id FROM custom_domains WHERE repl_id IN {wanted}"),
-        ),
+        ("containers", format!("{containers} WHERE repl_id IN {wanted}")),
+        ("custom_domains", format!("{domains} WHERE repl_id IN {wanted}")),
         (
             "tombstones",
-            format!(
-                "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{{}}' FROM tombstones
-                  WHERE from_cluster IN ({})",
-                clusters_of_region()
-            ),
+            format!("{tombstones} WHERE from_cluster IN ({})", clusters_of_region()),
         ),
-    ]
+    ]);
+    q
 }
 
 fn to_change(table: &str, r: &Row) -> Change {

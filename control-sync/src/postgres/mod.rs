@@ -210,23 +210,10 @@ impl PgSync {
     }
 
     fn load_last_known_good(&mut self) {
-        let Some(path) = self.opts.last_known_good.clone() else {
-            return;
-        };
-        match last_known_good::read(&path, &self.opts.local_region) {
-            Ok((table, skipped)) => {
-                log::warn!(
-                    "placement: serving last-known-good version {} from {} ({} repls) until postgres is back",
-                    table.version(),
-                    path.display(),
-                    table.counts().repls
-                );
-                self.handle.status().add_skipped(&skipped);
-                self.handle.publish(table, now_ms());
-                // Deltas cannot continue from a file: reload fully when connected.
-                self.need_full = true;
-            }
-            Err(e) => log::error!("placement: no usable last-known-good file {}: {e}", path.display()),
+        let path = self.opts.last_known_good.as_deref();
+        if last_known_good::restore(path, &self.opts.local_region, &self.handle, "postgres").is_some() {
+            // Deltas cannot continue from a file: reload fully when connected.
+            self.need_full = true;
         }
     }
 
