@@ -230,7 +230,10 @@ pub struct RedisSyncOptions {
     pub url: String,
     pub local_region: String,
     pub poll_interval: Duration,
-    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Longest one command or pipeline may take before the connection is
+    /// treated as hung and dropped.
+    pub read_timeout: Duration,
     pub max_shrink_ratio: f64,
     /// Only for a primary source (a shadow never writes it).
     pub last_known_good: Option<PathBuf>,
@@ -243,7 +246,8 @@ impl RedisSyncOptions {
             url: url.into(),
             local_region: local_region.into(),
             poll_interval: Duration::from_secs(5),
-            timeout: DEFAULT_REDIS_TIMEOUT,
+            connect_timeout: DEFAULT_REDIS_TIMEOUT,
+            read_timeout: DEFAULT_REDIS_TIMEOUT,
             max_shrink_ratio: crate::postgres::DEFAULT_MAX_SHRINK_RATIO,
             last_known_good: None,
             last_known_good_interval: crate::postgres::DEFAULT_LAST_KNOWN_GOOD_INTERVAL,
@@ -321,10 +325,10 @@ impl RedisSync {
                 }
             };
             let con = client
-                .get_connection_with_timeout(self.opts.timeout)
+                .get_connection_with_timeout(self.opts.connect_timeout)
                 .map_err(RedisSourceError::Connect)?;
-            con.set_read_timeout(Some(self.opts.timeout))
-                .and_then(|_| con.set_write_timeout(Some(self.opts.timeout)))
+            con.set_read_timeout(Some(self.opts.read_timeout))
+                .and_then(|_| con.set_write_timeout(Some(self.opts.read_timeout)))
                 .map_err(RedisSourceError::Connect)?;
             self.con = Some(con);
         }

@@ -70,40 +70,11 @@ impl Names {
                 reason: RejectReason::Unresolved,
             };
         };
-        let resolved = SocketAddr::new(ip, addr.port());
-        match d {
-            Decision::Vm {
-                kind,
-                repl_hash,
-                vm,
-                reason,
-                transfer_from,
-                ..
-            } => Decision::Vm {
-                kind,
-                repl_hash,
-                vm,
-                addr: resolved,
-                reason,
-                transfer_from,
-            },
-            Decision::Forward {
-                kind,
-                repl_hash,
-                region,
-                reason,
-                hops,
-                ..
-            } => Decision::Forward {
-                kind,
-                repl_hash,
-                region,
-                addr: resolved,
-                reason,
-                hops,
-            },
-            other => other,
+        let mut d = d;
+        if let Decision::Vm { addr: a, .. } | Decision::Forward { addr: a, .. } = &mut d {
+            *a = SocketAddr::new(ip, addr.port());
         }
+        d
     }
 }
 

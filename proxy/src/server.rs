@@ -83,9 +83,8 @@ fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
     let p = &cfg.placement;
     RedisSyncOptions {
         poll_interval: p.redis_poll_interval,
-        timeout: p
-            .query_timeout
-            .min(p.connect_timeout.max(std::time::Duration::from_secs(1))),
+        connect_timeout: p.connect_timeout,
+        read_timeout: p.query_timeout,
         max_shrink_ratio: p.max_shrink_ratio,
         last_known_good: if primary { p.last_known_good.clone() } else { None },
         last_known_good_interval: p.last_known_good_interval,
