@@ -103,7 +103,7 @@ async fn full_load_runs(url: &str) -> Result<FullLoad> {
         drop(last.take());
         let before = rss_bytes();
         let t = Instant::now();
-        let (table, skipped) = load::full_load(&mut client, "bench", false).await?;
+        let (table, skipped) = load::full_load(&mut client, "bench").await?;
         let s = t.elapsed().as_secs_f64();
         if !skipped.is_empty() {
             bail!("seed rows were skipped: {skipped:?}");

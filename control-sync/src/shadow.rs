@@ -22,6 +22,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::directory::Name;
 use crate::table::{Repl, RoutingTable};
 
 /// The `field` label values, in a fixed order.
@@ -122,7 +123,11 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
         c.repls_compared += 1;
         let id = p.id();
         let Some(s) = shadow.repl_by_id(id) else {
-            c.note(id, "missing", p.slug().into(), "-".into());
+            // Held only as a directory name there: homed elsewhere.
+            match shadow.home_region(Name::Slug(p.slug())) {
+                Some(r) => c.note(id, "region", region.into(), shadow.region(r).name.to_string()),
+                None => c.note(id, "missing", p.slug().into(), "-".into()),
+            }
             continue;
         };
         if p.slug() != s.slug() {
@@ -145,7 +150,10 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
         match primary.repl_by_id(s.id()) {
             None => {
                 c.repls_compared += 1;
-                c.note(s.id(), "extra", "-".into(), s.slug().into());
+                match primary.home_region(Name::Slug(s.slug())) {
+                    Some(r) => c.note(s.id(), "region", primary.region(r).name.to_string(), region.into()),
+                    None => c.note(s.id(), "extra", "-".into(), s.slug().into()),
+                }
             }
             // Homed here only in the shadow: a region mismatch, counted above
             // when the primary holds the repl at all.

@@ -32,6 +32,12 @@ pub struct Snapshot {
     pub custom_domains: Vec<CustomDomainRow>,
     #[serde(default)]
     pub tombstones: Vec<TombstoneRow>,
+    /// Other regions' apps as the world directory held them (hashed names
+    /// and home regions): written into last-known-good files and dumps so a
+    /// restart without the database still forwards every app; never
+    /// hand-written, and not imported into a database (it has no names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<crate::directory::DirectoryDump>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,18 +3,21 @@
 //! custom domains), fed by the same placement sync as the proxy.
 //!
 //! Where it sits: its own process (`edgeplane dns -c FILE`), same config
-//! file. The placement source is loaded for the whole world (every
-//! region's repls: [`crate::server::load_placement`] with `world`), so a
-//! transfer that changes a repl's home region changes the answer with the
-//! delta that carries it. Region edge addresses given as names are
-//! resolved in the background ([`crate::names`]).
+//! file, same table as the edge of its region
+//! ([`crate::server::load_placement_for`]): this region's repls whole, and
+//! every other region's app in the world directory (name -> home region,
+//! ~8 bytes each), so a transfer that changes a repl's home region changes
+//! the answer with the delta that carries it. Region edge addresses given
+//! as names are resolved in the background ([`crate::names`]).
 //!
 //! Answers ([`answer`], pure: table, time and config passed in):
 //! - a known app: the IP of its home region's `edge_addr`, as A (IPv4) or
 //!   AAAA (IPv6); the other type gets an empty NOERROR answer;
 //! - TTL `[dns] ttl_seconds`, or `moved_ttl_seconds` while the app recently
-//!   moved (a live tombstone, or a pending lazy transfer), so resolvers
-//!   come back soon;
+//!   moved (a live tombstone from this region, or a pending lazy transfer),
+//!   so resolvers come back soon; the directory knows no tombstones, so an
+//!   app that moved between two other regions gets the normal TTL (its
+//!   answer is already the new region);
 //! - the suffix itself: NOERROR, SOA in the authority section;
 //! - anything else: NXDOMAIN (with the SOA under a hosting suffix, for
 //!   negative caching, RFC 2308).
@@ -66,32 +69,42 @@ pub fn answer(
     name: &str,
     now_ms: u64,
 ) -> Lookup {
+    use edgeplane_control_sync::directory::Name;
     let mut zone = None;
-    let mut repl = None;
+    let mut slug = None;
     for sfx in suffixes {
         if name == sfx {
             return Lookup::Apex { zone: sfx.clone() };
         }
-        if let Some(slug) = name.strip_suffix(sfx.as_str()).and_then(|p| p.strip_suffix('.')) {
+        if let Some(s) = name.strip_suffix(sfx.as_str()).and_then(|p| p.strip_suffix('.')) {
             zone = Some(sfx.clone());
-            if !slug.contains('.') {
-                repl = t.repl_by_slug(slug);
-            }
+            slug = Some(s).filter(|s| !s.contains('.'));
             break;
         }
     }
-    let repl = repl.or_else(|| t.repl_by_domain(name));
-    let Some(r) = repl else {
-        return Lookup::Unknown { zone };
+    let repl = slug.and_then(|s| t.repl_by_slug(s)).or_else(|| t.repl_by_domain(name));
+    let (home, moved) = match repl {
+        Some(r) => {
+            let live_tomb = t.tombstones(r.id()).iter().any(|ts| ts.expires_at_ms > now_ms as i64);
+            (r.region, r.transfer_to.get().is_some() || live_tomb)
+        }
+        None => {
+            let elsewhere = slug
+                .and_then(|s| t.home_region(Name::Slug(s)))
+                .or_else(|| t.home_region(Name::Domain(name)));
+            match elsewhere {
+                Some(region) => (region, false),
+                None => return Lookup::Unknown { zone },
+            }
+        }
     };
-    let region = t.region(r.region);
+    let region = t.region(home);
     let ip = match &region.edge_host {
         None => Some(region.edge_addr.ip()),
         Some(h) => names.get(h),
     };
-    let moved = r.transfer_to.get().is_some() || t.tombstones(r.id()).iter().any(|ts| ts.expires_at_ms > now_ms as i64);
     Lookup::App {
-        region: r.region,
+        region: home,
         ip,
         ttl: if moved { dns.moved_ttl_seconds } else { dns.ttl_seconds },
     }
@@ -287,7 +300,7 @@ pub enum DnsError {
 /// `edgeplane: dns listening on udp ADDR tcp ADDR` per listener (port 0
 /// gets a free port, the same for UDP and TCP).
 pub fn serve(cfg: Config) -> Result<(), DnsError> {
-    let placement = crate::server::load_placement_scoped(&cfg, true)?;
+    let placement = crate::server::load_placement_for(&cfg, crate::server::PlacementUser::Dns)?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let names = Arc::new(Names::default());
     crate::names::spawn(

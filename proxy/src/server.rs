@@ -102,22 +102,31 @@ fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
 /// [`SourceSwitch`] serves the primary's tables (until an operator switches);
 /// after every Redis round the two are compared ([`shadow::compare`]).
 pub fn load_placement(cfg: &Config) -> Result<Placement, ServeError> {
-    load_placement_scoped(cfg, false)
+    load_placement_for(cfg, PlacementUser::Edge)
 }
 
-/// [`load_placement`]; with `world`, every region's repls are loaded (what
-/// `edgeplane dns` answers from), without a shadow, and the last-known-good
-/// file is `<last_known_good>.world.json` so it never clobbers an edge's.
-pub fn load_placement_scoped(cfg: &Config, world: bool) -> Result<Placement, ServeError> {
+/// Which process loads the placement: the table is the same (this region's
+/// repls and the world directory), but the DNS responder runs no shadow
+/// and keeps its own last-known-good file (`<last_known_good>.dns.json`)
+/// so it never clobbers the edge's on the same host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementUser {
+    Edge,
+    Dns,
+}
+
+/// [`load_placement`] for `user`.
+pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement, ServeError> {
     let serving = TableHandle::new();
+    let dns = user == PlacementUser::Dns;
     let lkg = cfg
         .placement
         .last_known_good
         .clone()
-        .map(|p| if world { p.with_extension("world.json") } else { p });
+        .map(|p| if dns { p.with_extension("dns.json") } else { p });
     let primary_name = source_name(&cfg.placement.source);
     let (primary, shadow) = match (&cfg.placement.shadow, &cfg.placement.redis_url) {
-        (Some(_), Some(url)) if !world => {
+        (Some(_), Some(url)) if !dns => {
             let primary = TableHandle::with_status(serving.status_arc());
             let shadow_handle = TableHandle::new();
             let switch = SourceSwitch::new(
@@ -163,7 +172,6 @@ pub fn load_placement_scoped(cfg: &Config, world: bool) -> Result<Placement, Ser
                 connect_timeout: p.connect_timeout,
                 query_timeout: p.query_timeout,
                 full_load_timeout: p.full_load_timeout,
-                world,
             };
             postgres::spawn(opts, primary, Arc::new(AtomicBool::new(false)));
         }

@@ -8,6 +8,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::directory::OwnedName;
 use crate::snapshot::*;
 use crate::table::Change;
 
@@ -99,13 +100,28 @@ pub fn decode(version: i64, tbl: &str, op: &str, row: Option<&str>, old: Option<
     let row = json(row)?;
     let changes = match op {
         "I" => vec![upsert(tbl, &row).map_err(err)?],
-        "D" => vec![delete(tbl, &row).map_err(err)?],
+        "D" => {
+            let mut v = vec![delete(tbl, &row).map_err(err)?];
+            if tbl == "repls" {
+                // Another region's repl is known by its slug only.
+                v.push(Change::DeleteDirectory(OwnedName::Slug(
+                    field(&row, "slug").map_err(err)?,
+                )));
+            }
+            v
+        }
         "U" => {
-            let mut v = Vec::with_capacity(2);
+            let mut v = Vec::with_capacity(3);
             if let Some(o) = old {
                 let old = json(Some(o))?;
                 if key(tbl, &old).map_err(err)? != key(tbl, &row).map_err(err)? {
                     v.push(delete(tbl, &old).map_err(err)?);
+                }
+                if tbl == "repls" {
+                    let (was, is) = (field(&old, "slug").map_err(err)?, field(&row, "slug").map_err(err)?);
+                    if was != is {
+                        v.push(Change::DeleteDirectory(OwnedName::Slug(was)));
+                    }
                 }
             }
             v.push(upsert(tbl, &row).map_err(err)?);
@@ -183,6 +199,46 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(same, Decoded::Changes(ref c) if c.len() == 1));
+    }
+
+    #[test]
+    fn a_deleted_or_renamed_repl_leaves_the_directory_by_its_old_slug() {
+        let row = r#"{"id":"r1","slug":"old","region":"r"}"#;
+        let d = decode(12, "repls", "D", Some(row), None).unwrap();
+        assert_eq!(
+            d,
+            Decoded::Changes(vec![
+                Change::DeleteRepl("r1".into()),
+                Change::DeleteDirectory(OwnedName::Slug("old".into()))
+            ])
+        );
+        let d = decode(
+            13,
+            "repls",
+            "U",
+            Some(r#"{"id":"r1","slug":"new","region":"r"}"#),
+            Some(row),
+        )
+        .unwrap();
+        match d {
+            Decoded::Changes(c) => {
+                assert_eq!(c[0], Change::DeleteDirectory(OwnedName::Slug("old".into())));
+                assert!(matches!(&c[1], Change::UpsertRepl(r) if r.slug == "new"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let same = decode(
+            14,
+            "repls",
+            "U",
+            Some(r#"{"id":"r1","slug":"old","region":"s"}"#),
+            Some(row),
+        )
+        .unwrap();
+        assert!(
+            matches!(same, Decoded::Changes(ref c) if c.len() == 1),
+            "a region change keeps the name"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel, Row};
 
+use crate::directory::{Name, OwnedName};
 use crate::snapshot::*;
 use crate::table::{Change, ContainerRef, ReplRef, RoutingTable, Skipped, SnapshotError, Strictness};
 
@@ -26,12 +27,20 @@ fn clusters_of_region() -> &'static str {
 /// The rows an edge of region `$1` needs, table by table, in build order:
 /// all regions, clusters and VMs; the repls homed here, plus repls with a
 /// tombstone from one of this region's clusters (so their slugs resolve);
-/// those repls' containers and custom domains; tombstones from this region.
-///
-/// With `world`, every repl and its rows, and every tombstone (what the DNS
-/// responder needs: it answers for apps of every region).
-fn full_load_queries(world: bool) -> Vec<(&'static str, String)> {
-    let mut q: Vec<(&'static str, String)> = vec![
+/// those repls' containers and custom domains; tombstones from this region;
+/// then the world directory: every other region's repl by slug, and their
+/// custom domains, with the home region and nothing else.
+fn full_load_queries() -> Vec<(&'static str, String)> {
+    let repls = "SELECT id, slug, owner, region, cluster, transfer_to FROM repls";
+    let containers = "SELECT repl_id, vm_id, to_json(started_at)#>>'{}' FROM containers";
+    let domains = "SELECT hostname, repl_id FROM custom_domains";
+    let tombstones = "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{}' FROM tombstones";
+    let wanted = format!(
+        "(SELECT id FROM repls WHERE region = $1
+          UNION SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
+        clusters_of_region()
+    );
+    vec![
         ("regions", "SELECT name, edge_addr FROM regions ORDER BY name".into()),
         (
             "clusters",
@@ -41,26 +50,6 @@ fn full_load_queries(world: bool) -> Vec<(&'static str, String)> {
             "vms",
             "SELECT id, cluster, addr, metrics_addr, state FROM vms ORDER BY id".into(),
         ),
-    ];
-    let repls = "SELECT id, slug, owner, region, cluster, transfer_to FROM repls";
-    let containers = "SELECT repl_id, vm_id, to_json(started_at)#>>'{}' FROM containers";
-    let domains = "SELECT hostname, repl_id FROM custom_domains";
-    let tombstones = "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{}' FROM tombstones";
-    if world {
-        q.extend([
-            ("repls", repls.to_string()),
-            ("containers", containers.to_string()),
-            ("custom_domains", domains.to_string()),
-            ("tombstones", tombstones.to_string()),
-        ]);
-        return q;
-    }
-    let wanted = format!(
-        "(SELECT id FROM repls WHERE region = $1
-          UNION SELECT repl_id FROM tombstones WHERE from_cluster IN ({}))",
-        clusters_of_region()
-    );
-    q.extend([
         (
             "repls",
             format!(
@@ -76,9 +65,17 @@ fn full_load_queries(world: bool) -> Vec<(&'static str, String)> {
             "tombstones",
             format!("{tombstones} WHERE from_cluster IN ({})", clusters_of_region()),
         ),
-    ]);
-    q
+        (
+            "directory_slugs",
+            "SELECT slug, region FROM repls WHERE region <> $1".into(),
+        ),
+        ("directory_domains", DIRECTORY_DOMAINS.into()),
+    ]
 }
+
+/// Other regions' custom domains with their repl's home region.
+const DIRECTORY_DOMAINS: &str = "SELECT d.hostname, r.region FROM custom_domains d
+     JOIN repls r ON r.id = d.repl_id WHERE r.region <> $1";
 
 fn to_change(table: &str, r: &Row) -> Change {
     match table {
@@ -153,23 +150,27 @@ async fn snapshot(client: &mut Client) -> Result<(tokio_postgres::Transaction<'_
 /// transaction, streaming rows into the table builder and logging progress
 /// every second. The table's version is `placement_version` as of the
 /// transaction's snapshot: every change up to it is included, none after.
-pub async fn full_load(
-    client: &mut Client,
-    local_region: &str,
-    world: bool,
-) -> Result<(RoutingTable, Skipped), LoadError> {
+pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(RoutingTable, Skipped), LoadError> {
     let started = Instant::now();
     let (tx, version) = snapshot(client).await?;
-    let count = if world {
-        "SELECT count(*) FROM repls WHERE $1::text IS NOT NULL"
-    } else {
-        "SELECT count(*) FROM repls WHERE region = $1"
-    };
-    let expected: i64 = tx.query_one(count, &[&local_region]).await?.get(0);
+    let expected: i64 = tx
+        .query_one("SELECT count(*) FROM repls WHERE region = $1", &[&local_region])
+        .await?
+        .get(0);
+    // The planner's estimate is enough to size the directory (an exact
+    // count of a 10M-row table costs a scan).
+    let world: i64 = tx
+        .query_one(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'repls'::regclass",
+            &[],
+        )
+        .await?
+        .get(0);
     let mut builder = RoutingTable::builder(local_region, expected.max(0) as usize, Strictness::Lenient);
+    builder.expect_directory((world - expected).max(0) as usize);
     let mut last_log = Instant::now();
     let mut rows_total = 0u64;
-    for (table, sql) in full_load_queries(world) {
+    for (table, sql) in full_load_queries() {
         let params: Vec<&(dyn ToSql + Sync)> = if sql.contains("$1") {
             vec![&local_region]
         } else {
@@ -195,6 +196,14 @@ pub async fn full_load(
                     vm_id: row.get(1),
                     started_at: row.get(2),
                 })?,
+                "directory_slugs" => {
+                    let slug: &str = row.get(0);
+                    builder.push_directory(Name::Slug(slug), row.get(1), slug)?
+                }
+                "directory_domains" => {
+                    let host = row.get::<_, &str>(0).trim_end_matches('.').to_ascii_lowercase();
+                    builder.push_directory(Name::Domain(&host), row.get(1), &host)?
+                }
                 _ => builder.push(to_change(table, &row))?,
             }
             n += 1;
@@ -211,9 +220,10 @@ pub async fn full_load(
     tx.commit().await?;
     let (table, skipped) = builder.finish(version.max(1) as u64)?;
     log::info!(
-        "placement: full load of version {version} read {rows_total} rows in {:.2} s ({} repls, {} skipped)",
+        "placement: full load of version {version} read {rows_total} rows in {:.2} s ({} repls, {} directory names, {} skipped)",
         started.elapsed().as_secs_f64(),
         table.counts().repls,
+        table.counts().directory,
         skipped.total()
     );
     Ok((table, skipped))
@@ -290,4 +300,24 @@ pub async fn rows_of_arriving(
         out.entry(r.get(1)).or_default().push(to_change("custom_domains", &r));
     }
     Ok(out)
+}
+
+/// The custom domains of `ids` (repls a delta touched) whose repl is homed
+/// outside `local_region`, as directory names with that home region. Read
+/// as of now: later changes replay on top and ask again.
+pub async fn directory_domains_of(
+    client: &mut Client,
+    local_region: &str,
+    ids: &[String],
+) -> Result<Vec<Change>, LoadError> {
+    let sql = format!("{DIRECTORY_DOMAINS} AND d.repl_id = ANY($2)");
+    Ok(client
+        .query(sql.as_str(), &[&local_region, &ids])
+        .await?
+        .iter()
+        .map(|r| Change::UpsertDirectory {
+            name: OwnedName::Domain(r.get::<_, &str>(0).trim_end_matches('.').to_ascii_lowercase()),
+            region: r.get(1),
+        })
+        .collect())
 }

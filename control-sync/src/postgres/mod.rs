@@ -68,9 +68,6 @@ pub struct PgSyncOptions {
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
     pub full_load_timeout: Duration,
-    /// Load every region's repls, not only `local_region`'s (the DNS
-    /// responder answers for all apps).
-    pub world: bool,
 }
 
 impl PgSyncOptions {
@@ -85,7 +82,6 @@ impl PgSyncOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             full_load_timeout: DEFAULT_FULL_LOAD_TIMEOUT,
-            world: false,
         }
     }
 }
@@ -283,7 +279,7 @@ impl PgSync {
     }
 
     async fn full_load(&mut self, client: &mut Client) -> Result<(), SyncError> {
-        let (table, skipped) = load::full_load(client, &self.opts.local_region, self.opts.world).await?;
+        let (table, skipped) = load::full_load(client, &self.opts.local_region).await?;
         self.report_skipped(&skipped);
         let prev = self.handle.load_full();
         if let Some(why) = suspicious(&prev, &table, self.opts.max_shrink_ratio) {
@@ -348,16 +344,12 @@ impl PgSync {
             }
         }
         let changes = self.with_arriving_rows(client, changes).await?;
+        let changes = self.with_directory_domains(client, changes).await?;
         let last = rows.last().expect("non-empty");
         let newest_commit = rows.iter().map(|r| r.changed_at_ms).max().unwrap_or(0);
         let version = last.version;
         let prev = self.handle.load_full();
-        let (table, skipped) = if self.opts.world {
-            prev.apply(changes, version as u64, crate::table::Strictness::Lenient)
-        } else {
-            prev.apply_for_edge(changes, version as u64)
-        }
-        .map_err(LoadError::from)?;
+        let (table, skipped) = prev.apply_for_edge(changes, version as u64).map_err(LoadError::from)?;
         self.report_skipped(&skipped);
         self.cursor = version;
         self.handle.status().note_delta();
@@ -394,6 +386,34 @@ impl PgSync {
             }
         }
         Ok(out)
+    }
+
+    /// Appends the directory names of custom domains whose home region a
+    /// batch may have changed: domains created or moved onto another
+    /// region's repl, and every domain of another region's repl the batch
+    /// touched (it may have changed regions). A domain row names only its
+    /// repl, and the directory keeps no repl ids, so the region is read.
+    async fn with_directory_domains(
+        &self,
+        client: &mut Client,
+        mut changes: Vec<Change>,
+    ) -> Result<Vec<Change>, SyncError> {
+        let local = &self.opts.local_region;
+        let mut ids: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::UpsertRepl(r) if r.region != *local => Some(r.id.clone()),
+                Change::UpsertDomain(d) => Some(d.repl_id.clone()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(changes);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        changes.extend(load::directory_domains_of(client, local, &ids).await?);
+        Ok(changes)
     }
 
     fn reload(&mut self, why: SyncErrorKind, msg: String) -> Result<bool, SyncError> {
@@ -433,7 +453,9 @@ pub fn suspicious(prev: &RoutingTable, new: &RoutingTable, max_shrink_ratio: f64
     if !prev.is_loaded() {
         return None;
     }
-    let (p, q) = (prev.counts().repls, n.repls);
+    // Local repls and other regions' names together: the world this edge
+    // routes (a load that lost most of another region is as suspect).
+    let (p, q) = (prev.counts().repls + prev.counts().directory, n.repls + n.directory);
     if p > 0 && q == 0 {
         return Some(format!("it holds no repls where {p} were"));
     }

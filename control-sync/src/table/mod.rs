@@ -22,6 +22,11 @@
 //!   shard of ~1,400 rows and the shard pointer array, never the table.
 //! - One ring per region over its active clusters with weight > 0, rebuilt
 //!   only when clusters change.
+//! - The [`Directory`] of every other region's apps (slug or custom domain
+//!   -> home region, ~8 bytes each): what a miss in the local repls falls
+//!   back to. A foreign repl is held as a full row only when routing needs
+//!   more than its region (a tombstone from this region's cluster, or it
+//!   left this region since the last full load).
 //!
 //! Start reading at [`RoutingTable`], then `rows.rs`.
 
@@ -33,6 +38,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::directory::{Directory, DirectoryBuilder, DirectoryDump, Name};
 use crate::ring::key_hash;
 use crate::ring::Ring;
 use crate::sharded::{HashIndex, Keyed, ShardedMap};
@@ -279,6 +285,25 @@ impl TableBuilder {
         self.inner.push_container(c)
     }
 
+    /// Adds another region's app to the world directory: `name` is homed in
+    /// `region`; `key` names the row in errors (the repl id, or the host).
+    /// Regions must come first.
+    pub fn push_directory(&mut self, name: Name<'_>, region: &str, key: &str) -> Result<(), SnapshotError> {
+        let r = self.inner.push_directory(name, region, key);
+        self.inner.settle(r)
+    }
+
+    /// Sizes the directory for about `n` names (a full load that knows).
+    pub fn expect_directory(&mut self, n: usize) {
+        self.inner.expect_directory(n);
+    }
+
+    /// Starts the directory from a file's dump (a last-known-good file);
+    /// names pushed afterwards are added to it. Regions must come first.
+    pub fn restore_directory(&mut self, dump: &DirectoryDump) -> Result<(), SnapshotError> {
+        self.inner.restore_directory(dump)
+    }
+
     /// Finishes the load as `version`; fails if this edge's region is missing.
     pub fn finish(self, version: u64) -> Result<(RoutingTable, Skipped), SnapshotError> {
         if !self.inner.has_local_region() {
@@ -300,6 +325,9 @@ pub struct TableCounts {
     pub containers: usize,
     pub custom_domains: usize,
     pub tombstones: usize,
+    /// Names (slugs and custom domains) of other regions' apps in the
+    /// world directory.
+    pub directory: usize,
 }
 
 /// The immutable routing table. See the module docs.
@@ -315,6 +343,8 @@ pub struct RoutingTable {
     ids: HashIndex,
     domains: ShardedMap<Domain>,
     tombstones: ShardedMap<Tombstones>,
+    /// Other regions' apps by name -> home region.
+    directory: Directory,
     containers: usize,
     tombstone_count: usize,
 }
@@ -361,6 +391,7 @@ impl RoutingTable {
             ids: HashIndex::with_expected(repls),
             domains: ShardedMap::with_expected(repls / 16),
             tombstones: ShardedMap::with_expected(repls / 64),
+            directory: Directory::default(),
             containers: 0,
             tombstone_count: 0,
         }
@@ -382,16 +413,83 @@ impl RoutingTable {
         version: u64,
         strictness: Strictness,
     ) -> Result<(RoutingTable, Skipped), SnapshotError> {
+        if strictness == Strictness::Strict {
+            unique_repls(snap)?;
+        }
         let mut b = RoutingTable::builder(local_region, snap.repls.len(), strictness);
-        let rows = snap.regions.iter().map(|r| Change::UpsertRegion(r.clone()));
-        let rows = rows.chain(snap.clusters.iter().map(|c| Change::UpsertCluster(c.clone())));
+        for r in &snap.regions {
+            b.push(Change::UpsertRegion(r.clone()))?;
+        }
+        if let Some(d) = &snap.directory {
+            b.restore_directory(d)?;
+        }
+        let rows = snap.clusters.iter().map(|c| Change::UpsertCluster(c.clone()));
         let rows = rows.chain(snap.vms.iter().map(|v| Change::UpsertVm(v.clone())));
-        let rows = rows.chain(snap.repls.iter().map(|r| Change::UpsertRepl(r.clone())));
-        let rows = rows.chain(snap.containers.iter().map(|c| Change::UpsertContainer(c.clone())));
-        let rows = rows.chain(snap.custom_domains.iter().map(|d| Change::UpsertDomain(d.clone())));
-        let rows = rows.chain(snap.tombstones.iter().map(|t| Change::UpsertTombstone(t.clone())));
         for c in rows {
             b.push(c)?;
+        }
+        // A snapshot may hold the whole world: other regions' repls become
+        // directory names (with their custom domains), unless a tombstone
+        // from one of this region's clusters needs the whole row.
+        let local_clusters: std::collections::HashSet<&str> = snap
+            .clusters
+            .iter()
+            .filter(|c| c.region == local_region)
+            .map(|c| c.name.as_str())
+            .collect();
+        // (Lenient: only tombstones that will apply, so a written table
+        // read back keeps the same rows whole. Strict: every one, so a bad
+        // tombstone is still the load's error.)
+        let strict = strictness == Strictness::Strict;
+        let clusters: std::collections::HashSet<&str> = snap.clusters.iter().map(|c| c.name.as_str()).collect();
+        let keep_whole: std::collections::HashSet<&str> = snap
+            .tombstones
+            .iter()
+            .filter(|t| {
+                local_clusters.contains(t.from_cluster.as_str())
+                    && (strict || clusters.contains(t.to_cluster.as_str()) && parse_rfc3339_ms(&t.expires_at).is_some())
+            })
+            .map(|t| t.repl_id.as_str())
+            .collect();
+        let mut domains_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for d in &snap.custom_domains {
+            domains_of.entry(d.repl_id.as_str()).or_default().push(&d.hostname);
+        }
+        // Ids of repls held as directory names: their containers, domains
+        // and other regions' tombstones are not this edge's rows.
+        let mut in_directory: Vec<u64> = Vec::new();
+        for r in &snap.repls {
+            if r.region == local_region || keep_whole.contains(r.id.as_str()) {
+                b.push_repl(ReplRef::of(r))?;
+                continue;
+            }
+            b.push_directory(Name::Slug(&r.slug), &r.region, &r.id)?;
+            for host in domains_of.get(r.id.as_str()).into_iter().flatten() {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                b.push_directory(Name::Domain(&host), &r.region, &r.id)?;
+            }
+            in_directory.push(key_hash(&r.id));
+        }
+        in_directory.sort_unstable();
+        // A row of a repl that is neither held nor in the directory is
+        // pushed anyway: it is dangling, and the builder says so.
+        let ours = |b: &TableBuilder, id: &str| {
+            b.inner.table.repl_by_id(id).is_some() || in_directory.binary_search(&key_hash(id)).is_err()
+        };
+        for c in &snap.containers {
+            if ours(&b, &c.repl_id) {
+                b.push(Change::UpsertContainer(c.clone()))?;
+            }
+        }
+        for d in &snap.custom_domains {
+            if ours(&b, &d.repl_id) {
+                b.push(Change::UpsertDomain(d.clone()))?;
+            }
+        }
+        for t in &snap.tombstones {
+            if ours(&b, &t.repl_id) {
+                b.push(Change::UpsertTombstone(t.clone()))?;
+            }
         }
         b.finish(version)
     }
@@ -458,6 +556,7 @@ impl RoutingTable {
             containers: self.containers,
             custom_domains: self.domains.len(),
             tombstones: self.tombstone_count,
+            directory: self.directory.len(),
         }
     }
     pub fn local_region(&self) -> Idx {
@@ -481,6 +580,19 @@ impl RoutingTable {
     #[inline]
     pub fn repl_by_domain(&self, host: &str) -> Option<&Repl> {
         self.repl_by_id(&self.domains.get(host)?.repl_id)
+    }
+    /// The home region of another region's app, from the world directory
+    /// (a present region other than this edge's; see [`Directory`] for why
+    /// an answer is safe even when two names share their hash).
+    #[inline]
+    pub fn home_region(&self, name: Name<'_>) -> Option<Idx> {
+        let r = self.directory.get(name)? as Idx;
+        let region = self.topo.regions.get(r as usize)?;
+        (region.present && r != self.local_region).then_some(r)
+    }
+    /// The world directory (counts and bytes for `/debug/snapshot`).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
     /// Tombstones of a repl (usually none).
     #[inline]
@@ -592,6 +704,11 @@ impl RoutingTable {
         self.repls.approx_bytes() + self.ids.approx_bytes() + strings
     }
 
+    /// Names of the regions by index (present or not), for directory dumps.
+    fn region_names(&self) -> Vec<String> {
+        self.topo.regions.iter().map(|r| r.name.to_string()).collect()
+    }
+
     fn cname(&self, c: Idx) -> String {
         self.topo.clusters[c as usize].name.to_string()
     }
@@ -671,6 +788,7 @@ impl RoutingTable {
             containers: repls.iter().filter_map(|r| self.container_row(r)).collect(),
             custom_domains: domains.iter().map(|d| Self::domain_row(d)).collect(),
             tombstones: tombs.iter().flat_map(|t| self.tombstone_rows(t)).collect(),
+            directory: (!self.directory.is_empty()).then(|| self.directory.dump(self.region_names()).to_owned_dump()),
         }
     }
 
@@ -680,7 +798,7 @@ impl RoutingTable {
     pub fn write_json<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
         use serde::ser::{SerializeStruct, Serializer};
         let mut ser = serde_json::Serializer::new(w);
-        let mut st = ser.serialize_struct("Snapshot", 8)?;
+        let mut st = ser.serialize_struct("Snapshot", 9)?;
         st.serialize_field("version", &self.version)?;
         st.serialize_field("regions", &Lazy(|| self.region_rows()))?;
         st.serialize_field("clusters", &Lazy(|| self.cluster_rows()))?;
@@ -695,8 +813,35 @@ impl RoutingTable {
             "tombstones",
             &Lazy(|| self.tombstones.iter().flat_map(|t| self.tombstone_rows(t))),
         )?;
+        if !self.directory.is_empty() {
+            st.serialize_field("directory", &self.directory.dump(self.region_names()))?;
+        }
         st.end()
     }
+}
+
+/// Strict loads: repl ids and slugs are unique across the whole snapshot
+/// (the builder sees only the repls it keeps whole; the others become
+/// directory names, which hold no ids).
+fn unique_repls(snap: &Snapshot) -> Result<(), RowError> {
+    let mut ids = std::collections::HashSet::with_capacity(snap.repls.len());
+    let mut slugs: HashMap<&str, &str> = HashMap::with_capacity(snap.repls.len());
+    for (index, r) in snap.repls.iter().enumerate() {
+        let err = |message: String| RowError {
+            table: "repls",
+            index,
+            key: r.id.clone(),
+            reason: "duplicate",
+            message,
+        };
+        if !ids.insert(r.id.as_str()) {
+            return Err(err("duplicate repl id".into()));
+        }
+        if let Some(other) = slugs.insert(&r.slug, &r.id) {
+            return Err(err(format!("slug {:?} is already used by repl {other:?}", r.slug)));
+        }
+    }
+    Ok(())
 }
 
 /// Serialises the rows of an iterator as a JSON array, one at a time.

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::*;
+use crate::directory::{OwnedName, MAX_REGIONS};
 use crate::ring::{key_hash, Member};
 
 /// How bad rows are treated.
@@ -48,6 +49,15 @@ pub enum Change {
         repl_id: String,
         from_cluster: String,
     },
+    /// Another region's app, by slug or custom domain, is homed in
+    /// `region` (the world directory).
+    UpsertDirectory {
+        name: OwnedName,
+        region: String,
+    },
+    /// A name leaves the world directory (a repl deleted or renamed, a
+    /// custom domain deleted).
+    DeleteDirectory(OwnedName),
 }
 
 /// A repl row borrowed from wherever it was read (a database row buffer),
@@ -128,7 +138,11 @@ impl Skipped {
     }
     /// Records one skipped row.
     pub fn push(&mut self, e: RowError) {
-        *self.counts.entry((e.table, e.reason)).or_default() += 1;
+        self.push_n(e, 1);
+    }
+    /// Records `n` skipped rows described by one example.
+    pub fn push_n(&mut self, e: RowError, n: u64) {
+        *self.counts.entry((e.table, e.reason)).or_default() += n;
         if self.examples.len() < MAX_SKIPPED_EXAMPLES {
             self.examples.push(e);
         }
@@ -143,7 +157,7 @@ impl Skipped {
     }
 }
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "regions",
     "clusters",
     "vms",
@@ -151,6 +165,7 @@ const TABLES: [&str; 7] = [
     "containers",
     "custom_domains",
     "tombstones",
+    "directory",
 ];
 
 struct Row<'a> {
@@ -227,9 +242,12 @@ pub(super) struct Builder {
     /// Ignore rows that are not this edge's (database deltas).
     only_local: bool,
     skipped: Skipped,
-    counters: [usize; 7],
+    counters: [usize; 8],
     dirty_regions: BTreeSet<Idx>,
     dirty_clusters: BTreeSet<Idx>,
+    /// A full load's directory names, sorted once in [`Builder::finish`]
+    /// (a delta changes the table's directory in place instead).
+    directory: Option<DirectoryBuilder>,
 }
 
 impl Builder {
@@ -241,9 +259,10 @@ impl Builder {
             fresh,
             only_local: false,
             skipped: Skipped::default(),
-            counters: [0; 7],
+            counters: [0; 8],
             dirty_regions: BTreeSet::new(),
             dirty_clusters: BTreeSet::new(),
+            directory: None,
         }
     }
 
@@ -257,14 +276,109 @@ impl Builder {
     /// Applies one change; in lenient mode a bad row is recorded, not returned.
     pub(super) fn push(&mut self, c: Change) -> Result<(), SnapshotError> {
         if self.not_ours(&c) {
-            return Ok(());
+            let r = self.apply_foreign(c);
+            return self.settle(r);
         }
         let r = self.apply_one(c);
         self.settle(r)
     }
 
+    /// With `only_local`, a row about something this edge does not hold:
+    /// another region's repl becomes (or stays) a directory name; a custom
+    /// domain now pointing at such a repl leaves the local domains (its
+    /// directory entry comes with the sync's [`Change::UpsertDirectory`]);
+    /// the rest is not this edge's.
+    fn apply_foreign(&mut self, c: Change) -> Result<(), RowError> {
+        match c {
+            Change::UpsertRepl(r) => self.push_directory(Name::Slug(&r.slug), &r.region, &r.id),
+            Change::UpsertDomain(d) => {
+                let host = d.hostname.trim_end_matches('.').to_ascii_lowercase();
+                self.table.domains.remove(&host);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds or changes a directory name (see [`TableBuilder::push_directory`]).
+    pub(super) fn push_directory(&mut self, name: Name<'_>, region: &str, key: &str) -> Result<(), RowError> {
+        let (table, valid) = match name {
+            Name::Slug(s) => (3, is_valid_slug(s)),
+            Name::Domain(h) => (5, is_valid_hostname(h)),
+        };
+        let row = self.row(table, key);
+        if !valid {
+            return Err(row.err("bad_value", format!("{name:?} is not a valid name")));
+        }
+        let r = row.lookup(&self.table.topo.by_region, "region", region)? as usize;
+        if r >= MAX_REGIONS {
+            return Err(row.err(
+                "too_many_regions",
+                format!("region {region:?} is past the directory's {MAX_REGIONS} regions"),
+            ));
+        }
+        if r == self.table.local_region as usize {
+            // Homed here after all (a stale name): the local rows decide.
+            self.table.directory.remove(name);
+            return Ok(());
+        }
+        match &mut self.directory {
+            Some(b) => {
+                b.push(name, r);
+            }
+            None if self.fresh => {
+                let expected = self.table.repls.len().max(1024);
+                let mut b = DirectoryBuilder::new(expected);
+                b.push(name, r);
+                self.directory = Some(b);
+            }
+            None => {
+                self.table.directory.set(name, r);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn expect_directory(&mut self, n: usize) {
+        if self.fresh && self.directory.is_none() {
+            self.directory = Some(DirectoryBuilder::new(n));
+        }
+    }
+
+    /// Seeds a full load's directory from a file's dump.
+    pub(super) fn restore_directory(&mut self, dump: &crate::directory::DirectoryDump) -> Result<(), SnapshotError> {
+        let by_region = &self.table.topo.by_region;
+        let restored = Directory::from_dump(dump, |n| by_region.get(n).map(|&i| i as usize));
+        match restored {
+            Ok((dir, dropped)) => {
+                if dropped > 0 {
+                    let e = RowError {
+                        table: "directory",
+                        index: 0,
+                        key: "-".into(),
+                        reason: "dangling_reference",
+                        message: format!("{dropped} names of regions that no longer exist were dropped"),
+                    };
+                    self.skipped.push_n(e, dropped as u64);
+                }
+                self.directory = Some(DirectoryBuilder::seeded(dir));
+                Ok(())
+            }
+            Err(message) => {
+                let e = RowError {
+                    table: "directory",
+                    index: 0,
+                    key: "-".into(),
+                    reason: "bad_value",
+                    message,
+                };
+                self.settle(Err(e))
+            }
+        }
+    }
+
     /// Strict: a bad row is the error. Lenient: it is recorded.
-    fn settle(&mut self, r: Result<(), RowError>) -> Result<(), SnapshotError> {
+    pub(super) fn settle(&mut self, r: Result<(), RowError>) -> Result<(), SnapshotError> {
         if let Err(e) = r {
             match self.strictness {
                 Strictness::Strict => return Err(e.into()),
@@ -395,9 +509,20 @@ impl Builder {
             Change::UpsertDomain(d) => self.upsert_domain(d),
             Change::DeleteDomain(host) => {
                 self.row(5, &host);
-                self.table
-                    .domains
-                    .remove(&host.trim_end_matches('.').to_ascii_lowercase());
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                self.table.domains.remove(&host);
+                self.table.directory.remove(Name::Domain(&host));
+                Ok(())
+            }
+            Change::UpsertDirectory { name, region } => {
+                let key = match &name {
+                    OwnedName::Slug(s) | OwnedName::Domain(s) => s.clone(),
+                };
+                self.push_directory(name.as_name(), &region, &key)
+            }
+            Change::DeleteDirectory(name) => {
+                self.row(7, "-");
+                self.table.directory.remove(name.as_name());
                 Ok(())
             }
             Change::UpsertTombstone(t) => self.upsert_tombstone(t),
@@ -589,6 +714,10 @@ impl Builder {
                 self.table.ids.remove(repl.id_hash, old_hash);
             }
         }
+        if region == self.table.local_region && !self.fresh {
+            // Arrived in this region: the local row now answers for it.
+            self.table.directory.remove(Name::Slug(r.slug));
+        }
         let (id_hash, slug_hash) = (repl.id_hash, self.table.repls.hash(r.slug));
         self.table.repls.insert(repl);
         self.table.ids.insert(id_hash, slug_hash);
@@ -703,6 +832,28 @@ impl Builder {
 
     /// Rebuilds derived data for what changed and stamps the version.
     pub(super) fn finish(mut self, version: u64) -> (RoutingTable, Skipped) {
+        if let Some(b) = self.directory.take() {
+            let (dir, report) = b.finish();
+            if report.conflicts > 0 {
+                // Never fails a load: the odds are ~1e-7 per full load of a
+                // 10M-app world, and the next full load draws a new key.
+                self.skipped.push_n(
+                    RowError {
+                        table: "directory",
+                        index: 0,
+                        key: "-".into(),
+                        reason: "hash_collision",
+                        message: format!(
+                        "{} pairs of other regions' app names share their 68-bit hash with different home regions; \
+                         one of each is forwarded to the other's region until the next full load",
+                        report.conflicts
+                    ),
+                    },
+                    report.conflicts as u64,
+                );
+            }
+            self.table.directory = dir;
+        }
         if !self.dirty_regions.is_empty() {
             let topo = Arc::make_mut(&mut self.table.topo);
             for &region in &self.dirty_regions {

@@ -1,6 +1,7 @@
 //! Tests of full builds and deltas.
 
 use super::*;
+use crate::directory::{Name, OwnedName};
 
 pub(crate) fn demo() -> Snapshot {
     serde_json::from_str(
@@ -391,4 +392,170 @@ fn addresses_may_be_host_names() {
             "{bad}: {e}"
         );
     }
+}
+
+/// The demo plus other regions' apps (one with a custom domain) and a
+/// third region.
+fn world() -> Snapshot {
+    let mut s = demo();
+    s.regions.push(RegionRow {
+        name: "eu-west1".into(),
+        edge_addr: "127.0.0.1:8082".into(),
+    });
+    s.repls.push(repl("r6", "far", "ap-south1"));
+    s.repls.push(repl("r7", "euro", "eu-west1"));
+    s.containers.push(ContainerRow {
+        repl_id: "r6".into(),
+        vm_id: "vm-3".into(),
+        started_at: None,
+    });
+    s.custom_domains.push(CustomDomainRow {
+        hostname: "Shop.Example.ORG.".into(),
+        repl_id: "r6".into(),
+    });
+    s.tombstones.push(TombstoneRow {
+        repl_id: "r6".into(),
+        from_cluster: "aps1-a".into(),
+        to_cluster: "aps1-a".into(),
+        expires_at: "2030-01-01T00:00:00Z".into(),
+    });
+    s
+}
+
+fn home<'t>(t: &'t RoutingTable, name: Name<'_>) -> Option<&'t str> {
+    t.home_region(name).map(|r| &*t.region(r).name)
+}
+
+#[test]
+fn other_regions_apps_become_directory_names_with_their_domains() {
+    let t = RoutingTable::build(&world(), "us-east1", 1).unwrap();
+    let c = t.counts();
+    assert_eq!(
+        (c.repls, c.directory),
+        (3, 3),
+        "r1, r2 and r4 (tombstoned from here) whole; far, euro, shop"
+    );
+    assert_eq!(c.containers, 1, "another region's container is not this edge's row");
+    assert_eq!(c.custom_domains, 1, "only www.example.com is held whole");
+    assert!(t.repl_by_slug("far").is_none() && t.repl_by_id("r6").is_none());
+    assert_eq!(home(&t, Name::Slug("far")), Some("ap-south1"));
+    assert_eq!(home(&t, Name::Slug("euro")), Some("eu-west1"));
+    assert_eq!(home(&t, Name::Domain("shop.example.org")), Some("ap-south1"));
+    assert_eq!(home(&t, Name::Slug("app1")), None, "local apps are rows, not names");
+    assert_eq!(
+        home(&t, Name::Slug("shop.example.org")),
+        None,
+        "slugs and domains do not mix"
+    );
+    assert!(
+        t.repl_by_slug("moved").is_some(),
+        "a tombstone from here keeps the whole row"
+    );
+    // Another region's edge holds this region's apps as names.
+    let a = RoutingTable::build(&world(), "ap-south1", 1).unwrap();
+    assert_eq!(home(&a, Name::Slug("app1")), Some("us-east1"));
+    assert_eq!(home(&a, Name::Domain("www.example.com")), Some("us-east1"));
+    assert!(a.repl_by_slug("far").is_some());
+}
+
+#[test]
+fn strict_loads_still_refuse_duplicates_across_regions() {
+    let mut s = world();
+    s.repls[4].slug = "app1".into();
+    let e = RoutingTable::build(&s, "us-east1", 1).unwrap_err().to_string();
+    assert_eq!(e, "repls[4] (\"r7\"): slug \"app1\" is already used by repl \"r1\"");
+}
+
+#[test]
+fn a_written_table_reads_back_with_its_directory() {
+    let t = RoutingTable::build(&world(), "us-east1", 4).unwrap();
+    let mut json = Vec::new();
+    t.write_json(&mut json).unwrap();
+    let back: Snapshot = serde_json::from_slice(&json).unwrap();
+    assert!(back.directory.is_some());
+    let (again, skipped) = RoutingTable::build_with(&back, "us-east1", 4, Strictness::Lenient).unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(again.counts(), t.counts());
+    for n in [Name::Slug("far"), Name::Slug("euro"), Name::Domain("shop.example.org")] {
+        assert_eq!(home(&again, n), home(&t, n), "{n:?}");
+    }
+    assert_eq!(again.to_snapshot(), t.to_snapshot());
+}
+
+#[test]
+fn edge_deltas_keep_the_directory_current() {
+    let t = RoutingTable::build(&world(), "us-east1", 1).unwrap();
+    let dname = |n: &str| OwnedName::Domain(n.into());
+    let (t2, skipped) = t
+        .apply_for_edge(
+            [
+                // Created in another region, then given a custom domain (the
+                // sync reads the domain's home region).
+                Change::UpsertRepl(repl("r8", "newbie", "eu-west1")),
+                Change::UpsertDomain(CustomDomainRow {
+                    hostname: "new.example.net".into(),
+                    repl_id: "r8".into(),
+                }),
+                Change::UpsertDirectory {
+                    name: dname("new.example.net"),
+                    region: "eu-west1".into(),
+                },
+                // Renamed: the decoder forgets the old slug first.
+                Change::DeleteDirectory(OwnedName::Slug("euro".into())),
+                Change::UpsertRepl(repl("r7", "euro2", "eu-west1")),
+                // Moved between two other regions.
+                Change::UpsertRepl(repl("r6", "far", "eu-west1")),
+                Change::UpsertDirectory {
+                    name: dname("shop.example.org"),
+                    region: "eu-west1".into(),
+                },
+                // A local app's domain moves to another region's app.
+                Change::UpsertDomain(CustomDomainRow {
+                    hostname: "www.example.com".into(),
+                    repl_id: "r8".into(),
+                }),
+                Change::UpsertDirectory {
+                    name: dname("www.example.com"),
+                    region: "eu-west1".into(),
+                },
+            ],
+            2,
+        )
+        .unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(home(&t2, Name::Slug("newbie")), Some("eu-west1"));
+    assert_eq!(home(&t2, Name::Domain("new.example.net")), Some("eu-west1"));
+    assert_eq!(home(&t2, Name::Slug("euro")), None);
+    assert_eq!(home(&t2, Name::Slug("euro2")), Some("eu-west1"));
+    assert_eq!(home(&t2, Name::Slug("far")), Some("eu-west1"));
+    assert_eq!(home(&t2, Name::Domain("shop.example.org")), Some("eu-west1"));
+    assert!(
+        t2.repl_by_domain("www.example.com").is_none(),
+        "no longer a local app's domain"
+    );
+    assert_eq!(home(&t2, Name::Domain("www.example.com")), Some("eu-west1"));
+    assert!(t2.repl_by_slug("newbie").is_none(), "held by name only");
+    // The published table did not change.
+    assert_eq!(home(&t, Name::Slug("euro")), Some("eu-west1"));
+    assert_eq!(home(&t, Name::Slug("newbie")), None);
+
+    // Arriving here: a whole row (the sync brings its rows), not a name;
+    // deleted elsewhere: gone.
+    let (t3, skipped) = t2
+        .apply_for_edge(
+            [
+                Change::UpsertRepl(repl("r8", "newbie", "us-east1")),
+                Change::DeleteRepl("r7".into()),
+                Change::DeleteDirectory(OwnedName::Slug("euro2".into())),
+                Change::DeleteDomain("shop.example.org".into()),
+            ],
+            3,
+        )
+        .unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(t3.repl_by_slug("newbie").map(|r| r.id()), Some("r8"));
+    assert_eq!(home(&t3, Name::Slug("newbie")), None);
+    assert_eq!(home(&t3, Name::Slug("euro2")), None);
+    assert_eq!(home(&t3, Name::Domain("shop.example.org")), None);
+    assert_eq!(t3.counts().directory, 3, "far, new.example.net, www.example.com");
 }

@@ -1,5 +1,6 @@
 //! [`decide`]: the steps of DESIGN §2 in order. See the parent module docs.
 
+use edgeplane_control_sync::directory::Name;
 use edgeplane_control_sync::snapshot::VmState;
 use edgeplane_control_sync::table::{Idx, Repl, RoutingTable};
 
@@ -84,19 +85,86 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
                 ex.step(|| format!("slug {slug:?} -> repl {:?}", r.id()));
                 (Kind::App, r)
             }
-            None => {
-                ex.step(|| format!("slug {slug:?} unknown -> 404"));
-                return reject(Kind::App, RejectReason::UnknownHost);
-            }
+            None => return elsewhere(ctx, t, Kind::App, Name::Slug(slug), req, ex),
         }
     } else if let Some(r) = t.repl_by_domain(host) {
         ex.step(|| format!("custom domain {host:?} -> repl {:?}", r.id()));
         (Kind::CustomDomain, r)
     } else {
-        ex.step(|| format!("{host:?} is neither <slug>.<suffix> nor a custom domain -> 404"));
-        return reject(Kind::Unknown, RejectReason::UnknownHost);
+        return elsewhere(ctx, t, Kind::CustomDomain, Name::Domain(host), req, ex);
     };
     place(ctx, t, kind, repl, req, ex)
+}
+
+/// A name this edge holds no repl for: another region's app (the world
+/// directory names its home region: forward once, by affinity) or nothing
+/// (404). The directory never names a VM, so a false match (two names
+/// sharing their hash) costs a 404 at the home edge, never a wrong VM; and
+/// a request that was forwarded here already is never forwarded by
+/// affinity again (508), so edges that disagree cannot loop.
+fn elsewhere<E: Explain>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    kind: Kind,
+    name: Name<'_>,
+    req: &RouteRequest<'_>,
+    ex: &mut E,
+) -> Decision {
+    let Some(region) = t.home_region(name) else {
+        ex.step(|| match name {
+            Name::Slug(slug) => format!("slug {slug:?} unknown -> 404"),
+            Name::Domain(host) => format!("{host:?} is neither <slug>.<suffix> nor a custom domain -> 404"),
+        });
+        let kind = if matches!(name, Name::Slug(_)) {
+            kind
+        } else {
+            Kind::Unknown
+        };
+        return Decision::Reject {
+            kind,
+            reason: RejectReason::UnknownHost,
+        };
+    };
+    let home = t.region(region);
+    ex.step(|| {
+        let what = match name {
+            Name::Slug(slug) => format!("slug {slug:?}"),
+            Name::Domain(host) => format!("custom domain {host:?}"),
+        };
+        format!(
+            "{what} is not an app of this region; world directory: home region {:?}",
+            home.name
+        )
+    });
+    if req.hops > 0 {
+        ex.step(|| "already forwarded once by affinity: not bouncing again -> 508".into());
+        return Decision::Reject {
+            kind,
+            reason: RejectReason::ForwardLoop,
+        };
+    }
+    if req.hops >= ctx.max_hops {
+        ex.step(|| format!("{} forwards already (max_hops {}) -> 508", req.hops, ctx.max_hops));
+        return Decision::Reject {
+            kind,
+            reason: RejectReason::ForwardLoop,
+        };
+    }
+    ex.step(|| {
+        format!(
+            "forward (affinity) to region {:?} edge {}",
+            home.name,
+            home.edge_addr_text()
+        )
+    });
+    Decision::Forward {
+        kind,
+        repl_hash: 0,
+        region,
+        addr: home.edge_addr,
+        reason: ForwardReason::Affinity,
+        hops: req.hops + 1,
+    }
 }
 
 /// The `token` query parameter, if present.

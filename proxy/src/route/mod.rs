@@ -239,6 +239,8 @@ pub enum Decision {
     },
     Forward {
         kind: Kind,
+        /// Stable hash of the repl id; 0 for an app known only by name
+        /// (the world directory).
         repl_hash: u64,
         region: Idx,
         addr: SocketAddr,

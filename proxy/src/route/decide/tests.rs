@@ -316,6 +316,44 @@ fn other_region_is_forwarded_by_affinity_once() {
 }
 
 #[test]
+fn another_regions_app_is_found_in_the_world_directory_by_slug_and_domain() {
+    let mut s = snapshot();
+    s.custom_domains
+        .push(serde_json::from_str(r#"{"hostname": "far.example.org", "repl_id": "r5"}"#).unwrap());
+    let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
+    let c = ctx();
+    assert!(t.repl_by_slug("faraway").is_none(), "held by name only");
+    let mut steps: Vec<String> = Vec::new();
+    let d = decide(&c, &t, &req("far.example.org"), &mut steps);
+    assert!(
+        matches!(d, Decision::Forward { kind: Kind::CustomDomain, reason: ForwardReason::Affinity, hops: 1, region, .. }
+            if &*t.region(region).name == "ap-south1"),
+        "{d:?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.contains("world directory: home region \"ap-south1\"")),
+        "{steps:?}"
+    );
+    let mut r = req("far.example.org");
+    r.hops = 1;
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &mut ())),
+        (RejectReason::ForwardLoop, 508),
+        "edges that disagree never bounce a request back"
+    );
+    assert_eq!(
+        rejected(decide(&c, &t, &req("nobody.example.org"), &mut ())),
+        (RejectReason::UnknownHost, 404)
+    );
+    assert_eq!(
+        rejected(decide(&c, &t, &req("nobody.repl.co"), &mut ())),
+        (RejectReason::UnknownHost, 404)
+    );
+}
+
+#[test]
 fn live_tombstone_forwards_and_expired_one_falls_back_to_affinity() {
     let (c, t) = (ctx(), table());
     let d = decide(&c, &t, &req("moved.repl.co"), &mut ());

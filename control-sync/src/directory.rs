@@ -1,0 +1,723 @@
+//! The world directory: every other region's apps, by slug and by custom
+//! domain, mapped to their home region — and nothing more. It is what lets
+//! an edge forward a request for an app homed anywhere in the world once,
+//! to the right region, without holding that app's row.
+//!
+//! Where it sits: inside the [`crate::table::RoutingTable`], beside the
+//! local repls. Routing looks a host up in the local table first (exact,
+//! string-compared rows); only a miss there asks the directory, whose
+//! answer is a region to forward to, never a VM. Full loads fill it through
+//! [`DirectoryBuilder`]; deltas change it with [`Directory::set`] and
+//! [`Directory::remove`], copying one shard (copy-on-write, like the
+//! table's other maps).
+//!
+//! Layout and cost (the target is at most 16 bytes per foreign app):
+//! - A name is hashed with keyed SipHash-1-3 (128-bit output; the key is
+//!   random per directory, so nobody outside can craft colliding names).
+//!   The top [`SHARD_BITS`] bits pick one of [`SHARDS`] shards; the next 56
+//!   bits are the name's fingerprint. Slugs and custom domains hash under
+//!   different keys, so `app` the slug and `app` the domain never meet.
+//! - A shard is one sorted `Arc<[u64]>` of `fingerprint << 8 | region + 1`
+//!   with no empty slots: 8 bytes per name plus a few bytes per shard. A
+//!   lookup is a hash, an interpolated first guess (fingerprints are
+//!   uniform) and a short gallop: one or two cache lines.
+//!
+//! Exactness: names are not stored, so a lookup can match another name with
+//! the same 68 bits (shard + fingerprint). That is safe by construction:
+//! the directory only ever says "forward to region R", the home edge then
+//! looks the name up exactly in its own table, and a request that arrives
+//! with a verified hop header is never forwarded by affinity again — so a
+//! false match costs one 404 (or 508) at the home edge, never a wrong VM,
+//! never a loop. The odds: a host that is no app matches with probability
+//! n / 2^68 (4e-14 at 10M apps); two apps of a world share 68 bits with
+//! probability n² / 2^69 (1.5e-7 per full load at 10M apps). A full load
+//! notices such a pair (equal fingerprints in one sorted shard) and counts
+//! it; when their regions differ one of the two apps is forwarded to the
+//! wrong region until the next full load draws a new key.
+//!
+//! Start at [`Directory::get`] and [`DirectoryBuilder`].
+
+use std::sync::Arc;
+
+use siphasher::sip128::SipHasher13;
+
+/// Bits of the hash that pick a shard.
+pub const SHARD_BITS: u32 = 12;
+/// Shards per directory (fixed, so the layout never depends on its size).
+pub const SHARDS: usize = 1 << SHARD_BITS;
+/// Regions a directory can name: region indexes `0..MAX_REGIONS`.
+pub const MAX_REGIONS: usize = 255;
+/// Version of the serialised form ([`DirectoryDump`]).
+pub const DUMP_FORMAT: u32 = 1;
+
+const FP_BITS: u32 = 56;
+const FP_MASK: u64 = (1 << FP_BITS) - 1;
+/// Mixed into the key for custom domains (a different hash family).
+const DOMAIN_KEY_TWEAK: u64 = 0x646f_6d61_696e_7321;
+
+/// A name the directory knows an app by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name<'a> {
+    /// `<slug>.<suffix>`: the slug alone, lower case.
+    Slug(&'a str),
+    /// A custom domain: canonical host (lower case, no port, no final dot).
+    Domain(&'a str),
+}
+
+/// The same, owned (a change row carries one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedName {
+    Slug(String),
+    Domain(String),
+}
+
+impl OwnedName {
+    pub fn as_name(&self) -> Name<'_> {
+        match self {
+            OwnedName::Slug(s) => Name::Slug(s),
+            OwnedName::Domain(d) => Name::Domain(d),
+        }
+    }
+}
+
+/// The two keyed hash functions of one directory.
+#[derive(Clone, Copy)]
+struct Hashers {
+    key: (u64, u64),
+    slug: SipHasher13,
+    domain: SipHasher13,
+}
+
+impl Hashers {
+    fn new(key: (u64, u64)) -> Hashers {
+        Hashers {
+            key,
+            slug: SipHasher13::new_with_keys(key.0, key.1),
+            domain: SipHasher13::new_with_keys(key.0 ^ DOMAIN_KEY_TWEAK, key.1),
+        }
+    }
+
+    /// (shard, fingerprint) of a name.
+    #[inline]
+    fn locate(&self, name: Name<'_>) -> (usize, u64) {
+        let h = match name {
+            Name::Slug(s) => self.slug.hash(s.as_bytes()),
+            Name::Domain(d) => self.domain.hash(d.as_bytes()),
+        }
+        .as_u128();
+        let shard = (h >> (128 - SHARD_BITS)) as usize;
+        let fp = (h >> (128 - SHARD_BITS - FP_BITS)) as u64 & FP_MASK;
+        (shard, fp)
+    }
+}
+
+/// A random key (std's per-process random SipHash keys, the clock and the
+/// process id, mixed): a directory's hash function is unknown outside it.
+pub fn random_key() -> (u64, u64) {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let seed = (
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let mut out = [0u64; 2];
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        (seed, i).hash(&mut h);
+        *o = h.finish();
+    }
+    (out[0], out[1])
+}
+
+#[inline]
+fn entry(fp: u64, region: u8) -> u64 {
+    (fp << 8) | (region as u64 + 1)
+}
+
+#[inline]
+fn region_of(e: u64) -> u8 {
+    ((e & 0xFF) - 1) as u8
+}
+
+/// Index of the entry with fingerprint `fp` in sorted `s`, or where it
+/// would go. Starts at the interpolated position (fingerprints are uniform,
+/// so the guess is off by about sqrt(len)/2) and gallops from there.
+#[inline]
+fn position(s: &[u64], fp: u64) -> Result<usize, usize> {
+    let n = s.len();
+    if n == 0 {
+        return Err(0);
+    }
+    let key = |i: usize| s[i] >> 8;
+    let guess = (((fp as u128 * n as u128) >> FP_BITS) as usize).min(n - 1);
+    // Bracket the answer in [lo, hi] by galloping away from the guess:
+    // every index below lo holds a smaller fingerprint, hi (or n) a
+    // fingerprint at least fp.
+    let (mut lo, mut hi);
+    if key(guess) < fp {
+        lo = guess + 1;
+        hi = lo;
+        let mut step = 1;
+        while hi < n && key(hi) < fp {
+            lo = hi + 1;
+            hi += step;
+            step *= 2;
+        }
+        hi = hi.min(n);
+    } else {
+        hi = guess;
+        lo = guess;
+        let mut step = 1;
+        while lo > 0 && key(lo - 1) >= fp {
+            hi = lo - 1;
+            lo = lo.saturating_sub(step);
+            step *= 2;
+        }
+    }
+    let i = lo + s[lo..hi].partition_point(|&e| (e >> 8) < fp);
+    if i < n && key(i) == fp {
+        Ok(i)
+    } else {
+        Err(i)
+    }
+}
+
+/// See the module docs. Cloning shares every shard.
+#[derive(Clone)]
+pub struct Directory {
+    hashers: Hashers,
+    shards: Arc<[Arc<[u64]>]>,
+    len: usize,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Directory::empty(random_key())
+    }
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Directory {
+    /// An empty directory hashing with `key`.
+    pub fn empty(key: (u64, u64)) -> Directory {
+        let none: Arc<[u64]> = Arc::from(Vec::new());
+        Directory {
+            hashers: Hashers::new(key),
+            shards: (0..SHARDS).map(|_| none.clone()).collect(),
+            len: 0,
+        }
+    }
+
+    /// Names held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The home region (an index of the table's regions) of `name`.
+    #[inline]
+    pub fn get(&self, name: Name<'_>) -> Option<u8> {
+        if self.len == 0 {
+            return None;
+        }
+        let (shard, fp) = self.hashers.locate(name);
+        let s = &self.shards[shard];
+        position(s, fp).ok().map(|i| region_of(s[i]))
+    }
+
+    /// Sets `name`'s home region (a delta: copies one shard). Regions at or
+    /// past [`MAX_REGIONS`] cannot be held: returns false.
+    pub fn set(&mut self, name: Name<'_>, region: usize) -> bool {
+        if region >= MAX_REGIONS {
+            return false;
+        }
+        let region = region as u8;
+        let (shard, fp) = self.hashers.locate(name);
+        let old = &self.shards[shard];
+        let e = entry(fp, region);
+        let new: Arc<[u64]> = match position(old, fp) {
+            Ok(i) if old[i] == e => return true,
+            Ok(i) => {
+                let mut v = old.to_vec();
+                v[i] = e;
+                v.into()
+            }
+            Err(i) => {
+                let mut v = Vec::with_capacity(old.len() + 1);
+                v.extend_from_slice(&old[..i]);
+                v.push(e);
+                v.extend_from_slice(&old[i..]);
+                self.len += 1;
+                v.into()
+            }
+        };
+        self.shard_slots()[shard] = new;
+        true
+    }
+
+    /// Forgets `name` (a delta: copies one shard when it was there).
+    pub fn remove(&mut self, name: Name<'_>) -> bool {
+        let (shard, fp) = self.hashers.locate(name);
+        let old = &self.shards[shard];
+        let Ok(i) = position(old, fp) else {
+            return false;
+        };
+        let mut v = Vec::with_capacity(old.len() - 1);
+        v.extend_from_slice(&old[..i]);
+        v.extend_from_slice(&old[i + 1..]);
+        self.shard_slots()[shard] = v.into();
+        self.len -= 1;
+        true
+    }
+
+    /// The shard array, copied first if a published table shares it.
+    fn shard_slots(&mut self) -> &mut [Arc<[u64]>] {
+        if Arc::get_mut(&mut self.shards).is_none() {
+            self.shards = self.shards.iter().cloned().collect();
+        }
+        Arc::get_mut(&mut self.shards).expect("just made unique")
+    }
+
+    /// Bytes held: entries, shard headers and the shard array.
+    pub fn approx_bytes(&self) -> usize {
+        let entries: usize = self.shards.iter().map(|s| s.len() * 8).sum();
+        // Each non-shared shard allocation carries two reference counts.
+        entries + SHARDS * (16 + 16)
+    }
+
+    /// Renumbers regions by `map` (old index -> new index), for a file read
+    /// back into a table whose region order differs. Entries whose region
+    /// maps to None are dropped; returns how many.
+    fn remap(&mut self, map: &[Option<usize>]) -> usize {
+        let mut dropped = 0;
+        let mut len = 0;
+        let shards: Vec<Arc<[u64]>> = self
+            .shards
+            .iter()
+            .map(|s| {
+                let v: Vec<u64> = s
+                    .iter()
+                    .filter_map(|&e| match map.get(region_of(e) as usize).copied().flatten() {
+                        Some(r) if r < MAX_REGIONS => Some(entry(e >> 8, r as u8)),
+                        _ => {
+                            dropped += 1;
+                            None
+                        }
+                    })
+                    .collect();
+                len += v.len();
+                v.into()
+            })
+            .collect();
+        self.shards = shards.into();
+        self.len = len;
+        dropped
+    }
+
+    /// Every (region, count) pair, for `/debug/snapshot`.
+    pub fn per_region(&self) -> Vec<(u8, usize)> {
+        let mut counts = [0usize; 256];
+        for s in self.shards.iter() {
+            for &e in s.iter() {
+                counts[region_of(e) as usize] += 1;
+            }
+        }
+        counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(r, &n)| (r as u8, n))
+            .collect()
+    }
+
+    /// The serialised form, with `region_names[i]` the name of region `i`.
+    pub fn dump<'a>(&'a self, region_names: Vec<String>) -> DirectoryDumpRef<'a> {
+        DirectoryDumpRef {
+            dir: self,
+            region_names,
+        }
+    }
+
+    /// Reads a dump back for a table whose regions are looked up by
+    /// `region_index`. Returns the directory and how many entries named a
+    /// region the table does not have (dropped).
+    pub fn from_dump(
+        d: &DirectoryDump,
+        region_index: impl Fn(&str) -> Option<usize>,
+    ) -> Result<(Directory, usize), String> {
+        use base64::Engine;
+        if d.format != DUMP_FORMAT || d.shard_bits != SHARD_BITS {
+            return Err(format!(
+                "directory format {} with {} shard bits is not this build's ({DUMP_FORMAT}, {SHARD_BITS})",
+                d.format, d.shard_bits
+            ));
+        }
+        if d.shards.len() != SHARDS {
+            return Err(format!("directory has {} shards, not {SHARDS}", d.shards.len()));
+        }
+        let key = u128::from_str_radix(&d.key, 16).map_err(|e| format!("directory key: {e}"))?;
+        let mut dir = Directory::empty(((key >> 64) as u64, key as u64));
+        let engine = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let mut shards = Vec::with_capacity(SHARDS);
+        let mut len = 0;
+        for (i, text) in d.shards.iter().enumerate() {
+            let bytes = engine.decode(text).map_err(|e| format!("directory shard {i}: {e}"))?;
+            if bytes.len() % 8 != 0 {
+                return Err(format!("directory shard {i}: not a whole number of entries"));
+            }
+            let v: Vec<u64> = bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            let sorted = v.windows(2).all(|w| (w[0] >> 8) < (w[1] >> 8));
+            if !sorted || v.iter().any(|&e| e & 0xFF == 0) {
+                return Err(format!("directory shard {i}: entries out of order or empty"));
+            }
+            len += v.len();
+            shards.push(Arc::<[u64]>::from(v));
+        }
+        dir.shards = shards.into();
+        dir.len = len;
+        let map: Vec<Option<usize>> = d.regions.iter().map(|r| region_index(r)).collect();
+        let dropped = dir.remap(&map);
+        Ok((dir, dropped))
+    }
+}
+
+/// The directory as a snapshot file holds it (last-known-good files and
+/// `edgeplane snapshot dump`): the hash key and the shards, each the
+/// base64 (standard, unpadded) of its little-endian entries; `regions`
+/// names the region of each index the entries use. Names are not in it —
+/// the directory never had them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryDump {
+    pub format: u32,
+    pub shard_bits: u32,
+    /// The 128-bit hash key, 32 hex digits.
+    pub key: String,
+    pub entries: usize,
+    pub regions: Vec<String>,
+    pub shards: Vec<String>,
+}
+
+/// Serialises a [`Directory`] as a [`DirectoryDump`], one shard at a time.
+pub struct DirectoryDumpRef<'a> {
+    dir: &'a Directory,
+    region_names: Vec<String>,
+}
+
+impl DirectoryDumpRef<'_> {
+    /// An owned dump (holds every shard's text at once).
+    pub fn to_owned_dump(&self) -> DirectoryDump {
+        DirectoryDump {
+            format: DUMP_FORMAT,
+            shard_bits: SHARD_BITS,
+            key: self.key_hex(),
+            entries: self.dir.len,
+            regions: self.region_names.clone(),
+            shards: self.dir.shards.iter().map(|s| shard_text(s)).collect(),
+        }
+    }
+
+    fn key_hex(&self) -> String {
+        let (a, b) = self.dir.hashers.key;
+        format!("{:032x}", ((a as u128) << 64) | b as u128)
+    }
+}
+
+fn shard_text(s: &[u64]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = s.iter().flat_map(|e| e.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+impl serde::Serialize for DirectoryDumpRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Shards<'a>(&'a [Arc<[u64]>]);
+        impl serde::Serialize for Shards<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|sh| shard_text(sh)))
+            }
+        }
+        let mut st = s.serialize_struct("DirectoryDump", 6)?;
+        st.serialize_field("format", &DUMP_FORMAT)?;
+        st.serialize_field("shard_bits", &SHARD_BITS)?;
+        st.serialize_field("key", &self.key_hex())?;
+        st.serialize_field("entries", &self.dir.len)?;
+        st.serialize_field("regions", &self.region_names)?;
+        st.serialize_field("shards", &Shards(&self.dir.shards))?;
+        st.end()
+    }
+}
+
+/// What a full load's names looked like once sorted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildReport {
+    /// Names pushed.
+    pub pushed: usize,
+    /// Pairs of names with the same 68 bits: held once.
+    pub collisions: usize,
+    /// Of those, pairs whose regions differ (one of the two is misrouted
+    /// until a full load draws a new key).
+    pub conflicts: usize,
+}
+
+/// Collects a full load's names, then sorts each shard once.
+pub struct DirectoryBuilder {
+    hashers: Hashers,
+    shards: Vec<Vec<u64>>,
+    pushed: usize,
+    /// Entries came from a file first: equal fingerprints are the same name
+    /// again (the later one wins), not collisions.
+    seeded: bool,
+}
+
+impl DirectoryBuilder {
+    /// A builder with a fresh random key, sized for about `expected` names.
+    pub fn new(expected: usize) -> DirectoryBuilder {
+        Self::with_key(random_key(), expected)
+    }
+
+    pub fn with_key(key: (u64, u64), expected: usize) -> DirectoryBuilder {
+        let per_shard = expected / SHARDS + expected / SHARDS / 8;
+        DirectoryBuilder {
+            hashers: Hashers::new(key),
+            shards: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
+            pushed: 0,
+            seeded: false,
+        }
+    }
+
+    /// A builder holding `dir`'s entries (and its key): names pushed on top
+    /// of a directory read back from a file. A pushed name that is already
+    /// there replaces it.
+    pub fn seeded(dir: Directory) -> DirectoryBuilder {
+        DirectoryBuilder {
+            hashers: dir.hashers,
+            shards: dir.shards.iter().map(|s| s.to_vec()).collect(),
+            pushed: 0,
+            seeded: true,
+        }
+    }
+
+    /// Adds a name; false (and nothing added) when `region` is at or past
+    /// [`MAX_REGIONS`].
+    pub fn push(&mut self, name: Name<'_>, region: usize) -> bool {
+        if region >= MAX_REGIONS {
+            return false;
+        }
+        let (shard, fp) = self.hashers.locate(name);
+        self.shards[shard].push(entry(fp, region as u8));
+        self.pushed += 1;
+        true
+    }
+
+    /// Sorts and freezes the shards.
+    pub fn finish(self) -> (Directory, BuildReport) {
+        let mut report = BuildReport {
+            pushed: self.pushed,
+            ..Default::default()
+        };
+        let mut len = 0;
+        let shards: Vec<Arc<[u64]>> = self
+            .shards
+            .into_iter()
+            .map(|mut v| {
+                if self.seeded {
+                    // Stable by fingerprint only: pushed entries follow the
+                    // file's, and the last of equals is kept.
+                    v.sort_by_key(|e| e >> 8);
+                    v.reverse();
+                    v.dedup_by(|later, kept| (*later >> 8) == (*kept >> 8));
+                    v.reverse();
+                    len += v.len();
+                    return Arc::from(v);
+                }
+                v.sort_unstable();
+                v.dedup_by(|later, kept| {
+                    let same = (*later >> 8) == (*kept >> 8);
+                    if same {
+                        report.collisions += 1;
+                        if *later != *kept {
+                            report.conflicts += 1;
+                        }
+                    }
+                    same
+                });
+                len += v.len();
+                Arc::from(v)
+            })
+            .collect();
+        let dir = Directory {
+            hashers: self.hashers,
+            shards: shards.into(),
+            len,
+        };
+        (dir, report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn built(names: &[(&str, usize)]) -> Directory {
+        let mut b = DirectoryBuilder::with_key((1, 2), names.len());
+        for &(n, r) in names {
+            assert!(b.push(Name::Slug(n), r));
+        }
+        b.finish().0
+    }
+
+    #[test]
+    fn finds_what_was_built_and_nothing_else() {
+        let names: Vec<(String, usize)> = (0..50_000).map(|i| (format!("app-{i}"), i % 7)).collect();
+        let refs: Vec<(&str, usize)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        let d = built(&refs);
+        assert_eq!(d.len(), 50_000);
+        for (n, r) in &names {
+            assert_eq!(d.get(Name::Slug(n)), Some(*r as u8), "{n}");
+            assert_eq!(d.get(Name::Domain(n)), None, "a slug is not a domain");
+        }
+        for i in 0..50_000 {
+            assert_eq!(d.get(Name::Slug(&format!("nope-{i}"))), None);
+        }
+        // 8 bytes per name plus the fixed shard overhead.
+        assert!(d.approx_bytes() <= 50_000 * 8 + SHARDS * 32);
+    }
+
+    #[test]
+    fn deltas_copy_on_write_and_leave_the_published_copy_alone() {
+        let d = built(&[("a", 1), ("b", 2)]);
+        let mut next = d.clone();
+        assert!(next.set(Name::Slug("c"), 3));
+        assert!(next.set(Name::Slug("a"), 4), "a region change");
+        assert!(next.remove(Name::Slug("b")));
+        assert!(!next.remove(Name::Slug("b")), "already gone");
+        assert!(next.set(Name::Domain("www.example.com"), 0));
+        assert_eq!(
+            (
+                next.get(Name::Slug("a")),
+                next.get(Name::Slug("b")),
+                next.get(Name::Slug("c"))
+            ),
+            (Some(4), None, Some(3))
+        );
+        assert_eq!(next.get(Name::Domain("www.example.com")), Some(0));
+        assert_eq!(next.len(), 3);
+        assert_eq!(
+            (d.get(Name::Slug("a")), d.get(Name::Slug("b")), d.get(Name::Slug("c"))),
+            (Some(1), Some(2), None),
+            "the old copy is untouched"
+        );
+        assert!(!next.set(Name::Slug("x"), MAX_REGIONS), "region index out of range");
+    }
+
+    #[test]
+    fn a_dump_reads_back_with_regions_renumbered() {
+        let mut d = built(&[("a", 0), ("b", 1), ("c", 2)]);
+        d.set(Name::Domain("a.example.com"), 2);
+        let text = serde_json::to_string(&d.dump(vec!["x".into(), "y".into(), "z".into()])).unwrap();
+        let back: DirectoryDump = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, d.dump(vec!["x".into(), "y".into(), "z".into()]).to_owned_dump());
+        // The reading table has z first and no y.
+        let (r, dropped) = Directory::from_dump(&back, |n| match n {
+            "z" => Some(0),
+            "x" => Some(1),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(dropped, 1);
+        assert_eq!(r.get(Name::Slug("a")), Some(1));
+        assert_eq!(r.get(Name::Slug("b")), None);
+        assert_eq!(r.get(Name::Slug("c")), Some(0));
+        assert_eq!(r.get(Name::Domain("a.example.com")), Some(0));
+        let mut bad = back.clone();
+        bad.shard_bits = 10;
+        assert!(Directory::from_dump(&bad, |_| Some(0)).is_err());
+        let mut bad = back;
+        bad.shards[0] = "!!".into();
+        assert!(Directory::from_dump(&bad, |_| Some(0)).is_err());
+    }
+
+    #[test]
+    fn a_build_counts_names_that_share_their_bits() {
+        // The same name twice stands in for two names with equal hashes.
+        let mut b = DirectoryBuilder::with_key((5, 6), 4);
+        b.push(Name::Slug("twin"), 1);
+        b.push(Name::Slug("twin"), 1);
+        b.push(Name::Slug("rival"), 1);
+        b.push(Name::Slug("rival"), 2);
+        let (d, report) = b.finish();
+        assert_eq!(
+            report,
+            BuildReport {
+                pushed: 4,
+                collisions: 2,
+                conflicts: 1
+            }
+        );
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.get(Name::Slug("twin")), Some(1));
+        assert!(matches!(d.get(Name::Slug("rival")), Some(1 | 2)));
+    }
+
+    #[test]
+    fn keys_differ_between_directories() {
+        assert_ne!(random_key(), random_key());
+    }
+
+    proptest! {
+        /// Any sequence of sets and removes leaves the directory agreeing
+        /// with a plain map, whatever the shard contents look like.
+        #[test]
+        fn agrees_with_a_map(ops in proptest::collection::vec((0u8..3, 0u16..400, 0usize..5), 1..400)) {
+            let mut d = Directory::empty((9, 9));
+            let mut m = std::collections::HashMap::new();
+            for (op, k, r) in ops {
+                let name = format!("n{k}");
+                match op {
+                    0 | 1 => {
+                        d.set(Name::Slug(&name), r);
+                        m.insert(name, r as u8);
+                    }
+                    _ => {
+                        prop_assert_eq!(d.remove(Name::Slug(&name)), m.remove(&name).is_some());
+                    }
+                }
+            }
+            prop_assert_eq!(d.len(), m.len());
+            for k in 0u16..400 {
+                let name = format!("n{k}");
+                prop_assert_eq!(d.get(Name::Slug(&name)), m.get(&name).copied());
+            }
+        }
+
+        #[test]
+        fn position_finds_every_entry(mut v in proptest::collection::vec(1u64..(1 << 56), 0..300), probe in 0u64..(1 << 56)) {
+            v.sort_unstable();
+            v.dedup();
+            let s: Vec<u64> = v.iter().map(|&fp| entry(fp, 0)).collect();
+            for (i, &fp) in v.iter().enumerate() {
+                prop_assert_eq!(position(&s, fp), Ok(i));
+            }
+            let want = v.binary_search(&probe);
+            prop_assert_eq!(position(&s, probe), want);
+        }
+    }
+}
