@@ -10,8 +10,11 @@
 //! - The metrics listener serves `/metrics` (`conman_containers`,
 //!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`) and
 //!   takes `POST /control` with JSON `{"containers":N,"cpu":F,"ready":bool,
-//!   "scrape":"ok"|"hang"|"garbage"|"error"}` (all fields optional; `scrape`
-//!   injects faults into `/metrics` only, the HTTP listener keeps serving).
+//!   "scrape":"ok"|"hang"|"garbage"|"error","replay":"vm=ID"}` (all fields
+//!   optional; `scrape` injects faults into `/metrics` only, the HTTP
+//!   listener keeps serving; `replay`, when not empty, makes the VM answer
+//!   every request and refuse every upgrade with 409 and
+//!   `x-edgeplane-replay: <value>`, as a VM that lost a placement race).
 //!
 //! Both listeners may be given port 0; the bound addresses are printed as
 //! `fake-vm <id> listening http=<addr> metrics=<addr>`. Start at [`run`].
@@ -45,6 +48,9 @@ pub struct Reported {
     /// How `/metrics` answers: `ok`, `hang` (never), `garbage` (200 with a
     /// body that is not the exposition format) or `error` (500).
     pub scrape: ScrapeMode,
+    /// `x-edgeplane-replay` value every answer carries (empty: none).
+    #[serde(default)]
+    pub replay: String,
 }
 
 /// How the fake VM answers scrapes (fault injection for health tests).
@@ -65,6 +71,7 @@ struct ControlBody {
     cpu: Option<f64>,
     ready: Option<bool>,
     scrape: Option<ScrapeMode>,
+    replay: Option<String>,
 }
 
 struct State {
@@ -96,12 +103,21 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    let replay = state.reported.lock().unwrap().replay.clone();
     let is_ws = req
         .headers()
         .get(hyper::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.eq_ignore_ascii_case("websocket"))
         .unwrap_or(false);
+    if is_ws && !replay.is_empty() {
+        return Ok(Response::builder()
+            .status(StatusCode::CONFLICT)
+            .header("x-served-by", state.id.as_str())
+            .header("x-edgeplane-replay", replay.as_str())
+            .body(Full::new(Bytes::from_static(b"elsewhere\n")))
+            .unwrap());
+    }
     if is_ws {
         let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
             return Ok(text(StatusCode::BAD_REQUEST, "missing sec-websocket-key\n"));
@@ -156,12 +172,16 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
         "vm": state.id, "method": method, "host": host, "path": path,
         "headers": headers, "body_bytes": body_bytes,
     });
-    Ok(Response::builder()
-        .status(StatusCode::OK)
+    let mut resp = Response::builder()
         .header("content-type", "application/json")
-        .header("x-served-by", state.id.as_str())
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap())
+        .header("x-served-by", state.id.as_str());
+    resp = if replay.is_empty() {
+        resp.status(StatusCode::OK)
+    } else {
+        resp.status(StatusCode::CONFLICT)
+            .header("x-edgeplane-replay", replay.as_str())
+    };
+    Ok(resp.body(Full::new(Bytes::from(body.to_string()))).unwrap())
 }
 
 async fn echo<S>(mut ws: WebSocketStream<S>)
@@ -251,6 +271,9 @@ fakevm_websockets_open {}\n",
             if let Some(v) = c.scrape {
                 r.scrape = v;
             }
+            if let Some(v) = c.replay {
+                r.replay = v;
+            }
             Ok(Response::builder()
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(serde_json::to_string(&*r).unwrap())))
@@ -291,6 +314,7 @@ pub async fn start(opts: FakeVmOptions) -> std::io::Result<(SocketAddr, SocketAd
         id: opts.id,
         reported: Mutex::new(Reported {
             scrape: ScrapeMode::Ok,
+            replay: String::new(),
             containers: opts.containers,
             cpu: opts.cpu,
             ready: true,

@@ -71,12 +71,21 @@ pub const DEFAULT_EJECT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_EJECTED_SHARE: f64 = 0.25;
 /// How often VM health is read.
 pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
-/// Deadline of one scrape (connect, request and body) or one Prometheus query.
+/// Deadline of one scrape (connect, request and body) or one Prometheus
+/// query. Unset, it is this or `scrape_interval_ms`, whichever is shorter
+/// (as Prometheus does).
 pub const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A VM whose last good sample is older than this is not usable.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(15);
 /// Scrapes in flight at once.
 pub const DEFAULT_SCRAPE_CONCURRENCY: usize = 64;
+/// Further VMs tried when the connection to a VM picked for a repl that
+/// is not running fails before any byte of the request was written
+/// (refused, reset, connect timeout): Envoy's `retry_on: connect-failure`,
+/// nginx's `proxy_next_upstream`, HAProxy's `redispatch`.
+pub const DEFAULT_CONNECT_RETRIES: u32 = 2;
+/// Largest `connect_retries` (each retry may wait a connect timeout).
+pub const MAX_CONNECT_RETRIES: u32 = 8;
 /// How long the pick of a VM for a not-running repl is remembered, so
 /// concurrent first connections of one repl land on one VM.
 pub const DEFAULT_PICK_TTL: Duration = Duration::from_secs(10);
@@ -107,6 +116,12 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request body accepted (413 above; by Content-Length up front,
 /// by counting for chunked bodies).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// Largest request body the edge holds so it can send the request again
+/// when a VM answers `x-edgeplane-replay` (fly-replay's limit is 1 MB; a
+/// body past this is streamed, and its request is not replayed).
+pub const DEFAULT_REPLAY_BODY_BYTES: usize = 64 * 1024;
+/// Largest `replay_body_bytes`: Pingora's request retry buffer holds 64 KiB.
+pub const MAX_REPLAY_BODY_BYTES: usize = 64 * 1024;
 /// Requests served on one client connection before the edge closes it
 /// (nginx `keepalive_requests`: 1000). Bounds per-connection memory growth
 /// and spreads long-lived clients over edges after a deploy.
@@ -317,6 +332,8 @@ pub struct BalancerConfig {
     pub eject_after_failures: u32,
     pub eject: Duration,
     pub max_ejected_share: f64,
+    /// Other VMs tried after a connect failure to a picked VM.
+    pub connect_retries: u32,
 }
 
 /// Where VM health comes from.
@@ -353,6 +370,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_tunnels: usize,
+    /// Request bodies up to this size are held for a replay.
+    pub replay_body_bytes: usize,
 }
 
 /// Secrets are held as bytes read from their files (whitespace trimmed).

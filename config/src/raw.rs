@@ -74,6 +74,7 @@ pub struct RawBalancer {
     pub eject_after_failures: Option<u32>,
     pub eject_ms: Option<u64>,
     pub max_ejected_share: Option<f64>,
+    pub connect_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +105,7 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub max_tunnels: Option<usize>,
+    pub replay_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -248,7 +248,14 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             b.max_ejected_share,
             DEFAULT_MAX_EJECTED_SHARE,
         )?,
+        connect_retries: b.connect_retries.unwrap_or(DEFAULT_CONNECT_RETRIES),
     };
+    if balancer.connect_retries > MAX_CONNECT_RETRIES {
+        return Err(loc.err(
+            "balancer.connect_retries",
+            format!("must be at most {MAX_CONNECT_RETRIES}"),
+        ));
+    }
     if !(1..=4096).contains(&balancer.subset_size) {
         return Err(loc.err("balancer.subset_size", "must be between 1 and 4096"));
     }
@@ -289,10 +296,12 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             ))
         }
     };
+    let scrape_interval = ms(hr.scrape_interval_ms, DEFAULT_SCRAPE_INTERVAL);
     let health = HealthConfig {
         source,
-        scrape_interval: ms(hr.scrape_interval_ms, DEFAULT_SCRAPE_INTERVAL),
-        scrape_timeout: ms(hr.scrape_timeout_ms, DEFAULT_SCRAPE_TIMEOUT),
+        scrape_interval,
+        // Unset, the timeout follows a shorter interval (Prometheus does the same).
+        scrape_timeout: ms(hr.scrape_timeout_ms, DEFAULT_SCRAPE_TIMEOUT.min(scrape_interval)),
         stale_after: ms(hr.stale_after_ms, DEFAULT_STALE_AFTER),
         scrape_concurrency: hr.scrape_concurrency.unwrap_or(DEFAULT_SCRAPE_CONCURRENCY),
     };
@@ -331,7 +340,14 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
         max_tunnels: l.max_tunnels.unwrap_or(DEFAULT_MAX_TUNNELS),
+        replay_body_bytes: l.replay_body_bytes.unwrap_or(DEFAULT_REPLAY_BODY_BYTES),
     };
+    if limits.replay_body_bytes > MAX_REPLAY_BODY_BYTES {
+        return Err(loc.err(
+            "limits.replay_body_bytes",
+            format!("must be at most {MAX_REPLAY_BODY_BYTES} (the request retry buffer's size)"),
+        ));
+    }
     if limits.max_header_bytes < 1024 {
         return Err(loc.err("limits.max_header_bytes", "must be at least 1024"));
     }
@@ -715,6 +731,47 @@ mod tests {
         assert_eq!((e.key.as_str(), e.line), ("health.stale_after_ms", 11), "{e}");
         let (_d, path) = setup(&format!("{MINIMAL}[balancer]\npanic_threshold = 1.5\n"));
         assert_eq!(crate::load(&path).unwrap_err().key, "balancer.panic_threshold");
+    }
+
+    #[test]
+    fn an_unset_scrape_timeout_follows_a_shorter_interval() {
+        let (_d, path) = setup(&format!("{MINIMAL}[health]\nscrape_interval_ms = 200\n"));
+        let c = crate::load(&path).unwrap();
+        assert_eq!(
+            c.health.scrape_timeout,
+            Duration::from_millis(200),
+            "as Prometheus does"
+        );
+        let c = crate::load(&setup(MINIMAL).1).unwrap();
+        assert_eq!(c.health.scrape_timeout, DEFAULT_SCRAPE_TIMEOUT);
+        // Set explicitly, it must still fit in the interval.
+        let (_d, path) = setup(&format!(
+            "{MINIMAL}[health]\nscrape_interval_ms = 200\nscrape_timeout_ms = 500\n"
+        ));
+        assert_eq!(crate::load(&path).unwrap_err().key, "health.scrape_timeout_ms");
+    }
+
+    #[test]
+    fn retry_and_replay_limits_are_checked() {
+        let c = crate::load(&setup(MINIMAL).1).unwrap();
+        assert_eq!(
+            (c.balancer.connect_retries, c.limits.replay_body_bytes),
+            (DEFAULT_CONNECT_RETRIES, DEFAULT_REPLAY_BODY_BYTES)
+        );
+        let (_d, path) = setup(&format!("{MINIMAL}[balancer]\nconnect_retries = 9\n"));
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("balancer.connect_retries", 10), "{e}");
+        let (_d, path) = setup(&format!("{MINIMAL}[limits]\nreplay_body_bytes = 1048576\n"));
+        assert_eq!(crate::load(&path).unwrap_err().key, "limits.replay_body_bytes");
+        let (_d, path) = setup(&format!(
+            "{MINIMAL}[balancer]\nconnect_retries = 0\n[limits]\nreplay_body_bytes = 0\n"
+        ));
+        let c = crate::load(&path).unwrap();
+        assert_eq!(
+            (c.balancer.connect_retries, c.limits.replay_body_bytes),
+            (0, 0),
+            "both can be turned off"
+        );
     }
 
     #[test]

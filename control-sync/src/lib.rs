@@ -275,6 +275,23 @@ pub struct SyncStatus {
     full_loads: AtomicU64,
     deltas: AtomicU64,
     skipped_rows: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    /// The source's last-known-good writer, once one runs.
+    lkg_writer: std::sync::OnceLock<last_known_good::Writer>,
+    /// The last-known-good file served at start, when the store was away.
+    restored: std::sync::Mutex<Option<RestoredFile>>,
+}
+
+/// A last-known-good file an edge started from (the store was away).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RestoredFile {
+    pub path: String,
+    /// The table version the file held.
+    pub version: u64,
+    /// Unix ms the file was written (its modification time).
+    pub file_written_at_ms: u64,
+    /// Unix ms it was published (still serving while the handle's last
+    /// publish is this one).
+    pub published_at_ms: u64,
 }
 
 impl SyncStatus {
@@ -317,6 +334,34 @@ impl SyncStatus {
         for (k, v) in &skipped.counts {
             *m.entry(*k).or_default() += v;
         }
+    }
+    /// Registers the source's last-known-good writer (the first one wins).
+    pub fn set_last_known_good_writer(&self, w: last_known_good::Writer) {
+        let _ = self.lkg_writer.set(w);
+    }
+    /// Writes the newest table to the last-known-good file now (graceful
+    /// stop), waiting at most `limit`; nothing when no file is configured.
+    pub fn flush_last_known_good(&self, limit: std::time::Duration) {
+        if let Some(w) = self.lkg_writer.get() {
+            w.flush(limit);
+        }
+    }
+    /// The last-known-good file already holds `version`.
+    pub fn mark_last_known_good_written(&self, version: u64) {
+        if let Some(w) = self.lkg_writer.get() {
+            w.mark_written(version);
+        }
+    }
+    /// The last-known-good file as last written, if one is configured.
+    pub fn last_known_good_written(&self) -> Option<last_known_good::WrittenFile> {
+        self.lkg_writer.get().and_then(|w| w.written())
+    }
+    pub fn note_restored(&self, r: RestoredFile) {
+        *self.restored.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+    /// The last-known-good file the edge started from, if it did.
+    pub fn restored(&self) -> Option<RestoredFile> {
+        self.restored.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     /// Skipped rows so far, by (table, reason).
     pub fn skipped_rows(&self) -> Vec<((&'static str, &'static str), u64)> {

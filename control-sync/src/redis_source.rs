@@ -273,7 +273,7 @@ pub struct RedisSync {
 impl RedisSync {
     pub fn new(opts: RedisSyncOptions, handle: TableHandle) -> RedisSync {
         RedisSync {
-            lkg: last_known_good::Writer::new(opts.last_known_good.clone(), opts.last_known_good_interval),
+            lkg: last_known_good::Writer::spawn(opts.last_known_good.clone(), opts.last_known_good_interval, &handle),
             opts,
             handle,
             client: None,
@@ -310,7 +310,7 @@ impl RedisSync {
         self.fingerprint = Some(fp);
         self.handle.status().note_full_load();
         self.handle.publish(table, crate::now_unix_ms());
-        self.lkg.after_publish(&self.handle);
+        self.lkg.notify();
         Ok(true)
     }
 

@@ -18,7 +18,7 @@ use pingora_core::protocols::http::ServerSession;
 use edgeplane_control_sync::SyncErrorKind;
 
 use crate::service::{now_ms, Edge};
-use crate::status_page::{ClusterModel, StatusModel, VmModel};
+use crate::status_page::{ClusterModel, LastKnownGoodModel, StatusModel, VmModel};
 
 pub struct AdminApp {
     pub edge: Edge,
@@ -133,6 +133,8 @@ impl AdminApp {
                     "age_seconds": if published == 0 { 0.0 } else { now.saturating_sub(published) as f64 / 1000.0 },
                     "rejected_loads": edge.table.rejected(),
                     "counts": table.counts(),
+                    "directory_bytes": table.directory().approx_bytes(),
+                    "last_known_good": self.last_known_good(now),
                 });
                 resp(StatusCode::OK, "application/json", format!("{body}\n"))
             }
@@ -358,6 +360,33 @@ impl AdminApp {
     }
 
     /// Gathers what the status page shows from the live state.
+    /// The last-known-good file: what this edge last wrote, and the file it
+    /// started from while it still serves it (None: no file configured).
+    fn last_known_good(&self, now: u64) -> Option<LastKnownGoodModel> {
+        let status = self.edge.table.status();
+        let written = status.last_known_good_written();
+        let restored = status.restored();
+        if written.is_none() && restored.is_none() {
+            return None;
+        }
+        let age = |at: u64| (at > 0).then(|| now.saturating_sub(at) as f64 / 1000.0);
+        let serving = restored
+            .as_ref()
+            .is_some_and(|r| r.published_at_ms == self.edge.table.published_at_ms());
+        Some(LastKnownGoodModel {
+            path: written
+                .as_ref()
+                .map(|w| w.path.clone())
+                .or_else(|| restored.as_ref().map(|r| r.path.clone()))
+                .unwrap_or_default(),
+            written_version: written.as_ref().map_or(0, |w| w.version),
+            written_age_s: written.as_ref().and_then(|w| age(w.written_at_ms)),
+            serving_from_file: serving,
+            started_from_version: restored.as_ref().map(|r| r.version),
+            started_from_age_s: restored.as_ref().and_then(|r| age(r.file_written_at_ms)),
+        })
+    }
+
     fn status_model(&self, now: u64) -> StatusModel {
         let e = &self.edge;
         let t = e.table.load_full();
@@ -433,6 +462,8 @@ impl AdminApp {
             vms: c.vms,
             custom_domains: c.custom_domains,
             tombstones: c.tombstones,
+            directory: c.directory,
+            last_known_good: self.last_known_good(now),
             policy: b.policy().as_str().to_string(),
             clusters,
             forwards: e.recent_forwards.latest(),

@@ -315,6 +315,7 @@ pub fn serve(cfg: Config) -> Result<(), DnsError> {
         .enable_all()
         .build()
         .map_err(DnsError::Runtime)?;
+    let sync = placement.table.status_arc();
     let responder = Arc::new(Responder {
         table: placement.table,
         names,
@@ -332,8 +333,20 @@ pub fn serve(cfg: Config) -> Result<(), DnsError> {
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        for t in tasks {
-            let _ = t.await;
+        // SIGTERM: write the newest table to the last-known-good file, then
+        // exit (a DNS answer in flight is a single datagram; nothing to drain).
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DnsError::Runtime)?;
+        let serving = futures_util::future::join_all(tasks);
+        tokio::select! {
+            _ = serving => {}
+            _ = term.recv() => {
+                log::info!("dns: SIGTERM received, writing last-known-good and exiting");
+                let _ = tokio::task::spawn_blocking(move || {
+                    sync.flush_last_known_good(crate::server::STOP_FLUSH_LIMIT)
+                })
+                .await;
+            }
         }
         Ok(())
     })

@@ -186,8 +186,9 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 h.source, h.scrape_interval, h.scrape_timeout, h.stale_after
             );
             println!(
-                "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones",
-                c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones
+                "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones, \
+                 {} names of other regions' apps",
+                c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones, c.directory
             );
             Ok(())
         }

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub resolver_unresolved: IntGauge,
     pub resolver_errors: IntCounter,
     pub resolver_changes: IntCounter,
+    pub replays: IntCounterVec,
+    pub connect_retries: IntCounter,
 }
 
 fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
@@ -330,8 +332,24 @@ impl Metrics {
             "Lookups whose answer differed from the address in use",
         )
         .unwrap();
+        let replays = IntCounterVec::new(
+            Opts::new(
+                "edgeplane_replays_total",
+                "x-edgeplane-replay answers from VMs, by what the edge did: replayed, or why not \
+                 (body_too_large, unknown_target, again, hop_limit)",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let connect_retries = IntCounter::new(
+            "edgeplane_connect_retries_total",
+            "Requests for a repl being placed sent to another VM after a connect failure",
+        )
+        .unwrap();
         for c in [
-            Box::new(shadow_mismatches.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(replays.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connect_retries.clone()),
+            Box::new(shadow_mismatches.clone()),
             Box::new(shadow_last_mismatches.clone()),
             Box::new(shadow_comparisons.clone()),
             Box::new(placement_serving.clone()),
@@ -344,6 +362,8 @@ impl Metrics {
         }
         Metrics {
             registry,
+            replays,
+            connect_retries,
             shadow_mismatches,
             shadow_last_mismatches,
             shadow_comparisons,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{Server, ShutdownSignal, ShutdownSignalWatch, UnixShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 
 use edgeplane_config::{Config, PlacementSource};
@@ -339,5 +339,36 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         server.add_service(h);
     }
     server.add_service(admin);
-    server.run_forever()
+    let signals = StopSignals {
+        sync: edge.table.status_arc(),
+    };
+    server.run(pingora_core::server::RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
+}
+
+/// Longest a graceful stop waits for the last-known-good file to be written.
+pub const STOP_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Pingora's signals (SIGTERM drain, SIGQUIT upgrade, SIGINT fast exit),
+/// plus what a graceful stop owes the next start: the newest table in the
+/// last-known-good file, written before anything else stops.
+struct StopSignals {
+    sync: Arc<edgeplane_control_sync::SyncStatus>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for StopSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = UnixShutdownSignalWatch.recv().await;
+        if !matches!(signal, ShutdownSignal::FastShutdown) {
+            let sync = self.sync.clone();
+            let flushed = tokio::task::spawn_blocking(move || sync.flush_last_known_good(STOP_FLUSH_LIMIT)).await;
+            if let Err(e) = flushed {
+                log::error!("last-known-good flush on stop failed: {e}");
+            }
+        }
+        signal
+    }
 }

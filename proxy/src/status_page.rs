@@ -98,6 +98,10 @@ pub struct StatusModel {
     pub vms: usize,
     pub custom_domains: usize,
     pub tombstones: usize,
+    /// Other regions' app names in the world directory.
+    pub directory: usize,
+    /// The last-known-good file (None: none configured).
+    pub last_known_good: Option<LastKnownGoodModel>,
     pub policy: String,
     pub clusters: Vec<ClusterModel>,
     pub forwards: Vec<ForwardEvent>,
@@ -105,6 +109,51 @@ pub struct StatusModel {
     pub now_ms: u64,
     /// The last config reload (None: running the config it started with).
     pub last_reload: Option<crate::reload::ReloadReport>,
+}
+
+/// What the last-known-good file holds, and whether the edge serves it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LastKnownGoodModel {
+    pub path: String,
+    /// Version in the file this edge last wrote (0: none yet).
+    pub written_version: u64,
+    /// Seconds since that write (None: none yet).
+    pub written_age_s: Option<f64>,
+    /// Serving the table read from the file at start (the store is away).
+    pub serving_from_file: bool,
+    /// The version and age (seconds since it was written) of the file the
+    /// edge started from, when it did.
+    pub started_from_version: Option<u64>,
+    pub started_from_age_s: Option<f64>,
+}
+
+/// The last-known-good card: what the file holds, red-ish while the edge
+/// serves it because the store is away.
+fn last_known_good_card(m: &StatusModel) -> String {
+    let Some(l) = &m.last_known_good else {
+        return String::new();
+    };
+    let secs = |s: Option<f64>| s.map(|s| ago((s * 1000.0) as u64, 0)).unwrap_or_default();
+    let (class, state, detail) = if l.serving_from_file {
+        (
+            "warn",
+            format!("serving file v{}", l.started_from_version.unwrap_or(0)),
+            format!("written {} · the store is away; {}", secs(l.started_from_age_s), l.path),
+        )
+    } else if l.written_version > 0 {
+        (
+            "ok",
+            format!("v{} on disk", l.written_version),
+            format!("written {} · {}", secs(l.written_age_s), l.path),
+        )
+    } else {
+        ("ok", "not written yet".to_string(), l.path.clone())
+    };
+    format!(
+        "<div class=\"card\">last-known-good<b class=\"{class}\" id=\"lkg\">{}</b>{}</div>",
+        html_escape(&state),
+        html_escape(&detail)
+    )
 }
 
 pub fn html_escape(s: &str) -> String {
@@ -265,7 +314,8 @@ pub fn render(m: &StatusModel) -> String {
 <div class=\"card\">state<b class=\"{ready_class}\" id=\"ready\">{ready}</b></div>\
 <div class=\"card\">snapshot version<b id=\"version\">{ver}</b>age {age}</div>\
 <div class=\"card\">sync<b class=\"{sync_class}\" id=\"sync\">{sync}</b>lag {lag:.3} s · errors {errors}</div>\
-<div class=\"card\">placement<b>{repls} repls</b>{vms} VMs · {doms} custom domains · {tombs} tombstones</div>\
+<div class=\"card\">placement<b>{repls} repls</b>{vms} VMs · {doms} custom domains · {tombs} tombstones · \
+<span id=\"directory\">{dir}</span> apps of other regions</div>{lkg}\
 <div class=\"card\">balancer policy<b id=\"policy\">{policy}</b></div>{config}</div>",
         ver = m.version,
         lag = m.lag_s,
@@ -273,6 +323,8 @@ pub fn render(m: &StatusModel) -> String {
         vms = m.vms,
         doms = m.custom_domains,
         tombs = m.tombstones,
+        dir = m.directory,
+        lkg = last_known_good_card(m),
         policy = html_escape(&m.policy),
         config = config_card(m),
     );

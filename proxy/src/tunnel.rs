@@ -34,6 +34,8 @@ use tokio::net::TcpStream;
 
 use crate::ws_frames::{close_frame_to_client, close_frame_to_server, FrameCursor, CLOSE_GOING_AWAY};
 
+/// The VM-to-edge replay header (never relayed to the client).
+const REPLAY_HEADER: &str = "x-edgeplane-replay";
 /// Largest response head accepted from a VM.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Largest non-101 body relayed (error pages).
@@ -69,6 +71,31 @@ impl TunnelError {
     pub fn is_connect(&self) -> bool {
         matches!(self, TunnelError::ConnectTimeout(_) | TunnelError::Connect { .. })
     }
+
+    /// True when the VM never answered: refused, connect timeout, or the
+    /// connection reset or closed before any byte of an answer (a request
+    /// for a repl being placed may move to another VM).
+    pub fn before_answer(&self) -> bool {
+        match self {
+            TunnelError::ConnectTimeout(_) | TunnelError::Connect { .. } | TunnelError::Closed => true,
+            TunnelError::Upstream(e) => matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+
+    /// The `reason` label of `edgeplane_upstream_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TunnelError::ConnectTimeout(_) => "connect_timeout",
+            TunnelError::ReadTimeout => "timeout",
+            TunnelError::Connect { .. } => "connect_refused",
+            TunnelError::Upstream(_) | TunnelError::Closed if self.before_answer() => "connect_reset",
+            _ => "upstream",
+        }
+    }
 }
 
 /// The upstream's answer to the upgrade request.
@@ -79,6 +106,9 @@ pub struct Answer {
     pub head: Vec<u8>,
     /// Bytes read past the head (start of the tunnel or of the body).
     pub rest: Vec<u8>,
+    /// The `x-edgeplane-replay` value the upstream sent, if any (the head
+    /// above never carries it).
+    pub replay: Option<Vec<u8>>,
     /// Body framing of a non-101 answer.
     content_length: Option<usize>,
     chunked: bool,
@@ -185,12 +215,14 @@ impl Tunnel {
                             v.split(|&b| b == b',')
                                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
                         });
+                        let replay = header(REPLAY_HEADER).map(<[u8]>::to_vec);
                         let head = edit_head(&resp, drop_headers, add_headers);
                         let rest = buf[len..].to_vec();
                         return Ok(Answer {
                             status,
                             head,
                             rest,
+                            replay,
                             content_length,
                             chunked,
                         });

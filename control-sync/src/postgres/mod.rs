@@ -166,10 +166,10 @@ pub struct PgSync {
 impl PgSync {
     pub fn new(opts: PgSyncOptions, handle: TableHandle) -> PgSync {
         PgSync {
+            lkg: last_known_good::Writer::spawn(opts.last_known_good.clone(), opts.last_known_good_interval, &handle),
             handle,
             cursor: 0,
             need_full: true,
-            lkg: last_known_good::Writer::new(opts.last_known_good.clone(), opts.last_known_good_interval),
             opts,
         }
     }
@@ -440,7 +440,7 @@ impl PgSync {
                 .max(0) as u64;
             self.handle.status().set_lag_us(lag_us);
         }
-        self.lkg.after_publish(&self.handle);
+        self.lkg.notify();
     }
 }
 

@@ -243,6 +243,46 @@ impl Balancer {
         })
     }
 
+    /// Picks a VM of `cluster` other than those in `tried` (connections to
+    /// them failed): the least loaded remaining member of this edge's
+    /// subset, else the least-loaded remaining active VM of the cluster
+    /// (a subset of one must not strand the repl). None when none is left.
+    pub fn choose_excluding(&self, t: &RoutingTable, cluster: Idx, entropy: u64, tried: &[Idx]) -> Option<Choice> {
+        let view = self.view.load();
+        let valid = |vm: Idx, id_hash: u64| {
+            !tried.contains(&vm)
+                && t.get_vm(vm).is_some_and(|v| {
+                    v.present && v.state == VmState::Active && v.cluster == cluster && v.id_hash == id_hash
+                })
+        };
+        if let Some(cv) = view.clusters.get(cluster as usize) {
+            let left = cv.members.iter().filter(|m| valid(m.vm, m.id_hash));
+            if let Some(m) = pick::least_loaded(left, &self.ledger, entropy) {
+                return Some(Choice {
+                    vm: m.vm,
+                    id_hash: m.id_hash,
+                    policy: Policy::LeastLoaded,
+                    mode: cv.mode,
+                    members: cv.members.len() as u32,
+                    load: m.load(&self.ledger),
+                });
+            }
+        }
+        let candidates = t.candidates(cluster);
+        let c = candidates
+            .iter()
+            .filter(|c| valid(c.vm, c.id_hash))
+            .min_by_key(|c| (c.containers, std::cmp::Reverse(subset::mix(entropy ^ c.id_hash))))?;
+        Some(Choice {
+            vm: c.vm,
+            id_hash: c.id_hash,
+            policy: Policy::LeastLoaded,
+            mode: Mode::Empty,
+            members: candidates.len() as u32,
+            load: c.containers as u64 * view::CPU_ONE as u64,
+        })
+    }
+
     /// Counts a pick that was kept (it becomes load in the ledger).
     #[inline]
     pub fn record(&self, c: &Choice) {

@@ -19,6 +19,7 @@
 
 pub mod host;
 pub mod pick_memory;
+pub mod replay;
 pub mod signing;
 
 mod decide;
@@ -147,6 +148,8 @@ pub enum VmReason {
     Remembered,
     /// Newly picked by the balancer.
     Picked,
+    /// Where a VM's `x-edgeplane-replay` sent the request.
+    Replayed,
 }
 
 impl VmReason {
@@ -155,6 +158,7 @@ impl VmReason {
             VmReason::Running => "running",
             VmReason::Remembered => "remembered",
             VmReason::Picked => "picked",
+            VmReason::Replayed => "replayed",
         }
     }
 }
@@ -164,6 +168,8 @@ impl VmReason {
 pub enum ForwardReason {
     Affinity,
     Tombstone,
+    /// A VM's `x-edgeplane-replay: region=` or a cluster of another region.
+    Replay,
 }
 
 impl ForwardReason {
@@ -171,6 +177,7 @@ impl ForwardReason {
         match self {
             ForwardReason::Affinity => "affinity",
             ForwardReason::Tombstone => "tombstone",
+            ForwardReason::Replay => "replay",
         }
     }
 }

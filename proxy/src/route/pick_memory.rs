@@ -109,6 +109,17 @@ impl PickMemory {
         }
     }
 
+    /// Remembers `vm_fp` for this repl whatever was there: the VM that
+    /// answered after the remembered one failed to connect.
+    pub fn replace(&self, repl_hash: u64, vm_fp: u16, now_ms: u64) {
+        let (slot, tag) = self.slot(repl_hash);
+        let exp = (units(now_ms) + self.ttl_units.load(Ordering::Relaxed)) & EXP_MASK;
+        slot.store(
+            (tag << 32) | ((vm_fp as u64 & FP_MASK) << EXP_BITS) | exp,
+            Ordering::Release,
+        );
+    }
+
     /// Forgets this repl's pick (e.g. the VM refused the connection).
     pub fn forget(&self, repl_hash: u64) {
         let (slot, tag) = self.slot(repl_hash);
@@ -147,6 +158,19 @@ mod tests {
         assert_eq!(m.remember(other, 5, 2), 5);
         assert_eq!(m.recall(99, 3), None, "evicted");
         assert_eq!(m.recall(other, 3), Some(5));
+    }
+
+    #[test]
+    fn replace_overrides_a_live_pick() {
+        let m = PickMemory::new(5000);
+        assert_eq!(m.remember(7, 1, 0), 1);
+        m.replace(7, 2, 10);
+        assert_eq!(m.recall(7, 20), Some(2));
+        assert_eq!(
+            m.remember(7, 3, 30),
+            2,
+            "racing first requests now follow the replacement"
+        );
     }
 
     #[test]

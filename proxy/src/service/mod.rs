@@ -33,7 +33,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use edgeplane_config::Config;
-use edgeplane_control_sync::TableHandle;
+use edgeplane_control_sync::table::Idx;
+use edgeplane_control_sync::{RoutingTable, TableHandle};
 
 use crate::balancer::subset::mix;
 use crate::health::HealthHandle;
@@ -47,6 +48,8 @@ use headers::{header_str, is_websocket_upgrade, itoa_u16, request_head_bytes, st
 
 pub const HOP_HEADER: &str = "x-edgeplane-hop";
 pub const REPLAY_HEADER: &str = "x-edgeplane-replay";
+/// Request header naming the VM that asked for a replay (edge to VM).
+pub const REPLAY_SRC_HEADER: &str = "x-edgeplane-replay-src";
 pub const TRANSFER_FROM_HEADER: &str = "x-edgeplane-transfer-from";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Request header carrying the admin token to ask for [`ROUTE_HEADER`].
@@ -162,6 +165,39 @@ pub struct RequestCtx {
     /// `x-edgeplane-route` value, when the request carried the admin token
     /// in `x-edgeplane-debug`.
     debug_route: Option<String>,
+    /// VMs this request was sent to (a connect retry avoids them).
+    tried: Tried,
+    /// Connect retries made.
+    retries: u32,
+    /// The request was replayed once (a second replay header is ignored).
+    replayed: bool,
+    /// A replay was decided in `upstream_response_filter`; Pingora's retry
+    /// loop carries it out.
+    replay_pending: bool,
+    /// `x-edgeplane-replay-src` of a replayed request.
+    replay_src: Option<String>,
+    /// The current attempt's upstream answered with a response head.
+    answered: bool,
+}
+
+/// The VMs one request tried, inline (at most `1 + MAX_CONNECT_RETRIES`
+/// plus a replay; further ones are not recorded).
+#[derive(Default)]
+pub struct Tried {
+    vms: [Idx; 12],
+    len: u8,
+}
+
+impl Tried {
+    fn push(&mut self, vm: Idx) {
+        if (self.len as usize) < self.vms.len() {
+            self.vms[self.len as usize] = vm;
+            self.len += 1;
+        }
+    }
+    fn as_slice(&self) -> &[Idx] {
+        &self.vms[..self.len as usize]
+    }
 }
 
 /// The client socket of a plain-TCP HTTP/1 session (None for TLS or H2,
@@ -255,44 +291,58 @@ impl Edge {
     /// 502/504 page, exactly as on the proxied path.
     async fn tunnel_websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         use crate::tunnel::{client_socket, Tunnel, TunnelStop};
-        let addr = match ctx.decision {
-            Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
-            _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
-        };
         session.set_keepalive(None);
-        let mut head = session.req_header().clone();
-        self.edit_upstream_request(session, &mut head, ctx)?;
-        let bytes = request_head_bytes(&head);
         let limits = self.limits();
         let grace_period = self.cfg.load().edge.grace_period;
-        let id = ctx.request_id.clone().unwrap_or_default();
-        let route = ctx.debug_route.clone();
-        let mut add: Vec<(&str, &str)> = vec![(REQUEST_ID_HEADER, id.as_str())];
-        if let Some(r) = &route {
-            add.push((ROUTE_HEADER, r.as_str()));
-        }
-        let opened = Tunnel::open(
-            addr,
-            &bytes,
-            limits.upstream_connect_timeout,
-            limits.upstream_read_timeout,
-            &[REPLAY_HEADER, ROUTE_HEADER],
-            &add,
-        )
-        .await;
-        let t = match opened {
-            Ok(t) => t,
-            Err(e) => {
-                let (code, reason) = match &e {
-                    crate::tunnel::TunnelError::ConnectTimeout(_) | crate::tunnel::TunnelError::ReadTimeout => {
-                        (504, "timeout")
+        // Each attempt: connect to the decided address and send the edited
+        // head. A connect failure or reset moves a repl being placed to
+        // another VM; a refusal carrying x-edgeplane-replay sends the
+        // upgrade to the VM's target, once.
+        let t = loop {
+            let addr = match ctx.decision {
+                Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
+                _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
+            };
+            let mut head = session.req_header().clone();
+            self.edit_upstream_request(session, &mut head, ctx)?;
+            let bytes = request_head_bytes(&head);
+            let id = ctx.request_id.clone().unwrap_or_default();
+            let mut add: Vec<(&str, &str)> = vec![(REQUEST_ID_HEADER, id.as_str())];
+            if let Some(r) = &ctx.debug_route {
+                add.push((ROUTE_HEADER, r.as_str()));
+            }
+            let opened = Tunnel::open(
+                addr,
+                &bytes,
+                limits.upstream_connect_timeout,
+                limits.upstream_read_timeout,
+                &[REPLAY_HEADER, ROUTE_HEADER],
+                &add,
+            )
+            .await;
+            match opened {
+                Ok(t) => {
+                    let Some(value) = t.answer.replay.clone() else {
+                        break t;
+                    };
+                    let outcome = match self.plan_replay(session, ctx, &value) {
+                        Ok(()) => route::replay::ReplayOutcome::Replayed,
+                        Err(o) => o,
+                    };
+                    self.metrics.replays.with_label_values(&[outcome.as_str()]).inc();
+                    if outcome != route::replay::ReplayOutcome::Replayed {
+                        break t;
                     }
-                    crate::tunnel::TunnelError::Connect { .. } => (502, "connect_refused"),
-                    _ => (502, "upstream"),
-                };
-                self.note_upstream_failure(ctx, reason, e.is_connect());
-                log::debug!("tunnel to {addr}: {e}");
-                return self.respond(session, ctx, code).await;
+                }
+                Err(e) if e.before_answer() && self.retry_elsewhere(session, ctx, e.reason()) => {
+                    log::debug!("tunnel to {addr}: {e}: retrying elsewhere");
+                }
+                Err(e) => {
+                    let code = if e.reason().ends_with("timeout") { 504 } else { 502 };
+                    self.note_upstream_failure(ctx, e.reason(), e.is_connect());
+                    log::debug!("tunnel to {addr}: {e}");
+                    return self.respond(session, ctx, code).await;
+                }
             }
         };
         if let Some(h) = ctx.vm_hash {
@@ -317,8 +367,9 @@ impl Edge {
                 // 10 s) so clients do not all reconnect in the same instant.
                 delay: Duration::from_millis(entropy() % (grace_period.as_millis() as u64 / 2).clamp(1, 10_000)),
             });
+        let addr = t.upstream.peer_addr().ok();
         if let Err(e) = t.run(client, limits.tunnel_idle_timeout, stop).await {
-            log::debug!("tunnel to {addr} ended: {e}");
+            log::debug!("tunnel to {addr:?} ended: {e}");
         }
         Ok(())
     }
@@ -386,9 +437,10 @@ impl Edge {
                     upstream.remove_header("x-forwarded-host");
                 }
             }
-            let id = self.next_request_id();
+            // One id for every attempt of this request (a replay or retry
+            // keeps it).
+            let id = ctx.request_id.get_or_insert_with(|| self.next_request_id());
             upstream.insert_header(REQUEST_ID_HEADER, id.as_str())?;
-            ctx.request_id = Some(id);
         } else {
             match header_str(session.req_header(), REQUEST_ID_HEADER) {
                 Some(id) => ctx.request_id = Some(id.to_string()),
@@ -414,6 +466,119 @@ impl Edge {
             }
             _ => {}
         }
+        if let Some(src) = &ctx.replay_src {
+            upstream.insert_header(REPLAY_SRC_HEADER, src.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Takes `next` as the request's decision (a connect retry or a
+    /// replay): the VM hash, transfer and forward facts follow it.
+    fn redirect(&self, session: &Session, ctx: &mut RequestCtx, t: &RoutingTable, next: Decision) {
+        match next {
+            Decision::Vm { vm, transfer_from, .. } => {
+                ctx.vm_hash = Some(t.vm(vm).id_hash);
+                ctx.transfer_from = transfer_from.map(|c| t.cluster(c).name.clone());
+                ctx.tried.push(vm);
+            }
+            Decision::Forward { region, reason, .. } => {
+                ctx.vm_hash = None;
+                ctx.transfer_from = None;
+                ctx.forward_host = session
+                    .req_header()
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| route::host::canonical_host(h.as_bytes()).ok())
+                    .map(|c| c.as_str().to_string());
+                self.metrics
+                    .forwards
+                    .with_label_values(&[&t.region(region).name, reason.as_str()])
+                    .inc();
+            }
+            Decision::Reject { .. } => {}
+        }
+        ctx.decision = Some(next);
+    }
+
+    /// After a connection to a VM failed before any byte of the request was
+    /// written (`reason`: refused, reset, timeout): for a repl being placed,
+    /// counts the failure, moves the request to another VM of the cluster
+    /// and returns true (Pingora then asks [`ProxyHttp::upstream_peer`]
+    /// again). False when the decision may not move or no retry is left.
+    fn retry_elsewhere(&self, session: &Session, ctx: &mut RequestCtx, reason: &str) -> bool {
+        let Some(failed) = ctx.decision else {
+            return false;
+        };
+        if ctx.retries >= self.cfg.load().balancer.connect_retries {
+            return false;
+        }
+        let t = self.table.load();
+        let route = self.route.load();
+        let Some(next) = route::replay::retry_elsewhere(&route, &t, &failed, ctx.tried.as_slice(), entropy(), now_ms())
+        else {
+            return false;
+        };
+        self.metrics.upstream_errors.with_label_values(&[reason]).inc();
+        if let Some(h) = ctx.vm_hash {
+            route.balancer.outliers.failure(h);
+        }
+        self.metrics.connect_retries.inc();
+        ctx.retries += 1;
+        log::debug!(
+            "connect to {} failed ({reason}): retrying on {}",
+            route::describe(&failed, &t),
+            route::describe(&next, &t)
+        );
+        self.redirect(session, ctx, &t, next);
+        true
+    }
+
+    /// A VM answered with `x-edgeplane-replay: value`: decide whether and
+    /// where the request goes again (DESIGN: once, a body held whole,
+    /// a known target). On `Ok` the request's decision is the replay's.
+    fn plan_replay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        value: &[u8],
+    ) -> std::result::Result<(), route::replay::ReplayOutcome> {
+        use route::replay::{body_replayable, parse_target, replay, replay_source, FirstTry, ReplayOutcome};
+        if ctx.replayed {
+            return Err(ReplayOutcome::Again);
+        }
+        let target = parse_target(value).ok_or(ReplayOutcome::UnknownTarget)?;
+        let limits = self.limits();
+        let req = session.req_header();
+        let declared = header_str(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let whole = body_replayable(
+            declared,
+            ctx.body_bytes,
+            session.is_body_done(),
+            session.as_ref().retry_buffer_truncated(),
+            limits.replay_body_bytes,
+        );
+        if !whole {
+            return Err(ReplayOutcome::BodyTooLarge);
+        }
+        let Some(asked) = ctx.decision else {
+            return Err(ReplayOutcome::UnknownTarget);
+        };
+        let t = self.table.load();
+        let route = self.route.load();
+        let (kind, repl_hash) = match asked {
+            Decision::Vm { kind, repl_hash, .. } | Decision::Forward { kind, repl_hash, .. } => (kind, repl_hash),
+            Decision::Reject { kind, .. } => (kind, 0),
+        };
+        let first = FirstTry {
+            kind,
+            repl_hash,
+            hops_in: ctx.hops_in,
+            entropy: entropy(),
+        };
+        let next = replay(&route, &t, target, first)?;
+        ctx.replay_src = Some(replay_source(&t, &asked));
+        ctx.replayed = true;
+        self.redirect(session, ctx, &t, next);
         Ok(())
     }
 }
@@ -438,6 +603,12 @@ impl ProxyHttp for Edge {
             table_version: 0,
             sampled: false,
             debug_route: None,
+            tried: Tried::default(),
+            retries: 0,
+            replayed: false,
+            replay_pending: false,
+            replay_src: None,
+            answered: false,
         }
     }
 
@@ -572,6 +743,7 @@ impl ProxyHttp for Edge {
             Decision::Vm { transfer_from, vm, .. } => {
                 ctx.transfer_from = transfer_from.map(|c| table.cluster(c).name.clone());
                 ctx.vm_hash = Some(table.vm(vm).id_hash);
+                ctx.tried.push(vm);
             }
         }
         ctx.decision = Some(decision);
@@ -598,6 +770,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        ctx.answered = false;
         let addr: SocketAddr = match ctx.decision {
             Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
             _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
@@ -623,6 +796,96 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.edit_upstream_request(session, upstream, ctx)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.answered = true;
+        let Some(value) = resp.headers.get(REPLAY_HEADER).map(|v| v.as_bytes().to_vec()) else {
+            return Ok(());
+        };
+        let outcome = match self.plan_replay(session, ctx, &value) {
+            Ok(()) => route::replay::ReplayOutcome::Replayed,
+            Err(o) => o,
+        };
+        self.metrics.replays.with_label_values(&[outcome.as_str()]).inc();
+        if outcome != route::replay::ReplayOutcome::Replayed {
+            // The client gets the VM's own answer, without the header.
+            resp.remove_header(REPLAY_HEADER);
+            return Ok(());
+        }
+        // Drop this answer: Pingora's retry loop sends the request again,
+        // to the decision `plan_replay` set (see `error_while_proxy`).
+        ctx.replay_pending = true;
+        Error::e_explain(ErrorType::Custom("replay"), "the VM asked for a replay")
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let reason = match e.etype() {
+            ErrorType::ConnectTimedout => "connect_timeout",
+            ErrorType::ConnectRefused => "connect_refused",
+            _ => "connect_error",
+        };
+        if self.retry_elsewhere(session, ctx, reason) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.replay_pending) {
+            e.set_retry(true);
+            return e;
+        }
+        // A VM that reset or closed a fresh connection before answering: a
+        // repl being placed moves to another VM when the edge still holds
+        // the request body whole.
+        let reset = e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if reset && !ctx.answered && !client_reused && !session.as_ref().retry_buffer_truncated() {
+            let declared =
+                header_str(session.req_header(), "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+            let whole = route::replay::body_replayable(
+                declared,
+                ctx.body_bytes,
+                session.is_body_done(),
+                false,
+                self.limits().replay_body_bytes,
+            );
+            if whole && self.retry_elsewhere(session, ctx, "connect_reset") {
+                e.set_retry(true);
+                return e;
+            }
+        }
+        // Pingora's default: a stale pooled connection may be retried for an
+        // idempotent request whose body it holds.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn request_body_filter(

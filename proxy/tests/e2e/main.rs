@@ -22,6 +22,7 @@ mod resolver;
 mod status_page;
 mod tls;
 mod websocket;
+mod world_directory;
 
 use std::net::SocketAddr;
 
