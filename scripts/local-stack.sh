@@ -195,9 +195,11 @@ check "  x-edgeplane-route" "$route" "vm vm-use1-1 .*\(running\)"
 request "${proxy[aps1]}" chai.repl.co
 check "chai.repl.co via ap-south1: the VM that runs it" "$status $served_by" "^200 vm-aps1-1$"
 request "${proxy[aps1]}" hello.repl.co
-# An edge synced from PostgreSQL loads its own region's apps (DESIGN §3);
-# DNS sends clients to an app's home region.
-check "hello.repl.co via ap-south1: not an app of this region" "$status" "^404$"
+# An edge synced from PostgreSQL holds its own region's apps whole and every
+# other region's by name (the world directory): a client that lands on the
+# wrong region's edge takes one hop to the app's home.
+check "hello.repl.co via ap-south1: one hop to its home region" "$status $served_by" "^200 vm-use1-1$"
+check "  x-edgeplane-route" "$route" "forward to region us-east1 .*\(affinity, hop 1\)"
 request "${proxy[use1]}" hello.example.com
 check "hello.example.com (custom domain) via us-east1" "$status $served_by" "^200 vm-use1-1$"
 request "${proxy[use1]}" fresh.repl.co

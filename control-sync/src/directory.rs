@@ -114,7 +114,7 @@ impl Hashers {
 /// A random key (std's per-process random SipHash keys, the clock and the
 /// process id, mixed): a directory's hash function is unknown outside it.
 pub fn random_key() -> (u64, u64) {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     let seed = (
         std::process::id(),
         std::time::SystemTime::now()
@@ -124,9 +124,7 @@ pub fn random_key() -> (u64, u64) {
     );
     let mut out = [0u64; 2];
     for (i, o) in out.iter_mut().enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        (seed, i).hash(&mut h);
-        *o = h.finish();
+        *o = std::collections::hash_map::RandomState::new().hash_one((seed, i));
     }
     (out[0], out[1])
 }
@@ -364,15 +362,16 @@ impl Directory {
                 d.format, d.shard_bits
             ));
         }
-        if d.shards.len() != SHARDS {
-            return Err(format!("directory has {} shards, not {SHARDS}", d.shards.len()));
-        }
         let key = u128::from_str_radix(&d.key, 16).map_err(|e| format!("directory key: {e}"))?;
         let mut dir = Directory::empty(((key >> 64) as u64, key as u64));
         let engine = base64::engine::general_purpose::STANDARD_NO_PAD;
-        let mut shards = Vec::with_capacity(SHARDS);
+        let mut shards: Vec<Arc<[u64]>> = dir.shards.to_vec();
         let mut len = 0;
-        for (i, text) in d.shards.iter().enumerate() {
+        for (i, text) in &d.shards {
+            let i = *i;
+            if i >= SHARDS {
+                return Err(format!("directory shard {i} is out of range"));
+            }
             let bytes = engine.decode(text).map_err(|e| format!("directory shard {i}: {e}"))?;
             if bytes.len() % 8 != 0 {
                 return Err(format!("directory shard {i}: not a whole number of entries"));
@@ -386,7 +385,7 @@ impl Directory {
                 return Err(format!("directory shard {i}: entries out of order or empty"));
             }
             len += v.len();
-            shards.push(Arc::<[u64]>::from(v));
+            shards[i] = Arc::from(v);
         }
         dir.shards = shards.into();
         dir.len = len;
@@ -397,10 +396,10 @@ impl Directory {
 }
 
 /// The directory as a snapshot file holds it (last-known-good files and
-/// `edgeplane snapshot dump`): the hash key and the shards, each the
-/// base64 (standard, unpadded) of its little-endian entries; `regions`
-/// names the region of each index the entries use. Names are not in it —
-/// the directory never had them.
+/// `edgeplane snapshot dump`): the hash key and the non-empty shards, each
+/// `[index, base64]` with the base64 (standard, unpadded) of its
+/// little-endian entries; `regions` names the region of each index the
+/// entries use. Names are not in it — the directory never had them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryDump {
@@ -410,7 +409,7 @@ pub struct DirectoryDump {
     pub key: String,
     pub entries: usize,
     pub regions: Vec<String>,
-    pub shards: Vec<String>,
+    pub shards: Vec<(usize, String)>,
 }
 
 /// Serialises a [`Directory`] as a [`DirectoryDump`], one shard at a time.
@@ -428,7 +427,14 @@ impl DirectoryDumpRef<'_> {
             key: self.key_hex(),
             entries: self.dir.len,
             regions: self.region_names.clone(),
-            shards: self.dir.shards.iter().map(|s| shard_text(s)).collect(),
+            shards: self
+                .dir
+                .shards
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(i, s)| (i, shard_text(s)))
+                .collect(),
         }
     }
 
@@ -450,7 +456,13 @@ impl serde::Serialize for DirectoryDumpRef<'_> {
         struct Shards<'a>(&'a [Arc<[u64]>]);
         impl serde::Serialize for Shards<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.iter().map(|sh| shard_text(sh)))
+                s.collect_seq(
+                    self.0
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, sh)| !sh.is_empty())
+                        .map(|(i, sh)| (i, shard_text(sh))),
+                )
             }
         }
         let mut st = s.serialize_struct("DirectoryDump", 6)?;
@@ -651,7 +663,7 @@ mod tests {
         bad.shard_bits = 10;
         assert!(Directory::from_dump(&bad, |_| Some(0)).is_err());
         let mut bad = back;
-        bad.shards[0] = "!!".into();
+        bad.shards[0].1 = "!!".into();
         assert!(Directory::from_dump(&bad, |_| Some(0)).is_err());
     }
 

@@ -458,17 +458,21 @@ impl RoutingTable {
         // Ids of repls held as directory names: their containers, domains
         // and other regions' tombstones are not this edge's rows.
         let mut in_directory: Vec<u64> = Vec::new();
+        // (Every other region's repl is a directory name, as in the
+        // PostgreSQL load; a tombstoned one is also held whole.)
         for r in &snap.repls {
-            if r.region == local_region || keep_whole.contains(r.id.as_str()) {
-                b.push_repl(ReplRef::of(r))?;
-                continue;
+            if r.region != local_region {
+                b.push_directory(Name::Slug(&r.slug), &r.region, &r.id)?;
+                for host in domains_of.get(r.id.as_str()).into_iter().flatten() {
+                    let host = host.trim_end_matches('.').to_ascii_lowercase();
+                    b.push_directory(Name::Domain(&host), &r.region, &r.id)?;
+                }
+                if !keep_whole.contains(r.id.as_str()) {
+                    in_directory.push(key_hash(&r.id));
+                    continue;
+                }
             }
-            b.push_directory(Name::Slug(&r.slug), &r.region, &r.id)?;
-            for host in domains_of.get(r.id.as_str()).into_iter().flatten() {
-                let host = host.trim_end_matches('.').to_ascii_lowercase();
-                b.push_directory(Name::Domain(&host), &r.region, &r.id)?;
-            }
-            in_directory.push(key_hash(&r.id));
+            b.push_repl(ReplRef::of(r))?;
         }
         in_directory.sort_unstable();
         // A row of a repl that is neither held nor in the directory is

@@ -683,6 +683,11 @@ impl ProxyHttp for Edge {
             _ => 0,
         };
         ctx.hops_in = hops_in;
+        if hops_in > 0 {
+            // A peer edge that replayed this request to our region: the VM
+            // here should know which VM asked (a client's copy never counts).
+            ctx.replay_src = header_str(req, REPLAY_SRC_HEADER).map(str::to_string);
+        }
         let bearer = header_str(req, "authorization").and_then(|a| a.strip_prefix("Bearer "));
         let origin = req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes());
         let rreq = RouteRequest {
@@ -840,6 +845,19 @@ impl ProxyHttp for Edge {
             e.set_retry(true);
         }
         e
+    }
+
+    /// Replays and connect retries are counted (`edgeplane_replays_total`,
+    /// `edgeplane_connect_retries_total`) and logged at debug: they are the
+    /// system working, not a warning for each request.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        _e: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        ctx.replayed || ctx.retries > 0
     }
 
     fn error_while_proxy(

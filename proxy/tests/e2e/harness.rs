@@ -206,9 +206,14 @@ impl Edge {
 
     /// [`Edge::start_pg`] with more `[placement]` lines (`extra`).
     pub async fn start_pg_with(dir: tempfile::TempDir, region: &str, url: &str, extra: &str, ready: bool) -> Edge {
+        let interval = if extra.contains("last_known_good_interval_ms") {
+            ""
+        } else {
+            "last_known_good_interval_ms = 100\n"
+        };
         let placement = format!(
             "source = \"postgres\"\npostgres_url = \"{url}\"\nlast_known_good = \"lkg.json\"\n\
-last_known_good_interval_ms = 100\npoll_interval_ms = 200\nconnect_timeout_ms = 1000\n{extra}"
+{interval}poll_interval_ms = 200\nconnect_timeout_ms = 1000\n{extra}"
         );
         Edge::start_in(dir, region, &placement, &EdgeOpts::default(), ready).await
     }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use serde_json::json;
+
 use crate::harness::*;
 use crate::{dead_addr, world};
 
@@ -233,7 +235,12 @@ async fn admin_endpoints_explain_and_report() {
     assert!(text.contains("=> vm vm-1"), "{text}");
     assert_eq!(get(o.edge.admin, "admin", "/healthz", &[]).await.status, 200);
     let snap = get(o.edge.admin, "admin", "/debug/snapshot", &[]).await.json();
-    assert_eq!(snap["counts"]["repls"], 4);
+    // r1, r2 and r4 (tombstoned from here) whole; app3 and moved by name.
+    assert_eq!(
+        (&snap["counts"]["repls"], &snap["counts"]["directory"]),
+        (&json!(3), &json!(2)),
+        "{snap}"
+    );
     let page = get(o.edge.admin, "admin", "/", &[]).await.body_str();
     assert!(page.contains("us-east1") && page.contains("use1-a"), "{page}");
     let m = o.edge.metrics().await;
@@ -272,7 +279,11 @@ fn check_reports_config_errors_as_file_line_key_message() {
         .output()
         .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("4 repls"));
+    let summary = String::from_utf8_lossy(&ok.stdout).into_owned();
+    assert!(
+        summary.contains("3 repls") && summary.contains("2 names of other regions' apps"),
+        "{summary}"
+    );
 }
 
 fn examples(file: &str) -> String {
@@ -286,10 +297,31 @@ fn snapshot_dump_round_trips_the_example_snapshot() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use edgeplane_control_sync::directory::Name;
+    use edgeplane_control_sync::RoutingTable;
     let dumped: edgeplane_control_sync::Snapshot = serde_json::from_slice(&out.stdout).unwrap();
     let original: edgeplane_control_sync::Snapshot =
         serde_json::from_str(&std::fs::read_to_string(examples("snapshot.json")).unwrap()).unwrap();
-    assert_eq!(dumped, original);
+    // The dump is what the edge holds: its region's rows whole, the other
+    // region's apps as directory names. Read back, it routes every host of
+    // the original the same way.
+    assert!(dumped.directory.is_some(), "no directory in the dump");
+    let a = RoutingTable::build(&original, "us-east1", 1).unwrap();
+    let b = RoutingTable::build(&dumped, "us-east1", 1).unwrap();
+    assert_eq!(a.counts(), b.counts());
+    for r in &original.repls {
+        let home = |t: &RoutingTable| match t.repl_by_slug(&r.slug) {
+            Some(x) => t.region(x.region).name.to_string(),
+            None => t.region(t.home_region(Name::Slug(&r.slug)).unwrap()).name.to_string(),
+        };
+        assert_eq!(home(&a), r.region, "{}", r.slug);
+        assert_eq!(home(&b), r.region, "{} after the round trip", r.slug);
+    }
+    let rows = |t: &RoutingTable| edgeplane_control_sync::Snapshot {
+        directory: None,
+        ..t.to_snapshot()
+    };
+    assert_eq!(rows(&a), rows(&b));
 }
 
 #[test]
