@@ -16,3 +16,4 @@ pub mod procstat;
 pub mod sim;
 pub mod sync_bench;
 pub mod world;
+pub mod world_bench;

@@ -88,6 +88,35 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Benchmark an edge in a world of millions of apps, most homed in other
+    /// regions: full load time, resident bytes per local and per foreign
+    /// app, directory lookups, and commit-to-publish of foreign changes.
+    /// Writes bench/results/world.{json,md}.
+    SyncWorld {
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// Repls in the world.
+        #[arg(long, default_value_t = 10_000_000)]
+        world: usize,
+        /// Of those, homed in the edge's region.
+        #[arg(long, default_value_t = 1_000_000)]
+        local: usize,
+        /// Custom domains, spread over all repls.
+        #[arg(long, default_value_t = 200_000)]
+        domains: usize,
+        /// Foreign changes per second, comma separated.
+        #[arg(long, default_value = "1000", value_delimiter = ',')]
+        rates: Vec<u32>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Simulate a day of repl starts placed by the edge's own balancer under
     /// each policy, pure random and a cloud-LB model; print the table and
     /// write bench/results/sim.{md,json} and SVG histograms.
@@ -279,6 +308,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
                 };
                 edgeplane_bench::sync_bench::run(opts, vm_addr).await
+            })?;
+        }
+        Cmd::SyncWorld {
+            database_url,
+            world,
+            local,
+            domains,
+            rates,
+            seconds,
+            out,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let vm = fake_vm::FakeVmOptions {
+                    id: "bench-vm".into(),
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    metrics_listen: "127.0.0.1:0".parse().unwrap(),
+                    containers: 0,
+                    cpu: 0.0,
+                };
+                let (vm_addr, _) = fake_vm::start(vm).await?;
+                let opts = edgeplane_bench::world_bench::WorldBenchOptions {
+                    admin_url: database_url,
+                    world,
+                    local,
+                    domains,
+                    rates,
+                    seconds,
+                    out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
+                };
+                edgeplane_bench::world_bench::run(opts, vm_addr).await
             })?;
         }
         Cmd::Sim {

@@ -42,11 +42,11 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     crate::procstat::rss(std::process::id())
 }
 
-async fn connect(url: &str) -> Result<Client> {
+pub(crate) async fn connect(url: &str) -> Result<Client> {
     let (c, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .with_context(|| format!("connect {url}"))?;
@@ -54,7 +54,7 @@ async fn connect(url: &str) -> Result<Client> {
     Ok(c)
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -137,10 +137,10 @@ async fn full_load_runs(url: &str) -> Result<FullLoad> {
 }
 
 /// A running edge process.
-struct EdgeProc {
-    child: std::process::Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
+pub(crate) struct EdgeProc {
+    pub(crate) child: std::process::Child,
+    pub(crate) proxy: SocketAddr,
+    pub(crate) admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -151,7 +151,16 @@ impl Drop for EdgeProc {
     }
 }
 
-fn start_edge(url: &str) -> Result<EdgeProc> {
+/// Starts `edgeplane serve` for `region` on the database at `url`.
+pub(crate) fn start_edge(url: &str, region: &str) -> Result<EdgeProc> {
+    start_edge_with(
+        region,
+        &format!("source = \"postgres\"\npostgres_url = \"{url}\"\npoll_interval_ms = 1000\n"),
+    )
+}
+
+/// Starts `edgeplane serve` for `region` with these `[placement]` lines.
+pub(crate) fn start_edge_with(region: &str, placement: &str) -> Result<EdgeProc> {
     let exe = std::env::current_exe()?.with_file_name("edgeplane");
     if !exe.exists() {
         bail!("{} is missing: build the workspace binaries first", exe.display());
@@ -161,9 +170,8 @@ fn start_edge(url: &str) -> Result<EdgeProc> {
     std::fs::write(
         dir.path().join("edge.toml"),
         format!(
-            "[edge]\nregion = \"bench\"\ninstance_id = \"bench-edge\"\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
-threads = 1\npid_file = \"e.pid\"\nupgrade_sock = \"e.sock\"\n[placement]\nsource = \"postgres\"\npostgres_url = \"{url}\"\n\
-poll_interval_ms = 1000\n[security]\nhop_secret_file = \"hop.secret\"\n"
+            "[edge]\nregion = \"{region}\"\ninstance_id = \"bench-edge\"\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+threads = 1\npid_file = \"e.pid\"\nupgrade_sock = \"e.sock\"\n[placement]\n{placement}[security]\nhop_secret_file = \"hop.secret\"\n"
         ),
     )?;
     let mut child = Command::new(exe)
@@ -204,7 +212,7 @@ poll_interval_ms = 1000\n[security]\nhop_secret_file = \"hop.secret\"\n"
 
 /// Steady traffic: `conns` connections, each paced to `rate_per_conn`/s.
 /// Records (start unix ms, latency ms) per request.
-fn traffic(
+pub(crate) fn traffic(
     proxy: SocketAddr,
     conns: usize,
     rate_per_conn: u32,
@@ -228,7 +236,15 @@ fn traffic(
                     let host = format!("app{}.repl.co", i * 4);
                     let t0 = Instant::now();
                     let start = now_ms();
-                    match request(&mut s, &host, "/", &mut buf).await {
+                    let mut status = request(&mut s, &host, "/", &mut buf).await;
+                    if status.is_err() {
+                        // The edge closes a connection after
+                        // max_requests_per_connection: reconnect and ask again.
+                        s = tokio::net::TcpStream::connect(proxy).await.expect("reconnect");
+                        s.set_nodelay(true).ok();
+                        status = request(&mut s, &host, "/", &mut buf).await;
+                    }
+                    match status {
                         Ok(200) => out.lock().unwrap().push((start, t0.elapsed().as_secs_f64() * 1000.0)),
                         _ => {
                             errors += 1;
@@ -242,23 +258,40 @@ fn traffic(
         .collect()
 }
 
-#[derive(serde::Serialize)]
-struct RateRun {
-    rate: u32,
-    changes: usize,
-    publish_ms_p50: f64,
-    publish_ms_p99: f64,
-    publish_ms_max: f64,
-    publishes_seen: usize,
-    request_ms_p50: f64,
-    request_ms_p99: f64,
-    request_ms_max: f64,
-    requests: usize,
-    request_errors: u64,
-    latencies_ms: Vec<f64>,
+/// What each change of a rate run is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChangeKind {
+    /// Move one of the `repls` local repls' container to another VM.
+    ContainerMove { repls: usize },
+    /// Move one of the other regions' repls (ids `first..first + count`)
+    /// to another of the `far` regions (`far1`..): a directory change.
+    ForeignRegion { first: usize, count: usize, far: usize },
 }
 
-async fn rate_run(url: &str, edge: &EdgeProc, rate: u32, seconds: u64, repls: usize) -> Result<RateRun> {
+#[derive(serde::Serialize)]
+pub(crate) struct RateRun {
+    pub(crate) rate: u32,
+    pub(crate) changes: usize,
+    pub(crate) publish_ms_p50: f64,
+    pub(crate) publish_ms_p99: f64,
+    pub(crate) publish_ms_max: f64,
+    pub(crate) publishes_seen: usize,
+    pub(crate) request_ms_p50: f64,
+    pub(crate) request_ms_p99: f64,
+    pub(crate) request_ms_max: f64,
+    pub(crate) requests: usize,
+    pub(crate) request_errors: u64,
+    pub(crate) latencies_ms: Vec<f64>,
+}
+
+pub(crate) async fn rate_run(
+    url: &str,
+    edge: &EdgeProc,
+    rate: u32,
+    seconds: u64,
+    repls: usize,
+    kind: ChangeKind,
+) -> Result<RateRun> {
     let writer = connect(url).await?;
     let stop = Arc::new(AtomicBool::new(false));
     // Publish observer: version -> first publish time seen.
@@ -299,13 +332,24 @@ async fn rate_run(url: &str, edge: &EdgeProc, rate: u32, seconds: u64, repls: us
     let mut i = 0usize;
     while Instant::now() < deadline {
         tick.tick().await;
-        // Move one running repl's container to another VM.
-        let repl = format!("r{}", (i * 4 * 7919) % repls / 4 * 4);
-        let vm = format!("vm{}", (i * 31 + 7) % 1000);
         writer.batch_execute("BEGIN").await?;
-        writer
-            .execute("UPDATE containers SET vm_id = $2 WHERE repl_id = $1", &[&repl, &vm])
-            .await?;
+        match kind {
+            ChangeKind::ContainerMove { repls } => {
+                // Move one running repl's container to another VM.
+                let repl = format!("r{}", (i * 4 * 7919) % repls / 4 * 4);
+                let vm = format!("vm{}", (i * 31 + 7) % 1000);
+                writer
+                    .execute("UPDATE containers SET vm_id = $2 WHERE repl_id = $1", &[&repl, &vm])
+                    .await?;
+            }
+            ChangeKind::ForeignRegion { first, count, far } => {
+                let repl = format!("r{}", first + (i * 7919) % count);
+                let region = format!("far{}", 1 + (i * 13) % far);
+                writer
+                    .execute("UPDATE repls SET region = $2 WHERE id = $1", &[&repl, &region])
+                    .await?;
+            }
+        }
         let v: i64 = writer
             .query_one("SELECT version FROM placement_version", &[])
             .await?
@@ -457,7 +501,7 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
     seed(&url, o.repls, vm_addr).await?;
     let full = full_load_runs(&url).await?;
     eprintln!("sync bench: starting an edge on the database");
-    let edge = start_edge(&url)?;
+    let edge = start_edge(&url, "bench")?;
     let t = Instant::now();
     crate::http1::wait_ok(edge.admin, "admin", "/readyz", Duration::from_secs(120))
         .await
@@ -476,7 +520,15 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
     );
     let mut runs = Vec::new();
     for &rate in &o.rates {
-        let r = rate_run(&url, &edge, rate, o.seconds, o.repls).await?;
+        let r = rate_run(
+            &url,
+            &edge,
+            rate,
+            o.seconds,
+            o.repls,
+            ChangeKind::ContainerMove { repls: o.repls },
+        )
+        .await?;
         eprintln!(
             "sync bench: {rate} changes/s: publish p50 {:.1} ms p99 {:.1} ms max {:.1} ms; requests p50 {:.2} ms p99 {:.2} ms max {:.2} ms, {} errors",
             r.publish_ms_p50, r.publish_ms_p99, r.publish_ms_max, r.request_ms_p50, r.request_ms_p99, r.request_ms_max, r.request_errors

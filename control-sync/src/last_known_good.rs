@@ -68,6 +68,7 @@ pub fn restore(path: Option<&Path>, local_region: &str, handle: &crate::TableHan
             handle.report_skipped(&skipped);
             let now = crate::now_unix_ms();
             handle.publish(table, now);
+            crate::release_memory();
             handle.status().mark_last_known_good_written(version);
             handle.status().note_restored(crate::RestoredFile {
                 path: path.display().to_string(),

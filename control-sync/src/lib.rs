@@ -34,6 +34,25 @@ use arc_swap::ArcSwap;
 pub use snapshot::Snapshot;
 pub use table::{RoutingTable, SnapshotError};
 
+static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what a sync thread calls after it built and published a whole new
+/// table (a full load): the binary's allocator returns the memory the load
+/// used for a while and freed. Allocators give such memory back lazily, on
+/// the thread's next allocations, and an idle sync thread makes none, so
+/// without this a process would keep the load's transient memory resident
+/// until its next load.
+pub fn set_release_memory(f: fn()) {
+    let _ = RELEASE_MEMORY.set(f);
+}
+
+/// Runs the hook of [`set_release_memory`], if any.
+pub(crate) fn release_memory() {
+    if let Some(f) = RELEASE_MEMORY.get() {
+        f();
+    }
+}
+
 /// Wall-clock unix milliseconds (0 if the clock is before 1970).
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()

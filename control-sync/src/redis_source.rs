@@ -310,6 +310,7 @@ impl RedisSync {
         self.fingerprint = Some(fp);
         self.handle.status().note_full_load();
         self.handle.publish(table, crate::now_unix_ms());
+        crate::release_memory();
         self.lkg.notify();
         Ok(true)
     }

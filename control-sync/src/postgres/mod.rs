@@ -293,6 +293,7 @@ impl PgSync {
         self.need_full = false;
         self.handle.status().note_full_load();
         self.publish(table, None);
+        crate::release_memory();
         Ok(())
     }
 
