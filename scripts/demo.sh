@@ -44,6 +44,9 @@ Try:
   curl -i -H 'Host: app3.repl.co' http://127.0.0.1:8080/               # homed in ap-south1: forwarded
   curl -i -H 'Host: moved.repl.co' http://127.0.0.1:8080/              # tombstone forward
   curl -i -H 'Host: nope.repl.co' http://127.0.0.1:8080/               # 404, no VM touched
+  curl -i -H 'Host: app1.repl.co' http://127.0.0.1:8081/               # wrong region's edge: one hop home
+  curl -s -X POST -d '{"replay":"vm=vm-2"}' http://127.0.0.1:7101/control   # vm-1 asks for a replay...
+  curl -i -H 'Host: app1.repl.co' http://127.0.0.1:8080/               # ...so vm-2 answers
   $B/edgeplane-bench ws --edge 127.0.0.1:8080 --host app1.repl.co hello-websocket
   $B/edgeplane-bench ws --edge 127.0.0.1:8080 --host edge.local --path "/__ws/r1?token=$TOKEN" hi-workspace
   $B/edgeplane route -c config/examples/edgeplane.toml app2.repl.co    # explain a decision

@@ -12,21 +12,23 @@
 //! table's other maps).
 //!
 //! Layout and cost (the target is at most 16 bytes per foreign app):
-//! - A name is hashed with keyed SipHash-1-3 (128-bit output; the key is
-//!   random per directory, so nobody outside can craft colliding names).
-//!   The top `shard_bits` bits pick a shard (a full load sizes them for
-//!   about [`NAMES_PER_SHARD`] names a shard; a directory keeps its count
-//!   for life); the next 56 bits are the name's fingerprint. Slugs and
-//!   custom domains hash under different keys, so `app` the slug and `app`
-//!   the domain never meet.
+//! - A name is hashed with XXH3-128 under a seed drawn at random for each
+//!   directory (never shown outside the edge, so nobody can aim a name at
+//!   another's hash). The top `shard_bits` bits pick a shard (a full load
+//!   sizes them for about [`NAMES_PER_SHARD`] names a shard; a directory
+//!   keeps its count for life); the next 56 bits are the name's
+//!   fingerprint. Slugs and custom domains hash under different seeds, so
+//!   `app` the slug and `app` the domain never meet.
 //! - A shard ([`shard`]) is a bucketized cuckoo table of 8-byte entries
-//!   `fingerprint << 8 | region + 1`, ~85% full: ~9.4 bytes per name. A
-//!   lookup is the hash, the shard's pointer (the pointer array stays in
-//!   cache) and two cache lines loaded together and compared without a
-//!   branch, so the lookups of concurrent requests overlap their misses.
+//!   `fingerprint << 8 | region + 1`, 7 and a tag word per cache line, ~90%
+//!   full: ~11 bytes per name. A lookup is the hash, the shard's pointer
+//!   (the pointer array stays in cache) and two cache lines of one page
+//!   loaded together, the candidate slot found from the tags without a
+//!   branch on the data, so the lookups of concurrent requests overlap
+//!   their misses.
 //!
 //! Exactness: names are not stored, so a lookup can match another name with
-//! the same 68 bits (shard + fingerprint). That is safe by construction:
+//! the same shard and fingerprint (`shard_bits` + 56 bits: 68 at 10M apps). That is safe by construction:
 //! the directory only ever says "forward to region R", the home edge then
 //! looks the name up exactly in its own table, and a request that arrives
 //! with a verified hop header is never forwarded by affinity again — so a
@@ -34,9 +36,9 @@
 //! never a loop. The odds: a host that is no app matches with probability
 //! n / 2^68 (4e-14 at 10M apps); two apps of a world share 68 bits with
 //! probability n² / 2^69 (1.5e-7 per full load at 10M apps). A full load
-//! notices such a pair (equal fingerprints in one sorted shard) and counts
-//! it; when their regions differ one of the two apps is forwarded to the
-//! wrong region until the next full load draws a new key.
+//! notices such a pair (equal fingerprints in one shard) and counts it;
+//! when their regions differ one of the two apps is forwarded to the wrong
+//! region (a 508 there) until the next full load draws a new seed.
 //!
 //! Start at [`Directory::get`] and [`DirectoryBuilder`].
 
@@ -130,8 +132,8 @@ impl Hashers {
     }
 }
 
-/// A random key (std's per-process random SipHash keys, the clock and the
-/// process id, mixed): a directory's hash function is unknown outside it.
+/// A random key (std's per-process random hasher keys, the clock and the
+/// process id, mixed): a directory's hash seed is unknown outside it.
 pub fn random_key() -> (u64, u64) {
     use std::hash::BuildHasher;
     let seed = (
@@ -623,7 +625,6 @@ mod tests {
         for i in 0..50_000 {
             assert_eq!(d.get(Name::Slug(&format!("nope-{i}"))), None);
         }
-        // 8 bytes per name plus the fixed shard overhead.
         assert_eq!(d.shards.len(), 256, "the fewest shards a directory has");
     }
 
