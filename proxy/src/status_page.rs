@@ -499,6 +499,33 @@ mod tests {
     }
 
     #[test]
+    fn last_known_good_card_says_what_is_on_disk_and_when_it_is_served() {
+        let mut m = model();
+        assert!(!render(&m).contains("id=\"lkg\""), "no card without a file");
+        m.last_known_good = Some(LastKnownGoodModel {
+            path: "/var/lib/edgeplane/lkg.json".into(),
+            written_version: 42,
+            written_age_s: Some(3.0),
+            ..Default::default()
+        });
+        assert!(render(&m).contains("id=\"lkg\">v42 on disk</b>written 3 s ago"));
+        m.last_known_good = Some(LastKnownGoodModel {
+            path: "/var/lib/edgeplane/lkg.json".into(),
+            serving_from_file: true,
+            started_from_version: Some(40),
+            started_from_age_s: Some(125.0),
+            ..Default::default()
+        });
+        let p = render(&m);
+        assert!(
+            p.contains("class=\"warn\" id=\"lkg\">serving file v40</b>written 2 min ago"),
+            "{p}"
+        );
+        m.directory = 9_180_000;
+        assert!(render(&m).contains("<span id=\"directory\">9180000</span> apps of other regions"));
+    }
+
+    #[test]
     fn config_card_says_whether_the_file_was_refused_or_waits_for_a_restart() {
         let report = |ok: bool, restart: Vec<&'static str>| crate::reload::ReloadReport {
             at_ms: 3_000,
