@@ -137,8 +137,15 @@ async fn comparison_after(edge: &Edge, after: u64, what: &str, f: impl Fn(&Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_source_serves_the_legacy_store_and_follows_it() {
-    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
-    let w = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    // ap-south1's edge (its own file) serves app3 on vm-3.
+    let b = Edge::start(
+        "ap-south1",
+        &world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr()),
+        "",
+    )
+    .await;
+    let w = world(vm1.http, vm2.http, vm3.http, dead_addr(), b.proxy);
     let mut r = RedisDb::new();
     r.seed(&w);
     r.dangling_repl("half-deleted");
@@ -179,6 +186,27 @@ async fn redis_source_serves_the_legacy_store_and_follows_it() {
     }
     assert_eq!(served.as_deref(), Some("vm-2"));
     assert_eq!(edge.get("nope.repl.co", "/", &[]).await.status, 404);
+
+    // The legacy store holds the whole world: the other region's apps are
+    // directory names here, forwarded once to their home region.
+    let snap = get(edge.admin, "admin", "/debug/snapshot", &[]).await.json();
+    assert_eq!(
+        (&snap["counts"]["repls"], &snap["counts"]["directory"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "app1 and app2 whole; app3 and moved by name (Redis has no tombstones): {snap}"
+    );
+    let r = edge.get("app3.repl.co", "/", &[]).await;
+    assert_eq!((r.status, r.served_by()), (200, Some("vm-3")), "{}", r.body_str());
+    let m = edge.metrics().await;
+    assert_eq!(
+        metric_with(
+            &m,
+            "edgeplane_forwards_total",
+            &["to_region=\"ap-south1\"", "reason=\"affinity\""]
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
