@@ -239,6 +239,30 @@ enum Cmd {
     },
 }
 
+/// Runs `bench` on a two-thread runtime beside a fake VM (the address every
+/// VM of a seeded world points at).
+fn with_fake_vm<F, Fut>(bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let vm = fake_vm::FakeVmOptions {
+            id: "bench-vm".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            containers: 0,
+            cpu: 0.0,
+        };
+        let (vm_addr, _) = fake_vm::start(vm).await?;
+        bench(vm_addr).await
+    })
+}
+
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match run(Cli::parse()) {
@@ -286,30 +310,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rates,
             seconds,
             out,
-        } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let vm = fake_vm::FakeVmOptions {
-                    id: "bench-vm".into(),
-                    listen: "127.0.0.1:0".parse().unwrap(),
-                    metrics_listen: "127.0.0.1:0".parse().unwrap(),
-                    containers: 0,
-                    cpu: 0.0,
-                };
-                let (vm_addr, _) = fake_vm::start(vm).await?;
-                let opts = edgeplane_bench::sync_bench::SyncBenchOptions {
-                    admin_url: database_url,
-                    repls,
-                    rates,
-                    seconds,
-                    out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
-                };
-                edgeplane_bench::sync_bench::run(opts, vm_addr).await
-            })?;
-        }
+        } => with_fake_vm(|vm_addr| {
+            let opts = edgeplane_bench::sync_bench::SyncBenchOptions {
+                admin_url: database_url,
+                repls,
+                rates,
+                seconds,
+                out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
+            };
+            edgeplane_bench::sync_bench::run(opts, vm_addr)
+        })?,
         Cmd::SyncWorld {
             database_url,
             world,
@@ -318,32 +328,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rates,
             seconds,
             out,
-        } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let vm = fake_vm::FakeVmOptions {
-                    id: "bench-vm".into(),
-                    listen: "127.0.0.1:0".parse().unwrap(),
-                    metrics_listen: "127.0.0.1:0".parse().unwrap(),
-                    containers: 0,
-                    cpu: 0.0,
-                };
-                let (vm_addr, _) = fake_vm::start(vm).await?;
-                let opts = edgeplane_bench::world_bench::WorldBenchOptions {
-                    admin_url: database_url,
-                    world,
-                    local,
-                    domains,
-                    rates,
-                    seconds,
-                    out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
-                };
-                edgeplane_bench::world_bench::run(opts, vm_addr).await
-            })?;
-        }
+        } => with_fake_vm(|vm_addr| {
+            let opts = edgeplane_bench::world_bench::WorldBenchOptions {
+                admin_url: database_url,
+                world,
+                local,
+                domains,
+                rates,
+                seconds,
+                out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
+            };
+            edgeplane_bench::world_bench::run(opts, vm_addr)
+        })?,
         Cmd::Sim {
             starts,
             edges,

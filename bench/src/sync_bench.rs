@@ -284,6 +284,19 @@ pub(crate) struct RateRun {
     pub(crate) latencies_ms: Vec<f64>,
 }
 
+impl RateRun {
+    /// The run without its raw latencies, for the results JSON.
+    pub(crate) fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rate": self.rate, "changes": self.changes, "publishes_seen": self.publishes_seen,
+            "publish_ms": {"p50": self.publish_ms_p50, "p99": self.publish_ms_p99, "max": self.publish_ms_max},
+            "requests_ms": {"p50": self.request_ms_p50, "p99": self.request_ms_p99,
+                            "max": self.request_ms_max, "count": self.requests},
+            "request_errors": self.request_errors,
+        })
+    }
+}
+
 pub(crate) async fn rate_run(
     url: &str,
     edge: &EdgeProc,
@@ -487,17 +500,21 @@ fn svg(runs: &[RateRun]) -> String {
     s + "</svg>\n"
 }
 
-pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
-    let db = "edgeplane_bench_sync";
-    let admin = connect(&o.admin_url).await?;
+/// Creates database `db` afresh on the server of `admin_url`; returns a
+/// connection to the server and the new database's URL.
+pub(crate) async fn fresh_database(admin_url: &str, db: &str) -> Result<(Client, String)> {
+    let admin = connect(admin_url).await?;
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await?;
     admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
-    let url = format!(
-        "{}/{db}",
-        o.admin_url.rsplit_once('/').map(|x| x.0).unwrap_or(&o.admin_url)
-    );
+    let url = format!("{}/{db}", admin_url.rsplit_once('/').map(|x| x.0).unwrap_or(admin_url));
+    Ok((admin, url))
+}
+
+pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
+    let db = "edgeplane_bench_sync";
+    let (admin, url) = fresh_database(&o.admin_url, db).await?;
     seed(&url, o.repls, vm_addr).await?;
     let full = full_load_runs(&url).await?;
     eprintln!("sync bench: starting an edge on the database");
@@ -546,12 +563,7 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
         "full_load": full,
         "edge_rss_after_load": edge_rss,
         "baseline_requests_ms": {"p50": base.0, "p99": base.1, "max": base.2, "count": base.3},
-        "rates": runs.iter().map(|r| serde_json::json!({
-            "rate": r.rate, "changes": r.changes, "publishes_seen": r.publishes_seen,
-            "publish_ms": {"p50": r.publish_ms_p50, "p99": r.publish_ms_p99, "max": r.publish_ms_max},
-            "requests_ms": {"p50": r.request_ms_p50, "p99": r.request_ms_p99, "max": r.request_ms_max, "count": r.requests},
-            "request_errors": r.request_errors,
-        })).collect::<Vec<_>>(),
+        "rates": runs.iter().map(RateRun::summary).collect::<Vec<_>>(),
     });
     std::fs::write(o.out_dir.join("sync.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     std::fs::write(o.out_dir.join("sync_latency.svg"), svg(&runs))?;

@@ -34,7 +34,7 @@ use edgeplane_control_sync::directory::Name;
 use edgeplane_control_sync::postgres::{load, migrate::migrate};
 
 use crate::procstat::machine;
-use crate::sync_bench::{connect, pct, rate_run, start_edge, start_edge_with, ChangeKind, EdgeProc};
+use crate::sync_bench::{connect, fresh_database, pct, rate_run, start_edge, start_edge_with, ChangeKind, EdgeProc};
 
 pub struct WorldBenchOptions {
     pub admin_url: String,
@@ -190,15 +190,7 @@ pub async fn run(o: WorldBenchOptions, vm_addr: SocketAddr) -> Result<()> {
         bail!("--local must be between 1 and --world - 1");
     }
     let db = "edgeplane_bench_world";
-    let admin = connect(&o.admin_url).await?;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await?;
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
-    let url = format!(
-        "{}/{db}",
-        o.admin_url.rsplit_once('/').map(|x| x.0).unwrap_or(&o.admin_url)
-    );
+    let (admin, url) = fresh_database(&o.admin_url, db).await?;
     seed(&url, &o, vm_addr).await?;
     let loads = full_loads(&url, &o).await?;
 
@@ -249,12 +241,7 @@ pub async fn run(o: WorldBenchOptions, vm_addr: SocketAddr) -> Result<()> {
         "rss_bytes": {"baseline": base, "void_edge": rss_void, "bench_edge": rss_bench},
         "resident_bytes_per_local_app": per_local,
         "resident_bytes_per_foreign_name": per_foreign,
-        "foreign_changes": runs.iter().map(|r| serde_json::json!({
-            "rate": r.rate, "changes": r.changes, "publishes_seen": r.publishes_seen,
-            "publish_ms": {"p50": r.publish_ms_p50, "p99": r.publish_ms_p99, "max": r.publish_ms_max},
-            "requests_ms": {"p50": r.request_ms_p50, "p99": r.request_ms_p99, "max": r.request_ms_max, "count": r.requests},
-            "request_errors": r.request_errors,
-        })).collect::<Vec<_>>(),
+        "foreign_changes": runs.iter().map(|r| r.summary()).collect::<Vec<_>>(),
     });
     std::fs::write(
         o.out_dir.join("world.json"),

@@ -229,18 +229,7 @@ impl Balancer {
         }
         // No view for this cluster yet (just started, or a cluster newer
         // than the view): the snapshot's least-loaded active VM.
-        let c = t
-            .candidates(cluster)
-            .iter()
-            .min_by_key(|c| (c.containers, std::cmp::Reverse(subset::mix(entropy ^ c.id_hash))))?;
-        Some(Choice {
-            vm: c.vm,
-            id_hash: c.id_hash,
-            policy: Policy::LeastLoaded,
-            mode: Mode::Empty,
-            members: t.candidates(cluster).len() as u32,
-            load: c.containers as u64 * view::CPU_ONE as u64,
-        })
+        snapshot_pick(t, cluster, entropy, |_| true)
     }
 
     /// Picks a VM of `cluster` other than those in `tried` (connections to
@@ -268,19 +257,7 @@ impl Balancer {
                 });
             }
         }
-        let candidates = t.candidates(cluster);
-        let c = candidates
-            .iter()
-            .filter(|c| valid(c.vm, c.id_hash))
-            .min_by_key(|c| (c.containers, std::cmp::Reverse(subset::mix(entropy ^ c.id_hash))))?;
-        Some(Choice {
-            vm: c.vm,
-            id_hash: c.id_hash,
-            policy: Policy::LeastLoaded,
-            mode: Mode::Empty,
-            members: candidates.len() as u32,
-            load: c.containers as u64 * view::CPU_ONE as u64,
-        })
+        snapshot_pick(t, cluster, entropy, |c| valid(c.vm, c.id_hash))
     }
 
     /// Counts a pick that was kept (it becomes load in the ledger).
@@ -308,6 +285,30 @@ impl Balancer {
             self.fallback_picks.load(Ordering::Relaxed),
         )
     }
+}
+
+/// The table's least-loaded active VM of `cluster` among those `keep`
+/// accepts (by container count; ties by entropy), for when the balancer's
+/// view has nothing to offer.
+fn snapshot_pick(
+    t: &RoutingTable,
+    cluster: Idx,
+    entropy: u64,
+    keep: impl Fn(&edgeplane_control_sync::table::Candidate) -> bool,
+) -> Option<Choice> {
+    let candidates = t.candidates(cluster);
+    let c = candidates
+        .iter()
+        .filter(|c| keep(c))
+        .min_by_key(|c| (c.containers, std::cmp::Reverse(subset::mix(entropy ^ c.id_hash))))?;
+    Some(Choice {
+        vm: c.vm,
+        id_hash: c.id_hash,
+        policy: Policy::LeastLoaded,
+        mode: Mode::Empty,
+        members: candidates.len() as u32,
+        load: c.containers as u64 * view::CPU_ONE as u64,
+    })
 }
 
 #[cfg(test)]

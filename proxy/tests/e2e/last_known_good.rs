@@ -65,24 +65,31 @@ async fn restart_without_database(dir: tempfile::TempDir, version: u64) {
     );
 }
 
-#[tokio::test]
-async fn an_edge_killed_after_a_quiet_interval_restarts_on_the_newest_table() {
-    let (vm1, vm2, vm3) = vms().await;
-    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
+/// An edge on a fresh database with this last-known-good interval, once it
+/// wrote its first file; then every change of [`change_everything`].
+/// Returns what the test holds and the version the changes reached.
+async fn changed_after_first_write(interval_ms: u64) -> ((FakeVm, FakeVm, FakeVm), PgDb, Edge, u64) {
+    let vms = vms().await;
+    let db = PgDb::new(&pg_world(&vms.0, &vms.1, &vms.2, dead_addr())).await;
     let edge = Edge::start_pg_with(
         tempfile::tempdir().unwrap(),
         "us-east1",
         &db.url,
-        "last_known_good_interval_ms = 1500",
+        &format!("last_known_good_interval_ms = {interval_ms}"),
         true,
     )
     .await;
-    let written = |e: &Edge| e.dir.path().join("lkg.json").exists();
-    eventually("the first write", 10, || written(&edge)).await;
-    // The changes arrive within the interval of that first write, then
-    // nothing more: only a trailing write can save them.
+    eventually("the first write", 10, || edge.dir.path().join("lkg.json").exists()).await;
     change_everything(&db, &edge).await;
     let version = snapshot(&edge).await["version"].as_u64().unwrap();
+    (vms, db, edge, version)
+}
+
+#[tokio::test]
+async fn an_edge_killed_after_a_quiet_interval_restarts_on_the_newest_table() {
+    // The changes arrive within the interval of the first write, then
+    // nothing more: only a trailing write can save them.
+    let (_vms, _db, edge, version) = changed_after_first_write(1500).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let snap = snapshot(&edge).await;
@@ -99,20 +106,8 @@ async fn an_edge_killed_after_a_quiet_interval_restarts_on_the_newest_table() {
 
 #[tokio::test]
 async fn sigterm_right_after_a_change_writes_it_before_the_edge_exits() {
-    let (vm1, vm2, vm3) = vms().await;
-    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
     // An interval no test waits for: only the stop can write the change.
-    let edge = Edge::start_pg_with(
-        tempfile::tempdir().unwrap(),
-        "us-east1",
-        &db.url,
-        "last_known_good_interval_ms = 600000",
-        true,
-    )
-    .await;
-    eventually("the first write", 10, || edge.dir.path().join("lkg.json").exists()).await;
-    change_everything(&db, &edge).await;
-    let version = snapshot(&edge).await["version"].as_u64().unwrap();
+    let (_vms, _db, edge, version) = changed_after_first_write(600_000).await;
     assert_ne!(
         snapshot(&edge).await["last_known_good"]["written_version"],
         version,

@@ -90,6 +90,18 @@ impl PgDb {
         }
     }
 
+    /// Points `region`'s `edge_addr` at `addr` (an edge started after the
+    /// seed, on a port the OS chose).
+    pub(crate) async fn set_edge_addr(&self, region: &str, addr: std::net::SocketAddr) {
+        self.client
+            .execute(
+                "UPDATE regions SET edge_addr = $1 WHERE name = $2",
+                &[&addr.to_string(), &region],
+            )
+            .await
+            .unwrap();
+    }
+
     pub(crate) fn placectl(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(placectl())
             .args(args)
@@ -136,6 +148,17 @@ pub(crate) fn pg_world(vm1: &FakeVm, vm2: &FakeVm, vm3: &FakeVm, edge_b: std::ne
         .push(json!({"name": "use1-b", "region": "us-east1", "state": "active"}));
     w["vms"][1]["cluster"] = "use1-b".into();
     w
+}
+
+/// Two edges on one database seeded with `seed`: A in us-east1, B in
+/// ap-south1 (started first), each region's `edge_addr` set to its edge.
+pub(crate) async fn two_edges(seed: &serde_json::Value) -> (PgDb, Edge, Edge) {
+    let db = PgDb::new(seed).await;
+    let b = Edge::start_pg(tempfile::tempdir().unwrap(), "ap-south1", &db.url, true).await;
+    db.set_edge_addr("ap-south1", b.proxy).await;
+    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
+    db.set_edge_addr("us-east1", a.proxy).await;
+    (db, a, b)
 }
 
 /// Requests `host` until `vm` answers (or 10 s pass).
@@ -192,19 +215,9 @@ async fn app2_pinned_to_vm1() -> ((FakeVm, FakeVm, FakeVm), PgDb, Edge) {
 #[tokio::test]
 async fn placectl_transfer_moves_traffic_within_and_across_regions() {
     let (vm1, vm2, vm3) = vms().await;
-    let b_dir = tempfile::tempdir().unwrap();
     // Edge B's address must be in the data before edge A forwards to it:
-    // start B first against a database seeded with a placeholder, then fix it.
-    let db = PgDb::new(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
-    let b = Edge::start_pg(b_dir, "ap-south1", &db.url, true).await;
-    db.client
-        .execute(
-            "UPDATE regions SET edge_addr = $1 WHERE name = 'ap-south1'",
-            &[&b.proxy.to_string()],
-        )
-        .await
-        .unwrap();
-    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
+    // B starts first against a placeholder, then the row is fixed.
+    let (db, a, _b) = two_edges(&pg_world(&vm1, &vm2, &vm3, dead_addr())).await;
     wait_served_by(&a, "app1.repl.co", "vm-1").await;
 
     // Within the region: r1 leaves use1-a (vm-1) for use1-b (vm-2).

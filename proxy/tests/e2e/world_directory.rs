@@ -13,32 +13,7 @@ use serde_json::json;
 
 use crate::dead_addr;
 use crate::harness::*;
-use crate::postgres::{pg_world, vms, PgDb};
-
-/// Two edges on one database: A in us-east1, B in ap-south1 (started
-/// first, so A's table names B's address).
-async fn two_edges(db_seed: &serde_json::Value) -> (PgDb, Edge, Edge) {
-    let db = PgDb::new(db_seed).await;
-    let b = Edge::start_pg(tempfile::tempdir().unwrap(), "ap-south1", &db.url, true).await;
-    db.client
-        .execute(
-            "UPDATE regions SET edge_addr = $1 WHERE name = 'ap-south1'",
-            &[&b.proxy.to_string()],
-        )
-        .await
-        .unwrap();
-    let a = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, false).await;
-    a.wait_ready().await;
-    // A's regional edge address for B must be the live one before testing.
-    db.client
-        .execute(
-            "UPDATE regions SET edge_addr = $1 WHERE name = 'us-east1'",
-            &[&a.proxy.to_string()],
-        )
-        .await
-        .unwrap();
-    (db, a, b)
-}
+use crate::postgres::{pg_world, two_edges, vms, PgDb};
 
 /// Polls `host` at `edge` until the answer satisfies `ok` (10 s).
 async fn wait_answer(edge: &Edge, host: &str, what: &str, ok: impl Fn(&Resp) -> bool) -> Resp {
