@@ -14,8 +14,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use edgeplane_bench::sim::{default_scenarios, run_scenario, SimOptions};
 use edgeplane_bench::world::{region_name, synthetic, WorldShape};
 use edgeplane_control_sync::RoutingTable;
-use edgeplane_proxy::balancer::health::{Outcome, Reading};
-use edgeplane_proxy::balancer::{Balancer, BalancerParams, HealthMap, Policy};
+use edgeplane_core::balancer::usability::{Outcome, Reading};
+use edgeplane_core::balancer::{Balancer, BalancerParams, HealthMap, Policy};
 
 const NOW: u64 = 1_800_000_000_000;
 

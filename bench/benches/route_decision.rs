@@ -13,9 +13,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use edgeplane_bench::world::{region_name, synthetic, WorldShape};
 use edgeplane_control_sync::table::Repl;
 use edgeplane_control_sync::RoutingTable;
-use edgeplane_proxy::balancer::{Balancer, BalancerParams, HealthMap, Policy};
-use edgeplane_proxy::route::pick_memory::PickMemory;
-use edgeplane_proxy::route::{decide, Decision, RouteContext, RouteRequest, VmReason};
+use edgeplane_core::balancer::{Balancer, BalancerParams, HealthMap, Policy};
+use edgeplane_core::route::pick_memory::PickMemory;
+use edgeplane_core::route::{decide, Decision, RouteContext, RouteRequest, VmReason};
 
 const NOW: u64 = 1_800_000_000_000;
 const HOSTS: usize = 4096;
@@ -62,8 +62,12 @@ fn bench(c: &mut Criterion) {
     drop(snap);
     eprintln!("table built in {:?}", t0.elapsed());
     let local = table.local_region();
-    let running = hosts(&table, shape, |r| r.is_some_and(|r| r.region == local && r.vm.get().is_some()));
-    let idle = hosts(&table, shape, |r| r.is_some_and(|r| r.region == local && r.vm.get().is_none()));
+    let running = hosts(&table, shape, |r| {
+        r.is_some_and(|r| r.region == local && r.vm.get().is_some())
+    });
+    let idle = hosts(&table, shape, |r| {
+        r.is_some_and(|r| r.region == local && r.vm.get().is_none())
+    });
     let foreign = hosts(&table, shape, |r| r.is_none_or(|r| r.region != local));
     let unknown: Vec<String> = (0..HOSTS).map(|i| format!("nope{i}.repl.co")).collect();
 

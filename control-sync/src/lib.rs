@@ -14,17 +14,16 @@
 //! Nothing here knows Pingora; the proxy crate reads tables through
 //! [`TableHandle`]. Start reading at [`table`], then [`postgres`].
 
-pub mod directory;
 pub mod file_source;
 pub mod last_known_good;
 pub mod postgres;
 pub mod redis_source;
-pub mod ring;
 pub mod shadow;
-pub mod sharded;
-pub mod snapshot;
 pub mod switch;
-pub mod table;
+
+// The placement model lives in its own pure crate (no tokio, no database
+// client); these paths stay where every caller knows them.
+pub use edgeplane_placement::{directory, ring, sharded, snapshot, table};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -30,7 +30,7 @@ use crate::route::{describe, Decision};
 #[inline]
 pub fn sampled(cfg: &LogConfig, entropy: u64) -> bool {
     // Decorrelated from the balancer's use of the same bits.
-    let r = crate::balancer::subset::mix(entropy ^ 0xacce_5510_9000_0001);
+    let r = edgeplane_core::bits::splitmix64(entropy ^ 0xacce_5510_9000_0001);
     (r as f64) < cfg.access_log_sample * (u64::MAX as f64)
 }
 

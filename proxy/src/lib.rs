@@ -9,7 +9,6 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod balancer;
 pub mod conn;
 pub mod dns;
 pub mod fuzzing;
@@ -18,10 +17,10 @@ pub mod metrics;
 pub mod names;
 pub mod pages;
 pub mod reload;
-pub mod route;
 pub mod server;
 pub mod service;
 pub mod status_page;
 pub mod tls;
 pub mod tunnel;
-pub mod ws_frames;
+
+pub use edgeplane_core::{balancer, bits, route, ws_frames};

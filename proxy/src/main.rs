@@ -131,6 +131,7 @@ fn load_table(cfg: &edgeplane_config::Config) -> Result<edgeplane_control_sync::
 /// pages only on the freeing thread's later calls, which an idle sync
 /// thread does not make (measured: ~15 bytes per directory name stayed
 /// resident after a 10M-app load without this; bench/results/world.md).
+#[allow(unsafe_code)]
 fn release_memory() {
     // SAFETY: mi_collect only walks and purges this thread's heap and
     // abandoned segments; it has no preconditions.

@@ -122,11 +122,8 @@ pub struct Tunnel {
 
 /// Duplicates an accepted client socket so the tunnel owns a handle of its
 /// own (registered with this thread's reactor).
-pub fn client_socket(fd: std::os::fd::RawFd) -> io::Result<TcpStream> {
-    // SAFETY: `fd` is the open socket of the live Pingora session the caller
-    // borrows it from; it stays open for the duration of this call.
-    let owned = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-    let std_stream = std::net::TcpStream::from(owned);
+pub fn client_socket(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<TcpStream> {
+    let std_stream = std::net::TcpStream::from(fd.try_clone_to_owned()?);
     std_stream.set_nonblocking(true)?;
     TcpStream::from_std(std_stream)
 }
@@ -399,7 +396,7 @@ fn mask_key() -> [u8; 4] {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0x5bd1_e995);
-    (crate::balancer::subset::mix(t as u64 ^ 0x9e37_79b9) as u32).to_be_bytes()
+    (edgeplane_core::bits::splitmix64(t as u64 ^ 0x9e37_79b9) as u32).to_be_bytes()
 }
 
 /// One direction of a tunnel: bytes that could not be written yet, and

@@ -2,7 +2,7 @@
 //! front of V VMs in clusters, a day of repl starts with heavy-tailed
 //! lifetimes and CPU costs spanning six orders of magnitude, a Monday-morning
 //! surge, scrapes that arrive late — placed by the proxy's own balancer
-//! ([`edgeplane_proxy::balancer`]: the same `Balancer::choose`, health merge
+//! ([`edgeplane_core::balancer`]: the same `Balancer::choose`, health merge
 //! and view builder the edge runs), compared with pure random placement and
 //! a model of a cloud load balancer that spills over on capacity without
 //! knowing about apps.
@@ -26,8 +26,8 @@ use std::time::Instant;
 
 use edgeplane_control_sync::snapshot::VmState;
 use edgeplane_control_sync::RoutingTable;
-use edgeplane_proxy::balancer::health::{Outcome, Reading};
-use edgeplane_proxy::balancer::{Balancer, BalancerParams, HealthMap, Policy};
+use edgeplane_core::balancer::usability::{Outcome, Reading};
+use edgeplane_core::balancer::{Balancer, BalancerParams, HealthMap, Policy};
 
 use crate::world::{region_name, synthetic, WorldShape};
 
@@ -140,7 +140,7 @@ impl Rng {
     }
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        edgeplane_proxy::balancer::subset::mix(self.0)
+        edgeplane_core::bits::splitmix64(self.0)
     }
     /// Uniform in (0, 1].
     pub fn unit(&mut self) -> f64 {

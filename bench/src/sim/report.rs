@@ -272,7 +272,7 @@ pub fn run_all(
             "# Placement simulation\n\nCommand: `{command}`\n\nWorkload: {} repl starts over {} h through {} edges into {} clusters x {} VMs; \
 surge x{} from hour {} for {} h; Pareto lifetimes (min {} s, alpha {}); CPU cost log-uniform {}..{} millicores \
 (six orders of magnitude) on {}-millicore VMs; scrapes every {} s reaching the edges {} s later. \
-Figures are read at the end of the surge. Every edgeplane row runs `edgeplane_proxy::balancer` \
+Figures are read at the end of the surge. Every edgeplane row runs `edgeplane_core::balancer` \
 (the proxy's own code); the cloud LB row is a model (fill clusters in order up to {} starts/s per VM, \
 spill over, round-robin inside; no app knowledge).\n\n{table}\n\
 ![CPU histogram](sim_cpu.svg)\n\n![containers histogram](sim_containers.svg)\n",

@@ -135,7 +135,7 @@ fn slot_of(ip: IpAddr) -> usize {
             None => (u128::from(v6) >> 64) as u64 ^ 0x6a09_e667_f3bc_c908,
         },
     };
-    (crate::balancer::subset::mix(key) as usize) & (PER_IP_SLOTS - 1)
+    (edgeplane_core::bits::splitmix64(key) as usize) & (PER_IP_SLOTS - 1)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use edgeplane_config::{Config, HealthSource};
 use edgeplane_control_sync::snapshot::VmState;
 use edgeplane_control_sync::{RoutingTable, TableHandle};
 
-use crate::balancer::health::Outcome;
+use crate::balancer::usability::Outcome;
 use crate::balancer::{Balancer, HealthMap};
 use crate::metrics::Metrics;
 use crate::service::now_ms;

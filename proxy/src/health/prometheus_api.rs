@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::scrape::{http_get, reading};
 use super::Target;
-use crate::balancer::health::Outcome;
+use crate::balancer::usability::Outcome;
 
 /// The query: the three conman series, and the timestamp of each VM's
 /// last `conman_containers` sample tagged `edgeplane_stat="sample_time"`
@@ -140,7 +140,7 @@ pub fn map_answer(json: &serde_json::Value, targets: &[Target], now_ms: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::health::Reading;
+    use crate::balancer::usability::Reading;
 
     #[test]
     fn maps_series_by_instance_or_vm_label() {

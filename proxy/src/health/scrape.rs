@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::Target;
-use crate::balancer::health::{Outcome, Reading};
+use crate::balancer::usability::{Outcome, Reading};
 
 /// Largest `/metrics` body read (a conman VM's is a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;

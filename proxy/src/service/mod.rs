@@ -36,12 +36,12 @@ use edgeplane_config::Config;
 use edgeplane_control_sync::table::Idx;
 use edgeplane_control_sync::{RoutingTable, TableHandle};
 
-use crate::balancer::subset::mix;
 use crate::health::HealthHandle;
 use crate::metrics::Metrics;
 use crate::pages;
 use crate::route::signing::{sign_hop, verify_hop};
 use crate::route::{self, Decision, ForwardReason, RouteContext, RouteRequest};
+use edgeplane_core::bits::splitmix64;
 
 mod headers;
 use headers::{header_str, is_websocket_upgrade, itoa_u16, request_head_bytes, strip_for_upstream};
@@ -69,12 +69,12 @@ pub fn now_ms() -> u64 {
 fn entropy() -> u64 {
     use std::cell::Cell;
     thread_local! {
-        static STATE: Cell<u64> = Cell::new(mix(now_ms() ^ (&STATE as *const _ as u64)));
+        static STATE: Cell<u64> = Cell::new(splitmix64(now_ms() ^ (&STATE as *const _ as u64)));
     }
     STATE.with(|s| {
         let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         s.set(x);
-        mix(x)
+        splitmix64(x)
     })
 }
 
@@ -201,17 +201,22 @@ impl Tried {
 }
 
 /// The client socket of a plain-TCP HTTP/1 session (None for TLS or H2,
-/// which keep Pingora's own upgrade path).
-fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::RawFd> {
+/// which keep Pingora's own upgrade path), lent for as long as the session.
+fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::BorrowedFd<'_>> {
     use std::os::fd::AsRawFd;
-    session
+    let fd = session
         .stream()?
         .as_any()
         .downcast_ref::<crate::conn::ConnStream>()?
         .inner()
         .as_any()
-        .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()
-        .map(|s| s.as_raw_fd())
+        .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()?
+        .as_raw_fd();
+    // SAFETY: the descriptor belongs to the session's stream, which owns it
+    // and keeps it open while the session lives; the borrow is tied to
+    // `session`'s lifetime, so it cannot outlive the descriptor.
+    #[allow(unsafe_code)]
+    Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
 }
 
 impl Edge {

@@ -6,13 +6,13 @@
 //! same function. No allocation, no lock: least-loaded and p2c read one
 //! ledger counter per member looked at; round-robin bumps one atomic.
 //!
-//! Ties (equal load) go to the member with the larger `mix(entropy ^ id)`,
+//! Ties (equal load) go to the member with the larger `splitmix64(entropy ^ id)`,
 //! so concurrent edges and requests do not all pick the same first member.
 
+use crate::bits::splitmix64;
 use std::sync::atomic::Ordering;
 
 use super::ledger::PlacementLedger;
-use super::subset::mix;
 use super::view::{ClusterView, Member};
 use super::Policy;
 
@@ -57,5 +57,5 @@ pub fn least_loaded<'a>(
     ledger: &PlacementLedger,
     entropy: u64,
 ) -> Option<&'a Member> {
-    members.min_by_key(|m| (m.load(ledger), std::cmp::Reverse(mix(entropy ^ m.id_hash))))
+    members.min_by_key(|m| (m.load(ledger), std::cmp::Reverse(splitmix64(entropy ^ m.id_hash))))
 }

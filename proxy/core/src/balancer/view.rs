@@ -21,12 +21,12 @@
 
 use std::sync::atomic::AtomicU32;
 
-use edgeplane_control_sync::table::{Idx, RoutingTable};
+use edgeplane_placement::table::{Idx, RoutingTable};
 use hashbrown::HashMap;
 
-use super::health::{usability, HealthMap, Usability};
 use super::ledger::PlacementLedger;
 use super::outliers::Outliers;
+use super::usability::{usability, HealthMap, Usability};
 use super::{subset, BalancerParams};
 
 /// CPU utilisation 1.0 in the fixed-point `cpu_fp`.

@@ -1,8 +1,8 @@
 //! [`decide`]: the steps of DESIGN §2 in order. See the parent module docs.
 
-use edgeplane_control_sync::directory::Name;
-use edgeplane_control_sync::snapshot::VmState;
-use edgeplane_control_sync::table::{Idx, Repl, RoutingTable};
+use edgeplane_placement::directory::Name;
+use edgeplane_placement::snapshot::VmState;
+use edgeplane_placement::table::{Idx, Repl, RoutingTable};
 
 use super::host::{canonical_host, slug_of};
 use super::pick_memory::vm_fingerprint;
@@ -197,7 +197,7 @@ fn place<E: Explain>(
                         "tombstone: moved from {:?} to {:?} (until {})",
                         t.cluster(ts.from_cluster).name,
                         t.cluster(ts.to_cluster).name,
-                        edgeplane_control_sync::snapshot::format_rfc3339_ms(ts.expires_at_ms)
+                        edgeplane_placement::snapshot::format_rfc3339_ms(ts.expires_at_ms)
                     )
                 });
                 (t.cluster(ts.to_cluster).region, ForwardReason::Tombstone)

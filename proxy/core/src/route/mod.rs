@@ -3,7 +3,7 @@
 //!
 //! Where it sits: the Pingora glue ([`crate::service`]) extracts a
 //! [`RouteRequest`] from the request head and calls [`decide`] with the
-//! current [`RoutingTable`](edgeplane_control_sync::RoutingTable) (one ArcSwap load); `edgeplane route` and
+//! current [`RoutingTable`](edgeplane_placement::RoutingTable) (one ArcSwap load); `edgeplane route` and
 //! `/debug/route` call the same function with an [`Explain`] that records
 //! every step. The answer is a [`Decision`]: a VM, a peer region's edge, or
 //! a rejection with its status code.
@@ -29,7 +29,7 @@ pub use decide::decide;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use edgeplane_control_sync::table::Idx;
+use edgeplane_placement::table::Idx;
 
 use crate::balancer::{Balancer, BalancerParams};
 use pick_memory::PickMemory;
@@ -287,7 +287,7 @@ impl Explain for Vec<String> {
 }
 
 /// One line naming where a decision sends the request, for people.
-pub fn describe(d: &Decision, t: &edgeplane_control_sync::RoutingTable) -> String {
+pub fn describe(d: &Decision, t: &edgeplane_placement::RoutingTable) -> String {
     match *d {
         Decision::Vm {
             vm,
@@ -324,7 +324,7 @@ pub fn describe(d: &Decision, t: &edgeplane_control_sync::RoutingTable) -> Strin
 /// balancer state (dry run).
 pub fn explain(
     ctx: &RouteContext,
-    t: &edgeplane_control_sync::RoutingTable,
+    t: &edgeplane_placement::RoutingTable,
     host: &str,
     path_and_query: &str,
     now_ms: u64,

@@ -1,6 +1,6 @@
 //! Unit tests: one or more per branch of [`super::decide`].
 
-use edgeplane_control_sync::{RoutingTable, Snapshot};
+use edgeplane_placement::{RoutingTable, Snapshot};
 
 use super::*;
 use crate::balancer::{Balancer, BalancerParams, HealthMap, Policy};
@@ -541,7 +541,7 @@ fn cluster_without_active_vm_is_503() {
 fn region_without_active_cluster_is_503() {
     let mut s = snapshot();
     for cl in &mut s.clusters {
-        cl.state = edgeplane_control_sync::snapshot::ClusterState::Draining;
+        cl.state = edgeplane_placement::snapshot::ClusterState::Draining;
     }
     let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
     assert_eq!(

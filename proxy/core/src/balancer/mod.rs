@@ -23,24 +23,25 @@
 //!
 //! Start at [`Balancer::choose`], then [`view::build`].
 
-pub mod health;
 pub mod ledger;
 pub mod outliers;
 pub mod pick;
 pub mod subset;
+pub mod usability;
 pub mod view;
 
+use crate::bits::splitmix64;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use edgeplane_control_sync::snapshot::VmState;
-use edgeplane_control_sync::table::{Idx, RoutingTable};
+use edgeplane_placement::snapshot::VmState;
+use edgeplane_placement::table::{Idx, RoutingTable};
 
 pub use edgeplane_config::Policy;
-pub use health::HealthMap;
 pub use ledger::PlacementLedger;
 pub use outliers::Outliers;
+pub use usability::HealthMap;
 pub use view::{BalancerView, Member, Mode};
 
 /// Balancer settings in the units the code uses.
@@ -294,13 +295,13 @@ fn snapshot_pick(
     t: &RoutingTable,
     cluster: Idx,
     entropy: u64,
-    keep: impl Fn(&edgeplane_control_sync::table::Candidate) -> bool,
+    keep: impl Fn(&edgeplane_placement::table::Candidate) -> bool,
 ) -> Option<Choice> {
     let candidates = t.candidates(cluster);
     let c = candidates
         .iter()
         .filter(|c| keep(c))
-        .min_by_key(|c| (c.containers, std::cmp::Reverse(subset::mix(entropy ^ c.id_hash))))?;
+        .min_by_key(|c| (c.containers, std::cmp::Reverse(splitmix64(entropy ^ c.id_hash))))?;
     Some(Choice {
         vm: c.vm,
         id_hash: c.id_hash,

@@ -1,8 +1,9 @@
 //! Balancer unit tests over real routing tables built from snapshots.
 
-use super::health::{Outcome, Reading, Usability};
+use super::usability::{Outcome, Reading, Usability};
 use super::*;
-use edgeplane_control_sync::snapshot::Snapshot;
+use crate::bits::splitmix64;
+use edgeplane_placement::snapshot::Snapshot;
 
 const STALE: u64 = 3_000;
 
@@ -111,7 +112,7 @@ fn subset_limits_members_and_picks_stay_inside() {
         let members: Vec<Idx> = view.clusters[0].members.iter().map(|m| m.vm).collect();
         assert_eq!(members.len(), 8);
         for e in 0..200u64 {
-            let c = b.choose(&t, 0, subset::mix(e)).unwrap();
+            let c = b.choose(&t, 0, splitmix64(e)).unwrap();
             assert!(members.contains(&c.vm), "{policy:?} picked outside the subset");
             assert_eq!(c.policy, policy);
         }

@@ -5,7 +5,7 @@
 //! every cluster on each rebuild, passing the members it chose last time.
 //!
 //! How: rendezvous (highest random weight) ranking of the usable VMs by
-//! `mix(vm id hash ^ seed)`, where the seed mixes the edge's instance id
+//! `splitmix64(vm id hash ^ seed)`, where the seed mixes the edge's instance id
 //! and the epoch; the epoch advances every `subset_refresh` (offset per
 //! instance so edges do not all rotate at the same instant). Different
 //! edges get different subsets whose union covers the cluster.
@@ -19,13 +19,7 @@
 //! Invariant: the answer has `min(k, usable)` distinct members, in rank
 //! order. Pure; start at [`choose`].
 
-/// splitmix64's finaliser: a cheap, well-spread 64-bit mix.
-#[inline]
-pub fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
-}
+use crate::bits::splitmix64;
 
 /// The epoch at `now_ms`: advances every `refresh_ms`, offset by the
 /// instance so a fleet of edges rotates spread over the period.
@@ -36,13 +30,13 @@ pub fn epoch(instance_hash: u64, now_ms: u64, refresh_ms: u64) -> u64 {
 
 /// The ranking seed of an instance in an epoch.
 pub fn seed(instance_hash: u64, epoch: u64) -> u64 {
-    mix(instance_hash ^ mix(epoch.wrapping_add(0x9e3779b97f4a7c15)))
+    splitmix64(instance_hash ^ splitmix64(epoch.wrapping_add(0x9e3779b97f4a7c15)))
 }
 
 /// Rendezvous score of a VM under `seed` (higher ranks first).
 #[inline]
 pub fn score(vm_id_hash: u64, seed: u64) -> u64 {
-    mix(vm_id_hash ^ seed)
+    splitmix64(vm_id_hash ^ seed)
 }
 
 /// Chooses the subset: indexes into `usable` (VM id hashes), in rank order.
@@ -83,7 +77,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn ids(n: u64) -> Vec<u64> {
-        (0..n).map(|i| mix(i + 1000)).collect()
+        (0..n).map(|i| splitmix64(i + 1000)).collect()
     }
 
     fn members(usable: &[u64], idx: &[usize]) -> Vec<u64> {
@@ -107,7 +101,7 @@ mod tests {
         let u = ids(200);
         let mut covered = HashSet::new();
         for inst in 0..40 {
-            covered.extend(choose(&u, &[], 16, 0.25, seed(mix(inst), 0)));
+            covered.extend(choose(&u, &[], 16, 0.25, seed(splitmix64(inst), 0)));
         }
         assert!(covered.len() > 190, "40 edges x 16 cover {} of 200", covered.len());
     }

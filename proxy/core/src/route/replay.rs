@@ -20,8 +20,8 @@
 //!
 //! Start at [`replay`] and [`retry_elsewhere`].
 
-use edgeplane_control_sync::snapshot::VmState;
-use edgeplane_control_sync::table::{Idx, RoutingTable};
+use edgeplane_placement::snapshot::VmState;
+use edgeplane_placement::table::{Idx, RoutingTable};
 
 use super::pick_memory::vm_fingerprint;
 use super::{Decision, ForwardReason, Kind, RouteContext, VmReason};
@@ -240,7 +240,7 @@ mod tests {
     use crate::route::pick_memory::PickMemory;
 
     fn table() -> RoutingTable {
-        let s: edgeplane_control_sync::Snapshot = serde_json::from_str(
+        let s: edgeplane_placement::Snapshot = serde_json::from_str(
             r#"{"regions": [{"name": "here", "edge_addr": "127.0.0.1:8080"}, {"name": "there", "edge_addr": "127.0.0.1:8081"}],
                 "clusters": [{"name": "a", "region": "here", "state": "active"}, {"name": "b", "region": "here", "state": "active"},
                              {"name": "z", "region": "there", "state": "active"}],
