@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
             ..Default::default()
         };
         assert!(
-            check(&decide(&cx, &table, &first, &mut ())),
+            check(&decide(&cx, &table, &first, &(), &mut ())),
             "{name}: unexpected decision"
         );
         let mut i = 0usize;
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
                     dry_run,
                     ..Default::default()
                 };
-                black_box(decide(&cx, &table, black_box(&req), &mut ()))
+                black_box(decide(&cx, &table, black_box(&req), &(), &mut ()))
             })
         });
     };

@@ -182,7 +182,7 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
         let s = shadow.vm_by_id(id).map(|i| shadow.vm(i)).filter(|v| v.present);
         match (p, s) {
             (Some(p), Some(s)) => {
-                let (pa, sa) = (p.addr_text(), s.addr_text());
+                let (pa, sa) = (p.endpoint.to_string(), s.endpoint.to_string());
                 if pa != sa {
                     c.note(id, "vm_addr", pa, sa);
                 }
@@ -193,8 +193,8 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
             (p, s) => c.note(
                 id,
                 "vm_addr",
-                show(p.map(|v| v.addr_text()).as_deref()),
-                show(s.map(|v| v.addr_text()).as_deref()),
+                show(p.map(|v| v.endpoint.to_string()).as_deref()),
+                show(s.map(|v| v.endpoint.to_string()).as_deref()),
             ),
         }
     }
@@ -203,7 +203,7 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
             .region_by_name(&pr.name)
             .map(|i| shadow.region(i))
             .filter(|r| r.present);
-        let (pa, sa) = (pr.edge_addr_text(), s.map(|r| r.edge_addr_text()));
+        let (pa, sa) = (pr.edge.to_string(), s.map(|r| r.edge.to_string()));
         if sa.as_deref() != Some(pa.as_str()) {
             c.note(&pr.name, "edge_addr", pa, show(sa.as_deref()));
         }

@@ -1,26 +1,30 @@
-//! edgeplane-proxy: the edge. A pure routing core ([`route`], with the
-//! subsetting [`balancer`]) and thin glue around it: Pingora
-//! ([`service`], [`admin`], [`server`]), the health monitor ([`health`]),
-//! background name resolution ([`names`]) and the DNS responder ([`dns`]).
+//! edgeplane-proxy: the edge process. The decisions live in the pure core
+//! (`edgeplane-core`: [`route`], [`balancer`], [`ws_frames`]); this crate is
+//! the glue that runs them on Pingora, grouped by role:
 //!
-//! Start reading at [`route`] (what decides where a request goes), then
-//! [`service`] (the Pingora `ProxyHttp` implementation that carries it
-//! out), then [`server`] (how the process is put together).
+//! | module | room |
+//! |---|---|
+//! | [`http`] | the request path: filter steps, upstream edits, retry and replay, tunnels, the edge's own pages, access log |
+//! | [`conn`] | connections below HTTP: admission caps, head deadline, TLS certificates |
+//! | [`admin`] | the admin listener: API, status page, config reload |
+//! | [`background`] | off the request path: health monitor, name resolution |
+//! | [`dns`] | `edgeplane dns`, the authoritative responder |
+//! | [`placement`] | starting the placement sources (file, PostgreSQL, Redis, shadow) |
+//! | [`server`] | putting the process together, signals |
+//! | [`metrics`], [`clock`] | leaves every part uses |
+//!
+//! Start reading at `edgeplane_core::route` (what decides where a request
+//! goes), then [`http`] (how it is carried out), then [`server`].
 
-pub mod access_log;
 pub mod admin;
+pub mod background;
+pub mod clock;
 pub mod conn;
 pub mod dns;
 pub mod fuzzing;
-pub mod health;
+pub mod http;
 pub mod metrics;
-pub mod names;
-pub mod pages;
-pub mod reload;
+pub mod placement;
 pub mod server;
-pub mod service;
-pub mod status_page;
-pub mod tls;
-pub mod tunnel;
 
 pub use edgeplane_core::{balancer, bits, route, ws_frames};

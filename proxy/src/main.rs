@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use edgeplane_proxy::clock::now_ms;
 use edgeplane_proxy::route::{self, RouteContext};
 use edgeplane_proxy::server::{self, ServeFlags};
 
@@ -113,6 +114,18 @@ enum SnapshotCmd {
     },
 }
 
+/// `edgeplane route` runs once, off any request path: it may look a name
+/// up when the decision needs one (the edge itself never does).
+struct LookUpNow;
+
+impl edgeplane_control_sync::table::Resolve for LookUpNow {
+    fn ip_of(&self, host: &str) -> Option<std::net::IpAddr> {
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<_> = (host, 0).to_socket_addrs().ok()?.collect();
+        addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).map(|a| a.ip())
+    }
+}
+
 fn load_config(path: &std::path::Path) -> Result<edgeplane_config::Config, ExitCode> {
     edgeplane_config::load(path).map_err(|e| {
         eprintln!("{e}");
@@ -121,10 +134,12 @@ fn load_config(path: &std::path::Path) -> Result<edgeplane_config::Config, ExitC
 }
 
 fn load_table(cfg: &edgeplane_config::Config) -> Result<edgeplane_control_sync::TableHandle, ExitCode> {
-    server::load_placement(cfg).map(|p| p.table).map_err(|e| {
-        eprintln!("{}: {e}", cfg.path.display());
-        ExitCode::from(1)
-    })
+    edgeplane_proxy::placement::load_placement(cfg)
+        .map(|p| p.table)
+        .map_err(|e| {
+            eprintln!("{}: {e}", cfg.path.display());
+            ExitCode::from(1)
+        })
 }
 
 /// Hands memory a full load freed back to the system: mimalloc purges freed
@@ -210,7 +225,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             let ctx = RouteContext::from_config(&cfg);
             print!(
                 "{}",
-                route::explain(&ctx, &table.load(), &host, &path, edgeplane_proxy::service::now_ms())
+                route::explain(&ctx, &table.load(), &host, &path, now_ms(), &LookUpNow)
             );
             Ok(())
         }
@@ -237,7 +252,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 eprintln!("{}: security.workspace_token_key_file is not set", config.display());
                 return Err(ExitCode::from(1));
             };
-            let exp = edgeplane_proxy::service::now_ms() / 1000 + ttl;
+            let exp = now_ms() / 1000 + ttl;
             println!("{}", route::signing::mint_token(key, &repl, exp));
             Ok(())
         }

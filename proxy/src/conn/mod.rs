@@ -1,134 +1,22 @@
-//! Client connections before HTTP: admission, TLS, and the per-connection
-//! state Pingora does not keep.
+//! Client connections below HTTP: admission caps ([`admission`]), the
+//! stream wrapper that adds a head deadline and a shutdown watch
+//! ([`stream`]), and the TLS certificate store ([`tls`]).
 //!
-//! Where it sits: [`EdgeApp`] is the Pingora `ServerApp` on every proxy
-//! listener. For each accepted connection it takes an admission slot
-//! ([`admission`]: global and per-IP caps; a refused plain-HTTP client gets
-//! 503/429 and is closed), runs the TLS handshake itself on HTTPS listeners
-//! (within `limits.header_timeout_ms`, certificate by SNI from
-//! [`crate::tls`]), wraps the result in a [`ConnStream`] (head deadline,
-//! shutdown watch, admission guard) and hands it to Pingora's HTTP proxy,
-//! which runs [`crate::service::Edge`] for each request on it.
-//!
-//! Invariants: every accepted connection is counted exactly once and given
-//! back when dropped; no HTTP byte is parsed before admission.
-//!
-//! Start at [`EdgeApp::process_new`].
+//! Where it sits: the request path's `EdgeApp` ([`crate::http::EdgeApp`])
+//! admits each connection and wraps it in a [`ConnStream`]; request hooks
+//! reach it through [`conn_of`]. Start at [`stream`].
 
 pub mod admission;
 pub mod stream;
+pub mod tls;
 
-use std::sync::Arc;
-use std::time::Duration;
+use pingora_proxy::Session;
 
-use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
-use pingora_core::listeners::tls::Acceptor;
-use pingora_core::protocols::Stream;
-use pingora_core::server::ShutdownWatch;
-use pingora_proxy::{HttpProxy, Session};
-use tokio::io::AsyncWriteExt;
-
-use crate::metrics::Metrics;
-use crate::service::Edge;
 pub use admission::{Admission, Refusal};
 pub use stream::ConnStream;
-
-/// How long connections accepted just before a stop get to send their
-/// first request before idle ones are closed.
-pub const FRESH_CONNECTION_GRACE: Duration = Duration::from_secs(1);
-
-/// The ServerApp of one kind of proxy listener (plain or TLS).
-pub struct EdgeApp {
-    pub proxy: Arc<HttpProxy<Edge>>,
-    pub admission: Arc<Admission>,
-    /// Some on HTTPS listeners.
-    pub tls: Option<Acceptor>,
-    /// The running config (`limits.header_timeout_ms` is read per connection).
-    pub cfg: Arc<arc_swap::ArcSwap<edgeplane_config::Config>>,
-    pub metrics: Arc<Metrics>,
-}
 
 /// The connection a session runs on (None only for sessions Pingora built
 /// itself, e.g. HTTP/2 streams, which edgeplane does not offer).
 pub fn conn_of(session: &Session) -> Option<&ConnStream> {
     session.stream()?.as_any().downcast_ref::<ConnStream>()
-}
-
-fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
-    let d = stream.get_socket_digest()?;
-    d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
-}
-
-#[async_trait]
-impl ServerApp for EdgeApp {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let admitted = match self.admission.admit(peer_ip(&stream)) {
-            Ok(a) => a,
-            Err(r) => {
-                self.metrics.connections_refused.with_label_values(&[r.as_str()]).inc();
-                if self.tls.is_none() {
-                    // Best effort, never waiting on a client we are refusing.
-                    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(r.response())).await;
-                }
-                return None;
-            }
-        };
-        self.metrics.connections_active.inc();
-        let _count = ActiveGuard(&self.metrics);
-        let header_timeout = self.cfg.load().limits.header_timeout;
-        let conn: Stream = match &self.tls {
-            None => Box::new(ConnStream::new(
-                stream,
-                Some(admitted),
-                false,
-                Some(header_timeout),
-                Some(shutdown.clone()),
-            )),
-            Some(acceptor) => {
-                let raw = ConnStream::new(stream, None, false, None, None);
-                let tls = match tokio::time::timeout(header_timeout, acceptor.tls_handshake(raw)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        self.metrics.tls_handshake_errors.inc();
-                        log::debug!("tls handshake: {e}");
-                        return None;
-                    }
-                    Err(_) => {
-                        self.metrics.tls_handshake_errors.inc();
-                        self.metrics.client_timeouts.with_label_values(&["tls_handshake"]).inc();
-                        return None;
-                    }
-                };
-                Box::new(ConnStream::new(
-                    Box::new(tls),
-                    Some(admitted),
-                    true,
-                    Some(header_timeout),
-                    Some(shutdown.clone()),
-                ))
-            }
-        };
-        ServerApp::process_new(&self.proxy, conn, shutdown).await
-    }
-
-    /// Runs when the listeners stop (graceful stop or upgrade). Pingora's
-    /// cleanup wakes every connection still waiting for a request head and
-    /// drops it — including one accepted a moment ago whose first request is
-    /// on its way (measured: 2 of 21,000 requests lost over 5 upgrades).
-    /// Waiting [`FRESH_CONNECTION_GRACE`] first lets those requests arrive
-    /// and be served (with `connection: close`, as shutdown has begun).
-    async fn cleanup(&self) {
-        tokio::time::sleep(FRESH_CONNECTION_GRACE).await;
-        ServerApp::cleanup(self.proxy.as_ref()).await
-    }
-}
-
-/// Keeps `edgeplane_connections_active` in step with the connection's life.
-struct ActiveGuard<'a>(&'a Metrics);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.connections_active.dec();
-    }
 }

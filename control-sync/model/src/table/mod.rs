@@ -64,14 +64,64 @@ impl OptIdx {
     }
 }
 
+/// Where something is dialled, as its row gave it: an address, or a host
+/// name and port that a [`Resolve`] answers (the proxy resolves names in
+/// the background; nothing here looks a name up).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Addr(SocketAddr),
+    Name { host: Arc<str>, port: u16 },
+}
+
+/// Answers host names with addresses from memory (never a lookup on the
+/// caller's thread). The routing decision is handed one, so what it
+/// returns is exactly what is dialled.
+pub trait Resolve {
+    /// The address `host` resolves to now, if it has a good answer.
+    fn ip_of(&self, host: &str) -> Option<std::net::IpAddr>;
+}
+
+/// No names known: named endpoints stay unresolved.
+impl Resolve for () {
+    fn ip_of(&self, _host: &str) -> Option<std::net::IpAddr> {
+        None
+    }
+}
+
+impl Endpoint {
+    /// The address to dial: the address itself (one branch), or the name's
+    /// current answer with the port.
+    #[inline]
+    pub fn resolve<R: Resolve + ?Sized>(&self, names: &R) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Addr(a) => Some(*a),
+            Endpoint::Name { host, port } => names.ip_of(host).map(|ip| SocketAddr::new(ip, *port)),
+        }
+    }
+    /// The host name, for a named endpoint.
+    pub fn host(&self) -> Option<&Arc<str>> {
+        match self {
+            Endpoint::Addr(_) => None,
+            Endpoint::Name { host, .. } => Some(host),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    /// As the row wrote it: `ip:port` or `host:port`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Addr(a) => write!(f, "{a}"),
+            Endpoint::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Region {
     pub name: Box<str>,
-    /// Where this region's edges are dialed. When the row gave a name
-    /// (`host:port`), this is `0.0.0.0:port` and [`Region::edge_host`] holds
-    /// the name, which the proxy resolves in the background.
-    pub edge_addr: SocketAddr,
-    pub edge_host: Option<Arc<str>>,
+    /// Where this region's edges are dialled.
+    pub edge: Endpoint,
     /// False once deleted by a delta (the slot stays until a full load).
     pub present: bool,
 }
@@ -91,10 +141,8 @@ pub struct Cluster {
 pub struct Vm {
     pub id: Box<str>,
     pub cluster: Idx,
-    /// `0.0.0.0:port` when the row gave a name ([`Vm::host`]).
-    pub addr: SocketAddr,
-    /// The host name of `addr`, when given as `host:port`.
-    pub host: Option<Arc<str>>,
+    /// Where its HTTP and WebSocket traffic is dialled.
+    pub endpoint: Endpoint,
     pub metrics_addr: Option<SocketAddr>,
     pub state: VmState,
     /// [`crate::ring::key_hash`] of the id: stable tie-breaks and pick-memory tags.
@@ -128,29 +176,6 @@ pub struct Topology {
 struct Load {
     containers: Vec<u32>,
     candidates: Vec<Arc<[Candidate]>>,
-}
-
-/// An address as a row wrote it: `ip:port`, or `host:port` for a name
-/// (`addr` is then `0.0.0.0:port`).
-pub fn endpoint_text(addr: SocketAddr, host: Option<&str>) -> String {
-    match host {
-        Some(h) => format!("{h}:{}", addr.port()),
-        None => addr.to_string(),
-    }
-}
-
-impl Region {
-    /// `edge_addr` as the row wrote it.
-    pub fn edge_addr_text(&self) -> String {
-        endpoint_text(self.edge_addr, self.edge_host.as_deref())
-    }
-}
-
-impl Vm {
-    /// `addr` as the row wrote it.
-    pub fn addr_text(&self) -> String {
-        endpoint_text(self.addr, self.host.as_deref())
-    }
 }
 
 /// A repl as the edge holds it: 48 bytes plus one allocation.
@@ -674,13 +699,13 @@ impl RoutingTable {
             .regions
             .iter()
             .filter(|r| r.present)
-            .filter_map(|r| r.edge_host.clone());
+            .filter_map(|r| r.edge.host().cloned());
         let vms = self
             .topo
             .vms
             .iter()
             .filter(|v| v.present)
-            .filter_map(|v| v.host.clone());
+            .filter_map(|v| v.endpoint.host().cloned());
         let mut names: Vec<Arc<str>> = regions.chain(vms).collect();
         names.sort_unstable();
         names.dedup();
@@ -723,7 +748,7 @@ impl RoutingTable {
     fn region_rows(&self) -> impl Iterator<Item = RegionRow> + '_ {
         self.regions().map(|(_, r)| RegionRow {
             name: r.name.to_string(),
-            edge_addr: r.edge_addr_text(),
+            edge_addr: r.edge.to_string(),
         })
     }
     fn cluster_rows(&self) -> impl Iterator<Item = ClusterRow> + '_ {
@@ -738,7 +763,7 @@ impl RoutingTable {
         self.vms().map(|(_, v)| VmRow {
             id: v.id.to_string(),
             cluster: self.cname(v.cluster),
-            addr: v.addr_text(),
+            addr: v.endpoint.to_string(),
             metrics_addr: v.metrics_addr.map(|a| a.to_string()),
             state: v.state,
         })

@@ -207,12 +207,12 @@ impl Row<'_> {
         }
     }
 
-    /// A dialed address: `ip:port`, or `host:port` (a valid host name,
-    /// lower-cased), returned as `0.0.0.0:port` plus the name.
-    fn endpoint(&self, field: &str, v: &str) -> Result<(SocketAddr, Option<Arc<str>>), RowError> {
+    /// A dialled address: `ip:port`, or `host:port` (a valid host name,
+    /// lower-cased, one trailing dot dropped).
+    fn endpoint(&self, field: &str, v: &str) -> Result<Endpoint, RowError> {
         if let Ok(a) = v.parse::<SocketAddr>() {
             if a.port() != 0 && !a.ip().is_unspecified() {
-                return Ok((a, None));
+                return Ok(Endpoint::Addr(a));
             }
         }
         if let Some((host, port)) = v.rsplit_once(':') {
@@ -220,7 +220,10 @@ impl Row<'_> {
             let host = host.strip_suffix('.').unwrap_or(&host);
             if let (true, Ok(port @ 1..)) = (is_valid_hostname(host), port.parse::<u16>()) {
                 if host.parse::<std::net::IpAddr>().is_err() {
-                    return Ok((SocketAddr::from(([0, 0, 0, 0], port)), Some(Arc::from(host))));
+                    return Ok(Endpoint::Name {
+                        host: Arc::from(host),
+                        port,
+                    });
                 }
             }
         }
@@ -549,22 +552,20 @@ impl Builder {
     fn upsert_region(&mut self, r: RegionRow) -> Result<(), RowError> {
         let row = self.row(0, &r.name);
         row.check_id()?;
-        let (edge_addr, edge_host) = row.endpoint("edge_addr", &r.edge_addr)?;
+        let edge = row.endpoint("edge_addr", &r.edge_addr)?;
         let fresh = self.fresh;
         let topo = self.topo();
         let i = match topo.by_region.get(r.name.as_str()) {
             Some(_) if fresh => return Err(row.err("duplicate", "duplicate region name")),
             Some(&i) => {
-                topo.regions[i as usize].edge_addr = edge_addr;
-                topo.regions[i as usize].edge_host = edge_host;
+                topo.regions[i as usize].edge = edge;
                 i
             }
             None => {
                 let i = topo.regions.len() as Idx;
                 topo.regions.push(Region {
                     name: r.name.as_str().into(),
-                    edge_addr,
-                    edge_host,
+                    edge,
                     present: true,
                 });
                 topo.by_region.insert(r.name.as_str().into(), i);
@@ -627,7 +628,7 @@ impl Builder {
         let row = self.row(2, &v.id);
         row.check_id()?;
         let cluster = row.lookup(&self.table.topo.by_cluster, "cluster", &v.cluster)?;
-        let (addr, host) = row.endpoint("addr", &v.addr)?;
+        let endpoint = row.endpoint("addr", &v.addr)?;
         let metrics_addr = v
             .metrics_addr
             .as_deref()
@@ -638,8 +639,7 @@ impl Builder {
         let vm = Vm {
             id: v.id.as_str().into(),
             cluster,
-            addr,
-            host,
+            endpoint,
             metrics_addr,
             state: v.state,
             id_hash: key_hash(&v.id),

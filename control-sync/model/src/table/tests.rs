@@ -364,15 +364,14 @@ fn addresses_may_be_host_names() {
     let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
     let r = t.region(t.region_by_name("ap-south1").unwrap());
     assert_eq!(
-        r.edge_host.as_deref(),
-        Some("edge.ap-south1.internal"),
-        "lower-cased, root dot dropped"
+        r.edge,
+        Endpoint::Name {
+            host: "edge.ap-south1.internal".into(),
+            port: 8443
+        },
+        "lower-cased, root dot dropped; the address waits for the resolver"
     );
-    assert_eq!(
-        r.edge_addr,
-        "0.0.0.0:8443".parse().unwrap(),
-        "the port is kept; the ip waits for the resolver"
-    );
+    assert_eq!(r.edge.resolve(&()), None, "nothing resolves a name here");
     let names: Vec<String> = t.dial_names().iter().map(|n| n.to_string()).collect();
     assert_eq!(names, ["edge.ap-south1.internal", "vm-2.use1.internal"]);
     let back = t.to_snapshot();

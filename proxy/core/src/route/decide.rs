@@ -2,7 +2,9 @@
 
 use edgeplane_placement::directory::Name;
 use edgeplane_placement::snapshot::VmState;
-use edgeplane_placement::table::{Idx, Repl, RoutingTable};
+use std::net::SocketAddr;
+
+use edgeplane_placement::table::{Endpoint, Idx, Repl, Resolve, RoutingTable};
 
 use super::host::{canonical_host, slug_of};
 use super::pick_memory::vm_fingerprint;
@@ -13,7 +15,16 @@ use crate::balancer::Mode;
 
 /// Decides where one request goes. Pure: same inputs, same answer (apart
 /// from the pick memory and balancer counters in `ctx`, which it updates).
-pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteRequest<'_>, ex: &mut E) -> Decision {
+/// `names` answers the endpoints given as host names (resolved in the
+/// background; a name with no answer yet is a 502): the address in the
+/// decision is exactly what is dialled.
+pub fn decide<E: Explain, R: Resolve + ?Sized>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    req: &RouteRequest<'_>,
+    names: &R,
+    ex: &mut E,
+) -> Decision {
     let reject = |kind, reason| Decision::Reject { kind, reason };
     if !t.is_loaded() {
         ex.step(|| "no placement table loaded yet -> 503".into());
@@ -23,19 +34,25 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
         ex.step(|| "no Host header -> 400".into());
         return reject(Kind::Unknown, RejectReason::MissingHost);
     };
-    let host = match canonical_host(raw_host) {
-        Ok(h) => h,
-        Err(e) => {
-            ex.step(|| {
-                format!(
-                    "Host {:?} is malformed ({e:?}) -> 400",
-                    String::from_utf8_lossy(raw_host)
-                )
-            });
-            return reject(Kind::Unknown, RejectReason::MalformedHost);
-        }
+    let buf;
+    let host = match req.canonical_host {
+        Some(h) => h,
+        None => match canonical_host(raw_host) {
+            Ok(h) => {
+                buf = h;
+                buf.as_str()
+            }
+            Err(e) => {
+                ex.step(|| {
+                    format!(
+                        "Host {:?} is malformed ({e:?}) -> 400",
+                        String::from_utf8_lossy(raw_host)
+                    )
+                });
+                return reject(Kind::Unknown, RejectReason::MalformedHost);
+            }
+        },
     };
-    let host = host.as_str();
     if let Some(auth) = req.authority {
         let same = canonical_host(auth.as_bytes())
             .map(|a| a.as_str() == host)
@@ -85,15 +102,15 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
                 ex.step(|| format!("slug {slug:?} -> repl {:?}", r.id()));
                 (Kind::App, r)
             }
-            None => return elsewhere(ctx, t, Kind::App, Name::Slug(slug), req, ex),
+            None => return elsewhere(ctx, t, Kind::App, Name::Slug(slug), req, names, ex),
         }
     } else if let Some(r) = t.repl_by_domain(host) {
         ex.step(|| format!("custom domain {host:?} -> repl {:?}", r.id()));
         (Kind::CustomDomain, r)
     } else {
-        return elsewhere(ctx, t, Kind::CustomDomain, Name::Domain(host), req, ex);
+        return elsewhere(ctx, t, Kind::CustomDomain, Name::Domain(host), req, names, ex);
     };
-    place(ctx, t, kind, repl, req, ex)
+    route_repl(ctx, t, kind, repl, req, names, ex)
 }
 
 /// A name this edge holds no repl for: another region's app (the world
@@ -102,12 +119,13 @@ pub fn decide<E: Explain>(ctx: &RouteContext, t: &RoutingTable, req: &RouteReque
 /// sharing their hash) costs a 404 at the home edge, never a wrong VM; and
 /// a request that was forwarded here already is never forwarded by
 /// affinity again (508), so edges that disagree cannot loop.
-fn elsewhere<E: Explain>(
+fn elsewhere<E: Explain, R: Resolve + ?Sized>(
     ctx: &RouteContext,
     t: &RoutingTable,
     kind: Kind,
     name: Name<'_>,
     req: &RouteRequest<'_>,
+    names: &R,
     ex: &mut E,
 ) -> Decision {
     let Some(region) = t.home_region(name) else {
@@ -150,20 +168,35 @@ fn elsewhere<E: Explain>(
             reason: RejectReason::ForwardLoop,
         };
     }
-    ex.step(|| {
-        format!(
-            "forward (affinity) to region {:?} edge {}",
-            home.name,
-            home.edge_addr_text()
-        )
-    });
-    Decision::Forward {
+    ex.step(|| format!("forward (affinity) to region {:?} edge {}", home.name, home.edge));
+    dial(&home.edge, names, kind, ex, |addr| Decision::Forward {
         kind,
         repl_hash: 0,
         region,
-        addr: home.edge_addr,
+        addr,
         reason: ForwardReason::Affinity,
         hops: req.hops + 1,
+    })
+}
+
+/// The decision to dial `endpoint`, or a 502 when it is a name with no
+/// answer yet (never a lookup here: names are resolved in the background).
+fn dial<E: Explain, R: Resolve + ?Sized>(
+    endpoint: &Endpoint,
+    names: &R,
+    kind: Kind,
+    ex: &mut E,
+    make: impl FnOnce(SocketAddr) -> Decision,
+) -> Decision {
+    match endpoint.resolve(names) {
+        Some(addr) => make(addr),
+        None => {
+            ex.step(|| format!("{endpoint} has no address yet (its name is not resolved) -> 502"));
+            Decision::Reject {
+                kind,
+                reason: RejectReason::Unresolved,
+            }
+        }
     }
 }
 
@@ -172,92 +205,123 @@ fn token_param(query: &str) -> Option<&str> {
     query.split('&').find_map(|kv| kv.strip_prefix("token="))
 }
 
-/// Steps 2-5: forward, running VM, or a pick within the repl's cluster.
-fn place<E: Explain>(
+/// Steps 2-5 for a repl this edge holds: forward it to another region
+/// ([`forward_home`]) or send it to a VM here ([`place_here`]).
+fn route_repl<E: Explain, R: Resolve + ?Sized>(
     ctx: &RouteContext,
     t: &RoutingTable,
     kind: Kind,
     r: &Repl,
     req: &RouteRequest<'_>,
+    names: &R,
+    ex: &mut E,
+) -> Decision {
+    if r.region != t.local_region() {
+        return forward_home(ctx, t, kind, r, req, names, ex);
+    }
+    place_here(ctx, t, kind, r, req, names, ex)
+}
+
+/// Steps 2-3: a repl homed in another region goes to the region a live
+/// tombstone names, else to its home region by affinity (once).
+fn forward_home<E: Explain, R: Resolve + ?Sized>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    kind: Kind,
+    r: &Repl,
+    req: &RouteRequest<'_>,
+    names: &R,
+    ex: &mut E,
+) -> Decision {
+    let local = t.local_region();
+    let home = t.region(r.region);
+    let live_tomb = t.tombstones(r.id()).iter().find(|ts| {
+        t.cluster(ts.from_cluster).region == local
+            && ts.expires_at_ms > req.now_ms as i64
+            && t.cluster(ts.to_cluster).region != local
+    });
+    let (target, reason) = match live_tomb {
+        Some(ts) => {
+            ex.step(|| {
+                format!(
+                    "tombstone: moved from {:?} to {:?} (until {})",
+                    t.cluster(ts.from_cluster).name,
+                    t.cluster(ts.to_cluster).name,
+                    edgeplane_placement::snapshot::format_rfc3339_ms(ts.expires_at_ms)
+                )
+            });
+            (t.cluster(ts.to_cluster).region, ForwardReason::Tombstone)
+        }
+        None => {
+            ex.step(|| {
+                format!(
+                    "home region {:?} is not this edge's {:?}",
+                    home.name,
+                    t.region(local).name
+                )
+            });
+            if req.hops > 0 {
+                ex.step(|| "already forwarded once by affinity: not bouncing again -> 508".into());
+                return Decision::Reject {
+                    kind,
+                    reason: RejectReason::ForwardLoop,
+                };
+            }
+            (r.region, ForwardReason::Affinity)
+        }
+    };
+    if req.hops >= ctx.max_hops {
+        ex.step(|| format!("{} forwards already (max_hops {}) -> 508", req.hops, ctx.max_hops));
+        return Decision::Reject {
+            kind,
+            reason: RejectReason::ForwardLoop,
+        };
+    }
+    let region = t.region(target);
+    ex.step(|| {
+        format!(
+            "forward ({}) to region {:?} edge {}",
+            reason.as_str(),
+            region.name,
+            region.edge
+        )
+    });
+    dial(&region.edge, names, kind, ex, |addr| Decision::Forward {
+        kind,
+        repl_hash: r.id_hash,
+        region: target,
+        addr,
+        reason,
+        hops: req.hops + 1,
+    })
+}
+
+/// Steps 4-5 for a repl homed here: its running container's VM, else a VM
+/// of its cluster (pinned, ring, lazy transfer) by the pick memory or the
+/// balancer.
+fn place_here<E: Explain, R: Resolve + ?Sized>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    kind: Kind,
+    r: &Repl,
+    req: &RouteRequest<'_>,
+    names: &R,
     ex: &mut E,
 ) -> Decision {
     let repl_hash = r.id_hash;
     let local = t.local_region();
-    if r.region != local {
-        let home = t.region(r.region);
-        let live_tomb = t.tombstones(r.id()).iter().find(|ts| {
-            t.cluster(ts.from_cluster).region == local
-                && ts.expires_at_ms > req.now_ms as i64
-                && t.cluster(ts.to_cluster).region != local
-        });
-        let (target, reason) = match live_tomb {
-            Some(ts) => {
-                ex.step(|| {
-                    format!(
-                        "tombstone: moved from {:?} to {:?} (until {})",
-                        t.cluster(ts.from_cluster).name,
-                        t.cluster(ts.to_cluster).name,
-                        edgeplane_placement::snapshot::format_rfc3339_ms(ts.expires_at_ms)
-                    )
-                });
-                (t.cluster(ts.to_cluster).region, ForwardReason::Tombstone)
-            }
-            None => {
-                ex.step(|| {
-                    format!(
-                        "home region {:?} is not this edge's {:?}",
-                        home.name,
-                        t.region(local).name
-                    )
-                });
-                if req.hops > 0 {
-                    ex.step(|| "already forwarded once by affinity: not bouncing again -> 508".into());
-                    return Decision::Reject {
-                        kind,
-                        reason: RejectReason::ForwardLoop,
-                    };
-                }
-                (r.region, ForwardReason::Affinity)
-            }
-        };
-        if req.hops >= ctx.max_hops {
-            ex.step(|| format!("{} forwards already (max_hops {}) -> 508", req.hops, ctx.max_hops));
-            return Decision::Reject {
-                kind,
-                reason: RejectReason::ForwardLoop,
-            };
-        }
-        let region = t.region(target);
-        ex.step(|| {
-            format!(
-                "forward ({}) to region {:?} edge {}",
-                reason.as_str(),
-                region.name,
-                region.edge_addr_text()
-            )
-        });
-        return Decision::Forward {
-            kind,
-            repl_hash,
-            region: target,
-            addr: region.edge_addr,
-            reason,
-            hops: req.hops + 1,
-        };
-    }
-
     if let Some(v) = r.vm.get() {
         let vm = t.vm(v);
         if vm.state != VmState::Down {
-            ex.step(|| format!("running on vm {:?} ({}) -> proxy there", vm.id, vm.addr_text()));
-            return Decision::Vm {
+            ex.step(|| format!("running on vm {:?} ({}) -> proxy there", vm.id, vm.endpoint));
+            return dial(&vm.endpoint, names, kind, ex, |addr| Decision::Vm {
                 kind,
                 repl_hash,
                 vm: v,
-                addr: vm.addr,
+                addr,
                 reason: VmReason::Running,
                 transfer_from: None,
-            };
+            });
         }
         ex.step(|| format!("container row names vm {:?}, which is down: placing anew", vm.id));
     } else {
@@ -304,14 +368,14 @@ fn place<E: Explain>(
         }
     }
     match pick_vm(ctx, t, cluster, r.id_hash, req, ex) {
-        Some((vm, reason)) => Decision::Vm {
+        Some((vm, reason)) => dial(&t.vm(vm).endpoint, names, kind, ex, |addr| Decision::Vm {
             kind,
             repl_hash,
             vm,
-            addr: t.vm(vm).addr,
+            addr,
             reason,
             transfer_from,
-        },
+        }),
         None => {
             ex.step(|| format!("cluster {:?} has no active VM -> 503", t.cluster(cluster).name));
             Decision::Reject {
@@ -342,7 +406,7 @@ fn pick_vm<E: Explain>(
     };
 
     if let Some(v) = ctx.memory.recall(repl_hash, now_ms).and_then(by_fp) {
-        ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).addr_text()));
+        ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).endpoint));
         return Some((v, VmReason::Remembered));
     }
     let choice = ctx.balancer.choose(t, cluster, req.entropy)?;
@@ -368,7 +432,7 @@ fn pick_vm<E: Explain>(
         format!(
             "{verb} vm {:?} ({}) by {how}; load {:.2}",
             vm.id,
-            vm.addr_text(),
+            vm.endpoint,
             choice.load as f64 / CPU_ONE as f64
         )
     };

@@ -1,8 +1,9 @@
 //! The routing decision (DESIGN §2) as a pure function: no Pingora, no
 //! tokio, no I/O; time comes in as an argument.
 //!
-//! Where it sits: the Pingora glue ([`crate::service`]) extracts a
-//! [`RouteRequest`] from the request head and calls [`decide`] with the
+//! Where it sits: the proxy's request path (`edgeplane-proxy`'s `http`
+//! module) extracts a [`RouteRequest`] from the request head and calls
+//! [`decide`] with the
 //! current [`RoutingTable`](edgeplane_placement::RoutingTable) (one ArcSwap load); `edgeplane route` and
 //! `/debug/route` call the same function with an [`Explain`] that records
 //! every step. The answer is a [`Decision`]: a VM, a peer region's edge, or
@@ -29,7 +30,7 @@ pub use decide::decide;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use edgeplane_placement::table::Idx;
+use edgeplane_placement::table::{Idx, Resolve};
 
 use crate::balancer::{Balancer, BalancerParams};
 use pick_memory::PickMemory;
@@ -99,6 +100,10 @@ impl RouteContext {
 pub struct RouteRequest<'a> {
     /// Raw Host header value (`None` when absent).
     pub host: Option<&'a [u8]>,
+    /// `host` canonicalised already ([`host::canonical_host`]), when the
+    /// caller needed it first (the proxy verifies hop signatures with it):
+    /// the decision then does not compute it again.
+    pub canonical_host: Option<&'a str>,
     /// Authority of an absolute-form request target, if any.
     pub authority: Option<&'a str>,
     /// Path without the query.
@@ -322,12 +327,13 @@ pub fn describe(d: &Decision, t: &edgeplane_placement::RoutingTable) -> String {
 /// Explains the decision for `host` and `path` as numbered lines ending in
 /// `=> <where>`; used by `edgeplane route` and `/debug/route`. Changes no
 /// balancer state (dry run).
-pub fn explain(
+pub fn explain<R: Resolve + ?Sized>(
     ctx: &RouteContext,
     t: &edgeplane_placement::RoutingTable,
     host: &str,
     path_and_query: &str,
     now_ms: u64,
+    names: &R,
 ) -> String {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -342,7 +348,7 @@ pub fn explain(
         ..Default::default()
     };
     let mut steps: Vec<String> = Vec::new();
-    let d = decide(ctx, t, &req, &mut steps);
+    let d = decide(ctx, t, &req, names, &mut steps);
     let region = if t.is_loaded() {
         t.region(t.local_region()).name.to_string()
     } else {

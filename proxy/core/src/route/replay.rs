@@ -21,7 +21,7 @@
 //! Start at [`replay`] and [`retry_elsewhere`].
 
 use edgeplane_placement::snapshot::VmState;
-use edgeplane_placement::table::{Idx, RoutingTable};
+use edgeplane_placement::table::{Endpoint, Idx, Resolve, RoutingTable};
 
 use super::pick_memory::vm_fingerprint;
 use super::{Decision, ForwardReason, Kind, RouteContext, VmReason};
@@ -120,23 +120,25 @@ pub struct FirstTry {
 
 /// The decision for a VM's replay request (see the module docs), or why
 /// there is none.
-pub fn replay(
+/// Names of VMs or edges without an answer yet count as unknown targets.
+pub fn replay<R: Resolve + ?Sized>(
     ctx: &RouteContext,
     t: &RoutingTable,
     target: ReplayTarget<'_>,
     first: FirstTry,
+    names: &R,
 ) -> Result<Decision, ReplayOutcome> {
     let local = t.local_region();
+    let dial = |e: &Endpoint| e.resolve(names).ok_or(ReplayOutcome::UnknownTarget);
     let forward = |region: Idx| {
         if first.hops_in >= ctx.max_hops {
             return Err(ReplayOutcome::HopLimit);
         }
-        let r = t.region(region);
         Ok(Decision::Forward {
             kind: first.kind,
             repl_hash: first.repl_hash,
             region,
-            addr: r.edge_addr,
+            addr: dial(&t.region(region).edge)?,
             reason: ForwardReason::Replay,
             hops: first.hops_in + 1,
         })
@@ -152,7 +154,7 @@ pub fn replay(
                 kind: first.kind,
                 repl_hash: first.repl_hash,
                 vm: v,
-                addr: vm.addr,
+                addr: dial(&vm.endpoint)?,
                 reason: VmReason::Replayed,
                 transfer_from: None,
             })
@@ -167,12 +169,13 @@ pub fn replay(
                 .balancer
                 .choose(t, c, first.entropy)
                 .ok_or(ReplayOutcome::UnknownTarget)?;
+            let addr = dial(&t.vm(choice.vm).endpoint)?;
             ctx.balancer.record(&choice);
             Ok(Decision::Vm {
                 kind: first.kind,
                 repl_hash: first.repl_hash,
                 vm: choice.vm,
-                addr: t.vm(choice.vm).addr,
+                addr,
                 reason: VmReason::Replayed,
                 transfer_from: None,
             })
@@ -189,13 +192,14 @@ pub fn replay(
 /// (picked, remembered or replayed to a cluster; never a running
 /// container's VM), avoiding every VM in `tried`, and remembered for the
 /// repl. None when the decision may not be retried or no VM is left.
-pub fn retry_elsewhere(
+pub fn retry_elsewhere<R: Resolve + ?Sized>(
     ctx: &RouteContext,
     t: &RoutingTable,
     failed: &Decision,
     tried: &[Idx],
     entropy: u64,
     now_ms: u64,
+    names: &R,
 ) -> Option<Decision> {
     let Decision::Vm {
         kind,
@@ -210,6 +214,7 @@ pub fn retry_elsewhere(
     };
     let cluster = t.get_vm(vm)?.cluster;
     let choice = ctx.balancer.choose_excluding(t, cluster, entropy, tried)?;
+    let addr = t.vm(choice.vm).endpoint.resolve(names)?;
     ctx.balancer.record(&choice);
     if repl_hash != 0 {
         ctx.memory.replace(repl_hash, vm_fingerprint(choice.id_hash), now_ms);
@@ -218,7 +223,7 @@ pub fn retry_elsewhere(
         kind,
         repl_hash,
         vm: choice.vm,
-        addr: t.vm(choice.vm).addr,
+        addr,
         reason: VmReason::Picked,
         transfer_from,
     })
@@ -297,7 +302,7 @@ mod tests {
     fn each_target_kind_becomes_a_decision() {
         let t = table();
         let c = ctx(&t);
-        let d = replay(&c, &t, ReplayTarget::Vm("v2"), FIRST).unwrap();
+        let d = replay(&c, &t, ReplayTarget::Vm("v2"), FIRST, &()).unwrap();
         assert_eq!(vm_of(&t, &d), "v2");
         assert!(matches!(
             d,
@@ -307,23 +312,23 @@ mod tests {
             }
         ));
         assert_eq!(
-            vm_of(&t, &replay(&c, &t, ReplayTarget::Vm("v3"), FIRST).unwrap()),
+            vm_of(&t, &replay(&c, &t, ReplayTarget::Vm("v3"), FIRST, &()).unwrap()),
             "v3",
             "a draining VM still serves"
         );
         assert_eq!(
-            replay(&c, &t, ReplayTarget::Vm("v5"), FIRST),
+            replay(&c, &t, ReplayTarget::Vm("v5"), FIRST, &()),
             Err(ReplayOutcome::UnknownTarget),
             "down"
         );
         assert_eq!(
-            replay(&c, &t, ReplayTarget::Vm("v9"), FIRST),
+            replay(&c, &t, ReplayTarget::Vm("v9"), FIRST, &()),
             Err(ReplayOutcome::UnknownTarget)
         );
-        let d = replay(&c, &t, ReplayTarget::Cluster("b"), FIRST).unwrap();
+        let d = replay(&c, &t, ReplayTarget::Cluster("b"), FIRST, &()).unwrap();
         assert_eq!(vm_of(&t, &d), "v4", "the only usable VM of cluster b");
         for target in [ReplayTarget::Cluster("z"), ReplayTarget::Region("there")] {
-            let d = replay(&c, &t, target, FIRST).unwrap();
+            let d = replay(&c, &t, target, FIRST, &()).unwrap();
             assert!(
                 matches!(d, Decision::Forward { reason: ForwardReason::Replay, hops: 1, region, .. } if &*t.region(region).name == "there"),
                 "{d:?}"
@@ -331,15 +336,15 @@ mod tests {
         }
         let tired = FirstTry { hops_in: 2, ..FIRST };
         assert_eq!(
-            replay(&c, &t, ReplayTarget::Region("there"), tired),
+            replay(&c, &t, ReplayTarget::Region("there"), tired, &()),
             Err(ReplayOutcome::HopLimit)
         );
         assert_eq!(
-            replay(&c, &t, ReplayTarget::Region("here"), FIRST),
+            replay(&c, &t, ReplayTarget::Region("here"), FIRST, &()),
             Err(ReplayOutcome::UnknownTarget)
         );
         assert_eq!(
-            replay(&c, &t, ReplayTarget::Cluster("q"), FIRST),
+            replay(&c, &t, ReplayTarget::Cluster("q"), FIRST, &()),
             Err(ReplayOutcome::UnknownTarget)
         );
     }
@@ -374,11 +379,11 @@ mod tests {
             kind: Kind::App,
             repl_hash: 42,
             vm: v1,
-            addr: t.vm(v1).addr,
+            addr: "127.0.0.1:7001".parse().unwrap(),
             reason: VmReason::Picked,
             transfer_from: None,
         };
-        let d = retry_elsewhere(&c, &t, &failed, &[v1], 1, 1000).unwrap();
+        let d = retry_elsewhere(&c, &t, &failed, &[v1], 1, 1000, &()).unwrap();
         assert_eq!(vm_of(&t, &d), "v2", "the other active VM of cluster a");
         let v2 = t.vm_by_id("v2").unwrap();
         assert_eq!(
@@ -386,17 +391,17 @@ mod tests {
             Some(vm_fingerprint(t.vm(v2).id_hash)),
             "the repl's next connections follow"
         );
-        assert_eq!(retry_elsewhere(&c, &t, &d, &[v1, v2], 1, 1000), None, "no VM left");
+        assert_eq!(retry_elsewhere(&c, &t, &d, &[v1, v2], 1, 1000, &()), None, "no VM left");
         let running = Decision::Vm {
             kind: Kind::App,
             repl_hash: 42,
             vm: v1,
-            addr: t.vm(v1).addr,
+            addr: "127.0.0.1:7001".parse().unwrap(),
             reason: VmReason::Running,
             transfer_from: None,
         };
         assert_eq!(
-            retry_elsewhere(&c, &t, &running, &[v1], 1, 1000),
+            retry_elsewhere(&c, &t, &running, &[v1], 1, 1000, &()),
             None,
             "the container is there"
         );

@@ -1,5 +1,6 @@
 //! Unit tests: one or more per branch of [`super::decide`].
 
+use edgeplane_placement::table::Resolve;
 use edgeplane_placement::{RoutingTable, Snapshot};
 
 use super::*;
@@ -98,7 +99,7 @@ fn rejected(d: Decision) -> (RejectReason, u16) {
 #[test]
 fn running_repl_goes_to_its_vm_even_if_draining() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("app1.repl.co"), &mut ());
+    let d = decide(&c, &t, &req("app1.repl.co"), &(), &mut ());
     assert_eq!(vm_id(&t, &d), "vm-3");
     assert!(matches!(
         d,
@@ -113,14 +114,14 @@ fn running_repl_goes_to_its_vm_even_if_draining() {
 #[test]
 fn host_is_canonicalised() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("APP1.Repl.Co.:8443"), &mut ());
+    let d = decide(&c, &t, &req("APP1.Repl.Co.:8443"), &(), &mut ());
     assert_eq!(vm_id(&t, &d), "vm-3");
 }
 
 #[test]
 fn custom_domain_routes() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("WWW.example.com:80"), &mut ());
+    let d = decide(&c, &t, &req("WWW.example.com:80"), &(), &mut ());
     assert_eq!(vm_id(&t, &d), "vm-3");
     assert_eq!(d.kind(), Kind::CustomDomain);
 }
@@ -129,19 +130,19 @@ fn custom_domain_routes() {
 fn unknown_hosts_are_404_and_malformed_400() {
     let (c, t) = (ctx(), table());
     assert_eq!(
-        rejected(decide(&c, &t, &req("nope.repl.co"), &mut ())),
+        rejected(decide(&c, &t, &req("nope.repl.co"), &(), &mut ())),
         (RejectReason::UnknownHost, 404)
     );
     assert_eq!(
-        rejected(decide(&c, &t, &req("example.org"), &mut ())),
+        rejected(decide(&c, &t, &req("example.org"), &(), &mut ())),
         (RejectReason::UnknownHost, 404)
     );
     assert_eq!(
-        rejected(decide(&c, &t, &req("a.app1.repl.co"), &mut ())),
+        rejected(decide(&c, &t, &req("a.app1.repl.co"), &(), &mut ())),
         (RejectReason::UnknownHost, 404)
     );
     assert_eq!(
-        rejected(decide(&c, &t, &req("bad host"), &mut ())),
+        rejected(decide(&c, &t, &req("bad host"), &(), &mut ())),
         (RejectReason::MalformedHost, 400)
     );
     let no_host = RouteRequest {
@@ -150,7 +151,7 @@ fn unknown_hosts_are_404_and_malformed_400() {
         ..Default::default()
     };
     assert_eq!(
-        rejected(decide(&c, &t, &no_host, &mut ())),
+        rejected(decide(&c, &t, &no_host, &(), &mut ())),
         (RejectReason::MissingHost, 400)
     );
 }
@@ -160,10 +161,10 @@ fn absolute_form_authority_must_match_host() {
     let (c, t) = (ctx(), table());
     let mut r = req("app1.repl.co");
     r.authority = Some("App1.repl.co:80");
-    assert_eq!(vm_id(&t, &decide(&c, &t, &r, &mut ())), "vm-3");
+    assert_eq!(vm_id(&t, &decide(&c, &t, &r, &(), &mut ())), "vm-3");
     r.authority = Some("evil.example.com");
     assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut ())),
         (RejectReason::AuthorityMismatch, 400)
     );
 }
@@ -173,7 +174,7 @@ fn not_loaded_table_is_503() {
     let c = ctx();
     let t = RoutingTable::empty();
     assert_eq!(
-        rejected(decide(&c, &t, &req("app1.repl.co"), &mut ())),
+        rejected(decide(&c, &t, &req("app1.repl.co"), &(), &mut ())),
         (RejectReason::NotReady, 503)
     );
 }
@@ -190,38 +191,38 @@ fn workspace_needs_a_valid_token_before_anything_else() {
         now_ms: NOW,
         ..Default::default()
     };
-    let d = decide(&c, &t, &r, &mut ());
+    let d = decide(&c, &t, &r, &(), &mut ());
     assert_eq!(vm_id(&t, &d), "vm-3");
     assert_eq!(d.kind(), Kind::Workspace);
 
     r.query = None;
     assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut ())),
         (RejectReason::BadToken, 401),
         "missing"
     );
     let bearer = good.clone();
     r.bearer = Some(&bearer);
-    assert_eq!(vm_id(&t, &decide(&c, &t, &r, &mut ())), "vm-3", "bearer works too");
+    assert_eq!(vm_id(&t, &decide(&c, &t, &r, &(), &mut ())), "vm-3", "bearer works too");
 
     let expired = mint_token(KEY, "r1", NOW / 1000 - 1);
     r.bearer = Some(&expired);
     assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut ())),
         (RejectReason::BadToken, 401),
         "expired"
     );
     let wrong_repl = mint_token(KEY, "r7", NOW / 1000 + 60);
     r.bearer = Some(&wrong_repl);
     assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut ())),
         (RejectReason::BadToken, 401),
         "other repl"
     );
     let wrong_key = mint_token(b"not-the-key-0000000000", "r1", NOW / 1000 + 60);
     r.bearer = Some(&wrong_key);
     assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut ())),
         (RejectReason::BadToken, 401),
         "bad signature"
     );
@@ -235,7 +236,10 @@ fn workspace_needs_a_valid_token_before_anything_else() {
         now_ms: NOW,
         ..Default::default()
     };
-    assert_eq!(rejected(decide(&c, &t, &r2, &mut ())), (RejectReason::UnknownRepl, 404));
+    assert_eq!(
+        rejected(decide(&c, &t, &r2, &(), &mut ())),
+        (RejectReason::UnknownRepl, 404)
+    );
     let c2 = RouteContext {
         workspace_key: None,
         ..ctx()
@@ -243,7 +247,7 @@ fn workspace_needs_a_valid_token_before_anything_else() {
     r2.path = "/__ws/r1";
     r2.bearer = Some(&good);
     assert_eq!(
-        rejected(decide(&c2, &t, &r2, &mut ())),
+        rejected(decide(&c2, &t, &r2, &(), &mut ())),
         (RejectReason::BadToken, 401),
         "no key configured"
     );
@@ -265,36 +269,39 @@ fn workspace_origin_allow_list_is_checked_after_the_token() {
         now_ms: NOW,
         ..Default::default()
     };
-    assert_eq!(rejected(decide(&c, &t, &r, &mut ())), (RejectReason::BadOrigin, 403));
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &(), &mut ())),
+        (RejectReason::BadOrigin, 403)
+    );
     r.origin = Some(b"HTTPS://Replit.com");
     assert_eq!(
-        vm_id(&t, &decide(&c, &t, &r, &mut ())),
+        vm_id(&t, &decide(&c, &t, &r, &(), &mut ())),
         "vm-3",
         "origins compare case-insensitively"
     );
     r.origin = None;
     assert_eq!(
-        vm_id(&t, &decide(&c, &t, &r, &mut ())),
+        vm_id(&t, &decide(&c, &t, &r, &(), &mut ())),
         "vm-3",
         "no Origin: the token decides"
     );
     r.origin = Some(b"https://evil.example");
     r.bearer = None;
     assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut ())),
         (RejectReason::BadToken, 401),
         "the token is checked first"
     );
     // Apps (not workspace sessions) never look at Origin.
     let mut app = req("app1.repl.co");
     app.origin = Some(b"https://evil.example");
-    assert!(!matches!(decide(&c, &t, &app, &mut ()), Decision::Reject { .. }));
+    assert!(!matches!(decide(&c, &t, &app, &(), &mut ()), Decision::Reject { .. }));
 }
 
 #[test]
 fn other_region_is_forwarded_by_affinity_once() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("faraway.repl.co"), &mut ());
+    let d = decide(&c, &t, &req("faraway.repl.co"), &(), &mut ());
     match d {
         Decision::Forward {
             reason,
@@ -312,7 +319,10 @@ fn other_region_is_forwarded_by_affinity_once() {
     }
     let mut r = req("faraway.repl.co");
     r.hops = 1;
-    assert_eq!(rejected(decide(&c, &t, &r, &mut ())), (RejectReason::ForwardLoop, 508));
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &(), &mut ())),
+        (RejectReason::ForwardLoop, 508)
+    );
 }
 
 #[test]
@@ -324,7 +334,7 @@ fn another_regions_app_is_found_in_the_world_directory_by_slug_and_domain() {
     let c = ctx();
     assert!(t.repl_by_slug("faraway").is_none(), "held by name only");
     let mut steps: Vec<String> = Vec::new();
-    let d = decide(&c, &t, &req("far.example.org"), &mut steps);
+    let d = decide(&c, &t, &req("far.example.org"), &(), &mut steps);
     assert!(
         matches!(d, Decision::Forward { kind: Kind::CustomDomain, reason: ForwardReason::Affinity, hops: 1, region, .. }
             if &*t.region(region).name == "ap-south1"),
@@ -339,16 +349,16 @@ fn another_regions_app_is_found_in_the_world_directory_by_slug_and_domain() {
     let mut r = req("far.example.org");
     r.hops = 1;
     assert_eq!(
-        rejected(decide(&c, &t, &r, &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut ())),
         (RejectReason::ForwardLoop, 508),
         "edges that disagree never bounce a request back"
     );
     assert_eq!(
-        rejected(decide(&c, &t, &req("nobody.example.org"), &mut ())),
+        rejected(decide(&c, &t, &req("nobody.example.org"), &(), &mut ())),
         (RejectReason::UnknownHost, 404)
     );
     assert_eq!(
-        rejected(decide(&c, &t, &req("nobody.repl.co"), &mut ())),
+        rejected(decide(&c, &t, &req("nobody.repl.co"), &(), &mut ())),
         (RejectReason::UnknownHost, 404)
     );
 }
@@ -356,7 +366,7 @@ fn another_regions_app_is_found_in_the_world_directory_by_slug_and_domain() {
 #[test]
 fn live_tombstone_forwards_and_expired_one_falls_back_to_affinity() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("moved.repl.co"), &mut ());
+    let d = decide(&c, &t, &req("moved.repl.co"), &(), &mut ());
     assert!(
         matches!(
             d,
@@ -372,7 +382,7 @@ fn live_tombstone_forwards_and_expired_one_falls_back_to_affinity() {
     let mut r = req("moved.repl.co");
     r.hops = 1;
     assert!(matches!(
-        decide(&c, &t, &r, &mut ()),
+        decide(&c, &t, &r, &(), &mut ()),
         Decision::Forward {
             reason: ForwardReason::Tombstone,
             hops: 2,
@@ -380,8 +390,11 @@ fn live_tombstone_forwards_and_expired_one_falls_back_to_affinity() {
         }
     ));
     r.hops = 2;
-    assert_eq!(rejected(decide(&c, &t, &r, &mut ())), (RejectReason::ForwardLoop, 508));
-    let d = decide(&c, &t, &req("expired.repl.co"), &mut ());
+    assert_eq!(
+        rejected(decide(&c, &t, &r, &(), &mut ())),
+        (RejectReason::ForwardLoop, 508)
+    );
+    let d = decide(&c, &t, &req("expired.repl.co"), &(), &mut ());
     assert!(
         matches!(
             d,
@@ -397,7 +410,7 @@ fn live_tombstone_forwards_and_expired_one_falls_back_to_affinity() {
 #[test]
 fn pinned_cluster_wins_over_ring() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("pinned.repl.co"), &mut ());
+    let d = decide(&c, &t, &req("pinned.repl.co"), &(), &mut ());
     assert_eq!(vm_id(&t, &d), "vm-4");
     assert!(matches!(
         d,
@@ -412,7 +425,7 @@ fn pinned_cluster_wins_over_ring() {
 #[test]
 fn lazy_transfer_goes_to_target_with_from_cluster() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("lazy.repl.co"), &mut ());
+    let d = decide(&c, &t, &req("lazy.repl.co"), &(), &mut ());
     assert_eq!(vm_id(&t, &d), "vm-4");
     match d {
         Decision::Vm {
@@ -427,7 +440,7 @@ fn lazy_transfer_goes_to_target_with_from_cluster() {
 fn unpinned_uses_the_ring_and_only_active_vms() {
     let (c, t) = (ctx(), table());
     let mut ex = Vec::new();
-    let d = decide(&c, &t, &req("fresh.repl.co"), &mut ex);
+    let d = decide(&c, &t, &req("fresh.repl.co"), &(), &mut ex);
     let expected_cluster = t.ring(t.local_region()).lookup("r7").unwrap();
     match d {
         Decision::Vm {
@@ -449,8 +462,8 @@ fn unpinned_uses_the_ring_and_only_active_vms() {
 #[test]
 fn pick_is_remembered_and_load_spreads_across_repls() {
     let (c, t) = (ctx(), table());
-    let first = decide(&c, &t, &req("pinned.repl.co"), &mut ());
-    let again = decide(&c, &t, &req("pinned.repl.co"), &mut ());
+    let first = decide(&c, &t, &req("pinned.repl.co"), &(), &mut ());
+    let again = decide(&c, &t, &req("pinned.repl.co"), &(), &mut ());
     assert_eq!(vm_id(&t, &first), vm_id(&t, &again));
     assert!(matches!(
         again,
@@ -463,7 +476,7 @@ fn pick_is_remembered_and_load_spreads_across_repls() {
     let mut later = req("pinned.repl.co");
     later.now_ms = NOW + 11_000;
     assert!(matches!(
-        decide(&c, &t, &later, &mut ()),
+        decide(&c, &t, &later, &(), &mut ()),
         Decision::Vm {
             reason: VmReason::Picked,
             ..
@@ -477,7 +490,7 @@ fn dry_run_changes_nothing() {
     let mut r = req("pinned.repl.co");
     r.dry_run = true;
     assert!(matches!(
-        decide(&c, &t, &r, &mut ()),
+        decide(&c, &t, &r, &(), &mut ()),
         Decision::Vm {
             reason: VmReason::Picked,
             ..
@@ -485,7 +498,7 @@ fn dry_run_changes_nothing() {
     ));
     assert!(
         matches!(
-            decide(&c, &t, &r, &mut ()),
+            decide(&c, &t, &r, &(), &mut ()),
             Decision::Vm {
                 reason: VmReason::Picked,
                 ..
@@ -514,7 +527,9 @@ fn ledger_spreads_new_repls_over_a_cluster() {
     let mut per_vm = std::collections::HashMap::new();
     for i in 0..20 {
         let h = format!("new{i}.repl.co");
-        *per_vm.entry(vm_id(&t, &decide(&c, &t, &req(&h), &mut ()))).or_insert(0) += 1;
+        *per_vm
+            .entry(vm_id(&t, &decide(&c, &t, &req(&h), &(), &mut ())))
+            .or_insert(0) += 1;
     }
     assert_eq!(per_vm.get("vm-1"), Some(&10), "{per_vm:?}");
     assert_eq!(per_vm.get("vm-2"), Some(&10), "{per_vm:?}");
@@ -523,7 +538,7 @@ fn ledger_spreads_new_repls_over_a_cluster() {
 #[test]
 fn container_on_down_vm_is_placed_anew() {
     let (c, t) = (ctx(), table());
-    let d = decide(&c, &t, &req("ondown.repl.co"), &mut ());
+    let d = decide(&c, &t, &req("ondown.repl.co"), &(), &mut ());
     let id = vm_id(&t, &d);
     assert!(id == "vm-1" || id == "vm-2", "{id}");
 }
@@ -532,7 +547,7 @@ fn container_on_down_vm_is_placed_anew() {
 fn cluster_without_active_vm_is_503() {
     let (c, t) = (ctx(), table());
     assert_eq!(
-        rejected(decide(&c, &t, &req("onoff.repl.co"), &mut ())),
+        rejected(decide(&c, &t, &req("onoff.repl.co"), &(), &mut ())),
         (RejectReason::NoUsableVm, 503)
     );
 }
@@ -545,7 +560,7 @@ fn region_without_active_cluster_is_503() {
     }
     let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
     assert_eq!(
-        rejected(decide(&ctx(), &t, &req("fresh.repl.co"), &mut ())),
+        rejected(decide(&ctx(), &t, &req("fresh.repl.co"), &(), &mut ())),
         (RejectReason::NoUsableVm, 503)
     );
 }
@@ -555,7 +570,7 @@ fn explanation_names_every_step() {
     let t = table();
     let c = ctx_with(&t);
     let mut ex = Vec::new();
-    decide(&c, &t, &req("lazy.repl.co"), &mut ex);
+    decide(&c, &t, &req("lazy.repl.co"), &(), &mut ex);
     let all = ex.join("\n");
     for needle in [
         "host:",
@@ -567,4 +582,43 @@ fn explanation_names_every_step() {
     ] {
         assert!(all.contains(needle), "missing {needle:?} in\n{all}");
     }
+}
+
+/// Answers one name.
+struct OneName(&'static str, std::net::IpAddr);
+
+impl Resolve for OneName {
+    fn ip_of(&self, host: &str) -> Option<std::net::IpAddr> {
+        (host == self.0).then_some(self.1)
+    }
+}
+
+#[test]
+fn a_named_endpoint_is_dialled_as_resolved_or_is_a_502() {
+    let mut s = snapshot();
+    s.vms[2].addr = "vm-3.internal:7003".into();
+    s.regions[1].edge_addr = "edge.ap-south1.internal:8443".into();
+    let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
+    let c = ctx();
+    // app1 runs on vm-3, now named.
+    assert_eq!(
+        rejected(decide(&c, &t, &req("app1.repl.co"), &(), &mut ())),
+        (RejectReason::Unresolved, 502),
+        "never answered: a 502, never 0.0.0.0"
+    );
+    let names = OneName("vm-3.internal", "10.0.0.3".parse().unwrap());
+    match decide(&c, &t, &req("app1.repl.co"), &names, &mut ()) {
+        Decision::Vm { addr, .. } => assert_eq!(addr.to_string(), "10.0.0.3:7003"),
+        other => panic!("{other:?}"),
+    }
+    let names = OneName("edge.ap-south1.internal", "10.9.0.1".parse().unwrap());
+    let mut steps: Vec<String> = Vec::new();
+    match decide(&c, &t, &req("faraway.repl.co"), &names, &mut steps) {
+        Decision::Forward { addr, .. } => assert_eq!(addr.to_string(), "10.9.0.1:8443"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        steps.iter().any(|s| s.contains("edge.ap-south1.internal:8443")),
+        "explain names the endpoint as written: {steps:?}"
+    );
 }

@@ -6,52 +6,14 @@
 //! state (table, sync status, balancer view, health, recent forwards) and
 //! [`render`] turns it into HTML; `render` is a pure function, so the page
 //! is tested without a process and the browser test only checks what a
-//! person sees. [`RecentForwards`] is the small ring of the latest forwards
-//! and tombstone hits the proxy records on its way (never waiting: a busy
-//! ring drops the entry).
+//! person sees. Recent forwards come from the request path's
+//! [`crate::http::RecentForwards`].
 //!
 //! Start at [`render`].
 
-use std::collections::VecDeque;
 use std::fmt::Write;
-use std::sync::Mutex;
 
-/// Entries [`RecentForwards`] keeps.
-pub const RECENT_FORWARDS: usize = 20;
-
-/// One forward to another region's edge.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ForwardEvent {
-    pub at_ms: u64,
-    pub host: String,
-    pub to_region: String,
-    /// `affinity` or `tombstone`.
-    pub reason: &'static str,
-}
-
-/// The latest forwards, newest last. Recording uses `try_lock`: the proxy
-/// never waits for the status page.
-#[derive(Default)]
-pub struct RecentForwards {
-    ring: Mutex<VecDeque<ForwardEvent>>,
-}
-
-impl RecentForwards {
-    pub fn record(&self, ev: ForwardEvent) {
-        if let Ok(mut r) = self.ring.try_lock() {
-            if r.len() == RECENT_FORWARDS {
-                r.pop_front();
-            }
-            r.push_back(ev);
-        }
-    }
-
-    /// Newest first.
-    pub fn latest(&self) -> Vec<ForwardEvent> {
-        let r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        r.iter().rev().cloned().collect()
-    }
-}
+pub use crate::http::ForwardEvent;
 
 /// One VM as the balancer sees it.
 #[derive(Debug, Clone)]
@@ -108,7 +70,7 @@ pub struct StatusModel {
     pub tombstone_hits: u64,
     pub now_ms: u64,
     /// The last config reload (None: running the config it started with).
-    pub last_reload: Option<crate::reload::ReloadReport>,
+    pub last_reload: Option<crate::admin::reload::ReloadReport>,
 }
 
 /// What the last-known-good file holds, and whether the edge serves it.
@@ -527,7 +489,7 @@ mod tests {
 
     #[test]
     fn config_card_says_whether_the_file_was_refused_or_waits_for_a_restart() {
-        let report = |ok: bool, restart: Vec<&'static str>| crate::reload::ReloadReport {
+        let report = |ok: bool, restart: Vec<&'static str>| crate::admin::reload::ReloadReport {
             at_ms: 3_000,
             trigger: "sighup",
             ok,
@@ -561,21 +523,5 @@ mod tests {
             vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 2]
         );
         assert_eq!(histogram(&[], 0.0, 3), vec![0, 0, 0]);
-    }
-
-    #[test]
-    fn recent_forwards_keep_the_newest() {
-        let r = RecentForwards::default();
-        for i in 0..(RECENT_FORWARDS as u64 + 5) {
-            r.record(ForwardEvent {
-                at_ms: i,
-                host: format!("h{i}"),
-                to_region: "x".into(),
-                reason: "affinity",
-            });
-        }
-        let l = r.latest();
-        assert_eq!(l.len(), RECENT_FORWARDS);
-        assert_eq!(l[0].at_ms, RECENT_FORWARDS as u64 + 4, "newest first");
     }
 }

@@ -1,7 +1,8 @@
 //! The sampled access log and the `x-edgeplane-route` debug header: how a
 //! person sees which way individual requests went.
 //!
-//! Where it sits: [`crate::service`] asks [`sampled`] once per request
+//! Where it sits: the request path ([`super::filter`]) asks [`sampled`]
+//! once per request
 //! (one multiply on random bits already drawn), builds an [`AccessEntry`]
 //! in its `logging` phase only for sampled requests and for errors
 //! (`log.access_log_errors`), and [`emit`]s it as one `tracing` event with
@@ -16,6 +17,9 @@
 //! with table names only when the table it was made with is still the one
 //! in use (indexes of another version could name the wrong VM).
 //!
+//! [`Proxy::finish`] is the request's last step: it counts the request in
+//! the metrics and writes the line.
+//!
 //! Start at [`emit`].
 
 use std::net::IpAddr;
@@ -24,6 +28,10 @@ use std::time::Duration;
 use edgeplane_config::{Config, LogConfig};
 use edgeplane_control_sync::RoutingTable;
 
+use pingora_proxy::Session;
+
+use super::headers::{header_str, itoa_u16};
+use super::{Proxy, RequestCtx};
 use crate::route::{describe, Decision};
 
 /// Whether a request with these random bits is in the sample.
@@ -136,6 +144,66 @@ pub fn emit(e: &AccessEntry<'_>) {
         e.status,
         e.route
     );
+}
+
+impl Proxy {
+    /// The request's last step (Pingora's `logging`): tunnel gauge, request
+    /// counter and duration, and the access-log line when sampled or failed.
+    pub(super) fn finish(&self, session: &Session, ctx: &mut RequestCtx) {
+        if let Some(c) = crate::conn::conn_of(session) {
+            c.expect_head();
+        }
+        if ctx.tunnel {
+            self.metrics.tunnels_active.dec();
+        }
+        let (kind, outcome) = match ctx.decision {
+            Some(d @ Decision::Vm { .. }) => (d.kind().as_str(), "proxied"),
+            Some(d @ Decision::Forward { .. }) => (d.kind().as_str(), "forwarded"),
+            Some(d @ Decision::Reject { .. }) => (d.kind().as_str(), "rejected"),
+            None => ("unknown", "rejected"),
+        };
+        let outcome = if ctx.status >= 500 && outcome != "rejected" {
+            "error"
+        } else {
+            outcome
+        };
+        let mut code_buf = itoa_u16(ctx.status);
+        self.metrics
+            .requests
+            .with_label_values(&[kind, outcome, code_buf.as_str()])
+            .inc();
+        code_buf.clear();
+        let elapsed = ctx.start.elapsed();
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        let log_cfg = &self.cfg.load().log;
+        if ctx.sampled || (log_cfg.access_log_errors && is_error(ctx.status)) {
+            self.write_access_log(session, ctx, kind, outcome, elapsed);
+        }
+    }
+
+    /// Writes the access-log line of a finished request.
+    fn write_access_log(&self, session: &Session, ctx: &RequestCtx, kind: &str, outcome: &str, elapsed: Duration) {
+        let req = session.req_header();
+        let route = match &ctx.decision {
+            Some(d) => describe_for_log(d, &self.table.load(), ctx.table_version),
+            None => format!("{} before routing", ctx.status),
+        };
+        emit(&AccessEntry {
+            request_id: ctx.request_id.as_deref().unwrap_or("-"),
+            client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            method: req.method.as_str(),
+            host: header_str(req, "host").unwrap_or("-"),
+            path: req.uri.path(),
+            status: ctx.status,
+            duration: elapsed,
+            kind,
+            outcome,
+            route: &route,
+            table_version: ctx.table_version,
+            hops_in: ctx.hops_in,
+            websocket: ctx.tunnel,
+        });
+    }
 }
 
 #[cfg(test)]

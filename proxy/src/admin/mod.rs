@@ -17,11 +17,42 @@ use pingora_core::protocols::http::ServerSession;
 
 use edgeplane_control_sync::SyncErrorKind;
 
-use crate::service::{now_ms, Edge};
-use crate::status_page::{ClusterModel, LastKnownGoodModel, StatusModel, VmModel};
+pub mod reload;
+pub mod status_page;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use edgeplane_config::Config;
+use edgeplane_control_sync::shadow::ShadowControl;
+use edgeplane_control_sync::TableHandle;
+
+use crate::background::health::HealthHandle;
+use crate::background::names::Names;
+use crate::clock::now_ms;
+use crate::http::access_log::admin_token_matches;
+use crate::http::RecentForwards;
+use crate::metrics::Metrics;
+use crate::route::RouteContext;
+use reload::Reloader;
+use status_page::{ClusterModel, LastKnownGoodModel, StatusModel, VmModel};
+
+/// What the admin API reads and changes: the running config and route
+/// context, the table, name answers, metrics and recent forwards (shared
+/// with the request path), the health samples, the config reloader and the
+/// shadow controls.
 pub struct AdminApp {
-    pub edge: Edge,
+    pub cfg: Arc<ArcSwap<Config>>,
+    pub route: Arc<ArcSwap<RouteContext>>,
+    pub table: TableHandle,
+    pub names: Arc<Names>,
+    pub metrics: Arc<Metrics>,
+    pub recent_forwards: Arc<RecentForwards>,
+    pub health: HealthHandle,
+    pub reloader: Arc<Reloader>,
+    /// Shadow mode (`placement.shadow`): the comparison and the runtime
+    /// switch of the source served.
+    pub shadow: Option<ShadowControl>,
 }
 
 fn resp(status: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
@@ -69,13 +100,13 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 
 impl AdminApp {
     pub fn handle(&self, method: &str, path: &str, query: &str, authorization: Option<&str>) -> Response<Vec<u8>> {
-        let edge = &self.edge;
+        let edge = self;
         let token = edge.cfg.load().security.admin_token.clone();
         if token.is_some() {
             let open = matches!(path, "/healthz" | "/readyz");
             let ok = authorization
                 .and_then(|a| a.strip_prefix("Bearer "))
-                .is_some_and(|t| crate::access_log::admin_token_matches(token.as_deref(), t.as_bytes()));
+                .is_some_and(|t| admin_token_matches(token.as_deref(), t.as_bytes()));
             if !open && !ok {
                 return resp(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
             }
@@ -120,7 +151,7 @@ impl AdminApp {
                 resp(
                     StatusCode::OK,
                     "text/plain; charset=utf-8",
-                    crate::route::explain(&edge.route.load(), &table, &host, &path, now),
+                    crate::route::explain(&edge.route.load(), &table, &host, &path, now, edge.names.as_ref()),
                 )
             }
             "/debug/snapshot" => {
@@ -182,7 +213,7 @@ impl AdminApp {
                         "use POST /config/reload\n",
                     );
                 }
-                let r = crate::reload::reload(edge, "admin");
+                let r = self.reloader.reload("admin");
                 let status = if r.ok {
                     StatusCode::OK
                 } else {
@@ -198,14 +229,14 @@ impl AdminApp {
                     "file": cfg.path.display().to_string(),
                     "keys": cfg.file_keys,
                     "restart_only": edgeplane_config::reload::RESTART_ONLY,
-                    "last_reload": edge.reloads.last(),
+                    "last_reload": edge.reloader.last(),
                 });
                 resp(StatusCode::OK, "application/json", format!("{body}\n"))
             }
             "/" => resp(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
-                crate::status_page::render(&self.status_model(now)),
+                status_page::render(&self.status_model(now)),
             ),
             _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
@@ -214,7 +245,7 @@ impl AdminApp {
     /// `/debug/shadow`: what the shadow comparison found (totals by field,
     /// the last comparison with samples) and which source is served.
     fn shadow_json(&self) -> serde_json::Value {
-        let Some(sh) = &self.edge.shadow else {
+        let Some(sh) = &self.shadow else {
             return serde_json::json!({"shadow": null, "note": "placement.shadow is not set"});
         };
         let totals: serde_json::Map<String, serde_json::Value> = sh
@@ -252,7 +283,7 @@ impl AdminApp {
     /// `POST /placement/primary?source=NAME`: serve another source's table
     /// from now on (shadow mode only): the quick path back to safety.
     fn switch_primary(&self, method: &str, query: &str, now: u64) -> Response<Vec<u8>> {
-        let Some(sh) = &self.edge.shadow else {
+        let Some(sh) = &self.shadow else {
             return resp(
                 StatusCode::CONFLICT,
                 "text/plain",
@@ -277,7 +308,7 @@ impl AdminApp {
                     format!(
                         "{}\n",
                         serde_json::json!({"serving": sh.switch.selected(), "previous": previous,
-                                           "version": self.edge.table.load().version()})
+                                           "version": self.table.load().version()})
                     ),
                 )
             }
@@ -290,7 +321,7 @@ impl AdminApp {
 
     /// The balancer's state: what `/balancer` shows an operator.
     fn balancer_json(&self, now: u64) -> serde_json::Value {
-        let e = &self.edge;
+        let e = self;
         let b = e.route.load().balancer.clone();
         let cfg = e.cfg.load();
         let t = e.table.load_full();
@@ -363,7 +394,7 @@ impl AdminApp {
     /// The last-known-good file: what this edge last wrote, and the file it
     /// started from while it still serves it (None: no file configured).
     fn last_known_good(&self, now: u64) -> Option<LastKnownGoodModel> {
-        let status = self.edge.table.status();
+        let status = self.table.status();
         let written = status.last_known_good_written();
         let restored = status.restored();
         if written.is_none() && restored.is_none() {
@@ -372,7 +403,7 @@ impl AdminApp {
         let age = |at: u64| (at > 0).then(|| now.saturating_sub(at) as f64 / 1000.0);
         let serving = restored
             .as_ref()
-            .is_some_and(|r| r.published_at_ms == self.edge.table.published_at_ms());
+            .is_some_and(|r| r.published_at_ms == self.table.published_at_ms());
         Some(LastKnownGoodModel {
             path: written
                 .as_ref()
@@ -388,7 +419,7 @@ impl AdminApp {
     }
 
     fn status_model(&self, now: u64) -> StatusModel {
-        let e = &self.edge;
+        let e = self;
         let t = e.table.load_full();
         let c = t.counts();
         let published = e.table.published_at_ms();
@@ -469,7 +500,7 @@ impl AdminApp {
             forwards: e.recent_forwards.latest(),
             tombstone_hits: e.metrics.tombstone_hits.get(),
             now_ms: now,
-            last_reload: e.reloads.last(),
+            last_reload: e.reloader.last(),
         }
     }
 }

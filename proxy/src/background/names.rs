@@ -2,15 +2,14 @@
 //! `host:port` — resolved in the background with hickory-resolver, never
 //! on the request path.
 //!
-//! Where it sits: the placement table keeps such an address as
-//! `0.0.0.0:port` plus the name ([`edgeplane_control_sync::table::Vm::host`],
-//! `Region::edge_host`). A resolver thread ([`spawn`]) keeps a [`NameBook`]
-//! of every name in the current table, asks for each when its answer is due
-//! and publishes the answers in use as one immutable map ([`Names`], an
-//! ArcSwap). The routing step calls [`Names::dialable`] on its decision:
-//! an IP address passes untouched (one branch); a name costs one atomic
-//! load and one hash lookup; a name with no good answer yet is a 502
-//! (`upstream_errors_total{reason="unresolved"}`).
+//! Where it sits: the placement table keeps such an address as an
+//! [`Endpoint::Name`](edgeplane_control_sync::table::Endpoint). A resolver
+//! thread ([`spawn`]) keeps a [`NameBook`] of every name in the current
+//! table, asks for each when its answer is due and publishes the answers in
+//! use as one immutable map ([`Names`], an ArcSwap). The routing decision
+//! is handed [`Names`] as its [`Resolve`]: an address costs one branch; a
+//! name one atomic load and one hash lookup; a name with no good answer yet
+//! is a 502 (`upstream_errors_total{reason="unresolved"}`).
 //!
 //! Rules ([`NameBook`], pure: time is passed in):
 //! - an answer is used until its TTL runs out, clamped to
@@ -23,7 +22,7 @@
 //! Start at [`NameBook`], then [`spawn`].
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +30,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use edgeplane_config::ResolverConfig;
-use edgeplane_control_sync::{RoutingTable, TableHandle};
+use edgeplane_control_sync::table::Resolve;
+use edgeplane_control_sync::TableHandle;
 
 use crate::metrics::Metrics;
-use crate::route::{Decision, RejectReason};
 
 /// The answers in use, shared with every request thread.
 #[derive(Default)]
@@ -52,29 +51,13 @@ impl Names {
     pub fn publish(&self, map: HashMap<Arc<str>, IpAddr>) {
         self.map.store(Arc::new(map));
     }
+}
 
-    /// `d` with a named VM's or peer edge's address filled in from the
-    /// answers in use; a name without one becomes a 502 rejection.
+/// The decision dials what these answers say.
+impl Resolve for Names {
     #[inline]
-    pub fn dialable(&self, t: &RoutingTable, d: Decision) -> Decision {
-        let (addr, host, kind) = match d {
-            Decision::Vm { addr, vm, kind, .. } if addr.ip().is_unspecified() => (addr, t.vm(vm).host.as_deref(), kind),
-            Decision::Forward { addr, region, kind, .. } if addr.ip().is_unspecified() => {
-                (addr, t.region(region).edge_host.as_deref(), kind)
-            }
-            _ => return d,
-        };
-        let Some(ip) = host.and_then(|h| self.get(h)) else {
-            return Decision::Reject {
-                kind,
-                reason: RejectReason::Unresolved,
-            };
-        };
-        let mut d = d;
-        if let Decision::Vm { addr: a, .. } | Decision::Forward { addr: a, .. } = &mut d {
-            *a = SocketAddr::new(ip, addr.port());
-        }
-        d
+    fn ip_of(&self, host: &str) -> Option<IpAddr> {
+        self.get(host)
     }
 }
 
@@ -283,7 +266,7 @@ async fn run(cfg: ResolverConfig, table: TableHandle, names: Arc<Names>, metrics
     let mut resolver_handle: Option<Resolver> = None;
     let mut seen_version = u64::MAX;
     while !stop.load(Ordering::Relaxed) {
-        let now = crate::service::now_ms();
+        let now = crate::clock::now_ms();
         let mut publish = false;
         let t = table.load_full();
         if t.version() != seen_version {
@@ -302,7 +285,7 @@ async fn run(cfg: ResolverConfig, table: TableHandle, names: Arc<Names>, metrics
         if let Some(r) = &resolver_handle {
             for name in due {
                 let answer = lookup(r, &name, cfg.timeout).await;
-                let now = crate::service::now_ms();
+                let now = crate::clock::now_ms();
                 if let Err(e) = &answer {
                     metrics.resolver_errors.inc();
                     log::warn!("resolver: {name}: {e} (keeping the last good answer, if any)");
@@ -405,49 +388,21 @@ mod tests {
     }
 
     #[test]
-    fn decisions_to_names_get_the_answer_in_use_or_a_502() {
-        let s: edgeplane_control_sync::Snapshot = serde_json::from_str(
-            r#"{"regions": [{"name": "r", "edge_addr": "127.0.0.1:1"}, {"name": "s", "edge_addr": "edge-s.internal:8443"}],
-                "clusters": [{"name": "c", "region": "r", "state": "active"}],
-                "vms": [{"id": "v", "cluster": "c", "addr": "vm-v.internal:7000", "state": "active"},
-                        {"id": "w", "cluster": "c", "addr": "127.0.0.1:7001", "state": "active"}]}"#,
-        )
-        .unwrap();
-        let t = RoutingTable::build(&s, "r", 1).unwrap();
+    fn named_endpoints_resolve_to_the_answer_in_use() {
+        use edgeplane_control_sync::table::Endpoint;
         let names = Names::default();
-        let vm = |id: &str| Decision::Vm {
-            kind: crate::route::Kind::App,
-            repl_hash: 1,
-            vm: t.vm_by_id(id).unwrap(),
-            addr: t.vm(t.vm_by_id(id).unwrap()).addr,
-            reason: crate::route::VmReason::Running,
-            transfer_from: None,
+        let vm = Endpoint::Name {
+            host: "vm-v.internal".into(),
+            port: 7000,
         };
-        let fwd = Decision::Forward {
-            kind: crate::route::Kind::App,
-            repl_hash: 1,
-            region: t.region_by_name("s").unwrap(),
-            addr: t.region(t.region_by_name("s").unwrap()).edge_addr,
-            reason: crate::route::ForwardReason::Affinity,
-            hops: 1,
-        };
-        assert_eq!(names.dialable(&t, vm("w")), vm("w"), "ip addresses pass untouched");
-        assert!(matches!(
-            names.dialable(&t, vm("v")),
-            Decision::Reject {
-                reason: RejectReason::Unresolved,
-                ..
-            }
-        ));
-        names.publish(HashMap::from([
-            (Arc::from("vm-v.internal"), ip("10.1.1.1")),
-            (Arc::from("edge-s.internal"), ip("10.2.2.2")),
-        ]));
-        assert!(
-            matches!(names.dialable(&t, vm("v")), Decision::Vm { addr, .. } if addr == "10.1.1.1:7000".parse().unwrap())
+        let plain = Endpoint::Addr("127.0.0.1:7001".parse().unwrap());
+        assert_eq!(
+            plain.resolve(&names),
+            Some("127.0.0.1:7001".parse().unwrap()),
+            "addresses pass untouched"
         );
-        assert!(
-            matches!(names.dialable(&t, fwd), Decision::Forward { addr, .. } if addr == "10.2.2.2:8443".parse().unwrap())
-        );
+        assert_eq!(vm.resolve(&names), None, "never answered: the decision makes it a 502");
+        names.publish(HashMap::from([(Arc::from("vm-v.internal"), ip("10.1.1.1"))]));
+        assert_eq!(vm.resolve(&names), Some("10.1.1.1:7000".parse().unwrap()));
     }
 }

@@ -5,7 +5,7 @@
 
 use pingora_http::RequestHeader;
 
-/// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::tunnel`]).
+/// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::http::tunnel`]).
 pub(super) fn is_websocket_upgrade(req: &RequestHeader) -> bool {
     let has_token = |name: http::HeaderName, token: &str| {
         req.headers.get_all(name).iter().any(|v| {

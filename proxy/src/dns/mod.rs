@@ -4,11 +4,11 @@
 //!
 //! Where it sits: its own process (`edgeplane dns -c FILE`), same config
 //! file, same table as the edge of its region
-//! ([`crate::server::load_placement_for`]): this region's repls whole, and
+//! ([`crate::placement::load_placement_for`]): this region's repls whole, and
 //! every other region's app in the world directory (name -> home region,
 //! ~8 bytes each), so a transfer that changes a repl's home region changes
 //! the answer with the delta that carries it. Region edge addresses given
-//! as names are resolved in the background ([`crate::names`]).
+//! as names are resolved in the background ([`crate::background::names`]).
 //!
 //! Answers ([`answer`], pure: table, time and config passed in):
 //! - a known app: the IP of its home region's `edge_addr`, as A (IPv4) or
@@ -40,7 +40,7 @@ use edgeplane_config::{Config, DnsConfig};
 use edgeplane_control_sync::table::Idx;
 use edgeplane_control_sync::{RoutingTable, TableHandle};
 
-use crate::names::Names;
+use crate::background::names::Names;
 
 /// Largest UDP answer without EDNS (RFC 1035).
 const UDP_PLAIN_MAX: usize = 512;
@@ -99,10 +99,7 @@ pub fn answer(
         }
     };
     let region = t.region(home);
-    let ip = match &region.edge_host {
-        None => Some(region.edge_addr.ip()),
-        Some(h) => names.get(h),
-    };
+    let ip = region.edge.resolve(names).map(|a| a.ip());
     Lookup::App {
         region: home,
         ip,
@@ -214,7 +211,7 @@ struct Responder {
 
 impl Responder {
     fn handle(&self, bytes: &[u8], max_udp: Option<usize>) -> Option<Vec<u8>> {
-        let now = crate::service::now_ms();
+        let now = crate::clock::now_ms();
         let (out, rcode) = respond(
             bytes,
             max_udp,
@@ -289,7 +286,7 @@ async fn serve_tcp(l: tokio::net::TcpListener, r: Arc<Responder>) {
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     #[error("{0}")]
-    Placement(#[from] crate::server::ServeError),
+    Placement(#[from] edgeplane_control_sync::SnapshotError),
     #[error("cannot listen on {addr}: {err}")]
     Listen { addr: SocketAddr, err: std::io::Error },
     #[error("runtime: {0}")]
@@ -300,10 +297,10 @@ pub enum DnsError {
 /// `edgeplane: dns listening on udp ADDR tcp ADDR` per listener (port 0
 /// gets a free port, the same for UDP and TCP).
 pub fn serve(cfg: Config) -> Result<(), DnsError> {
-    let placement = crate::server::load_placement_for(&cfg, crate::server::PlacementUser::Dns)?;
+    let placement = crate::placement::load_placement_for(&cfg, crate::placement::PlacementUser::Dns)?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let names = Arc::new(Names::default());
-    crate::names::spawn(
+    crate::background::names::spawn(
         cfg.resolver.clone(),
         placement.table.clone(),
         names.clone(),

@@ -20,7 +20,7 @@
 //!
 //! The client socket is a duplicate of the descriptor Pingora accepted
 //! (plain TCP listeners only); Pingora's own handle is left untouched and
-//! closes it after [`crate::service`] returns from `request_filter`.
+//! closes it after the request path returns from `request_filter`.
 //!
 //! Start at [`Tunnel::open`].
 
@@ -45,6 +45,20 @@ const SCRATCH: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// Set when SIGQUIT (graceful upgrade) arrives: tunnels then close with
+/// 1012 "service restart" instead of 1001 "going away".
+pub static UPGRADING: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+
+/// The close code tunnels send when the process stops.
+pub fn close_code() -> u16 {
+    if UPGRADING.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::ws_frames::CLOSE_SERVICE_RESTART
+    } else {
+        crate::ws_frames::CLOSE_GOING_AWAY
+    }
 }
 
 /// Why a tunnel could not be opened.

@@ -31,8 +31,8 @@ use edgeplane_control_sync::{RoutingTable, TableHandle};
 
 use crate::balancer::usability::Outcome;
 use crate::balancer::{Balancer, HealthMap};
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::service::now_ms;
 
 /// How often the balancer view is checked for a rebuild.
 pub const REFRESH_TICK: Duration = Duration::from_millis(100);

@@ -1,0 +1,122 @@
+//! The Pingora `ServerApp` on every proxy listener: connection admission,
+//! the TLS handshake on HTTPS listeners, then Pingora's HTTP proxy running
+//! [`super::Proxy`] for each request.
+//!
+//! For each accepted connection it takes an admission slot
+//! ([`crate::conn::admission`]: global and per-IP caps; a refused
+//! plain-HTTP client gets 503/429 and is closed), runs the TLS handshake
+//! itself on HTTPS listeners (within `limits.header_timeout_ms`, certificate
+//! by SNI from [`crate::conn::tls`]), and wraps the result in a
+//! [`ConnStream`] (head deadline, shutdown watch, admission guard).
+//!
+//! Invariants: every accepted connection is counted exactly once and given
+//! back when dropped; no HTTP byte is parsed before admission. Start at
+//! [`EdgeApp::process_new`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use tokio::io::AsyncWriteExt;
+
+use super::Proxy;
+use crate::conn::{Admission, ConnStream};
+use crate::metrics::Metrics;
+
+/// How long connections accepted just before a stop get to send their
+/// first request before idle ones are closed.
+pub const FRESH_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// The ServerApp of one kind of proxy listener (plain or TLS).
+pub struct EdgeApp {
+    pub proxy: Arc<HttpProxy<Proxy>>,
+    pub admission: Arc<Admission>,
+    /// Some on HTTPS listeners.
+    pub tls: Option<Acceptor>,
+    /// The running config (`limits.header_timeout_ms` is read per connection).
+    pub cfg: Arc<arc_swap::ArcSwap<edgeplane_config::Config>>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
+    let d = stream.get_socket_digest()?;
+    d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let admitted = match self.admission.admit(peer_ip(&stream)) {
+            Ok(a) => a,
+            Err(r) => {
+                self.metrics.connections_refused.with_label_values(&[r.as_str()]).inc();
+                if self.tls.is_none() {
+                    // Best effort, never waiting on a client we are refusing.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(r.response())).await;
+                }
+                return None;
+            }
+        };
+        self.metrics.connections_active.inc();
+        let _count = ActiveGuard(&self.metrics);
+        let header_timeout = self.cfg.load().limits.header_timeout;
+        let conn: Stream = match &self.tls {
+            None => Box::new(ConnStream::new(
+                stream,
+                Some(admitted),
+                false,
+                Some(header_timeout),
+                Some(shutdown.clone()),
+            )),
+            Some(acceptor) => {
+                let raw = ConnStream::new(stream, None, false, None, None);
+                let tls = match tokio::time::timeout(header_timeout, acceptor.tls_handshake(raw)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        self.metrics.tls_handshake_errors.inc();
+                        log::debug!("tls handshake: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        self.metrics.tls_handshake_errors.inc();
+                        self.metrics.client_timeouts.with_label_values(&["tls_handshake"]).inc();
+                        return None;
+                    }
+                };
+                Box::new(ConnStream::new(
+                    Box::new(tls),
+                    Some(admitted),
+                    true,
+                    Some(header_timeout),
+                    Some(shutdown.clone()),
+                ))
+            }
+        };
+        ServerApp::process_new(&self.proxy, conn, shutdown).await
+    }
+
+    /// Runs when the listeners stop (graceful stop or upgrade). Pingora's
+    /// cleanup wakes every connection still waiting for a request head and
+    /// drops it — including one accepted a moment ago whose first request is
+    /// on its way (measured: 2 of 21,000 requests lost over 5 upgrades).
+    /// Waiting [`FRESH_CONNECTION_GRACE`] first lets those requests arrive
+    /// and be served (with `connection: close`, as shutdown has begun).
+    async fn cleanup(&self) {
+        tokio::time::sleep(FRESH_CONNECTION_GRACE).await;
+        ServerApp::cleanup(self.proxy.as_ref()).await
+    }
+}
+
+/// Keeps `edgeplane_connections_active` in step with the connection's life.
+struct ActiveGuard<'a>(&'a Metrics);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.dec();
+    }
+}

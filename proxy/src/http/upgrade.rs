@@ -1,0 +1,127 @@
+//! WebSocket upgrades the edge carries itself ([`super::tunnel`]): connect
+//! to the decided address (moving a repl being placed past a VM that does
+//! not answer, replaying an upgrade the VM refuses with
+//! `x-edgeplane-replay`), relay the answer, pump the tunnel.
+//!
+//! Only plain-TCP client connections take this path (the tunnel needs the
+//! socket); TLS ones use Pingora's upgrade path.
+
+use std::time::Duration;
+
+use pingora_core::{Error, ErrorType, Result};
+use pingora_proxy::Session;
+
+use super::headers::request_head_bytes;
+use super::{Proxy, RequestCtx, REPLAY_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER};
+use crate::clock::entropy;
+use crate::route::{self, Decision};
+
+/// The client socket of a plain-TCP HTTP/1 session (None for TLS or H2,
+/// which keep Pingora's own upgrade path), lent for as long as the session.
+pub(super) fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::BorrowedFd<'_>> {
+    use std::os::fd::AsRawFd;
+    let fd = session
+        .stream()?
+        .as_any()
+        .downcast_ref::<crate::conn::ConnStream>()?
+        .inner()
+        .as_any()
+        .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()?
+        .as_raw_fd();
+    // SAFETY: the descriptor belongs to the session's stream, which owns it
+    // and keeps it open while the session lives; the borrow is tied to
+    // `session`'s lifetime, so it cannot outlive the descriptor.
+    #[allow(unsafe_code)]
+    Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
+impl Proxy {
+    /// Carries a WebSocket upgrade itself ([`crate::http::tunnel`]): connect to the
+    /// decided address, send the edited head, relay the answer, and pump the
+    /// tunnel until it ends. Errors before the answer get the edge's own
+    /// 502/504 page, exactly as on the proxied path.
+    pub(super) async fn tunnel_websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        use super::tunnel::{client_socket, Tunnel, TunnelStop};
+        session.set_keepalive(None);
+        let limits = self.limits();
+        let grace_period = self.cfg.load().edge.grace_period;
+        // Each attempt: connect to the decided address and send the edited
+        // head. A connect failure or reset moves a repl being placed to
+        // another VM; a refusal carrying x-edgeplane-replay sends the
+        // upgrade to the VM's target, once.
+        let t = loop {
+            let addr = match ctx.decision {
+                Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
+                _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
+            };
+            let mut head = session.req_header().clone();
+            self.edit_upstream_request(session, &mut head, ctx)?;
+            let bytes = request_head_bytes(&head);
+            let id = ctx.request_id.clone().unwrap_or_default();
+            let mut add: Vec<(&str, &str)> = vec![(REQUEST_ID_HEADER, id.as_str())];
+            if let Some(r) = &ctx.debug_route {
+                add.push((ROUTE_HEADER, r.as_str()));
+            }
+            let opened = Tunnel::open(
+                addr,
+                &bytes,
+                limits.upstream_connect_timeout,
+                limits.upstream_read_timeout,
+                &[REPLAY_HEADER, ROUTE_HEADER],
+                &add,
+            )
+            .await;
+            match opened {
+                Ok(t) => {
+                    let Some(value) = t.answer.replay.clone() else {
+                        break t;
+                    };
+                    let outcome = match self.plan_replay(session, ctx, &value) {
+                        Ok(()) => route::replay::ReplayOutcome::Replayed,
+                        Err(o) => o,
+                    };
+                    self.metrics.replays.with_label_values(&[outcome.as_str()]).inc();
+                    if outcome != route::replay::ReplayOutcome::Replayed {
+                        break t;
+                    }
+                }
+                Err(e) if e.before_answer() && self.retry_elsewhere(session, ctx, e.reason()) => {
+                    log::debug!("tunnel to {addr}: {e}: retrying elsewhere");
+                }
+                Err(e) => {
+                    let code = if e.reason().ends_with("timeout") { 504 } else { 502 };
+                    self.note_upstream_failure(ctx, e.reason(), e.is_connect());
+                    log::debug!("tunnel to {addr}: {e}");
+                    return self.respond(session, ctx, code).await;
+                }
+            }
+        };
+        if let Some(h) = ctx.vm_hash {
+            self.route.load().balancer.outliers.success(h);
+        }
+        ctx.status = t.answer.status;
+        let fd = plain_tcp_fd(session).ok_or_else(|| Error::explain(ErrorType::InternalError, "no client socket"))?;
+        let mut client =
+            client_socket(fd).map_err(|e| Error::because(ErrorType::InternalError, "dup client socket", e))?;
+        if t.answer.status != 101 {
+            let _ = t.refuse(&mut client, limits.upstream_read_timeout).await;
+            return Ok(());
+        }
+        ctx.tunnel = true;
+        self.metrics.tunnels_active.inc();
+        let stop = crate::conn::conn_of(session)
+            .and_then(|c| c.shutdown())
+            .map(|w| TunnelStop {
+                watch: w.clone(),
+                code: super::tunnel::close_code,
+                // Spread closes over the first half of the grace period (at most
+                // 10 s) so clients do not all reconnect in the same instant.
+                delay: Duration::from_millis(entropy() % (grace_period.as_millis() as u64 / 2).clamp(1, 10_000)),
+            });
+        let addr = t.upstream.peer_addr().ok();
+        if let Err(e) = t.run(client, limits.tunnel_idle_timeout, stop).await {
+            log::debug!("tunnel to {addr:?} ended: {e}");
+        }
+        Ok(())
+    }
+}

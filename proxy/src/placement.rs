@@ -1,0 +1,140 @@
+//! Starting the placement sources an edge (or `edgeplane dns`) routes
+//! with: a file loaded now and watched, PostgreSQL or Redis synced by
+//! background threads, and in shadow mode Redis read beside the primary
+//! and compared with it. What comes out is the [`TableHandle`] every
+//! request reads (one atomic load) and, in shadow mode, the controls the
+//! admin API exposes.
+//!
+//! Start at [`load_placement_for`].
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use edgeplane_config::{Config, PlacementSource};
+use edgeplane_control_sync::file_source::{FileSource, DEFAULT_WATCH_INTERVAL};
+use edgeplane_control_sync::postgres::{self, PgSyncOptions};
+use edgeplane_control_sync::redis_source::{self, RedisSyncOptions, RoundObserver};
+use edgeplane_control_sync::shadow::{self, ShadowControl, ShadowState};
+use edgeplane_control_sync::switch::SourceSwitch;
+use edgeplane_control_sync::{SnapshotError, TableHandle};
+
+/// The placement an edge serves from: the handle requests read, and in
+/// shadow mode the comparison state and the runtime source switch.
+pub struct Placement {
+    pub table: TableHandle,
+    pub shadow: Option<ShadowControl>,
+}
+
+/// The name a placement source goes by in metrics and the admin API.
+pub fn source_name(s: &PlacementSource) -> &'static str {
+    match s {
+        PlacementSource::File(_) => "file",
+        PlacementSource::Postgres(_) => "postgres",
+        PlacementSource::Redis(_) => "redis",
+    }
+}
+
+fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
+    let p = &cfg.placement;
+    RedisSyncOptions {
+        poll_interval: p.redis_poll_interval,
+        connect_timeout: p.connect_timeout,
+        read_timeout: p.query_timeout,
+        max_shrink_ratio: p.max_shrink_ratio,
+        last_known_good: if primary { p.last_known_good.clone() } else { None },
+        last_known_good_interval: p.last_known_good_interval,
+        ..RedisSyncOptions::new(url, cfg.edge.region.clone())
+    }
+}
+
+/// Starts the configured placement source: a file is loaded now (an error
+/// stops the start) and watched; PostgreSQL and Redis are synced by
+/// background threads (the edge is not ready until one publishes, or until
+/// the last-known-good file is loaded when the store is away).
+///
+/// With `placement.shadow = "redis"`, the primary publishes into its own
+/// handle, the Redis store is read into another beside it, and a
+/// [`SourceSwitch`] serves the primary's tables (until an operator switches);
+/// after every Redis round the two are compared ([`shadow::compare`]).
+pub fn load_placement(cfg: &Config) -> Result<Placement, SnapshotError> {
+    load_placement_for(cfg, PlacementUser::Edge)
+}
+
+/// Which process loads the placement: the table is the same (this region's
+/// repls and the world directory), but the DNS responder runs no shadow
+/// and keeps its own last-known-good file (`<last_known_good>.dns.json`)
+/// so it never clobbers the edge's on the same host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementUser {
+    Edge,
+    Dns,
+}
+
+/// [`load_placement`] for `user`.
+pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement, SnapshotError> {
+    let serving = TableHandle::new();
+    let dns = user == PlacementUser::Dns;
+    let lkg = cfg
+        .placement
+        .last_known_good
+        .clone()
+        .map(|p| if dns { p.with_extension("dns.json") } else { p });
+    let primary_name = source_name(&cfg.placement.source);
+    let (primary, shadow) = match (&cfg.placement.shadow, &cfg.placement.redis_url) {
+        (Some(_), Some(url)) if !dns => {
+            let primary = TableHandle::with_status(serving.status_arc());
+            let shadow_handle = TableHandle::new();
+            let switch = SourceSwitch::new(
+                serving.clone(),
+                vec![(primary_name, primary.clone()), ("redis", shadow_handle.clone())],
+            );
+            let control = ShadowControl {
+                state: Arc::new(ShadowState::new("redis")),
+                switch,
+            };
+            let (state, against) = (control.state.clone(), primary.clone());
+            let observer: RoundObserver = Box::new(move |shadow_table| {
+                let p = against.load_full();
+                if p.is_loaded() {
+                    state.record(shadow::compare(&p, shadow_table), edgeplane_control_sync::now_unix_ms());
+                }
+            });
+            redis_source::spawn(
+                redis_options(cfg, url, false),
+                shadow_handle,
+                Some(observer),
+                Arc::new(AtomicBool::new(false)),
+            );
+            (primary, Some(control))
+        }
+        _ => (serving.clone(), None),
+    };
+    match &cfg.placement.source {
+        PlacementSource::File(path) => {
+            let mut src = FileSource::new(path, &cfg.edge.region);
+            src.load_into(&primary)?;
+            src.watch(primary, DEFAULT_WATCH_INTERVAL, Arc::new(AtomicBool::new(false)));
+        }
+        PlacementSource::Postgres(url) => {
+            let p = &cfg.placement;
+            let opts = PgSyncOptions {
+                url: url.clone(),
+                local_region: cfg.edge.region.clone(),
+                poll_interval: p.poll_interval,
+                max_shrink_ratio: p.max_shrink_ratio,
+                last_known_good: lkg,
+                last_known_good_interval: p.last_known_good_interval,
+                connect_timeout: p.connect_timeout,
+                query_timeout: p.query_timeout,
+                full_load_timeout: p.full_load_timeout,
+            };
+            postgres::spawn(opts, primary, Arc::new(AtomicBool::new(false)));
+        }
+        PlacementSource::Redis(url) => {
+            let mut opts = redis_options(cfg, url, true);
+            opts.last_known_good = lkg;
+            redis_source::spawn(opts, primary, None, Arc::new(AtomicBool::new(false)));
+        }
+    }
+    Ok(Placement { table: serving, shadow })
+}
