@@ -18,6 +18,9 @@ use edgeplane_control_sync::shadow::{self, ShadowControl, ShadowState};
 use edgeplane_control_sync::switch::SourceSwitch;
 use edgeplane_control_sync::{SnapshotError, TableHandle};
 
+/// Longest a graceful stop waits for the last-known-good file to be written.
+pub const STOP_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The placement an edge serves from: the handle requests read, and in
 /// shadow mode the comparison state and the runtime source switch.
 pub struct Placement {

@@ -291,9 +291,6 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     std::process::exit(0)
 }
 
-/// Longest a graceful stop waits for the last-known-good file to be written.
-pub const STOP_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// Pingora's signals (SIGTERM drain, SIGQUIT upgrade, SIGINT fast exit),
 /// plus what a graceful stop owes the next start: the newest table in the
 /// last-known-good file, written before anything else stops.
@@ -307,7 +304,7 @@ impl ShutdownSignalWatch for StopSignals {
         let signal = UnixShutdownSignalWatch.recv().await;
         if !matches!(signal, ShutdownSignal::FastShutdown) {
             let sync = self.sync.clone();
-            let flushed = tokio::task::spawn_blocking(move || sync.flush_last_known_good(STOP_FLUSH_LIMIT)).await;
+            let flushed = tokio::task::spawn_blocking(move || sync.flush_last_known_good(crate::placement::STOP_FLUSH_LIMIT)).await;
             if let Err(e) = flushed {
                 log::error!("last-known-good flush on stop failed: {e}");
             }

@@ -2,8 +2,7 @@
 //! stream wrapper that adds a head deadline and a shutdown watch
 //! ([`stream`]), and the TLS certificate store ([`tls`]).
 //!
-//! Where it sits: the request path's `EdgeApp` ([`crate::http::EdgeApp`])
-//! admits each connection and wraps it in a [`ConnStream`]; request hooks
+//! Where it sits: the request path's `EdgeApp` (in `http`) admits each connection and wraps it in a [`ConnStream`]; request hooks
 //! reach it through [`conn_of`]. Start at [`stream`].
 
 pub mod admission;

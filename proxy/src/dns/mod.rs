@@ -340,7 +340,7 @@ pub fn serve(cfg: Config) -> Result<(), DnsError> {
             _ = term.recv() => {
                 log::info!("dns: SIGTERM received, writing last-known-good and exiting");
                 let _ = tokio::task::spawn_blocking(move || {
-                    sync.flush_last_known_good(crate::server::STOP_FLUSH_LIMIT)
+                    sync.flush_last_known_good(crate::placement::STOP_FLUSH_LIMIT)
                 })
                 .await;
             }
