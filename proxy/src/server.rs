@@ -304,7 +304,9 @@ impl ShutdownSignalWatch for StopSignals {
         let signal = UnixShutdownSignalWatch.recv().await;
         if !matches!(signal, ShutdownSignal::FastShutdown) {
             let sync = self.sync.clone();
-            let flushed = tokio::task::spawn_blocking(move || sync.flush_last_known_good(crate::placement::STOP_FLUSH_LIMIT)).await;
+            let flushed =
+                tokio::task::spawn_blocking(move || sync.flush_last_known_good(crate::placement::STOP_FLUSH_LIMIT))
+                    .await;
             if let Err(e) = flushed {
                 log::error!("last-known-good flush on stop failed: {e}");
             }
