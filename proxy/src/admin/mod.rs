@@ -66,6 +66,11 @@ fn resp(status: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<V
         .unwrap()
 }
 
+/// A 200 JSON answer, newline-terminated.
+fn json(body: serde_json::Value) -> Response<Vec<u8>> {
+    resp(StatusCode::OK, "application/json", format!("{body}\n"))
+}
+
 /// Decodes `%XX` and `+` in a query value.
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -99,140 +104,26 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 impl AdminApp {
+    /// Answers one admin request: the token check, then one handler per
+    /// path. Every handler is a plain function of the state it reads.
     pub fn handle(&self, method: &str, path: &str, query: &str, authorization: Option<&str>) -> Response<Vec<u8>> {
-        let edge = self;
-        let token = edge.cfg.load().security.admin_token.clone();
-        if token.is_some() {
-            let open = matches!(path, "/healthz" | "/readyz");
-            let ok = authorization
-                .and_then(|a| a.strip_prefix("Bearer "))
-                .is_some_and(|t| admin_token_matches(token.as_deref(), t.as_bytes()));
-            if !open && !ok {
-                return resp(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
-            }
+        let open = matches!(path, "/healthz" | "/readyz");
+        if !open && !self.authorized(authorization) {
+            return resp(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
         }
         let now = now_ms();
         match path {
             "/healthz" => resp(StatusCode::OK, "text/plain", "ok\n"),
-            "/readyz" => {
-                if edge.table.is_ready() {
-                    resp(
-                        StatusCode::OK,
-                        "text/plain",
-                        format!("ready version={}\n", edge.table.load().version()),
-                    )
-                } else {
-                    resp(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "not ready: no placement table yet\n",
-                    )
-                }
-            }
-            "/metrics" => {
-                edge.metrics.refresh_from(&edge.table, now);
-                edge.metrics
-                    .refresh_balancer(&edge.route.load().balancer, &edge.health.load(), now);
-                if let Some(sh) = &edge.shadow {
-                    edge.metrics.refresh_shadow(sh);
-                }
-                resp(StatusCode::OK, "text/plain; version=0.0.4", edge.metrics.render())
-            }
-            "/debug/route" => {
-                let Some(host) = query_param(query, "host") else {
-                    return resp(
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        "usage: /debug/route?host=HOST&path=PATH\n",
-                    );
-                };
-                let path = query_param(query, "path").unwrap_or_else(|| "/".into());
-                let table = edge.table.load_full();
-                resp(
-                    StatusCode::OK,
-                    "text/plain; charset=utf-8",
-                    crate::route::explain(&edge.route.load(), &table, &host, &path, now, edge.names.as_ref()),
-                )
-            }
-            "/debug/snapshot" => {
-                let table = edge.table.load_full();
-                let published = edge.table.published_at_ms();
-                let body = serde_json::json!({
-                    "version": table.version(),
-                    "ready": table.is_loaded(),
-                    "published_at_ms": published,
-                    "age_seconds": if published == 0 { 0.0 } else { now.saturating_sub(published) as f64 / 1000.0 },
-                    "rejected_loads": edge.table.rejected(),
-                    "counts": table.counts(),
-                    "directory_bytes": table.directory().approx_bytes(),
-                    "last_known_good": self.last_known_good(now),
-                });
-                resp(StatusCode::OK, "application/json", format!("{body}\n"))
-            }
-            "/balancer" => resp(
-                StatusCode::OK,
-                "application/json",
-                format!("{}\n", self.balancer_json(now)),
-            ),
-            "/balancer/policy" => {
-                if method != "POST" && method != "PUT" {
-                    return resp(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "text/plain",
-                        "use POST /balancer/policy?policy=least-loaded|p2c|random|round-robin\n",
-                    );
-                }
-                let want = query_param(query, "policy").unwrap_or_default();
-                match crate::balancer::Policy::parse(&want) {
-                    Ok(p) => {
-                        let balancer = edge.route.load().balancer.clone();
-                        let old = balancer.policy();
-                        balancer.set_policy(p);
-                        log::warn!(
-                            "balancer policy switched from {} to {} via admin API",
-                            old.as_str(),
-                            p.as_str()
-                        );
-                        resp(
-                            StatusCode::OK,
-                            "application/json",
-                            format!(
-                                "{}\n",
-                                serde_json::json!({"policy": p.as_str(), "previous": old.as_str()})
-                            ),
-                        )
-                    }
-                    Err(m) => resp(StatusCode::BAD_REQUEST, "text/plain", format!("policy: {m}\n")),
-                }
-            }
-            "/config/reload" => {
-                if method != "POST" {
-                    return resp(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "text/plain",
-                        "use POST /config/reload\n",
-                    );
-                }
-                let r = self.reloader.reload("admin");
-                let status = if r.ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                };
-                resp(status, "application/json", format!("{}\n", serde_json::json!(r)))
-            }
-            "/debug/shadow" => resp(StatusCode::OK, "application/json", format!("{}\n", self.shadow_json())),
+            "/readyz" => self.readyz(),
+            "/metrics" => self.metrics(now),
+            "/debug/route" => self.debug_route(query, now),
+            "/debug/snapshot" => json(self.snapshot_json(now)),
+            "/debug/shadow" => json(self.shadow_json()),
+            "/debug/config" => json(self.config_json()),
+            "/balancer" => json(self.balancer_json(now)),
+            "/balancer/policy" => self.set_policy(method, query),
+            "/config/reload" => self.reload(method),
             "/placement/primary" => self.switch_primary(method, query, now),
-            "/debug/config" => {
-                let cfg = edge.cfg.load_full();
-                let body = serde_json::json!({
-                    "file": cfg.path.display().to_string(),
-                    "keys": cfg.file_keys,
-                    "restart_only": edgeplane_config::reload::RESTART_ONLY,
-                    "last_reload": edge.reloader.last(),
-                });
-                resp(StatusCode::OK, "application/json", format!("{body}\n"))
-            }
             "/" => resp(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
@@ -240,6 +131,132 @@ impl AdminApp {
             ),
             _ => resp(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
+    }
+
+    /// No token configured, or the request carries it as a bearer token.
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        let cfg = self.cfg.load();
+        let token = cfg.security.admin_token.as_deref();
+        token.is_none()
+            || authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .is_some_and(|t| admin_token_matches(token, t.as_bytes()))
+    }
+
+    fn readyz(&self) -> Response<Vec<u8>> {
+        if self.table.is_ready() {
+            resp(
+                StatusCode::OK,
+                "text/plain",
+                format!("ready version={}\n", self.table.load().version()),
+            )
+        } else {
+            resp(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: no placement table yet\n",
+            )
+        }
+    }
+
+    /// `/metrics`: gauges that mirror state are refreshed at scrape time.
+    fn metrics(&self, now: u64) -> Response<Vec<u8>> {
+        self.metrics.refresh_from(&self.table, now);
+        self.metrics
+            .refresh_balancer(&self.route.load().balancer, &self.health.load(), now);
+        if let Some(sh) = &self.shadow {
+            self.metrics.refresh_shadow(sh);
+        }
+        resp(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+    }
+
+    /// `/debug/route?host=&path=`: the decision for a request, explained.
+    fn debug_route(&self, query: &str, now: u64) -> Response<Vec<u8>> {
+        let Some(host) = query_param(query, "host") else {
+            return resp(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "usage: /debug/route?host=HOST&path=PATH\n",
+            );
+        };
+        let path = query_param(query, "path").unwrap_or_else(|| "/".into());
+        let table = self.table.load_full();
+        resp(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            crate::route::explain(&self.route.load(), &table, &host, &path, now, self.names.as_ref()),
+        )
+    }
+
+    /// `/debug/snapshot`: the table in use, its age and the last-known-good file.
+    fn snapshot_json(&self, now: u64) -> serde_json::Value {
+        let table = self.table.load_full();
+        let published = self.table.published_at_ms();
+        serde_json::json!({
+            "version": table.version(),
+            "ready": table.is_loaded(),
+            "published_at_ms": published,
+            "age_seconds": if published == 0 { 0.0 } else { now.saturating_sub(published) as f64 / 1000.0 },
+            "rejected_loads": self.table.rejected(),
+            "counts": table.counts(),
+            "directory_bytes": table.directory().approx_bytes(),
+            "last_known_good": self.last_known_good(now),
+        })
+    }
+
+    /// `/debug/config`: the file's keys, what needs a restart, the last reload.
+    fn config_json(&self) -> serde_json::Value {
+        let cfg = self.cfg.load_full();
+        serde_json::json!({
+            "file": cfg.path.display().to_string(),
+            "keys": cfg.file_keys,
+            "restart_only": edgeplane_config::reload::RESTART_ONLY,
+            "last_reload": self.reloader.last(),
+        })
+    }
+
+    /// `POST /balancer/policy?policy=`: switches the policy at runtime.
+    fn set_policy(&self, method: &str, query: &str) -> Response<Vec<u8>> {
+        if method != "POST" && method != "PUT" {
+            return resp(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST /balancer/policy?policy=least-loaded|p2c|random|round-robin\n",
+            );
+        }
+        let want = query_param(query, "policy").unwrap_or_default();
+        match crate::balancer::Policy::parse(&want) {
+            Ok(p) => {
+                let balancer = self.route.load().balancer.clone();
+                let old = balancer.policy();
+                balancer.set_policy(p);
+                log::warn!(
+                    "balancer policy switched from {} to {} via admin API",
+                    old.as_str(),
+                    p.as_str()
+                );
+                json(serde_json::json!({"policy": p.as_str(), "previous": old.as_str()}))
+            }
+            Err(m) => resp(StatusCode::BAD_REQUEST, "text/plain", format!("policy: {m}\n")),
+        }
+    }
+
+    /// `POST /config/reload`: 200 with the report, or 422 (old config kept).
+    fn reload(&self, method: &str) -> Response<Vec<u8>> {
+        if method != "POST" {
+            return resp(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST /config/reload\n",
+            );
+        }
+        let r = self.reloader.reload("admin");
+        let status = if r.ok {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        resp(status, "application/json", format!("{}\n", serde_json::json!(r)))
     }
 
     /// `/debug/shadow`: what the shadow comparison found (totals by field,
@@ -302,14 +319,9 @@ impl AdminApp {
         match sh.switch.select(&want, now) {
             Ok(()) => {
                 log::warn!("placement: serving source switched from {previous} to {want} via admin API");
-                resp(
-                    StatusCode::OK,
-                    "application/json",
-                    format!(
-                        "{}\n",
-                        serde_json::json!({"serving": sh.switch.selected(), "previous": previous,
-                                           "version": self.table.load().version()})
-                    ),
+                json(
+                    serde_json::json!({"serving": sh.switch.selected(), "previous": previous,
+                                        "version": self.table.load().version()}),
                 )
             }
             Err(e @ edgeplane_control_sync::switch::SwitchError::Unknown(..)) => {

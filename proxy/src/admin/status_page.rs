@@ -251,6 +251,24 @@ pub fn render(m: &StatusModel) -> String {
 <style>{STYLE}</style></head><body><h1>edgeplane · {region} · {inst}</h1>",
         inst = html_escape(&m.instance)
     );
+    summary_cards(&mut h, m);
+    let _ = write!(h, "<h2>Clusters of {region}</h2>");
+    if m.clusters.is_empty() {
+        h.push_str("<p>No clusters loaded.</p>");
+    }
+    for c in &m.clusters {
+        cluster_section(&mut h, c);
+    }
+    recent_forwards(&mut h, m);
+    h.push_str(
+        "<p><a href=\"/metrics\">metrics</a> · <a href=\"/balancer\">balancer</a> · \
+<a href=\"/debug/snapshot\">snapshot</a> · <a href=\"/readyz\">readyz</a></p></body></html>\n",
+    );
+    h
+}
+
+/// State, snapshot, sync, placement, last-known-good, policy and config cards.
+fn summary_cards(h: &mut String, m: &StatusModel) {
     let (ready_class, ready) = if m.ready { ("ok", "ready") } else { ("bad", "not ready") };
     let age = m
         .age_s
@@ -290,69 +308,69 @@ pub fn render(m: &StatusModel) -> String {
         policy = html_escape(&m.policy),
         config = config_card(m),
     );
+}
 
-    let _ = write!(h, "<h2>Clusters of {region}</h2>");
-    if m.clusters.is_empty() {
-        h.push_str("<p>No clusters loaded.</p>");
-    }
-    for c in &m.clusters {
-        let mode_class = if c.mode == "normal" { "ok" } else { "warn" };
-        let _ = write!(
-            h,
-            "<section class=\"cluster\" id=\"cluster-{id}\"><h3>{name}</h3>\
+/// One cluster: its ring share, usable VMs, histograms and VM table.
+fn cluster_section(h: &mut String, c: &ClusterModel) {
+    let mode_class = if c.mode == "normal" { "ok" } else { "warn" };
+    let _ = write!(
+        h,
+        "<section class=\"cluster\" id=\"cluster-{id}\"><h3>{name}</h3>\
 <p>{state}, weight {w}, <b>{share:.1}%</b> of the ring · usable VMs <b class=\"usable\">{usable}/{total}</b> \
 ({active} active, {ejected} ejected) · mode <span class=\"{mode_class}\">{mode}</span></p>\
 <p>This edge's subset: {subset}</p><div class=\"cards\">{hc}{hcpu}</div>\
 <table><tr><th>VM</th><th>usability</th><th>in subset</th><th>containers</th><th>CPU</th></tr>",
-            id = html_escape(&c.name),
-            name = html_escape(&c.name),
-            state = html_escape(&c.state),
-            w = c.weight,
-            share = c.ring_share * 100.0,
-            usable = c.usable,
-            total = c.vms.len(),
-            active = c.active,
-            ejected = c.ejected,
-            mode = c.mode,
-            subset = if c.subset.is_empty() {
-                "(none)".to_string()
-            } else {
-                html_escape(&c.subset.join(", "))
-            },
-            hc = svg_histogram(
-                &format!("containers per VM in {}", c.name),
-                "",
-                &c.vms.iter().map(|v| v.containers as f64).collect::<Vec<_>>(),
-                c.vms.iter().map(|v| v.containers).max().unwrap_or(0) as f64 + 1.0,
-            ),
-            hcpu = svg_histogram(
-                &format!("CPU per VM in {}", c.name),
-                "%",
-                &c.vms.iter().map(|v| v.cpu as f64 * 100.0).collect::<Vec<_>>(),
-                100.0,
-            ),
+        id = html_escape(&c.name),
+        name = html_escape(&c.name),
+        state = html_escape(&c.state),
+        w = c.weight,
+        share = c.ring_share * 100.0,
+        usable = c.usable,
+        total = c.vms.len(),
+        active = c.active,
+        ejected = c.ejected,
+        mode = c.mode,
+        subset = if c.subset.is_empty() {
+            "(none)".to_string()
+        } else {
+            html_escape(&c.subset.join(", "))
+        },
+        hc = svg_histogram(
+            &format!("containers per VM in {}", c.name),
+            "",
+            &c.vms.iter().map(|v| v.containers as f64).collect::<Vec<_>>(),
+            c.vms.iter().map(|v| v.containers).max().unwrap_or(0) as f64 + 1.0,
+        ),
+        hcpu = svg_histogram(
+            &format!("CPU per VM in {}", c.name),
+            "%",
+            &c.vms.iter().map(|v| v.cpu as f64 * 100.0).collect::<Vec<_>>(),
+            100.0,
+        ),
+    );
+    for v in &c.vms {
+        let class = match v.usability {
+            "usable" => "ok",
+            // No metrics address: placed on without health, by design.
+            "unmonitored" => "",
+            "stale" | "ejected" => "warn",
+            _ => "bad",
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{id}</td><td class=\"{class}\">{u}</td><td>{m}</td><td>{c}</td><td>{cpu:.0}%</td></tr>",
+            id = html_escape(&v.id),
+            u = v.usability,
+            m = if v.member { "yes" } else { "" },
+            c = v.containers,
+            cpu = v.cpu * 100.0,
         );
-        for v in &c.vms {
-            let class = match v.usability {
-                "usable" => "ok",
-                // No metrics address: placed on without health, by design.
-                "unmonitored" => "",
-                "stale" | "ejected" => "warn",
-                _ => "bad",
-            };
-            let _ = write!(
-                h,
-                "<tr><td>{id}</td><td class=\"{class}\">{u}</td><td>{m}</td><td>{c}</td><td>{cpu:.0}%</td></tr>",
-                id = html_escape(&v.id),
-                u = v.usability,
-                m = if v.member { "yes" } else { "" },
-                c = v.containers,
-                cpu = v.cpu * 100.0,
-            );
-        }
-        h.push_str("</table></section>");
     }
+    h.push_str("</table></section>");
+}
 
+/// The recent-forwards ring and the tombstone-hit count.
+fn recent_forwards(h: &mut String, m: &StatusModel) {
     let _ = write!(
         h,
         "<h2>Recent forwards</h2><p>Tombstone hits since start: <b id=\"tombstone-hits\">{}</b></p>",
@@ -374,11 +392,6 @@ pub fn render(m: &StatusModel) -> String {
         }
         h.push_str("</table>");
     }
-    h.push_str(
-        "<p><a href=\"/metrics\">metrics</a> · <a href=\"/balancer\">balancer</a> · \
-<a href=\"/debug/snapshot\">snapshot</a> · <a href=\"/readyz\">readyz</a></p></body></html>\n",
-    );
-    h
 }
 
 #[cfg(test)]
