@@ -69,77 +69,16 @@ enum Cmd {
     /// Benchmark the PostgreSQL sync: full load of N repls (time, memory per
     /// repl) and commit-to-publish latency at each rate through a real edge
     /// serving traffic. Writes bench/results/sync.{json,md} and an SVG.
-    Sync {
-        /// A database URL whose server the benchmark may create databases on.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        database_url: String,
-        #[arg(long, default_value_t = 1_000_000)]
-        repls: usize,
-        /// Changes per second, comma separated.
-        #[arg(long, default_value = "200,1000", value_delimiter = ',')]
-        rates: Vec<u32>,
-        /// Seconds per rate.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-    },
+    Sync(SyncArgs),
     /// Benchmark an edge in a world of millions of apps, most homed in other
     /// regions: full load time, resident bytes per local and per foreign
     /// app, directory lookups, and commit-to-publish of foreign changes.
     /// Writes bench/results/world.{json,md}.
-    SyncWorld {
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        database_url: String,
-        /// Repls in the world.
-        #[arg(long, default_value_t = 10_000_000)]
-        world: usize,
-        /// Of those, homed in the edge's region.
-        #[arg(long, default_value_t = 1_000_000)]
-        local: usize,
-        /// Custom domains, spread over all repls.
-        #[arg(long, default_value_t = 200_000)]
-        domains: usize,
-        /// Foreign changes per second, comma separated.
-        #[arg(long, default_value = "1000", value_delimiter = ',')]
-        rates: Vec<u32>,
-        /// Seconds per rate.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-    },
+    SyncWorld(SyncWorldArgs),
     /// Simulate a day of repl starts placed by the edge's own balancer under
     /// each policy, pure random and a cloud-LB model; print the table and
     /// write bench/results/sim.{md,json} and SVG histograms.
-    Sim {
-        #[arg(long, default_value_t = 1_000_000)]
-        starts: usize,
-        #[arg(long, default_value_t = 12)]
-        edges: usize,
-        #[arg(long, default_value_t = 10)]
-        clusters: usize,
-        #[arg(long, default_value_t = 100)]
-        vms_per_cluster: usize,
-        #[arg(long, default_value_t = 5)]
-        scrape_delay_s: u64,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Only scenarios whose name contains this.
-        #[arg(long)]
-        only: Option<String>,
-        /// Where results go (default bench/results); `-` writes nothing.
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-    },
+    Sim(SimArgs),
     /// The fast backend of the comparison runs: canned 200s and WebSocket echo.
     Backend {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -147,88 +86,18 @@ enum Cmd {
     },
     /// HTTP/1.1 keep-alive load, closed loop or at a fixed offered rate;
     /// prints one JSON line.
-    HttpLoad {
-        #[arg(long)]
-        target: SocketAddr,
-        /// Host names, one per line, cycled over.
-        #[arg(long)]
-        hosts_file: Option<std::path::PathBuf>,
-        /// One Host name (when no file is given).
-        #[arg(long, default_value = "app0.repl.co")]
-        host: String,
-        #[arg(long, default_value = "/")]
-        path: String,
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Offered requests per second (open loop); omit for closed loop.
-        #[arg(long)]
-        rate: Option<f64>,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 1000)]
-        warmup_ms: u64,
-    },
+    HttpLoad(HttpLoadArgs),
     /// WebSocket echo round trips over N connections; prints one JSON line.
-    WsLoad {
-        #[command(flatten)]
-        to: WsTargetArgs,
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Message size in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        #[arg(long, default_value_t = 1000)]
-        warmup_ms: u64,
-    },
+    WsLoad(WsLoadArgs),
     /// Hold N idle WebSocket tunnels: prints {"opened","failed_open"}, waits
     /// for a line on stdin (measure the proxy meanwhile), checks every tunnel
     /// echoes, prints {"echoed","failed_echo"} and exits.
-    WsIdle {
-        #[command(flatten)]
-        to: WsTargetArgs,
-        #[arg(long, default_value_t = 10_000)]
-        tunnels: usize,
-        #[arg(long, default_value_t = 256)]
-        concurrency: usize,
-    },
+    WsIdle(WsIdleArgs),
     /// edgeplane vs a bare Pingora pass-through vs nginx vs HAProxy (and no
     /// proxy): HTTP saturation and fixed-rate runs, WebSocket echo, idle
     /// tunnels. Installs nginx/haproxy/wrk if absent. Writes
     /// bench/results/compare.{md,json} and compare_cpu.svg.
-    Compare {
-        /// Seconds-long run that only proves the harness works.
-        #[arg(long)]
-        smoke: bool,
-        /// Peers, comma separated (direct,edgeplane,pingora,nginx,haproxy).
-        #[arg(long, value_delimiter = ',')]
-        peers: Option<Vec<String>>,
-        #[arg(long)]
-        rounds: Option<usize>,
-        #[arg(long)]
-        seconds: Option<u64>,
-        /// Seconds per WebSocket echo run.
-        #[arg(long)]
-        ws_seconds: Option<u64>,
-        /// Offered rate of the fixed-rate run (default: half the slowest
-        /// proxy's saturation rate).
-        #[arg(long)]
-        rate: Option<f64>,
-        #[arg(long)]
-        repls: Option<usize>,
-        #[arg(long)]
-        idle_tunnels: Option<usize>,
-        /// WebSocket connection counts, comma separated.
-        #[arg(long, value_delimiter = ',')]
-        ws_connections: Option<Vec<usize>>,
-        /// WebSocket message sizes, comma separated.
-        #[arg(long, value_delimiter = ',')]
-        ws_sizes: Option<Vec<usize>>,
-        /// Where results go (default bench/results); `-` writes nothing.
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-    },
+    Compare(CompareArgs),
     /// Write a synthetic placement snapshot (JSON) for load runs.
     World {
         #[arg(long, default_value_t = 1_000_000)]
@@ -237,6 +106,388 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:7001")]
         vm_addr: String,
     },
+}
+
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// A database URL whose server the benchmark may create databases on.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    repls: usize,
+    /// Changes per second, comma separated.
+    #[arg(long, default_value = "200,1000", value_delimiter = ',')]
+    rates: Vec<u32>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+impl SyncArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let SyncArgs {
+            database_url,
+            repls,
+            rates,
+            seconds,
+            out,
+        } = self;
+        with_fake_vm(|vm_addr| {
+            let opts = edgeplane_bench::sync_bench::SyncBenchOptions {
+                admin_url: database_url,
+                repls,
+                rates,
+                seconds,
+                out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
+            };
+            edgeplane_bench::sync_bench::run(opts, vm_addr)
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct SyncWorldArgs {
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Repls in the world.
+    #[arg(long, default_value_t = 10_000_000)]
+    world: usize,
+    /// Of those, homed in the edge's region.
+    #[arg(long, default_value_t = 1_000_000)]
+    local: usize,
+    /// Custom domains, spread over all repls.
+    #[arg(long, default_value_t = 200_000)]
+    domains: usize,
+    /// Foreign changes per second, comma separated.
+    #[arg(long, default_value = "1000", value_delimiter = ',')]
+    rates: Vec<u32>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+impl SyncWorldArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let SyncWorldArgs {
+            database_url,
+            world,
+            local,
+            domains,
+            rates,
+            seconds,
+            out,
+        } = self;
+        with_fake_vm(|vm_addr| {
+            let opts = edgeplane_bench::world_bench::WorldBenchOptions {
+                admin_url: database_url,
+                world,
+                local,
+                domains,
+                rates,
+                seconds,
+                out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
+            };
+            edgeplane_bench::world_bench::run(opts, vm_addr)
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    starts: usize,
+    #[arg(long, default_value_t = 12)]
+    edges: usize,
+    #[arg(long, default_value_t = 10)]
+    clusters: usize,
+    #[arg(long, default_value_t = 100)]
+    vms_per_cluster: usize,
+    #[arg(long, default_value_t = 5)]
+    scrape_delay_s: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Only scenarios whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Where results go (default bench/results); `-` writes nothing.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+impl SimArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let SimArgs {
+            starts,
+            edges,
+            clusters,
+            vms_per_cluster,
+            scrape_delay_s,
+            seed,
+            only,
+            out,
+        } = self;
+        use edgeplane_bench::sim;
+        let o = sim::SimOptions {
+            starts,
+            edges,
+            clusters,
+            vms_per_cluster,
+            scrape_delay_s,
+            seed,
+            ..Default::default()
+        };
+        let scenarios: Vec<_> = sim::default_scenarios()
+            .into_iter()
+            .filter(|s| only.as_deref().is_none_or(|f| s.name.contains(f)))
+            .collect();
+        let out = match out {
+            Some(p) if p.as_os_str() == "-" => None,
+            Some(p) => Some(p),
+            None => Some(edgeplane_bench::sync_bench::default_out_dir()),
+        };
+        let command: Vec<String> = std::env::args().skip(1).collect();
+        sim::report::run_all(
+            &o,
+            &scenarios,
+            out.as_deref(),
+            &format!("edgeplane-bench {}", command.join(" ")),
+        )?;
+
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+struct HttpLoadArgs {
+    #[arg(long)]
+    target: SocketAddr,
+    /// Host names, one per line, cycled over.
+    #[arg(long)]
+    hosts_file: Option<std::path::PathBuf>,
+    /// One Host name (when no file is given).
+    #[arg(long, default_value = "app0.repl.co")]
+    host: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Offered requests per second (open loop); omit for closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+}
+
+impl HttpLoadArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let HttpLoadArgs {
+            target,
+            hosts_file,
+            host,
+            path,
+            connections,
+            rate,
+            seconds,
+            warmup_ms,
+        } = self;
+        let hosts = match hosts_file {
+            Some(f) => std::fs::read_to_string(&f)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.trim().to_string())
+                .collect(),
+            None => vec![host],
+        };
+        anyhow::ensure!(!hosts.is_empty(), "no hosts to load");
+        anyhow::ensure!(connections > 0, "--connections must be at least 1");
+        let o = edgeplane_bench::load::http::HttpLoadOptions {
+            target,
+            hosts,
+            path,
+            connections,
+            rate,
+            duration: std::time::Duration::from_secs(seconds),
+            warmup: std::time::Duration::from_millis(warmup_ms),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let r = rt.block_on(edgeplane_bench::load::http::run(o));
+        println!("{}", serde_json::to_string(&r)?);
+
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+struct WsLoadArgs {
+    #[command(flatten)]
+    to: WsTargetArgs,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+}
+
+impl WsLoadArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let WsLoadArgs {
+            to,
+            connections,
+            size,
+            seconds,
+            warmup_ms,
+        } = self;
+        let t = to.into_target();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let r = rt.block_on(edgeplane_bench::load::ws::echo(
+            t,
+            connections,
+            size,
+            std::time::Duration::from_millis(warmup_ms),
+            std::time::Duration::from_secs(seconds),
+        ));
+        println!("{}", serde_json::to_string(&r)?);
+
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+struct WsIdleArgs {
+    #[command(flatten)]
+    to: WsTargetArgs,
+    #[arg(long, default_value_t = 10_000)]
+    tunnels: usize,
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+}
+
+impl WsIdleArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let WsIdleArgs {
+            to,
+            tunnels,
+            concurrency,
+        } = self;
+        use edgeplane_bench::load::ws;
+        let t = to.into_target();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let (open, failed) = ws::open_idle(&t, tunnels, concurrency).await;
+            println!("{}", serde_json::json!({"opened": open.len(), "failed_open": failed}));
+            let mut line = String::new();
+            tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
+            let (ok, bad, _open) = ws::check_all(open, concurrency).await;
+            println!("{}", serde_json::json!({"echoed": ok, "failed_echo": bad}));
+            anyhow::Ok(())
+        })?;
+
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Seconds-long run that only proves the harness works.
+    #[arg(long)]
+    smoke: bool,
+    /// Peers, comma separated (direct,edgeplane,pingora,nginx,haproxy).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    #[arg(long)]
+    rounds: Option<usize>,
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Seconds per WebSocket echo run.
+    #[arg(long)]
+    ws_seconds: Option<u64>,
+    /// Offered rate of the fixed-rate run (default: half the slowest
+    /// proxy's saturation rate).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long)]
+    repls: Option<usize>,
+    #[arg(long)]
+    idle_tunnels: Option<usize>,
+    /// WebSocket connection counts, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    ws_connections: Option<Vec<usize>>,
+    /// WebSocket message sizes, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    ws_sizes: Option<Vec<usize>>,
+    /// Where results go (default bench/results); `-` writes nothing.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+impl CompareArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let CompareArgs {
+            smoke,
+            peers,
+            rounds,
+            seconds,
+            ws_seconds,
+            rate,
+            repls,
+            idle_tunnels,
+            ws_connections,
+            ws_sizes,
+            out,
+        } = self;
+        use edgeplane_bench::compare::{self, CompareOptions, PeerKind};
+        let mut o = if smoke {
+            CompareOptions::smoke()
+        } else {
+            CompareOptions::full()
+        };
+        if let Some(p) = peers {
+            o.peers = p
+                .iter()
+                .map(|s| PeerKind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown peer {s:?}")))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        o.rounds = rounds.unwrap_or(o.rounds).max(1);
+        o.http_seconds = seconds.unwrap_or(o.http_seconds);
+        o.ws_seconds = ws_seconds.unwrap_or(o.ws_seconds);
+        o.rate = rate.or(o.rate);
+        o.repls = repls.unwrap_or(o.repls);
+        o.idle_tunnels = idle_tunnels.unwrap_or(o.idle_tunnels);
+        o.ws_connections = ws_connections.unwrap_or(o.ws_connections);
+        o.ws_sizes = ws_sizes.unwrap_or(o.ws_sizes);
+        o.out = match out {
+            Some(p) if p.as_os_str() == "-" => None,
+            Some(p) => Some(p),
+            None => Some(edgeplane_bench::sync_bench::default_out_dir()),
+        };
+        o.command = format!(
+            "edgeplane-bench {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+        let r = compare::run(&o)?;
+        println!("{}", compare::report::markdown(&r));
+
+        Ok(())
+    }
 }
 
 /// Runs `bench` on a two-thread runtime beside a fake VM (the address every
@@ -304,198 +555,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(ws_once(edge, &host, &path, &message))?;
         }
-        Cmd::Sync {
-            database_url,
-            repls,
-            rates,
-            seconds,
-            out,
-        } => with_fake_vm(|vm_addr| {
-            let opts = edgeplane_bench::sync_bench::SyncBenchOptions {
-                admin_url: database_url,
-                repls,
-                rates,
-                seconds,
-                out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
-            };
-            edgeplane_bench::sync_bench::run(opts, vm_addr)
-        })?,
-        Cmd::SyncWorld {
-            database_url,
-            world,
-            local,
-            domains,
-            rates,
-            seconds,
-            out,
-        } => with_fake_vm(|vm_addr| {
-            let opts = edgeplane_bench::world_bench::WorldBenchOptions {
-                admin_url: database_url,
-                world,
-                local,
-                domains,
-                rates,
-                seconds,
-                out_dir: out.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
-            };
-            edgeplane_bench::world_bench::run(opts, vm_addr)
-        })?,
-        Cmd::Sim {
-            starts,
-            edges,
-            clusters,
-            vms_per_cluster,
-            scrape_delay_s,
-            seed,
-            only,
-            out,
-        } => {
-            use edgeplane_bench::sim;
-            let o = sim::SimOptions {
-                starts,
-                edges,
-                clusters,
-                vms_per_cluster,
-                scrape_delay_s,
-                seed,
-                ..Default::default()
-            };
-            let scenarios: Vec<_> = sim::default_scenarios()
-                .into_iter()
-                .filter(|s| only.as_deref().is_none_or(|f| s.name.contains(f)))
-                .collect();
-            let out = match out {
-                Some(p) if p.as_os_str() == "-" => None,
-                Some(p) => Some(p),
-                None => Some(edgeplane_bench::sync_bench::default_out_dir()),
-            };
-            let command: Vec<String> = std::env::args().skip(1).collect();
-            sim::report::run_all(
-                &o,
-                &scenarios,
-                out.as_deref(),
-                &format!("edgeplane-bench {}", command.join(" ")),
-            )?;
-        }
+        Cmd::Sync(a) => a.run()?,
+        Cmd::SyncWorld(a) => a.run()?,
+        Cmd::Sim(a) => a.run()?,
         Cmd::Backend { listen } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(edgeplane_bench::backend::serve(listen))?;
         }
-        Cmd::HttpLoad {
-            target,
-            hosts_file,
-            host,
-            path,
-            connections,
-            rate,
-            seconds,
-            warmup_ms,
-        } => {
-            let hosts = match hosts_file {
-                Some(f) => std::fs::read_to_string(&f)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(|l| l.trim().to_string())
-                    .collect(),
-                None => vec![host],
-            };
-            anyhow::ensure!(!hosts.is_empty(), "no hosts to load");
-            anyhow::ensure!(connections > 0, "--connections must be at least 1");
-            let o = edgeplane_bench::load::http::HttpLoadOptions {
-                target,
-                hosts,
-                path,
-                connections,
-                rate,
-                duration: std::time::Duration::from_secs(seconds),
-                warmup: std::time::Duration::from_millis(warmup_ms),
-            };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let r = rt.block_on(edgeplane_bench::load::http::run(o));
-            println!("{}", serde_json::to_string(&r)?);
-        }
-        Cmd::WsLoad {
-            to,
-            connections,
-            size,
-            seconds,
-            warmup_ms,
-        } => {
-            let t = to.into_target();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let r = rt.block_on(edgeplane_bench::load::ws::echo(
-                t,
-                connections,
-                size,
-                std::time::Duration::from_millis(warmup_ms),
-                std::time::Duration::from_secs(seconds),
-            ));
-            println!("{}", serde_json::to_string(&r)?);
-        }
-        Cmd::WsIdle {
-            to,
-            tunnels,
-            concurrency,
-        } => {
-            use edgeplane_bench::load::ws;
-            let t = to.into_target();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(async {
-                let (open, failed) = ws::open_idle(&t, tunnels, concurrency).await;
-                println!("{}", serde_json::json!({"opened": open.len(), "failed_open": failed}));
-                let mut line = String::new();
-                tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
-                let (ok, bad, _open) = ws::check_all(open, concurrency).await;
-                println!("{}", serde_json::json!({"echoed": ok, "failed_echo": bad}));
-                anyhow::Ok(())
-            })?;
-        }
-        Cmd::Compare {
-            smoke,
-            peers,
-            rounds,
-            seconds,
-            ws_seconds,
-            rate,
-            repls,
-            idle_tunnels,
-            ws_connections,
-            ws_sizes,
-            out,
-        } => {
-            use edgeplane_bench::compare::{self, CompareOptions, PeerKind};
-            let mut o = if smoke {
-                CompareOptions::smoke()
-            } else {
-                CompareOptions::full()
-            };
-            if let Some(p) = peers {
-                o.peers = p
-                    .iter()
-                    .map(|s| PeerKind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown peer {s:?}")))
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            o.rounds = rounds.unwrap_or(o.rounds).max(1);
-            o.http_seconds = seconds.unwrap_or(o.http_seconds);
-            o.ws_seconds = ws_seconds.unwrap_or(o.ws_seconds);
-            o.rate = rate.or(o.rate);
-            o.repls = repls.unwrap_or(o.repls);
-            o.idle_tunnels = idle_tunnels.unwrap_or(o.idle_tunnels);
-            o.ws_connections = ws_connections.unwrap_or(o.ws_connections);
-            o.ws_sizes = ws_sizes.unwrap_or(o.ws_sizes);
-            o.out = match out {
-                Some(p) if p.as_os_str() == "-" => None,
-                Some(p) => Some(p),
-                None => Some(edgeplane_bench::sync_bench::default_out_dir()),
-            };
-            o.command = format!(
-                "edgeplane-bench {}",
-                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-            );
-            let r = compare::run(&o)?;
-            println!("{}", compare::report::markdown(&r));
-        }
+        Cmd::HttpLoad(a) => a.run()?,
+        Cmd::WsLoad(a) => a.run()?,
+        Cmd::WsIdle(a) => a.run()?,
+        Cmd::Compare(a) => a.run()?,
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {
                 repls,
