@@ -263,7 +263,9 @@ fn idle_run(o: &CompareOptions, peer: &peers::Peer, host: &str, n: usize) -> Res
     })
 }
 
-/// Runs the whole comparison.
+/// Runs the whole comparison: start the backend and every peer, then per
+/// round saturation, fixed-rate and WebSocket runs (peers in rotating
+/// order), then idle tunnels once.
 pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
     let mut need = vec!["wrk"];
     for (k, tool) in [(PeerKind::Nginx, "nginx"), (PeerKind::Haproxy, "haproxy")] {
@@ -277,26 +279,18 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
     progress(&format!("work directory {} (configs and logs)", dir.display()));
 
     let backend = peers::start_backend(&o.load_core, dir)?;
-    let hosts = hosts(o.repls, o.hosts);
-    let hosts_file = dir.join("hosts.txt");
-    std::fs::write(&hosts_file, hosts.join("\n") + "\n")?;
-    let script = dir.join("hosts.lua");
-    wrk::write_script(&script, &hosts_file)?;
-    let snapshot = dir.join("world.json");
-    progress(&format!("writing a {}-repl world", o.repls));
-    write_world(&snapshot, o.repls, backend.addr)?;
-
+    let stage = Stage::write(o, dir, backend.addr)?;
     let env = peers::PeerEnv {
         dir,
         backend: backend.addr,
         core: &o.proxy_core,
-        snapshot: &snapshot,
+        snapshot: &stage.snapshot,
     };
     let mut running = Vec::new();
     for &k in &o.peers {
         progress(&format!("starting {}", k.as_str()));
         let p = peers::start(k, &env)?;
-        wait_proxying(p.addr, &hosts[0])?;
+        wait_proxying(p.addr, &stage.hosts[0])?;
         running.push(p);
     }
 
@@ -310,118 +304,24 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
         ws: Vec::new(),
         idle: Vec::new(),
     };
-    let http_secs = Duration::from_secs(o.http_seconds);
-    let common = |target: SocketAddr| -> Vec<String> {
-        vec![
-            "--target".into(),
-            target.to_string(),
-            "--hosts-file".into(),
-            hosts_file.display().to_string(),
-            "--connections".into(),
-            o.connections.to_string(),
-        ]
-    };
     for round in 0..o.rounds {
         let mut order: Vec<&peers::Peer> = running.iter().collect();
         let n = order.len().max(1);
         order.rotate_left(round % n);
         // Saturation first for everyone: the first round's numbers set the
         // offered rate of the open-loop runs.
-        let mut sat = Vec::new();
-        for p in &order {
-            progress(&format!(
-                "round {}/{}: {} saturation",
-                round + 1,
-                o.rounds,
-                p.kind.as_str()
-            ));
-            // Warm pools and caches; not measured.
-            wrk::run(&o.load_core, p.addr, &script, o.connections, Duration::from_secs(1))?;
-            let tree = p.proc.as_ref().map(|x| x.tree());
-            let before = tree.map(|t| t.sample());
-            let w = wrk::run(&o.load_core, p.addr, &script, o.connections, http_secs)?;
-            let cpu = cpu_per(before, tree, w.requests);
-            let rss = tree.map(|t| t.sample().rss_bytes);
-            sat.push((p.kind, w, cpu, rss));
-        }
+        let sat = stage.saturation(&order, round)?;
         if res.offered_rps == 0.0 {
-            let slowest = sat
-                .iter()
-                .filter(|s| s.0 != PeerKind::Direct)
-                .map(|s| s.1.rps)
-                .fold(f64::INFINITY, f64::min);
-            let slowest = if slowest.is_finite() { slowest } else { sat[0].1.rps };
-            res.offered_rps = (slowest * 0.5 / 1000.0).floor().max(1.0) * 1000.0;
+            res.offered_rps = half_the_slowest(&sat);
             progress(&format!("open-loop runs offer {} req/s", res.offered_rps));
         }
-        for (p, (kind, w, cpu, rss)) in order.iter().zip(sat) {
-            progress(&format!(
-                "round {}/{}: {} at {} req/s",
-                round + 1,
-                o.rounds,
-                kind.as_str(),
-                res.offered_rps
-            ));
-            let tree = p.proc.as_ref().map(|x| x.tree());
-            let before = tree.map(|t| t.sample());
-            let mut args = vec!["http-load".to_string()];
-            args.extend(common(p.addr));
-            args.extend([
-                "--rate".into(),
-                res.offered_rps.to_string(),
-                "--seconds".into(),
-                o.http_seconds.to_string(),
-                "--warmup-ms".into(),
-                o.warmup_ms.to_string(),
-            ]);
-            let fixed: HttpLoadResult = generator(&o.load_core, &args)?;
-            let fixed_cpu = cpu_per(before, tree, fixed.answered_total);
-            res.http.push(HttpRun {
-                peer: kind,
-                round,
-                saturation: w,
-                saturation_cpu_us_per_req: cpu,
-                fixed,
-                fixed_cpu_us_per_req: fixed_cpu,
-                rss_bytes: rss,
-            });
+        for (p, sat) in order.iter().zip(sat) {
+            res.http.push(stage.fixed_rate(p, sat, round, res.offered_rps)?);
         }
         for &c in &o.ws_connections {
             for &size in &o.ws_sizes {
                 for p in &order {
-                    progress(&format!(
-                        "round {}/{}: {} websocket {c} x {size} B",
-                        round + 1,
-                        o.rounds,
-                        p.kind.as_str()
-                    ));
-                    let tree = p.proc.as_ref().map(|x| x.tree());
-                    let before = tree.map(|t| t.sample());
-                    let echo: WsEchoResult = generator(
-                        &o.load_core,
-                        &[
-                            "ws-load".into(),
-                            "--target".into(),
-                            p.addr.to_string(),
-                            "--host".into(),
-                            hosts[0].clone(),
-                            "--connections".into(),
-                            c.to_string(),
-                            "--size".into(),
-                            size.to_string(),
-                            "--seconds".into(),
-                            o.ws_seconds.to_string(),
-                            "--warmup-ms".into(),
-                            o.warmup_ms.to_string(),
-                        ],
-                    )?;
-                    let cpu = cpu_per(before, tree, echo.round_trips_total);
-                    res.ws.push(WsRun {
-                        peer: p.kind,
-                        round,
-                        echo,
-                        cpu_us_per_round_trip: cpu,
-                    });
+                    res.ws.push(stage.websocket(p, round, c, size)?);
                 }
             }
         }
@@ -437,7 +337,7 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
     }
     for p in &running {
         progress(&format!("{}: holding {n} idle tunnels", p.kind.as_str()));
-        res.idle.push(idle_run(o, p, &hosts[0], n)?);
+        res.idle.push(idle_run(o, p, &stage.hosts[0], n)?);
     }
     drop(running);
     drop(backend);
@@ -445,4 +345,165 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
         report::write(out, &res)?;
     }
     Ok(res)
+}
+
+/// A saturation run's result, kept until the same peer's fixed-rate run.
+struct Saturation {
+    kind: PeerKind,
+    wrk: wrk::WrkResult,
+    cpu_us_per_req: Option<f64>,
+    rss_bytes: Option<u64>,
+}
+
+/// The open-loop rate: half the slowest proxy's saturation rate, rounded
+/// down to a thousand (the direct path does not count).
+fn half_the_slowest(sat: &[Saturation]) -> f64 {
+    let slowest = sat
+        .iter()
+        .filter(|s| s.kind != PeerKind::Direct)
+        .map(|s| s.wrk.rps)
+        .fold(f64::INFINITY, f64::min);
+    let slowest = if slowest.is_finite() { slowest } else { sat[0].wrk.rps };
+    (slowest * 0.5 / 1000.0).floor().max(1.0) * 1000.0
+}
+
+/// What every measured run reads: the options, the host list and the
+/// files the load generators and peers are given.
+struct Stage<'a> {
+    o: &'a CompareOptions,
+    hosts: Vec<String>,
+    hosts_file: PathBuf,
+    script: PathBuf,
+    snapshot: PathBuf,
+}
+
+impl<'a> Stage<'a> {
+    /// Writes the host list, the wrk script and the world snapshot.
+    fn write(o: &'a CompareOptions, dir: &Path, backend: SocketAddr) -> Result<Stage<'a>, CompareError> {
+        let hosts = hosts(o.repls, o.hosts);
+        let hosts_file = dir.join("hosts.txt");
+        std::fs::write(&hosts_file, hosts.join("\n") + "\n")?;
+        let script = dir.join("hosts.lua");
+        wrk::write_script(&script, &hosts_file)?;
+        let snapshot = dir.join("world.json");
+        progress(&format!("writing a {}-repl world", o.repls));
+        write_world(&snapshot, o.repls, backend)?;
+        Ok(Stage {
+            o,
+            hosts,
+            hosts_file,
+            script,
+            snapshot,
+        })
+    }
+
+    fn saturation(&self, order: &[&peers::Peer], round: usize) -> Result<Vec<Saturation>, CompareError> {
+        let o = self.o;
+        let mut sat = Vec::new();
+        for p in order {
+            progress(&format!(
+                "round {}/{}: {} saturation",
+                round + 1,
+                o.rounds,
+                p.kind.as_str()
+            ));
+            // Warm pools and caches; not measured.
+            wrk::run(
+                &o.load_core,
+                p.addr,
+                &self.script,
+                o.connections,
+                Duration::from_secs(1),
+            )?;
+            let tree = p.proc.as_ref().map(|x| x.tree());
+            let before = tree.map(|t| t.sample());
+            let w = wrk::run(
+                &o.load_core,
+                p.addr,
+                &self.script,
+                o.connections,
+                Duration::from_secs(o.http_seconds),
+            )?;
+            sat.push(Saturation {
+                kind: p.kind,
+                cpu_us_per_req: cpu_per(before, tree, w.requests),
+                rss_bytes: tree.map(|t| t.sample().rss_bytes),
+                wrk: w,
+            });
+        }
+        Ok(sat)
+    }
+
+    fn fixed_rate(&self, p: &peers::Peer, sat: Saturation, round: usize, rate: f64) -> Result<HttpRun, CompareError> {
+        let o = self.o;
+        progress(&format!(
+            "round {}/{}: {} at {rate} req/s",
+            round + 1,
+            o.rounds,
+            p.kind.as_str(),
+        ));
+        let tree = p.proc.as_ref().map(|x| x.tree());
+        let before = tree.map(|t| t.sample());
+        let args: Vec<String> = vec![
+            "http-load".into(),
+            "--target".into(),
+            p.addr.to_string(),
+            "--hosts-file".into(),
+            self.hosts_file.display().to_string(),
+            "--connections".into(),
+            o.connections.to_string(),
+            "--rate".into(),
+            rate.to_string(),
+            "--seconds".into(),
+            o.http_seconds.to_string(),
+            "--warmup-ms".into(),
+            o.warmup_ms.to_string(),
+        ];
+        let fixed: HttpLoadResult = generator(&o.load_core, &args)?;
+        Ok(HttpRun {
+            peer: p.kind,
+            round,
+            saturation: sat.wrk,
+            saturation_cpu_us_per_req: sat.cpu_us_per_req,
+            fixed_cpu_us_per_req: cpu_per(before, tree, fixed.answered_total),
+            fixed,
+            rss_bytes: sat.rss_bytes,
+        })
+    }
+
+    fn websocket(&self, p: &peers::Peer, round: usize, connections: usize, size: usize) -> Result<WsRun, CompareError> {
+        let o = self.o;
+        progress(&format!(
+            "round {}/{}: {} websocket {connections} x {size} B",
+            round + 1,
+            o.rounds,
+            p.kind.as_str()
+        ));
+        let tree = p.proc.as_ref().map(|x| x.tree());
+        let before = tree.map(|t| t.sample());
+        let echo: WsEchoResult = generator(
+            &o.load_core,
+            &[
+                "ws-load".into(),
+                "--target".into(),
+                p.addr.to_string(),
+                "--host".into(),
+                self.hosts[0].clone(),
+                "--connections".into(),
+                connections.to_string(),
+                "--size".into(),
+                size.to_string(),
+                "--seconds".into(),
+                o.ws_seconds.to_string(),
+                "--warmup-ms".into(),
+                o.warmup_ms.to_string(),
+            ],
+        )?;
+        Ok(WsRun {
+            peer: p.kind,
+            round,
+            cpu_us_per_round_trip: cpu_per(before, tree, echo.round_trips_total),
+            echo,
+        })
+    }
 }
