@@ -25,7 +25,7 @@ use tokio_postgres::{Client, NoTls, Transaction};
 use edgeplane_control_sync::file_source::read_snapshot;
 use edgeplane_control_sync::postgres::migrate::migrate;
 use edgeplane_control_sync::ring::{Member, Ring};
-use edgeplane_control_sync::snapshot::{ClusterState, VmState};
+use edgeplane_control_sync::snapshot::{ClusterState, Snapshot, VmState};
 
 #[derive(Parser)]
 #[command(name = "placectl", about = "edgeplane control-plane operations (PostgreSQL)")]
@@ -243,26 +243,9 @@ async fn merge(tx: &Transaction<'_>, table: &str, columns: &str, key: &str) -> R
 /// One table of an import: name, columns, conflict key, rows (text fields).
 type CopyStep<'a> = (&'static str, &'static str, &'static str, Vec<Vec<Option<&'a str>>>);
 
-async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
-    let started = std::time::Instant::now();
-    let snap = read_snapshot(file).with_context(|| format!("reading {}", file.display()))?;
-    eprintln!(
-        "placectl: importing {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones",
-        snap.regions.len(),
-        snap.clusters.len(),
-        snap.vms.len(),
-        snap.repls.len(),
-        snap.containers.len(),
-        snap.custom_domains.len(),
-        snap.tombstones.len()
-    );
-    let tx = client.transaction().await?;
-    // Bulk loads skip the per-row change log when the role may; edges are
-    // told to reload instead. Without the privilege every row is logged.
-    let bulk = tx
-        .batch_execute("SET LOCAL session_replication_role = replica")
-        .await
-        .is_ok();
+/// The snapshot as rows per table, in foreign-key order. `weights` holds
+/// the clusters' weights as text (borrowed by the rows).
+fn copy_steps<'a>(snap: &'a Snapshot, weights: &'a [String]) -> Vec<CopyStep<'a>> {
     let cluster_state = |s: ClusterState| {
         if s == ClusterState::Active {
             "active"
@@ -275,8 +258,7 @@ async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
         VmState::Draining => "draining",
         VmState::Down => "down",
     };
-    let weights: Vec<String> = snap.clusters.iter().map(|c| c.weight.to_string()).collect();
-    let steps: Vec<CopyStep> = vec![
+    vec![
         (
             "regions",
             "name, edge_addr",
@@ -292,7 +274,7 @@ async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
             "name",
             snap.clusters
                 .iter()
-                .zip(&weights)
+                .zip(weights)
                 .map(|(c, w)| {
                     vec![
                         Some(c.name.as_str()),
@@ -378,7 +360,31 @@ async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
                 })
                 .collect(),
         ),
-    ];
+    ]
+}
+
+async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let snap = read_snapshot(file).with_context(|| format!("reading {}", file.display()))?;
+    eprintln!(
+        "placectl: importing {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones",
+        snap.regions.len(),
+        snap.clusters.len(),
+        snap.vms.len(),
+        snap.repls.len(),
+        snap.containers.len(),
+        snap.custom_domains.len(),
+        snap.tombstones.len()
+    );
+    let tx = client.transaction().await?;
+    // Bulk loads skip the per-row change log when the role may; edges are
+    // told to reload instead. Without the privilege every row is logged.
+    let bulk = tx
+        .batch_execute("SET LOCAL session_replication_role = replica")
+        .await
+        .is_ok();
+    let weights: Vec<String> = snap.clusters.iter().map(|c| c.weight.to_string()).collect();
+    let steps = copy_steps(&snap, &weights);
     for (table, columns, key, rows) in steps {
         let n = copy_rows(&tx, table, columns, rows.into_iter())
             .await
