@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::snapshot::Snapshot;
 use crate::table::{RoutingTable, SnapshotError};
@@ -38,13 +38,6 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, SnapshotError> {
     let file = std::fs::File::open(path).map_err(io)?;
     serde_json::from_reader(std::io::BufReader::new(file))
         .map_err(|e| SnapshotError::Decode(format!("{}: {e}", path.display())))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -86,7 +79,7 @@ impl FileSource {
             Ok(t) => {
                 let v = t.version();
                 let c = t.counts();
-                handle.publish(t, now_ms());
+                handle.publish(t, crate::now_unix_ms());
                 log::info!(
                     "placement: published version {v} from {} ({} repls, {} vms, {} clusters)",
                     self.path.display(),

@@ -52,6 +52,28 @@ pub(crate) fn release_memory() {
     }
 }
 
+/// Runs the future `task` builds on a thread of its own with a
+/// single-threaded tokio runtime: how every background loop (placement
+/// sync, health monitor, name resolver) keeps off the proxy's request
+/// threads. The future is built on the new thread, so it need not be `Send`.
+pub fn spawn_with_runtime<F, Fut>(name: &str, task: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let thread = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("{thread}: cannot build its runtime: {e}"));
+            rt.block_on(task());
+        })
+        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+}
+
 /// Wall-clock unix milliseconds (0 if the clock is before 1970).
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()

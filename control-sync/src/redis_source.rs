@@ -245,12 +245,12 @@ impl RedisSyncOptions {
         RedisSyncOptions {
             url: url.into(),
             local_region: local_region.into(),
-            poll_interval: Duration::from_secs(5),
+            poll_interval: edgeplane_config::DEFAULT_REDIS_POLL_INTERVAL,
             connect_timeout: DEFAULT_REDIS_TIMEOUT,
             read_timeout: DEFAULT_REDIS_TIMEOUT,
-            max_shrink_ratio: crate::postgres::DEFAULT_MAX_SHRINK_RATIO,
+            max_shrink_ratio: edgeplane_config::DEFAULT_MAX_SHRINK_RATIO,
             last_known_good: None,
-            last_known_good_interval: crate::postgres::DEFAULT_LAST_KNOWN_GOOD_INTERVAL,
+            last_known_good_interval: edgeplane_config::DEFAULT_LAST_KNOWN_GOOD_INTERVAL,
         }
     }
 }

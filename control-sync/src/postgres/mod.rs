@@ -41,17 +41,12 @@ use crate::{last_known_good, SyncErrorKind, TableHandle};
 use decode::{decode, Decoded};
 use load::LoadError;
 
-/// Defaults (also documented in config/examples/edgeplane.toml).
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
-pub const DEFAULT_MAX_SHRINK_RATIO: f64 = 0.5;
-pub const DEFAULT_LAST_KNOWN_GOOD_INTERVAL: Duration = Duration::from_secs(30);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest one delta round (or `LISTEN`) may take before the connection is
-/// treated as hung, dropped and re-established.
-pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a full load may take (it streams the whole placement; a million
-/// repls load in a few seconds, see bench/results).
-pub const DEFAULT_FULL_LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// The sync's defaults are the config's (one definition, documented there
+/// and in config/examples/edgeplane.toml).
+pub use edgeplane_config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FULL_LOAD_TIMEOUT, DEFAULT_LAST_KNOWN_GOOD_INTERVAL, DEFAULT_MAX_SHRINK_RATIO,
+    DEFAULT_POLL_INTERVAL, DEFAULT_QUERY_TIMEOUT,
+};
 /// Changes read per delta query; a longer backlog is read in several batches.
 pub const DELTA_BATCH: i64 = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -118,13 +113,6 @@ impl From<tokio_postgres::Error> for SyncError {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Jittered exponential backoff (full jitter over [d/2, d]).
 struct Backoff {
     next: Duration,
@@ -135,7 +123,7 @@ impl Backoff {
     fn new() -> Backoff {
         Backoff {
             next: BACKOFF_MIN,
-            seed: now_ms() | 1,
+            seed: crate::now_unix_ms() | 1,
         }
     }
     fn reset(&mut self) {
@@ -430,7 +418,7 @@ impl PgSync {
 
     /// Publishes, records lag, and writes last-known-good when due.
     fn publish(&mut self, table: RoutingTable, newest_commit_ms: Option<i64>) {
-        let now = now_ms();
+        let now = crate::now_unix_ms();
         self.handle.publish(table, now);
         if let Some(c) = newest_commit_ms {
             let lag_us = (SystemTime::now()
@@ -470,16 +458,7 @@ pub fn suspicious(prev: &RoutingTable, new: &RoutingTable, max_shrink_ratio: f64
 
 /// Starts the sync on its own thread with a single-threaded runtime.
 pub fn spawn(opts: PgSyncOptions, handle: TableHandle, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("placement-sync".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("sync runtime");
-            rt.block_on(PgSync::new(opts, handle).run(stop));
-        })
-        .expect("spawn placement-sync")
+    crate::spawn_with_runtime("placement-sync", move || PgSync::new(opts, handle).run(stop))
 }
 
 #[cfg(test)]

@@ -249,16 +249,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("resolver".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("resolver runtime");
-            rt.block_on(run(cfg, table, names, metrics, stop));
-        })
-        .expect("spawn resolver")
+    edgeplane_control_sync::spawn_with_runtime("resolver", move || run(cfg, table, names, metrics, stop))
 }
 
 async fn run(cfg: ResolverConfig, table: TableHandle, names: Arc<Names>, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {

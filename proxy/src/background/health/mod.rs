@@ -66,6 +66,17 @@ pub fn targets(t: &RoutingTable) -> Vec<Target> {
 /// Shared state of the monitor: the published health map.
 pub type HealthHandle = Arc<ArcSwap<HealthMap>>;
 
+/// What the monitor's two loops share.
+#[derive(Clone)]
+struct Monitor {
+    cfg: Arc<ArcSwap<Config>>,
+    table: TableHandle,
+    balancer: Arc<Balancer>,
+    health: HealthHandle,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+}
+
 /// Starts the monitor thread. It stops when `stop` is set.
 pub fn spawn(
     cfg: Arc<ArcSwap<Config>>,
@@ -75,73 +86,69 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
-    std::thread::Builder::new()
-        .name("edgeplane-health".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("health runtime");
-            rt.block_on(async move {
-                let refresh = {
-                    let (table, health, balancer, metrics, stop) = (
-                        table.clone(),
-                        health.clone(),
-                        balancer.clone(),
-                        metrics.clone(),
-                        stop.clone(),
-                    );
-                    async move {
-                        let mut tick = tokio::time::interval(REFRESH_TICK);
-                        while !stop.load(Ordering::Relaxed) {
-                            tick.tick().await;
-                            let t = table.load_full();
-                            if balancer.refresh(&t, &health.load(), now_ms(), false) {
-                                metrics.set_balancer_view(&t, &balancer);
-                            }
-                        }
-                    }
-                };
-                let rounds = async move {
-                    let mut first = true;
-                    while !stop.load(Ordering::Relaxed) {
-                        // Read per round: a reload changes interval and timeouts.
-                        let hc = cfg.load().health.clone();
-                        if !first {
-                            tokio::time::sleep(hc.scrape_interval).await;
-                        }
-                        first = false;
-                        let t = table.load_full();
-                        let targets = targets(&t);
-                        let now = now_ms();
-                        let outcomes = match &hc.source {
-                            HealthSource::Scrape => {
-                                scrape::round(&targets, hc.scrape_timeout, hc.scrape_concurrency, now).await
-                            }
-                            HealthSource::Prometheus(url) => {
-                                prometheus_api::round(url, &targets, hc.scrape_timeout, now).await
-                            }
-                        };
-                        for (_, o) in &outcomes {
-                            if let Outcome::Err(reason) = o {
-                                metrics.scrape_errors.with_label_values(&[reason]).inc();
-                            }
-                        }
-                        metrics.scrape_rounds.inc();
-                        let next =
-                            health
-                                .load()
-                                .next(targets.iter().map(|t| t.id_hash), outcomes, &balancer.ledger, now_ms());
-                        health.store(Arc::new(next));
-                        if balancer.refresh(&t, &health.load(), now_ms(), false) {
-                            metrics.set_balancer_view(&t, &balancer);
-                        }
-                    }
-                };
-                tokio::join!(refresh, rounds);
-            });
-        })
-        .expect("spawn health thread");
+    let m = Monitor {
+        cfg,
+        table,
+        balancer,
+        health,
+        metrics,
+        stop,
+    };
+    edgeplane_control_sync::spawn_with_runtime("edgeplane-health", move || async move {
+        tokio::join!(m.clone().refresh_loop(), m.scrape_loop());
+    });
+}
+
+impl Monitor {
+    /// Rebuilds the balancer view when due (subset refresh, ejections
+    /// expiring), independent of scrape rounds.
+    async fn refresh_loop(self) {
+        let mut tick = tokio::time::interval(REFRESH_TICK);
+        while !self.stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let t = self.table.load_full();
+            if self.balancer.refresh(&t, &self.health.load(), now_ms(), false) {
+                self.metrics.set_balancer_view(&t, &self.balancer);
+            }
+        }
+    }
+
+    /// One health round per scrape interval: read every monitored VM, merge
+    /// the outcomes into a new health map, publish it, rebuild the view.
+    async fn scrape_loop(self) {
+        let mut first = true;
+        while !self.stop.load(Ordering::Relaxed) {
+            // Read per round: a reload changes interval and timeouts.
+            let hc = self.cfg.load().health.clone();
+            if !first {
+                tokio::time::sleep(hc.scrape_interval).await;
+            }
+            first = false;
+            let t = self.table.load_full();
+            let targets = targets(&t);
+            let now = now_ms();
+            let outcomes = match &hc.source {
+                HealthSource::Scrape => scrape::round(&targets, hc.scrape_timeout, hc.scrape_concurrency, now).await,
+                HealthSource::Prometheus(url) => prometheus_api::round(url, &targets, hc.scrape_timeout, now).await,
+            };
+            for (_, o) in &outcomes {
+                if let Outcome::Err(reason) = o {
+                    self.metrics.scrape_errors.with_label_values(&[reason]).inc();
+                }
+            }
+            self.metrics.scrape_rounds.inc();
+            let next = self.health.load().next(
+                targets.iter().map(|t| t.id_hash),
+                outcomes,
+                &self.balancer.ledger,
+                now_ms(),
+            );
+            self.health.store(Arc::new(next));
+            if self.balancer.refresh(&t, &self.health.load(), now_ms(), false) {
+                self.metrics.set_balancer_view(&t, &self.balancer);
+            }
+        }
+    }
 }
 
 /// Forces one view rebuild now (start-up: before the first request).
