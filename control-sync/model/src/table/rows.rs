@@ -19,144 +19,6 @@ use super::*;
 use crate::directory::{OwnedName, MAX_REGIONS};
 use crate::ring::{key_hash, Member};
 
-/// How bad rows are treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strictness {
-    /// The first bad row fails the whole load (file snapshots).
-    Strict,
-    /// Bad rows are skipped and reported; the rest applies (database sync).
-    Lenient,
-}
-
-/// One row change, as a source reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    UpsertRegion(RegionRow),
-    DeleteRegion(String),
-    UpsertCluster(ClusterRow),
-    DeleteCluster(String),
-    UpsertVm(VmRow),
-    DeleteVm(String),
-    UpsertRepl(ReplRow),
-    DeleteRepl(String),
-    UpsertContainer(ContainerRow),
-    /// By repl id.
-    DeleteContainer(String),
-    UpsertDomain(CustomDomainRow),
-    DeleteDomain(String),
-    UpsertTombstone(TombstoneRow),
-    DeleteTombstone {
-        repl_id: String,
-        from_cluster: String,
-    },
-    /// Another region's app, by slug or custom domain, is homed in
-    /// `region` (the world directory).
-    UpsertDirectory {
-        name: OwnedName,
-        region: String,
-    },
-    /// A name leaves the world directory (a repl deleted or renamed, a
-    /// custom domain deleted).
-    DeleteDirectory(OwnedName),
-}
-
-/// A repl row borrowed from wherever it was read (a database row buffer),
-/// so a bulk load allocates only what the table keeps.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplRef<'a> {
-    pub id: &'a str,
-    pub slug: &'a str,
-    pub owner: Option<&'a str>,
-    pub region: &'a str,
-    pub cluster: Option<&'a str>,
-    pub transfer_to: Option<&'a str>,
-}
-
-impl<'a> ReplRef<'a> {
-    pub fn of(r: &'a ReplRow) -> ReplRef<'a> {
-        ReplRef {
-            id: &r.id,
-            slug: &r.slug,
-            owner: r.owner.as_deref(),
-            region: &r.region,
-            cluster: r.cluster.as_deref(),
-            transfer_to: r.transfer_to.as_deref(),
-        }
-    }
-}
-
-/// A container row borrowed from wherever it was read.
-#[derive(Debug, Clone, Copy)]
-pub struct ContainerRef<'a> {
-    pub repl_id: &'a str,
-    pub vm_id: &'a str,
-    pub started_at: Option<&'a str>,
-}
-
-impl<'a> ContainerRef<'a> {
-    pub fn of(c: &'a ContainerRow) -> ContainerRef<'a> {
-        ContainerRef {
-            repl_id: &c.repl_id,
-            vm_id: &c.vm_id,
-            started_at: c.started_at.as_deref(),
-        }
-    }
-}
-
-/// A row that cannot be applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{table}[{index}] ({key:?}): {message}")]
-pub struct RowError {
-    pub table: &'static str,
-    /// Position of the row among the rows of its table in this load or delta.
-    pub index: usize,
-    pub key: String,
-    /// Short label for metrics: `duplicate`, `dangling_reference`,
-    /// `bad_address`, `bad_value`, `bad_time`.
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// Rows skipped by a lenient load or delta: counts by (table, reason) and
-/// the first [`MAX_SKIPPED_EXAMPLES`] errors, so a runaway bad load cannot
-/// grow this without bound.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Skipped {
-    pub counts: std::collections::BTreeMap<(&'static str, &'static str), u64>,
-    pub examples: Vec<RowError>,
-}
-
-/// Skipped rows kept as examples (each is logged once).
-pub const MAX_SKIPPED_EXAMPLES: usize = 100;
-
-impl Skipped {
-    pub fn total(&self) -> u64 {
-        self.counts.values().sum()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
-    }
-    /// Records one skipped row.
-    pub fn push(&mut self, e: RowError) {
-        self.push_n(e, 1);
-    }
-    /// Records `n` skipped rows described by one example.
-    pub fn push_n(&mut self, e: RowError, n: u64) {
-        *self.counts.entry((e.table, e.reason)).or_default() += n;
-        if self.examples.len() < MAX_SKIPPED_EXAMPLES {
-            self.examples.push(e);
-        }
-    }
-    /// Adds `other`'s counts and (up to the cap) examples.
-    pub fn merge(&mut self, other: Skipped) {
-        for (k, v) in other.counts {
-            *self.counts.entry(k).or_default() += v;
-        }
-        let room = MAX_SKIPPED_EXAMPLES.saturating_sub(self.examples.len());
-        self.examples.extend(other.examples.into_iter().take(room));
-    }
-}
-
 const TABLES: [&str; 8] = [
     "regions",
     "clusters",
@@ -450,103 +312,119 @@ impl Builder {
     fn apply_one(&mut self, change: Change) -> Result<(), RowError> {
         match change {
             Change::UpsertRegion(r) => self.upsert_region(r),
-            Change::DeleteRegion(name) => {
-                self.row(0, &name);
-                if let Some(i) = self.topo().by_region.remove(name.as_str()) {
-                    self.topo().regions[i as usize].present = false;
-                }
-                Ok(())
-            }
+            Change::DeleteRegion(name) => self.delete_region(name),
             Change::UpsertCluster(c) => self.upsert_cluster(c),
-            Change::DeleteCluster(name) => {
-                self.row(1, &name);
-                if let Some(i) = self.topo().by_cluster.remove(name.as_str()) {
-                    let c = &mut self.topo().clusters[i as usize];
-                    c.present = false;
-                    c.weight = 0;
-                    c.state = ClusterState::Draining;
-                    let region = c.region;
-                    self.dirty_regions.insert(region);
-                    self.dirty_clusters.insert(i);
-                }
-                Ok(())
-            }
+            Change::DeleteCluster(name) => self.delete_cluster(name),
             Change::UpsertVm(v) => self.upsert_vm(v),
-            Change::DeleteVm(id) => {
-                self.row(2, &id);
-                if let Some(i) = self.topo().by_vm.remove(id.as_str()) {
-                    let topo = self.topo();
-                    let vm = &mut topo.vms[i as usize];
-                    vm.present = false;
-                    vm.state = VmState::Down;
-                    let c = vm.cluster;
-                    topo.clusters[c as usize].vms.retain(|&v| v != i);
-                    self.dirty_clusters.insert(c);
-                }
-                Ok(())
-            }
+            Change::DeleteVm(id) => self.delete_vm(id),
             Change::UpsertRepl(r) => self.upsert_repl(ReplRef::of(&r)),
-            Change::DeleteRepl(id) => {
-                self.row(3, &id);
-                let found = self.table.repl_by_id(&id).map(|r| (r.slug().to_string(), r.id_hash));
-                if let Some((slug, id_hash)) = found {
-                    let slug_hash = self.table.repls.hash(&slug);
-                    self.table.ids.remove(id_hash, slug_hash);
-                    if let Some(old) = self.table.repls.remove(&slug) {
-                        self.set_container(old.vm.get(), None);
-                    }
-                }
-                Ok(())
-            }
+            Change::DeleteRepl(id) => self.delete_repl(id),
             Change::UpsertContainer(c) => self.upsert_container(ContainerRef::of(&c)),
-            Change::DeleteContainer(repl_id) => {
-                self.row(4, &repl_id);
-                if let Some(old) = self.table.repl_by_id(&repl_id).map(|r| r.vm.get()) {
-                    self.update_repl(&repl_id, |r| {
-                        r.vm = OptIdx::NONE;
-                    });
-                    self.set_container(old, None);
-                }
-                Ok(())
-            }
+            Change::DeleteContainer(repl_id) => self.delete_container(repl_id),
             Change::UpsertDomain(d) => self.upsert_domain(d),
-            Change::DeleteDomain(host) => {
-                self.row(5, &host);
-                let host = host.trim_end_matches('.').to_ascii_lowercase();
-                self.table.domains.remove(&host);
-                self.table.directory.remove(Name::Domain(&host));
-                Ok(())
-            }
+            Change::DeleteDomain(host) => self.delete_domain(host),
             Change::UpsertDirectory { name, region } => {
                 let key = match &name {
                     OwnedName::Slug(s) | OwnedName::Domain(s) => s.clone(),
                 };
                 self.push_directory(name.as_name(), &region, &key)
             }
-            Change::DeleteDirectory(name) => {
-                self.row(7, "-");
-                self.table.directory.remove(name.as_name());
-                Ok(())
-            }
+            Change::DeleteDirectory(name) => self.delete_directory(name),
             Change::UpsertTombstone(t) => self.upsert_tombstone(t),
-            Change::DeleteTombstone { repl_id, from_cluster } => {
-                self.row(6, &repl_id);
-                let Some(from) = self.table.cluster_by_name(&from_cluster) else {
-                    return Ok(());
-                };
-                if let Some(mut ts) = self.table.tombstones.get(&repl_id).cloned() {
-                    let before = ts.list.len();
-                    ts.list.retain(|t| t.from_cluster != from);
-                    self.table.tombstone_count -= before - ts.list.len();
-                    if ts.list.is_empty() {
-                        self.table.tombstones.remove(&repl_id);
-                    } else {
-                        self.table.tombstones.insert(ts);
-                    }
-                }
-                Ok(())
+            Change::DeleteTombstone { repl_id, from_cluster } => self.delete_tombstone(repl_id, from_cluster),
+        }
+    }
+
+    fn delete_region(&mut self, name: String) -> Result<(), RowError> {
+        self.row(0, &name);
+        if let Some(i) = self.topo().by_region.remove(name.as_str()) {
+            self.topo().regions[i as usize].present = false;
+        }
+        Ok(())
+    }
+
+    fn delete_cluster(&mut self, name: String) -> Result<(), RowError> {
+        self.row(1, &name);
+        if let Some(i) = self.topo().by_cluster.remove(name.as_str()) {
+            let c = &mut self.topo().clusters[i as usize];
+            c.present = false;
+            c.weight = 0;
+            c.state = ClusterState::Draining;
+            let region = c.region;
+            self.dirty_regions.insert(region);
+            self.dirty_clusters.insert(i);
+        }
+        Ok(())
+    }
+
+    fn delete_vm(&mut self, id: String) -> Result<(), RowError> {
+        self.row(2, &id);
+        if let Some(i) = self.topo().by_vm.remove(id.as_str()) {
+            let topo = self.topo();
+            let vm = &mut topo.vms[i as usize];
+            vm.present = false;
+            vm.state = VmState::Down;
+            let c = vm.cluster;
+            topo.clusters[c as usize].vms.retain(|&v| v != i);
+            self.dirty_clusters.insert(c);
+        }
+        Ok(())
+    }
+
+    fn delete_repl(&mut self, id: String) -> Result<(), RowError> {
+        self.row(3, &id);
+        let found = self.table.repl_by_id(&id).map(|r| (r.slug().to_string(), r.id_hash));
+        if let Some((slug, id_hash)) = found {
+            let slug_hash = self.table.repls.hash(&slug);
+            self.table.ids.remove(id_hash, slug_hash);
+            if let Some(old) = self.table.repls.remove(&slug) {
+                self.set_container(old.vm.get(), None);
             }
         }
+        Ok(())
+    }
+
+    fn delete_container(&mut self, repl_id: String) -> Result<(), RowError> {
+        self.row(4, &repl_id);
+        if let Some(old) = self.table.repl_by_id(&repl_id).map(|r| r.vm.get()) {
+            self.update_repl(&repl_id, |r| {
+                r.vm = OptIdx::NONE;
+            });
+            self.set_container(old, None);
+        }
+        Ok(())
+    }
+
+    fn delete_domain(&mut self, host: String) -> Result<(), RowError> {
+        self.row(5, &host);
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.table.domains.remove(&host);
+        self.table.directory.remove(Name::Domain(&host));
+        Ok(())
+    }
+
+    fn delete_directory(&mut self, name: OwnedName) -> Result<(), RowError> {
+        self.row(7, "-");
+        self.table.directory.remove(name.as_name());
+        Ok(())
+    }
+
+    fn delete_tombstone(&mut self, repl_id: String, from_cluster: String) -> Result<(), RowError> {
+        self.row(6, &repl_id);
+        let Some(from) = self.table.cluster_by_name(&from_cluster) else {
+            return Ok(());
+        };
+        if let Some(mut ts) = self.table.tombstones.get(&repl_id).cloned() {
+            let before = ts.list.len();
+            ts.list.retain(|t| t.from_cluster != from);
+            self.table.tombstone_count -= before - ts.list.len();
+            if ts.list.is_empty() {
+                self.table.tombstones.remove(&repl_id);
+            } else {
+                self.table.tombstones.insert(ts);
+            }
+        }
+        Ok(())
     }
 
     fn upsert_region(&mut self, r: RegionRow) -> Result<(), RowError> {
