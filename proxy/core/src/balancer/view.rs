@@ -21,12 +21,12 @@
 
 use std::sync::atomic::AtomicU32;
 
-use edgeplane_placement::table::{Idx, RoutingTable};
+use edgeplane_placement::table::{Candidate, Idx, RoutingTable};
 use hashbrown::HashMap;
 
 use super::ledger::PlacementLedger;
 use super::outliers::Outliers;
-use super::usability::{usability, HealthMap, Usability};
+use super::usability::{usability, HealthMap, Usability, VmHealth};
 use super::{subset, BalancerParams};
 
 /// CPU utilisation 1.0 in the fixed-point `cpu_fp`.
@@ -146,19 +146,11 @@ fn cpu_fp(cpu: f32) -> u32 {
 
 /// Builds the view; `prev` supplies hysteresis, ejections and marks.
 pub fn build(input: &BuildInput<'_>, prev: &BalancerView) -> BalancerView {
-    let BuildInput {
-        table: t,
-        health,
-        ledger,
-        outliers,
-        params: p,
-        instance_hash,
-        now_ms: now,
-    } = *input;
-    let epoch = subset::epoch(instance_hash, now, p.subset_refresh_ms);
+    let (t, now) = (input.table, input.now_ms);
+    let epoch = subset::epoch(input.instance_hash, now, input.params.subset_refresh_ms);
     let mut view = BalancerView {
         table_version: t.version(),
-        health_generation: health.generation,
+        health_generation: input.health.generation,
         epoch,
         built_at_ms: now,
         clusters: Vec::new(),
@@ -173,103 +165,124 @@ pub fn build(input: &BuildInput<'_>, prev: &BalancerView) -> BalancerView {
     if !t.is_loaded() {
         return view;
     }
-    let seed = subset::seed(instance_hash, epoch);
+    let seed = subset::seed(input.instance_hash, epoch);
     let local = t.local_region();
     view.clusters.resize_with(t.cluster_slots(), ClusterView::default);
     for (ci, cl) in t.clusters() {
-        if cl.region != local {
-            continue;
+        if cl.region == local {
+            build_cluster(input, prev, &mut view, ci, seed);
         }
-        let cands = t.candidates(ci);
-        let active = cands.len();
-        let cap = ((p.max_ejected_share * active as f64).floor() as usize).max(1);
-        let mut ejected_here = cands.iter().filter(|c| view.ejected.contains_key(&c.id_hash)).count();
-        let mut members_all = Vec::with_capacity(active);
-        let mut statuses = Vec::with_capacity(active);
-        for c in cands {
-            let vm = t.vm(c.vm);
-            let h = health.vms.get(&c.id_hash);
-            let mut u = usability(vm.metrics_addr.is_some(), h, now, p.stale_after_ms);
-            if view.ejected.contains_key(&c.id_hash) {
-                u = Usability::Ejected;
-            } else if outliers.tripped(c.id_hash) && ejected_here < cap {
-                view.ejected.insert(c.id_hash, now + p.eject_ms);
-                outliers.reset(c.id_hash);
-                ejected_here += 1;
-                u = Usability::Ejected;
-            }
-            let (member, cpu, age) = match h.and_then(|h| h.sample) {
-                Some(s) => (
-                    Member {
-                        vm: c.vm,
-                        id_hash: c.id_hash,
-                        containers: s.reading.containers,
-                        cpu_fp: cpu_fp(s.reading.cpu),
-                        mark: s.ledger_mark,
-                    },
-                    s.reading.cpu,
-                    Some(now.saturating_sub(s.reading.sampled_at_ms)),
-                ),
-                None => {
-                    let mark = match prev.snapshot_marks.get(&c.id_hash) {
-                        Some(&(v, m)) if v == t.version() => m,
-                        _ => ledger.count(c.id_hash),
-                    };
-                    view.snapshot_marks.insert(c.id_hash, (t.version(), mark));
-                    (
-                        Member {
-                            vm: c.vm,
-                            id_hash: c.id_hash,
-                            containers: c.containers,
-                            cpu_fp: 0,
-                            mark,
-                        },
-                        0.0,
-                        None,
-                    )
-                }
-            };
-            members_all.push(member);
-            statuses.push(VmStatus {
-                vm: c.vm,
-                usability: u,
-                member: false,
-                containers: member.containers,
-                cpu,
-                sample_age_ms: age,
-            });
-        }
-        let usable: Vec<usize> = (0..active).filter(|&i| statuses[i].usability.is_usable()).collect();
-        let cv = &mut view.clusters[ci as usize];
-        cv.active = active as u32;
-        cv.usable = usable.len() as u32;
-        cv.ejected = ejected_here as u32;
-        let panic = usable.is_empty() || (usable.len() as f64) < p.panic_threshold * active as f64;
-        let chosen: Vec<usize> = if active == 0 {
-            cv.mode = Mode::Empty;
-            Vec::new()
-        } else if panic {
-            cv.mode = Mode::Panic;
-            (0..active).collect()
-        } else {
-            cv.mode = Mode::Normal;
-            let ids: Vec<u64> = usable.iter().map(|&i| members_all[i].id_hash).collect();
-            let previous: Vec<u64> = prev
-                .clusters
-                .get(ci as usize)
-                .filter(|pc| pc.mode == Mode::Normal)
-                .map(|pc| pc.members.iter().map(|m| m.id_hash).collect())
-                .unwrap_or_default();
-            subset::choose(&ids, &previous, p.subset_size, p.subset_hysteresis, seed)
-                .into_iter()
-                .map(|j| usable[j])
-                .collect()
-        };
-        for &i in &chosen {
-            statuses[i].member = true;
-        }
-        cv.members = chosen.iter().map(|&i| members_all[i]).collect();
-        cv.vms = statuses.into_boxed_slice();
     }
     view
+}
+
+/// One cluster of this region: every active VM's usability (ejecting new
+/// outliers up to the cap) and balancer member, then the mode and this
+/// edge's subset.
+fn build_cluster(input: &BuildInput<'_>, prev: &BalancerView, view: &mut BalancerView, ci: Idx, seed: u64) {
+    let (t, p, now) = (input.table, input.params, input.now_ms);
+    let cands = t.candidates(ci);
+    let active = cands.len();
+    let cap = ((p.max_ejected_share * active as f64).floor() as usize).max(1);
+    let mut ejected_here = cands.iter().filter(|c| view.ejected.contains_key(&c.id_hash)).count();
+    let mut members_all = Vec::with_capacity(active);
+    let mut statuses = Vec::with_capacity(active);
+    for c in cands {
+        let vm = t.vm(c.vm);
+        let h = input.health.vms.get(&c.id_hash);
+        let mut u = usability(vm.metrics_addr.is_some(), h, now, p.stale_after_ms);
+        if view.ejected.contains_key(&c.id_hash) {
+            u = Usability::Ejected;
+        } else if input.outliers.tripped(c.id_hash) && ejected_here < cap {
+            view.ejected.insert(c.id_hash, now + p.eject_ms);
+            input.outliers.reset(c.id_hash);
+            ejected_here += 1;
+            u = Usability::Ejected;
+        }
+        let (member, cpu, age) = member_of(input, prev, view, c, h);
+        members_all.push(member);
+        statuses.push(VmStatus {
+            vm: c.vm,
+            usability: u,
+            member: false,
+            containers: member.containers,
+            cpu,
+            sample_age_ms: age,
+        });
+    }
+    let usable: Vec<usize> = (0..active).filter(|&i| statuses[i].usability.is_usable()).collect();
+    let cv = &mut view.clusters[ci as usize];
+    cv.active = active as u32;
+    cv.usable = usable.len() as u32;
+    cv.ejected = ejected_here as u32;
+    let panic = usable.is_empty() || (usable.len() as f64) < p.panic_threshold * active as f64;
+    let chosen: Vec<usize> = if active == 0 {
+        cv.mode = Mode::Empty;
+        Vec::new()
+    } else if panic {
+        cv.mode = Mode::Panic;
+        (0..active).collect()
+    } else {
+        cv.mode = Mode::Normal;
+        let ids: Vec<u64> = usable.iter().map(|&i| members_all[i].id_hash).collect();
+        let previous: Vec<u64> = prev
+            .clusters
+            .get(ci as usize)
+            .filter(|pc| pc.mode == Mode::Normal)
+            .map(|pc| pc.members.iter().map(|m| m.id_hash).collect())
+            .unwrap_or_default();
+        subset::choose(&ids, &previous, p.subset_size, p.subset_hysteresis, seed)
+            .into_iter()
+            .map(|j| usable[j])
+            .collect()
+    };
+    for &i in &chosen {
+        statuses[i].member = true;
+    }
+    cv.members = chosen.iter().map(|&i| members_all[i]).collect();
+    cv.vms = statuses.into_boxed_slice();
+}
+
+/// A VM as a balancer member: its last sample, or (never sampled) the
+/// snapshot's container count with a ledger mark kept per table version.
+/// Also returns the CPU and sample age shown by `/balancer`.
+fn member_of(
+    input: &BuildInput<'_>,
+    prev: &BalancerView,
+    view: &mut BalancerView,
+    c: &Candidate,
+    h: Option<&VmHealth>,
+) -> (Member, f32, Option<u64>) {
+    let (t, now) = (input.table, input.now_ms);
+    match h.and_then(|h| h.sample) {
+        Some(s) => (
+            Member {
+                vm: c.vm,
+                id_hash: c.id_hash,
+                containers: s.reading.containers,
+                cpu_fp: cpu_fp(s.reading.cpu),
+                mark: s.ledger_mark,
+            },
+            s.reading.cpu,
+            Some(now.saturating_sub(s.reading.sampled_at_ms)),
+        ),
+        None => {
+            let mark = match prev.snapshot_marks.get(&c.id_hash) {
+                Some(&(v, m)) if v == t.version() => m,
+                _ => input.ledger.count(c.id_hash),
+            };
+            view.snapshot_marks.insert(c.id_hash, (t.version(), mark));
+            (
+                Member {
+                    vm: c.vm,
+                    id_hash: c.id_hash,
+                    containers: c.containers,
+                    cpu_fp: 0,
+                    mark,
+                },
+                0.0,
+                None,
+            )
+        }
+    }
 }
