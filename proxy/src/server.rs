@@ -187,22 +187,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         log::warn!("cannot watch SIGQUIT: {e}");
     }
 
-    let conf = ServerConf {
-        threads: cfg.edge.threads,
-        work_stealing: false,
-        pid_file: cfg.edge.pid_file.display().to_string(),
-        upgrade_sock: cfg.edge.upgrade_sock.display().to_string(),
-        grace_period_seconds: Some(cfg.edge.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(5),
-        ..ServerConf::default()
-    };
-    let opt = Opt {
-        upgrade: flags.upgrade,
-        daemon: flags.daemon,
-        ..Opt::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    let mut server = pingora_server(&cfg, &flags);
 
     let tls_cfg = cfg.tls.clone();
     let parts = Parts::new(
@@ -235,50 +220,15 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
             write: None,
         }));
     }
-    let https = match &tls_cfg {
-        Some(t) => {
-            let resolver = crate::conn::tls::SniResolver::new(Default::default());
-            crate::conn::tls::reload(&t.certs_dir, &resolver, &edge.metrics);
-            crate::conn::tls::spawn_watcher(
-                t.certs_dir.clone(),
-                t.reload_interval,
-                resolver.clone(),
-                edge.metrics.clone(),
-                Arc::new(AtomicBool::new(false)),
-            );
-            let acceptor =
-                pingora_core::listeners::tls::Acceptor::from_server_config(crate::conn::tls::server_config(resolver));
-            let mut svc = Service::new("edgeplane https".to_string(), app(Some(acceptor)));
-            for a in &tls_listen {
-                svc.add_listener(ListenerConfig::tcp(a.to_string()));
-            }
-            Some(svc)
-        }
-        None => None,
-    };
+    let https = tls_cfg
+        .as_ref()
+        .map(|t| https_service(t, &tls_listen, app, &edge.metrics));
     let sync = edge.table.status_arc();
     let mut admin = Service::new("edgeplane admin".to_string(), parts.admin);
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr.to_string());
 
-    for a in &listen {
-        println!("edgeplane: proxy listening on {a}");
-    }
-    for a in &tls_listen {
-        println!("edgeplane: https listening on {a}");
-    }
-    println!("edgeplane: admin listening on {admin_addr}");
-    let cfg = edge.cfg.load();
-    println!(
-        "edgeplane: region {} instance {} table version {}",
-        cfg.edge.region,
-        cfg.edge.instance_id,
-        edge.table.load().version()
-    );
-    drop(cfg);
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-
+    announce(&listen, &tls_listen, admin_addr, edge);
     server.add_service(proxy);
     if let Some(h) = https {
         server.add_service(h);
@@ -289,6 +239,73 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         shutdown_signal: Box::new(signals),
     });
     std::process::exit(0)
+}
+
+/// Pingora's server with the edge's threads, files and drain times.
+fn pingora_server(cfg: &Config, flags: &ServeFlags) -> Server {
+    let conf = ServerConf {
+        threads: cfg.edge.threads,
+        work_stealing: false,
+        pid_file: cfg.edge.pid_file.display().to_string(),
+        upgrade_sock: cfg.edge.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(cfg.edge.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    server
+}
+
+/// The HTTPS listeners: certificates loaded now and watched for changes,
+/// picked by SNI.
+fn https_service(
+    t: &edgeplane_config::TlsConfig,
+    tls_listen: &[SocketAddr],
+    app: impl Fn(Option<pingora_core::listeners::tls::Acceptor>) -> EdgeApp,
+    metrics: &Arc<Metrics>,
+) -> Service<EdgeApp> {
+    let resolver = crate::conn::tls::SniResolver::new(Default::default());
+    crate::conn::tls::reload(&t.certs_dir, &resolver, metrics);
+    crate::conn::tls::spawn_watcher(
+        t.certs_dir.clone(),
+        t.reload_interval,
+        resolver.clone(),
+        metrics.clone(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let acceptor =
+        pingora_core::listeners::tls::Acceptor::from_server_config(crate::conn::tls::server_config(resolver));
+    let mut svc = Service::new("edgeplane https".to_string(), app(Some(acceptor)));
+    for a in tls_listen {
+        svc.add_listener(ListenerConfig::tcp(a.to_string()));
+    }
+    svc
+}
+
+/// The lines tests and operators wait for: every listener, then the table.
+fn announce(listen: &[SocketAddr], tls_listen: &[SocketAddr], admin: SocketAddr, edge: &Proxy) {
+    for a in listen {
+        println!("edgeplane: proxy listening on {a}");
+    }
+    for a in tls_listen {
+        println!("edgeplane: https listening on {a}");
+    }
+    println!("edgeplane: admin listening on {admin}");
+    let cfg = edge.cfg.load();
+    println!(
+        "edgeplane: region {} instance {} table version {}",
+        cfg.edge.region,
+        cfg.edge.instance_id,
+        edge.table.load().version()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 }
 
 /// Pingora's signals (SIGTERM drain, SIGQUIT upgrade, SIGINT fast exit),
