@@ -198,110 +198,36 @@ fn shape(o: &SimOptions, t_s: f64) -> f64 {
 pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)) -> ScenarioResult {
     let started = Instant::now();
     let table = world(o);
-    let local = table.local_region();
-    let clusters: Vec<u32> = table.clusters().map(|(i, _)| i).collect();
-    let vms: Vec<(u32, u64)> = table.vms().map(|(i, v)| (i, v.id_hash)).collect();
-    let n_vm_slots = vms.iter().map(|&(i, _)| i as usize + 1).max().unwrap_or(0);
-    let watched: Vec<u64> = vms.iter().map(|&(_, h)| h).collect();
-
     let total_s = (o.hours * 3600.0) as u64;
     let norm: f64 = (0..total_s).map(|t| shape(o, t as f64)).sum();
     let base = o.starts as f64 / norm;
-    let end_of_surge = ((o.surge_start_h + o.surge_hours) * 3600.0) as u64;
     let surge_start = (o.surge_start_h * 3600.0) as u64;
-    let mut before = Vec::new();
+    let end_of_surge = ((o.surge_start_h + o.surge_hours) * 3600.0) as u64;
 
-    let balancers: Vec<Balancer> = match sc.placement {
-        Placement::Edge {
-            policy,
-            subset,
-            refresh_s,
-        } => (0..o.edges)
-            .map(|e| {
-                let params = BalancerParams {
-                    subset_size: subset,
-                    subset_refresh_ms: refresh_s * 1000,
-                    stale_after_ms: o.scrape_interval_s * 3000 + o.scrape_delay_s * 1000,
-                    ..BalancerParams::default()
-                };
-                Balancer::new(params, &format!("edge-{e}"), policy)
-            })
-            .collect(),
-        Placement::CloudLb => Vec::new(),
-    };
-    let mut health: Vec<HealthMap> = balancers.iter().map(|_| HealthMap::default()).collect();
-    for b in &balancers {
-        b.refresh(&table, &health[0], T0_MS, true);
-    }
-    // Ground truth per VM slot.
-    let mut containers = vec![0u32; n_vm_slots];
-    let mut cpu_mc = vec![0f64; n_vm_slots];
-    let mut leaving: BinaryHeap<Reverse<(u64, u32, u32)>> = BinaryHeap::new();
-    let mut in_flight: Vec<(u64, Vec<(u64, Outcome)>)> = Vec::new();
-    // Cloud LB state: starts per cluster in the current and previous minute, RR cursors.
-    let mut lb_minute = vec![[0u32; 2]; table.cluster_slots()];
-    let mut lb_rr = vec![0usize; table.cluster_slots()];
-    let lb_capacity = o.lb_rate_per_vm * o.vms_per_cluster as f64 * 60.0;
-
+    let mut fleet = Fleet::new(&table);
+    let mut edges = Edges::new(o, sc, &table);
+    let mut lb = CloudLb::new(o, &table);
     let mut rng = Rng::new(o.seed);
     let mut acc = 0.0;
     let mut placed = 0usize;
     let mut peak_max = 0u32;
+    let mut before = Vec::new();
     let mut at_surge_end: Option<(Vec<u32>, Vec<f64>)> = None;
     let cost_span = (o.cost_max_mc / o.cost_min_mc).ln();
 
     for t in 0..total_s {
         let now_ms = T0_MS + t * 1000;
-        while let Some(Reverse((end, vm, cost))) = leaving.peek().copied() {
-            if end > now_ms {
-                break;
-            }
-            leaving.pop();
-            containers[vm as usize] -= 1;
-            cpu_mc[vm as usize] -= f32::from_bits(cost) as f64;
-        }
-        if !balancers.is_empty() {
-            if t % o.scrape_interval_s == 0 {
-                let outcomes = vms
-                    .iter()
-                    .map(|&(i, h)| {
-                        let r = Reading {
-                            containers: containers[i as usize],
-                            cpu: (cpu_mc[i as usize] / o.vm_capacity_mc).clamp(0.0, 1.0) as f32,
-                            ready: true,
-                            sampled_at_ms: now_ms,
-                        };
-                        (h, Outcome::Ok(r))
-                    })
-                    .collect();
-                in_flight.push((now_ms + o.scrape_delay_s * 1000, outcomes));
-            }
-            while in_flight.first().is_some_and(|(due, _)| *due <= now_ms) {
-                let (_, outcomes) = in_flight.remove(0);
-                for (b, h) in balancers.iter().zip(health.iter_mut()) {
-                    *h = h.next(watched.iter().copied(), outcomes.iter().copied(), &b.ledger, now_ms);
-                }
-            }
-            for (b, h) in balancers.iter().zip(&health) {
-                b.refresh(&table, h, now_ms, false);
-            }
-        }
+        fleet.expire(now_ms);
+        edges.see(o, t, now_ms, &fleet, &table);
         if t % 60 == 0 {
-            for m in lb_minute.iter_mut() {
-                *m = [0, m[0]];
-            }
-            peak_max = peak_max.max(containers.iter().copied().max().unwrap_or(0));
+            lb.new_minute();
+            peak_max = peak_max.max(fleet.containers.iter().copied().max().unwrap_or(0));
         }
         if t == surge_start {
-            before = vms.iter().map(|&(i, _)| containers[i as usize]).collect();
+            before = fleet.per_vm(|c, _| c);
         }
         if t == end_of_surge {
-            let live: Vec<u32> = vms.iter().map(|&(i, _)| containers[i as usize]).collect();
-            let util: Vec<f64> = vms
-                .iter()
-                .map(|&(i, _)| cpu_mc[i as usize] / o.vm_capacity_mc)
-                .collect();
-            at_surge_end = Some((live, util));
+            at_surge_end = Some((fleet.per_vm(|c, _| c), fleet.per_vm(|_, cpu| cpu / o.vm_capacity_mc)));
         }
         if t % 600 == 0 {
             progress(t as f64 / total_s as f64);
@@ -317,43 +243,12 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
             let life = (o.lifetime_min_s / rng.unit().powf(1.0 / o.lifetime_alpha)).min(o.lifetime_max_s);
             let cost = o.cost_min_mc * (rng.unit() * cost_span).exp();
             let vm = match sc.placement {
-                Placement::Edge { .. } => {
-                    let Some(cluster) = table.ring(local).lookup_hash(repl_hash) else {
-                        continue;
-                    };
-                    let b = &balancers[edge];
-                    let Some(c) = b.choose(&table, cluster, entropy) else {
-                        continue;
-                    };
-                    b.record(&c);
-                    c.vm
-                }
-                Placement::CloudLb => {
-                    let rate = |c: u32| {
-                        let m = lb_minute[c as usize];
-                        m[0] as f64 + m[1] as f64 * (1.0 - (t % 60) as f64 / 60.0)
-                    };
-                    let c = clusters
-                        .iter()
-                        .copied()
-                        .find(|&c| rate(c) < lb_capacity)
-                        .unwrap_or_else(|| {
-                            clusters
-                                .iter()
-                                .copied()
-                                .min_by(|&a, &b| rate(a).total_cmp(&rate(b)))
-                                .unwrap()
-                        });
-                    lb_minute[c as usize][0] += 1;
-                    let members = &table.cluster(c).vms;
-                    let i = lb_rr[c as usize] % members.len();
-                    lb_rr[c as usize] += 1;
-                    members[i]
-                }
+                Placement::Edge { .. } => edges.place(&table, edge, repl_hash, entropy),
+                Placement::CloudLb => Some(lb.place(&table, t)),
             };
-            containers[vm as usize] += 1;
-            cpu_mc[vm as usize] += cost as f32 as f64;
-            leaving.push(Reverse((now_ms + (life * 1000.0) as u64, vm, (cost as f32).to_bits())));
+            if let Some(vm) = vm {
+                fleet.start(vm, cost, now_ms + (life * 1000.0) as u64);
+            }
         }
     }
     progress(1.0);
@@ -366,6 +261,192 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
         containers_before: before,
         peak_max_containers: peak_max,
         elapsed_s: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Ground truth: containers and CPU per VM slot, and when each leaves.
+struct Fleet {
+    /// `(slot, id hash)` of every VM, in table order.
+    vms: Vec<(u32, u64)>,
+    containers: Vec<u32>,
+    cpu_mc: Vec<f64>,
+    /// `(leaves at ms, vm, cost as f32 bits)`, soonest first.
+    leaving: BinaryHeap<Reverse<(u64, u32, u32)>>,
+}
+
+impl Fleet {
+    fn new(table: &RoutingTable) -> Fleet {
+        let vms: Vec<(u32, u64)> = table.vms().map(|(i, v)| (i, v.id_hash)).collect();
+        let slots = vms.iter().map(|&(i, _)| i as usize + 1).max().unwrap_or(0);
+        Fleet {
+            vms,
+            containers: vec![0; slots],
+            cpu_mc: vec![0.0; slots],
+            leaving: BinaryHeap::new(),
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(Reverse((end, vm, cost))) = self.leaving.peek().copied() {
+            if end > now_ms {
+                break;
+            }
+            self.leaving.pop();
+            self.containers[vm as usize] -= 1;
+            self.cpu_mc[vm as usize] -= f32::from_bits(cost) as f64;
+        }
+    }
+
+    fn start(&mut self, vm: u32, cost_mc: f64, until_ms: u64) {
+        self.containers[vm as usize] += 1;
+        self.cpu_mc[vm as usize] += cost_mc as f32 as f64;
+        self.leaving.push(Reverse((until_ms, vm, (cost_mc as f32).to_bits())));
+    }
+
+    /// One value per VM from its containers and CPU millicores.
+    fn per_vm<T>(&self, f: impl Fn(u32, f64) -> T) -> Vec<T> {
+        self.vms
+            .iter()
+            .map(|&(i, _)| f(self.containers[i as usize], self.cpu_mc[i as usize]))
+            .collect()
+    }
+}
+
+/// The edges of the region: one balancer and health map each, and the
+/// scrapes on their way to them.
+struct Edges {
+    balancers: Vec<Balancer>,
+    health: Vec<HealthMap>,
+    /// `(due at ms, outcomes)` in due order.
+    in_flight: Vec<(u64, Vec<(u64, Outcome)>)>,
+}
+
+impl Edges {
+    /// No balancers for the cloud-LB scenario.
+    fn new(o: &SimOptions, sc: &Scenario, table: &RoutingTable) -> Edges {
+        let balancers: Vec<Balancer> = match sc.placement {
+            Placement::Edge {
+                policy,
+                subset,
+                refresh_s,
+            } => (0..o.edges)
+                .map(|e| {
+                    let params = BalancerParams {
+                        subset_size: subset,
+                        subset_refresh_ms: refresh_s * 1000,
+                        stale_after_ms: o.scrape_interval_s * 3000 + o.scrape_delay_s * 1000,
+                        ..BalancerParams::default()
+                    };
+                    Balancer::new(params, &format!("edge-{e}"), policy)
+                })
+                .collect(),
+            Placement::CloudLb => Vec::new(),
+        };
+        let health: Vec<HealthMap> = balancers.iter().map(|_| HealthMap::default()).collect();
+        for b in &balancers {
+            b.refresh(table, &health[0], T0_MS, true);
+        }
+        Edges {
+            balancers,
+            health,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Scrapes the fleet every interval; delivers due samples to every
+    /// edge; refreshes the views.
+    fn see(&mut self, o: &SimOptions, t: u64, now_ms: u64, fleet: &Fleet, table: &RoutingTable) {
+        if self.balancers.is_empty() {
+            return;
+        }
+        if t.is_multiple_of(o.scrape_interval_s) {
+            let outcomes = fleet
+                .vms
+                .iter()
+                .map(|&(i, h)| {
+                    let r = Reading {
+                        containers: fleet.containers[i as usize],
+                        cpu: (fleet.cpu_mc[i as usize] / o.vm_capacity_mc).clamp(0.0, 1.0) as f32,
+                        ready: true,
+                        sampled_at_ms: now_ms,
+                    };
+                    (h, Outcome::Ok(r))
+                })
+                .collect();
+            self.in_flight.push((now_ms + o.scrape_delay_s * 1000, outcomes));
+        }
+        while self.in_flight.first().is_some_and(|(due, _)| *due <= now_ms) {
+            let (_, outcomes) = self.in_flight.remove(0);
+            for (b, h) in self.balancers.iter().zip(self.health.iter_mut()) {
+                let watched = fleet.vms.iter().map(|&(_, h)| h);
+                *h = h.next(watched, outcomes.iter().copied(), &b.ledger, now_ms);
+            }
+        }
+        for (b, h) in self.balancers.iter().zip(&self.health) {
+            b.refresh(table, h, now_ms, false);
+        }
+    }
+
+    /// The edge's own decision for a repl that is not running: ring, then
+    /// its balancer. None when the ring or cluster is empty.
+    fn place(&self, table: &RoutingTable, edge: usize, repl_hash: u64, entropy: u64) -> Option<u32> {
+        let cluster = table.ring(table.local_region()).lookup_hash(repl_hash)?;
+        let b = &self.balancers[edge];
+        let c = b.choose(table, cluster, entropy)?;
+        b.record(&c);
+        Some(c.vm)
+    }
+}
+
+/// A cloud load balancer: fills clusters in order up to a provisioned start
+/// rate, spills to the least busy one, round-robin inside; no notion of apps.
+struct CloudLb {
+    clusters: Vec<u32>,
+    /// Starts per cluster in this and the previous minute.
+    minute: Vec<[u32; 2]>,
+    rr: Vec<usize>,
+    capacity: f64,
+}
+
+impl CloudLb {
+    fn new(o: &SimOptions, table: &RoutingTable) -> CloudLb {
+        CloudLb {
+            clusters: table.clusters().map(|(i, _)| i).collect(),
+            minute: vec![[0; 2]; table.cluster_slots()],
+            rr: vec![0; table.cluster_slots()],
+            capacity: o.lb_rate_per_vm * o.vms_per_cluster as f64 * 60.0,
+        }
+    }
+
+    fn new_minute(&mut self) {
+        for m in self.minute.iter_mut() {
+            *m = [0, m[0]];
+        }
+    }
+
+    fn place(&mut self, table: &RoutingTable, t: u64) -> u32 {
+        let minute = &self.minute;
+        let rate = |c: u32| {
+            let m = minute[c as usize];
+            m[0] as f64 + m[1] as f64 * (1.0 - (t % 60) as f64 / 60.0)
+        };
+        let c = self
+            .clusters
+            .iter()
+            .copied()
+            .find(|&c| rate(c) < self.capacity)
+            .unwrap_or_else(|| {
+                self.clusters
+                    .iter()
+                    .copied()
+                    .min_by(|&a, &b| rate(a).total_cmp(&rate(b)))
+                    .expect("the simulated region has clusters")
+            });
+        self.minute[c as usize][0] += 1;
+        let members = &table.cluster(c).vms;
+        let i = self.rr[c as usize] % members.len();
+        self.rr[c as usize] += 1;
+        members[i]
     }
 }
 
