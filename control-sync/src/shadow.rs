@@ -109,13 +109,21 @@ fn show(v: Option<&str>) -> String {
     v.unwrap_or("-").to_string()
 }
 
-/// Compares `primary` with `shadow` for `primary`'s local region.
+/// Compares `primary` with `shadow` for `primary`'s local region: its
+/// repls (both ways), its VMs and every region's edge address.
 pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
     let mut c = Comparison {
         primary_version: primary.version(),
         shadow_version: shadow.version(),
         ..Comparison::default()
     };
+    compare_repls(&mut c, primary, shadow);
+    compare_vms(&mut c, primary, shadow);
+    compare_regions(&mut c, primary, shadow);
+    c
+}
+
+fn compare_repls(c: &mut Comparison, primary: &RoutingTable, shadow: &RoutingTable) {
     let region = primary.local_region_name();
     let is_local = |t: &RoutingTable, r: &Repl| &*t.region(r.region).name == region;
 
@@ -165,7 +173,10 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
             Some(_) => {}
         }
     }
+}
 
+fn compare_vms(c: &mut Comparison, primary: &RoutingTable, shadow: &RoutingTable) {
+    let region = primary.local_region_name();
     // VMs of this region's clusters, on either side.
     let local_vms = |t: &RoutingTable| -> Vec<String> {
         t.vms()
@@ -198,6 +209,9 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
             ),
         }
     }
+}
+
+fn compare_regions(c: &mut Comparison, primary: &RoutingTable, shadow: &RoutingTable) {
     for (_, pr) in primary.regions().filter(|(_, r)| r.present) {
         let s = shadow
             .region_by_name(&pr.name)
@@ -208,7 +222,6 @@ pub fn compare(primary: &RoutingTable, shadow: &RoutingTable) -> Comparison {
             c.note(&pr.name, "edge_addr", pa, show(sa.as_deref()));
         }
     }
-    c
 }
 
 /// What an edge in shadow mode holds: the comparison state and the switch
