@@ -79,8 +79,19 @@ fn keep<T: PartialEq + Clone>(name: &'static str, new: &mut T, old: &T, out: &mu
 
 /// Plans a reload from `current` to `next` (see the module docs).
 pub fn plan(current: &Config, mut next: Config) -> ReloadPlan {
+    let restart = keep_restart_only(&mut next, current);
+    let changed = changed_keys(&mut next, current, &restart);
+    ReloadPlan {
+        config: next,
+        changed,
+        needs_restart: restart,
+    }
+}
+
+/// Puts back the running value of every restart-only key that changed;
+/// returns those keys.
+fn keep_restart_only(n: &mut Config, o: &Config) -> Vec<&'static str> {
     let mut restart = Vec::new();
-    let (n, o) = (&mut next, current);
     keep("edge.region", &mut n.edge.region, &o.edge.region, &mut restart);
     keep(
         "edge.instance_id",
@@ -130,7 +141,13 @@ pub fn plan(current: &Config, mut next: Config) -> ReloadPlan {
         }
         (nt, ot) => keep("tls", nt, ot, &mut restart),
     }
+    restart
+}
 
+/// The keys whose value the running edge now changes (file keys, and
+/// secrets by their contents, redacted); `n.file_keys` keeps showing the
+/// running value of the restart-only ones.
+fn changed_keys(n: &mut Config, o: &Config, restart: &[&'static str]) -> Vec<KeyChange> {
     // The file as written is what the running edge now reports, except
     // for the keys kept: those still show what the process runs with, and
     // are not "changed".
@@ -173,11 +190,7 @@ pub fn plan(current: &Config, mut next: Config) -> ReloadPlan {
             });
         }
     }
-    ReloadPlan {
-        config: next,
-        changed,
-        needs_restart: restart,
-    }
+    changed
 }
 
 #[cfg(test)]
