@@ -66,35 +66,9 @@ pub fn decide<E: Explain, R: Resolve + ?Sized>(
     let now_secs = req.now_ms / 1000;
 
     let (kind, repl) = if let Some(rest) = req.path.strip_prefix(ctx.workspace_prefix.as_str()) {
-        let id = rest.split('/').next().unwrap_or("");
-        ex.step(|| format!("path {:?}: workspace session for repl {id:?}", req.path));
-        let token = req.query.and_then(token_param).or(req.bearer);
-        let checked = match (&ctx.workspace_key, token) {
-            (None, _) => Err(TokenError::NoKeyConfigured),
-            (_, None) => Err(TokenError::Missing),
-            (Some(key), Some(tok)) => verify_token(key, tok, id, now_secs),
-        };
-        if let Err(e) = checked {
-            ex.step(|| format!("workspace token refused ({e:?}) -> 401"));
-            return reject(Kind::Workspace, RejectReason::BadToken);
-        }
-        ex.step(|| "workspace token valid".into());
-        if let (false, Some(origin)) = (ctx.workspace_origins.is_empty(), req.origin) {
-            let allowed = ctx
-                .workspace_origins
-                .iter()
-                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin));
-            if !allowed {
-                ex.step(|| format!("Origin {:?} is not allowed -> 403", String::from_utf8_lossy(origin)));
-                return reject(Kind::Workspace, RejectReason::BadOrigin);
-            }
-        }
-        match t.repl_by_id(id) {
-            Some(r) => (Kind::Workspace, r),
-            None => {
-                ex.step(|| format!("repl {id:?} unknown -> 404"));
-                return reject(Kind::Workspace, RejectReason::UnknownRepl);
-            }
+        match workspace_repl(ctx, t, req, rest, now_secs, ex) {
+            Ok(r) => (Kind::Workspace, r),
+            Err(reason) => return reject(Kind::Workspace, reason),
         }
     } else if let Some(slug) = slug_of(host, &ctx.suffixes) {
         match t.repl_by_slug(slug) {
@@ -111,6 +85,45 @@ pub fn decide<E: Explain, R: Resolve + ?Sized>(
         return elsewhere(ctx, t, Kind::CustomDomain, Name::Domain(host), req, names, ex);
     };
     route_repl(ctx, t, kind, repl, req, names, ex)
+}
+
+/// A workspace session (`<prefix><repl id>/...`): a valid token for that
+/// repl, an allowed Origin, a repl this edge holds.
+fn workspace_repl<'t, E: Explain>(
+    ctx: &RouteContext,
+    t: &'t RoutingTable,
+    req: &RouteRequest<'_>,
+    rest: &str,
+    now_secs: u64,
+    ex: &mut E,
+) -> Result<&'t Repl, RejectReason> {
+    let id = rest.split('/').next().unwrap_or("");
+    ex.step(|| format!("path {:?}: workspace session for repl {id:?}", req.path));
+    let token = req.query.and_then(token_param).or(req.bearer);
+    let checked = match (&ctx.workspace_key, token) {
+        (None, _) => Err(TokenError::NoKeyConfigured),
+        (_, None) => Err(TokenError::Missing),
+        (Some(key), Some(tok)) => verify_token(key, tok, id, now_secs),
+    };
+    if let Err(e) = checked {
+        ex.step(|| format!("workspace token refused ({e:?}) -> 401"));
+        return Err(RejectReason::BadToken);
+    }
+    ex.step(|| "workspace token valid".into());
+    if let (false, Some(origin)) = (ctx.workspace_origins.is_empty(), req.origin) {
+        let allowed = ctx
+            .workspace_origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin));
+        if !allowed {
+            ex.step(|| format!("Origin {:?} is not allowed -> 403", String::from_utf8_lossy(origin)));
+            return Err(RejectReason::BadOrigin);
+        }
+    }
+    t.repl_by_id(id).ok_or_else(|| {
+        ex.step(|| format!("repl {id:?} unknown -> 404"));
+        RejectReason::UnknownRepl
+    })
 }
 
 /// A name this edge holds no repl for: another region's app (the world
@@ -309,7 +322,6 @@ fn place_here<E: Explain, R: Resolve + ?Sized>(
     ex: &mut E,
 ) -> Decision {
     let repl_hash = r.id_hash;
-    let local = t.local_region();
     if let Some(v) = r.vm.get() {
         let vm = t.vm(v);
         if vm.state != VmState::Down {
@@ -328,45 +340,13 @@ fn place_here<E: Explain, R: Resolve + ?Sized>(
         ex.step(|| "not running".into());
     }
 
-    let mut cluster = match r.cluster.get() {
-        Some(c) => {
-            ex.step(|| format!("pinned to cluster {:?}", t.cluster(c).name));
-            c
-        }
-        None => match t.ring(local).lookup_hash(r.id_hash) {
-            Some(c) => {
-                ex.step(|| {
-                    format!(
-                        "ring (table version {}) -> cluster {:?}",
-                        t.version(),
-                        t.cluster(c).name
-                    )
-                });
-                c
-            }
-            None => {
-                ex.step(|| "region has no active cluster -> 503".into());
-                return Decision::Reject {
-                    kind,
-                    reason: RejectReason::NoUsableVm,
-                };
-            }
-        },
+    let Some((cluster, transfer_from)) = home_cluster(t, r, ex) else {
+        ex.step(|| "region has no active cluster -> 503".into());
+        return Decision::Reject {
+            kind,
+            reason: RejectReason::NoUsableVm,
+        };
     };
-    let mut transfer_from = None;
-    if let Some(to) = r.transfer_to.get() {
-        if to != cluster {
-            ex.step(|| {
-                format!(
-                    "lazy transfer pending: {:?} -> {:?}",
-                    t.cluster(cluster).name,
-                    t.cluster(to).name
-                )
-            });
-            transfer_from = Some(cluster);
-            cluster = to;
-        }
-    }
     match pick_vm(ctx, t, cluster, r.id_hash, req, ex) {
         Some((vm, reason)) => dial(&t.vm(vm).endpoint, names, kind, ex, |addr| Decision::Vm {
             kind,
@@ -383,6 +363,42 @@ fn place_here<E: Explain, R: Resolve + ?Sized>(
                 reason: RejectReason::NoUsableVm,
             }
         }
+    }
+}
+
+/// The cluster a repl that is not running is placed in: pinned, else the
+/// ring's; a pending lazy transfer redirects it (and names where from).
+/// None when the region's ring is empty.
+fn home_cluster<E: Explain>(t: &RoutingTable, r: &Repl, ex: &mut E) -> Option<(Idx, Option<Idx>)> {
+    let cluster = match r.cluster.get() {
+        Some(c) => {
+            ex.step(|| format!("pinned to cluster {:?}", t.cluster(c).name));
+            c
+        }
+        None => {
+            let c = t.ring(t.local_region()).lookup_hash(r.id_hash)?;
+            ex.step(|| {
+                format!(
+                    "ring (table version {}) -> cluster {:?}",
+                    t.version(),
+                    t.cluster(c).name
+                )
+            });
+            c
+        }
+    };
+    match r.transfer_to.get() {
+        Some(to) if to != cluster => {
+            ex.step(|| {
+                format!(
+                    "lazy transfer pending: {:?} -> {:?}",
+                    t.cluster(cluster).name,
+                    t.cluster(to).name
+                )
+            });
+            Some((to, Some(cluster)))
+        }
+        _ => Some((cluster, None)),
     }
 }
 
