@@ -297,6 +297,61 @@ impl RateRun {
     }
 }
 
+/// Polls `/debug/snapshot` until `stop`, recording each new version with
+/// its publish time.
+async fn watch_publishes(admin: SocketAddr, stop: Arc<AtomicBool>, publishes: Arc<Mutex<Vec<(u64, i64)>>>) {
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut buf = Vec::new();
+    let mut last = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if request(&mut s, "admin", "/debug/snapshot", &mut buf).await.is_err() {
+            s = tokio::net::TcpStream::connect(admin).await.unwrap();
+            continue;
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf[end..]) {
+            let ver = v["version"].as_u64().unwrap_or(0);
+            if ver != last {
+                last = ver;
+                publishes
+                    .lock()
+                    .unwrap()
+                    .push((ver, v["published_at_ms"].as_i64().unwrap_or(0)));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Commits the `i`th change of `kind` in its own transaction; returns the
+/// placement version it produced.
+async fn commit_one_change(writer: &tokio_postgres::Client, kind: ChangeKind, i: usize) -> Result<u64> {
+    writer.batch_execute("BEGIN").await?;
+    match kind {
+        ChangeKind::ContainerMove { repls } => {
+            // Move one running repl's container to another VM.
+            let repl = format!("r{}", (i * 4 * 7919) % repls / 4 * 4);
+            let vm = format!("vm{}", (i * 31 + 7) % 1000);
+            writer
+                .execute("UPDATE containers SET vm_id = $2 WHERE repl_id = $1", &[&repl, &vm])
+                .await?;
+        }
+        ChangeKind::ForeignRegion { first, count, far } => {
+            let repl = format!("r{}", first + (i * 7919) % count);
+            let region = format!("far{}", 1 + (i * 13) % far);
+            writer
+                .execute("UPDATE repls SET region = $2 WHERE id = $1", &[&repl, &region])
+                .await?;
+        }
+    }
+    let v: i64 = writer
+        .query_one("SELECT version FROM placement_version", &[])
+        .await?
+        .get(0);
+    writer.batch_execute("COMMIT").await?;
+    Ok(v as u64)
+}
+
 pub(crate) async fn rate_run(
     url: &str,
     edge: &EdgeProc,
@@ -309,32 +364,7 @@ pub(crate) async fn rate_run(
     let stop = Arc::new(AtomicBool::new(false));
     // Publish observer: version -> first publish time seen.
     let publishes: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
-    let observer = {
-        let (stop, publishes, admin) = (stop.clone(), publishes.clone(), edge.admin);
-        tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-            let mut buf = Vec::new();
-            let mut last = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if request(&mut s, "admin", "/debug/snapshot", &mut buf).await.is_err() {
-                    s = tokio::net::TcpStream::connect(admin).await.unwrap();
-                    continue;
-                }
-                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf[end..]) {
-                    let ver = v["version"].as_u64().unwrap_or(0);
-                    if ver != last {
-                        last = ver;
-                        publishes
-                            .lock()
-                            .unwrap()
-                            .push((ver, v["published_at_ms"].as_i64().unwrap_or(0)));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
+    let observer = tokio::spawn(watch_publishes(edge.admin, stop.clone(), publishes.clone()));
     let samples: Arc<Mutex<Vec<(i64, f64)>>> = Arc::default();
     let load = traffic(edge.proxy, 8, 250, repls, stop.clone(), samples.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -345,30 +375,8 @@ pub(crate) async fn rate_run(
     let mut i = 0usize;
     while Instant::now() < deadline {
         tick.tick().await;
-        writer.batch_execute("BEGIN").await?;
-        match kind {
-            ChangeKind::ContainerMove { repls } => {
-                // Move one running repl's container to another VM.
-                let repl = format!("r{}", (i * 4 * 7919) % repls / 4 * 4);
-                let vm = format!("vm{}", (i * 31 + 7) % 1000);
-                writer
-                    .execute("UPDATE containers SET vm_id = $2 WHERE repl_id = $1", &[&repl, &vm])
-                    .await?;
-            }
-            ChangeKind::ForeignRegion { first, count, far } => {
-                let repl = format!("r{}", first + (i * 7919) % count);
-                let region = format!("far{}", 1 + (i * 13) % far);
-                writer
-                    .execute("UPDATE repls SET region = $2 WHERE id = $1", &[&repl, &region])
-                    .await?;
-            }
-        }
-        let v: i64 = writer
-            .query_one("SELECT version FROM placement_version", &[])
-            .await?
-            .get(0);
-        writer.batch_execute("COMMIT").await?;
-        commits.push((v as u64, now_ms()));
+        let v = commit_one_change(&writer, kind, i).await?;
+        commits.push((v, now_ms()));
         i += 1;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
