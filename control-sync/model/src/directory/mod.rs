@@ -132,20 +132,16 @@ impl Hashers {
     }
 }
 
-/// A random key (std's per-process random hasher keys, the clock and the
-/// process id, mixed): a directory's hash seed is unknown outside it.
+/// A random key from std's randomly keyed hasher (seeded by the OS once
+/// per thread, stepped on every use): a directory's hash seed is unknown
+/// outside it, so nobody can craft names that collide in it. The key
+/// changes where names sit, never what a lookup answers, so this is the
+/// one randomness the pure crate draws itself.
 pub fn random_key() -> (u64, u64) {
     use std::hash::BuildHasher;
-    let seed = (
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
     let mut out = [0u64; 2];
     for (i, o) in out.iter_mut().enumerate() {
-        *o = std::collections::hash_map::RandomState::new().hash_one((seed, i));
+        *o = std::collections::hash_map::RandomState::new().hash_one(i);
     }
     (out[0], out[1])
 }
