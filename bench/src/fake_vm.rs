@@ -1,4 +1,4 @@
-//! The fake conman VM (DESIGN §5): a real HTTP/1.1 + WebSocket server that
+//! The fake conman VM (docs/contract.md §5): a real HTTP/1.1 + WebSocket server that
 //! stands in for a container VM in the demo, tests and benchmarks.
 //!
 //! - Every HTTP request gets 200, `x-served-by: <id>` and a JSON body

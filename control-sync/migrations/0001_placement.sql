@@ -1,4 +1,4 @@
--- edgeplane placement schema (DESIGN §3). The control plane owns writes;
+-- edgeplane placement schema (docs/contract.md §3). The control plane owns writes;
 -- edges read. Every change to a placement table is recorded in
 -- placement_changes by a trigger and announced with NOTIFY edgeplane_placement.
 --

@@ -1,4 +1,4 @@
-//! The `file` placement source: a JSON snapshot on disk (DESIGN §3).
+//! The `file` placement source: a JSON snapshot on disk (docs/contract.md §3).
 //!
 //! Where it sits: the embedded default source, used by the demo and tests;
 //! the edge loads it at start and a watcher thread reloads it when its

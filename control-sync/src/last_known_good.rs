@@ -2,7 +2,7 @@
 //! written so that an edge restarted while the control plane is away can
 //! still serve (static stability).
 //!
-//! Format: the snapshot JSON of DESIGN §3 plus a top-level `version`.
+//! Format: the snapshot JSON of docs/contract.md §3 plus a top-level `version`.
 //! Writes are atomic: a temp file in the same folder, fsync, rename, fsync
 //! of the folder; a crash leaves the old file or the new one, never half of
 //! one. [`Writer`] writes on its own thread, at most once per

@@ -1,4 +1,4 @@
-//! The legacy Redis placement store (DESIGN §3) as a placement source: what
+//! The legacy Redis placement store (docs/contract.md §3) as a placement source: what
 //! `source = "redis"` serves from, and what `shadow = "redis"` compares
 //! with the primary during the strangler-fig migration.
 //!

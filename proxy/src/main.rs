@@ -1,4 +1,4 @@
-//! `edgeplane`: the edge binary (DESIGN §5 CLI).
+//! `edgeplane`: the edge binary (docs/contract.md §5 CLI).
 //!
 //! `serve` runs the edge; `check` validates a config (and its file
 //! snapshot); `route` explains a routing decision; `snapshot dump` prints

@@ -1,4 +1,4 @@
-//! Prometheus metrics of DESIGN §5 (prefix `edgeplane_`), one registry per
+//! Prometheus metrics of docs/contract.md §5 (prefix `edgeplane_`), one registry per
 //! process, served by the admin listener's `/metrics`.
 //!
 //! Request-path code only increments; gauges that mirror the placement

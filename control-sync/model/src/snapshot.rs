@@ -1,6 +1,6 @@
 //! The placement snapshot: the control plane's tables as plain rows.
 //!
-//! This is the wire shape of DESIGN §3: what `source = "file"` reads, what
+//! This is the wire shape of docs/contract.md §3: what `source = "file"` reads, what
 //! `edgeplane snapshot dump` writes and what `placectl import` loads. One
 //! array per table; an absent array is empty; times are RFC 3339 strings.
 //! Rows are not trusted: [`crate::table::RoutingTable::build`] validates
@@ -54,7 +54,7 @@ pub enum ClusterState {
     Draining,
 }
 
-/// Default cluster weight (DESIGN §3: `weight int not null default 100`).
+/// Default cluster weight (docs/contract.md §3: `weight int not null default 100`).
 pub const DEFAULT_CLUSTER_WEIGHT: u32 = 100;
 /// Largest accepted cluster weight; bounds the ring's size.
 pub const MAX_CLUSTER_WEIGHT: u32 = 1000;

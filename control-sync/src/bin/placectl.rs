@@ -1,5 +1,5 @@
 //! `placectl`: control-plane operations on the PostgreSQL placement store
-//! (DESIGN §5). The database comes from `--database-url` or `DATABASE_URL`.
+//! (docs/contract.md §5). The database comes from `--database-url` or `DATABASE_URL`.
 //!
 //! - `migrate` applies the embedded schema migrations.
 //! - `import FILE` loads a snapshot JSON in bulk (COPY into temp tables, then

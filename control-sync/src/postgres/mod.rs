@@ -2,7 +2,7 @@
 //! routing table in step with the control plane, and keeps the last good
 //! table serving whatever the database does.
 //!
-//! Protocol (see docs/architecture.md, "Sync"):
+//! Protocol (see docs/placement.md, "Sync from PostgreSQL"):
 //! 1. Connect, `LISTEN edgeplane_placement`.
 //! 2. Full load ([`load::full_load`]): one REPEATABLE READ snapshot, streamed;
 //!    the table's version is `placement_version` in that snapshot. A load

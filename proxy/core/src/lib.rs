@@ -2,7 +2,7 @@
 //! no tokio, no I/O and no clock: the glue (`edgeplane-proxy`) passes in
 //! the table, the time and the randomness, and carries the answer out.
 //!
-//! - [`route`]: where a request goes (DESIGN's request flow, see
+//! - [`route`]: where a request goes (the request flow of
 //!   docs/contract.md §2): host rules, workspace tokens and hop signatures,
 //!   the decision itself with an `Explain` seam, the pick memory, and what
 //!   happens after a first try (replay, connect retry).

@@ -1,4 +1,4 @@
-//! The admin listener (DESIGN §5): `/metrics`, `/healthz`, `/readyz`,
+//! The admin listener (docs/contract.md §5): `/metrics`, `/healthz`, `/readyz`,
 //! `/debug/route`, `/debug/snapshot`, the balancer (`GET /balancer`: policy,
 //! per-cluster mode, subsets and VM health; `POST /balancer/policy?policy=P`:
 //! switch the policy at runtime), config reload (`POST /config/reload`,

@@ -1,4 +1,4 @@
-//! The small branded pages the edge answers with itself (DESIGN §5 status
+//! The small branded pages the edge answers with itself (docs/contract.md §5 status
 //! codes). Self-contained HTML, no external assets. Start at [`error_page`].
 
 /// Reason phrase and a sentence for a person, per status the edge emits.

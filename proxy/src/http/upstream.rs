@@ -238,7 +238,7 @@ impl Proxy {
     }
 
     /// A VM answered with `x-edgeplane-replay: value`: decide whether and
-    /// where the request goes again (DESIGN: once, a body held whole,
+    /// where the request goes again (docs/contract.md §2 step 6: once, a body held whole,
     /// a known target). On `Ok` the request's decision is the replay's.
     pub(super) fn plan_replay(
         &self,

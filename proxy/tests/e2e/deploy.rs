@@ -84,7 +84,7 @@ fn alerts_and_dashboard_only_query_metrics_the_edge_exports() {
             "{what} query metrics the edge does not export: {unknown:?}"
         );
     }
-    // Every metric of DESIGN §5 the edge has today is on the dashboard.
+    // Every metric of docs/contract.md §5 the edge has today is on the dashboard.
     let on_dash = metric_names(&exprs);
     for m in [
         "edgeplane_requests_total",

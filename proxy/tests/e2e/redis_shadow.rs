@@ -51,7 +51,7 @@ impl RedisDb {
         c.exec(&mut self.con).unwrap();
     }
 
-    /// Writes a DESIGN §3 snapshot in the legacy layout (custom domains and
+    /// Writes a docs/contract.md §3 snapshot in the legacy layout (custom domains and
     /// tombstones have no place there and are left out).
     pub fn seed(&mut self, snap: &Value) {
         let s = |v: &Value| v.as_str().unwrap_or("").to_string();

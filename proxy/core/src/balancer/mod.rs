@@ -1,4 +1,4 @@
-//! The subsetting balancer of DESIGN §4: where a repl that is not running
+//! The subsetting balancer of docs/contract.md §4: where a repl that is not running
 //! starts. Plain Rust (atomics and one ArcSwap), no I/O; time, health and
 //! randomness come in as arguments, so the simulator
 //! (`edgeplane-bench sim`) runs exactly this code.

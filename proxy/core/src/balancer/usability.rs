@@ -114,7 +114,7 @@ impl Usability {
     }
 }
 
-/// The health rule of DESIGN §4 for one active VM.
+/// The health rule of docs/contract.md §4 for one active VM.
 pub fn usability(monitored: bool, h: Option<&VmHealth>, now_ms: u64, stale_after_ms: u64) -> Usability {
     if !monitored {
         return Usability::Unmonitored;

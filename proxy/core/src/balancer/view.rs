@@ -7,7 +7,7 @@
 //! [`super::Balancer`] stores the result in an ArcSwap and the routing
 //! decision reads it with one load ([`super::pick`]).
 //!
-//! Per cluster (DESIGN §4): take the active VMs of the table; mark each
+//! Per cluster (docs/contract.md §4): take the active VMs of the table; mark each
 //! usable or not ([`usability`], passive ejection capped at
 //! `max_ejected_share`); if fewer than `panic_threshold` of them are usable
 //! (or none), ignore health and use them all (panic mode); otherwise choose

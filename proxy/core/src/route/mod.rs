@@ -1,4 +1,4 @@
-//! The routing decision (DESIGN §2) as a pure function: no Pingora, no
+//! The routing decision (docs/contract.md §2) as a pure function: no Pingora, no
 //! tokio, no I/O; time comes in as an argument.
 //!
 //! Where it sits: the proxy's request path (`edgeplane-proxy`'s `http`
@@ -206,7 +206,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// The status code of DESIGN §5.
+    /// The status code of docs/contract.md §5.
     pub fn status(self) -> u16 {
         match self {
             RejectReason::MissingHost | RejectReason::MalformedHost | RejectReason::AuthorityMismatch => 400,

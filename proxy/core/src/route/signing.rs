@@ -1,5 +1,5 @@
 //! Signed values the edge trusts: the edge-to-edge hop header and the
-//! workspace session token (DESIGN §6). Pure functions, time passed in.
+//! workspace session token (docs/contract.md §6). Pure functions, time passed in.
 //!
 //! Hop header `x-edgeplane-hop`: `v1;<origin region>;<hops>;<unix secs>;<sig>`
 //! where `sig` is unpadded base64url of HMAC-SHA256(hop secret,
