@@ -5,7 +5,7 @@
 //! the placement table as snapshot JSON; `token` mints a workspace token
 //! for testing. Errors in config print as `file:line: key: message`, exit 1.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -126,7 +126,7 @@ impl edgeplane_control_sync::table::Resolve for LookUpNow {
     }
 }
 
-fn load_config(path: &std::path::Path) -> Result<edgeplane_config::Config, ExitCode> {
+fn load_config(path: &Path) -> Result<edgeplane_config::Config, ExitCode> {
     edgeplane_config::load(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(1)
@@ -185,40 +185,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Cmd::Check { config } => {
-            let cfg = load_config(&config)?;
-            let table = load_table(&cfg)?;
-            let t = table.load();
-            let c = t.counts();
-            println!("{}: ok", config.display());
-            println!(
-                "  edge: region {} instance {} listen {:?} admin {}",
-                cfg.edge.region, cfg.edge.instance_id, cfg.edge.listen, cfg.edge.admin_listen
-            );
-            println!(
-                "  hosting: suffixes {:?} workspace {}",
-                cfg.hosting.suffixes, cfg.hosting.workspace_path_prefix
-            );
-            println!("  placement: {:?}", cfg.placement.source);
-            let (b, h) = (&cfg.balancer, &cfg.health);
-            println!(
-                "  balancer: {} over subsets of {} (rotating every {:?}), panic below {:.0} % usable",
-                b.policy.as_str(),
-                b.subset_size,
-                b.subset_refresh,
-                b.panic_threshold * 100.0
-            );
-            println!(
-                "  health: {:?} every {:?} (timeout {:?}, stale after {:?})",
-                h.source, h.scrape_interval, h.scrape_timeout, h.stale_after
-            );
-            println!(
-                "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones, \
-                 {} names of other regions' apps",
-                c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones, c.directory
-            );
-            Ok(())
-        }
+        Cmd::Check { config } => check(&config),
         Cmd::Route { config, host, path } => {
             let cfg = load_config(&config)?;
             let table = load_table(&cfg)?;
@@ -231,21 +198,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         }
         Cmd::Snapshot {
             cmd: SnapshotCmd::Dump { config, output },
-        } => {
-            let cfg = load_config(&config)?;
-            let table = load_table(&cfg)?;
-            let json = serde_json::to_string_pretty(&table.load().to_snapshot()).expect("snapshot serialises");
-            match output {
-                Some(p) => std::fs::write(&p, json + "\n").map_err(|e| {
-                    eprintln!("{}: {e}", p.display());
-                    ExitCode::from(1)
-                }),
-                None => {
-                    println!("{json}");
-                    Ok(())
-                }
-            }
-        }
+        } => dump_snapshot(&config, output.as_deref()),
         Cmd::Token { config, repl, ttl } => {
             let cfg = load_config(&config)?;
             let Some(key) = &cfg.security.workspace_token_key else {
@@ -254,6 +207,61 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             };
             let exp = now_ms() / 1000 + ttl;
             println!("{}", route::signing::mint_token(key, &repl, exp));
+            Ok(())
+        }
+    }
+}
+
+/// `edgeplane check`: validate the config (and load its placement source),
+/// then print what the edge would run with.
+fn check(config: &Path) -> Result<(), ExitCode> {
+    let cfg = load_config(config)?;
+    let table = load_table(&cfg)?;
+    let t = table.load();
+    let c = t.counts();
+    println!("{}: ok", config.display());
+    println!(
+        "  edge: region {} instance {} listen {:?} admin {}",
+        cfg.edge.region, cfg.edge.instance_id, cfg.edge.listen, cfg.edge.admin_listen
+    );
+    println!(
+        "  hosting: suffixes {:?} workspace {}",
+        cfg.hosting.suffixes, cfg.hosting.workspace_path_prefix
+    );
+    println!("  placement: {:?}", cfg.placement.source);
+    let (b, h) = (&cfg.balancer, &cfg.health);
+    println!(
+        "  balancer: {} over subsets of {} (rotating every {:?}), panic below {:.0} % usable",
+        b.policy.as_str(),
+        b.subset_size,
+        b.subset_refresh,
+        b.panic_threshold * 100.0
+    );
+    println!(
+        "  health: {:?} every {:?} (timeout {:?}, stale after {:?})",
+        h.source, h.scrape_interval, h.scrape_timeout, h.stale_after
+    );
+    println!(
+        "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones, \
+         {} names of other regions' apps",
+        c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones, c.directory
+    );
+    Ok(())
+}
+
+/// `edgeplane snapshot dump`: the placement table as snapshot JSON, to a
+/// file or stdout.
+fn dump_snapshot(config: &Path, output: Option<&Path>) -> Result<(), ExitCode> {
+    let cfg = load_config(config)?;
+    let table = load_table(&cfg)?;
+    let json = serde_json::to_string_pretty(&table.load().to_snapshot()).expect("snapshot serialises");
+    match output {
+        Some(p) => std::fs::write(p, json + "\n").map_err(|e| {
+            eprintln!("{}: {e}", p.display());
+            ExitCode::from(1)
+        }),
+        None => {
+            println!("{json}");
             Ok(())
         }
     }

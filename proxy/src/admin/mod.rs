@@ -25,10 +25,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use edgeplane_config::Config;
 use edgeplane_control_sync::shadow::ShadowControl;
+use edgeplane_control_sync::table::RoutingTable;
 use edgeplane_control_sync::TableHandle;
 
 use crate::background::health::HealthHandle;
 use crate::background::names::Names;
+use crate::balancer::BalancerView;
 use crate::clock::now_ms;
 use crate::http::access_log::admin_token_matches;
 use crate::http::RecentForwards;
@@ -438,50 +440,7 @@ impl AdminApp {
         let status = e.table.status();
         let b = e.route.load().balancer.clone();
         let cfg = e.cfg.load();
-        let view = b.view();
-        let mut clusters = Vec::new();
-        if t.is_loaded() {
-            let local = t.local_region();
-            let shares: std::collections::HashMap<u32, f64> = t.ring(local).shares().into_iter().collect();
-            for (i, cl) in t.clusters().filter(|(_, cl)| cl.region == local) {
-                let cv = view.clusters.get(i as usize);
-                let vms = cv
-                    .map(|cv| {
-                        cv.vms
-                            .iter()
-                            .filter_map(|s| {
-                                Some(VmModel {
-                                    id: t.get_vm(s.vm)?.id.to_string(),
-                                    usability: s.usability.as_str(),
-                                    member: s.member,
-                                    containers: s.containers,
-                                    cpu: s.cpu,
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                clusters.push(ClusterModel {
-                    name: cl.name.to_string(),
-                    state: format!("{:?}", cl.state),
-                    weight: cl.weight,
-                    ring_share: shares.get(&i).copied().unwrap_or(0.0),
-                    mode: cv.map(|cv| cv.mode.as_str()).unwrap_or("-"),
-                    usable: cv.map(|cv| cv.usable).unwrap_or(0),
-                    active: cv.map(|cv| cv.active).unwrap_or(0),
-                    ejected: cv.map(|cv| cv.ejected).unwrap_or(0),
-                    subset: cv
-                        .map(|cv| {
-                            cv.members
-                                .iter()
-                                .filter_map(|m| t.get_vm(m.vm).map(|v| v.id.to_string()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    vms,
-                });
-            }
-        }
+        let clusters = cluster_models(&t, &b.view());
         StatusModel {
             region: cfg.edge.region.clone(),
             instance: cfg.edge.instance_id.clone(),
@@ -515,6 +474,56 @@ impl AdminApp {
             last_reload: e.reloader.last(),
         }
     }
+}
+
+/// The status page's cluster cards: this region's clusters with their ring
+/// share, balancer mode, subset and each VM's usability and load.
+fn cluster_models(t: &RoutingTable, view: &BalancerView) -> Vec<ClusterModel> {
+    if !t.is_loaded() {
+        return Vec::new();
+    }
+    let local = t.local_region();
+    let mut clusters = Vec::new();
+    let shares: std::collections::HashMap<u32, f64> = t.ring(local).shares().into_iter().collect();
+    for (i, cl) in t.clusters().filter(|(_, cl)| cl.region == local) {
+        let cv = view.clusters.get(i as usize);
+        let vms = cv
+            .map(|cv| {
+                cv.vms
+                    .iter()
+                    .filter_map(|s| {
+                        Some(VmModel {
+                            id: t.get_vm(s.vm)?.id.to_string(),
+                            usability: s.usability.as_str(),
+                            member: s.member,
+                            containers: s.containers,
+                            cpu: s.cpu,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        clusters.push(ClusterModel {
+            name: cl.name.to_string(),
+            state: format!("{:?}", cl.state),
+            weight: cl.weight,
+            ring_share: shares.get(&i).copied().unwrap_or(0.0),
+            mode: cv.map(|cv| cv.mode.as_str()).unwrap_or("-"),
+            usable: cv.map(|cv| cv.usable).unwrap_or(0),
+            active: cv.map(|cv| cv.active).unwrap_or(0),
+            ejected: cv.map(|cv| cv.ejected).unwrap_or(0),
+            subset: cv
+                .map(|cv| {
+                    cv.members
+                        .iter()
+                        .filter_map(|m| t.get_vm(m.vm).map(|v| v.id.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            vms,
+        });
+    }
+    clusters
 }
 
 #[async_trait]

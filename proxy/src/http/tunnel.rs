@@ -326,18 +326,7 @@ impl Tunnel {
                 break;
             }
             if up.draining {
-                if !down.close_sent && down.frames.at_boundary() && down.pending.is_empty() {
-                    down.pending.extend_from_slice(&close_frame_to_client((code)()));
-                    down.close_sent = true;
-                    down.drain_pending(&client);
-                }
-                if !up.close_sent && up.frames.at_boundary() && up.pending.is_empty() {
-                    up.pending
-                        .extend_from_slice(&close_frame_to_server((code)(), mask_key()));
-                    up.close_sent = true;
-                    up.drain_pending(&upstream);
-                }
-                let done = up.close_sent && down.close_sent && up.pending.is_empty() && down.pending.is_empty();
+                let done = send_close_frames(&mut up, &mut down, &client, &upstream, code);
                 if done || drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     let _ = socket2::SockRef::from(&client).shutdown(Shutdown::Write);
                     let _ = socket2::SockRef::from(&upstream).shutdown(Shutdown::Write);
@@ -384,6 +373,29 @@ impl Tunnel {
         }
         Ok((up.carried, down.carried))
     }
+}
+
+/// While a tunnel drains: each direction that sits at a frame boundary
+/// with nothing pending gets its close frame (once). True once both close
+/// frames are sent and delivered.
+fn send_close_frames(
+    up: &mut Direction,
+    down: &mut Direction,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    code: fn() -> u16,
+) -> bool {
+    if !down.close_sent && down.frames.at_boundary() && down.pending.is_empty() {
+        down.pending.extend_from_slice(&close_frame_to_client(code()));
+        down.close_sent = true;
+        down.drain_pending(client);
+    }
+    if !up.close_sent && up.frames.at_boundary() && up.pending.is_empty() {
+        up.pending.extend_from_slice(&close_frame_to_server(code(), mask_key()));
+        up.close_sent = true;
+        up.drain_pending(upstream);
+    }
+    up.close_sent && down.close_sent && up.pending.is_empty() && down.pending.is_empty()
 }
 
 /// Longest a tunnel waits for a frame boundary once it is told to stop.

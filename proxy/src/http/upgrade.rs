@@ -11,7 +11,10 @@ use std::time::Duration;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
+use edgeplane_config::LimitsConfig;
+
 use super::headers::request_head_bytes;
+use super::tunnel::{client_socket, Tunnel, TunnelStop};
 use super::{Proxy, RequestCtx, REPLAY_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER};
 use crate::clock::entropy;
 use crate::route::{self, Decision};
@@ -41,60 +44,11 @@ impl Proxy {
     /// tunnel until it ends. Errors before the answer get the edge's own
     /// 502/504 page, exactly as on the proxied path.
     pub(super) async fn tunnel_websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        use super::tunnel::{client_socket, Tunnel, TunnelStop};
         session.set_keepalive(None);
         let limits = self.limits();
         let grace_period = self.cfg.load().edge.grace_period;
-        // Each attempt: connect to the decided address and send the edited
-        // head. A connect failure or reset moves a repl being placed to
-        // another VM; a refusal carrying x-edgeplane-replay sends the
-        // upgrade to the VM's target, once.
-        let t = loop {
-            let addr = match ctx.decision {
-                Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
-                _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
-            };
-            let mut head = session.req_header().clone();
-            self.edit_upstream_request(session, &mut head, ctx)?;
-            let bytes = request_head_bytes(&head);
-            let id = ctx.request_id.clone().unwrap_or_default();
-            let mut add: Vec<(&str, &str)> = vec![(REQUEST_ID_HEADER, id.as_str())];
-            if let Some(r) = &ctx.debug_route {
-                add.push((ROUTE_HEADER, r.as_str()));
-            }
-            let opened = Tunnel::open(
-                addr,
-                &bytes,
-                limits.upstream_connect_timeout,
-                limits.upstream_read_timeout,
-                &[REPLAY_HEADER, ROUTE_HEADER],
-                &add,
-            )
-            .await;
-            match opened {
-                Ok(t) => {
-                    let Some(value) = t.answer.replay.clone() else {
-                        break t;
-                    };
-                    let outcome = match self.plan_replay(session, ctx, &value) {
-                        Ok(()) => route::replay::ReplayOutcome::Replayed,
-                        Err(o) => o,
-                    };
-                    self.metrics.replays.with_label_values(&[outcome.as_str()]).inc();
-                    if outcome != route::replay::ReplayOutcome::Replayed {
-                        break t;
-                    }
-                }
-                Err(e) if e.before_answer() && self.retry_elsewhere(session, ctx, e.reason()) => {
-                    log::debug!("tunnel to {addr}: {e}: retrying elsewhere");
-                }
-                Err(e) => {
-                    let code = if e.reason().ends_with("timeout") { 504 } else { 502 };
-                    self.note_upstream_failure(ctx, e.reason(), e.is_connect());
-                    log::debug!("tunnel to {addr}: {e}");
-                    return self.respond(session, ctx, code).await;
-                }
-            }
+        let Some(t) = self.open_tunnel(session, ctx, &limits).await? else {
+            return Ok(());
         };
         if let Some(h) = ctx.vm_hash {
             self.route.load().balancer.outliers.success(h);
@@ -123,5 +77,66 @@ impl Proxy {
             log::debug!("tunnel to {addr:?} ended: {e}");
         }
         Ok(())
+    }
+
+    /// Connects to the decided address and sends the edited head, as often
+    /// as the answer asks: a connect failure or reset moves a repl being
+    /// placed to another VM; a refusal carrying x-edgeplane-replay sends the
+    /// upgrade to the VM's target, once. `None` when the edge answered the
+    /// client itself (502/504).
+    async fn open_tunnel(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        limits: &LimitsConfig,
+    ) -> Result<Option<Tunnel>> {
+        loop {
+            let addr = match ctx.decision {
+                Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
+                _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
+            };
+            let mut head = session.req_header().clone();
+            self.edit_upstream_request(session, &mut head, ctx)?;
+            let bytes = request_head_bytes(&head);
+            let id = ctx.request_id.clone().unwrap_or_default();
+            let mut add: Vec<(&str, &str)> = vec![(REQUEST_ID_HEADER, id.as_str())];
+            if let Some(r) = &ctx.debug_route {
+                add.push((ROUTE_HEADER, r.as_str()));
+            }
+            let opened = Tunnel::open(
+                addr,
+                &bytes,
+                limits.upstream_connect_timeout,
+                limits.upstream_read_timeout,
+                &[REPLAY_HEADER, ROUTE_HEADER],
+                &add,
+            )
+            .await;
+            match opened {
+                Ok(t) => {
+                    let Some(value) = t.answer.replay.clone() else {
+                        return Ok(Some(t));
+                    };
+                    let outcome = match self.plan_replay(session, ctx, &value) {
+                        Ok(()) => route::replay::ReplayOutcome::Replayed,
+                        Err(o) => o,
+                    };
+                    self.metrics.replays.with_label_values(&[outcome.as_str()]).inc();
+                    if outcome != route::replay::ReplayOutcome::Replayed {
+                        return Ok(Some(t));
+                    }
+                }
+                Err(e) if e.before_answer() && self.retry_elsewhere(session, ctx, e.reason()) => {
+                    log::debug!("tunnel to {addr}: {e}: retrying elsewhere");
+                }
+                Err(e) => {
+                    let code = if e.reason().ends_with("timeout") { 504 } else { 502 };
+                    self.note_upstream_failure(ctx, e.reason(), e.is_connect());
+                    log::debug!("tunnel to {addr}: {e}");
+                    self.respond(session, ctx, code).await?;
+                    return Ok(None);
+                }
+            }
+        }
     }
 }

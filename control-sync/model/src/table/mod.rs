@@ -37,7 +37,7 @@ mod rows;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::directory::{Directory, DirectoryBuilder, DirectoryDump, Name};
@@ -233,26 +233,7 @@ impl RoutingTable {
         // A snapshot may hold the whole world: other regions' repls become
         // directory names (with their custom domains), unless a tombstone
         // from one of this region's clusters needs the whole row.
-        let local_clusters: std::collections::HashSet<&str> = snap
-            .clusters
-            .iter()
-            .filter(|c| c.region == local_region)
-            .map(|c| c.name.as_str())
-            .collect();
-        // (Lenient: only tombstones that will apply, so a written table
-        // read back keeps the same rows whole. Strict: every one, so a bad
-        // tombstone is still the load's error.)
-        let strict = strictness == Strictness::Strict;
-        let clusters: std::collections::HashSet<&str> = snap.clusters.iter().map(|c| c.name.as_str()).collect();
-        let keep_whole: std::collections::HashSet<&str> = snap
-            .tombstones
-            .iter()
-            .filter(|t| {
-                local_clusters.contains(t.from_cluster.as_str())
-                    && (strict || clusters.contains(t.to_cluster.as_str()) && parse_rfc3339_ms(&t.expires_at).is_some())
-            })
-            .map(|t| t.repl_id.as_str())
-            .collect();
+        let keep_whole = tombstoned_from_region(snap, local_region, strictness);
         let mut domains_of: HashMap<&str, Vec<&str>> = HashMap::new();
         for d in &snap.custom_domains {
             domains_of.entry(d.repl_id.as_str()).or_default().push(&d.hostname);
@@ -624,6 +605,30 @@ impl RoutingTable {
         }
         st.end()
     }
+}
+
+/// Ids of the repls a snapshot's tombstones from `local_region`'s clusters
+/// name: those are held whole even when homed elsewhere, since this region
+/// forwards them by tombstone. Lenient: only tombstones that will apply, so
+/// a written table read back keeps the same rows whole. Strict: every one,
+/// so a bad tombstone is still the load's error.
+fn tombstoned_from_region<'a>(snap: &'a Snapshot, local_region: &str, strictness: Strictness) -> HashSet<&'a str> {
+    let local_clusters: HashSet<&str> = snap
+        .clusters
+        .iter()
+        .filter(|c| c.region == local_region)
+        .map(|c| c.name.as_str())
+        .collect();
+    let strict = strictness == Strictness::Strict;
+    let clusters: HashSet<&str> = snap.clusters.iter().map(|c| c.name.as_str()).collect();
+    snap.tombstones
+        .iter()
+        .filter(|t| {
+            local_clusters.contains(t.from_cluster.as_str())
+                && (strict || clusters.contains(t.to_cluster.as_str()) && parse_rfc3339_ms(&t.expires_at).is_some())
+        })
+        .map(|t| t.repl_id.as_str())
+        .collect()
 }
 
 /// Strict loads: repl ids and slugs are unique across the whole snapshot
