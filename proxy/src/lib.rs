@@ -11,6 +11,7 @@
 //! | [`dns`] | `edgeplane dns`, the authoritative responder |
 //! | [`placement`] | starting the placement sources (file, PostgreSQL, Redis, shadow) |
 //! | [`server`] | putting the process together, signals |
+//! | [`logging`] | the log bridge: Pingora noise counted at DEBUG, every call site rate-limited |
 //! | [`metrics`], [`clock`] | leaves every part uses |
 //!
 //! Start reading at `edgeplane_core::route` (what decides where a request
@@ -23,6 +24,7 @@ pub mod conn;
 pub mod dns;
 pub mod fuzzing;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod placement;
 pub mod server;

@@ -87,19 +87,10 @@ enum LogFormat {
 /// Routes `tracing` events and `log` records (Pingora's and the sync's) to
 /// stderr in the chosen format.
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    let result = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-    };
-    if let Err(e) = result {
-        eprintln!("edgeplane: cannot set up logging: {e}");
-    }
+    edgeplane_proxy::logging::init(match format {
+        LogFormat::Human => edgeplane_proxy::logging::Format::Human,
+        LogFormat::Json => edgeplane_proxy::logging::Format::Json,
+    });
 }
 
 #[derive(Subcommand)]

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub resolver_changes: IntCounter,
     pub replays: IntCounterVec,
     pub connect_retries: IntCounter,
+    /// The log bridge's counters (process-wide: [`crate::logging`]).
+    pub log_events: IntCounterVec,
+    pub log_suppressed: IntCounterVec,
 }
 
 /// Creates metrics and registers them in one step, so each is named once.
@@ -277,6 +280,8 @@ impl Metrics {
                 "edgeplane_connect_retries_total",
                 "Requests for a repl being placed sent to another VM after a connect failure",
             ),
+            log_events: r.add(crate::logging::LOG_EVENTS.clone()),
+            log_suppressed: r.add(crate::logging::LOG_SUPPRESSED.clone()),
             registry: r.0,
         };
         m.config_last_reload_ok.set(1);

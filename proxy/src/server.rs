@@ -11,10 +11,11 @@
 //! Every proxy listener runs [`crate::http::EdgeApp`] (admission caps, TLS
 //! handshake on HTTPS listeners, head deadline) in front of one shared
 //! Pingora HTTP proxy over [`crate::http::Proxy`]. Signals: SIGTERM drains (listeners
-//! close, requests in flight finish, tunnels get close frame 1001, exit
-//! after `edge.grace_period_ms`); SIGQUIT hands the listeners to a new
+//! close, requests in flight finish, tunnels get close frame 1001) and
+//! exits as soon as no connection is left, at the latest after
+//! `edge.grace_period_ms`; SIGQUIT hands the listeners to a new
 //! `serve --upgrade` process and then drains the same way, with close code
-//! 1012; SIGINT stops at once. Start at [`run`].
+//! 1012; SIGINT exits at once. Start at [`run`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
@@ -206,9 +207,11 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     options.keepalive_request_limit = Some(limits.max_requests_per_connection.saturating_sub(1));
     http.server_options = Some(options);
     let http = Arc::new(http);
+    let drain = crate::conn::Drain::new(1 + usize::from(tls_cfg.is_some()), parts.admission.clone());
     let app = |tls| EdgeApp {
         proxy: http.clone(),
         admission: parts.admission.clone(),
+        drain: drain.clone(),
         tls,
         cfg: edge.cfg.clone(),
         metrics: edge.metrics.clone(),
@@ -234,7 +237,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         server.add_service(h);
     }
     server.add_service(admin);
-    let signals = StopSignals { sync };
+    let signals = StopSignals { sync, drain };
     server.run(pingora_core::server::RunArgs {
         shutdown_signal: Box::new(signals),
     });
@@ -308,26 +311,33 @@ fn announce(listen: &[SocketAddr], tls_listen: &[SocketAddr], admin: SocketAddr,
     let _ = std::io::stdout().flush();
 }
 
-/// Pingora's signals (SIGTERM drain, SIGQUIT upgrade, SIGINT fast exit),
-/// plus what a graceful stop owes the next start: the newest table in the
-/// last-known-good file, written before anything else stops.
+/// Pingora's signals, made prompt: SIGTERM and SIGQUIT drain and exit as
+/// soon as no connection is left ([`crate::conn::Drain`]; Pingora alone
+/// would sleep out the whole grace period), after writing what a graceful
+/// stop owes the next start — the newest table in the last-known-good file.
+/// SIGINT ends the process at once, before Pingora tears its runtimes down
+/// under listeners that are still accepting (that teardown once spun an
+/// accept loop, logging millions of lines).
 struct StopSignals {
     sync: Arc<edgeplane_control_sync::SyncStatus>,
+    drain: Arc<crate::conn::Drain>,
 }
 
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for StopSignals {
     async fn recv(&self) -> ShutdownSignal {
         let signal = UnixShutdownSignalWatch.recv().await;
-        if !matches!(signal, ShutdownSignal::FastShutdown) {
-            let sync = self.sync.clone();
-            let flushed =
-                tokio::task::spawn_blocking(move || sync.flush_last_known_good(crate::placement::STOP_FLUSH_LIMIT))
-                    .await;
-            if let Err(e) = flushed {
-                log::error!("last-known-good flush on stop failed: {e}");
-            }
+        if matches!(signal, ShutdownSignal::FastShutdown) {
+            log::info!("SIGINT: exiting now");
+            std::process::exit(0);
         }
+        let sync = self.sync.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || sync.flush_last_known_good(crate::placement::STOP_FLUSH_LIMIT)).await;
+        if let Err(e) = flushed {
+            log::error!("last-known-good flush on stop failed: {e}");
+        }
+        self.drain.exit_when_idle();
         signal
     }
 }

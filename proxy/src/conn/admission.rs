@@ -58,6 +58,8 @@ pub struct Admission {
     max_total: AtomicUsize,
     max_per_ip: AtomicU32,
     total: AtomicUsize,
+    /// Connections that have not finished reading a first request head.
+    fresh: AtomicUsize,
     per_ip: Box<[AtomicU32]>,
 }
 
@@ -66,6 +68,7 @@ pub struct Admission {
 pub struct Admitted {
     admission: Arc<Admission>,
     slot: Option<usize>,
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 impl Admission {
@@ -82,6 +85,7 @@ impl Admission {
             max_total: AtomicUsize::new(max_total),
             max_per_ip: AtomicU32::new(max_per_ip.min(u32::MAX as usize) as u32),
             total: AtomicUsize::new(0),
+            fresh: AtomicUsize::new(0),
             per_ip: (0..PER_IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
         })
     }
@@ -89,6 +93,12 @@ impl Admission {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now that have not read a whole request head yet
+    /// (a stop waits a moment for their first request).
+    pub fn fresh(&self) -> usize {
+        self.fresh.load(Ordering::Relaxed)
     }
 
     /// Takes a slot for a connection from `ip` (None: a Unix socket or an
@@ -108,15 +118,27 @@ impl Admission {
                 return Err(Refusal::PerIp);
             }
         }
+        self.fresh.fetch_add(1, Ordering::Relaxed);
         Ok(Admitted {
             admission: self.clone(),
             slot,
+            fresh: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+}
+
+impl Admitted {
+    /// The connection read its first request head: no longer fresh.
+    pub fn served(&self) {
+        if self.fresh.swap(false, Ordering::Relaxed) {
+            self.admission.fresh.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        self.served();
         if let Some(s) = self.slot {
             self.admission.per_ip[s].fetch_sub(1, Ordering::Relaxed);
         }

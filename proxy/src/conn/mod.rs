@@ -6,12 +6,14 @@
 //! reach it through [`conn_of`]. Start at [`stream`].
 
 pub mod admission;
+pub mod drain;
 pub mod stream;
 pub mod tls;
 
 use pingora_proxy::Session;
 
 pub use admission::{Admission, Refusal};
+pub use drain::Drain;
 pub use stream::ConnStream;
 
 /// The connection a session runs on (None only for sessions Pingora built

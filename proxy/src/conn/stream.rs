@@ -109,6 +109,9 @@ impl ConnStream {
     /// The request head was parsed: stop the head clock.
     pub fn head_done(&self) {
         self.head.store(HEAD_IDLE, Ordering::Relaxed);
+        if let Some(a) = &self.admitted {
+            a.served();
+        }
     }
 
     /// A request ended and the connection may carry another: the next byte

@@ -5,7 +5,8 @@
 //! once per request
 //! (one multiply on random bits already drawn), builds an [`AccessEntry`]
 //! in its `logging` phase only for sampled requests and for errors
-//! (`log.access_log_errors`), and [`emit`]s it as one `tracing` event with
+//! (`log.access_log_errors`; at most the log's per-call-site budget per
+//! status code and second, [`crate::logging::Limiter`]), and [`emit`]s it as one `tracing` event with
 //! target `edgeplane::access` (a JSON object per line with
 //! `--log-format json`). A request whose `x-edgeplane-debug` header holds
 //! the admin token ([`admin_token_matches`]) gets [`route_header`] back as
@@ -146,6 +147,21 @@ pub fn emit(e: &AccessEntry<'_>) {
     );
 }
 
+/// Error lines outside the sample share the log's per-call-site budget,
+/// one budget per status code, so an outage writes a bounded log (the
+/// requests are still counted in `edgeplane_requests_total`).
+fn error_line_admitted(status: u16) -> bool {
+    use crate::logging::{callsite_key, Admit, LIMITER, LOG_SUPPRESSED};
+    let key = callsite_key(Some("edgeplane::access errors"), Some(u32::from(status)), "");
+    match LIMITER.admit(key, crate::clock::now_ms() / 1000) {
+        Admit::Yes { .. } => true,
+        Admit::No => {
+            LOG_SUPPRESSED.with_label_values(&["info"]).inc();
+            false
+        }
+    }
+}
+
 impl Proxy {
     /// The request's last step (Pingora's `logging`): tunnel gauge, request
     /// counter and duration, and the access-log line when sampled or failed.
@@ -176,7 +192,7 @@ impl Proxy {
         let elapsed = ctx.start.elapsed();
         self.metrics.duration.observe(elapsed.as_secs_f64());
         let log_cfg = &self.cfg.load().log;
-        if ctx.sampled || (log_cfg.access_log_errors && is_error(ctx.status)) {
+        if ctx.sampled || (log_cfg.access_log_errors && is_error(ctx.status) && error_line_admitted(ctx.status)) {
             self.write_access_log(session, ctx, kind, outcome, elapsed);
         }
     }

@@ -25,17 +25,20 @@ use pingora_proxy::HttpProxy;
 use tokio::io::AsyncWriteExt;
 
 use super::Proxy;
-use crate::conn::{Admission, ConnStream};
+use crate::conn::{Admission, ConnStream, Drain};
 use crate::metrics::Metrics;
 
 /// How long connections accepted just before a stop get to send their
-/// first request before idle ones are closed.
+/// first request before idle ones are closed (the wait ends as soon as
+/// every open connection has sent one).
 pub const FRESH_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
 /// The ServerApp of one kind of proxy listener (plain or TLS).
 pub struct EdgeApp {
     pub proxy: Arc<HttpProxy<Proxy>>,
     pub admission: Arc<Admission>,
+    /// Told when this service's listeners have stopped (a prompt exit).
+    pub drain: Arc<Drain>,
     /// Some on HTTPS listeners.
     pub tls: Option<Acceptor>,
     /// The running config (`limits.header_timeout_ms` is read per connection).
@@ -106,9 +109,15 @@ impl ServerApp for EdgeApp {
     /// on its way (measured: 2 of 21,000 requests lost over 5 upgrades).
     /// Waiting [`FRESH_CONNECTION_GRACE`] first lets those requests arrive
     /// and be served (with `connection: close`, as shutdown has begun).
+    /// Only connections that have not sent a request yet are waited for,
+    /// and only until they have: an idle edge stops at once.
     async fn cleanup(&self) {
-        tokio::time::sleep(FRESH_CONNECTION_GRACE).await;
-        ServerApp::cleanup(self.proxy.as_ref()).await
+        let until = tokio::time::Instant::now() + FRESH_CONNECTION_GRACE;
+        while self.admission.fresh() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ServerApp::cleanup(self.proxy.as_ref()).await;
+        self.drain.listener_stopped();
     }
 }
 

@@ -278,6 +278,17 @@ impl ProxyHttp for Proxy {
         ctx.replayed || ctx.retries > 0
     }
 
+    /// A request that failed because of its client (it went away, sent a
+    /// bad chunk, stalled) is counted, not logged as an ERROR: the log's
+    /// ERROR lines are this edge's faults and its VMs' (docs/contract.md §7).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        let client = *e.esource() == pingora_core::ErrorSource::Downstream;
+        if client {
+            crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
+        }
+        client
+    }
+
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 pub const HOP_SECRET: &str = "test-hop-secret-0123456789";
 pub const WS_KEY: &str = "test-workspace-key-0123456789";
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     let edge = PathBuf::from(env!("CARGO_BIN_EXE_edgeplane"));
     let p = edge.with_file_name(name);
     assert!(

@@ -1,5 +1,6 @@
 //! Graceful operations on a real process: SIGTERM drains (requests in
-//! flight finish, WebSocket tunnels get close frame 1001), and `serve
+//! flight finish, WebSocket tunnels get close frame 1001, the process exits
+//! as soon as they are done), and `serve
 //! --upgrade` hands the listeners to a new binary under load, five times
 //! in a row, without a refused or failed request.
 
@@ -93,11 +94,18 @@ async fn sigterm_finishes_requests_in_flight_and_closes_tunnels_with_1001() {
     let r = in_flight.await.unwrap().expect("request in flight was dropped");
     assert_eq!((r.status, r.body_str().as_str()), (200, "slow"));
 
-    // Listeners close at once; the process exits after its grace period.
+    // Listeners close at once; the process exits as soon as the request
+    // and the tunnel are done, before the grace period (3 s) ends.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = edge.proc.0.try_wait().unwrap() {
-            println!("drain: exited {status} after {:?}", stopped_at.elapsed());
+            let took = stopped_at.elapsed();
+            println!("drain: exited {status} after {took:?}");
+            assert!(status.success(), "exit status {status}");
+            assert!(
+                took < Duration::from_millis(2800),
+                "waited out the grace period: {took:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "edge did not exit after SIGTERM");

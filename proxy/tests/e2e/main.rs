@@ -18,6 +18,7 @@ mod operations;
 mod pg_server;
 mod placement_races;
 mod postgres;
+mod process_life;
 mod redis_shadow;
 mod regions;
 mod resolver;
