@@ -1,6 +1,6 @@
 //! The comparison harness in smoke mode: seconds, every peer, no timing
 //! assertions. Proves that `edgeplane-bench compare` still starts the
-//! backend and all five peers, drives wrk, the open-loop generator, the
+//! backend and all six peers, drives wrk, the open-loop generator, the
 //! WebSocket echo and idle-tunnel generators through each, and writes its
 //! results — so the harness cannot rot between full runs.
 
@@ -19,7 +19,14 @@ fn compare_smoke_runs_every_peer_end_to_end() {
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("compare.json")).unwrap()).unwrap();
-    let peers = ["direct", "edgeplane", "pingora", "nginx", "haproxy"];
+    let peers = [
+        "direct",
+        "edgeplane",
+        "edgeplane-shipped",
+        "pingora",
+        "nginx",
+        "haproxy",
+    ];
     for peer in peers {
         let http: Vec<_> = json["http"]
             .as_array()

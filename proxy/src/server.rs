@@ -131,6 +131,7 @@ impl Parts {
             health: health.clone(),
             reloader: reloader.clone(),
             shadow: placement.shadow,
+            traffic: Default::default(),
         };
         Parts {
             proxy,

@@ -341,6 +341,16 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
     }
     drop(running);
     drop(backend);
+    for k in [PeerKind::Edgeplane, PeerKind::EdgeplaneShipped] {
+        if let Ok(log) = std::fs::read_to_string(dir.join(k.as_str()).join("edge.log")) {
+            let errors = log.lines().filter(|l| l.contains(" ERROR ")).count();
+            progress(&format!(
+                "{}: {errors} ERROR lines in its log ({} lines)",
+                k.as_str(),
+                log.lines().count()
+            ));
+        }
+    }
     if let Some(out) = &o.out {
         report::write(out, &res)?;
     }

@@ -21,15 +21,20 @@ use crate::procstat::ProcTree;
 pub enum PeerKind {
     Direct,
     Edgeplane,
+    /// edgeplane as shipped: the default `threads` (2), pinned to the same
+    /// one core as every other peer.
+    #[serde(rename = "edgeplane-shipped")]
+    EdgeplaneShipped,
     Pingora,
     Nginx,
     Haproxy,
 }
 
 impl PeerKind {
-    pub const ALL: [PeerKind; 5] = [
+    pub const ALL: [PeerKind; 6] = [
         PeerKind::Direct,
         PeerKind::Edgeplane,
+        PeerKind::EdgeplaneShipped,
         PeerKind::Pingora,
         PeerKind::Nginx,
         PeerKind::Haproxy,
@@ -39,6 +44,7 @@ impl PeerKind {
         match self {
             PeerKind::Direct => "direct",
             PeerKind::Edgeplane => "edgeplane",
+            PeerKind::EdgeplaneShipped => "edgeplane-shipped",
             PeerKind::Pingora => "pingora",
             PeerKind::Nginx => "nginx",
             PeerKind::Haproxy => "haproxy",
@@ -215,10 +221,12 @@ backend be\n  http-reuse always\n  server s1 {backend}\n"
     )
 }
 
-fn edgeplane_conf(snapshot: &Path) -> String {
+/// `threads`: Some(n) sets it, None leaves the shipped default.
+fn edgeplane_conf(snapshot: &Path, threads: Option<usize>) -> String {
+    let threads = threads.map(|n| format!("threads = {n}\n")).unwrap_or_default();
     format!(
         "[edge]\nregion = \"{}\"\ninstance_id = \"bench-edge\"\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
-threads = 1\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\n[hosting]\nsuffixes = [\"repl.co\"]\n\n\
+{threads}pid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\n[hosting]\nsuffixes = [\"repl.co\"]\n\n\
 [placement]\nsource = \"file\"\nfile = \"{}\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n",
         crate::world::region_name(0),
         snapshot.display()
@@ -232,11 +240,15 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
     let max_fds = crate::procstat::open_files_limit().saturating_sub(64).max(1024);
     let (proc_, addr) = match kind {
         PeerKind::Direct => (None, env.backend),
-        PeerKind::Edgeplane => {
-            let d = dir.join("edgeplane");
+        PeerKind::Edgeplane | PeerKind::EdgeplaneShipped => {
+            let shipped = kind == PeerKind::EdgeplaneShipped;
+            let d = dir.join(kind.as_str());
             std::fs::create_dir_all(&d)?;
             std::fs::write(d.join("hop.secret"), "bench-hop-secret-0123456789abcdef")?;
-            std::fs::write(d.join("edge.toml"), edgeplane_conf(env.snapshot))?;
+            std::fs::write(
+                d.join("edge.toml"),
+                edgeplane_conf(env.snapshot, if shipped { None } else { Some(1) }),
+            )?;
             let mut child = spawn_pinned(
                 env.core,
                 &bin_dir().join("edgeplane"),

@@ -19,6 +19,7 @@ use edgeplane_control_sync::SyncErrorKind;
 
 pub mod reload;
 pub mod status_page;
+pub mod traffic;
 
 use std::sync::Arc;
 
@@ -55,6 +56,8 @@ pub struct AdminApp {
     /// Shadow mode (`placement.shadow`): the comparison and the runtime
     /// switch of the source served.
     pub shadow: Option<ShadowControl>,
+    /// A minute of traffic samples for the status page's traffic card.
+    pub traffic: traffic::TrafficSampler,
 }
 
 fn resp(status: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
@@ -472,6 +475,7 @@ impl AdminApp {
             tombstone_hits: e.metrics.tombstone_hits.get(),
             now_ms: now,
             last_reload: e.reloader.last(),
+            traffic: e.traffic.observe(&e.metrics, now),
         }
     }
 }

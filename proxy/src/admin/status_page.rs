@@ -71,6 +71,8 @@ pub struct StatusModel {
     pub now_ms: u64,
     /// The last config reload (None: running the config it started with).
     pub last_reload: Option<crate::admin::reload::ReloadReport>,
+    /// Requests, errors, p99 and tunnels over the last minute.
+    pub traffic: crate::admin::traffic::TrafficModel,
 }
 
 /// What the last-known-good file holds, and whether the edge serves it.
@@ -296,7 +298,7 @@ fn summary_cards(h: &mut String, m: &StatusModel) {
 <div class=\"card\">sync<b class=\"{sync_class}\" id=\"sync\">{sync}</b>lag {lag:.3} s · errors {errors}</div>\
 <div class=\"card\">placement<b>{repls} repls</b>{vms} VMs · {doms} custom domains · {tombs} tombstones · \
 <span id=\"directory\">{dir}</span> apps of other regions</div>{lkg}\
-<div class=\"card\">balancer policy<b id=\"policy\">{policy}</b></div>{config}</div>",
+<div class=\"card\">balancer policy<b id=\"policy\">{policy}</b></div>{traffic}{config}</div>",
         ver = m.version,
         lag = m.lag_s,
         repls = m.repls,
@@ -306,8 +308,35 @@ fn summary_cards(h: &mut String, m: &StatusModel) {
         dir = m.directory,
         lkg = last_known_good_card(m),
         policy = html_escape(&m.policy),
+        traffic = traffic_card(&m.traffic),
         config = config_card(m),
     );
+}
+
+/// Requests, error rates, p99 and tunnels, over the sampler's window.
+fn traffic_card(t: &crate::admin::traffic::TrafficModel) -> String {
+    let window = if t.window_s > 0.0 {
+        format!("last {:.0} s", t.window_s)
+    } else {
+        "since this page last loaded: reload for rates".into()
+    };
+    let p99 = t.p99_ms.map_or("–".to_string(), |p| {
+        if p.is_finite() {
+            format!("≤ {p} ms")
+        } else {
+            "above the largest bucket".into()
+        }
+    });
+    let err_class = if t.status_5xx_per_s > 0.0 { "bad" } else { "ok" };
+    format!(
+        "<div class=\"card\">traffic ({window})<b id=\"rps\">{rps:.1} req/s</b>\
+4xx {s4:.1}/s · <span class=\"{err_class}\" id=\"rate5xx\">5xx {s5:.1}/s</span> · p99 <span id=\"p99\">{p99}</span> · \
+<span id=\"tunnels\">{tunnels}</span> tunnels open</div>",
+        rps = t.requests_per_s,
+        s4 = t.status_4xx_per_s,
+        s5 = t.status_5xx_per_s,
+        tunnels = t.tunnels,
+    )
 }
 
 /// One cluster: its ring share, usable VMs, histograms and VM table.
@@ -471,6 +500,25 @@ mod tests {
             !p.contains("http://") || p.matches("http://").count() == p.matches("http://www.w3.org/2000/svg").count(),
             "no external assets"
         );
+    }
+
+    #[test]
+    fn traffic_card_shows_rates_p99_and_tunnels() {
+        let mut m = model();
+        assert!(render(&m).contains("reload for rates"), "one sample: no rates yet");
+        m.traffic = crate::admin::traffic::TrafficModel {
+            window_s: 60.0,
+            requests_per_s: 1234.5,
+            status_4xx_per_s: 2.0,
+            status_5xx_per_s: 0.5,
+            p99_ms: Some(25.0),
+            tunnels: 17,
+        };
+        let p = render(&m);
+        assert!(p.contains("traffic (last 60 s)<b id=\"rps\">1234.5 req/s</b>"), "{p}");
+        assert!(p.contains("<span class=\"bad\" id=\"rate5xx\">5xx 0.5/s</span>"));
+        assert!(p.contains("p99 <span id=\"p99\">≤ 25 ms</span>"));
+        assert!(p.contains("<span id=\"tunnels\">17</span> tunnels open"));
     }
 
     #[test]

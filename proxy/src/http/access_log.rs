@@ -31,9 +31,10 @@ use edgeplane_control_sync::RoutingTable;
 
 use pingora_proxy::Session;
 
-use super::headers::{header_str, itoa_u16};
+use super::headers::header_str;
 use super::{Proxy, RequestCtx};
-use crate::route::{describe, Decision};
+use crate::metrics::{REQUEST_KINDS, REQUEST_OUTCOMES};
+use crate::route::{describe, Decision, Kind};
 
 /// Whether a request with these random bits is in the sample.
 #[inline]
@@ -172,23 +173,22 @@ impl Proxy {
         if ctx.tunnel {
             self.metrics.tunnels_active.dec();
         }
+        // Indices into REQUEST_KINDS and REQUEST_OUTCOMES.
         let (kind, outcome) = match ctx.decision {
-            Some(d @ Decision::Vm { .. }) => (d.kind().as_str(), "proxied"),
-            Some(d @ Decision::Forward { .. }) => (d.kind().as_str(), "forwarded"),
-            Some(d @ Decision::Reject { .. }) => (d.kind().as_str(), "rejected"),
-            None => ("unknown", "rejected"),
+            Some(d @ Decision::Vm { .. }) => (d.kind(), 0),
+            Some(d @ Decision::Forward { .. }) => (d.kind(), 1),
+            Some(d @ Decision::Reject { .. }) => (d.kind(), 2),
+            None => (Kind::Unknown, 2),
         };
-        let outcome = if ctx.status >= 500 && outcome != "rejected" {
-            "error"
-        } else {
-            outcome
+        let outcome = if ctx.status >= 500 && outcome != 2 { 3 } else { outcome };
+        let kind_i = match kind {
+            Kind::App => 0,
+            Kind::CustomDomain => 1,
+            Kind::Workspace => 2,
+            Kind::Unknown => 3,
         };
-        let mut code_buf = itoa_u16(ctx.status);
-        self.metrics
-            .requests
-            .with_label_values(&[kind, outcome, code_buf.as_str()])
-            .inc();
-        code_buf.clear();
+        self.metrics.requests.inc(kind_i, outcome, ctx.status);
+        let (kind, outcome) = (REQUEST_KINDS[kind_i], REQUEST_OUTCOMES[outcome]);
         let elapsed = ctx.start.elapsed();
         self.metrics.duration.observe(elapsed.as_secs_f64());
         let log_cfg = &self.cfg.load().log;

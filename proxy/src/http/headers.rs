@@ -1,7 +1,7 @@
 //! Request-head helpers of the proxy glue ([`super`]): which headers never
 //! reach a VM (internal, hop-by-hop per RFC 9110, spoofable), WebSocket
-//! upgrade detection, head serialisation for tunnels, and a status code
-//! printed without `format!`. Pure functions over Pingora's header types.
+//! upgrade detection, head serialisation for tunnels. Pure functions over
+//! Pingora's header types.
 
 use pingora_http::RequestHeader;
 
@@ -85,50 +85,4 @@ pub(super) fn request_head_bytes(req: &RequestHeader) -> Vec<u8> {
 
 pub(super) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// A status code as text without going through `format!`.
-pub(super) fn itoa_u16(n: u16) -> SmallStr {
-    let mut s = SmallStr { buf: [0; 5], len: 0 };
-    let mut digits = [0u8; 5];
-    let mut i = 0;
-    let mut n = n;
-    loop {
-        digits[i] = b'0' + (n % 10) as u8;
-        i += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    while i > 0 {
-        i -= 1;
-        s.buf[s.len] = digits[i];
-        s.len += 1;
-    }
-    s
-}
-
-pub(super) struct SmallStr {
-    buf: [u8; 5],
-    len: usize,
-}
-
-impl SmallStr {
-    pub(super) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
-    }
-    pub(super) fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn status_codes_print() {
-        assert_eq!(super::itoa_u16(0).as_str(), "0");
-        assert_eq!(super::itoa_u16(404).as_str(), "404");
-        assert_eq!(super::itoa_u16(65535).as_str(), "65535");
-    }
 }

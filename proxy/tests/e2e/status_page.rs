@@ -56,12 +56,15 @@ async fn status_page_in_headless_chromium_shows_what_an_operator_needs() {
         "",
     )
     .await;
+    // A first look starts the traffic card's window.
+    assert_eq!(get(edge.admin, "admin", "/", &[]).await.status, 200);
     // Something to show: a request served here, a forward by affinity and
     // one through a tombstone (the peer edge is down; the forward is still
     // recorded).
     assert_eq!(edge.get("app1.repl.co", "/", &[]).await.status, 200);
     let _ = edge.get("app3.repl.co", "/", &[]).await;
     let _ = edge.get("moved.repl.co", "/", &[]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
     let url = format!("http://{}/", edge.admin);
     let profile = tempfile::tempdir().unwrap();
@@ -87,9 +90,22 @@ async fn status_page_in_headless_chromium_shows_what_an_operator_needs() {
         "<td>app3.repl.co</td><td>ap-south1</td><td>affinity</td>",
         "<td>moved.repl.co</td><td>ap-south1</td><td>tombstone</td>",
         "Tombstone hits since start: <b id=\"tombstone-hits\">1</b>",
+        "<span id=\"tunnels\">0</span> tunnels open",
     ] {
         assert!(dom.contains(want), "the page lacks {want:?}:\n{dom}");
     }
+    // Three requests since the first look, about a second ago; the two
+    // forwards to the dead peer edge are 5xx.
+    let figure = |id: &str, end: &str| -> f64 {
+        let start = dom.find(id).unwrap_or_else(|| panic!("no {id} in the page")) + id.len();
+        dom[start..][..dom[start..].find(end).unwrap()].parse().unwrap()
+    };
+    let rps = figure("<b id=\"rps\">", " req/s");
+    assert!(rps > 0.5 && rps < 3.0, "{rps} req/s over about a second");
+    assert!(
+        figure("id=\"rate5xx\">5xx ", "/s") > 0.0,
+        "the failed forwards count as 5xx"
+    );
     assert_eq!(
         dom.matches("<svg").count(),
         2,
