@@ -60,6 +60,8 @@ pub struct Admission {
     total: AtomicUsize,
     /// Connections that have not finished reading a first request head.
     fresh: AtomicUsize,
+    /// When the newest request head was read (ms since the epoch).
+    last_request_ms: std::sync::atomic::AtomicU64,
     per_ip: Box<[AtomicU32]>,
 }
 
@@ -86,6 +88,7 @@ impl Admission {
             max_per_ip: AtomicU32::new(max_per_ip.min(u32::MAX as usize) as u32),
             total: AtomicUsize::new(0),
             fresh: AtomicUsize::new(0),
+            last_request_ms: std::sync::atomic::AtomicU64::new(0),
             per_ip: (0..PER_IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
         })
     }
@@ -99,6 +102,11 @@ impl Admission {
     /// (a stop waits a moment for their first request).
     pub fn fresh(&self) -> usize {
         self.fresh.load(Ordering::Relaxed)
+    }
+
+    /// When the newest request head was read (ms since the epoch; 0: none).
+    pub fn last_request_ms(&self) -> u64 {
+        self.last_request_ms.load(Ordering::Relaxed)
     }
 
     /// Takes a slot for a connection from `ip` (None: a Unix socket or an
@@ -128,8 +136,14 @@ impl Admission {
 }
 
 impl Admitted {
-    /// The connection read its first request head: no longer fresh.
-    pub fn served(&self) {
+    /// The connection read a request head at `now_ms`: no longer fresh.
+    pub fn request_read(&self, now_ms: u64) {
+        self.admission.last_request_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.served();
+    }
+
+    /// No longer fresh.
+    fn served(&self) {
         if self.fresh.swap(false, Ordering::Relaxed) {
             self.admission.fresh.fetch_sub(1, Ordering::Relaxed);
         }

@@ -110,7 +110,7 @@ impl ConnStream {
     pub fn head_done(&self) {
         self.head.store(HEAD_IDLE, Ordering::Relaxed);
         if let Some(a) = &self.admitted {
-            a.served();
+            a.request_read(crate::clock::now_ms());
         }
     }
 

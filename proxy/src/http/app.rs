@@ -33,6 +33,10 @@ use crate::metrics::Metrics;
 /// every open connection has sent one).
 pub const FRESH_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
+/// No request for this long, and no connection waiting for its first: the
+/// listeners' stop does not wait for more.
+pub const QUIET: Duration = Duration::from_millis(100);
+
 /// The ServerApp of one kind of proxy listener (plain or TLS).
 pub struct EdgeApp {
     pub proxy: Arc<HttpProxy<Proxy>>,
@@ -109,11 +113,17 @@ impl ServerApp for EdgeApp {
     /// on its way (measured: 2 of 21,000 requests lost over 5 upgrades).
     /// Waiting [`FRESH_CONNECTION_GRACE`] first lets those requests arrive
     /// and be served (with `connection: close`, as shutdown has begun).
-    /// Only connections that have not sent a request yet are waited for,
-    /// and only until they have: an idle edge stops at once.
+    /// The wait ends early when nothing is on its way: no connection is
+    /// waiting for its first request and no request arrived in the last
+    /// [`QUIET`] (under load, a keep-alive client's next request may be on
+    /// the wire; an idle edge stops at once).
     async fn cleanup(&self) {
         let until = tokio::time::Instant::now() + FRESH_CONNECTION_GRACE;
-        while self.admission.fresh() > 0 && tokio::time::Instant::now() < until {
+        let busy = || {
+            let since = crate::clock::now_ms().saturating_sub(self.admission.last_request_ms());
+            self.admission.open() > 0 && (self.admission.fresh() > 0 || since < QUIET.as_millis() as u64)
+        };
+        while busy() && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         ServerApp::cleanup(self.proxy.as_ref()).await;
