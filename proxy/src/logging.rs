@@ -125,7 +125,8 @@ pub struct Class {
 }
 
 /// Pingora's ERROR lines that are not the edge's fault: message prefix,
-/// words the message must also hold (if any), the event they count as.
+/// words the message must also hold (if any), the event they count as
+/// (logged at DEBUG).
 const NOT_OUR_FAULT: &[(&str, Option<&str>, &str)] = &[
     ("failed to acquire reusable stream", None, "pool_reuse_race"),
     ("Downstream handshake error", None, "client_handshake"),
@@ -139,11 +140,29 @@ const NOT_OUR_FAULT: &[(&str, Option<&str>, &str)] = &[
     ("Error finish sending body to downstream", None, "client_write"),
 ];
 
+/// Pingora's ERROR lines that say something worth seeing but not that this
+/// edge is failing: message prefix, the level they are written at.
+const LOWER: &[(&str, log::Level)] = &[
+    // A request one VM (or peer edge) failed: the VM's fault, already
+    // counted in `edgeplane_upstream_errors_total{reason}` and towards its
+    // ejection; a fleet always has a VM going away.
+    ("Fail to proxy: Upstream ", log::Level::Warn),
+    // `serve --upgrade` waiting for the old process to hand its listeners
+    // over: the normal first second of an upgrade.
+    ("No incoming socket transfer", log::Level::Info),
+];
+
 /// Pure: the level and counted event of a record from `target` at `level`
 /// whose message is `msg` (or its first bytes). Only Pingora's records are
 /// reclassified; everything else keeps its level.
 pub fn classify(target: &str, level: log::Level, msg: &str) -> Class {
     if level <= log::Level::Warn && target.starts_with("pingora") {
+        if let Some((_, lower)) = LOWER.iter().find(|(p, _)| msg.starts_with(p)) {
+            return Class {
+                level: level.max(*lower),
+                event: None,
+            };
+        }
         let hit = NOT_OUR_FAULT
             .iter()
             .find(|(p, also, _)| msg.starts_with(p) && also.is_none_or(|w| msg.contains(w)));
@@ -355,14 +374,27 @@ mod tests {
             "Accept() failed Too many open files",
         );
         assert_eq!((accept.level, accept.event), (log::Level::Error, None));
-        // A request that failed after routing (a VM's fault) keeps ERROR;
-        // one whose head could not be read is the client's.
-        let after = classify(
+        // A request a VM failed is a WARN (counted in upstream_errors_total);
+        // one whose head could not be read is the client's; one that failed
+        // inside the edge stays ERROR.
+        let vm = classify(
             "pingora_proxy",
             log::Level::Error,
-            "Fail to proxy: Upstream ConnectRefused, status: 502, tries: 1",
+            "Fail to proxy: Upstream ConnectRefused context: Fail to connect, status: 502, tries: 1",
         );
-        assert_eq!(after.level, log::Level::Error);
+        assert_eq!((vm.level, vm.event), (log::Level::Warn, None));
+        let internal = classify(
+            "pingora_proxy",
+            log::Level::Error,
+            "Fail to proxy: Internal InternalError context: no routing decision, status: 500",
+        );
+        assert_eq!(internal.level, log::Level::Error);
+        let upgrade = classify(
+            "pingora_core::server::transfer_fd",
+            log::Level::Error,
+            "No incoming socket transfer, sleep 1s and try again",
+        );
+        assert_eq!(upgrade.level, log::Level::Info);
         let head = classify(
             "pingora_proxy",
             log::Level::Error,

@@ -381,7 +381,10 @@ impl Proxy {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > self.limits().max_body_bytes {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limits.max_body_bytes");
+                // The client's fault: counted, not logged as an ERROR.
+                let mut e = Error::explain(ErrorType::HTTPStatus(413), "request body over limits.max_body_bytes");
+                e.as_down();
+                return Err(e);
             }
         }
         Ok(())
