@@ -10,11 +10,11 @@ B=target/debug
 vms=()
 edges=()
 # Background jobs of a script ignore SIGINT, so Ctrl-C reaches them only
-# through this trap: SIGINT is Pingora's fast shutdown (SIGTERM would wait
-# out the grace period); the fake VMs take SIGTERM.
+# through this trap: the edges drain on SIGTERM and exit as soon as no
+# connection is left (at once when idle), and so do the fake VMs.
 cleanup() {
   trap - EXIT INT TERM
-  kill -INT "${edges[@]}" 2>/dev/null || true
+  kill -TERM "${edges[@]}" 2>/dev/null || true
   kill -TERM "${vms[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
