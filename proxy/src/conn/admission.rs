@@ -138,7 +138,11 @@ impl Admission {
 impl Admitted {
     /// The connection read a request head at `now_ms`: no longer fresh.
     pub fn request_read(&self, now_ms: u64) {
-        self.admission.last_request_ms.fetch_max(now_ms, Ordering::Relaxed);
+        // Written at most once per millisecond: a shared line, read first.
+        let last = &self.admission.last_request_ms;
+        if now_ms > last.load(Ordering::Relaxed) {
+            last.fetch_max(now_ms, Ordering::Relaxed);
+        }
         self.served();
     }
 
