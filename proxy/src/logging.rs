@@ -6,10 +6,10 @@
 //! own — passes through [`Bridge`] on its way to `tracing` (which formats
 //! it as human text or JSON). The bridge does two things:
 //! - **Reclassify** what Pingora logs at ERROR but is nobody's fault here
-//!   ([`classify`]): the upstream pool's reuse race (a pooled connection the
-//!   idle watcher still holds; Pingora then opens a new one), and clients
-//!   that hang up, time out their handshake or send garbage. Those are
-//!   counted in `edgeplane_log_events_total{event}` and logged at DEBUG.
+//!   ([`classify`]): clients that hang up, time out their handshake or send
+//!   garbage. Those are counted in `edgeplane_log_events_total{event}` and
+//!   logged at DEBUG (the request path counts its own the same way:
+//!   `client_error`, `pool_reuse_race`).
 //! - **Rate-limit** every call site ([`Limiter`]): at most
 //!   [`LINES_PER_SECOND`] lines per call site per second; the rest are
 //!   counted in `edgeplane_log_suppressed_total{level}`, and the next line
@@ -125,28 +125,18 @@ pub struct Class {
 }
 
 /// Pingora's ERROR lines that are not the edge's fault: message prefix,
-/// words the message must also hold (if any), the event they count as
-/// (logged at DEBUG).
-const NOT_OUR_FAULT: &[(&str, Option<&str>, &str)] = &[
-    ("failed to acquire reusable stream", None, "pool_reuse_race"),
-    ("Downstream handshake error", None, "client_handshake"),
-    ("Downstream handshake timeout", None, "client_handshake"),
-    ("H2 handshake error", None, "client_handshake"),
-    ("HTTP server fails to read from downstream", None, "client_read"),
-    // A request head that could not be read (the client went away or
-    // stalled); the same words after routing carry `status:` instead.
-    ("Fail to proxy: ", Some(", downstream session type"), "client_read"),
-    ("failed to send error response to downstream", None, "client_write"),
-    ("Error finish sending body to downstream", None, "client_write"),
+/// the event they count as (logged at DEBUG).
+const NOT_OUR_FAULT: &[(&str, &str)] = &[
+    ("Downstream handshake error", "client_handshake"),
+    ("Downstream handshake timeout", "client_handshake"),
+    ("H2 handshake error", "client_handshake"),
+    // The admin listener's HTTP server (Pingora's `ServeHttp`).
+    ("HTTP server fails to read from downstream", "client_read"),
 ];
 
 /// Pingora's ERROR lines that say something worth seeing but not that this
 /// edge is failing: message prefix, the level they are written at.
 const LOWER: &[(&str, log::Level)] = &[
-    // A request one VM (or peer edge) failed: the VM's fault, already
-    // counted in `edgeplane_upstream_errors_total{reason}` and towards its
-    // ejection; a fleet always has a VM going away.
-    ("Fail to proxy: Upstream ", log::Level::Warn),
     // `serve --upgrade` waiting for the old process to hand its listeners
     // over: the normal first second of an upgrade.
     ("No incoming socket transfer", log::Level::Info),
@@ -163,10 +153,7 @@ pub fn classify(target: &str, level: log::Level, msg: &str) -> Class {
                 event: None,
             };
         }
-        let hit = NOT_OUR_FAULT
-            .iter()
-            .find(|(p, also, _)| msg.starts_with(p) && also.is_none_or(|w| msg.contains(w)));
-        if let Some((_, _, event)) = hit {
+        if let Some((_, event)) = NOT_OUR_FAULT.iter().find(|(p, _)| msg.starts_with(p)) {
             return Class {
                 level: log::Level::Debug,
                 event: Some(event),
@@ -354,13 +341,6 @@ mod tests {
 
     #[test]
     fn pingora_noise_is_counted_at_debug_and_real_errors_keep_their_level() {
-        let race = classify(
-            "pingora_core::connectors",
-            log::Level::Error,
-            "failed to acquire reusable stream",
-        );
-        assert_eq!(race.level, log::Level::Debug);
-        assert_eq!(race.event, Some("pool_reuse_race"));
         let client = classify(
             "pingora_core::services::listening",
             log::Level::Error,
@@ -374,38 +354,23 @@ mod tests {
             "Accept() failed Too many open files",
         );
         assert_eq!((accept.level, accept.event), (log::Level::Error, None));
-        // A request a VM failed is a WARN (counted in upstream_errors_total);
-        // one whose head could not be read is the client's; one that failed
-        // inside the edge stays ERROR.
-        let vm = classify(
-            "pingora_proxy",
-            log::Level::Error,
-            "Fail to proxy: Upstream ConnectRefused context: Fail to connect, status: 502, tries: 1",
-        );
-        assert_eq!((vm.level, vm.event), (log::Level::Warn, None));
-        let internal = classify(
-            "pingora_proxy",
-            log::Level::Error,
-            "Fail to proxy: Internal InternalError context: no routing decision, status: 500",
-        );
-        assert_eq!(internal.level, log::Level::Error);
         let upgrade = classify(
             "pingora_core::server::transfer_fd",
             log::Level::Error,
             "No incoming socket transfer, sleep 1s and try again",
         );
         assert_eq!(upgrade.level, log::Level::Info);
-        let head = classify(
-            "pingora_proxy",
+        let admin = classify(
+            "pingora_core::apps::http_app",
             log::Level::Error,
-            "Fail to proxy: Downstream ReadTimedout, downstream session type: HTTP/1.1",
+            "HTTP server fails to read from downstream: ReadError",
         );
-        assert_eq!(head.event, Some("client_read"));
+        assert_eq!((admin.level, admin.event), (log::Level::Debug, Some("client_read")));
         // The same words from the edge's own code are not reclassified.
         let ours = classify(
             "edgeplane_proxy::http",
             log::Level::Error,
-            "failed to acquire reusable stream",
+            "Downstream handshake error from 1.2.3.4:5: tls",
         );
         assert_eq!(ours.level, log::Level::Error);
     }

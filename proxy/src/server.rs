@@ -202,15 +202,14 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     let edge = &parts.proxy;
 
     let limits = edge.limits();
-    let mut http = pingora_proxy::http_proxy(&server.configuration, parts.proxy.clone());
-    let mut options = pingora_core::apps::HttpServerOptions::default();
-    // Pingora counts reuses after the first request.
-    options.keepalive_request_limit = Some(limits.max_requests_per_connection.saturating_sub(1));
-    http.server_options = Some(options);
-    let http = Arc::new(http);
+    let http = Arc::new(crate::http::EdgeHttp::new(
+        parts.proxy.clone(),
+        limits.max_requests_per_connection,
+        server.configuration.threads,
+    ));
     let drain = crate::conn::Drain::new(1 + usize::from(tls_cfg.is_some()), parts.admission.clone());
     let app = |tls| EdgeApp {
-        proxy: http.clone(),
+        http: http.clone(),
         admission: parts.admission.clone(),
         drain: drain.clone(),
         tls,

@@ -10,7 +10,7 @@ pub mod drain;
 pub mod stream;
 pub mod tls;
 
-use pingora_proxy::Session;
+use pingora_core::protocols::http::ServerSession;
 
 pub use admission::{Admission, Refusal};
 pub use drain::Drain;
@@ -18,6 +18,6 @@ pub use stream::ConnStream;
 
 /// The connection a session runs on (None only for sessions Pingora built
 /// itself, e.g. HTTP/2 streams, which edgeplane does not offer).
-pub fn conn_of(session: &Session) -> Option<&ConnStream> {
+pub fn conn_of(session: &ServerSession) -> Option<&ConnStream> {
     session.stream()?.as_any().downcast_ref::<ConnStream>()
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use edgeplane_config::{Config, LogConfig};
 use edgeplane_control_sync::RoutingTable;
 
-use pingora_proxy::Session;
+use pingora_core::protocols::http::ServerSession;
 
 use super::headers::header_str;
 use super::{Proxy, RequestCtx};
@@ -166,7 +166,7 @@ fn error_line_admitted(status: u16) -> bool {
 impl Proxy {
     /// The request's last step (Pingora's `logging`): tunnel gauge, request
     /// counter and duration, and the access-log line when sampled or failed.
-    pub(super) fn finish(&self, session: &Session, ctx: &mut RequestCtx) {
+    pub(super) fn finish(&self, session: &ServerSession, ctx: &mut RequestCtx) {
         if let Some(c) = crate::conn::conn_of(session) {
             c.expect_head();
         }
@@ -198,7 +198,14 @@ impl Proxy {
     }
 
     /// Writes the access-log line of a finished request.
-    fn write_access_log(&self, session: &Session, ctx: &RequestCtx, kind: &str, outcome: &str, elapsed: Duration) {
+    fn write_access_log(
+        &self,
+        session: &ServerSession,
+        ctx: &RequestCtx,
+        kind: &str,
+        outcome: &str,
+        elapsed: Duration,
+    ) {
         let req = session.req_header();
         let route = match &ctx.decision {
             Some(d) => describe_for_log(d, &self.table.load(), ctx.table_version),

@@ -1,6 +1,6 @@
 //! The Pingora `ServerApp` on every proxy listener: connection admission,
-//! the TLS handshake on HTTPS listeners, then Pingora's HTTP proxy running
-//! [`super::Proxy`] for each request.
+//! the TLS handshake on HTTPS listeners, then Pingora's HTTP server running
+//! [`super::EdgeHttp`] for each request.
 //!
 //! For each accepted connection it takes an admission slot
 //! ([`crate::conn::admission`]: global and per-IP caps; a refused
@@ -21,10 +21,9 @@ use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
 use tokio::io::AsyncWriteExt;
 
-use super::Proxy;
+use super::EdgeHttp;
 use crate::conn::{Admission, ConnStream, Drain};
 use crate::metrics::Metrics;
 
@@ -39,7 +38,7 @@ pub const QUIET: Duration = Duration::from_millis(100);
 
 /// The ServerApp of one kind of proxy listener (plain or TLS).
 pub struct EdgeApp {
-    pub proxy: Arc<HttpProxy<Proxy>>,
+    pub http: Arc<EdgeHttp>,
     pub admission: Arc<Admission>,
     /// Told when this service's listeners have stopped (a prompt exit).
     pub drain: Arc<Drain>,
@@ -104,7 +103,7 @@ impl ServerApp for EdgeApp {
                 ))
             }
         };
-        ServerApp::process_new(&self.proxy, conn, shutdown).await
+        ServerApp::process_new(&self.http, conn, shutdown).await
     }
 
     /// Runs when the listeners stop (graceful stop or upgrade). Pingora's
@@ -126,7 +125,7 @@ impl ServerApp for EdgeApp {
         while busy() && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        ServerApp::cleanup(self.proxy.as_ref()).await;
+        ServerApp::cleanup(self.http.as_ref()).await;
         self.drain.listener_stopped();
     }
 }

@@ -12,9 +12,9 @@
 //! Where it sits: [`super::Proxy`]'s `request_filter` hook calls
 //! [`Proxy::filter_request`]. Start there.
 
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::Result;
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 
 use edgeplane_config::LimitsConfig;
 
@@ -88,7 +88,7 @@ pub fn drop_foreign_upgrade(h: &mut RequestHeader) -> Result<()> {
 impl Proxy {
     /// The whole filter: Ok(true) when the edge answered (Pingora proxies
     /// nothing), Ok(false) when Pingora proxies to the decided address.
-    pub(super) async fn filter_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    pub(super) async fn filter_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = std::time::Instant::now();
         if let Some(c) = crate::conn::conn_of(session) {
             c.head_done();
@@ -113,7 +113,7 @@ impl Proxy {
     /// Step 3: the decision for this request, with its metrics and the
     /// per-request facts later steps need. The canonical host is computed
     /// once, here, and handed to the decision.
-    fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Routed {
+    fn route(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Routed {
         let req = session.req_header();
         let now = now_ms();
         // One config for the whole step (no await inside).
@@ -194,7 +194,7 @@ impl Proxy {
     /// Step 4: carry the decision out.
     async fn dispatch(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         routed: Routed,
         limits: &LimitsConfig,

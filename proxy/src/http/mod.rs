@@ -6,10 +6,13 @@
 //! page — and handle what comes back (replays, connect retries).
 //!
 //! Where it sits: [`EdgeApp`] (admission, TLS) hands each connection to
-//! Pingora's HTTP proxy, which runs [`Proxy`]'s `ProxyHttp` hooks for every
-//! request on it. Files by step:
+//! Pingora's HTTP server, which hands each request to [`EdgeHttp`] (the
+//! edge as a Pingora `HttpServerApp`). Files by step:
+//! - [`serve`]: one request from head to reuse;
 //! - [`filter`]: the request filter as named steps (reject by head, route,
 //!   dispatch);
+//! - [`forward`] and [`pool`]: proxying to the VM over a connection from
+//!   this thread's pool, with retries and replays;
 //! - [`upstream`]: headers for the VM, retry after a connect failure,
 //!   replay, error classification;
 //! - [`upgrade`] and [`tunnel`]: WebSocket tunnels the edge carries itself;
@@ -27,15 +30,18 @@
 //! - No DNS and no lock on this path: endpoints are resolved in the
 //!   background and answered from memory, the table is one ArcSwap load.
 //!
-//! Start at [`filter`], then [`upstream`].
+//! Start at [`serve`], then [`filter`] and [`forward`].
 
 pub mod access_log;
 mod app;
 pub mod error_page;
 pub mod filter;
+mod forward;
 pub mod headers;
+pub mod pool;
 pub mod recent;
 mod respond;
+mod serve;
 pub mod tunnel;
 mod upgrade;
 pub mod upstream;
@@ -45,12 +51,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use bytes::Bytes;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use edgeplane_config::Config;
 use edgeplane_control_sync::table::Idx;
@@ -63,6 +63,7 @@ use crate::route::{Decision, RouteContext};
 
 pub use app::EdgeApp;
 pub use recent::{ForwardEvent, RecentForwards};
+pub use serve::EdgeHttp;
 
 pub const HOP_HEADER: &str = "x-edgeplane-hop";
 pub const REPLAY_HEADER: &str = "x-edgeplane-replay";
@@ -164,9 +165,14 @@ pub struct RequestCtx {
     retries: u32,
     /// The request was replayed once (a second replay header is ignored).
     replayed: bool,
-    /// A replay was decided in `upstream_response_filter`; Pingora's retry
-    /// loop carries it out.
-    replay_pending: bool,
+    /// The request body was read from the client (a later attempt sends
+    /// the held copy).
+    body_read: bool,
+    /// A pooled connection failed as it was reused and the request went
+    /// again on a new one (once).
+    stale_retried: bool,
+    /// The client connection may carry another request after this one.
+    reusable: bool,
     /// `x-edgeplane-replay-src` of a replayed request.
     replay_src: Option<String>,
     /// The current attempt's upstream answered with a response head.
@@ -213,117 +219,11 @@ impl RequestCtx {
             tried: Tried::default(),
             retries: 0,
             replayed: false,
-            replay_pending: false,
+            body_read: false,
+            stale_retried: false,
+            reusable: true,
             replay_src: None,
             answered: false,
         }
-    }
-}
-
-/// Each hook is one step named in a submodule; nothing else lives here.
-#[async_trait]
-impl ProxyHttp for Proxy {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.filter_request(session, ctx).await
-    }
-
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        self.peer(session, ctx)
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        self.edit_upstream_request(session, upstream, ctx)
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        self.answered(session, resp, ctx)
-    }
-
-    fn fail_to_connect(
-        &self,
-        session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        e: Box<Error>,
-    ) -> Box<Error> {
-        self.connect_failed(session, ctx, e)
-    }
-
-    /// Replays and connect retries are counted (`edgeplane_replays_total`,
-    /// `edgeplane_connect_retries_total`) and logged at debug: they are the
-    /// system working, not a warning for each request.
-    fn suppress_proxy_warn_log(
-        &self,
-        _session: &Session,
-        ctx: &RequestCtx,
-        _e: &Error,
-        _context: pingora_proxy::ProxyWarnLogContext,
-    ) -> bool {
-        ctx.replayed || ctx.retries > 0
-    }
-
-    /// A request that failed because of its client (it went away, sent a
-    /// bad chunk, stalled) is counted, not logged as an ERROR: the log's
-    /// ERROR lines are this edge's faults and its VMs' (docs/contract.md §7).
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        let client = *e.esource() == pingora_core::ErrorSource::Downstream;
-        if client {
-            crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
-        }
-        client
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut RequestCtx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        self.failed_while_proxying(peer, session, e, ctx, client_reused)
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        self.count_body(body.as_ref(), ctx)
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        self.edit_response(resp, ctx)
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        self.answer_failure(session, e, ctx).await
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.finish(session, ctx)
     }
 }

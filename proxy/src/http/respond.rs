@@ -2,16 +2,16 @@
 //! (and `Retry-After` on 503), and the 308 to HTTPS.
 
 use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 use super::{error_page, Proxy, RequestCtx, REQUEST_ID_HEADER, ROUTE_HEADER};
 use crate::route;
 
 impl Proxy {
     /// Writes one of the edge's own responses.
-    pub(super) async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {
+    pub(super) async fn respond(&self, session: &mut ServerSession, ctx: &mut RequestCtx, status: u16) -> Result<()> {
         let id = ctx.request_id.get_or_insert_with(|| self.next_request_id()).clone();
         let body = error_page::error_page(status, &id);
         let mut resp = ResponseHeader::build(status, Some(5))?;
@@ -26,13 +26,13 @@ impl Proxy {
             resp.insert_header("retry-after", "5")?;
         }
         ctx.status = status;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        session.write_response_header(Box::new(resp)).await?;
+        session.write_response_body(Bytes::from(body), true).await?;
         Ok(())
     }
 
     /// Answers a plain-HTTP request with 308 to the same URL on HTTPS.
-    pub(super) async fn redirect_to_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    pub(super) async fn redirect_to_https(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header();
         let host = req
             .headers
@@ -52,7 +52,8 @@ impl Proxy {
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header(REQUEST_ID_HEADER, id)?;
         ctx.status = 308;
-        session.write_response_header(Box::new(resp), true).await?;
+        session.write_response_header(Box::new(resp)).await?;
+        session.finish_body().await?;
         Ok(())
     }
 }

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::{Error, ErrorType, Result};
-use pingora_proxy::Session;
 
 use edgeplane_config::LimitsConfig;
 
@@ -21,7 +21,7 @@ use crate::route::{self, Decision};
 
 /// The client socket of a plain-TCP HTTP/1 session (None for TLS or H2,
 /// which keep Pingora's own upgrade path), lent for as long as the session.
-pub(super) fn plain_tcp_fd(session: &Session) -> Option<std::os::fd::BorrowedFd<'_>> {
+pub(super) fn plain_tcp_fd(session: &ServerSession) -> Option<std::os::fd::BorrowedFd<'_>> {
     use std::os::fd::AsRawFd;
     let fd = session
         .stream()?
@@ -43,8 +43,10 @@ impl Proxy {
     /// decided address, send the edited head, relay the answer, and pump the
     /// tunnel until it ends. Errors before the answer get the edge's own
     /// 502/504 page, exactly as on the proxied path.
-    pub(super) async fn tunnel_websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    pub(super) async fn tunnel_websocket(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         session.set_keepalive(None);
+        // The answer goes out on the socket itself, not through the session.
+        ctx.reusable = false;
         let limits = self.limits();
         let grace_period = self.cfg.load().edge.grace_period;
         let Some(t) = self.open_tunnel(session, ctx, &limits).await? else {
@@ -86,7 +88,7 @@ impl Proxy {
     /// client itself (502/504).
     async fn open_tunnel(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         limits: &LimitsConfig,
     ) -> Result<Option<Tunnel>> {

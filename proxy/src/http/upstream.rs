@@ -11,10 +11,9 @@
 //! Start at [`Proxy::edit_upstream_request`], then [`Proxy::retry_elsewhere`].
 
 use bytes::Bytes;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, Session};
 
 use edgeplane_control_sync::RoutingTable;
 
@@ -49,28 +48,6 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
 }
 
 impl Proxy {
-    /// The peer to dial for this attempt (the decision's address, with the
-    /// configured timeouts).
-    pub(super) fn peer(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        ctx.answered = false;
-        let addr: std::net::SocketAddr = match ctx.decision {
-            Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
-            _ => return Error::e_explain(ErrorType::InternalError, "no routing decision"),
-        };
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let limits = self.limits();
-        peer.options.connection_timeout = Some(limits.upstream_connect_timeout);
-        peer.options.total_connection_timeout = Some(limits.upstream_connect_timeout);
-        peer.options.read_timeout = Some(if session.is_upgrade_req() {
-            limits.tunnel_idle_timeout
-        } else {
-            limits.upstream_read_timeout
-        });
-        peer.options.write_timeout = Some(limits.upstream_read_timeout);
-        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
-        Ok(Box::new(peer))
-    }
-
     /// Counts an upstream failure; a VM that could not be reached counts
     /// towards its ejection, and a remembered pick is forgotten.
     pub(super) fn note_upstream_failure(&self, ctx: &RequestCtx, reason: &str, connect_failed: bool) {
@@ -95,19 +72,24 @@ impl Proxy {
     /// `x-forwarded-*` and `x-request-id` set, hop or transfer header added.
     pub(super) fn edit_upstream_request(
         &self,
-        session: &Session,
+        session: &ServerSession,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Drop internal, hop-by-hop and spoofable headers (allocates only
         // when some are there).
         let websocket = is_websocket_upgrade(session.req_header());
-        let connection = header_str(session.req_header(), "connection").unwrap_or("");
-        let tokens: Vec<&str> = if connection.is_empty() {
-            Vec::new()
-        } else {
-            connection.split(',').map(str::trim).filter(|t| !t.is_empty()).collect()
-        };
+        // Every `Connection` line counts (a client may send several).
+        let tokens: Vec<&str> = session
+            .req_header()
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
         let strip = |k: &http::HeaderName| strip_for_upstream(k.as_str(), &tokens, websocket);
         if upstream.headers.keys().any(strip) {
             let names: Vec<http::HeaderName> = upstream.headers.keys().filter(|k| strip(k)).cloned().collect();
@@ -171,7 +153,7 @@ impl Proxy {
 
     /// Takes `next` as the request's decision (a connect retry or a
     /// replay): the VM hash, transfer and forward facts follow it.
-    fn redirect(&self, session: &Session, ctx: &mut RequestCtx, t: &RoutingTable, next: Decision) {
+    fn redirect(&self, session: &ServerSession, ctx: &mut RequestCtx, t: &RoutingTable, next: Decision) {
         match next {
             Decision::Vm { vm, transfer_from, .. } => {
                 ctx.vm_hash = Some(t.vm(vm).id_hash);
@@ -202,7 +184,7 @@ impl Proxy {
     /// counts the failure, moves the request to another VM of the cluster
     /// and returns true (Pingora then asks [`ProxyHttp::upstream_peer`]
     /// again). False when the decision may not move or no retry is left.
-    pub(super) fn retry_elsewhere(&self, session: &Session, ctx: &mut RequestCtx, reason: &str) -> bool {
+    pub(super) fn retry_elsewhere(&self, session: &ServerSession, ctx: &mut RequestCtx, reason: &str) -> bool {
         let Some(failed) = ctx.decision else {
             return false;
         };
@@ -242,7 +224,7 @@ impl Proxy {
     /// a known target). On `Ok` the request's decision is the replay's.
     pub(super) fn plan_replay(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         value: &[u8],
     ) -> std::result::Result<(), route::replay::ReplayOutcome> {
@@ -258,7 +240,7 @@ impl Proxy {
             declared,
             ctx.body_bytes,
             session.is_body_done(),
-            session.as_ref().retry_buffer_truncated(),
+            session.retry_buffer_truncated(),
             limits.replay_body_bytes,
         );
         if !whole {
@@ -286,17 +268,18 @@ impl Proxy {
         Ok(())
     }
 
-    /// An answer head arrived: replay it if it asks for one and may be
-    /// (the error hands the request back to Pingora's retry loop).
+    /// An answer head arrived: true when it asks for a replay that may be
+    /// made (the decision now names the target; the answer is dropped).
+    /// Otherwise the client gets the VM's own answer, without the header.
     pub(super) fn answered(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    ) -> bool {
         ctx.answered = true;
         let Some(value) = resp.headers.get(REPLAY_HEADER).map(|v| v.as_bytes().to_vec()) else {
-            return Ok(());
+            return false;
         };
         let outcome = match self.plan_replay(session, ctx, &value) {
             Ok(()) => route::replay::ReplayOutcome::Replayed,
@@ -304,75 +287,10 @@ impl Proxy {
         };
         self.metrics.replays.with_label_values(&[outcome.as_str()]).inc();
         if outcome != route::replay::ReplayOutcome::Replayed {
-            // The client gets the VM's own answer, without the header.
             resp.remove_header(REPLAY_HEADER);
-            return Ok(());
+            return false;
         }
-        // Drop this answer: Pingora's retry loop sends the request again,
-        // to the decision `plan_replay` set (see `error_while_proxy`).
-        ctx.replay_pending = true;
-        Error::e_explain(ErrorType::Custom("replay"), "the VM asked for a replay")
-    }
-
-    /// A connection could not be made: a repl being placed moves on.
-    pub(super) fn connect_failed(&self, session: &mut Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        let reason = match e.etype() {
-            ErrorType::ConnectTimedout => "connect_timeout",
-            ErrorType::ConnectRefused => "connect_refused",
-            _ => "connect_error",
-        };
-        if self.retry_elsewhere(session, ctx, reason) {
-            e.set_retry(true);
-        }
-        e
-    }
-
-    /// A failure after connecting: a pending replay, a reset before any
-    /// answer (a repl being placed moves on), else Pingora's default rule.
-    pub(super) fn failed_while_proxying(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut RequestCtx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        if std::mem::take(&mut ctx.replay_pending) {
-            e.set_retry(true);
-            return e;
-        }
-        // A VM that reset or closed a fresh connection before answering: a
-        // repl being placed moves to another VM when the edge still holds
-        // the request body whole.
-        let reset = e.esource() == &ErrorSource::Upstream
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            );
-        if reset && !ctx.answered && !client_reused && !session.as_ref().retry_buffer_truncated() {
-            let declared =
-                header_str(session.req_header(), "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-            let whole = route::replay::body_replayable(
-                declared,
-                ctx.body_bytes,
-                session.is_body_done(),
-                false,
-                self.limits().replay_body_bytes,
-            );
-            if whole && self.retry_elsewhere(session, ctx, "connect_reset") {
-                e.set_retry(true);
-                return e;
-            }
-        }
-        // Pingora's default: a stale pooled connection may be retried for an
-        // idempotent request whose body it holds.
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        e
+        true
     }
 
     /// Counts request body bytes against `limits.max_body_bytes` (chunked
@@ -414,7 +332,7 @@ impl Proxy {
     }
 
     /// The request failed for good: the edge's own page, counted.
-    pub(super) async fn answer_failure(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    pub(super) async fn answer_failure(&self, session: &mut ServerSession, e: &Error, ctx: &mut RequestCtx) {
         let client_slow = e.esource() == &ErrorSource::Downstream && matches!(e.etype(), ErrorType::ReadTimedout);
         let (code, reason) = classify(e);
         if client_slow {
@@ -433,13 +351,22 @@ impl Proxy {
             );
             self.note_upstream_failure(ctx, reason, connect_failed);
         }
+        // The log names whose fault it was (docs/contract.md §7): a VM's is
+        // a WARN, the client's DEBUG (counted), only the edge's own ERROR.
+        match e.esource() {
+            ErrorSource::Upstream => {
+                let to = ctx.decision.map(|d| route::describe(&d, &self.table.load()));
+                log::warn!("request to {} failed: {e}; answered {code}", to.unwrap_or_default());
+            }
+            ErrorSource::Downstream => {
+                crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
+                log::debug!("request failed because of its client: {e}");
+            }
+            ErrorSource::Internal | ErrorSource::Unset => log::error!("request failed inside the edge: {e}"),
+        }
         if code > 0 && self.respond(session, ctx, code).await.is_err() {
             log::debug!("could not send error page: {e}");
         }
         ctx.status = code;
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
     }
 }

@@ -158,3 +158,79 @@ async fn plain_http_redirects_to_https_except_acme_challenges() {
     // Unknown hosts are still 404, not redirected.
     assert_eq!(edge.get("nope.repl.co", "/", &[]).await.status, 404);
 }
+
+/// A WebSocket over TLS: the upgrade is answered by the VM, text and a
+/// 256 KiB binary message echo through the edge, the close handshake
+/// completes, and the tunnel gauge goes back to zero.
+#[tokio::test]
+async fn websocket_over_tls_echoes_and_closes() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let snap = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let wildcard = write_pair(&certs, "repl.co", &["*.repl.co"]);
+    let tls = "listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\"";
+    let edge = Edge::start_opts(
+        dir,
+        "us-east1",
+        &snap,
+        &EdgeOpts {
+            tls: Some(tls),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = edge.https.expect("https listener");
+    let echoed = tokio::task::spawn_blocking(move || {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(wildcard)).unwrap();
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let tls = rustls::StreamOwned::new(conn, tcp);
+        let req = "wss://app1.repl.co/chat".into_client_request().unwrap();
+        let (mut ws, resp) = tokio_tungstenite::tungstenite::client(req, tls).unwrap();
+        assert_eq!(resp.status(), 101);
+        assert_eq!(resp.headers()["x-served-by"], "vm-1");
+        ws.send(Message::text("hello over tls")).unwrap();
+        let mut got = Vec::new();
+        let big: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        ws.send(Message::binary(big.clone())).unwrap();
+        while got.len() < 2 {
+            match ws.read().unwrap() {
+                m @ (Message::Text(_) | Message::Binary(_)) => got.push(m),
+                _ => {}
+            }
+        }
+        assert_eq!(got[0], Message::text("hello over tls"));
+        assert!(
+            matches!(&got[1], Message::Binary(b) if b[..] == big[..]),
+            "256 KiB echo differs"
+        );
+        ws.close(None).unwrap();
+        loop {
+            match ws.read() {
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert!(echoed);
+    for _ in 0..100 {
+        if metric_value(&edge.metrics().await, "edgeplane_websocket_tunnels_active") == Some(0.0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the TLS tunnel never closed");
+}

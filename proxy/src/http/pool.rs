@@ -1,0 +1,188 @@
+//! Idle upstream connections, kept per serving thread: a request to a VM or
+//! peer edge takes the most recently used idle connection to that address
+//! from its own thread's pool, and gives it back when the answer is read
+//! whole. No lock, no channel, no task per idle connection.
+//!
+//! Why per thread: the edge's runtimes do not steal work (`work_stealing =
+//! false`), so a connection task stays on the thread it started on, and a
+//! socket stays registered with that thread's reactor. Pingora's shared
+//! pool hands a connection made on one thread to a request on another, and
+//! each use then wakes the first thread's reactor (an eventfd write per
+//! request, measured in bench/results/shipped/README.md); it also takes a
+//! lock and spawns an idle watcher per release. Here neither happens.
+//!
+//! Invariants:
+//! - A connection is handed out only if it is open and holds no unread
+//!   bytes (a non-blocking `MSG_PEEK` answers `WouldBlock`): a VM that
+//!   closed an idle connection is noticed before a request is written to it.
+//! - At most [`MAX_IDLE_PER_ADDR`] idle connections per address and
+//!   [`MAX_IDLE_PER_THREAD`] in all per thread; none older than
+//!   [`IDLE_TIMEOUT`] is handed out, and a sweep closes those at most once a
+//!   second, so a VM that went away leaves nothing open for long.
+//!
+//! Start at [`take`] and [`give_back`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
+
+/// Idle connections kept per upstream address, per thread.
+pub const MAX_IDLE_PER_ADDR: usize = 64;
+/// Idle connections kept in all, per thread.
+pub const MAX_IDLE_PER_THREAD: usize = 1024;
+/// An idle connection older than this is closed, not reused (VMs' own
+/// keep-alive timeouts are commonly 5-60 s; a reused one that the VM closed
+/// meanwhile is caught by the liveness check or retried).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Idle {
+    stream: Stream,
+    since_ms: u64,
+}
+
+#[derive(Default)]
+struct Pool {
+    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    total: usize,
+    last_sweep_ms: u64,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// An open idle connection to `addr` from this thread's pool, if any.
+pub fn take(addr: SocketAddr, now_ms: u64) -> Option<Stream> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let p = &mut *p;
+        let list = p.by_addr.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            p.total -= 1;
+            let fresh = now_ms.saturating_sub(idle.since_ms) < IDLE_TIMEOUT.as_millis() as u64;
+            if fresh && still_open(&idle.stream) {
+                return Some(idle.stream);
+            }
+        }
+        None
+    })
+}
+
+/// Keeps a connection whose last answer was read whole, for the next request
+/// to `addr` on this thread (closed instead when the pool is full).
+pub fn give_back(addr: SocketAddr, stream: Stream, now_ms: u64) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if now_ms.saturating_sub(p.last_sweep_ms) >= 1000 {
+            p.sweep(now_ms);
+        }
+        if p.total >= MAX_IDLE_PER_THREAD {
+            return;
+        }
+        let list = p.by_addr.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_ADDR {
+            return;
+        }
+        list.push(Idle {
+            stream,
+            since_ms: now_ms,
+        });
+        p.total += 1;
+    })
+}
+
+/// Idle connections this thread holds (for tests and the status page).
+pub fn idle_on_this_thread() -> usize {
+    POOL.with(|p| p.borrow().total)
+}
+
+impl Pool {
+    /// Closes every connection idle past [`IDLE_TIMEOUT`] and forgets
+    /// addresses with none left.
+    fn sweep(&mut self, now_ms: u64) {
+        self.last_sweep_ms = now_ms;
+        let limit = IDLE_TIMEOUT.as_millis() as u64;
+        let mut total = 0;
+        self.by_addr.retain(|_, list| {
+            list.retain(|i| now_ms.saturating_sub(i.since_ms) < limit);
+            total += list.len();
+            !list.is_empty()
+        });
+        self.total = total;
+    }
+}
+
+/// True when the socket is open and nothing is waiting to be read on it (an
+/// idle HTTP/1 connection the VM has not closed). Streams that are not a
+/// plain TCP socket are trusted.
+fn still_open(stream: &Stream) -> bool {
+    let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() else {
+        return true;
+    };
+    // SAFETY: the descriptor belongs to `stream`, which is borrowed for the
+    // whole call, so it stays open while the borrowed fd is used.
+    #[allow(unsafe_code)]
+    let fd = unsafe { BorrowedFd::borrow_raw(l4.as_raw_fd()) };
+    let sock = socket2::SockRef::from(&fd);
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match sock.peek(&mut buf) {
+        // Closed (0) or an unexpected byte: not reusable.
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn pair() -> (Stream, tokio::net::TcpStream, SocketAddr) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (Box::new(L4Stream::from(c)), s, addr)
+    }
+
+    #[tokio::test]
+    async fn an_open_connection_comes_back_and_a_closed_one_does_not() {
+        let (c, server, addr) = pair().await;
+        give_back(addr, c, 1);
+        assert_eq!(idle_on_this_thread(), 1);
+        assert!(take(addr, 2).is_some(), "open and quiet: reused");
+        assert!(take(addr, 2).is_none(), "handed out once");
+
+        let (c, server2, addr2) = pair().await;
+        give_back(addr2, c, 1);
+        drop(server2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(take(addr2, 2).is_none(), "the VM closed it while idle");
+
+        let (c, mut server3, addr3) = pair().await;
+        give_back(addr3, c, 1);
+        server3.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(take(addr3, 2).is_none(), "unread bytes: not a clean idle connection");
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn old_connections_are_closed_not_reused() {
+        let (c, _server, addr) = pair().await;
+        give_back(addr, c, 1);
+        assert!(take(addr, 1 + IDLE_TIMEOUT.as_millis() as u64).is_none());
+        let (c, _server2, addr2) = pair().await;
+        give_back(addr2, c, 10);
+        let (c3, _server3, addr3) = pair().await;
+        // The sweep on a later give-back closes the old one.
+        give_back(addr3, c3, 20_000 + IDLE_TIMEOUT.as_millis() as u64);
+        assert_eq!(idle_on_this_thread(), 1);
+        assert!(take(addr2, 20_000).is_none());
+    }
+}

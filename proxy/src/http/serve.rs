@@ -1,0 +1,200 @@
+//! [`EdgeHttp`]: the edge as a Pingora `HttpServerApp`. Pingora's listener,
+//! TLS and HTTP/1 codec hand it one parsed-on-demand session per request;
+//! it reads the head, runs the request path ([`super::filter`], then
+//! [`super::forward`]) and the last step ([`super::access_log`]), and gives
+//! the connection back for the next request when that is safe.
+//!
+//! Why not `pingora-proxy`'s `ProxyHttp`: its generic state machine (cache,
+//! modules, subrequests, a shared upstream pool with a lock, a `Notify` and
+//! a spawned idle watcher per release) cost more than the edge's whole own
+//! work, and its pool woke the other serving thread on every request
+//! (docs/architecture.md, "Why the request path is its own app", has the
+//! measurements). Everything the edge needs from Pingora stays: listeners,
+//! TLS, the HTTP/1 codecs (server and client), the server, upgrade and
+//! shutdown machinery.
+//!
+//! Invariants:
+//! - A connection is reused only after a complete answer (the codec's own
+//!   keep-alive rules, `limits.max_requests_per_connection`); every failure
+//!   closes it.
+//! - A connection waiting for its next request is dropped when the
+//!   listeners stop ([`EdgeHttp::http_cleanup`]); one in the middle of a
+//!   request finishes it with `connection: close`.
+//! - A malformed head gets 400 and a `CONNECT` 405; both are the client's
+//!   fault: counted, logged at debug.
+//!
+//! Start at [`EdgeHttp::process_new_http`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::ErrorType;
+use tokio::sync::Notify;
+
+use super::{Proxy, RequestCtx};
+
+/// The request path on Pingora's HTTP server (see the module docs).
+pub struct EdgeHttp {
+    pub proxy: Proxy,
+    options: HttpServerOptions,
+    stop: Stop,
+}
+
+impl EdgeHttp {
+    /// `max_requests_per_connection` caps keep-alive reuse per client
+    /// connection (Pingora counts reuses after the first request).
+    pub fn new(proxy: Proxy, max_requests_per_connection: u32, threads: usize) -> EdgeHttp {
+        let mut options = HttpServerOptions::default();
+        options.keepalive_request_limit = Some(max_requests_per_connection.saturating_sub(1));
+        EdgeHttp {
+            proxy,
+            options,
+            stop: Stop::new(threads),
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for EdgeHttp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            // Biased: a head already on its way is read before a stop is seen.
+            biased;
+            r = session.read_request() => r,
+            _ = self.stop.wait() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                refuse_head(session, e.etype()).await;
+                return None;
+            }
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            refuse_head(session, &ErrorType::HTTPStatus(405)).await;
+            return None;
+        }
+        if *shutdown.borrow() || self.stop.stopped() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx::new();
+        self.proxy.serve(&mut session, &mut ctx).await;
+        self.proxy.finish(&session, &mut ctx);
+        if !ctx.reusable {
+            return None;
+        }
+        // Keep-alive time and the requests left carry over to the next one.
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reused) => reused.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
+                log::debug!("finishing a response: {e}");
+                None
+            }
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
+    /// The listeners stopped: connections waiting for their next request
+    /// are dropped; one mid-request finishes it and closes.
+    async fn http_cleanup(&self) {
+        self.stop.stop();
+    }
+}
+
+/// Answers a head the edge will not serve (400 for a malformed one, or the
+/// status in `etype`) and closes. The client's fault: counted, at debug.
+async fn refuse_head(mut session: ServerSession, etype: &ErrorType) {
+    crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
+    let status = match etype {
+        ErrorType::InvalidHTTPHeader => 400,
+        ErrorType::HTTPStatus(s) => *s,
+        // A reset, a timeout (the 408 is already written), a client that
+        // went away: nothing to answer.
+        _ => {
+            log::debug!("reading a request head: {etype:?}");
+            return;
+        }
+    };
+    log::debug!("refusing a request head: {status}");
+    session.set_keepalive(None);
+    if let Err(e) = session.respond_error(status).await {
+        log::debug!("answering {status}: {e}");
+    }
+    session.shutdown().await;
+}
+
+/// The listeners' stop, as waiting sessions see it: a flag, and one
+/// `Notify` per serving thread so that waiting never shares a lock across
+/// threads.
+struct Stop {
+    stopped: AtomicBool,
+    shards: Box<[Notify]>,
+}
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+}
+
+impl Stop {
+    fn new(threads: usize) -> Stop {
+        Stop {
+            stopped: AtomicBool::new(false),
+            shards: (0..threads.max(1)).map(|_| Notify::new()).collect(),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        for n in self.shards.iter() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Resolves once [`Stop::stop`] was called.
+    async fn wait(&self) {
+        let shard = &self.shards[SHARD.with(|s| *s) % self.shards.len()];
+        let notified = shard.notified();
+        if self.stopped() {
+            return;
+        }
+        notified.await
+    }
+}
+
+impl Proxy {
+    /// One request, after its head was read: the filter answers it or the
+    /// request is proxied. A failure to write the edge's own answer means
+    /// the client went away (counted, the connection closes).
+    pub(super) async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx) {
+        match self.filter_request(session, ctx).await {
+            Ok(true) => {}
+            Ok(false) => self.proxy_request(session, ctx).await,
+            Err(e) => {
+                crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
+                log::debug!("answering a request: {e}");
+                ctx.reusable = false;
+            }
+        }
+    }
+}
