@@ -204,9 +204,8 @@ async fn websocket_over_tls_echoes_and_closes() {
         let big: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
         ws.send(Message::binary(big.clone())).unwrap();
         while got.len() < 2 {
-            match ws.read().unwrap() {
-                m @ (Message::Text(_) | Message::Binary(_)) => got.push(m),
-                _ => {}
+            if let m @ (Message::Text(_) | Message::Binary(_)) = ws.read().unwrap() {
+                got.push(m);
             }
         }
         assert_eq!(got[0], Message::text("hello over tls"));
