@@ -267,6 +267,9 @@ impl Proxy {
             }
         }
         session.finish_body().await.map_err(|e| Failure::client(e, true))?;
+        // Keep-alive as the VM's answer allows (HTTP/1.1 default, its
+        // `Connection`, a close-delimited body).
+        up.respect_keepalive();
         if let Some(s) = up.reuse().await {
             pool::give_back(addr, s, now_ms());
         }
