@@ -189,7 +189,12 @@ impl Proxy {
         limits: &LimitsConfig,
         fresh: bool,
     ) -> Result<Attempt, Failure> {
-        let pooled = if fresh { None } else { pool::take(addr, now_ms()) };
+        let idempotent = session.req_header().method.is_idempotent();
+        let pooled = if fresh {
+            None
+        } else {
+            pool::take(addr, now_ms(), !idempotent)
+        };
         let reused = pooled.is_some();
         let stream = match pooled {
             Some(s) => s,

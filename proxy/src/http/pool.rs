@@ -18,7 +18,8 @@
 //!   before a request is written to it. One used moments ago is handed out
 //!   without the system call (under load that is every request); the rare
 //!   one the VM closed meanwhile fails before any answer and the request
-//!   path sends an idempotent request again on a new connection.
+//!   path sends an idempotent request again on a new connection. A request
+//!   that may not be sent twice (POST and the like) always gets the check.
 //! - At most [`MAX_IDLE_PER_ADDR`] idle connections per address and
 //!   [`MAX_IDLE_PER_THREAD`] in all per thread; none older than
 //!   [`IDLE_TIMEOUT`] is handed out, and a sweep closes those at most once a
@@ -64,7 +65,9 @@ thread_local! {
 }
 
 /// An open idle connection to `addr` from this thread's pool, if any.
-pub fn take(addr: SocketAddr, now_ms: u64) -> Option<Stream> {
+/// `check` asks for the liveness check whatever the idle time (a request
+/// that may not be sent twice should not meet a connection the VM closed).
+pub fn take(addr: SocketAddr, now_ms: u64, check: bool) -> Option<Stream> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let p = &mut *p;
@@ -75,7 +78,7 @@ pub fn take(addr: SocketAddr, now_ms: u64) -> Option<Stream> {
             if idle_ms >= IDLE_TIMEOUT.as_millis() as u64 {
                 continue;
             }
-            if idle_ms < CHECK_AFTER.as_millis() as u64 || still_open(&idle.stream) {
+            if (!check && idle_ms < CHECK_AFTER.as_millis() as u64) || still_open(&idle.stream) {
                 return Some(idle.stream);
             }
         }
@@ -165,25 +168,34 @@ mod tests {
         let (c, server, addr) = pair().await;
         give_back(addr, c, 1);
         assert_eq!(idle_on_this_thread(), 1);
-        assert!(take(addr, 1000).is_some(), "open and quiet: reused");
-        assert!(take(addr, 1000).is_none(), "handed out once");
+        assert!(take(addr, 1000, false).is_some(), "open and quiet: reused");
+        assert!(take(addr, 1000, false).is_none(), "handed out once");
 
         let (c, server2, addr2) = pair().await;
         give_back(addr2, c, 1);
         drop(server2);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(take(addr2, 1000).is_none(), "the VM closed it while idle");
+        assert!(take(addr2, 1000, false).is_none(), "the VM closed it while idle");
 
         let (c, mut server3, addr3) = pair().await;
         give_back(addr3, c, 1);
         server3.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(take(addr3, 1000).is_none(), "unread bytes: not a clean idle connection");
+        assert!(
+            take(addr3, 1000, false).is_none(),
+            "unread bytes: not a clean idle connection"
+        );
         // Used a moment ago: handed out without a check.
         let (c, server4, addr4) = pair().await;
         give_back(addr4, c, 1);
         drop(server4);
-        assert!(take(addr4, 2).is_some(), "no check within CHECK_AFTER");
+        assert!(take(addr4, 2, false).is_some(), "no check within CHECK_AFTER");
+        // ... unless the caller asks for one.
+        let (c, server5, addr5) = pair().await;
+        give_back(addr5, c, 1);
+        drop(server5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(take(addr5, 2, true).is_none(), "checked on request: closed");
         drop(server);
     }
 
@@ -191,13 +203,13 @@ mod tests {
     async fn old_connections_are_closed_not_reused() {
         let (c, _server, addr) = pair().await;
         give_back(addr, c, 1);
-        assert!(take(addr, 1 + IDLE_TIMEOUT.as_millis() as u64).is_none());
+        assert!(take(addr, 1 + IDLE_TIMEOUT.as_millis() as u64, false).is_none());
         let (c, _server2, addr2) = pair().await;
         give_back(addr2, c, 10);
         let (c3, _server3, addr3) = pair().await;
         // The sweep on a later give-back closes the old one.
         give_back(addr3, c3, 20_000 + IDLE_TIMEOUT.as_millis() as u64);
         assert_eq!(idle_on_this_thread(), 1);
-        assert!(take(addr2, 20_000).is_none());
+        assert!(take(addr2, 20_000, false).is_none());
     }
 }

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
+use crate::process_life::{error_lines, metric_sum};
 use crate::{dead_addr, world};
 
 /// What the fault proxy does to new connections.
@@ -134,6 +135,13 @@ async fn dying_vm(what: &'static str) -> SocketAddr {
                 }
                 match what {
                     "before-headers" => drop(s),
+                    "answer-then-close" => {
+                        // Keep-alive by HTTP/1.1's default, then gone: what a
+                        // VM whose keep-alive timeout just passed looks like.
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                        let _ = s.flush().await;
+                        drop(s);
+                    }
                     "mid-body" => {
                         let _ = s
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly a part of the body")
@@ -280,4 +288,35 @@ async fn a_vm_killed_with_a_websocket_open_ends_the_tunnel() {
     }
     println!("fault: websocket vm killed, fds baseline {baseline}, after {after}");
     assert!(after <= baseline, "tunnel fds leaked: {baseline} -> {after}");
+}
+
+/// A VM that closes each connection right after answering (its keep-alive
+/// timeout passed as the edge pooled it): a GET sent at once meets the
+/// closed pooled connection and goes again on a new one (counted as a pool
+/// reuse race, no ERROR); a POST is never sent on an unchecked pooled
+/// connection; after a pause the liveness check catches the close.
+#[tokio::test]
+async fn a_pooled_connection_the_vm_closed_is_never_an_error_for_the_client() {
+    let vm = dying_vm("answer-then-close").await;
+    let snap = world(vm, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+    let edge = Edge::start("us-east1", &snap, "").await;
+    let post = |n: usize| {
+        format!("POST /p{n} HTTP/1.1\r\nHost: app1.repl.co\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    };
+    for round in 0..20 {
+        assert_eq!(one(edge.proxy, "app1.repl.co").await.0, Some(200), "GET {round}");
+        let raw = raw_exchange(edge.proxy, post(round).as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(statuses(&raw).first().copied(), Some(200), "POST {round}");
+        if round % 5 == 4 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let m = edge.metrics().await;
+    let races = metric_sum(&m, "edgeplane_log_events_total", &["pool_reuse_race"]);
+    println!("pool: 40 requests to a VM that closes after each answer, {races} retried on a new connection");
+    assert!(
+        races >= 1.0,
+        "a GET right after an answer meets the closed connection: {m}"
+    );
+    assert!(error_lines(&edge).is_empty(), "{:?}", error_lines(&edge));
 }

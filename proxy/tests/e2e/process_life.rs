@@ -50,7 +50,7 @@ fn http_load(edge: &Edge, connections: usize, seconds: u64) -> Command {
 }
 
 /// The sum of every sample of `name` whose line holds all of `parts`.
-fn metric_sum(text: &str, name: &str, parts: &[&str]) -> f64 {
+pub fn metric_sum(text: &str, name: &str, parts: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
         .filter(|l| parts.iter().all(|p| l.contains(p)))
@@ -58,7 +58,7 @@ fn metric_sum(text: &str, name: &str, parts: &[&str]) -> f64 {
         .sum()
 }
 
-fn error_lines(edge: &Edge) -> Vec<serde_json::Value> {
+pub fn error_lines(edge: &Edge) -> Vec<serde_json::Value> {
     edge.log_lines().into_iter().filter(|l| l["level"] == "ERROR").collect()
 }
 
@@ -88,7 +88,7 @@ async fn keep_alive_load_on_healthy_vms_logs_no_error_line() {
     assert!(served > 1000.0, "the load did not run: {served} requests answered 200");
     let errors = error_lines(&edge);
     assert!(errors.is_empty(), "{} ERROR lines, first: {}", errors.len(), errors[0]);
-    // Pingora's pool reuse race, when it happened, is counted, not logged.
+    // A pooled connection reused as the VM closed it is retried and counted, not logged.
     let races = metric_sum(&m, "edgeplane_log_events_total", &["pool_reuse_race"]);
     println!("{served} requests, {races} pool reuse races counted");
 }
