@@ -204,7 +204,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     let limits = edge.limits();
     let http = Arc::new(crate::http::EdgeHttp::new(
         parts.proxy.clone(),
-        limits.max_requests_per_connection,
+        &limits,
         server.configuration.threads,
     ));
     let drain = crate::conn::Drain::new(1 + usize::from(tls_cfg.is_some()), parts.admission.clone());

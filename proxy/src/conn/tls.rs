@@ -210,9 +210,9 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls server config for HTTPS listeners: TLS 1.2 and 1.3, HTTP/1.1
-/// by ALPN (HTTP/2 is not offered: WebSocket and the edge's own tunnel path
-/// are HTTP/1.1).
+/// The rustls server config for HTTPS listeners: TLS 1.2 and 1.3; ALPN
+/// offers HTTP/2 first, then HTTP/1.1 (WebSockets arrive on HTTP/1.1
+/// connections: browsers open them separately).
 pub fn server_config(resolver: Arc<SniResolver>) -> Arc<pingora_rustls::ServerConfig> {
     pingora_rustls::install_default_crypto_provider();
     let mut cfg = pingora_rustls::ServerConfig::builder_with_protocol_versions(&[
@@ -221,7 +221,7 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Arc<pingora_rustls::ServerCo
     ])
     .with_no_client_auth()
     .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }
 

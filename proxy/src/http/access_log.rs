@@ -31,7 +31,7 @@ use edgeplane_control_sync::RoutingTable;
 
 use pingora_core::protocols::http::ServerSession;
 
-use super::headers::header_str;
+use super::headers::request_host;
 use super::{Proxy, RequestCtx};
 use crate::metrics::{REQUEST_KINDS, REQUEST_OUTCOMES};
 use crate::route::{describe, Decision, Kind};
@@ -215,7 +215,9 @@ impl Proxy {
             request_id: ctx.request_id.as_deref().unwrap_or("-"),
             client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
             method: req.method.as_str(),
-            host: header_str(req, "host").unwrap_or("-"),
+            host: request_host(req)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .unwrap_or("-"),
             path: req.uri.path(),
             status: ctx.status,
             duration: elapsed,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
@@ -94,13 +94,21 @@ impl ServerApp for EdgeApp {
                         return None;
                     }
                 };
-                Box::new(ConnStream::new(
+                // HTTP/2 carries many requests at once: its heads are not
+                // timed per connection (h2's own limits and idle timeout
+                // apply), and the connection is not waiting for a first one.
+                let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+                let conn = ConnStream::new(
                     Box::new(tls),
                     Some(admitted),
                     true,
-                    Some(header_timeout),
+                    (!h2).then_some(header_timeout),
                     Some(shutdown.clone()),
-                ))
+                );
+                if h2 {
+                    conn.head_done();
+                }
+                Box::new(conn)
             }
         };
         ServerApp::process_new(&self.http, conn, shutdown).await

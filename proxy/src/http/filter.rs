@@ -19,7 +19,7 @@ use pingora_http::RequestHeader;
 use edgeplane_config::LimitsConfig;
 
 use super::access_log;
-use super::headers::{header_str, is_websocket_upgrade};
+use super::headers::{header_str, is_websocket_upgrade, request_host};
 use super::recent::ForwardEvent;
 use super::{Proxy, RequestCtx, DEBUG_HEADER, HOP_HEADER, REPLAY_SRC_HEADER};
 use crate::clock::{entropy, now_ms};
@@ -90,9 +90,13 @@ impl Proxy {
     /// nothing), Ok(false) when Pingora proxies to the decided address.
     pub(super) async fn filter_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = std::time::Instant::now();
-        if let Some(c) = crate::conn::conn_of(session) {
-            c.head_done();
-            ctx.tls = c.is_tls();
+        match crate::conn::conn_of(session) {
+            Some(c) => {
+                c.head_done();
+                ctx.tls = c.is_tls();
+            }
+            // An HTTP/2 stream: its connection came through TLS (ALPN).
+            None => ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         }
         let limits = self.limits();
         session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
@@ -118,7 +122,7 @@ impl Proxy {
         let now = now_ms();
         // One config for the whole step (no await inside).
         let cfg = self.cfg.load();
-        let raw_host = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
+        let raw_host = request_host(req);
         let canonical = raw_host.and_then(|h| canonical_host(h).ok());
         let host = canonical.as_ref().map(|c| c.as_str());
         // A hop header counts only if it verifies for this request's host.

@@ -83,6 +83,16 @@ pub(super) fn request_head_bytes(req: &RequestHeader) -> Vec<u8> {
     out
 }
 
+/// The request's host as the client named it: the `Host` header, else the
+/// target's authority (an HTTP/2 request's `:authority`, an absolute-form
+/// HTTP/1.1 target).
+pub(super) fn request_host(req: &RequestHeader) -> Option<&[u8]> {
+    match req.headers.get(http::header::HOST) {
+        Some(h) => Some(h.as_bytes()),
+        None => req.uri.authority().map(|a| a.as_str().as_bytes()),
+    }
+}
+
 pub(super) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }

@@ -34,10 +34,8 @@ impl Proxy {
     /// Answers a plain-HTTP request with 308 to the same URL on HTTPS.
     pub(super) async fn redirect_to_https(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| route::host::canonical_host(h.as_bytes()).ok())
+        let host = super::headers::request_host(req)
+            .and_then(|h| route::host::canonical_host(h).ok())
             .map(|c| c.as_str().to_string())
             .unwrap_or_default();
         let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

@@ -30,10 +30,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::ErrorType;
 use tokio::sync::Notify;
+
+use edgeplane_config::LimitsConfig;
 
 use super::{Proxy, RequestCtx};
 
@@ -41,22 +44,44 @@ use super::{Proxy, RequestCtx};
 pub struct EdgeHttp {
     pub proxy: Proxy,
     options: HttpServerOptions,
+    /// HTTP/2 limits (TLS listeners, by ALPN).
+    h2: H2Options,
     stop: Stop,
 }
 
 impl EdgeHttp {
     /// `max_requests_per_connection` caps keep-alive reuse per client
     /// connection (Pingora counts reuses after the first request).
-    pub fn new(proxy: Proxy, max_requests_per_connection: u32, threads: usize) -> EdgeHttp {
+    pub fn new(proxy: Proxy, limits: &LimitsConfig, threads: usize) -> EdgeHttp {
         let mut options = HttpServerOptions::default();
-        options.keepalive_request_limit = Some(max_requests_per_connection.saturating_sub(1));
+        options.keepalive_request_limit = Some(limits.max_requests_per_connection.saturating_sub(1));
+        // An HTTP/2 connection with no stream open closes like an idle
+        // HTTP/1.1 keep-alive connection.
+        options.h2_idle_timeout = Some(limits.keepalive_idle);
+        let mut h2 = H2Options::new();
+        h2.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESET_STREAMS)
+            .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS));
         EdgeHttp {
             proxy,
             options,
+            h2,
             stop: Stop::new(threads),
         }
     }
 }
+
+/// Streams one HTTP/2 connection may have open at once (nginx's default;
+/// a browser opens far fewer). More are refused with `REFUSED_STREAM`.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may open and reset before the edge has accepted them
+/// (the "rapid reset" attack, CVE-2023-44487): past this the connection is
+/// closed with `ENHANCE_YOUR_CALM`.
+pub const H2_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the edge may reset for a client's protocol errors on one
+/// connection before it closes the connection.
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 #[async_trait]
 impl HttpServerApp for EdgeHttp {
@@ -106,6 +131,10 @@ impl HttpServerApp for EdgeHttp {
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
         Some(&self.options)
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        Some(self.h2.clone())
     }
 
     /// The listeners stopped: connections waiting for their next request

@@ -17,7 +17,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use edgeplane_control_sync::RoutingTable;
 
-use super::headers::{header_str, is_websocket_upgrade, strip_for_upstream};
+use super::headers::{header_str, is_websocket_upgrade, request_host, strip_for_upstream};
 use super::{
     Proxy, RequestCtx, HOP_HEADER, REPLAY_HEADER, REPLAY_SRC_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER,
     TRANSFER_FROM_HEADER,
@@ -45,6 +45,24 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
             ErrorSource::Internal | ErrorSource::Unset => (500, "internal"),
         },
     }
+}
+
+/// Turns an HTTP/2 request head into the HTTP/1.1 one a VM gets: origin-form
+/// target, and `Host` from `:authority` when the client sent none.
+fn as_http11(head: &mut RequestHeader) -> Result<()> {
+    if !head.headers.contains_key(http::header::HOST) {
+        if let Some(a) = head.uri.authority().map(|a| a.as_str().to_string()) {
+            head.insert_header(http::header::HOST, a)?;
+        }
+    }
+    if head.uri.scheme().is_some() || head.uri.authority().is_some() {
+        let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri =
+            http::Uri::try_from(target).or_else(|e| Error::e_because(ErrorType::InvalidHTTPHeader, "target", e))?;
+        head.set_uri(uri);
+    }
+    head.set_version(http::Version::HTTP_11);
+    Ok(())
 }
 
 impl Proxy {
@@ -100,6 +118,9 @@ impl Proxy {
         if websocket {
             upstream.insert_header(http::header::CONNECTION, "upgrade")?;
         }
+        if upstream.version != http::Version::HTTP_11 {
+            as_http11(upstream)?;
+        }
         let trusted_peer = ctx.hops_in > 0;
         if !trusted_peer {
             let client_ip = session
@@ -109,7 +130,7 @@ impl Proxy {
                 .unwrap_or_default();
             upstream.insert_header("x-forwarded-for", client_ip)?;
             upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-            let host = session.req_header().headers.get(http::header::HOST).cloned();
+            let host = request_host(session.req_header()).map(<[u8]>::to_vec);
             match host {
                 Some(h) => upstream.insert_header("x-forwarded-host", h)?,
                 None => {
@@ -163,11 +184,8 @@ impl Proxy {
             Decision::Forward { region, reason, .. } => {
                 ctx.vm_hash = None;
                 ctx.transfer_from = None;
-                ctx.forward_host = session
-                    .req_header()
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| route::host::canonical_host(h.as_bytes()).ok())
+                ctx.forward_host = request_host(session.req_header())
+                    .and_then(|h| route::host::canonical_host(h).ok())
                     .map(|c| c.as_str().to_string());
                 self.metrics
                     .forwards

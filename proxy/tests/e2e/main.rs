@@ -10,6 +10,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod http;
+mod http2;
 mod last_known_good;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,219 @@
+//! HTTP/2 on the TLS listeners (ALPN `h2`): many apps on one connection,
+//! each request routed by its own `:authority`; the same Host defences and
+//! header caps as HTTP/1.1; the HTTP/2 limits the edge advertises; the VM
+//! still gets HTTP/1.1.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::harness::*;
+use crate::process_life::error_lines;
+use crate::{dead_addr, world};
+
+/// Writes a self-signed `*.repl.co` pair into `certs`; returns its DER.
+fn wildcard(certs: &std::path::Path) -> Vec<u8> {
+    let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
+    std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
+    std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
+    c.cert.der().to_vec()
+}
+
+/// An edge with a TLS listener in the standard world, app2 running on vm-2.
+async fn tls_edge(vm1: SocketAddr, vm2: SocketAddr, limits: &str) -> (Edge, Vec<u8>) {
+    let mut snap = world(vm1, vm2, dead_addr(), dead_addr(), dead_addr());
+    snap["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"repl_id": "r2", "vm_id": "vm-2"}));
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let der = wildcard(&certs);
+    let edge = Edge::start_opts(
+        dir,
+        "us-east1",
+        &snap,
+        &EdgeOpts {
+            tls: Some("listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\""),
+            limits,
+            json_log: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    (edge, der)
+}
+
+/// An HTTP/2 connection to `addr` (SNI `sni`), after checking ALPN chose h2.
+async fn h2_connect(
+    addr: SocketAddr,
+    sni: &str,
+    der: &[u8],
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    usize,
+) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN chose h2");
+    let (send, mut conn) = h2::client::handshake(tls).await.unwrap();
+    // One request first, driving the connection meanwhile: the server's
+    // SETTINGS have arrived once it is answered.
+    let probe = send.clone();
+    let answered = async {
+        let mut ready = probe.ready().await?;
+        let req = http::Request::builder()
+            .uri(format!("https://{sni}/"))
+            .body(())
+            .unwrap();
+        let (resp, _) = ready.send_request(req, true)?;
+        resp.await.map(|r| r.status())
+    };
+    let status = tokio::select! {
+        r = &mut conn => panic!("connection ended before the probe: {r:?}"),
+        s = answered => s.unwrap(),
+    };
+    assert_eq!(status, 200, "probe request");
+    let max_streams = conn.max_concurrent_send_streams();
+    let driver = tokio::spawn(conn);
+    (send, driver, max_streams)
+}
+
+/// One request on `send`; status, response headers and body.
+async fn h2_get(
+    send: &mut h2::client::SendRequest<Bytes>,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::HeaderMap, Vec<u8>), h2::Error> {
+    let mut req = http::Request::builder().uri(format!("https://{authority}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut ready = send.clone().ready().await?;
+    let (resp, _) = ready.send_request(req.body(()).unwrap(), true)?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("no answer in time")?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    Ok((status, headers, out))
+}
+
+#[tokio::test]
+async fn one_http2_connection_carries_two_apps_each_to_its_own_vm() {
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let (edge, der) = tls_edge(vm1.http, vm2.http, "").await;
+    let addr = edge.https.expect("https listener");
+    let (send, _driver, max_streams) = h2_connect(addr, "app1.repl.co", &der).await;
+    assert_eq!(max_streams, 128, "the edge advertises its concurrent-stream limit");
+
+    // Both at once on the one connection (coalesced: one certificate
+    // covers both names).
+    let (mut s1, mut s2) = (send.clone(), send.clone());
+    let (a, b) = tokio::join!(
+        h2_get(&mut s1, "app1.repl.co", "/one?x=1", &[]),
+        h2_get(&mut s2, "app2.repl.co", "/two", &[]),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.0, a.1["x-served-by"].to_str().unwrap()), (200, "vm-1"));
+    assert_eq!((b.0, b.1["x-served-by"].to_str().unwrap()), (200, "vm-2"));
+    assert!(a.1.contains_key("x-request-id"));
+    // The VM got HTTP/1.1 with a Host from :authority and the edge's headers.
+    let seen: serde_json::Value = serde_json::from_slice(&a.2).unwrap();
+    assert_eq!(seen["headers"]["host"], "app1.repl.co", "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "app1.repl.co");
+    assert_eq!(seen["path"], "/one?x=1", "origin-form target: {seen}");
+
+    // The same Host rules as HTTP/1.1: an unknown app 404, an IP literal
+    // 404; a Host header that contradicts :authority is refused (400) and
+    // reaches no VM.
+    let mut s = send.clone();
+    assert_eq!(h2_get(&mut s, "nope.repl.co", "/", &[]).await.unwrap().0, 404);
+    assert_eq!(h2_get(&mut s, "127.0.0.1", "/", &[]).await.unwrap().0, 404);
+    let before = vm1.requests().await;
+    let conflict = h2_get(&mut s, "app1.repl.co", "/", &[("host", "app2.repl.co")]).await;
+    match conflict {
+        Ok((status, _, _)) => assert_eq!(status, 400, "conflicting authority"),
+        Err(e) => assert!(e.is_reset(), "refused by a reset: {e}"),
+    }
+    assert_eq!(vm1.requests().await, before, "a refused request reached no VM");
+    // Still a working connection afterwards.
+    assert_eq!(h2_get(&mut s, "app1.repl.co", "/", &[]).await.unwrap().0, 200);
+    assert!(error_lines(&edge).is_empty(), "{:?}", error_lines(&edge));
+}
+
+#[tokio::test]
+async fn http2_header_caps_and_stream_floods_are_refused() {
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let (edge, der) = tls_edge(vm1.http, vm2.http, "max_header_bytes = 4096").await;
+    let addr = edge.https.expect("https listener");
+    let (mut send, _driver, _) = h2_connect(addr, "app1.repl.co", &der).await;
+
+    // Headers over limits.max_header_bytes: refused before any VM sees them.
+    let big = "x".repeat(8192);
+    let before = vm1.requests().await;
+    match h2_get(&mut send, "app1.repl.co", "/", &[("x-big", &big)]).await {
+        Ok((status, _, _)) => assert_eq!(status, 431, "oversize headers"),
+        Err(e) => assert!(e.is_reset() || e.is_go_away(), "refused: {e}"),
+    }
+    assert_eq!(vm1.requests().await, before, "oversize headers reached no VM");
+
+    // Rapid reset: streams opened and cancelled at once, 2,000 of them. The
+    // edge closes the connection (GOAWAY) long before serving them all.
+    let (send, driver, _) = h2_connect(addr, "app1.repl.co", &der).await;
+    let mut opened = 0;
+    for _ in 0..2000 {
+        let Ok(mut ready) = send.clone().ready().await else {
+            break;
+        };
+        let req = http::Request::builder()
+            .uri("https://app1.repl.co/flood")
+            .body(())
+            .unwrap();
+        match ready.send_request(req, true) {
+            Ok((resp, _)) => {
+                drop(resp); // RST_STREAM(CANCEL)
+                opened += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    let reached = vm1.requests().await - before;
+    println!("h2 flood: {opened} streams opened and reset, {reached} reached the VM, connection end: {ended:?}");
+    assert!(
+        matches!(ended, Ok(Ok(Err(_)))),
+        "the edge closed the flooding connection: {ended:?}"
+    );
+    assert!(reached < 100, "{reached} of the reset streams were proxied");
+    // A fresh connection is served as usual.
+    let (mut fresh, _d, _) = h2_connect(addr, "app1.repl.co", &der).await;
+    assert_eq!(h2_get(&mut fresh, "app1.repl.co", "/", &[]).await.unwrap().0, 200);
+    assert!(error_lines(&edge).is_empty(), "{:?}", error_lines(&edge));
+}
