@@ -244,6 +244,10 @@ pub struct EdgeConfig {
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
     pub grace_period: Duration,
+    /// Every connection on the proxy listeners starts with a PROXY protocol
+    /// v1 or v2 header from the L4 balancer in front (docs/contract.md §5);
+    /// one without a valid header is closed. Default false.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -35,6 +35,7 @@ pub struct RawEdge {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub grace_period_ms: Option<u64>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,7 +22,7 @@ use crate::Config;
 /// The keys a running edge cannot change, as they are named in the file
 /// (a section name means every key of it). `edgeplane serve --upgrade`
 /// (SIGQUIT hand-over) applies them without dropping connections.
-pub const RESTART_ONLY: [&str; 17] = [
+pub const RESTART_ONLY: [&str; 18] = [
     "edge.region",
     "edge.instance_id",
     "edge.listen",
@@ -31,6 +31,7 @@ pub const RESTART_ONLY: [&str; 17] = [
     "edge.pid_file",
     "edge.upgrade_sock",
     "edge.grace_period_ms",
+    "edge.proxy_protocol",
     "placement",
     "health.source",
     "limits.max_requests_per_connection",
@@ -107,6 +108,12 @@ fn keep_restart_only(n: &mut Config, o: &Config) -> Vec<&'static str> {
         &mut restart,
     );
     keep("edge.threads", &mut n.edge.threads, &o.edge.threads, &mut restart);
+    keep(
+        "edge.proxy_protocol",
+        &mut n.edge.proxy_protocol,
+        &o.edge.proxy_protocol,
+        &mut restart,
+    );
     keep("edge.pid_file", &mut n.edge.pid_file, &o.edge.pid_file, &mut restart);
     keep(
         "edge.upgrade_sock",

@@ -215,6 +215,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         tls,
         cfg: edge.cfg.clone(),
         metrics: edge.metrics.clone(),
+        proxy_protocol: edge.cfg.load().edge.proxy_protocol,
     };
     let mut proxy = Service::new("edgeplane proxy".to_string(), app(None));
     for a in &listen {

@@ -48,6 +48,7 @@ impl Checker<'_> {
             pid_file,
             upgrade_sock,
             grace_period: ms(e.grace_period_ms, DEFAULT_GRACE_PERIOD),
+            proxy_protocol: e.proxy_protocol.unwrap_or(false),
         })
     }
 

@@ -1,4 +1,5 @@
-//! Client connections below HTTP: admission caps ([`admission`]), the
+//! Client connections below HTTP: the PROXY protocol header from an L4
+//! balancer ([`proxy_protocol`]), admission caps ([`admission`]), the
 //! stream wrapper that adds a head deadline and a shutdown watch
 //! ([`stream`]), and the TLS certificate store ([`tls`]).
 //!
@@ -7,6 +8,7 @@
 
 pub mod admission;
 pub mod drain;
+pub mod proxy_protocol;
 pub mod stream;
 pub mod tls;
 
@@ -16,8 +18,8 @@ pub use admission::{Admission, Refusal};
 pub use drain::Drain;
 pub use stream::ConnStream;
 
-/// The connection a session runs on (None only for sessions Pingora built
-/// itself, e.g. HTTP/2 streams, which edgeplane does not offer).
+/// The connection a session runs on (None for HTTP/2 streams, which Pingora
+/// builds itself).
 pub fn conn_of(session: &ServerSession) -> Option<&ConnStream> {
     session.stream()?.as_any().downcast_ref::<ConnStream>()
 }

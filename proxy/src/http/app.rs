@@ -47,6 +47,9 @@ pub struct EdgeApp {
     /// The running config (`limits.header_timeout_ms` is read per connection).
     pub cfg: Arc<arc_swap::ArcSwap<edgeplane_config::Config>>,
     pub metrics: Arc<Metrics>,
+    /// Every connection starts with a PROXY protocol header
+    /// (`edge.proxy_protocol`, fixed at start).
+    pub proxy_protocol: bool,
 }
 
 fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
@@ -56,7 +59,23 @@ fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
 
 #[async_trait]
 impl ServerApp for EdgeApp {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let header_timeout = self.cfg.load().limits.header_timeout;
+        let mut stream = if self.proxy_protocol {
+            match crate::conn::proxy_protocol::accept(stream, header_timeout).await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    self.metrics
+                        .connections_refused
+                        .with_label_values(&["proxy_protocol"])
+                        .inc();
+                    log::debug!("closing a connection without a valid PROXY header: {e}");
+                    return None;
+                }
+            }
+        } else {
+            stream
+        };
         let admitted = match self.admission.admit(peer_ip(&stream)) {
             Ok(a) => a,
             Err(r) => {
@@ -70,7 +89,6 @@ impl ServerApp for EdgeApp {
         };
         self.metrics.connections_active.inc();
         let _count = ActiveGuard(&self.metrics);
-        let header_timeout = self.cfg.load().limits.header_timeout;
         let conn: Stream = match &self.tls {
             None => Box::new(ConnStream::new(
                 stream,

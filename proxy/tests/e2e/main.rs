@@ -20,6 +20,7 @@ mod pg_server;
 mod placement_races;
 mod postgres;
 mod process_life;
+mod proxy_protocol;
 mod redis_shadow;
 mod regions;
 mod resolver;
