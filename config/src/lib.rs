@@ -129,10 +129,19 @@ pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
 /// Client connections open at once on this edge; past it new connections
 /// get 503 and are closed.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
-/// Client connections open at once from one IP address; past it new
-/// connections from that address get 429 and are closed. High enough for
-/// a large NAT, low enough that one host cannot take the edge's sockets.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+/// Client connections open at once from one IP address (IPv6: one /64);
+/// past it new connections from that address get 429 and are closed
+/// (`connections_refused_total{reason="max_connections_per_ip"}`).
+///
+/// Why 20,000: hosting edges do not cap connections per address by default
+/// (Cloudflare, Fly's proxy, Envoy, HAProxy and nginx have no default cap;
+/// where one is set, it guards against one host taking the sockets, not
+/// against users). A school or campus behind one NAT address is thousands
+/// of people, each with an HTTP/2 connection and a workspace WebSocket or
+/// two: 5,000 students are ~15,000 connections (the seeds' Monday-morning
+/// surge). 1,000, the old default, locked them out. 20,000 is 40 % of
+/// `max_connections`: one address can still never take the whole edge.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20_000;
 /// WebSocket tunnels open at once; past it an upgrade gets 503.
 pub const DEFAULT_MAX_TUNNELS: usize = 40_000;
 /// Share of requests written to the access log: 1 in 100. A busy edge
