@@ -3,7 +3,9 @@
 //!
 //! - Every HTTP request gets 200, `x-served-by: <id>` and a JSON body
 //!   `{"vm","method","host","path","headers":{..},"body_bytes"}` so a test can
-//!   see exactly what the VM received.
+//!   see exactly what the VM received; `GET /echo-page` is an HTML page
+//!   that opens a WebSocket back to its host and shows the echo (for
+//!   browser tests).
 //! - A WebSocket upgrade on any path is accepted and every message echoed;
 //!   a text message `close-me` makes the VM close the socket itself (code
 //!   4000), so tests can check that a close from either side crosses the edge.
@@ -101,6 +103,30 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         .unwrap()
 }
 
+/// `GET /echo-page`: a page a browser test opens through an edge. It opens
+/// a WebSocket back to the same host (`wss:` on an `https:` page), sends a
+/// line, and shows what came back, with the protocol the page itself was
+/// loaded over (`h2` through an HTTP/2 edge).
+const ECHO_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>echo page</title>
+<style>body{font:18px sans-serif;margin:40px} b{color:#0a7}</style></head>
+<body><h1>Served by {vm}</h1>
+<p>page loaded over <b id="proto">?</b> from <span id="origin"></span></p>
+<p>WebSocket: <b id="ws">connecting</b></p>
+<p>echo: <b id="echo"></b></p>
+<script>
+const nav = performance.getEntriesByType('navigation')[0];
+document.getElementById('proto').textContent = nav ? nav.nextHopProtocol : 'unknown';
+document.getElementById('origin').textContent = location.origin;
+const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+const ws = new WebSocket(scheme + '//' + location.host + '/echo-socket');
+ws.onopen = () => { document.getElementById('ws').textContent = 'open'; ws.send('hello from the page'); };
+ws.onmessage = (m) => { document.getElementById('echo').textContent = m.data; document.title = 'echoed'; ws.close(1000); };
+ws.onerror = () => { document.getElementById('ws').textContent = 'error'; };
+ws.onclose = (e) => { if (document.title !== 'echoed') document.getElementById('ws').textContent = 'closed ' + e.code; };
+</script></body></html>
+"#;
+
 async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let replay = state.reported.lock().unwrap().replay.clone();
@@ -145,6 +171,13 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
             .unwrap());
     }
 
+    if req.uri().path() == "/echo-page" {
+        return Ok(Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .header("x-served-by", state.id.as_str())
+            .body(Full::new(Bytes::from(ECHO_PAGE.replace("{vm}", &state.id))))
+            .unwrap());
+    }
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let host = req

@@ -1,7 +1,8 @@
 //! HTTP/2 on the TLS listeners (ALPN `h2`): many apps on one connection,
 //! each request routed by its own `:authority`; the same Host defences and
 //! header caps as HTTP/1.1; the HTTP/2 limits the edge advertises; the VM
-//! still gets HTTP/1.1.
+//! still gets HTTP/1.1; and a real browser loading an app over h2 that
+//! echoes over `wss://`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 
 use crate::harness::*;
 use crate::process_life::error_lines;
+use crate::status_page::{headless, output_dir, png_size};
 use crate::{dead_addr, world};
 
 /// Writes a self-signed `*.repl.co` pair into `certs`; returns its DER.
@@ -216,4 +218,69 @@ async fn http2_header_caps_and_stream_floods_are_refused() {
     let (mut fresh, _d, _) = h2_connect(addr, "app1.repl.co", &der).await;
     assert_eq!(h2_get(&mut fresh, "app1.repl.co", "/", &[]).await.unwrap().0, 200);
     assert!(error_lines(&edge).is_empty(), "{:?}", error_lines(&edge));
+}
+
+/// What a person gets from an app over HTTPS: headless Chromium opens
+/// `https://app1.repl.co/echo-page` through the edge (HTTP/2 by ALPN); the
+/// page opens a `wss://` WebSocket back through the edge and shows the
+/// echo. The test checks what the page shows and keeps a screenshot
+/// (`test-output/https-echo-page.png`).
+#[tokio::test]
+async fn an_app_over_https_in_chromium_loads_over_h2_and_echoes_over_wss() {
+    let vm1 = FakeVm::start("vm-1");
+    let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
+    std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
+    std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
+    let edge = Edge::start_opts(
+        dir,
+        "us-east1",
+        &snap,
+        &EdgeOpts {
+            tls: Some("listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\""),
+            ..Default::default()
+        },
+    )
+    .await;
+    let https = edge.https.expect("https listener");
+    let url = format!("https://app1.repl.co:{}/echo-page", https.port());
+    let shot = output_dir().join("https-echo-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = tempfile::tempdir().unwrap();
+    let (p, shot2) = (profile.path().to_path_buf(), shot.clone());
+    let dom = tokio::task::spawn_blocking(move || {
+        let run = |extra: &[String]| {
+            let mut c = headless(&p);
+            c.args([
+                "--ignore-certificate-errors",
+                "--host-resolver-rules=MAP app1.repl.co 127.0.0.1",
+                "--virtual-time-budget=10000",
+                "--window-size=900,500",
+            ])
+            .args(extra)
+            .arg(&url);
+            let out = c.output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let dom = run(&["--dump-dom".to_string()]);
+        run(&[format!("--screenshot={}", shot2.display())]);
+        dom
+    })
+    .await
+    .unwrap();
+    for want in [
+        "<h1>Served by vm-1</h1>",
+        "<b id=\"proto\">h2</b>",
+        "<b id=\"echo\">hello from the page</b>",
+        "<title>echoed</title>",
+    ] {
+        assert!(dom.contains(want), "the page lacks {want:?}:\n{dom}");
+    }
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert_eq!(png_size(&png).0, 900);
+    println!("https echo page screenshot: {}", shot.display());
 }

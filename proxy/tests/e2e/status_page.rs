@@ -17,7 +17,7 @@ fn chromium() -> PathBuf {
         .expect("Debian's chromium package is needed (scripts/setup.sh installs it)")
 }
 
-fn output_dir() -> PathBuf {
+pub fn output_dir() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -26,7 +26,7 @@ fn output_dir() -> PathBuf {
     d
 }
 
-fn headless(profile: &std::path::Path) -> Command {
+pub fn headless(profile: &std::path::Path) -> Command {
     let mut c = Command::new(chromium());
     c.args([
         "--headless",
@@ -41,7 +41,7 @@ fn headless(profile: &std::path::Path) -> Command {
 }
 
 /// Width and height from a PNG's IHDR chunk.
-fn png_size(bytes: &[u8]) -> (u32, u32) {
+pub fn png_size(bytes: &[u8]) -> (u32, u32) {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     (be(&bytes[16..20]), be(&bytes[20..24]))
