@@ -47,7 +47,7 @@ pub const RESPONSE_408: &[u8] =
 /// A client connection (see the module docs).
 pub struct ConnStream {
     inner: Stream,
-    admitted: Option<Admitted>,
+    admitted: Option<Arc<Admitted>>,
     tls: bool,
     /// Total time allowed for one request head; None: no head clock (the
     /// raw socket under a TLS stream).
@@ -77,7 +77,7 @@ impl ConnStream {
     ) -> ConnStream {
         ConnStream {
             inner,
-            admitted,
+            admitted: admitted.map(Arc::new),
             tls,
             head_timeout,
             head: AtomicU8::new(if head_timeout.is_some() { HEAD_ARMED } else { HEAD_IDLE }),
@@ -91,10 +91,11 @@ impl ConnStream {
         &self.inner
     }
 
-    /// Moves the admission guard out (the TLS layer wraps a raw ConnStream
-    /// and the outer one keeps the guard).
-    pub fn take_admitted(&mut self) -> Option<Admitted> {
-        self.admitted.take()
+    /// A share of the admission guard: the connection's slots stay taken
+    /// until this share and the stream are both gone (a WebSocket tunnel
+    /// that outlives its request holds one).
+    pub fn admission_guard(&self) -> Option<Arc<Admitted>> {
+        self.admitted.clone()
     }
 
     pub fn is_tls(&self) -> bool {

@@ -170,7 +170,7 @@ impl Proxy {
         if let Some(c) = crate::conn::conn_of(session) {
             c.expect_head();
         }
-        if ctx.tunnel {
+        if ctx.tunnel && !ctx.tunnel_detached {
             self.metrics.tunnels_active.dec();
         }
         // Indices into REQUEST_KINDS and REQUEST_OUTCOMES.

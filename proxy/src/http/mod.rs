@@ -173,6 +173,9 @@ pub struct RequestCtx {
     stale_retried: bool,
     /// The client connection may carry another request after this one.
     reusable: bool,
+    /// The tunnel runs as its own task after this request ends (it
+    /// decrements the tunnel gauge itself).
+    tunnel_detached: bool,
     /// `x-edgeplane-replay-src` of a replayed request.
     replay_src: Option<String>,
     /// The current attempt's upstream answered with a response head.
@@ -222,6 +225,7 @@ impl RequestCtx {
             body_read: false,
             stale_retried: false,
             reusable: true,
+            tunnel_detached: false,
             replay_src: None,
             answered: false,
         }

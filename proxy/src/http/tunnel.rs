@@ -19,8 +19,10 @@
 //! relayed with `Connection: close` and opens no tunnel.
 //!
 //! The client socket is a duplicate of the descriptor Pingora accepted
-//! (plain TCP listeners only); Pingora's own handle is left untouched and
-//! closes it after the request path returns from `request_filter`.
+//! (plain TCP listeners only); Pingora's own handle closes as soon as the
+//! upgrade request returns, and the tunnel runs on as its own task holding
+//! only the two sockets, its pump and a share of the connection's admission
+//! guard: 2 descriptors and no HTTP state per idle tunnel.
 //!
 //! Start at [`Tunnel::open`].
 

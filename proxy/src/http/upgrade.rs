@@ -63,21 +63,35 @@ impl Proxy {
             let _ = t.refuse(&mut client, limits.upstream_read_timeout).await;
             return Ok(());
         }
+        // The tunnel leaves the request: it owns the client socket (the
+        // duplicate; Pingora's descriptor closes with the session as this
+        // request ends), the VM's and a share of the admission guard, and
+        // nothing of the HTTP machinery.
         ctx.tunnel = true;
+        ctx.tunnel_detached = true;
         self.metrics.tunnels_active.inc();
-        let stop = crate::conn::conn_of(session)
-            .and_then(|c| c.shutdown())
-            .map(|w| TunnelStop {
-                watch: w.clone(),
-                code: super::tunnel::close_code,
-                // Spread closes over the first half of the grace period (at most
-                // 10 s) so clients do not all reconnect in the same instant.
-                delay: Duration::from_millis(entropy() % (grace_period.as_millis() as u64 / 2).clamp(1, 10_000)),
-            });
+        let conn = crate::conn::conn_of(session);
+        let guard = conn.and_then(|c| c.admission_guard());
+        let stop = conn.and_then(|c| c.shutdown()).map(|w| TunnelStop {
+            watch: w.clone(),
+            code: super::tunnel::close_code,
+            // Spread closes over the first half of the grace period (at most
+            // 10 s) so clients do not all reconnect in the same instant.
+            delay: Duration::from_millis(entropy() % (grace_period.as_millis() as u64 / 2).clamp(1, 10_000)),
+        });
         let addr = t.upstream.peer_addr().ok();
-        if let Err(e) = t.run(client, limits.tunnel_idle_timeout, stop).await {
-            log::debug!("tunnel to {addr:?} ended: {e}");
-        }
+        let metrics = self.metrics.clone();
+        // The client connection stays open in the tunnel after the request
+        // (whose connection count ends with it) returns.
+        metrics.connections_active.inc();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = t.run(client, limits.tunnel_idle_timeout, stop).await {
+                log::debug!("tunnel to {addr:?} ended: {e}");
+            }
+            metrics.tunnels_active.dec();
+            metrics.connections_active.dec();
+        });
         Ok(())
     }
 
