@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -53,6 +53,8 @@ pub struct ConnStream {
     /// raw socket under a TLS stream).
     head_timeout: Option<Duration>,
     head: AtomicU8,
+    /// A request head has been read (the connection is no longer fresh).
+    served: AtomicBool,
     deadline: Option<Pin<Box<Sleep>>>,
     shutdown: Option<ShutdownWatch>,
 }
@@ -81,6 +83,7 @@ impl ConnStream {
             tls,
             head_timeout,
             head: AtomicU8::new(if head_timeout.is_some() { HEAD_ARMED } else { HEAD_IDLE }),
+            served: AtomicBool::new(false),
             deadline: None,
             shutdown,
         }
@@ -107,9 +110,17 @@ impl ConnStream {
         self.shutdown.as_ref()
     }
 
+    /// A request head has been read on this connection.
+    pub fn served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
+    }
+
     /// The request head was parsed: stop the head clock.
     pub fn head_done(&self) {
         self.head.store(HEAD_IDLE, Ordering::Relaxed);
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
         if let Some(a) = &self.admitted {
             a.request_read(crate::clock::now_ms());
         }

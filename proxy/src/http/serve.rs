@@ -17,9 +17,10 @@
 //! - A connection is reused only after a complete answer (the codec's own
 //!   keep-alive rules, `limits.max_requests_per_connection`); every failure
 //!   closes it.
-//! - A connection waiting for its next request is dropped when the
-//!   listeners stop ([`EdgeHttp::http_cleanup`]); one in the middle of a
-//!   request finishes it with `connection: close`.
+//! - A keep-alive connection waiting for its next request is dropped when
+//!   the listeners stop ([`EdgeHttp::http_cleanup`]); one never served yet
+//!   gets `FRESH_CONNECTION_GRACE` for its first request; one in the middle
+//!   of a request finishes it with `connection: close`.
 //! - A malformed head gets 400 and a `CONNECT` 405; both are the client's
 //!   fault: counted, logged at debug.
 //!
@@ -90,11 +91,23 @@ impl HttpServerApp for EdgeHttp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        // A connection that has not been served yet was accepted before the
+        // listeners stopped and its first request may still be on its way
+        // (a busy machine polls a new connection late): it gets
+        // FRESH_CONNECTION_GRACE after the stop; an idle keep-alive one is
+        // dropped at once.
+        let fresh = crate::conn::conn_of(&session).is_some_and(|c| !c.served());
+        let stopped = async {
+            self.stop.wait().await;
+            if fresh {
+                tokio::time::sleep(super::app::FRESH_CONNECTION_GRACE).await;
+            }
+        };
         let read = tokio::select! {
             // Biased: a head already on its way is read before a stop is seen.
             biased;
             r = session.read_request() => r,
-            _ = self.stop.wait() => return None,
+            _ = stopped => return None,
         };
         match read {
             Ok(true) => {}

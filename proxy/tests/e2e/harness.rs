@@ -630,3 +630,41 @@ pub fn signal(pid: i32, sig: &str) {
         .success();
     assert!(ok, "kill {sig} {pid}");
 }
+
+/// The `[tls]` section of [`Edge::start_tls`]'s edges.
+pub const TLS_SECTION: &str = "listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\"";
+
+impl Edge {
+    /// Starts an edge whose `[tls]` listener serves a self-signed
+    /// `*.repl.co` certificate (written to `certs/` in its directory);
+    /// returns it with the certificate (DER) a client must trust.
+    pub async fn start_tls(region: &str, snapshot: &serde_json::Value, opts: EdgeOpts<'_>) -> (Edge, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
+        std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
+        std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
+        let opts = EdgeOpts {
+            tls: Some(TLS_SECTION),
+            ..opts
+        };
+        let edge = Edge::start_opts(dir, region, snapshot, &opts).await;
+        (edge, c.cert.der().to_vec())
+    }
+}
+
+/// A rustls client config trusting exactly `der`, offering `alpn` (none:
+/// HTTP/1.1 without ALPN).
+pub fn tls_client_config(der: &[u8], alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(cfg)
+}

@@ -5,7 +5,6 @@
 //! echoes over `wss://`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,14 +14,6 @@ use crate::process_life::error_lines;
 use crate::status_page::{headless, output_dir, png_size};
 use crate::{dead_addr, world};
 
-/// Writes a self-signed `*.repl.co` pair into `certs`; returns its DER.
-fn wildcard(certs: &std::path::Path) -> Vec<u8> {
-    let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
-    std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
-    std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
-    c.cert.der().to_vec()
-}
-
 /// An edge with a TLS listener in the standard world, app2 running on vm-2.
 async fn tls_edge(vm1: SocketAddr, vm2: SocketAddr, limits: &str) -> (Edge, Vec<u8>) {
     let mut snap = world(vm1, vm2, dead_addr(), dead_addr(), dead_addr());
@@ -30,23 +21,16 @@ async fn tls_edge(vm1: SocketAddr, vm2: SocketAddr, limits: &str) -> (Edge, Vec<
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({"repl_id": "r2", "vm_id": "vm-2"}));
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let der = wildcard(&certs);
-    let edge = Edge::start_opts(
-        dir,
+    Edge::start_tls(
         "us-east1",
         &snap,
-        &EdgeOpts {
-            tls: Some("listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\""),
+        EdgeOpts {
             limits,
             json_log: true,
             ..Default::default()
         },
     )
-    .await;
-    (edge, der)
+    .await
 }
 
 /// An HTTP/2 connection to `addr` (SNI `sni`), after checking ALPN chose h2.
@@ -59,21 +43,10 @@ async fn h2_connect(
     tokio::task::JoinHandle<Result<(), h2::Error>>,
     usize,
 ) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let cfg = tls_client_config(der, &[b"h2", b"http/1.1"]);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN chose h2");
     let (send, mut conn) = h2::client::handshake(tls).await.unwrap();
     // One request first, driving the connection meanwhile: the server's
@@ -229,22 +202,7 @@ async fn http2_header_caps_and_stream_floods_are_refused() {
 async fn an_app_over_https_in_chromium_loads_over_h2_and_echoes_over_wss() {
     let vm1 = FakeVm::start("vm-1");
     let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
-    std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
-    std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
-    let edge = Edge::start_opts(
-        dir,
-        "us-east1",
-        &snap,
-        &EdgeOpts {
-            tls: Some("listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\""),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (edge, _) = Edge::start_tls("us-east1", &snap, EdgeOpts::default()).await;
     let https = edge.https.expect("https listener");
     let url = format!("https://app1.repl.co:{}/echo-page", https.port());
     let shot = output_dir().join("https-echo-page.png");

@@ -5,7 +5,6 @@
 //! and reaches no VM.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,21 +55,12 @@ fn forwarded_for(raw: &[u8]) -> String {
 async fn proxy_protocol_headers_name_the_client_and_bad_ones_close_the_connection() {
     let vm1 = FakeVm::start("vm-1");
     let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
-    std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
-    std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
-    let der = c.cert.der().to_vec();
-    let edge = Edge::start_opts(
-        dir,
+    let (edge, der) = Edge::start_tls(
         "us-east1",
         &snap,
-        &EdgeOpts {
+        EdgeOpts {
             edge: "proxy_protocol = true",
             limits: "header_timeout_ms = 500\nmax_connections_per_ip = 2",
-            tls: Some("listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\""),
             ..Default::default()
         },
     )
@@ -124,19 +114,11 @@ async fn proxy_protocol_headers_name_the_client_and_bad_ones_close_the_connectio
 
     // TLS: the header precedes the handshake.
     let https = edge.https.expect("https listener");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = tls_client_config(&der, &[]);
     let mut tcp = TcpStream::connect(https).await.unwrap();
     tcp.write_all(&v2("[2001:db8::42]:443")).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     tls.write_all(GET).await.unwrap();
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;

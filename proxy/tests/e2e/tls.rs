@@ -167,31 +167,12 @@ async fn websocket_over_tls_echoes_and_closes() {
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
     let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
     let snap = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let wildcard = write_pair(&certs, "repl.co", &["*.repl.co"]);
-    let tls = "listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\"";
-    let edge = Edge::start_opts(
-        dir,
-        "us-east1",
-        &snap,
-        &EdgeOpts {
-            tls: Some(tls),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (edge, wildcard) = Edge::start_tls("us-east1", &snap, EdgeOpts::default()).await;
     let addr = edge.https.expect("https listener");
     let echoed = tokio::task::spawn_blocking(move || {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from(wildcard)).unwrap();
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let cfg = tls_client_config(&wildcard, &[]);
         let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
-        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let conn = rustls::ClientConnection::new(cfg, name).unwrap();
         let tcp = std::net::TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let tls = rustls::StreamOwned::new(conn, tcp);
