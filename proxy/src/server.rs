@@ -60,12 +60,18 @@ pub struct ServeFlags {
 
 /// `addr` with a port the OS chose when it has port 0 (the listener is
 /// bound again by Pingora, so the port is printed before anyone needs it).
-fn choose_port(addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+/// The probe socket stays in `held` until every port is chosen: released
+/// at once, the OS could hand the same port to the next listener of this
+/// edge (seen: the proxy and admin listeners on one port, and the edge
+/// aborting at bind).
+fn choose_port(addr: SocketAddr, held: &mut Vec<TcpListener>) -> Result<SocketAddr, ServeError> {
     if addr.port() != 0 {
         return Ok(addr);
     }
     let l = TcpListener::bind(addr).map_err(|err| ServeError::Port { addr, err })?;
-    l.local_addr().map_err(|err| ServeError::Port { addr, err })
+    let chosen = l.local_addr().map_err(|err| ServeError::Port { addr, err })?;
+    held.push(l);
+    Ok(chosen)
 }
 
 /// Read buffer in front of each client socket. Pingora's default is 64 KiB
@@ -173,17 +179,24 @@ impl Parts {
 pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(FAST_TIMER_MAX));
     let placement = load_placement(&cfg)?;
+    let mut held = Vec::new();
     let listen: Vec<SocketAddr> = cfg
         .edge
         .listen
         .iter()
-        .map(|&a| choose_port(a))
+        .map(|&a| choose_port(a, &mut held))
         .collect::<Result<_, _>>()?;
-    let admin_addr = choose_port(cfg.edge.admin_listen)?;
+    let admin_addr = choose_port(cfg.edge.admin_listen, &mut held)?;
     let tls_listen: Vec<SocketAddr> = match &cfg.tls {
-        Some(t) => t.listen.iter().map(|&a| choose_port(a)).collect::<Result<_, _>>()?,
+        Some(t) => t
+            .listen
+            .iter()
+            .map(|&a| choose_port(a, &mut held))
+            .collect::<Result<_, _>>()?,
         None => Vec::new(),
     };
+    // Every port is chosen: Pingora binds them next.
+    drop(held);
     // Pingora handles SIGQUIT too; this only records which stop it is.
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGQUIT, crate::http::tunnel::UPGRADING.clone()) {
         log::warn!("cannot watch SIGQUIT: {e}");
@@ -287,7 +300,12 @@ fn https_service(
         pingora_core::listeners::tls::Acceptor::from_server_config(crate::conn::tls::server_config(resolver));
     let mut svc = Service::new("edgeplane https".to_string(), app(Some(acceptor)));
     for a in tls_listen {
-        svc.add_listener(ListenerConfig::tcp(a.to_string()));
+        // rustls keeps its own record buffer: Pingora's 64 KiB read buffer
+        // in front of it would stay allocated for every idle wss tunnel.
+        svc.add_listener(ListenerConfig::tcp(a.to_string()).l4_buffer(L4BufferSettings {
+            read: Some(DOWNSTREAM_READ_BUFFER),
+            write: None,
+        }));
     }
     svc
 }

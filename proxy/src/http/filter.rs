@@ -221,9 +221,15 @@ impl Proxy {
             self.respond(session, ctx, 503).await?;
             return Ok(true);
         }
-        if is_websocket_upgrade(session.req_header()) && super::upgrade::plain_tcp_fd(session).is_some() {
-            self.tunnel_websocket(session, ctx).await?;
-            return Ok(true);
+        if is_websocket_upgrade(session.req_header()) {
+            if super::upgrade::plain_tcp_fd(session).is_some() {
+                self.tunnel_websocket(session, ctx).await?;
+                return Ok(true);
+            }
+            if ctx.tls && session.as_http1().is_some() {
+                self.tunnel_websocket_tls(session, ctx).await?;
+                return Ok(true);
+            }
         }
         Ok(false)
     }

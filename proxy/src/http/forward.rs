@@ -14,9 +14,8 @@
 //! 502/504 page, or — once the answer has started — a closed connection.
 //!
 //! Where it sits: [`super::serve`] calls [`Proxy::proxy_request`] when the
-//! filter did not answer. WebSocket upgrades on plain TCP take
-//! [`super::upgrade`] instead; an upgrade on TLS ends here in
-//! [`Proxy::pump_upgraded`].
+//! filter did not answer. WebSocket upgrades take [`super::upgrade`]
+//! instead (plain TCP and TLS), so a `101` here is a VM's error.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -208,12 +207,7 @@ impl Proxy {
                 })?,
         };
         let mut up = UpstreamSession::new(stream);
-        let upgrade = session.is_upgrade_req();
-        up.read_timeout = Some(if upgrade {
-            limits.tunnel_idle_timeout
-        } else {
-            limits.upstream_read_timeout
-        });
+        up.read_timeout = Some(limits.upstream_read_timeout);
         up.write_timeout = Some(limits.upstream_read_timeout);
 
         let mut head = Box::new(session.req_header().clone());
@@ -243,20 +237,21 @@ impl Proxy {
         }
         self.edit_response(&mut resp, ctx)
             .map_err(|e| Failure::upstream(e, reused))?;
-        let upgraded = resp.status.as_u16() == 101;
+        if resp.status.as_u16() == 101 {
+            // WebSocket upgrades take the tunnel paths; nothing else may
+            // switch protocols through the edge.
+            return Err(Failure::upstream(
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 to a request that is not a WebSocket upgrade",
+                ),
+                reused,
+            ));
+        }
         session
             .write_response_header(resp)
             .await
             .map_err(|e| Failure::client(e, true))?;
-        if upgraded {
-            up.maybe_upgrade_body_writer();
-            session.set_read_timeout(Some(limits.tunnel_idle_timeout));
-            ctx.reusable = false;
-            if let Err(e) = pump_upgraded(session, &mut up).await {
-                log::debug!("upgraded connection to {addr} ended: {e}");
-            }
-            return Ok(Attempt::Done);
-        }
         loop {
             match up.read_body_bytes().await {
                 Ok(Some(b)) => session
@@ -344,23 +339,4 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> pingora_core::Result<St
     };
     let _ = tcp.set_nodelay(true);
     Ok(Box::new(L4Stream::from(tcp)))
-}
-
-/// Relays an upgraded connection (WebSocket over TLS) both ways until
-/// either side closes or stays idle past its read timeout.
-async fn pump_upgraded(session: &mut ServerSession, up: &mut UpstreamSession) -> pingora_core::Result<()> {
-    loop {
-        tokio::select! {
-            r = session.read_request_body() => match r? {
-                Some(b) => {
-                    up.write_body(&b).await?;
-                }
-                None => return Ok(()),
-            },
-            r = up.read_body_bytes() => match r? {
-                Some(b) => session.write_response_body(b, false).await?,
-                None => return Ok(()),
-            },
-        }
-    }
 }

@@ -42,6 +42,7 @@ pub mod pool;
 pub mod recent;
 mod respond;
 mod serve;
+mod tls_tunnel;
 pub mod tunnel;
 mod upgrade;
 pub mod upstream;
@@ -176,6 +177,9 @@ pub struct RequestCtx {
     /// The tunnel runs as its own task after this request ends (it
     /// decrements the tunnel gauge itself).
     tunnel_detached: bool,
+    /// A TLS WebSocket upgrade the VM answered: the client's stream is
+    /// handed to it when the request ends ([`tls_tunnel`]).
+    handover: Option<Box<tls_tunnel::Handover>>,
     /// `x-edgeplane-replay-src` of a replayed request.
     replay_src: Option<String>,
     /// The current attempt's upstream answered with a response head.
@@ -226,6 +230,7 @@ impl RequestCtx {
             stale_retried: false,
             reusable: true,
             tunnel_detached: false,
+            handover: None,
             replay_src: None,
             answered: false,
         }

@@ -127,6 +127,17 @@ impl HttpServerApp for EdgeHttp {
         let mut ctx = RequestCtx::new();
         self.proxy.serve(&mut session, &mut ctx).await;
         self.proxy.finish(&session, &mut ctx);
+        if let Some(handover) = ctx.handover.take() {
+            // A TLS WebSocket: the stream leaves the HTTP machinery.
+            match session.finish().await {
+                Ok(Some(stream)) => {
+                    let (stream, prefix) = stream.into_parts();
+                    handover.run(stream, prefix);
+                }
+                Ok(None) | Err(_) => log::debug!("a TLS upgrade's stream could not be taken over"),
+            }
+            return None;
+        }
         if !ctx.reusable {
             return None;
         }

@@ -253,7 +253,11 @@ impl Tunnel {
     }
 
     /// Relays a non-101 answer (head and body) to the client; no tunnel.
-    pub async fn refuse(mut self, client: &mut TcpStream, read_timeout: Duration) -> Result<(), TunnelError> {
+    pub async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
+        mut self,
+        client: &mut W,
+        read_timeout: Duration,
+    ) -> Result<(), TunnelError> {
         let a = &mut self.answer;
         let mut body = std::mem::take(&mut a.rest);
         let (chunked, length) = (a.chunked, a.content_length);

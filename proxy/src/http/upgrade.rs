@@ -95,6 +95,43 @@ impl Proxy {
         Ok(())
     }
 
+    /// A WebSocket upgrade on a TLS connection: the same connection to the
+    /// VM, retries and replays as [`Proxy::tunnel_websocket`]; the answer
+    /// and the tunnel go out on the client's TLS stream once the request
+    /// has handed it over ([`super::tls_tunnel`]).
+    pub(super) async fn tunnel_websocket_tls(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
+        let limits = self.limits();
+        let grace_period = self.cfg.load().edge.grace_period;
+        let Some(t) = self.open_tunnel(session, ctx, &limits).await? else {
+            session.set_keepalive(None);
+            ctx.reusable = false;
+            return Ok(());
+        };
+        if let Some(h) = ctx.vm_hash {
+            self.route.load().balancer.outliers.success(h);
+        }
+        ctx.status = t.answer.status;
+        ctx.tunnel = t.answer.status == 101;
+        ctx.tunnel_detached = true;
+        // Pingora gives the stream back only from a connection it could
+        // reuse: nothing was written through the session, so it can.
+        session.set_keepalive(Some(1));
+        let conn = crate::conn::conn_of(session);
+        ctx.handover = Some(Box::new(super::tls_tunnel::Handover {
+            tunnel: t,
+            idle_timeout: limits.tunnel_idle_timeout,
+            read_timeout: limits.upstream_read_timeout,
+            stop: conn.and_then(|c| c.shutdown()).map(|w| TunnelStop {
+                watch: w.clone(),
+                code: super::tunnel::close_code,
+                delay: Duration::from_millis(entropy() % (grace_period.as_millis() as u64 / 2).clamp(1, 10_000)),
+            }),
+            guard: conn.and_then(|c| c.admission_guard()),
+            metrics: self.metrics.clone(),
+        }));
+        Ok(())
+    }
+
     /// Connects to the decided address and sends the edited head, as often
     /// as the answer asks: a connect failure or reset moves a repl being
     /// placed to another VM; a refusal carrying x-edgeplane-replay sends the
