@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # edgeplane vs nginx over TLS, until the compare harness has TLS stages:
-# HTTP/2 (ALPN h2) and HTTP/1.1 over TLS, keep-alive, h2load as the client.
+# HTTP/2 (ALPN h2) and HTTP/1.1 over TLS, keep-alive, h2load as the client;
+# TLS handshakes per second, full and resumed (openssl s_time).
 # Each proxy runs alone on core 0 (edgeplane threads = 1, nginx one worker,
 # the same self-signed certificate, ECDSA P-256); h2load and the bench
 # backend run on core 1. edgeplane routes over a 1,000,000-repl table.
@@ -104,6 +105,37 @@ run() {
     'BEGIN { printf "| %s | %s (%s) | %.0f | %d | %.1f |\n", p, m, pr, s, r, (r > 0 ? t / hz * 1e6 / r : 0) }'
 }
 
+# hs PEER PID PORT MODE: TLS handshakes, one connection at a time from a
+# small Python client (SNI app0.repl.co, TLS 1.3; MODE new: full
+# handshakes, reuse: session resumption with the first connection's
+# ticket), each followed by a clean close; prints a row.
+hs() {
+  local peer=$1 pid=$2 port=$3 mode=$4 before after n
+  before=$(cpu_ticks "$pid")
+  n=$(taskset -c 1 python3 - "$port" "$mode" "$secs" <<'PY'
+import socket, ssl, sys, time
+port, mode, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+session, n, end = None, 0, time.time() + secs
+while time.time() < end:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        with ctx.wrap_socket(s, server_hostname="app0.repl.co", session=session if mode == "reuse" else None) as t:
+            t.sendall(b"GET / HTTP/1.1\r\nHost: app0.repl.co\r\nConnection: close\r\n\r\n")
+            while t.recv(4096):
+                pass
+            if mode == "reuse" and session is None:
+                session = t.session
+            if mode == "reuse" and n > 0 and not t.session_reused:
+                sys.exit("session not resumed")
+    n += 1
+print(n)
+PY
+)
+  after=$(cpu_ticks "$pid")
+  awk -v p="$peer" -v m="$mode" -v n="${n:-0}" -v s="$secs" -v t=$((after - before)) -v hz="$hz" \
+    'BEGIN { printf "| %s | TLS connection, one request (%s) | %.0f | %d | %.1f |\n", p, m, n / s, n, (n > 0 ? t / hz * 1e6 / n : 0) }'
+}
+
 taskset -c 0 "$bin/edgeplane" serve -c "$work/edge.toml" >"$work/edge.out" 2>"$work/edge.log" &
 edge_pid=$!
 pids+=("$edge_pid")
@@ -117,6 +149,8 @@ echo "| peer | protocol | req/s | requests | CPU-µs/req |"
 echo "|---|---|---:|---:|---:|"
 run edgeplane "$edge_pid" "$edge_port" h2
 run edgeplane "$edge_pid" "$edge_port" h1
+hs edgeplane "$edge_pid" "$edge_port" new
+hs edgeplane "$edge_pid" "$edge_port" reuse
 kill "$edge_pid"
 
 taskset -c 0 nginx -c "$work/nginx.conf" >/dev/null 2>&1 &
@@ -125,4 +159,6 @@ for _ in $(seq 100); do [ -s "$work/nginx.pid" ] && pgrep -f "nginx: worker" >/d
 worker=$(pgrep -n -f "nginx: worker")
 run nginx "$worker" "$nginx_port" h2
 run nginx "$worker" "$nginx_port" h1
+hs nginx "$worker" "$nginx_port" new
+hs nginx "$worker" "$nginx_port" reuse
 kill "$(cat "$work/nginx.pid")"

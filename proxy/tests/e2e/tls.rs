@@ -214,3 +214,37 @@ async fn websocket_over_tls_echoes_and_closes() {
     }
     panic!("the TLS tunnel never closed");
 }
+
+/// A returning client resumes its TLS session (a reconnecting WebSocket or
+/// a new tab skips the full handshake).
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vm1 = FakeVm::start("vm-1");
+    let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+    let (edge, der) = Edge::start_tls("us-east1", &snap, EdgeOpts::default()).await;
+    let addr = edge.https.expect("https listener");
+    // One client config: its session store keeps what the edge hands out.
+    let cfg = tls_client_config(&der, &[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
+        assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    assert_eq!(
+        kinds,
+        vec![Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)],
+        "the second connection resumes"
+    );
+}
