@@ -13,25 +13,24 @@
 //! Invariants: the tunnel holds the two streams, two 4 KiB copy buffers
 //! and a share of the connection's admission guard (caps and drain count
 //! it); it ends when either side closes, after `limits.tunnel_idle_timeout`
-//! with no byte either way, or when the edge stops (after the tunnel's
-//! spread delay). Unlike the plain-TCP pump ([`super::tunnel`]) it does not
-//! send close frames on a stop: the client sees the connection close.
+//! with no byte either way, or when the edge stops: after the tunnel's
+//! spread delay each direction gets a close frame (1001, or 1012 on an
+//! upgrade) at its next frame boundary, as on the plain-TCP pump
+//! ([`super::tunnel`]).
 //!
 //! Start at [`Handover::run`].
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use pingora_core::protocols::Stream;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::tunnel::{Tunnel, TunnelStop};
+use super::tunnel::{going_away, mask_key, Tunnel, TunnelStop, DRAIN_LIMIT};
 use crate::conn::admission::Admitted;
 use crate::metrics::Metrics;
+use crate::ws_frames::{close_frame_to_client, close_frame_to_server, FrameCursor};
 
 /// Copy buffer per direction (a WebSocket frame larger than this is
 /// carried in pieces).
@@ -80,8 +79,10 @@ impl Handover {
     }
 }
 
-/// Both ways until either side closes, idles past `idle_timeout`, or the
-/// edge stops.
+/// Both ways until either side closes or idles past `idle_timeout`. On a
+/// stop (after the tunnel's delay) each direction is read only up to its
+/// next frame boundary, gets a close frame with the stop's code there, and
+/// the tunnel ends once both have one (at most [`DRAIN_LIMIT`] later).
 async fn pump(
     tunnel: Tunnel,
     mut client: Stream,
@@ -93,79 +94,79 @@ async fn pump(
     client.write_all(&answer.head).await?;
     client.write_all(&answer.rest).await?;
     client.flush().await?;
+    // Client-to-VM and VM-to-client frames, followed as they pass.
+    let (mut to_vm, mut to_client) = (FrameCursor::default(), FrameCursor::default());
+    to_client.advance(&answer.rest);
     if let Some(p) = prefix.filter(|p| !p.is_empty()) {
         upstream.write_all(&p).await?;
+        to_vm.advance(&p);
     }
-    let last = AtomicU64::new(crate::clock::now_ms());
-    let mut client = Active {
-        inner: client,
-        last: &last,
+    let (code, delay, mut watch) = match stop {
+        Some(s) => (s.code, s.delay, Some(s.watch)),
+        None => (going_away as fn() -> u16, Duration::ZERO, None),
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER);
-    tokio::pin!(copy);
-    let stopping = async {
-        match stop {
-            Some(mut s) => {
-                let _ = s.watch.wait_for(|v| *v).await;
-                tokio::time::sleep(s.delay).await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(stopping);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut vm_read, mut vm_write) = upstream.split();
+    let (mut from_client, mut from_vm) = ([0u8; COPY_BUFFER], [0u8; COPY_BUFFER]);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut stopping: Option<tokio::time::Instant> = None;
+    let (mut closed_to_vm, mut closed_to_client) = (false, false);
     loop {
-        let idle_ms = crate::clock::now_ms().saturating_sub(last.load(Ordering::Relaxed));
-        let wait = idle_timeout.saturating_sub(Duration::from_millis(idle_ms));
+        if let Some(deadline) = stopping {
+            // Insert the close frames where each direction is between frames.
+            if !closed_to_client && to_client.at_boundary() {
+                client_write.write_all(&close_frame_to_client(code())).await?;
+                client_write.flush().await?;
+                closed_to_client = true;
+            }
+            if !closed_to_vm && to_vm.at_boundary() {
+                vm_write.write_all(&close_frame_to_server(code(), mask_key())).await?;
+                closed_to_vm = true;
+            }
+            if (closed_to_client && closed_to_vm) || tokio::time::Instant::now() >= deadline {
+                let _ = client_write.shutdown().await;
+                let _ = vm_write.shutdown().await;
+                return Ok(());
+            }
+        }
+        // While stopping, read no further than the current frame's end.
+        let limit = |c: &FrameCursor| match stopping {
+            Some(_) => (c.to_boundary().min(COPY_BUFFER as u64)) as usize,
+            None => COPY_BUFFER,
+        };
+        let (client_limit, vm_limit) = (limit(&to_vm), limit(&to_client));
         tokio::select! {
-            r = &mut copy => return r.map(|_| ()),
-            _ = &mut stopping => return Ok(()),
-            _ = tokio::time::sleep(wait) => {
-                let idle_ms = crate::clock::now_ms().saturating_sub(last.load(Ordering::Relaxed));
-                if idle_ms >= idle_timeout.as_millis() as u64 {
+            r = client_read.read(&mut from_client[..client_limit]), if client_limit > 0 && !closed_to_vm => {
+                let n = r?;
+                if n == 0 {
+                    let _ = vm_write.shutdown().await;
                     return Ok(());
                 }
+                vm_write.write_all(&from_client[..n]).await?;
+                to_vm.advance(&from_client[..n]);
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
             }
+            r = vm_read.read(&mut from_vm[..vm_limit]), if vm_limit > 0 && !closed_to_client => {
+                let n = r?;
+                if n == 0 {
+                    let _ = client_write.shutdown().await;
+                    return Ok(());
+                }
+                client_write.write_all(&from_vm[..n]).await?;
+                client_write.flush().await?;
+                to_client.advance(&from_vm[..n]);
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+            }
+            r = async { watch.as_mut().expect("guarded").wait_for(|v| *v).await.map(|_| ()) }, if watch.is_some() && stopping.is_none() => {
+                watch = None;
+                if r.is_ok() {
+                    tokio::time::sleep(delay).await;
+                    stopping = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                }
+            }
+            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {}
+            _ = &mut idle => return Ok(()),
         }
-    }
-}
-
-/// The client stream, noting when a byte last moved either way.
-struct Active<'a> {
-    inner: Stream,
-    last: &'a AtomicU64,
-}
-
-impl Active<'_> {
-    fn moved(&self) {
-        self.last.store(crate::clock::now_ms(), Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for Active<'_> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.moved();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Active<'_> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.moved();
-        }
-        r
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

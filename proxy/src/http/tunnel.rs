@@ -418,12 +418,12 @@ pub struct TunnelStop {
     pub delay: Duration,
 }
 
-fn going_away() -> u16 {
+pub(super) fn going_away() -> u16 {
     CLOSE_GOING_AWAY
 }
 
 /// A masking key for a frame the edge sends to a VM (RFC 6455 §5.3).
-fn mask_key() -> [u8; 4] {
+pub(super) fn mask_key() -> [u8; 4] {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -284,7 +284,11 @@ workspace_token_key_file = \"ws.key\"\n{}\n\n[limits]\n{}\n",
             if let Ok(r) = try_request(self.admin, "GET", "admin", "/readyz", &[], &[]).await {
                 // Pingora binds its services' listeners one by one: the
                 // admin answering does not mean the proxy listener is up.
-                if r.status == 200 && TcpStream::connect(self.proxy).await.is_ok() {
+                let https_up = match self.https {
+                    Some(a) => TcpStream::connect(a).await.is_ok(),
+                    None => true,
+                };
+                if r.status == 200 && TcpStream::connect(self.proxy).await.is_ok() && https_up {
                     return;
                 }
             }

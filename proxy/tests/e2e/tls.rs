@@ -248,3 +248,61 @@ async fn a_returning_client_resumes_its_tls_session() {
         "the second connection resumes"
     );
 }
+
+/// SIGTERM with a `wss://` tunnel open: the client gets close frame 1001
+/// within the grace period, as on plain WebSockets, and the edge exits.
+#[tokio::test]
+async fn sigterm_closes_a_tls_websocket_with_1001() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let vm1 = FakeVm::start("vm-1");
+    let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+    let (mut edge, der) = Edge::start_tls(
+        "us-east1",
+        &snap,
+        EdgeOpts {
+            edge: "grace_period_ms = 3000",
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = edge.https.expect("https listener");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls_client_config(&der, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let req = "wss://app1.repl.co/chat".into_client_request().unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    let stopped_at = std::time::Instant::now();
+    signal(edge.pid(), "-TERM");
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("wss tunnel ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no close frame in time");
+    let code: u16 = close.expect("close frame has a code").code.into();
+    assert_eq!(code, 1001);
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(3),
+        "closed after the grace period"
+    );
+    drop(ws);
+    for _ in 0..100 {
+        if edge.proc.0.try_wait().unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the edge did not exit after its last tunnel closed");
+}
