@@ -672,3 +672,25 @@ pub fn tls_client_config(der: &[u8], alpn: &[&[u8]]) -> std::sync::Arc<rustls::C
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     std::sync::Arc::new(cfg)
 }
+
+/// The code of the next close frame on `ws` (within 5 s); panics if the
+/// tunnel ends without one.
+pub async fn next_close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> u16
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("tunnel ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no close frame in time");
+    close.expect("close frame has a code").code.into()
+}

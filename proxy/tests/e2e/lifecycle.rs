@@ -73,18 +73,7 @@ async fn sigterm_finishes_requests_in_flight_and_closes_tunnels_with_1001() {
     signal(edge.pid(), "-TERM");
 
     // The tunnel gets a close frame with 1001 within the grace period.
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("tunnel ended without a close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("no close frame in time");
-    let code: u16 = close.expect("close frame has a code").code.into();
+    let code = next_close_code(&mut ws).await;
     assert_eq!(code, 1001);
     assert!(
         stopped_at.elapsed() < Duration::from_secs(3),

@@ -280,18 +280,7 @@ async fn sigterm_closes_a_tls_websocket_with_1001() {
 
     let stopped_at = std::time::Instant::now();
     signal(edge.pid(), "-TERM");
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("wss tunnel ended without a close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("no close frame in time");
-    let code: u16 = close.expect("close frame has a code").code.into();
+    let code = next_close_code(&mut ws).await;
     assert_eq!(code, 1001);
     assert!(
         stopped_at.elapsed() < Duration::from_secs(3),
