@@ -16,6 +16,8 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+# ... and over TLS (HTTP/2 and HTTP/1.1) with h2load.
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 # deploy/ checks: promtool comes with prometheus; systemd-analyze verifies the unit.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The resolver test runs a real DNS server (dnsmasq) whose answers it changes.

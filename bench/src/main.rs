@@ -27,15 +27,23 @@ struct WsTargetArgs {
     host: String,
     #[arg(long, default_value = "/")]
     path: String,
+    /// `wss://`: TLS to the target, trusting the certificate(s) in this PEM file.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl WsTargetArgs {
-    fn into_target(self) -> edgeplane_bench::load::ws::WsTarget {
-        edgeplane_bench::load::ws::WsTarget {
+    fn into_target(self) -> anyhow::Result<edgeplane_bench::load::ws::WsTarget> {
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(edgeplane_bench::load::tls::client_config(ca, &["http/1.1"], true)?),
+            None => None,
+        };
+        Ok(edgeplane_bench::load::ws::WsTarget {
             addr: self.target,
             host: self.host,
             path: self.path,
-        }
+            tls,
+        })
     }
 }
 
@@ -93,9 +101,13 @@ enum Cmd {
     /// for a line on stdin (measure the proxy meanwhile), checks every tunnel
     /// echoes, prints {"echoed","failed_echo"} and exits.
     WsIdle(WsIdleArgs),
+    /// New TLS connections back to back (handshake, one request, close),
+    /// full or resumed; prints one JSON line.
+    TlsHandshakes(TlsHandshakesArgs),
     /// edgeplane vs a bare Pingora pass-through vs nginx vs HAProxy (and no
     /// proxy): HTTP saturation and fixed-rate runs, WebSocket echo, idle
-    /// tunnels. Installs nginx/haproxy/wrk if absent. Writes
+    /// tunnels; over TLS HTTP/2, HTTP/1.1, handshakes, wss echo and idle
+    /// wss tunnels. Installs nginx/haproxy/wrk/h2load if absent. Writes
     /// bench/results/compare.{md,json} and compare_cpu.svg.
     Compare(CompareArgs),
     /// Write a synthetic placement snapshot (JSON) for load runs.
@@ -356,7 +368,7 @@ impl WsLoadArgs {
             seconds,
             warmup_ms,
         } = self;
-        let t = to.into_target();
+        let t = to.into_target()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let r = rt.block_on(edgeplane_bench::load::ws::echo(
             t,
@@ -367,6 +379,47 @@ impl WsLoadArgs {
         ));
         println!("{}", serde_json::to_string(&r)?);
 
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+struct TlsHandshakesArgs {
+    /// The proxy's TLS address.
+    #[arg(long)]
+    target: SocketAddr,
+    /// SNI and Host.
+    #[arg(long, default_value = "app0.repl.co")]
+    host: String,
+    /// The certificate(s) to trust (PEM).
+    #[arg(long)]
+    tls_ca: std::path::PathBuf,
+    /// Resume sessions with the tickets earlier connections received.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+}
+
+impl TlsHandshakesArgs {
+    fn run(self) -> anyhow::Result<()> {
+        use edgeplane_bench::load::tls;
+        let cfg = tls::client_config(&self.tls_ca, &["http/1.1"], self.resume)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let r = rt.block_on(tls::handshakes(
+            self.target,
+            self.host,
+            cfg,
+            self.resume,
+            self.concurrency,
+            std::time::Duration::from_millis(self.warmup_ms),
+            std::time::Duration::from_secs(self.seconds),
+        ));
+        println!("{}", serde_json::to_string(&r)?);
         Ok(())
     }
 }
@@ -389,7 +442,7 @@ impl WsIdleArgs {
             concurrency,
         } = self;
         use edgeplane_bench::load::ws;
-        let t = to.into_target();
+        let t = to.into_target()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
             let (open, failed) = ws::open_idle(&t, tunnels, concurrency).await;
@@ -434,6 +487,13 @@ struct CompareArgs {
     /// WebSocket message sizes, comma separated.
     #[arg(long, value_delimiter = ',')]
     ws_sizes: Option<Vec<usize>>,
+    /// wss message sizes, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    tls_ws_sizes: Option<Vec<usize>>,
+    /// Which halves to run: plain (HTTP, ws://), tls (HTTP/2, HTTP/1.1
+    /// over TLS, handshakes, wss); default both.
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<String>>,
     /// Where results go (default bench/results); `-` writes nothing.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -452,6 +512,8 @@ impl CompareArgs {
             idle_tunnels,
             ws_connections,
             ws_sizes,
+            tls_ws_sizes,
+            stages,
             out,
         } = self;
         use edgeplane_bench::compare::{self, CompareOptions, PeerKind};
@@ -474,6 +536,14 @@ impl CompareArgs {
         o.idle_tunnels = idle_tunnels.unwrap_or(o.idle_tunnels);
         o.ws_connections = ws_connections.unwrap_or(o.ws_connections);
         o.ws_sizes = ws_sizes.unwrap_or(o.ws_sizes);
+        o.tls_ws_sizes = tls_ws_sizes.unwrap_or(o.tls_ws_sizes);
+        if let Some(st) = stages {
+            if let Some(bad) = st.iter().find(|s| !matches!(s.as_str(), "plain" | "tls")) {
+                anyhow::bail!("--stages: unknown stage {bad:?} (plain, tls)");
+            }
+            o.plain = st.iter().any(|s| s == "plain");
+            o.tls = st.iter().any(|s| s == "tls");
+        }
         o.out = match out {
             Some(p) if p.as_os_str() == "-" => None,
             Some(p) => Some(p),
@@ -565,6 +635,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::HttpLoad(a) => a.run()?,
         Cmd::WsLoad(a) => a.run()?,
         Cmd::WsIdle(a) => a.run()?,
+        Cmd::TlsHandshakes(a) => a.run()?,
         Cmd::Compare(a) => a.run()?,
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {

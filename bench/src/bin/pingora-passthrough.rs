@@ -6,7 +6,10 @@
 //! this costs above nginx is Pingora.
 //!
 //! `pingora-passthrough --listen 127.0.0.1:0 --upstream 127.0.0.1:7001`
-//! prints `pingora-passthrough listening on <addr>`. Experiment switches:
+//! prints `pingora-passthrough listening on <addr>`; with `--tls-listen
+//! ADDR --cert CRT --key KEY` it also serves TLS (Pingora's rustls
+//! acceptor, ALPN h2 then http/1.1) and prints `pingora-passthrough tls
+//! listening on <addr>`. Experiment switches:
 //! `PT_KEEPALIVE=1` sets a 60 s keep-alive like edgeplane, `PT_TIMEOUTS=1`
 //! sets edgeplane's upstream timeouts (how the fast-timer stalls of
 //! bench/results/README.md were isolated).
@@ -73,13 +76,22 @@ fn main() {
         .parse()
         .expect("--upstream: an address");
     let threads = arg("--threads").and_then(|t| t.parse().ok()).unwrap_or(1);
-    let listen = if listen.port() == 0 {
-        TcpListener::bind(listen)
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-    } else {
-        listen
+    // Probe sockets held until both ports are chosen (two port-0 listeners
+    // must not be handed the same port).
+    let mut probes = Vec::new();
+    let mut pick = |a: SocketAddr| {
+        if a.port() != 0 {
+            return a;
+        }
+        let l = TcpListener::bind(a).expect("free port");
+        let a = l.local_addr().expect("free port");
+        probes.push(l);
+        a
     };
+    let listen = pick(listen);
+    let tls_listen: Option<SocketAddr> =
+        arg("--tls-listen").map(|a| pick(a.parse().expect("--tls-listen: an address")));
+    drop(probes);
     let dir = std::env::temp_dir();
     let conf = ServerConf {
         threads,
@@ -100,8 +112,18 @@ fn main() {
     server.bootstrap();
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
     proxy.add_tcp(&listen.to_string());
+    if let Some(tls) = tls_listen {
+        let cert = arg("--cert").expect("--cert CRT is required with --tls-listen");
+        let key = arg("--key").expect("--key KEY is required with --tls-listen");
+        let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate(&cert, &key).expect("certificate");
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&tls.to_string(), None, settings);
+    }
     server.add_service(proxy);
     println!("pingora-passthrough listening on {listen}");
+    if let Some(tls) = tls_listen {
+        println!("pingora-passthrough tls listening on {tls}");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     server.run_forever()

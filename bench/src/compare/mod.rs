@@ -7,8 +7,10 @@
 //! peer ([`peers`]) pinned to the proxy core → for each round, in an order
 //! that rotates every round: a wrk saturation run, then an open-loop run at
 //! one offered rate for all ([`crate::load::http`]), then WebSocket echo at
-//! each (connections, size) → an idle-capacity run per peer → medians over
-//! rounds, ratios to nginx, written by [`report`].
+//! each (connections, size), then the TLS stages ([`tls`]: HTTP/2 and
+//! HTTP/1.1 over TLS, handshakes full and resumed, wss echo) → an
+//! idle-capacity run per peer, plain and wss → medians over rounds, ratios
+//! to nginx, written by [`report`]. `--stages plain,tls` picks either half.
 //!
 //! Invariants: the proxy core runs only proxies (all but the one under load
 //! are idle); the backend and every load generator share the other core;
@@ -16,8 +18,10 @@
 //! the run divided by what it served, read from `/proc` ([`crate::procstat`]).
 //! Nothing here asserts timings: the smoke mode only proves the harness runs.
 
+pub mod h2load;
 pub mod peers;
 pub mod report;
+pub mod tls;
 pub mod wrk;
 
 use std::io::{BufRead, BufReader, Write};
@@ -61,6 +65,12 @@ pub struct CompareOptions {
     pub ws_connections: Vec<usize>,
     pub ws_sizes: Vec<usize>,
     pub ws_seconds: u64,
+    /// Run the plain-HTTP and ws:// stages.
+    pub plain: bool,
+    /// Run the TLS stages (h2, HTTP/1.1 over TLS, handshakes, wss).
+    pub tls: bool,
+    pub tls_ws_connections: Vec<usize>,
+    pub tls_ws_sizes: Vec<usize>,
     /// Start of each generator run that is not in its latency figures (new
     /// connections and first requests take tens of ms; see README).
     pub warmup_ms: u64,
@@ -88,6 +98,10 @@ impl CompareOptions {
             ws_connections: vec![1, 64, 512],
             ws_sizes: vec![64, 1024, 16384],
             ws_seconds: 5,
+            plain: true,
+            tls: true,
+            tls_ws_connections: vec![64],
+            tls_ws_sizes: vec![64, 16384],
             warmup_ms: 1000,
             idle_tunnels: 20_000,
             repls: 1_000_000,
@@ -108,6 +122,8 @@ impl CompareOptions {
             ws_connections: vec![8],
             ws_sizes: vec![64],
             ws_seconds: 1,
+            tls_ws_connections: vec![8],
+            tls_ws_sizes: vec![64],
             warmup_ms: 200,
             idle_tunnels: 200,
             repls: 10_000,
@@ -134,6 +150,8 @@ pub struct HttpRun {
 pub struct WsRun {
     pub peer: PeerKind,
     pub round: usize,
+    /// Over TLS (`wss://`).
+    pub tls: bool,
     pub echo: WsEchoResult,
     pub cpu_us_per_round_trip: Option<f64>,
 }
@@ -143,6 +161,8 @@ pub struct WsRun {
 #[serde(default)]
 pub struct IdleRun {
     pub peer: Option<PeerKind>,
+    /// Over TLS (`wss://`).
+    pub tls: bool,
     pub requested: usize,
     pub opened: usize,
     pub failed_open: usize,
@@ -162,6 +182,8 @@ pub struct CompareResults {
     pub open_files_limit: u64,
     pub http: Vec<HttpRun>,
     pub ws: Vec<WsRun>,
+    pub tls_http: Vec<tls::TlsHttpRun>,
+    pub handshakes: Vec<tls::HandshakeRun>,
     pub idle: Vec<IdleRun>,
 }
 
@@ -189,6 +211,19 @@ fn cpu_per(before: Option<procstat::Sample>, tree: Option<ProcTree>, units: u64)
     let (b, t) = (before?, tree?);
     let a = t.sample();
     (units > 0).then(|| (a.cpu.saturating_sub(b.cpu)).as_secs_f64() * 1e6 / units as f64)
+}
+
+/// Waits until something accepts TCP connections on `addr` (a TLS
+/// listener may be bound after its process printed the address).
+fn wait_listening(addr: SocketAddr) -> Result<(), CompareError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(CompareError::Start(format!("nothing listens on {addr}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Waits until a request through `addr` for `host` answers 200.
@@ -220,16 +255,33 @@ fn write_world(path: &Path, repls: usize, backend: SocketAddr) -> Result<(), Com
     Ok(())
 }
 
-/// Holds `n` idle tunnels through `peer`, measures it, checks every tunnel.
-fn idle_run(o: &CompareOptions, peer: &peers::Peer, host: &str, n: usize) -> Result<IdleRun, CompareError> {
+/// Holds `n` idle tunnels through `peer` (`wss://` when `tls` is given the
+/// certificate to trust), measures it, checks every tunnel.
+fn idle_run(
+    o: &CompareOptions,
+    peer: &peers::Peer,
+    host: &str,
+    n: usize,
+    tls: Option<&peers::Certs>,
+) -> Result<IdleRun, CompareError> {
+    let addr = match tls {
+        Some(_) => peer
+            .tls_addr
+            .ok_or_else(|| CompareError::Load(format!("{} has no TLS listener", peer.kind.as_str())))?,
+        None => peer.addr,
+    };
     let tree = peer.proc.as_ref().map(|p| p.tree());
     let before = tree.map(|t| t.sample());
     let k0 = procstat::tcp_socket_memory_bytes();
-    let mut child = Command::new("taskset")
-        .args(["-c", &o.load_core])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &o.load_core])
         .arg(peers::bin_dir().join("edgeplane-bench"))
-        .args(["ws-idle", "--target", &peer.addr.to_string(), "--host", host])
-        .args(["--tunnels", &n.to_string()])
+        .args(["ws-idle", "--target", &addr.to_string(), "--host", host])
+        .args(["--tunnels", &n.to_string()]);
+    if let Some(c) = tls {
+        cmd.arg("--tls-ca").arg(c.crt());
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -250,6 +302,7 @@ fn idle_run(o: &CompareOptions, peer: &peers::Peer, host: &str, n: usize) -> Res
     let per = |x: f64| (opened.opened > 0).then(|| x / opened.opened as f64);
     Ok(IdleRun {
         peer: Some(peer.kind),
+        tls: tls.is_some(),
         requested: n,
         opened: opened.opened,
         failed_open: opened.failed_open,
@@ -267,10 +320,13 @@ fn idle_run(o: &CompareOptions, peer: &peers::Peer, host: &str, n: usize) -> Res
 /// round saturation, fixed-rate and WebSocket runs (peers in rotating
 /// order), then idle tunnels once.
 pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
-    let mut need = vec!["wrk"];
+    let mut need = vec![("wrk", "wrk")];
+    if o.tls {
+        need.push(("h2load", "nghttp2-client"));
+    }
     for (k, tool) in [(PeerKind::Nginx, "nginx"), (PeerKind::Haproxy, "haproxy")] {
         if o.peers.contains(&k) {
-            need.push(tool);
+            need.push((tool, tool));
         }
     }
     peers::ensure_tools(&need)?;
@@ -285,12 +341,16 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
         backend: backend.addr,
         core: &o.proxy_core,
         snapshot: &stage.snapshot,
+        certs: &stage.certs,
     };
     let mut running = Vec::new();
     for &k in &o.peers {
         progress(&format!("starting {}", k.as_str()));
         let p = peers::start(k, &env)?;
         wait_proxying(p.addr, &stage.hosts[0])?;
+        if let Some(a) = p.tls_addr {
+            wait_listening(a)?;
+        }
         running.push(p);
     }
 
@@ -302,27 +362,20 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
         open_files_limit: fd_limit,
         http: Vec::new(),
         ws: Vec::new(),
+        tls_http: Vec::new(),
+        handshakes: Vec::new(),
         idle: Vec::new(),
     };
     for round in 0..o.rounds {
         let mut order: Vec<&peers::Peer> = running.iter().collect();
         let n = order.len().max(1);
         order.rotate_left(round % n);
-        // Saturation first for everyone: the first round's numbers set the
-        // offered rate of the open-loop runs.
-        let sat = stage.saturation(&order, round)?;
-        if res.offered_rps == 0.0 {
-            res.offered_rps = half_the_slowest(&sat);
-            progress(&format!("open-loop runs offer {} req/s", res.offered_rps));
+        if o.plain {
+            stage.plain_round(&order, round, &mut res)?;
         }
-        for (p, sat) in order.iter().zip(sat) {
-            res.http.push(stage.fixed_rate(p, sat, round, res.offered_rps)?);
-        }
-        for &c in &o.ws_connections {
-            for &size in &o.ws_sizes {
-                for p in &order {
-                    res.ws.push(stage.websocket(p, round, c, size)?);
-                }
+        if o.tls {
+            for p in order.iter().filter(|p| p.tls_addr.is_some()) {
+                stage.tls_round(p, round, &mut res)?;
             }
         }
     }
@@ -336,8 +389,14 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
         ));
     }
     for p in &running {
-        progress(&format!("{}: holding {n} idle tunnels", p.kind.as_str()));
-        res.idle.push(idle_run(o, p, &stage.hosts[0], n)?);
+        if o.plain {
+            progress(&format!("{}: holding {n} idle tunnels", p.kind.as_str()));
+            res.idle.push(idle_run(o, p, &stage.hosts[0], n, None)?);
+        }
+        if o.tls && p.tls_addr.is_some() {
+            progress(&format!("{}: holding {n} idle wss tunnels", p.kind.as_str()));
+            res.idle.push(idle_run(o, p, &stage.hosts[0], n, Some(&stage.certs))?);
+        }
     }
     drop(running);
     drop(backend);
@@ -385,6 +444,7 @@ struct Stage<'a> {
     hosts_file: PathBuf,
     script: PathBuf,
     snapshot: PathBuf,
+    certs: peers::Certs,
 }
 
 impl<'a> Stage<'a> {
@@ -404,7 +464,31 @@ impl<'a> Stage<'a> {
             hosts_file,
             script,
             snapshot,
+            certs: peers::write_certs(dir)?,
         })
+    }
+
+    /// The plain stages of one round: saturation first for everyone (the
+    /// first round's numbers set the offered rate of the open-loop runs),
+    /// then fixed rate, then WebSocket echo.
+    fn plain_round(&self, order: &[&peers::Peer], round: usize, res: &mut CompareResults) -> Result<(), CompareError> {
+        let o = self.o;
+        let sat = self.saturation(order, round)?;
+        if res.offered_rps == 0.0 {
+            res.offered_rps = half_the_slowest(&sat);
+            progress(&format!("open-loop runs offer {} req/s", res.offered_rps));
+        }
+        for (p, sat) in order.iter().zip(sat) {
+            res.http.push(self.fixed_rate(p, sat, round, res.offered_rps)?);
+        }
+        for &c in &o.ws_connections {
+            for &size in &o.ws_sizes {
+                for p in order {
+                    res.ws.push(self.websocket(p, round, c, size)?);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn saturation(&self, order: &[&peers::Peer], round: usize) -> Result<Vec<Saturation>, CompareError> {
@@ -512,6 +596,7 @@ impl<'a> Stage<'a> {
         Ok(WsRun {
             peer: p.kind,
             round,
+            tls: false,
             cpu_us_per_round_trip: cpu_per(before, tree, echo.round_trips_total),
             echo,
         })

@@ -3,6 +3,12 @@
 //! nginx, HAProxy), all pinned with `taskset` and all pointed at the same
 //! backend. "direct" is no proxy at all (the load goes to the backend).
 //!
+//! Every peer but `direct` also listens for TLS (HTTP/2 and HTTP/1.1 by
+//! ALPN, wss) with the run's one self-signed `*.repl.co` certificate
+//! ([`write_certs`]): edgeplane's `[tls]` listener, nginx's `listen ... ssl
+//! http2`, HAProxy's `bind ... ssl alpn h2,http/1.1`, the pass-through's
+//! Pingora TLS listener with h2 enabled.
+//!
 //! Configs are written into the run's work directory and kept there (the
 //! harness prints where) so a surprising number can be re-run by hand.
 
@@ -83,7 +89,41 @@ impl Drop for Proc {
 pub struct Peer {
     pub kind: PeerKind,
     pub addr: SocketAddr,
+    /// Its TLS listener (none for `direct`).
+    pub tls_addr: Option<SocketAddr>,
     pub proc: Option<Proc>,
+}
+
+/// The run's certificate: `repl.co.crt` + `repl.co.key` (edgeplane's
+/// `certs_dir` layout, nginx, the pass-through) and `repl.co.pem` (both,
+/// for HAProxy), self-signed for `*.repl.co`, ECDSA P-256.
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn crt(&self) -> PathBuf {
+        self.dir.join("repl.co.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("repl.co.key")
+    }
+    pub fn pem(&self) -> PathBuf {
+        self.dir.join("repl.co.pem")
+    }
+}
+
+/// Writes [`Certs`] into `dir/certs`.
+pub fn write_certs(dir: &Path) -> Result<Certs, CompareError> {
+    let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()])
+        .map_err(|e| CompareError::Start(format!("certificate: {e}")))?;
+    let certs = Certs { dir: dir.join("certs") };
+    std::fs::create_dir_all(&certs.dir)?;
+    let (crt, key) = (c.cert.pem(), c.key_pair.serialize_pem());
+    std::fs::write(certs.crt(), &crt)?;
+    std::fs::write(certs.key(), &key)?;
+    std::fs::write(certs.pem(), format!("{crt}{key}"))?;
+    Ok(certs)
 }
 
 /// What every peer needs to start.
@@ -94,6 +134,7 @@ pub struct PeerEnv<'a> {
     pub core: &'a str,
     /// edgeplane's snapshot file (the synthetic world).
     pub snapshot: &'a Path,
+    pub certs: &'a Certs,
 }
 
 /// Directory of this executable: the workspace's other binaries are there.
@@ -115,9 +156,13 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// Installs nginx, haproxy and wrk from Debian's packages when absent.
-pub fn ensure_tools(need: &[&str]) -> Result<(), CompareError> {
-    let missing: Vec<&str> = need.iter().copied().filter(|n| find_program(n).is_none()).collect();
+/// Installs the tools a run needs (program, Debian package) when absent.
+pub fn ensure_tools(need: &[(&str, &str)]) -> Result<(), CompareError> {
+    let missing: Vec<&str> = need
+        .iter()
+        .filter(|(prog, _)| find_program(prog).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -130,17 +175,24 @@ pub fn ensure_tools(need: &[&str]) -> Result<(), CompareError> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    let still: Vec<&str> = need.iter().copied().filter(|n| find_program(n).is_none()).collect();
+    let still: Vec<&str> = need
+        .iter()
+        .filter(|(prog, _)| find_program(prog).is_none())
+        .map(|(prog, _)| *prog)
+        .collect();
     if !ok || !still.is_empty() {
         return Err(CompareError::Tools(still.join(" ")));
     }
     Ok(())
 }
 
-/// A port the OS says is free now (for peers whose config needs a number).
-pub fn free_port() -> Result<SocketAddr, CompareError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+/// Two ports the OS says are free now (for peers whose config needs
+/// numbers): both probe sockets are held until both are chosen, so the two
+/// cannot be the same port.
+pub fn free_ports() -> Result<[SocketAddr; 2], CompareError> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok([a.local_addr()?, b.local_addr()?])
 }
 
 /// Starts `cmd` pinned to `core`, with stdout piped and stderr to `log`.
@@ -159,30 +211,35 @@ pub fn spawn_pinned(core: &str, program: &Path, args: &[String], log: &Path) -> 
         .map_err(|e| CompareError::Start(format!("{}: {e}", program.display())))
 }
 
-/// Reads stdout lines until one starts with `prefix`; returns the rest of
-/// it as an address. The remaining output is drained in the background.
-pub fn await_listen_line(child: &mut Child, prefix: &str, what: &str) -> Result<SocketAddr, CompareError> {
+/// Reads stdout lines until one has started with each of `prefixes`;
+/// returns the rest of each as an address, in `prefixes` order. The
+/// remaining output is drained in the background.
+pub fn await_listen_lines(child: &mut Child, prefixes: &[&str], what: &str) -> Result<Vec<SocketAddr>, CompareError> {
     let out = child.stdout.take().ok_or_else(|| CompareError::Start(what.into()))?;
     let mut reader = BufReader::new(out);
+    let mut found: Vec<Option<SocketAddr>> = vec![None; prefixes.len()];
     let mut line = String::new();
-    loop {
+    while found.iter().any(Option::is_none) {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
             return Err(CompareError::Start(format!("{what} exited before listening")));
         }
-        if let Some(a) = line.trim().strip_prefix(prefix) {
-            let addr = a
-                .parse()
-                .map_err(|_| CompareError::Start(format!("{what}: bad address {a:?}")))?;
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                while reader.read_line(&mut s).unwrap_or(0) > 0 {
-                    s.clear();
-                }
-            });
-            return Ok(addr);
+        for (slot, prefix) in found.iter_mut().zip(prefixes) {
+            if let Some(a) = line.trim().strip_prefix(prefix) {
+                let addr = a
+                    .parse()
+                    .map_err(|_| CompareError::Start(format!("{what}: bad address {a:?}")))?;
+                *slot = Some(addr);
+            }
         }
     }
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        while reader.read_line(&mut s).unwrap_or(0) > 0 {
+            s.clear();
+        }
+    });
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Starts the fast backend pinned to `core`.
@@ -194,12 +251,14 @@ pub fn start_backend(core: &str, dir: &Path) -> Result<Proc, CompareError> {
         &["backend".into(), "--listen".into(), "127.0.0.1:0".into()],
         &dir.join("backend.log"),
     )?;
-    let addr = await_listen_line(&mut child, "backend listening on ", "backend")?;
+    let addr = await_listen_lines(&mut child, &["backend listening on "], "backend")?[0];
     Ok(Proc { child, addr })
 }
 
-fn nginx_conf(dir: &Path, listen: SocketAddr, backend: SocketAddr, max_fds: u64) -> String {
+fn nginx_conf(dir: &Path, listen: [SocketAddr; 2], backend: SocketAddr, max_fds: u64, certs: &Certs) -> String {
     let d = dir.display();
+    let [listen, tls] = listen;
+    let (crt, key) = (certs.crt().display().to_string(), certs.key().display().to_string());
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
 events {{ worker_connections {max_fds}; }}\n\
@@ -207,29 +266,34 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/nginx-body;\n  proxy_tem
   fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n  scgi_temp_path {d}/nginx-scgi;\n\
   upstream backend {{ server {backend}; keepalive 128; }}\n\
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
-  server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n\
+  server {{\n    listen {listen};\n    listen {tls} ssl http2;\n    ssl_certificate {crt};\n\
+    ssl_certificate_key {key};\n    ssl_session_cache shared:SSL:10m;\n    location / {{\n      proxy_pass http://backend;\n\
       proxy_http_version 1.1;\n      proxy_set_header Host $host;\n      proxy_set_header Upgrade $http_upgrade;\n\
       proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n"
     )
 }
 
-fn haproxy_conf(listen: SocketAddr, backend: SocketAddr) -> String {
+fn haproxy_conf(listen: [SocketAddr; 2], backend: SocketAddr, certs: &Certs) -> String {
+    let [listen, tls] = listen;
+    let pem = certs.pem().display().to_string();
     format!(
         "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n\
-  timeout tunnel 1h\n  timeout http-keep-alive 60s\n\nfrontend fe\n  bind {listen}\n  default_backend be\n\n\
+  timeout tunnel 1h\n  timeout http-keep-alive 60s\n\nfrontend fe\n  bind {listen}\n  bind {tls} ssl crt {pem} alpn h2,http/1.1\n  default_backend be\n\n\
 backend be\n  http-reuse always\n  server s1 {backend}\n"
     )
 }
 
 /// `threads`: Some(n) sets it, None leaves the shipped default.
-fn edgeplane_conf(snapshot: &Path, threads: Option<usize>) -> String {
+fn edgeplane_conf(snapshot: &Path, threads: Option<usize>, certs: &Certs) -> String {
     let threads = threads.map(|n| format!("threads = {n}\n")).unwrap_or_default();
     format!(
         "[edge]\nregion = \"{}\"\ninstance_id = \"bench-edge\"\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
 {threads}pid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\n[hosting]\nsuffixes = [\"repl.co\"]\n\n\
-[placement]\nsource = \"file\"\nfile = \"{}\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n",
+[placement]\nsource = \"file\"\nfile = \"{}\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n\n\
+[tls]\nlisten = [\"127.0.0.1:0\"]\ncerts_dir = \"{}\"\n",
         crate::world::region_name(0),
-        snapshot.display()
+        snapshot.display(),
+        certs.dir.display()
     )
 }
 
@@ -238,8 +302,8 @@ fn edgeplane_conf(snapshot: &Path, threads: Option<usize>) -> String {
 pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
     let dir = env.dir;
     let max_fds = crate::procstat::open_files_limit().saturating_sub(64).max(1024);
-    let (proc_, addr) = match kind {
-        PeerKind::Direct => (None, env.backend),
+    let (proc_, addr, tls_addr) = match kind {
+        PeerKind::Direct => (None, env.backend, None),
         PeerKind::Edgeplane | PeerKind::EdgeplaneShipped => {
             let shipped = kind == PeerKind::EdgeplaneShipped;
             let d = dir.join(kind.as_str());
@@ -247,7 +311,7 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
             std::fs::write(d.join("hop.secret"), "bench-hop-secret-0123456789abcdef")?;
             std::fs::write(
                 d.join("edge.toml"),
-                edgeplane_conf(env.snapshot, if shipped { None } else { Some(1) }),
+                edgeplane_conf(env.snapshot, if shipped { None } else { Some(1) }, env.certs),
             )?;
             let mut child = spawn_pinned(
                 env.core,
@@ -255,8 +319,12 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
                 &["serve".into(), "-c".into(), d.join("edge.toml").display().to_string()],
                 &d.join("edge.log"),
             )?;
-            let addr = await_listen_line(&mut child, "edgeplane: proxy listening on ", "edgeplane")?;
-            (Some(Proc { child, addr }), addr)
+            let a = await_listen_lines(
+                &mut child,
+                &["edgeplane: proxy listening on ", "edgeplane: https listening on "],
+                "edgeplane",
+            )?;
+            (Some(Proc { child, addr: a[0] }), a[0], Some(a[1]))
         }
         PeerKind::Pingora => {
             let mut child = spawn_pinned(
@@ -267,16 +335,29 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
                     "127.0.0.1:0".into(),
                     "--upstream".into(),
                     env.backend.to_string(),
+                    "--tls-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--cert".into(),
+                    env.certs.crt().display().to_string(),
+                    "--key".into(),
+                    env.certs.key().display().to_string(),
                 ],
                 &dir.join("pingora.log"),
             )?;
-            let addr = await_listen_line(&mut child, "pingora-passthrough listening on ", "pingora-passthrough")?;
-            (Some(Proc { child, addr }), addr)
+            let a = await_listen_lines(
+                &mut child,
+                &[
+                    "pingora-passthrough listening on ",
+                    "pingora-passthrough tls listening on ",
+                ],
+                "pingora-passthrough",
+            )?;
+            (Some(Proc { child, addr: a[0] }), a[0], Some(a[1]))
         }
         PeerKind::Nginx => {
-            let addr = free_port()?;
+            let [addr, tls] = free_ports()?;
             let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(dir, addr, env.backend, max_fds))?;
+            std::fs::write(&conf, nginx_conf(dir, [addr, tls], env.backend, max_fds, env.certs))?;
             let nginx = find_program("nginx").ok_or(CompareError::Tools("nginx".into()))?;
             let child = spawn_pinned(
                 env.core,
@@ -289,12 +370,12 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
                 ],
                 &dir.join("nginx.log"),
             )?;
-            (Some(Proc { child, addr }), addr)
+            (Some(Proc { child, addr }), addr, Some(tls))
         }
         PeerKind::Haproxy => {
-            let addr = free_port()?;
+            let [addr, tls] = free_ports()?;
             let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_conf(addr, env.backend))?;
+            std::fs::write(&conf, haproxy_conf([addr, tls], env.backend, env.certs))?;
             let haproxy = find_program("haproxy").ok_or(CompareError::Tools("haproxy".into()))?;
             let child = spawn_pinned(
                 env.core,
@@ -302,12 +383,13 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
                 &["-f".into(), conf.display().to_string(), "-db".into()],
                 &dir.join("haproxy.log"),
             )?;
-            (Some(Proc { child, addr }), addr)
+            (Some(Proc { child, addr }), addr, Some(tls))
         }
     };
     Ok(Peer {
         kind,
         addr,
+        tls_addr,
         proc: proc_,
     })
 }

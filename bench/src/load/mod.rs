@@ -9,11 +9,15 @@
 //! - [`ws`]: WebSocket echo round trips (tokio-tungstenite) at N connections
 //!   and a message size, and an idle-capacity mode that holds N tunnels,
 //!   waits to be measured, then checks that every one still echoes.
+//! - [`tls`]: the TLS client side (wss tunnels ride on it) and new-connection
+//!   handshakes, full or resumed.
 //!
-//! Latencies are kept as raw microsecond samples and summarised by
+//! HTTP/2 and HTTP/1.1-over-TLS request load is h2load's (the comparison
+//! runs it like wrk). Latencies are kept as raw microsecond samples and summarised by
 //! [`Percentiles::of`]. Start at [`http::run`].
 
 pub mod http;
+pub mod tls;
 pub mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,6 +3,7 @@
 //! - [`echo`]: `connections` tunnels, each sending one binary message of
 //!   `size` bytes and waiting for its echo, in a closed loop; round trips/s
 //!   and latency percentiles.
+//! - Either over plain TCP (`ws://`) or TLS (`wss://`, [`super::tls`]).
 //! - [`open_idle`] + [`check_all`]: hold `n` tunnels open without traffic
 //!   (the caller measures the proxy meanwhile), then send one message on
 //!   every tunnel and count the ones that echo it back intact.
@@ -19,11 +20,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use tokio_util::either::Either;
+
+use super::tls::BenchStream;
 use super::{micros, Percentiles};
 use crate::backend::small_ws_config;
 
 /// One client end of a tunnel.
-pub type Tunnel = WebSocketStream<TcpStream>;
+pub type Tunnel = WebSocketStream<BenchStream>;
 
 /// Where tunnels go.
 #[derive(Debug, Clone)]
@@ -31,14 +35,23 @@ pub struct WsTarget {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    /// `Some`: `wss://`, over TLS with this client config (ALPN http/1.1).
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// Opens one tunnel (TCP connect + upgrade), with a deadline.
 pub async fn connect(t: &WsTarget) -> Result<Tunnel, String> {
     let fut = async {
-        let s = TcpStream::connect(t.addr).await.map_err(|e| format!("connect: {e}"))?;
-        let _ = s.set_nodelay(true);
-        let mut req = format!("ws://{}{}", t.host, t.path)
+        let s: BenchStream = match &t.tls {
+            Some(cfg) => Either::Right(super::tls::connect(t.addr, &t.host, cfg).await?),
+            None => {
+                let s = TcpStream::connect(t.addr).await.map_err(|e| format!("connect: {e}"))?;
+                let _ = s.set_nodelay(true);
+                Either::Left(s)
+            }
+        };
+        let scheme = if t.tls.is_some() { "wss" } else { "ws" };
+        let mut req = format!("{scheme}://{}{}", t.host, t.path)
             .into_client_request()
             .map_err(|e| format!("request: {e}"))?;
         req.headers_mut()
