@@ -87,6 +87,21 @@ enum Cmd {
     /// each policy, pure random and a cloud-LB model; print the table and
     /// write bench/results/sim.{md,json} and SVG histograms.
     Sim(SimArgs),
+    /// Measure the consistent-hash ring: share max/mean at each cluster
+    /// count (equal and mixed weights) and keys moved when a cluster joins
+    /// or drains, against the ideal; writes bench/results/ring.{md,json}
+    /// and ring_moves.svg.
+    Ring {
+        /// Cluster counts, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+        clusters: Vec<usize>,
+        /// Repl ids hashed.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        /// Where results go (default bench/results); `-` writes nothing.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// The fast backend of the comparison runs: canned 200s and WebSocket echo.
     Backend {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -636,6 +651,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::WsLoad(a) => a.run()?,
         Cmd::WsIdle(a) => a.run()?,
         Cmd::TlsHandshakes(a) => a.run()?,
+        Cmd::Ring { clusters, keys, out } => {
+            use edgeplane_bench::ring_bench;
+            let figs = ring_bench::run(&clusters, keys);
+            let command = format!(
+                "edgeplane-bench {}",
+                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+            );
+            print!("{}", ring_bench::markdown(&figs, &command));
+            match out {
+                Some(p) if p.as_os_str() == "-" => {}
+                p => ring_bench::write(
+                    &p.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
+                    &figs,
+                    &command,
+                )?,
+            }
+        }
         Cmd::Compare(a) => a.run()?,
         Cmd::World { repls, vm_addr } => {
             let shape = edgeplane_bench::world::WorldShape {

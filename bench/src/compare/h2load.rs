@@ -93,13 +93,29 @@ pub fn run(
         TlsHttp::H2 => cmd.args(["-m", "10"]),
         TlsHttp::H1 => cmd.args(["--h1", "-m", "1"]),
     };
-    let out = cmd
-        .arg(format!("-c{connections}"))
-        .arg(format!("-D{}", duration.as_secs().max(1)))
+    let secs = duration.as_secs().max(1);
+    cmd.arg(format!("-c{connections}"))
+        .arg(format!("-D{secs}"))
         .arg("--connect-to")
         .arg(addr.to_string())
         .arg(format!("https://{host}:{}/", addr.port()))
-        .output()?;
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn()?;
+    // h2load's timed mode can keep one client going past the duration
+    // (one that reconnected after a server's close): a run that has not
+    // ended well after it is killed and counts as failed, not waited on.
+    let pid = child.id();
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if ended.recv_timeout(Duration::from_secs(secs + 30)).is_err() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    });
+    let out = child.wait_with_output();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let out = out?;
     if !out.status.success() {
         return Err(CompareError::Load(format!(
             "h2load failed: {}",

@@ -262,7 +262,7 @@ fn nginx_conf(dir: &Path, listen: [SocketAddr; 2], backend: SocketAddr, max_fds:
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
 events {{ worker_connections {max_fds}; }}\n\
-http {{\n  access_log off;\n  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
+http {{\n  access_log off;\n  keepalive_requests {KEEPALIVE_REQUESTS};\n  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
   fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n  scgi_temp_path {d}/nginx-scgi;\n\
   upstream backend {{ server {backend}; keepalive 128; }}\n\
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
@@ -283,6 +283,14 @@ backend be\n  http-reuse always\n  server s1 {backend}\n"
     )
 }
 
+/// Requests a keep-alive connection may carry before the proxy closes it,
+/// for nginx and edgeplane (HAProxy and the pass-through have no such
+/// limit): high enough that no peer closes a connection by count during a
+/// run. h2load's timed mode (`-D`) never ends a client that had to
+/// reconnect after a server's close, and a count-limited peer also pays
+/// handshakes the others do not.
+pub const KEEPALIVE_REQUESTS: u32 = 1_000_000;
+
 /// `threads`: Some(n) sets it, None leaves the shipped default.
 fn edgeplane_conf(snapshot: &Path, threads: Option<usize>, certs: &Certs) -> String {
     let threads = threads.map(|n| format!("threads = {n}\n")).unwrap_or_default();
@@ -290,6 +298,7 @@ fn edgeplane_conf(snapshot: &Path, threads: Option<usize>, certs: &Certs) -> Str
         "[edge]\nregion = \"{}\"\ninstance_id = \"bench-edge\"\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
 {threads}pid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\n[hosting]\nsuffixes = [\"repl.co\"]\n\n\
 [placement]\nsource = \"file\"\nfile = \"{}\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n\n\
+[limits]\nmax_requests_per_connection = {KEEPALIVE_REQUESTS}\n\n\
 [tls]\nlisten = [\"127.0.0.1:0\"]\ncerts_dir = \"{}\"\n",
         crate::world::region_name(0),
         snapshot.display(),
