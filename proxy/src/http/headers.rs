@@ -55,14 +55,26 @@ const SPOOFABLE: [&str; 10] = [
 
 /// Whether a request header must not reach a VM (internal, hop-by-hop,
 /// spoofable, or named by the client's `Connection` header).
-pub(super) fn strip_for_upstream(name: &str, connection_tokens: &[&str], websocket: bool) -> bool {
+/// `connection` is every `Connection` line of the request (a client may
+/// send several); their comma-separated tokens are read in place, nothing
+/// is collected.
+pub(super) fn strip_for_upstream(
+    name: &str,
+    connection: &http::header::GetAll<'_, http::HeaderValue>,
+    websocket: bool,
+) -> bool {
     if name.starts_with("x-edgeplane-") || SPOOFABLE.contains(&name) {
         return true;
     }
     if websocket && (name == "upgrade" || name == "connection") {
         return false;
     }
-    HOP_BY_HOP.contains(&name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.contains(&name)
+        || connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name))
 }
 
 /// Serialises a request head for the wire (origin-form target).

@@ -98,17 +98,8 @@ impl Proxy {
         // when some are there).
         let websocket = is_websocket_upgrade(session.req_header());
         // Every `Connection` line counts (a client may send several).
-        let tokens: Vec<&str> = session
-            .req_header()
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .collect();
-        let strip = |k: &http::HeaderName| strip_for_upstream(k.as_str(), &tokens, websocket);
+        let connection = session.req_header().headers.get_all(http::header::CONNECTION);
+        let strip = |k: &http::HeaderName| strip_for_upstream(k.as_str(), &connection, websocket);
         if upstream.headers.keys().any(strip) {
             let names: Vec<http::HeaderName> = upstream.headers.keys().filter(|k| strip(k)).cloned().collect();
             for k in names {

@@ -295,3 +295,53 @@ async fn sigterm_closes_a_tls_websocket_with_1001() {
     }
     panic!("the edge did not exit after its last tunnel closed");
 }
+
+/// The edge picks the cipher suite: AES-128-GCM for a client that asks
+/// for AES-256 first (rustls's own default order; its SHA-384 key schedule
+/// costs the edge more), and a client that offers only AES-256 still
+/// connects with it.
+#[tokio::test]
+async fn the_edge_prefers_aes_128_but_still_speaks_aes_256() {
+    use rustls::CipherSuite as C;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vm1 = FakeVm::start("vm-1");
+    let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+    let (edge, der) = Edge::start_tls("us-east1", &snap, EdgeOpts::default()).await;
+    let addr = edge.https.expect("https listener");
+    let only_aes_256 = {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: vec![rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384],
+            ..rustls::crypto::ring::default_provider()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(der.clone())).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        std::sync::Arc::new(cfg)
+    };
+    let default_order = tls_client_config(&der, &[b"http/1.1"]);
+    assert_eq!(
+        default_order.crypto_provider().cipher_suites[0].suite(),
+        C::TLS13_AES_256_GCM_SHA384,
+        "the client asks for AES-256 first"
+    );
+    for (cfg, want) in [
+        (default_order, C::TLS13_AES_128_GCM_SHA256),
+        (only_aes_256, C::TLS13_AES_256_GCM_SHA384),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
+        assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+        let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(suite, want);
+    }
+}
