@@ -43,6 +43,7 @@ fn pick(c: &mut Criterion) {
             .map(|(i, &h)| {
                 let r = Reading {
                     containers: (i * 7 % 100) as u32,
+                    units: Some((i * 7 % 100) as u32),
                     cpu: (i % 10) as f32 / 10.0,
                     ready: true,
                     sampled_at_ms: NOW,
@@ -57,7 +58,7 @@ fn pick(c: &mut Criterion) {
         g.bench_function(policy.as_str(), |bench| {
             bench.iter(|| {
                 e = e.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let choice = b.choose(&table, black_box(cluster), e).unwrap();
+                let choice = b.choose(&table, black_box(cluster), e, 1).unwrap();
                 b.record(&choice);
                 black_box(choice)
             })

@@ -10,9 +10,10 @@
 //!   a text message `close-me` makes the VM close the socket itself (code
 //!   4000), so tests can check that a close from either side crosses the edge.
 //! - The metrics listener serves `/metrics` (`conman_containers`,
-//!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`) and
+//!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`, and
+//!   `conman_units_reserved` once `units` is set) and
 //!   takes `POST /control` with JSON `{"containers":N,"cpu":F,"ready":bool,
-//!   "scrape":"ok"|"hang"|"garbage"|"error","replay":"vm=ID"}` (all fields
+//!   "units":N,"scrape":"ok"|"hang"|"garbage"|"error","replay":"vm=ID"}` (all fields
 //!   optional; `scrape` injects faults into `/metrics` only, the HTTP
 //!   listener keeps serving; `replay`, when not empty, makes the VM answer
 //!   every request and refuse every upgrade with 409 and
@@ -45,6 +46,10 @@ use tokio_tungstenite::WebSocketStream;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Reported {
     pub containers: u64,
+    /// Served as `conman_units_reserved` once set (absent until then, as
+    /// from a conman that predates sizes).
+    #[serde(default)]
+    pub units: Option<u64>,
     pub cpu: f64,
     pub ready: bool,
     /// How `/metrics` answers: `ok`, `hang` (never), `garbage` (200 with a
@@ -70,6 +75,7 @@ pub enum ScrapeMode {
 #[serde(deny_unknown_fields)]
 struct ControlBody {
     containers: Option<u64>,
+    units: Option<u64>,
     cpu: Option<f64>,
     ready: Option<bool>,
     scrape: Option<ScrapeMode>,
@@ -264,13 +270,19 @@ async fn metrics_app(state: Arc<State>, req: Request<Incoming>) -> Result<Respon
                 }
                 ScrapeMode::Error => return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "metrics broken\n")),
             }
+            let units = r.units.map_or(String::new(), |u| {
+                format!(
+                    "# HELP conman_units_reserved Size units its containers hold.\n\
+# TYPE conman_units_reserved gauge\nconman_units_reserved {u}\n"
+                )
+            });
             let body = format!(
                 "# HELP conman_containers Containers running on this VM.\n# TYPE conman_containers gauge\n\
 conman_containers {}\n# HELP conman_cpu_utilization CPU utilisation, 0 to 1.\n# TYPE conman_cpu_utilization gauge\n\
 conman_cpu_utilization {}\n# HELP conman_ready 1 when the VM takes new containers.\n# TYPE conman_ready gauge\n\
 conman_ready {}\n# HELP fakevm_requests_total HTTP requests and upgrades received.\n# TYPE fakevm_requests_total counter\n\
 fakevm_requests_total {}\n# HELP fakevm_websockets_open WebSocket connections open now.\n# TYPE fakevm_websockets_open gauge\n\
-fakevm_websockets_open {}\n",
+fakevm_websockets_open {}\n{units}",
                 r.containers,
                 r.cpu,
                 r.ready as u8,
@@ -294,6 +306,9 @@ fakevm_websockets_open {}\n",
             let mut r = state.reported.lock().unwrap();
             if let Some(v) = c.containers {
                 r.containers = v;
+            }
+            if let Some(v) = c.units {
+                r.units = Some(v);
             }
             if let Some(v) = c.cpu {
                 r.cpu = v;
@@ -349,6 +364,7 @@ pub async fn start(opts: FakeVmOptions) -> std::io::Result<(SocketAddr, SocketAd
             scrape: ScrapeMode::Ok,
             replay: String::new(),
             containers: opts.containers,
+            units: None,
             cpu: opts.cpu,
             ready: true,
         }),

@@ -248,6 +248,10 @@ struct SimArgs {
     /// Only scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Run the size-aware simulations instead (machines of two sizes,
+    /// oversize starts, moving one hot user): sim_sizes.{md,json} and plots.
+    #[arg(long)]
+    sizes: bool,
     /// Where results go (default bench/results); `-` writes nothing.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -263,6 +267,7 @@ impl SimArgs {
             scrape_delay_s,
             seed,
             only,
+            sizes,
             out,
         } = self;
         use edgeplane_bench::sim;
@@ -285,6 +290,11 @@ impl SimArgs {
             None => Some(edgeplane_bench::sync_bench::default_out_dir()),
         };
         let command: Vec<String> = std::env::args().skip(1).collect();
+        if sizes {
+            let command = format!("edgeplane-bench {}", command.join(" "));
+            sim::sizes_report::run_sizes(&o, out.as_deref(), &command)?;
+            return Ok(());
+        }
         sim::report::run_all(
             &o,
             &scenarios,

@@ -74,10 +74,12 @@ async fn seed(url: &str, repls: usize, vm_addr: SocketAddr) -> Result<()> {
          INSERT INTO repls SELECT 'r' || i, 'app' || i, 'u' || (i % 1000), 'bench', NULL, NULL FROM generate_series(0, {n}) i;
          INSERT INTO containers SELECT 'r' || i, 'vm' || (i % 1000), now() FROM generate_series(0, {n}, 4) i;
          INSERT INTO custom_domains SELECT 'd' || i || '.example.com', 'r' || i FROM generate_series(0, {n}, 16) i;
+         UPDATE repls SET owner = 'hot' WHERE id IN (SELECT 'r' || i FROM generate_series(0, {n}, {hot_every}) i);
          SET LOCAL session_replication_role = origin;
          SELECT edgeplane_request_reload();
          COMMIT; ANALYZE;",
-        n = repls - 1
+        n = repls - 1,
+        hot_every = (repls / MOVE_USER_REPLS).max(1),
     );
     c.batch_execute(&sql).await?;
     eprintln!("sync bench: seeded {repls} repls in {:.1} s", t.elapsed().as_secs_f64());
@@ -424,6 +426,74 @@ pub(crate) async fn rate_run(
     })
 }
 
+/// Repls of the owner `hot` that the move-user step moves.
+pub const MOVE_USER_REPLS: usize = 10_000;
+
+/// `placectl move-user hot --to c1` (the library call) under steady
+/// traffic: one transaction, commit-to-publish, deltas the edge applied
+/// for it, request errors meanwhile.
+async fn move_user_run(url: &str, edge: &EdgeProc, repls: usize) -> Result<serde_json::Value> {
+    use edgeplane_control_sync::postgres::moves::{move_user, MoveAction, MoveOptions, MoveTarget};
+    let deltas = |v: &serde_json::Value| v["deltas_applied"].as_u64().unwrap_or(0);
+    let snapshot = || async {
+        let mut s = tokio::net::TcpStream::connect(edge.admin).await?;
+        let mut buf = Vec::new();
+        request(&mut s, "admin", "/debug/snapshot", &mut buf).await?;
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        anyhow::Ok(serde_json::from_slice::<serde_json::Value>(&buf[end..])?)
+    };
+    let mut writer = connect(url).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishes: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
+    let observer = tokio::spawn(watch_publishes(edge.admin, stop.clone(), publishes.clone()));
+    let samples: Arc<Mutex<Vec<(i64, f64)>>> = Arc::default();
+    let load = traffic(edge.proxy, 8, 250, repls, stop.clone(), samples.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let deltas_before = deltas(&snapshot().await?);
+    let opts = MoveOptions {
+        lazy: false,
+        dry_run: false,
+        tombstone_secs: 360,
+    };
+    let t0 = Instant::now();
+    let report = move_user(&mut writer, "hot", &MoveTarget::Cluster("c1".into()), opts).await?;
+    let committed = now_ms();
+    let write_s = t0.elapsed().as_secs_f64();
+    let version = report.version.unwrap_or(0) as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let published = loop {
+        let found = publishes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(v, _)| *v >= version)
+            .map(|p| p.1);
+        if let Some(p) = found {
+            break p;
+        }
+        if Instant::now() > deadline {
+            bail!("the move (version {version}) was never published");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let deltas_after = deltas(&snapshot().await?);
+    stop.store(true, Ordering::Relaxed);
+    let mut request_errors = 0;
+    for l in load {
+        request_errors += l.await?;
+    }
+    observer.await?;
+    Ok(serde_json::json!({
+        "repls_moved": report.count(MoveAction::Move),
+        "transaction_seconds": write_s,
+        "commit_to_publish_ms": (published - committed).max(0),
+        "deltas_applied": deltas_after - deltas_before,
+        "requests": samples.lock().unwrap().len(),
+        "request_errors": request_errors,
+    }))
+}
+
 async fn baseline(edge: &EdgeProc, repls: usize) -> (f64, f64, f64, usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<(i64, f64)>>> = Arc::default();
@@ -560,6 +630,8 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
         );
         runs.push(r);
     }
+    let moved = move_user_run(&url, &edge, o.repls).await?;
+    eprintln!("sync bench: move-user: {moved}");
     drop(edge);
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -572,6 +644,7 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
         "edge_rss_after_load": edge_rss,
         "baseline_requests_ms": {"p50": base.0, "p99": base.1, "max": base.2, "count": base.3},
         "rates": runs.iter().map(RateRun::summary).collect::<Vec<_>>(),
+        "move_user": moved,
     });
     std::fs::write(o.out_dir.join("sync.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     std::fs::write(o.out_dir.join("sync_latency.svg"), svg(&runs))?;
@@ -609,6 +682,16 @@ pub async fn run(o: SyncBenchOptions, vm_addr: SocketAddr) -> Result<()> {
             r.request_ms_max
         );
     }
+    md += &format!(
+        "| move-user of {} repls (one transaction, {:.1} s to write): commit-to-publish | {} ms |\n\
+| move-user: deltas the edge applied for it; request errors meanwhile ({} requests) | {}; {} |\n",
+        moved["repls_moved"],
+        moved["transaction_seconds"].as_f64().unwrap_or(0.0),
+        moved["commit_to_publish_ms"],
+        moved["requests"],
+        moved["deltas_applied"],
+        moved["request_errors"],
+    );
     std::fs::write(o.out_dir.join("sync.md"), &md)?;
     println!("{md}");
     Ok(())

@@ -59,6 +59,7 @@ pub fn synthetic(shape: WorldShape, vm_addr: impl Fn(usize) -> String) -> Snapsh
                 addr: vm_addr(vm_index),
                 metrics_addr: None,
                 state: VmState::Active,
+                capacity: 100,
             });
             vm_index += 1;
         }
@@ -72,6 +73,7 @@ pub fn synthetic(shape: WorldShape, vm_addr: impl Fn(usize) -> String) -> Snapsh
             region: region_name(region),
             cluster: None,
             transfer_to: None,
+            size: 1,
         });
         if shape.running_every > 0 && i % shape.running_every == 0 {
             // A VM of a cluster in the repl's region.

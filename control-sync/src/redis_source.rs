@@ -3,8 +3,8 @@
 //! with the primary during the strangler-fig migration.
 //!
 //! Layout (read-only for edgeplane): hash `repl:<id>` {slug, region,
-//! cluster, vm (empty when not running), owner?}, set `repls`; hash
-//! `vm:<id>` {cluster, addr, state, metrics_addr?}, set `vms`; hash
+//! cluster, vm (empty when not running), owner?, size?}, set `repls`; hash
+//! `vm:<id>` {cluster, addr, state, metrics_addr?, capacity?}, set `vms`; hash
 //! `cluster:<name>` {region, state, weight?}, set `clusters`; hash
 //! `region:<name>` {edge_addr}, set `regions`. No custom domains, tombstones
 //! or lazy transfers. A repl's `cluster` is where the legacy system put it,
@@ -123,20 +123,29 @@ pub fn decode(store: &LegacyStore) -> (Snapshot, Skipped) {
         &store.regions,
         |id, h| json!({"name": id, "edge_addr": field(h, "edge_addr")}),
     );
+    // Optional integers: absent takes the default; a value that is not an
+    // integer stays a string, which the row then fails to read (skipped).
+    let integer = |v: &mut Value, h: &Hash, k: &str| {
+        if let Some(n) = non_empty(h, k) {
+            v[k] = n.parse::<i64>().map(Value::from).unwrap_or(Value::from(n));
+        }
+    };
     let clusters = rows::<ClusterRow>(&mut skipped, "clusters", &store.clusters, |id, h| {
         let mut v = json!({"name": id, "region": field(h, "region"), "state": field(h, "state")});
-        if let Some(w) = non_empty(h, "weight") {
-            v["weight"] = w.parse::<u32>().map(Value::from).unwrap_or(Value::from(w));
-        }
+        integer(&mut v, h, "weight");
         v
     });
     let vms = rows::<VmRow>(&mut skipped, "vms", &store.vms, |id, h| {
-        json!({"id": id, "cluster": field(h, "cluster"), "addr": field(h, "addr"),
-               "metrics_addr": non_empty(h, "metrics_addr"), "state": field(h, "state")})
+        let mut v = json!({"id": id, "cluster": field(h, "cluster"), "addr": field(h, "addr"),
+               "metrics_addr": non_empty(h, "metrics_addr"), "state": field(h, "state")});
+        integer(&mut v, h, "capacity");
+        v
     });
     let repls = rows::<ReplRow>(&mut skipped, "repls", &store.repls, |id, h| {
-        json!({"id": id, "slug": field(h, "slug"), "owner": non_empty(h, "owner"),
-               "region": field(h, "region"), "cluster": non_empty(h, "cluster")})
+        let mut v = json!({"id": id, "slug": field(h, "slug"), "owner": non_empty(h, "owner"),
+               "region": field(h, "region"), "cluster": non_empty(h, "cluster")});
+        integer(&mut v, h, "size");
+        v
     });
     let containers = repls
         .iter()
@@ -467,6 +476,35 @@ mod tests {
             "{skipped:?}"
         );
         assert_eq!(skipped.total(), 4);
+    }
+
+    #[test]
+    fn optional_capacity_and_size_are_read_and_bad_ones_skipped() {
+        let mut s = store();
+        s.vms[0].1.insert("capacity".into(), "400".into());
+        s.repls[0].1.insert("size".into(), "150".into());
+        s.repls[1].1.insert("size".into(), "big".into());
+        s.repls
+            .push(("huge".into(), h(&[("slug", "huge"), ("region", "r"), ("size", "401")])));
+        s.vms.push((
+            "zero".into(),
+            h(&[
+                ("cluster", "c"),
+                ("addr", "1.2.3.4:5"),
+                ("state", "active"),
+                ("capacity", "0"),
+            ]),
+        ));
+        let (t, skipped) = build_table(&s, "r", 1).unwrap();
+        let v = t.vm_by_id("v").unwrap();
+        assert_eq!(t.vm(v).capacity, 400);
+        assert_eq!(t.repl_by_slug("app-a").unwrap().size, 150);
+        // "big" is not a number, 401 fits no VM (the largest holds 400), 0 is no capacity.
+        assert_eq!(skipped.counts.get(&("repls", "bad_value")), Some(&2), "{skipped:?}");
+        assert_eq!(skipped.counts.get(&("vms", "bad_value")), Some(&1), "{skipped:?}");
+        assert_eq!(t.counts().repls, 1);
+        let (t, _) = build_table(&store(), "r", 1).unwrap();
+        assert_eq!(t.vm(t.vm_by_id("v").unwrap()).capacity, 100, "absent: the default");
     }
 
     #[test]

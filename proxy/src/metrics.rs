@@ -42,6 +42,9 @@ pub struct Metrics {
     pub balancer_picks: IntCounterVec,
     pub balancer_panic_picks: IntCounter,
     pub balancer_fallback_picks: IntCounter,
+    pub balancer_spill_picks: IntCounter,
+    pub balancer_cluster_full: IntCounter,
+    pub balancer_over_capacity_picks: IntCounter,
     pub balancer_policy: IntGaugeVec,
     pub scrape_errors: IntCounterVec,
     pub scrape_rounds: IntCounter,
@@ -224,6 +227,18 @@ impl Metrics {
                 "edgeplane_balancer_fallback_picks_total",
                 "Picks made from the snapshot before the balancer view covered the cluster",
             ),
+            balancer_spill_picks: r.counter(
+                "edgeplane_balancer_spill_picks_total",
+                "Picks outside this edge's subset because no member had room for the repl's size",
+            ),
+            balancer_cluster_full: r.counter(
+                "edgeplane_balancer_cluster_full_total",
+                "Requests answered 503 because no VM of the cluster had room for the repl's size",
+            ),
+            balancer_over_capacity_picks: r.counter(
+                "edgeplane_balancer_over_capacity_picks_total",
+                "Panic-mode picks past a VM's capacity (no VM had room by what was known)",
+            ),
             balancer_policy: r.gauges("edgeplane_balancer_policy", "1 for the policy in use", "policy"),
             scrape_errors: r.counters(
                 "edgeplane_health_scrape_errors_total",
@@ -366,6 +381,9 @@ impl Metrics {
         }
         mirror(&self.balancer_panic_picks, panic);
         mirror(&self.balancer_fallback_picks, fallback);
+        let (spill, over) = b.size_pick_counts();
+        mirror(&self.balancer_spill_picks, spill);
+        mirror(&self.balancer_over_capacity_picks, over);
         let (oldest_ms, stale) = health.ages(now_ms, b.params().stale_after_ms);
         self.sample_age_max.set(oldest_ms as f64 / 1000.0);
         self.stale_vms.set(stale as i64);

@@ -19,6 +19,8 @@
 //! same workload. Start at [`run_scenario`].
 
 pub mod report;
+pub mod sizes;
+pub mod sizes_report;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -148,6 +150,69 @@ impl Rng {
     }
 }
 
+/// One repl start of the day, drawn from the seed.
+pub(crate) struct Start {
+    pub(crate) repl_hash: u64,
+    /// The edge it lands on.
+    pub(crate) edge: usize,
+    pub(crate) entropy: u64,
+    /// When its container leaves (unix ms).
+    pub(crate) until_ms: u64,
+    /// Its CPU cost, log-uniform over `cost_min_mc..cost_max_mc`.
+    pub(crate) cost_mc: f64,
+}
+
+/// The day's arrivals: how many starts each second brings (the diurnal
+/// wave and the surge, `o.starts` in all) and what each one draws. Every
+/// scenario draws the same sequence from the same seed.
+pub(crate) struct Arrivals {
+    pub(crate) rng: Rng,
+    base: f64,
+    acc: f64,
+    pub(crate) placed: usize,
+    cost_span: f64,
+}
+
+impl Arrivals {
+    pub(crate) fn new(o: &SimOptions) -> Arrivals {
+        let total_s = (o.hours * 3600.0) as u64;
+        let norm: f64 = (0..total_s).map(|t| shape(o, t as f64)).sum();
+        Arrivals {
+            rng: Rng::new(o.seed),
+            base: o.starts as f64 / norm,
+            acc: 0.0,
+            placed: 0,
+            cost_span: (o.cost_max_mc / o.cost_min_mc).ln(),
+        }
+    }
+
+    /// How many starts second `t` brings.
+    pub(crate) fn at(&mut self, o: &SimOptions, t: u64) -> usize {
+        self.acc += self.base * shape(o, t as f64);
+        let n = (self.acc.floor() as usize).min(o.starts - self.placed);
+        self.acc -= n as f64;
+        self.placed += n;
+        n
+    }
+
+    /// The next start, at `now_ms`.
+    pub(crate) fn draw(&mut self, o: &SimOptions, now_ms: u64) -> Start {
+        let rng = &mut self.rng;
+        let repl_hash = rng.next_u64();
+        let edge = (rng.next_u64() % o.edges as u64) as usize;
+        let entropy = rng.next_u64();
+        let life = (o.lifetime_min_s / rng.unit().powf(1.0 / o.lifetime_alpha)).min(o.lifetime_max_s);
+        let cost_mc = o.cost_min_mc * (rng.unit() * self.cost_span).exp();
+        Start {
+            repl_hash,
+            edge,
+            entropy,
+            until_ms: now_ms + (life * 1000.0) as u64,
+            cost_mc,
+        }
+    }
+}
+
 /// What a scenario produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScenarioResult {
@@ -164,9 +229,16 @@ pub struct ScenarioResult {
     pub elapsed_s: f64,
 }
 
-const T0_MS: u64 = 1_800_000_000_000;
+pub(crate) const T0_MS: u64 = 1_800_000_000_000;
 
-fn world(o: &SimOptions) -> RoutingTable {
+pub(crate) fn world(o: &SimOptions) -> RoutingTable {
+    RoutingTable::build(&world_snapshot(o), &region_name(0), 1).expect("simulated world")
+}
+
+/// The simulated region's rows: `o.clusters` x `o.vms_per_cluster` active,
+/// monitored VMs of [`UNBOUND_CAPACITY`] units (the day compares spread and
+/// CPU; room for sizes is studied in [`sizes`]).
+pub(crate) fn world_snapshot(o: &SimOptions) -> edgeplane_control_sync::snapshot::Snapshot {
     let shape = WorldShape {
         repls: 0,
         regions: 1,
@@ -178,12 +250,17 @@ fn world(o: &SimOptions) -> RoutingTable {
     for (i, vm) in snap.vms.iter_mut().enumerate() {
         vm.metrics_addr = Some(format!("10.{}.{}.{}:9100", i >> 16, (i >> 8) & 255, i & 255));
         vm.state = VmState::Active;
+        vm.capacity = UNBOUND_CAPACITY;
     }
-    RoutingTable::build(&snap, &region_name(0), 1).expect("simulated world")
+    snap
 }
 
+/// Units a VM of the default day holds: more than any VM there reaches,
+/// so the room check never binds and the figures compare with issue 4's.
+pub(crate) const UNBOUND_CAPACITY: i64 = 1000;
+
 /// Arrival-rate shape: a diurnal wave and the surge.
-fn shape(o: &SimOptions, t_s: f64) -> f64 {
+pub(crate) fn shape(o: &SimOptions, t_s: f64) -> f64 {
     let h = t_s / 3600.0;
     let wave = 1.0 + 0.3 * (std::f64::consts::TAU * (h - 6.0) / 24.0).sin();
     let surge = if h >= o.surge_start_h && h < o.surge_start_h + o.surge_hours {
@@ -199,21 +276,16 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
     let started = Instant::now();
     let table = world(o);
     let total_s = (o.hours * 3600.0) as u64;
-    let norm: f64 = (0..total_s).map(|t| shape(o, t as f64)).sum();
-    let base = o.starts as f64 / norm;
     let surge_start = (o.surge_start_h * 3600.0) as u64;
     let end_of_surge = ((o.surge_start_h + o.surge_hours) * 3600.0) as u64;
 
-    let mut fleet = Fleet::new(&table);
+    let mut fleet = Fleet::new(&table, |_| o.vm_capacity_mc);
     let mut edges = Edges::new(o, sc, &table);
     let mut lb = CloudLb::new(o, &table);
-    let mut rng = Rng::new(o.seed);
-    let mut acc = 0.0;
-    let mut placed = 0usize;
+    let mut arrivals = Arrivals::new(o);
     let mut peak_max = 0u32;
     let mut before = Vec::new();
     let mut at_surge_end: Option<(Vec<u32>, Vec<f64>)> = None;
-    let cost_span = (o.cost_max_mc / o.cost_min_mc).ln();
 
     for t in 0..total_s {
         let now_ms = T0_MS + t * 1000;
@@ -233,21 +305,14 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
             progress(t as f64 / total_s as f64);
         }
 
-        acc += base * shape(o, t as f64);
-        while acc >= 1.0 && placed < o.starts {
-            acc -= 1.0;
-            placed += 1;
-            let repl_hash = rng.next_u64();
-            let edge = (rng.next_u64() % o.edges as u64) as usize;
-            let entropy = rng.next_u64();
-            let life = (o.lifetime_min_s / rng.unit().powf(1.0 / o.lifetime_alpha)).min(o.lifetime_max_s);
-            let cost = o.cost_min_mc * (rng.unit() * cost_span).exp();
+        for _ in 0..arrivals.at(o, t) {
+            let st = arrivals.draw(o, now_ms);
             let vm = match sc.placement {
-                Placement::Edge { .. } => edges.place(&table, edge, repl_hash, entropy),
+                Placement::Edge { .. } => edges.place(&table, st.edge, st.repl_hash, st.entropy),
                 Placement::CloudLb => Some(lb.place(&table, t)),
             };
             if let Some(vm) = vm {
-                fleet.start(vm, cost, now_ms + (life * 1000.0) as u64);
+                fleet.start(vm, st.cost_mc, st.until_ms, 1, false);
             }
         }
     }
@@ -255,7 +320,7 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
     let (containers, cpu) = at_surge_end.unwrap_or_default();
     ScenarioResult {
         name: sc.name.clone(),
-        starts: placed,
+        starts: arrivals.placed,
         containers,
         cpu,
         containers_before: before,
@@ -264,43 +329,82 @@ pub fn run_scenario(o: &SimOptions, sc: &Scenario, progress: &mut dyn FnMut(f64)
     }
 }
 
-/// Ground truth: containers and CPU per VM slot, and when each leaves.
-struct Fleet {
+/// One running container: `(leaves at ms, vm, cost as f32 bits, size
+/// units, 1 if the hot user's)`; ordered by when it leaves.
+type Running = (u64, u32, u32, u32, u32);
+
+/// Ground truth: containers, size units and CPU per VM slot, and when each
+/// container leaves.
+pub(crate) struct Fleet {
     /// `(slot, id hash)` of every VM, in table order.
-    vms: Vec<(u32, u64)>,
-    containers: Vec<u32>,
-    cpu_mc: Vec<f64>,
-    /// `(leaves at ms, vm, cost as f32 bits)`, soonest first.
-    leaving: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    pub(crate) vms: Vec<(u32, u64)>,
+    pub(crate) containers: Vec<u32>,
+    pub(crate) units: Vec<u32>,
+    pub(crate) cpu_mc: Vec<f64>,
+    /// CPU each VM has, millicores.
+    pub(crate) cpu_capacity_mc: Vec<f64>,
+    /// Soonest first.
+    leaving: BinaryHeap<Reverse<Running>>,
 }
 
 impl Fleet {
-    fn new(table: &RoutingTable) -> Fleet {
+    /// `cpu_mc(capacity)`: the CPU a VM of that many size units has.
+    pub(crate) fn new(table: &RoutingTable, cpu_mc: impl Fn(u32) -> f64) -> Fleet {
         let vms: Vec<(u32, u64)> = table.vms().map(|(i, v)| (i, v.id_hash)).collect();
         let slots = vms.iter().map(|&(i, _)| i as usize + 1).max().unwrap_or(0);
+        let mut cpu_capacity_mc = vec![0.0; slots];
+        for (i, v) in table.vms() {
+            cpu_capacity_mc[i as usize] = cpu_mc(v.capacity);
+        }
         Fleet {
             vms,
             containers: vec![0; slots],
+            units: vec![0; slots],
             cpu_mc: vec![0.0; slots],
+            cpu_capacity_mc,
             leaving: BinaryHeap::new(),
         }
     }
 
-    fn expire(&mut self, now_ms: u64) {
-        while let Some(Reverse((end, vm, cost))) = self.leaving.peek().copied() {
-            if end > now_ms {
+    pub(crate) fn expire(&mut self, now_ms: u64) {
+        while let Some(Reverse(r)) = self.leaving.peek().copied() {
+            if r.0 > now_ms {
                 break;
             }
             self.leaving.pop();
-            self.containers[vm as usize] -= 1;
-            self.cpu_mc[vm as usize] -= f32::from_bits(cost) as f64;
+            self.stop(r);
         }
     }
 
-    fn start(&mut self, vm: u32, cost_mc: f64, until_ms: u64) {
+    fn stop(&mut self, (_, vm, cost, size, _): Running) {
+        self.containers[vm as usize] -= 1;
+        self.units[vm as usize] -= size;
+        self.cpu_mc[vm as usize] -= f32::from_bits(cost) as f64;
+    }
+
+    pub(crate) fn start(&mut self, vm: u32, cost_mc: f64, until_ms: u64, size: u32, hot: bool) {
         self.containers[vm as usize] += 1;
+        self.units[vm as usize] += size;
         self.cpu_mc[vm as usize] += cost_mc as f32 as f64;
-        self.leaving.push(Reverse((until_ms, vm, (cost_mc as f32).to_bits())));
+        self.leaving
+            .push(Reverse((until_ms, vm, (cost_mc as f32).to_bits(), size, hot as u32)));
+    }
+
+    /// Stops every container `take` selects and returns them (`until`,
+    /// cost, size), e.g. a moved user's, to be started elsewhere.
+    pub(crate) fn take(&mut self, take: impl Fn(&Running) -> bool) -> Vec<(u64, f64, u32)> {
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.leaving)
+            .into_iter()
+            .map(|Reverse(r)| r)
+            .partition(|r| take(r));
+        self.leaving = kept.into_iter().map(Reverse).collect();
+        taken
+            .into_iter()
+            .map(|r| {
+                self.stop(r);
+                (r.0, f32::from_bits(r.2) as f64, r.3)
+            })
+            .collect()
     }
 
     /// One value per VM from its containers and CPU millicores.
@@ -314,7 +418,7 @@ impl Fleet {
 
 /// The edges of the region: one balancer and health map each, and the
 /// scrapes on their way to them.
-struct Edges {
+pub(crate) struct Edges {
     balancers: Vec<Balancer>,
     health: Vec<HealthMap>,
     /// `(due at ms, outcomes)` in due order.
@@ -324,12 +428,22 @@ struct Edges {
 impl Edges {
     /// No balancers for the cloud-LB scenario.
     fn new(o: &SimOptions, sc: &Scenario, table: &RoutingTable) -> Edges {
-        let balancers: Vec<Balancer> = match sc.placement {
+        match sc.placement {
             Placement::Edge {
                 policy,
                 subset,
                 refresh_s,
-            } => (0..o.edges)
+            } => Edges::with(o, policy, subset, refresh_s, table),
+            Placement::CloudLb => Edges::with(o, Policy::LeastLoaded, 0, 0, table),
+        }
+    }
+
+    /// `o.edges` balancers with `policy` over subsets of `subset` (none
+    /// when `subset` is 0).
+    pub(crate) fn with(o: &SimOptions, policy: Policy, subset: usize, refresh_s: u64, table: &RoutingTable) -> Edges {
+        let balancers: Vec<Balancer> = match subset {
+            0 => Vec::new(),
+            _ => (0..o.edges)
                 .map(|e| {
                     let params = BalancerParams {
                         subset_size: subset,
@@ -340,7 +454,6 @@ impl Edges {
                     Balancer::new(params, &format!("edge-{e}"), policy)
                 })
                 .collect(),
-            Placement::CloudLb => Vec::new(),
         };
         let health: Vec<HealthMap> = balancers.iter().map(|_| HealthMap::default()).collect();
         for b in &balancers {
@@ -353,9 +466,22 @@ impl Edges {
         }
     }
 
-    /// Scrapes the fleet every interval; delivers due samples to every
-    /// edge; refreshes the views.
-    fn see(&mut self, o: &SimOptions, t: u64, now_ms: u64, fleet: &Fleet, table: &RoutingTable) {
+    /// Scrapes the fleet every interval (VMs report their reserved units
+    /// unless `units_reported` is off); delivers due samples to every edge;
+    /// refreshes the views.
+    pub(crate) fn see(&mut self, o: &SimOptions, t: u64, now_ms: u64, fleet: &Fleet, table: &RoutingTable) {
+        self.see_units(o, t, now_ms, fleet, table, true)
+    }
+
+    pub(crate) fn see_units(
+        &mut self,
+        o: &SimOptions,
+        t: u64,
+        now_ms: u64,
+        fleet: &Fleet,
+        table: &RoutingTable,
+        units_reported: bool,
+    ) {
         if self.balancers.is_empty() {
             return;
         }
@@ -366,7 +492,8 @@ impl Edges {
                 .map(|&(i, h)| {
                     let r = Reading {
                         containers: fleet.containers[i as usize],
-                        cpu: (fleet.cpu_mc[i as usize] / o.vm_capacity_mc).clamp(0.0, 1.0) as f32,
+                        units: units_reported.then_some(fleet.units[i as usize]),
+                        cpu: (fleet.cpu_mc[i as usize] / fleet.cpu_capacity_mc[i as usize]).clamp(0.0, 1.0) as f32,
                         ready: true,
                         sampled_at_ms: now_ms,
                     };
@@ -391,8 +518,21 @@ impl Edges {
     /// its balancer. None when the ring or cluster is empty.
     fn place(&self, table: &RoutingTable, edge: usize, repl_hash: u64, entropy: u64) -> Option<u32> {
         let cluster = table.ring(table.local_region()).lookup_hash(repl_hash)?;
+        self.place_in(table, edge, cluster, entropy, 1)
+    }
+
+    /// The balancer's pick in `cluster` for a repl of `size`; None when
+    /// the cluster has no VM with room.
+    pub(crate) fn place_in(
+        &self,
+        table: &RoutingTable,
+        edge: usize,
+        cluster: u32,
+        entropy: u64,
+        size: u32,
+    ) -> Option<u32> {
         let b = &self.balancers[edge];
-        let c = b.choose(table, cluster, entropy)?;
+        let c = b.choose(table, cluster, entropy, size)?;
         b.record(&c);
         Some(c.vm)
     }
@@ -400,7 +540,7 @@ impl Edges {
 
 /// A cloud load balancer: fills clusters in order up to a provisioned start
 /// rate, spills to the least busy one, round-robin inside; no notion of apps.
-struct CloudLb {
+pub(crate) struct CloudLb {
     clusters: Vec<u32>,
     /// Starts per cluster in this and the previous minute.
     minute: Vec<[u32; 2]>,
@@ -409,7 +549,7 @@ struct CloudLb {
 }
 
 impl CloudLb {
-    fn new(o: &SimOptions, table: &RoutingTable) -> CloudLb {
+    pub(crate) fn new(o: &SimOptions, table: &RoutingTable) -> CloudLb {
         CloudLb {
             clusters: table.clusters().map(|(i, _)| i).collect(),
             minute: vec![[0; 2]; table.cluster_slots()],
@@ -418,13 +558,13 @@ impl CloudLb {
         }
     }
 
-    fn new_minute(&mut self) {
+    pub(crate) fn new_minute(&mut self) {
         for m in self.minute.iter_mut() {
             *m = [0, m[0]];
         }
     }
 
-    fn place(&mut self, table: &RoutingTable, t: u64) -> u32 {
+    pub(crate) fn place(&mut self, table: &RoutingTable, t: u64) -> u32 {
         let minute = &self.minute;
         let rate = |c: u32| {
             let m = minute[c as usize];
@@ -456,7 +596,7 @@ mod tests {
     use super::*;
 
     /// A quarter day on a tenth of the region, with the default's load per VM.
-    fn small_day() -> SimOptions {
+    pub(in crate::sim) fn small_day() -> SimOptions {
         SimOptions {
             starts: 25_000,
             edges: 6,

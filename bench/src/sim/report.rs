@@ -117,7 +117,7 @@ pub fn markdown(rows: &[Summary]) -> String {
     s
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -132,6 +132,12 @@ pub fn histograms_svg(
     x_max: f64,
     bins: usize,
 ) -> String {
+    let rows: Vec<(&str, Vec<f64>)> = results.iter().map(|r| (r.name.as_str(), values(r))).collect();
+    histogram_rows_svg(title, x_label, &rows, x_max, bins)
+}
+
+/// [`histograms_svg`] over named rows of values.
+pub fn histogram_rows_svg(title: &str, x_label: &str, results: &[(&str, Vec<f64>)], x_max: f64, bins: usize) -> String {
     let (w, row_h, left, top) = (760.0, 90.0, 250.0, 40.0);
     let plot_w = w - left - 20.0;
     let h = top + row_h * results.len() as f64 + 40.0;
@@ -142,10 +148,9 @@ pub fn histograms_svg(
         w / 2.0,
         esc(title)
     );
-    for (row, r) in results.iter().enumerate() {
-        let vals = values(r);
+    for (row, (name, vals)) in results.iter().enumerate() {
         let mut counts = vec![0usize; bins];
-        for v in &vals {
+        for v in vals.iter() {
             let b = ((v / x_max) * bins as f64).floor().clamp(0.0, (bins - 1) as f64) as usize;
             counts[b] += 1;
         }
@@ -156,7 +161,7 @@ pub fn histograms_svg(
 <line x1=\"{left}\" y1=\"{y0}\" x2=\"{}\" y2=\"{y0}\" stroke=\"#999\"/>",
             left - 8.0,
             y0 - row_h / 2.0 + 10.0,
-            esc(&r.name),
+            esc(name),
             left + plot_w
         ));
         let bw = plot_w / bins as f64;
@@ -202,7 +207,7 @@ pub fn histograms_svg(
 }
 
 /// Draws a progress bar on stderr: `sim [#####-----]  50% name`.
-fn progress_bar(name: &str, done: f64) {
+pub(crate) fn progress_bar(name: &str, done: f64) {
     use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(u64::MAX);

@@ -63,6 +63,22 @@ fn default_weight() -> u32 {
     DEFAULT_CLUSTER_WEIGHT
 }
 
+/// Default size units a VM holds (docs/contract.md §3: `capacity int not
+/// null default 100`).
+pub const DEFAULT_VM_CAPACITY: i64 = 100;
+/// Largest accepted VM capacity.
+pub const MAX_VM_CAPACITY: i64 = 1_000_000;
+/// Default size units a repl's container needs (`size int not null default 1`).
+pub const DEFAULT_REPL_SIZE: i64 = 1;
+
+fn default_capacity() -> i64 {
+    DEFAULT_VM_CAPACITY
+}
+
+fn default_size() -> i64 {
+    DEFAULT_REPL_SIZE
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterRow {
     pub name: String,
@@ -89,6 +105,11 @@ pub struct VmRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
     pub state: VmState,
+    /// Size units the machine holds (machines of one cluster may differ).
+    /// Signed so that a bad value is a row error (skipped and counted), not
+    /// a file that fails to parse.
+    #[serde(default = "default_capacity")]
+    pub capacity: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +125,9 @@ pub struct ReplRow {
     /// Pending lazy transfer target cluster.
     #[serde(default)]
     pub transfer_to: Option<String>,
+    /// Size units its container needs (1 = the usual repl).
+    #[serde(default = "default_size")]
+    pub size: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,9 @@
 //!   container, and writes the tombstone from the old cluster with
 //!   `expires_at = now + DNS TTL + margin`, all in one transaction. `--lazy`
 //!   only sets `transfer_to` (same region).
+//! - `move-user OWNER (--to CLUSTER | --region REGION) [--lazy] [--dry-run]`
+//!   moves every repl of one owner the same way, in one transaction (edges
+//!   publish it as one table version); see [`moves`].
 //! - `drain-vm ID`, `add-cluster NAME --region R`, `ls`.
 //! - `prune [--keep SECONDS]` trims the change log (run it periodically).
 
@@ -24,7 +27,7 @@ use tokio_postgres::{Client, NoTls, Transaction};
 
 use edgeplane_control_sync::file_source::read_snapshot;
 use edgeplane_control_sync::postgres::migrate::migrate;
-use edgeplane_control_sync::ring::{Member, Ring};
+use edgeplane_control_sync::postgres::moves::{self, MoveAction, MoveOptions, MoveReport, MoveTarget};
 use edgeplane_control_sync::snapshot::{ClusterState, Snapshot, VmState};
 
 #[derive(Parser)]
@@ -57,6 +60,31 @@ enum Cmd {
         #[arg(long)]
         lazy: bool,
         /// DNS TTL of app records, seconds (the tombstone outlives it).
+        #[arg(long, default_value_t = 60)]
+        dns_ttl: u32,
+        /// Extra tombstone lifetime beyond the DNS TTL, seconds.
+        #[arg(long, default_value_t = 300)]
+        margin: u32,
+    },
+    /// Move every repl of one owner in one transaction (one tombstone
+    /// each): the incident lever for one user's popular repls, and a user
+    /// choosing another continent.
+    MoveUser {
+        owner: String,
+        /// Target cluster (any region).
+        #[arg(long, conflicts_with = "region")]
+        to: Option<String>,
+        /// Target region: each repl goes where that region's ring puts it.
+        #[arg(long)]
+        region: Option<String>,
+        /// Leave running containers where they are: set transfer_to (or,
+        /// across regions, rehome now) so the next start lands on the target.
+        #[arg(long)]
+        lazy: bool,
+        /// Print what would move and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// DNS TTL of app records, seconds (each tombstone outlives it).
         #[arg(long, default_value_t = 60)]
         dns_ttl: u32,
         /// Extra tombstone lifetime beyond the DNS TTL, seconds.
@@ -131,7 +159,48 @@ async fn run(cli: Cli) -> Result<()> {
             lazy,
             dns_ttl,
             margin,
-        } => transfer(&mut client, &repl, &to, lazy, dns_ttl + margin).await?,
+        } => {
+            let opts = MoveOptions {
+                lazy,
+                dry_run: false,
+                tombstone_secs: dns_ttl + margin,
+            };
+            let r = moves::transfer(&mut client, &repl, &to, opts).await?;
+            let m = &r.moves[0];
+            match m.action {
+                MoveAction::AlreadyThere => bail!("repl {repl} is already on cluster {to}"),
+                MoveAction::Lazy => println!("repl {repl}: lazy transfer to {to} pending"),
+                _ => print_moves(&format!("repl {repl}"), &r, opts.tombstone_secs, false, true),
+            }
+        }
+        Cmd::MoveUser {
+            owner,
+            to,
+            region,
+            lazy,
+            dry_run,
+            dns_ttl,
+            margin,
+        } => {
+            let target = match (to, region) {
+                (Some(c), None) => MoveTarget::Cluster(c),
+                (None, Some(r)) => MoveTarget::Region(r),
+                _ => bail!("give one of --to CLUSTER or --region REGION"),
+            };
+            let opts = MoveOptions {
+                lazy,
+                dry_run,
+                tombstone_secs: dns_ttl + margin,
+            };
+            let started = std::time::Instant::now();
+            let r = moves::move_user(&mut client, &owner, &target, opts).await?;
+            print_moves(&format!("owner {owner}"), &r, opts.tombstone_secs, dry_run, false);
+            eprintln!(
+                "placectl: {} repls planned in {:.2} s",
+                r.moves.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         Cmd::DrainVm { id } => {
             let n = client
                 .execute("UPDATE vms SET state = 'draining' WHERE id = $1", &[&id])
@@ -243,9 +312,25 @@ async fn merge(tx: &Transaction<'_>, table: &str, columns: &str, key: &str) -> R
 /// One table of an import: name, columns, conflict key, rows (text fields).
 type CopyStep<'a> = (&'static str, &'static str, &'static str, Vec<Vec<Option<&'a str>>>);
 
-/// The snapshot as rows per table, in foreign-key order. `weights` holds
-/// the clusters' weights as text (borrowed by the rows).
-fn copy_steps<'a>(snap: &'a Snapshot, weights: &'a [String]) -> Vec<CopyStep<'a>> {
+/// The snapshot's numbers as text, borrowed by the COPY rows.
+struct NumberFields {
+    weights: Vec<String>,
+    capacities: Vec<String>,
+    sizes: Vec<String>,
+}
+
+impl NumberFields {
+    fn of(snap: &Snapshot) -> NumberFields {
+        NumberFields {
+            weights: snap.clusters.iter().map(|c| c.weight.to_string()).collect(),
+            capacities: snap.vms.iter().map(|v| v.capacity.to_string()).collect(),
+            sizes: snap.repls.iter().map(|r| r.size.to_string()).collect(),
+        }
+    }
+}
+
+/// The snapshot as rows per table, in foreign-key order.
+fn copy_steps<'a>(snap: &'a Snapshot, numbers: &'a NumberFields) -> Vec<CopyStep<'a>> {
     let cluster_state = |s: ClusterState| {
         if s == ClusterState::Active {
             "active"
@@ -274,7 +359,7 @@ fn copy_steps<'a>(snap: &'a Snapshot, weights: &'a [String]) -> Vec<CopyStep<'a>
             "name",
             snap.clusters
                 .iter()
-                .zip(weights)
+                .zip(&numbers.weights)
                 .map(|(c, w)| {
                     vec![
                         Some(c.name.as_str()),
@@ -287,28 +372,31 @@ fn copy_steps<'a>(snap: &'a Snapshot, weights: &'a [String]) -> Vec<CopyStep<'a>
         ),
         (
             "vms",
-            "id, cluster, addr, metrics_addr, state",
+            "id, cluster, addr, metrics_addr, state, capacity",
             "id",
             snap.vms
                 .iter()
-                .map(|v| {
+                .zip(&numbers.capacities)
+                .map(|(v, capacity)| {
                     vec![
                         Some(v.id.as_str()),
                         Some(v.cluster.as_str()),
                         Some(v.addr.as_str()),
                         v.metrics_addr.as_deref(),
                         Some(vm_state(v.state)),
+                        Some(capacity.as_str()),
                     ]
                 })
                 .collect(),
         ),
         (
             "repls",
-            "id, slug, owner, region, cluster, transfer_to",
+            "id, slug, owner, region, cluster, transfer_to, size",
             "id",
             snap.repls
                 .iter()
-                .map(|r| {
+                .zip(&numbers.sizes)
+                .map(|(r, size)| {
                     vec![
                         Some(r.id.as_str()),
                         Some(r.slug.as_str()),
@@ -316,6 +404,7 @@ fn copy_steps<'a>(snap: &'a Snapshot, weights: &'a [String]) -> Vec<CopyStep<'a>
                         Some(r.region.as_str()),
                         r.cluster.as_deref(),
                         r.transfer_to.as_deref(),
+                        Some(size.as_str()),
                     ]
                 })
                 .collect(),
@@ -383,8 +472,8 @@ async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
         .batch_execute("SET LOCAL session_replication_role = replica")
         .await
         .is_ok();
-    let weights: Vec<String> = snap.clusters.iter().map(|c| c.weight.to_string()).collect();
-    let steps = copy_steps(&snap, &weights);
+    let numbers = NumberFields::of(&snap);
+    let steps = copy_steps(&snap, &numbers);
     for (table, columns, key, rows) in steps {
         let n = copy_rows(&tx, table, columns, rows.into_iter())
             .await
@@ -410,85 +499,48 @@ async fn import(client: &mut Client, file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-async fn transfer(client: &mut Client, repl: &str, to: &str, lazy: bool, tombstone_secs: u32) -> Result<()> {
-    let tx = client.transaction().await?;
-    let Some(row) = tx
-        .query_opt(
-            "SELECT r.region, r.cluster, v.cluster FROM repls r
-               LEFT JOIN containers c ON c.repl_id = r.id LEFT JOIN vms v ON v.id = c.vm_id
-              WHERE r.id = $1 FOR UPDATE OF r",
-            &[&repl],
-        )
-        .await?
-    else {
-        bail!("no repl {repl:?}");
-    };
-    let (region, pinned, running_on): (String, Option<String>, Option<String>) = (row.get(0), row.get(1), row.get(2));
-    let Some(to_region) = tx
-        .query_opt("SELECT region FROM clusters WHERE name = $1", &[&to])
-        .await?
-    else {
-        bail!("no cluster {to:?}");
-    };
-    let to_region: String = to_region.get(0);
-    if lazy {
-        if to_region != region {
-            bail!("a lazy transfer stays in the repl's region ({region}); {to} is in {to_region}");
+/// Prints a move's outcome: one line per repl for a dry run or a single
+/// repl, then the totals.
+fn print_moves(what: &str, r: &MoveReport, tombstone_secs: u32, dry_run: bool, each: bool) {
+    if each || dry_run {
+        for m in &r.moves {
+            println!(
+                "{}repl {}: {} {} -> {} (region {}){}",
+                if dry_run { "would: " } else { "" },
+                m.repl,
+                if m.action == MoveAction::Move {
+                    "moved"
+                } else {
+                    m.action.as_str()
+                },
+                m.from.as_deref().unwrap_or("(no cluster)"),
+                m.to,
+                m.to_region,
+                match m.action {
+                    MoveAction::Move => format!("; tombstone for {tombstone_secs} s"),
+                    _ => String::new(),
+                }
+            );
         }
-        tx.execute("UPDATE repls SET transfer_to = $2 WHERE id = $1", &[&repl, &to])
-            .await?;
-        tx.commit().await?;
-        println!("repl {repl}: lazy transfer to {to} pending");
-        return Ok(());
     }
-    // Where it is now: its running VM's cluster, else its pin, else the ring.
-    let from = match running_on.or(pinned) {
-        Some(c) => c,
-        None => {
-            let rows = tx
-                .query(
-                    "SELECT name, weight FROM clusters WHERE region = $1 AND state = 'active' ORDER BY name",
-                    &[&region],
-                )
-                .await?;
-            let names: Vec<(String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            let members: Vec<Member> = names
-                .iter()
-                .enumerate()
-                .map(|(i, (n, w))| Member {
-                    id: i as u32,
-                    name: n,
-                    weight: (*w).max(0) as u32,
-                })
-                .collect();
-            let ring = Ring::build(&members);
-            let Some(i) = ring.lookup(repl) else {
-                bail!("region {region} has no active cluster")
-            };
-            names[i as usize].0.clone()
-        }
-    };
-    if from == to {
-        bail!("repl {repl} is already on cluster {to}");
+    let counts: Vec<String> = [
+        MoveAction::Move,
+        MoveAction::Lazy,
+        MoveAction::Rehome,
+        MoveAction::AlreadyThere,
+    ]
+    .into_iter()
+    .map(|a| (a, r.count(a)))
+    .filter(|&(_, n)| n > 0)
+    .map(|(a, n)| format!("{n} {}", a.as_str()))
+    .collect();
+    match r.version {
+        None => println!("dry run: {what}: {} (nothing changed)", counts.join(", ")),
+        Some(v) => println!(
+            "{what}: {} in one transaction (placement version {v})",
+            counts.join(", ")
+        ),
     }
-    tx.execute(
-        "UPDATE repls SET region = $2, cluster = $3, transfer_to = NULL WHERE id = $1",
-        &[&repl, &to_region, &to],
-    )
-    .await?;
-    tx.execute("DELETE FROM containers WHERE repl_id = $1", &[&repl])
-        .await?;
-    let secs = tombstone_secs as f64;
-    tx.execute(
-        "INSERT INTO tombstones (repl_id, from_cluster, to_cluster, expires_at)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-         ON CONFLICT (repl_id, from_cluster) DO UPDATE SET to_cluster = EXCLUDED.to_cluster, expires_at = EXCLUDED.expires_at",
-        &[&repl, &from, &to, &secs],
-    )
-    .await?;
-    tx.commit().await?;
-    println!("repl {repl}: moved {from} -> {to} (region {to_region}); tombstone for {tombstone_secs} s");
-    Ok(())
 }
 
 async fn ls(client: &Client) -> Result<()> {

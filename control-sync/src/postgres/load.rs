@@ -31,7 +31,7 @@ fn clusters_of_region() -> &'static str {
 /// then the world directory: every other region's repl by slug, and their
 /// custom domains, with the home region and nothing else.
 fn full_load_queries() -> Vec<(&'static str, String)> {
-    let repls = "SELECT id, slug, owner, region, cluster, transfer_to FROM repls";
+    let repls = "SELECT id, slug, owner, region, cluster, transfer_to, size FROM repls";
     let containers = "SELECT repl_id, vm_id, to_json(started_at)#>>'{}' FROM containers";
     let domains = "SELECT hostname, repl_id FROM custom_domains";
     let tombstones = "SELECT repl_id, from_cluster, to_cluster, to_json(expires_at)#>>'{}' FROM tombstones";
@@ -48,7 +48,7 @@ fn full_load_queries() -> Vec<(&'static str, String)> {
         ),
         (
             "vms",
-            "SELECT id, cluster, addr, metrics_addr, state FROM vms ORDER BY id".into(),
+            "SELECT id, cluster, addr, metrics_addr, state, capacity FROM vms ORDER BY id".into(),
         ),
         (
             "repls",
@@ -103,6 +103,7 @@ fn to_change(table: &str, r: &Row) -> Change {
                 "draining" => VmState::Draining,
                 _ => VmState::Down,
             },
+            capacity: r.get::<_, i32>(5).into(),
         }),
         "repls" => Change::UpsertRepl(ReplRow {
             id: r.get(0),
@@ -111,6 +112,7 @@ fn to_change(table: &str, r: &Row) -> Change {
             region: r.get(3),
             cluster: r.get(4),
             transfer_to: r.get(5),
+            size: r.get::<_, i32>(6).into(),
         }),
         "containers" => Change::UpsertContainer(ContainerRow {
             repl_id: r.get(0),
@@ -190,6 +192,7 @@ pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(Routi
                     region: row.get(3),
                     cluster: row.get(4),
                     transfer_to: row.get(5),
+                    size: row.get::<_, i32>(6).into(),
                 })?,
                 "containers" => builder.push_container(ContainerRef {
                     repl_id: row.get(0),

@@ -4,7 +4,10 @@
 use tokio_postgres::Client;
 
 /// (version, name, SQL), in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "placement", include_str!("../../migrations/0001_placement.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "placement", include_str!("../../migrations/0001_placement.sql")),
+    (2, "sizes", include_str!("../../migrations/0002_sizes.sql")),
+];
 
 /// Applies the migrations not yet applied; returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {

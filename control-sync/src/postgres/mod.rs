@@ -26,6 +26,7 @@
 pub mod decode;
 pub mod load;
 pub mod migrate;
+pub mod moves;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,10 @@ pub use edgeplane_config::{
 };
 /// Changes read per delta query; a longer backlog is read in several batches.
 pub const DELTA_BATCH: i64 = 10_000;
+/// Most changes of one transaction applied as one delta (a `move-user` of
+/// 100,000 repls writes about 300,000); a larger one is read by a full
+/// reload instead.
+pub const MAX_TRANSACTION_ROWS: usize = 1_000_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -316,9 +321,21 @@ impl PgSync {
                 .map(|p| p + 1)
                 .unwrap_or(0);
             if keep == 0 {
-                return self.reload(SyncErrorKind::Gap, "one transaction larger than a batch".into());
+                // One transaction fills the batch (a `placectl move-user`,
+                // a big drain): read on to its end and publish it whole.
+                if !read_rest_of_transaction(client, &mut rows).await? {
+                    return self.reload(
+                        SyncErrorKind::Gap,
+                        format!("one transaction has more than {MAX_TRANSACTION_ROWS} changes"),
+                    );
+                }
+                if let Some(w) = rows.windows(2).find(|w| w[1].version != w[0].version + 1) {
+                    let msg = format!("expected version {} got {}", w[0].version + 1, w[1].version);
+                    return self.reload(SyncErrorKind::Gap, msg);
+                }
+            } else {
+                rows.truncate(keep);
             }
-            rows.truncate(keep);
         }
         let mut changes: Vec<Change> = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -461,6 +478,26 @@ pub fn spawn(opts: PgSyncOptions, handle: TableHandle, stop: Arc<AtomicBool>) ->
     crate::spawn_with_runtime("placement-sync", move || PgSync::new(opts, handle).run(stop))
 }
 
+/// Appends to `rows` (a full batch of one transaction) the rest of that
+/// transaction, batch by batch; the whole transaction is committed, so all
+/// of it is there. False when it exceeds [`MAX_TRANSACTION_ROWS`].
+async fn read_rest_of_transaction(client: &mut Client, rows: &mut Vec<load::ChangeRow>) -> Result<bool, LoadError> {
+    let txid = rows.last().expect("a full batch").txid;
+    loop {
+        let after = rows.last().expect("a full batch").version;
+        let (_, more) = load::fetch_changes(client, after, DELTA_BATCH).await?;
+        let end = more.iter().position(|r| r.txid != txid);
+        let done = end.is_some() || (more.len() as i64) < DELTA_BATCH;
+        rows.extend(more.into_iter().take(end.unwrap_or(usize::MAX)));
+        if rows.len() > MAX_TRANSACTION_ROWS {
+            return Ok(false);
+        }
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +517,7 @@ mod tests {
                 region: "r".into(),
                 cluster: None,
                 transfer_to: None,
+                size: 1,
             });
         }
         RoutingTable::build(&s, "r", 1).unwrap()

@@ -31,7 +31,7 @@ use edgeplane_control_sync::TableHandle;
 
 use crate::background::health::HealthHandle;
 use crate::background::names::Names;
-use crate::balancer::BalancerView;
+use crate::balancer::{BalancerView, PlacementLedger};
 use crate::clock::now_ms;
 use crate::http::access_log::admin_token_matches;
 use crate::http::RecentForwards;
@@ -203,6 +203,7 @@ impl AdminApp {
             "published_at_ms": published,
             "age_seconds": if published == 0 { 0.0 } else { now.saturating_sub(published) as f64 / 1000.0 },
             "rejected_loads": self.table.rejected(),
+            "deltas_applied": self.table.status().deltas(),
             "counts": table.counts(),
             "directory_bytes": table.directory().approx_bytes(),
             "last_known_good": self.last_known_good(now),
@@ -358,13 +359,19 @@ impl AdminApp {
                     .filter_map(|s| {
                         let vm = t.get_vm(s.vm)?;
                         let h = health.vms.get(&vm.id_hash);
+                        let st = cv.standing(s, &b.ledger);
                         Some(serde_json::json!({
                             "id": &*vm.id,
                             "usability": s.usability.as_str(),
                             "member": s.member,
                             "containers": s.containers,
+                            "capacity": s.capacity,
+                            "units_reserved": st.reserved,
+                            "units_source": if s.units_reported { "conman_units_reserved" } else if s.sample_age_ms.is_some() { "containers" } else { "snapshot" },
+                            "room": st.room,
+                            "not_candidate": st.not_candidate,
                             "cpu": s.cpu,
-                            "placed_since_sample": cv.members.iter().find(|m| m.vm == s.vm)
+                            "placed_since_sample": cv.members.iter().chain(cv.spill.iter()).find(|m| m.vm == s.vm)
                                 .map(|m| b.ledger.since(m.id_hash, m.mark)),
                             "sample_age_ms": s.sample_age_ms,
                             "scrape_errors_in_a_row": h.map(|h| h.consecutive_errors),
@@ -403,6 +410,8 @@ impl AdminApp {
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
             "panic_picks": panic_picks,
             "fallback_picks": fallback_picks,
+            "spill_picks": b.size_pick_counts().0,
+            "over_capacity_picks": b.size_pick_counts().1,
             "clusters": clusters,
         })
     }
@@ -443,7 +452,7 @@ impl AdminApp {
         let status = e.table.status();
         let b = e.route.load().balancer.clone();
         let cfg = e.cfg.load();
-        let clusters = cluster_models(&t, &b.view());
+        let clusters = cluster_models(&t, &b.view(), &b.ledger);
         StatusModel {
             region: cfg.edge.region.clone(),
             instance: cfg.edge.instance_id.clone(),
@@ -482,7 +491,7 @@ impl AdminApp {
 
 /// The status page's cluster cards: this region's clusters with their ring
 /// share, balancer mode, subset and each VM's usability and load.
-fn cluster_models(t: &RoutingTable, view: &BalancerView) -> Vec<ClusterModel> {
+fn cluster_models(t: &RoutingTable, view: &BalancerView, ledger: &PlacementLedger) -> Vec<ClusterModel> {
     if !t.is_loaded() {
         return Vec::new();
     }
@@ -496,11 +505,15 @@ fn cluster_models(t: &RoutingTable, view: &BalancerView) -> Vec<ClusterModel> {
                 cv.vms
                     .iter()
                     .filter_map(|s| {
+                        let st = cv.standing(s, ledger);
                         Some(VmModel {
                             id: t.get_vm(s.vm)?.id.to_string(),
                             usability: s.usability.as_str(),
                             member: s.member,
                             containers: s.containers,
+                            capacity: s.capacity,
+                            reserved: st.reserved,
+                            not_candidate: st.not_candidate,
                             cpu: s.cpu,
                         })
                     })

@@ -22,6 +22,11 @@ pub struct VmModel {
     pub usability: &'static str,
     pub member: bool,
     pub containers: u32,
+    /// Size units it holds, units reserved now, and why it takes no new
+    /// repl (None: it is a candidate).
+    pub capacity: u32,
+    pub reserved: u64,
+    pub not_candidate: Option<&'static str>,
     pub cpu: f32,
 }
 
@@ -348,7 +353,7 @@ fn cluster_section(h: &mut String, c: &ClusterModel) {
 <p>{state}, weight {w}, <b>{share:.1}%</b> of the ring · usable VMs <b class=\"usable\">{usable}/{total}</b> \
 ({active} active, {ejected} ejected) · mode <span class=\"{mode_class}\">{mode}</span></p>\
 <p>This edge's subset: {subset}</p><div class=\"cards\">{hc}{hcpu}</div>\
-<table><tr><th>VM</th><th>usability</th><th>in subset</th><th>containers</th><th>CPU</th></tr>",
+<table><tr><th>VM</th><th>usability</th><th>in subset</th><th>containers</th><th>units reserved / capacity</th><th>not a candidate because</th><th>CPU</th></tr>",
         id = html_escape(&c.name),
         name = html_escape(&c.name),
         state = html_escape(&c.state),
@@ -387,11 +392,15 @@ fn cluster_section(h: &mut String, c: &ClusterModel) {
         };
         let _ = write!(
             h,
-            "<tr><td>{id}</td><td class=\"{class}\">{u}</td><td>{m}</td><td>{c}</td><td>{cpu:.0}%</td></tr>",
+            "<tr><td>{id}</td><td class=\"{class}\">{u}</td><td>{m}</td><td>{c}</td>\
+<td class=\"units\">{r} / {cap}</td><td class=\"why\">{why}</td><td>{cpu:.0}%</td></tr>",
             id = html_escape(&v.id),
             u = v.usability,
             m = if v.member { "yes" } else { "" },
             c = v.containers,
+            r = v.reserved,
+            cap = v.capacity,
+            why = v.not_candidate.unwrap_or(""),
             cpu = v.cpu * 100.0,
         );
     }
@@ -455,6 +464,9 @@ mod tests {
                         usability: "usable",
                         member: true,
                         containers: 3,
+                        capacity: 100,
+                        reserved: 3,
+                        not_candidate: None,
                         cpu: 0.25,
                     },
                     VmModel {
@@ -462,6 +474,9 @@ mod tests {
                         usability: "stale",
                         member: false,
                         containers: 9,
+                        capacity: 400,
+                        reserved: 400,
+                        not_candidate: Some("stale"),
                         cpu: 0.95,
                     },
                 ],
@@ -488,6 +503,10 @@ mod tests {
         assert!(p.contains("<b>62.5%</b> of the ring"));
         assert!(p.contains("usable VMs <b class=\"usable\">1/2</b>"));
         assert!(p.contains("&lt;vm-2&gt;") && !p.contains("<vm-2>"), "escaped");
+        assert!(
+            p.contains("<td class=\"units\">400 / 400</td><td class=\"why\">stale</td>"),
+            "capacity and why not"
+        );
         assert_eq!(p.matches("<svg").count(), 2, "containers and CPU histograms");
         // CPU 25 % falls in the 20-30 % bin, 95 % in the last one.
         assert!(

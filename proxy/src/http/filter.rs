@@ -163,11 +163,13 @@ impl Proxy {
             ctx.debug_route = Some(access_log::route_header(&cfg, &decision, &table));
         }
         match decision {
-            Decision::Reject { reason, .. } => {
-                if reason == route::RejectReason::Unresolved {
+            Decision::Reject { reason, .. } => match reason {
+                route::RejectReason::Unresolved => {
                     self.metrics.upstream_errors.with_label_values(&["unresolved"]).inc();
                 }
-            }
+                route::RejectReason::ClusterFull => self.metrics.balancer_cluster_full.inc(),
+                _ => {}
+            },
             Decision::Forward { region, reason, .. } => {
                 let to = &table.region(region).name;
                 self.metrics.forwards.with_label_values(&[to, reason.as_str()]).inc();

@@ -18,7 +18,7 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn placectl() -> std::path::PathBuf {
+pub(crate) fn placectl() -> std::path::PathBuf {
     edgeplane_bin().with_file_name("placectl")
 }
 

@@ -3,7 +3,7 @@
 //! treated ([`Strictness`]), and what comes back for the ones that could not
 //! be applied ([`RowError`], counted in [`Skipped`]).
 //!
-//! Plain data; `rows.rs` applies it.
+//! Plain data; `rows/` applies it.
 
 use crate::directory::OwnedName;
 use crate::snapshot::*;
@@ -59,6 +59,8 @@ pub struct ReplRef<'a> {
     pub region: &'a str,
     pub cluster: Option<&'a str>,
     pub transfer_to: Option<&'a str>,
+    /// Size units (validated by the table like every other field).
+    pub size: i64,
 }
 
 impl<'a> ReplRef<'a> {
@@ -70,6 +72,7 @@ impl<'a> ReplRef<'a> {
             region: &r.region,
             cluster: r.cluster.as_deref(),
             transfer_to: r.transfer_to.as_deref(),
+            size: r.size,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! [`Topology`]), repls packed into one allocation each, custom domains and
 //! tombstones, and the [`Endpoint`] a VM or peer edge is dialled at.
 //!
-//! Plain data: validation lives in `rows.rs`, lookups on
+//! Plain data: validation lives in `rows/`, lookups on
 //! [`super::RoutingTable`]. Sizes are targets (memory per repl is
 //! measured in bench/results/world.md), so fields are indices, not names.
 
@@ -115,15 +115,22 @@ pub struct Vm {
     pub state: VmState,
     /// [`crate::ring::key_hash`] of the id: stable tie-breaks and pick-memory tags.
     pub id_hash: u64,
+    /// Size units the machine holds (validated: 1 to `MAX_VM_CAPACITY`).
+    pub capacity: u32,
     pub present: bool,
 }
 
-/// An `active` VM as the balancer sees it: contiguous, 16 bytes.
+/// An `active` VM as the balancer sees it: contiguous, 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     pub vm: Idx,
     pub containers: u32,
     pub id_hash: u64,
+    /// Size units the machine holds.
+    pub capacity: u32,
+    /// Size units the snapshot's containers on it need (the sum of their
+    /// repls' sizes).
+    pub units: u32,
 }
 
 /// The small, rarely changing part of the table.
@@ -139,10 +146,12 @@ pub struct Topology {
     pub(super) rings: Vec<Arc<Ring>>,
 }
 
-/// Per-VM container counts and per-cluster balancer candidates.
+/// Per-VM container counts and reserved units, and per-cluster balancer
+/// candidates.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Load {
     pub(super) containers: Vec<u32>,
+    pub(super) units: Vec<u32>,
     pub(super) candidates: Vec<Arc<[Candidate]>>,
 }
 
@@ -167,6 +176,9 @@ pub struct Repl {
     /// [`crate::ring::key_hash`] of the id: ring position, pick-memory key
     /// and the id index's key.
     pub id_hash: u64,
+    /// Size units its container needs (validated: 1 to the region's largest
+    /// VM capacity). Fits the padding: the struct stays 48 bytes.
+    pub size: u32,
 }
 
 impl Repl {
@@ -188,6 +200,7 @@ impl Repl {
             transfer_to: OptIdx::NONE,
             vm: OptIdx::NONE,
             id_hash: key_hash(id),
+            size: 1,
         }
     }
     #[inline]

@@ -4,7 +4,7 @@
 //! Flow: a full load goes through [`RoutingTable::build`] (rows of a
 //! [`Snapshot`]); a sync delta goes through [`RoutingTable::apply`] (a list of
 //! [`Change`]s) and returns a *new* table, leaving the published one
-//! untouched. Both run the same per-row upsert/delete code in `rows.rs`, so
+//! untouched. Both run the same per-row upsert/delete code in `rows/`, so
 //! validation is written once: duplicate ids or slugs, dangling references,
 //! bad addresses, bad times. In [`Strictness::Strict`] mode (the file source)
 //! the first bad row rejects the whole load; in [`Strictness::Lenient`] mode
@@ -29,7 +29,7 @@
 //!   left this region since the last full load).
 //!
 //! Start reading at [`RoutingTable`], then `change.rs` (what sources hand in),
-//! `rows.rs` (how it is validated and applied) and `entities.rs` (what is kept).
+//! `rows/` (how it is validated and applied) and `entities.rs` (what is kept).
 
 mod change;
 mod entities;
@@ -363,6 +363,13 @@ impl RoutingTable {
             .candidates(key_hash(id))
             .find_map(|slug_hash| self.repls.get_hashed(slug_hash, |r| r.id() == id))
     }
+    /// The repl whose id hashes to `id_hash` (what decisions carry), if
+    /// one does; for the rare paths (retries, replays) that need its row.
+    pub fn repl_by_id_hash(&self, id_hash: u64) -> Option<&Repl> {
+        self.ids
+            .candidates(id_hash)
+            .find_map(|slug_hash| self.repls.get_hashed(slug_hash, |r| r.id_hash == id_hash))
+    }
     /// `host` must already be canonical (lower case, no port, no trailing dot).
     #[inline]
     pub fn repl_by_domain(&self, host: &str) -> Option<&Repl> {
@@ -524,6 +531,7 @@ impl RoutingTable {
             addr: v.endpoint.to_string(),
             metrics_addr: v.metrics_addr.map(|a| a.to_string()),
             state: v.state,
+            capacity: v.capacity as i64,
         })
     }
     fn repl_row(&self, r: &Repl) -> ReplRow {
@@ -534,6 +542,7 @@ impl RoutingTable {
             region: self.rname(r.region),
             cluster: r.cluster.get().map(|c| self.cname(c)),
             transfer_to: r.transfer_to.get().map(|c| self.cname(c)),
+            size: r.size as i64,
         }
     }
     fn container_row(&self, r: &Repl) -> Option<ContainerRow> {

@@ -138,6 +138,7 @@ fn lenient_build_skips_bad_rows_with_reasons() {
         region: "us-east1".into(),
         cluster: None,
         transfer_to: None,
+        size: 1,
     });
     let (t, skipped) = RoutingTable::build_with(&s, "us-east1", 1, Strictness::Lenient).unwrap();
     let reasons: Vec<_> = skipped.examples.iter().map(|e| (e.table, e.reason)).collect();
@@ -164,6 +165,7 @@ fn repl(id: &str, slug: &str, region: &str) -> ReplRow {
         region: region.into(),
         cluster: None,
         transfer_to: None,
+        size: 1,
     }
 }
 
@@ -253,6 +255,7 @@ fn cluster_and_vm_changes_rebuild_rings_and_candidates() {
                     addr: "127.0.0.1:7004".into(),
                     metrics_addr: None,
                     state: VmState::Active,
+                    capacity: 100,
                 }),
                 Change::UpsertVm(VmRow {
                     id: "vm-1".into(),
@@ -260,6 +263,7 @@ fn cluster_and_vm_changes_rebuild_rings_and_candidates() {
                     addr: "127.0.0.1:7001".into(),
                     metrics_addr: None,
                     state: VmState::Draining,
+                    capacity: 100,
                 }),
             ],
             8,
@@ -563,4 +567,60 @@ fn edge_deltas_keep_the_directory_current() {
     assert_eq!(home(&t3, Name::Slug("euro2")), None);
     assert_eq!(home(&t3, Name::Domain("shop.example.org")), None);
     assert_eq!(t3.counts().directory, 4, "moved, far, new.example.net, www.example.com");
+}
+
+#[test]
+fn capacity_and_size_default_and_bad_values_are_rejected_or_skipped() {
+    let t = build();
+    let vm1 = t.vm_by_id("vm-1").unwrap();
+    assert_eq!(t.vm(vm1).capacity, 100, "default capacity");
+    assert_eq!(t.repl_by_id("r1").unwrap().size, 1, "default size");
+    assert_eq!(
+        err_of(|s| s.vms[0].capacity = 0),
+        "vms[0] (\"vm-1\"): capacity 0 is not between 1 and 1000000"
+    );
+    assert_eq!(
+        err_of(|s| s.repls[0].size = -2),
+        "repls[0] (\"r1\"): size -2: it must be at least 1"
+    );
+    // us-east1's largest VM holds 100: a repl of 101 could never be placed.
+    assert_eq!(
+        err_of(|s| s.repls[0].size = 101),
+        "repls[0] (\"r1\"): size 101: no VM of region \"us-east1\" holds more than 100"
+    );
+    let mut s = demo();
+    s.vms[1].capacity = -5;
+    s.repls[1].size = 0;
+    let (t, skipped) = RoutingTable::build_with(&s, "us-east1", 1, Strictness::Lenient).unwrap();
+    assert_eq!(skipped.counts.get(&("vms", "bad_value")), Some(&1));
+    assert_eq!(skipped.counts.get(&("repls", "bad_value")), Some(&1));
+    assert!(t.vm_by_id("vm-2").is_none() && t.counts().vms == 2);
+}
+
+#[test]
+fn reserved_units_follow_containers_resizes_and_deletes() {
+    let mut s = demo();
+    s.vms[1].capacity = 400;
+    s.repls[0].size = 150;
+    let t = RoutingTable::build(&s, "us-east1", 1).unwrap();
+    let cluster = t.cluster_by_name("use1-a").unwrap();
+    let units = |t: &RoutingTable, id: &str| {
+        let vm = t.vm_by_id(id).unwrap();
+        let c = t.candidates(cluster).iter().find(|c| c.vm == vm).copied().unwrap();
+        (c.units, c.capacity)
+    };
+    assert_eq!(units(&t, "vm-2"), (150, 400), "r1 (150) runs on vm-2");
+    assert_eq!(units(&t, "vm-1"), (0, 100));
+    let mut r1 = s.repls[0].clone();
+    r1.size = 200;
+    let (t2, skipped) = t.apply([Change::UpsertRepl(r1)], 2, Strictness::Strict).unwrap();
+    assert!(skipped.is_empty());
+    assert_eq!(units(&t2, "vm-2"), (200, 400), "resized while running");
+    let (t3, _) = t2
+        .apply([Change::DeleteContainer("r1".into())], 3, Strictness::Strict)
+        .unwrap();
+    assert_eq!(units(&t3, "vm-2"), (0, 400));
+    let dump = t3.to_snapshot();
+    assert_eq!(dump.vms.iter().find(|v| v.id == "vm-2").unwrap().capacity, 400);
+    assert_eq!(dump.repls.iter().find(|r| r.id == "r1").unwrap().size, 200);
 }

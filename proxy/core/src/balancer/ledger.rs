@@ -1,7 +1,8 @@
-//! The placement ledger: how many repls this edge placed on each VM, so a
-//! VM's load is its last sample plus what this edge sent it since.
+//! The placement ledger: how many size units of repls this edge placed on
+//! each VM, so a VM's load is its last sample plus what this edge sent it
+//! since.
 //!
-//! Where it sits: [`super::Balancer::record_pick`] adds one per pick; the
+//! Where it sits: [`super::Balancer::record`] adds the repl's size per pick; the
 //! view builder stores each VM's count at sample time as a *mark*, and the
 //! least-loaded and p2c policies read `count - mark` on the hot path.
 //!
@@ -38,21 +39,22 @@ impl PlacementLedger {
         &self.counts[(vm_id_hash >> 7) as usize & (LEDGER_SLOTS - 1)]
     }
 
-    /// Placements on this VM since the edge started (wrapping): a mark.
+    /// Units placed on this VM since the edge started (wrapping): a mark.
     #[inline]
     pub fn count(&self, vm_id_hash: u64) -> u32 {
         self.slot(vm_id_hash).load(Ordering::Relaxed)
     }
 
-    /// Placements on this VM since `mark` was taken.
+    /// Units placed on this VM since `mark` was taken.
     #[inline]
     pub fn since(&self, vm_id_hash: u64, mark: u32) -> u32 {
         self.count(vm_id_hash).wrapping_sub(mark)
     }
 
+    /// Counts a placement of `units` size units on this VM.
     #[inline]
-    pub fn record(&self, vm_id_hash: u64) {
-        self.slot(vm_id_hash).fetch_add(1, Ordering::Relaxed);
+    pub fn record(&self, vm_id_hash: u64, units: u32) {
+        self.slot(vm_id_hash).fetch_add(units, Ordering::Relaxed);
     }
 }
 
@@ -64,15 +66,15 @@ mod tests {
     fn counts_since_a_mark_across_wrap() {
         let l = PlacementLedger::new();
         let mark = l.count(77);
-        l.record(77);
-        l.record(77);
-        assert_eq!(l.since(77, mark), 2);
+        l.record(77, 1);
+        l.record(77, 4);
+        assert_eq!(l.since(77, mark), 5);
         assert_eq!(l.since(77, l.count(77)), 0);
         // Wrap: a mark taken just before u32::MAX still subtracts right.
         l.slot(5).store(u32::MAX, Ordering::Relaxed);
         let m = l.count(5);
-        l.record(5);
-        l.record(5);
+        l.record(5, 1);
+        l.record(5, 1);
         assert_eq!(l.since(5, m), 2);
     }
 }

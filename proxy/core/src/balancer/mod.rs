@@ -11,6 +11,14 @@
 //! [`Balancer::choose`] (one ArcSwap load, [`pick::pick`] over at most
 //! `subset_size` members), then [`Balancer::record`] for the pick it keeps.
 //!
+//! Sizes (docs/contract.md §4): only VMs with room for the repl's size are
+//! candidates; when no subset member has room, the cluster's other usable
+//! VMs (the spill) are tried, and only then is the cluster full (None: the
+//! decision answers 503). In panic mode health is not trusted, and neither
+//! are the reserved units it reported: a VM with room is still preferred,
+//! but when none has room the least loaded takes the repl anyway (counted
+//! as an over-capacity pick), so health can never empty a cluster.
+//!
 //! Invariants:
 //! - Draining and down VMs are never members; a pick is re-checked against
 //!   the table the request routes with (the view may lag one tick).
@@ -42,7 +50,7 @@ pub use edgeplane_config::Policy;
 pub use ledger::PlacementLedger;
 pub use outliers::Outliers;
 pub use usability::HealthMap;
-pub use view::{BalancerView, Member, Mode};
+pub use view::{BalancerView, Member, Mode, LOAD_ONE};
 
 /// Balancer settings in the units the code uses.
 #[derive(Debug, Clone)]
@@ -90,6 +98,28 @@ impl BalancerParams {
     }
 }
 
+/// Where a pick came from, as far as room for the repl's size goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// A member of the subset (or of all VMs in panic mode) with room.
+    Member,
+    /// No member had room: a usable VM outside this edge's subset.
+    Spill,
+    /// Panic mode and no VM had room by what is known: the least loaded,
+    /// past its capacity.
+    OverCapacity,
+}
+
+impl Fit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fit::Member => "member",
+            Fit::Spill => "spill",
+            Fit::OverCapacity => "over_capacity",
+        }
+    }
+}
+
 /// What [`Balancer::choose`] picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
@@ -97,10 +127,17 @@ pub struct Choice {
     pub id_hash: u64,
     pub policy: Policy,
     pub mode: Mode,
+    pub fit: Fit,
     /// Members it chose among.
     pub members: u32,
-    /// The member's load as compared (containers x (1 + cpu), x1024).
+    /// The member's load as compared (share of capacity x (1 + cpu),
+    /// [`LOAD_ONE`] = full at 0 % CPU).
     pub load: u64,
+    /// Units reserved on it before this pick, and its capacity.
+    pub reserved: u64,
+    pub capacity: u32,
+    /// The repl's size (what [`Balancer::record`] adds to the ledger).
+    pub size: u32,
 }
 
 /// See the module docs.
@@ -116,6 +153,8 @@ pub struct Balancer {
     picks: [AtomicU64; 4],
     panic_picks: AtomicU64,
     fallback_picks: AtomicU64,
+    spill_picks: AtomicU64,
+    over_capacity_picks: AtomicU64,
 }
 
 impl Balancer {
@@ -131,6 +170,8 @@ impl Balancer {
             picks: Default::default(),
             panic_picks: AtomicU64::new(0),
             fallback_picks: AtomicU64::new(0),
+            spill_picks: AtomicU64::new(0),
+            over_capacity_picks: AtomicU64::new(0),
         }
     }
 
@@ -196,75 +237,90 @@ impl Balancer {
         true
     }
 
-    /// Picks a VM of `cluster` for a new repl. `entropy` is per request
-    /// (random, or derived from the repl for reproducible tests).
+    /// Picks a VM of `cluster` with room for a new repl of `size` units.
+    /// `entropy` is per request (random, or derived from the repl for
+    /// reproducible tests). None: no active VM, or none with room (the
+    /// caller tells the two apart by the table's candidates).
     #[inline]
-    pub fn choose(&self, t: &RoutingTable, cluster: Idx, entropy: u64) -> Option<Choice> {
+    pub fn choose(&self, t: &RoutingTable, cluster: Idx, entropy: u64, size: u32) -> Option<Choice> {
         let view = self.view.load();
         let policy = self.policy();
-        let valid = |m: &Member| {
-            t.get_vm(m.vm).is_some_and(|v| {
-                v.present && v.state == VmState::Active && v.cluster == cluster && v.id_hash == m.id_hash
-            })
-        };
+        let valid = |m: &Member| valid_member(t, cluster, m.vm, m.id_hash);
+        let fits = |m: &&Member| valid(m) && m.has_room(&self.ledger, size);
         if let Some(cv) = view.clusters.get(cluster as usize) {
-            let choice = |m: &Member, policy| Choice {
-                vm: m.vm,
-                id_hash: m.id_hash,
-                policy,
-                mode: cv.mode,
-                members: cv.members.len() as u32,
-                load: m.load(&self.ledger),
-            };
-            if let Some(m) = pick::pick(cv, policy, &self.ledger, entropy) {
+            let choice = |m: &Member, policy, fit| self.choice(cv, m, policy, fit, size);
+            if let Some(m) = pick::pick(cv, policy, &self.ledger, entropy, size) {
                 if valid(m) {
-                    return Some(choice(m, policy));
+                    return Some(choice(m, policy, Fit::Member));
                 }
                 // The view lags the table (a VM just drained): best valid member.
-                if let Some(m) = pick::least_loaded(cv.members.iter().filter(|m| valid(m)), &self.ledger, entropy) {
-                    return Some(choice(m, Policy::LeastLoaded));
+                if let Some(m) = pick::least_loaded(cv.members.iter().filter(fits), &self.ledger, entropy) {
+                    return Some(choice(m, Policy::LeastLoaded, Fit::Member));
                 }
-            } else if view.table_version == t.version() {
+            }
+            if let Some(m) = pick::least_loaded(cv.spill.iter().filter(fits), &self.ledger, entropy) {
+                return Some(choice(m, Policy::LeastLoaded, Fit::Spill));
+            }
+            if cv.mode == Mode::Panic {
+                let valid_any = cv.members.iter().filter(|m| valid(m));
+                if let Some(m) = pick::least_loaded(valid_any, &self.ledger, entropy) {
+                    return Some(choice(m, Policy::LeastLoaded, Fit::OverCapacity));
+                }
+            }
+            if view.table_version == t.version() {
                 return None;
             }
         }
         // No view for this cluster yet (just started, or a cluster newer
-        // than the view): the snapshot's least-loaded active VM.
-        snapshot_pick(t, cluster, entropy, |_| true)
+        // than the view): the snapshot's least-loaded active VM with room.
+        snapshot_pick(t, cluster, entropy, size, |_| true)
     }
 
-    /// Picks a VM of `cluster` other than those in `tried` (connections to
-    /// them failed): the least loaded remaining member of this edge's
-    /// subset, else the least-loaded remaining active VM of the cluster
-    /// (a subset of one must not strand the repl). None when none is left.
-    pub fn choose_excluding(&self, t: &RoutingTable, cluster: Idx, entropy: u64, tried: &[Idx]) -> Option<Choice> {
+    /// Picks a VM of `cluster` with room for `size` other than those in
+    /// `tried` (connections to them failed): the least loaded remaining
+    /// member of this edge's subset, else of the spill, else the
+    /// least-loaded remaining active VM of the cluster by the snapshot (a
+    /// subset of one must not strand the repl). None when none is left.
+    pub fn choose_excluding(
+        &self,
+        t: &RoutingTable,
+        cluster: Idx,
+        entropy: u64,
+        size: u32,
+        tried: &[Idx],
+    ) -> Option<Choice> {
         let view = self.view.load();
-        let valid = |vm: Idx, id_hash: u64| {
-            !tried.contains(&vm)
-                && t.get_vm(vm).is_some_and(|v| {
-                    v.present && v.state == VmState::Active && v.cluster == cluster && v.id_hash == id_hash
-                })
-        };
+        let valid = |vm: Idx, id_hash: u64| !tried.contains(&vm) && valid_member(t, cluster, vm, id_hash);
+        let fits = |m: &&Member| valid(m.vm, m.id_hash) && m.has_room(&self.ledger, size);
         if let Some(cv) = view.clusters.get(cluster as usize) {
-            let left = cv.members.iter().filter(|m| valid(m.vm, m.id_hash));
-            if let Some(m) = pick::least_loaded(left, &self.ledger, entropy) {
-                return Some(Choice {
-                    vm: m.vm,
-                    id_hash: m.id_hash,
-                    policy: Policy::LeastLoaded,
-                    mode: cv.mode,
-                    members: cv.members.len() as u32,
-                    load: m.load(&self.ledger),
-                });
+            for (list, fit) in [(&cv.members, Fit::Member), (&cv.spill, Fit::Spill)] {
+                if let Some(m) = pick::least_loaded(list.iter().filter(fits), &self.ledger, entropy) {
+                    return Some(self.choice(cv, m, Policy::LeastLoaded, fit, size));
+                }
             }
         }
-        snapshot_pick(t, cluster, entropy, |c| valid(c.vm, c.id_hash))
+        snapshot_pick(t, cluster, entropy, size, |c| valid(c.vm, c.id_hash))
     }
 
-    /// Counts a pick that was kept (it becomes load in the ledger).
+    fn choice(&self, cv: &view::ClusterView, m: &Member, policy: Policy, fit: Fit, size: u32) -> Choice {
+        Choice {
+            vm: m.vm,
+            id_hash: m.id_hash,
+            policy,
+            mode: cv.mode,
+            fit,
+            members: cv.members.len() as u32,
+            load: m.load(&self.ledger),
+            reserved: m.reserved(&self.ledger),
+            capacity: m.capacity,
+            size,
+        }
+    }
+
+    /// Counts a pick that was kept (its size becomes load in the ledger).
     #[inline]
     pub fn record(&self, c: &Choice) {
-        self.ledger.record(c.id_hash);
+        self.ledger.record(c.id_hash, c.size);
         self.picks[c.policy.index()].fetch_add(1, Ordering::Relaxed);
         match c.mode {
             Mode::Normal => {}
@@ -275,6 +331,24 @@ impl Balancer {
                 self.fallback_picks.fetch_add(1, Ordering::Relaxed);
             }
         }
+        match c.fit {
+            Fit::Member => {}
+            Fit::Spill => {
+                self.spill_picks.fetch_add(1, Ordering::Relaxed);
+            }
+            Fit::OverCapacity => {
+                self.over_capacity_picks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Picks outside this edge's subset (no member had room) and past a
+    /// VM's capacity (panic mode, none had room).
+    pub fn size_pick_counts(&self) -> (u64, u64) {
+        (
+            self.spill_picks.load(Ordering::Relaxed),
+            self.over_capacity_picks.load(Ordering::Relaxed),
+        )
     }
 
     /// Picks so far: per policy, of which in panic mode, and by the
@@ -288,27 +362,42 @@ impl Balancer {
     }
 }
 
-/// The table's least-loaded active VM of `cluster` among those `keep`
-/// accepts (by container count; ties by entropy), for when the balancer's
-/// view has nothing to offer.
+/// Whether `vm` is still an active VM of `cluster` in the table the
+/// request routes with (a view may lag the table by one refresh).
+#[inline]
+fn valid_member(t: &RoutingTable, cluster: Idx, vm: Idx, id_hash: u64) -> bool {
+    t.get_vm(vm)
+        .is_some_and(|v| v.present && v.state == VmState::Active && v.cluster == cluster && v.id_hash == id_hash)
+}
+
+/// The table's least-loaded active VM of `cluster` with room for `size`
+/// among those `keep` accepts (by the snapshot's reserved units as a share
+/// of capacity; ties by entropy), for when the balancer's view has nothing
+/// to offer.
 fn snapshot_pick(
     t: &RoutingTable,
     cluster: Idx,
     entropy: u64,
+    size: u32,
     keep: impl Fn(&edgeplane_placement::table::Candidate) -> bool,
 ) -> Option<Choice> {
     let candidates = t.candidates(cluster);
+    let share = |c: &edgeplane_placement::table::Candidate| c.units as u64 * LOAD_ONE / c.capacity.max(1) as u64;
     let c = candidates
         .iter()
-        .filter(|c| keep(c))
-        .min_by_key(|c| (c.containers, std::cmp::Reverse(splitmix64(entropy ^ c.id_hash))))?;
+        .filter(|c| keep(c) && c.units as u64 + size as u64 <= c.capacity as u64)
+        .min_by_key(|c| (share(c), std::cmp::Reverse(splitmix64(entropy ^ c.id_hash))))?;
     Some(Choice {
         vm: c.vm,
         id_hash: c.id_hash,
         policy: Policy::LeastLoaded,
         mode: Mode::Empty,
+        fit: Fit::Member,
         members: candidates.len() as u32,
-        load: c.containers as u64 * view::CPU_ONE as u64,
+        load: share(c),
+        reserved: c.units as u64,
+        capacity: c.capacity,
+        size,
     })
 }
 

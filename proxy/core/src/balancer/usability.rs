@@ -29,6 +29,9 @@ use super::ledger::PlacementLedger;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
     pub containers: u32,
+    /// Size units its containers hold (`conman_units_reserved`); None when
+    /// the VM does not report it (its container count stands in).
+    pub units: Option<u32>,
     /// CPU utilisation, 0.0 to 1.0.
     pub cpu: f32,
     pub ready: bool,
@@ -218,6 +221,7 @@ mod tests {
     fn ok(containers: u32, at: u64) -> Outcome {
         Outcome::Ok(Reading {
             containers,
+            units: None,
             cpu: 0.5,
             ready: true,
             sampled_at_ms: at,
@@ -257,9 +261,10 @@ mod tests {
     #[test]
     fn not_ready_and_ledger_marks() {
         let ledger = PlacementLedger::new();
-        ledger.record(9);
+        ledger.record(9, 1);
         let r = Reading {
             containers: 3,
+            units: None,
             cpu: 0.1,
             ready: false,
             sampled_at_ms: 10,
@@ -273,13 +278,14 @@ mod tests {
     fn a_late_sample_gets_the_mark_of_its_own_time() {
         let ledger = PlacementLedger::new();
         let h1 = HealthMap::default().next([9], [], &ledger, 1000);
-        ledger.record(9);
+        ledger.record(9, 1);
         let h2 = h1.next([9], [], &ledger, 2000);
-        ledger.record(9);
-        ledger.record(9);
+        ledger.record(9, 1);
+        ledger.record(9, 1);
         // Taken at 1500 (after the round at 1000), merged at 3000.
         let r = Reading {
             containers: 3,
+            units: None,
             cpu: 0.1,
             ready: true,
             sampled_at_ms: 1500,

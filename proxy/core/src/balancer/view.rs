@@ -12,7 +12,14 @@
 //! `max_ejected_share`); if fewer than `panic_threshold` of them are usable
 //! (or none), ignore health and use them all (panic mode); otherwise choose
 //! this instance's subset with hysteresis ([`subset::choose`]). Draining and
-//! down VMs are never candidates, so never members.
+//! down VMs are never candidates, so never members. The usable VMs left out
+//! of the subset are kept as the cluster's *spill*: a repl too big for every
+//! member tries them before the cluster counts as full.
+//!
+//! Load is a share of capacity: VMs of one cluster may be of different
+//! sizes, so a member's load is its reserved size units (the sample's
+//! `conman_units_reserved`, else its container count; plus what this edge
+//! placed since) over its capacity, weighted by `1 + cpu`.
 //!
 //! Invariants: members reference table indexes of the table whose version
 //! the view records; the picker re-checks the chosen VM against the table
@@ -32,6 +39,9 @@ use super::{subset, BalancerParams};
 /// CPU utilisation 1.0 in the fixed-point `cpu_fp`.
 pub const CPU_ONE: u32 = 1024;
 
+/// [`Member::load`] of a VM whose capacity is exactly reserved, at 0 % CPU.
+pub const LOAD_ONE: u64 = 1_000_000;
+
 /// A VM new repls may go to, with its load baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
@@ -39,6 +49,12 @@ pub struct Member {
     pub id_hash: u64,
     /// Containers at the last sample (or in the snapshot, unmonitored).
     pub containers: u32,
+    /// Size units reserved at the last sample (`conman_units_reserved`, or
+    /// the container count when the VM does not report it; unmonitored:
+    /// the snapshot's sum of its containers' sizes).
+    pub units: u32,
+    /// Size units the machine holds (`vms.capacity`, at least 1).
+    pub capacity: u32,
     /// CPU utilisation at the last sample, `CPU_ONE` = 100 %.
     pub cpu_fp: u32,
     /// Ledger count when the baseline was taken.
@@ -46,13 +62,28 @@ pub struct Member {
 }
 
 impl Member {
-    /// Load as least-loaded and p2c compare it: containers (sampled plus
-    /// this edge's placements since) weighted by `1 + cpu`, so a VM at full
-    /// CPU looks twice as loaded as an idle one with as many containers.
+    /// Units reserved now as far as this edge knows: the baseline plus
+    /// what this edge placed since.
+    #[inline]
+    pub fn reserved(&self, ledger: &PlacementLedger) -> u64 {
+        self.units as u64 + ledger.since(self.id_hash, self.mark) as u64
+    }
+
+    /// Load as least-loaded and p2c compare it: the share of capacity
+    /// reserved ([`Member::reserved`] / capacity, `LOAD_ONE` = full)
+    /// weighted by `1 + cpu`, so a VM at full CPU looks twice as loaded as
+    /// an idle one as full, and a machine four times the size takes four
+    /// times the units before it looks as loaded.
     #[inline]
     pub fn load(&self, ledger: &PlacementLedger) -> u64 {
-        let containers = self.containers as u64 + ledger.since(self.id_hash, self.mark) as u64;
-        containers * (CPU_ONE + self.cpu_fp) as u64
+        self.reserved(ledger) * (CPU_ONE + self.cpu_fp) as u64 * LOAD_ONE
+            / (self.capacity.max(1) as u64 * CPU_ONE as u64)
+    }
+
+    /// Whether a repl of `size` units fits in what is left of its capacity.
+    #[inline]
+    pub fn has_room(&self, ledger: &PlacementLedger, size: u32) -> bool {
+        self.reserved(ledger) + size as u64 <= self.capacity as u64
     }
 }
 
@@ -85,6 +116,11 @@ pub struct VmStatus {
     pub usability: Usability,
     pub member: bool,
     pub containers: u32,
+    /// Reserved size units at the baseline, and whether the VM reported
+    /// them (`conman_units_reserved`) or its container count stood in.
+    pub units: u32,
+    pub units_reported: bool,
+    pub capacity: u32,
     pub cpu: f32,
     /// Age of the sample the load comes from (None: snapshot count).
     pub sample_age_ms: Option<u64>,
@@ -94,12 +130,54 @@ pub struct VmStatus {
 pub struct ClusterView {
     pub mode: Mode,
     pub members: Box<[Member]>,
+    /// Usable VMs outside this edge's subset (normal mode only): tried when
+    /// no member has room for a repl's size.
+    pub spill: Box<[Member]>,
     pub vms: Box<[VmStatus]>,
     pub active: u32,
     pub usable: u32,
     pub ejected: u32,
     /// Round-robin position.
     pub rr: AtomicU32,
+}
+
+/// Where one active VM stands for new repls (for `/balancer`, the status
+/// page and explain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Units reserved now as this edge knows it (baseline plus its own
+    /// placements since).
+    pub reserved: u64,
+    /// Units left before capacity.
+    pub room: u64,
+    /// Why it is not a candidate for a repl of size 1: its usability
+    /// (`stale`, `not_ready`, `ejected`), `spill` (outside this edge's
+    /// subset: tried only when no member has room) or `full`.
+    pub not_candidate: Option<&'static str>,
+}
+
+impl ClusterView {
+    /// See [`Standing`].
+    pub fn standing(&self, s: &VmStatus, ledger: &PlacementLedger) -> Standing {
+        let member = self.members.iter().find(|m| m.vm == s.vm);
+        let spill = self.spill.iter().find(|m| m.vm == s.vm);
+        let reserved = member.or(spill).map_or(s.units as u64, |m| m.reserved(ledger));
+        let room = (s.capacity as u64).saturating_sub(reserved);
+        let not_candidate = if member.is_none() && spill.is_none() && !s.usability.is_usable() {
+            Some(s.usability.as_str())
+        } else if room == 0 {
+            Some("full")
+        } else if member.is_none() {
+            Some("spill")
+        } else {
+            None
+        };
+        Standing {
+            reserved,
+            room,
+            not_candidate,
+        }
+    }
 }
 
 /// See the module docs.
@@ -206,6 +284,9 @@ fn build_cluster(input: &BuildInput<'_>, prev: &BalancerView, view: &mut Balance
             usability: u,
             member: false,
             containers: member.containers,
+            units: member.units,
+            units_reported: h.and_then(|h| h.sample).is_some_and(|s| s.reading.units.is_some()),
+            capacity: member.capacity,
             cpu,
             sample_age_ms: age,
         });
@@ -240,6 +321,13 @@ fn build_cluster(input: &BuildInput<'_>, prev: &BalancerView, view: &mut Balance
         statuses[i].member = true;
     }
     cv.members = chosen.iter().map(|&i| members_all[i]).collect();
+    if cv.mode == Mode::Normal {
+        cv.spill = usable
+            .iter()
+            .filter(|&&i| !statuses[i].member)
+            .map(|&i| members_all[i])
+            .collect();
+    }
     cv.vms = statuses.into_boxed_slice();
 }
 
@@ -260,6 +348,8 @@ fn member_of(
                 vm: c.vm,
                 id_hash: c.id_hash,
                 containers: s.reading.containers,
+                units: s.reading.units.unwrap_or(s.reading.containers),
+                capacity: c.capacity,
                 cpu_fp: cpu_fp(s.reading.cpu),
                 mark: s.ledger_mark,
             },
@@ -277,6 +367,8 @@ fn member_of(
                     vm: c.vm,
                     id_hash: c.id_hash,
                     containers: c.containers,
+                    units: c.units,
+                    capacity: c.capacity,
                     cpu_fp: 0,
                     mark,
                 },

@@ -10,8 +10,7 @@ use super::host::{canonical_host, slug_of};
 use super::pick_memory::vm_fingerprint;
 use super::signing::{verify_token, TokenError};
 use super::*;
-use crate::balancer::view::CPU_ONE;
-use crate::balancer::Mode;
+use crate::balancer::{Fit, Mode, LOAD_ONE};
 
 /// Decides where one request goes. Pure: same inputs, same answer (apart
 /// from the pick memory and balancer counters in `ctx`, which it updates).
@@ -347,7 +346,7 @@ fn place_here<E: Explain, R: Resolve + ?Sized>(
             reason: RejectReason::NoUsableVm,
         };
     };
-    match pick_vm(ctx, t, cluster, r.id_hash, req, ex) {
+    match pick_vm(ctx, t, cluster, r.id_hash, r.size, req, ex) {
         Some((vm, reason)) => dial(&t.vm(vm).endpoint, names, kind, ex, |addr| Decision::Vm {
             kind,
             repl_hash,
@@ -356,14 +355,56 @@ fn place_here<E: Explain, R: Resolve + ?Sized>(
             reason,
             transfer_from,
         }),
-        None => {
+        None if t.candidates(cluster).is_empty() => {
             ex.step(|| format!("cluster {:?} has no active VM -> 503", t.cluster(cluster).name));
             Decision::Reject {
                 kind,
                 reason: RejectReason::NoUsableVm,
             }
         }
+        None => {
+            ex.step(|| {
+                format!(
+                    "cluster {:?} is full: no VM has room for size {} -> 503",
+                    t.cluster(cluster).name,
+                    r.size
+                )
+            });
+            Decision::Reject {
+                kind,
+                reason: RejectReason::ClusterFull,
+            }
+        }
     }
+}
+
+/// Explains a full cluster: each active VM's reserved units against its
+/// capacity, as this edge's balancer view has them (only when explaining).
+fn explain_full<E: Explain>(ctx: &RouteContext, t: &RoutingTable, cluster: Idx, size: u32, ex: &mut E) {
+    ex.step(|| {
+        let view = ctx.balancer.view();
+        let Some(cv) = view.clusters.get(cluster as usize) else {
+            return "no balancer view of the cluster yet".into();
+        };
+        let vms: Vec<String> = cv
+            .vms
+            .iter()
+            .filter_map(|s| {
+                let vm = t.get_vm(s.vm)?;
+                let m = cv.members.iter().chain(cv.spill.iter()).find(|m| m.vm == s.vm);
+                Some(match m {
+                    Some(m) => format!(
+                        "{} {}/{} units reserved",
+                        vm.id,
+                        m.reserved(&ctx.balancer.ledger),
+                        m.capacity
+                    ),
+                    None => format!("{} {}", vm.id, s.usability.as_str()),
+                })
+            })
+            .collect();
+        format!("no VM has room for size {size}: {}", vms.join(", "))
+    });
 }
 
 /// The cluster a repl that is not running is placed in: pinned, else the
@@ -409,6 +450,7 @@ fn pick_vm<E: Explain>(
     t: &RoutingTable,
     cluster: Idx,
     repl_hash: u64,
+    size: u32,
     req: &RouteRequest<'_>,
     ex: &mut E,
 ) -> Option<(Idx, VmReason)> {
@@ -425,31 +467,44 @@ fn pick_vm<E: Explain>(
         ex.step(|| format!("picked moments ago: vm {:?} ({})", t.vm(v).id, t.vm(v).endpoint));
         return Some((v, VmReason::Remembered));
     }
-    let choice = ctx.balancer.choose(t, cluster, req.entropy)?;
+    let Some(choice) = ctx.balancer.choose(t, cluster, req.entropy, size) else {
+        explain_full(ctx, t, cluster, size, ex);
+        return None;
+    };
     let best = choice.vm;
     let describe = |verb: &str| {
         let vm = t.vm(best);
-        let how = match choice.mode {
-            Mode::Normal => format!(
+        let how = match (choice.mode, choice.fit) {
+            (_, Fit::Spill) => format!(
+                "least-loaded outside this edge's subset of {} (no member has room for size {size})",
+                choice.members
+            ),
+            (_, Fit::OverCapacity) => format!(
+                "least-loaded over all {} active VMs, past its capacity (panic, and none has room for size {size})",
+                choice.members
+            ),
+            (Mode::Normal, _) => format!(
                 "{} over this edge's subset of {}",
                 choice.policy.as_str(),
                 choice.members
             ),
-            Mode::Panic => format!(
+            (Mode::Panic, _) => format!(
                 "{} over all {} active VMs (panic: too few usable)",
                 choice.policy.as_str(),
                 choice.members
             ),
-            Mode::Empty => format!(
-                "least containers in the snapshot over {} active VMs (no balancer view yet)",
+            (Mode::Empty, _) => format!(
+                "least reserved share in the snapshot over {} active VMs (no balancer view yet)",
                 choice.members
             ),
         };
         format!(
-            "{verb} vm {:?} ({}) by {how}; load {:.2}",
+            "{verb} vm {:?} ({}) by {how}; load {:.2}, {}/{} units reserved, size {size}",
             vm.id,
             vm.endpoint,
-            choice.load as f64 / CPU_ONE as f64
+            choice.load as f64 / LOAD_ONE as f64,
+            choice.reserved,
+            choice.capacity
         )
     };
     if req.dry_run {

@@ -198,6 +198,9 @@ pub enum RejectReason {
     BadToken,
     BadOrigin,
     NoUsableVm,
+    /// The cluster's VMs are up but none has room for the repl's size
+    /// (503 with Retry-After, like an empty cluster).
+    ClusterFull,
     ForwardLoop,
     NotReady,
     /// The VM or peer edge is named by a host name with no good answer yet
@@ -213,7 +216,7 @@ impl RejectReason {
             RejectReason::BadToken => 401,
             RejectReason::BadOrigin => 403,
             RejectReason::UnknownHost | RejectReason::UnknownRepl => 404,
-            RejectReason::NoUsableVm | RejectReason::NotReady => 503,
+            RejectReason::NoUsableVm | RejectReason::ClusterFull | RejectReason::NotReady => 503,
             RejectReason::ForwardLoop => 508,
             RejectReason::Unresolved => 502,
         }
@@ -229,6 +232,7 @@ impl RejectReason {
             RejectReason::BadToken => "bad_token",
             RejectReason::BadOrigin => "bad_origin",
             RejectReason::NoUsableVm => "no_usable_vm",
+            RejectReason::ClusterFull => "cluster_full",
             RejectReason::ForwardLoop => "forward_loop",
             RejectReason::NotReady => "not_ready",
             RejectReason::Unresolved => "unresolved",

@@ -167,7 +167,7 @@ pub fn replay<R: Resolve + ?Sized>(
             }
             let choice = ctx
                 .balancer
-                .choose(t, c, first.entropy)
+                .choose(t, c, first.entropy, repl_size(t, first.repl_hash))
                 .ok_or(ReplayOutcome::UnknownTarget)?;
             let addr = dial(&t.vm(choice.vm).endpoint)?;
             ctx.balancer.record(&choice);
@@ -213,7 +213,8 @@ pub fn retry_elsewhere<R: Resolve + ?Sized>(
         return None;
     };
     let cluster = t.get_vm(vm)?.cluster;
-    let choice = ctx.balancer.choose_excluding(t, cluster, entropy, tried)?;
+    let size = repl_size(t, repl_hash);
+    let choice = ctx.balancer.choose_excluding(t, cluster, entropy, size, tried)?;
     let addr = t.vm(choice.vm).endpoint.resolve(names)?;
     ctx.balancer.record(&choice);
     if repl_hash != 0 {
@@ -227,6 +228,15 @@ pub fn retry_elsewhere<R: Resolve + ?Sized>(
         reason: VmReason::Picked,
         transfer_from,
     })
+}
+
+/// The size of the repl a decision is for (1 for workspaces and repls the
+/// table no longer has).
+fn repl_size(t: &RoutingTable, repl_hash: u64) -> u32 {
+    if repl_hash == 0 {
+        return 1;
+    }
+    t.repl_by_id_hash(repl_hash).map_or(1, |r| r.size)
 }
 
 /// The `x-edgeplane-replay-src` value naming the VM that asked.

@@ -17,10 +17,10 @@ use super::scrape::{http_get, reading};
 use super::Target;
 use crate::balancer::usability::Outcome;
 
-/// The query: the three conman series, and the timestamp of each VM's
+/// The query: the four conman series, and the timestamp of each VM's
 /// last `conman_containers` sample tagged `edgeplane_stat="sample_time"`
 /// (a label set of its own, so `or` keeps it).
-pub const QUERY: &str = "{__name__=~\"conman_containers|conman_cpu_utilization|conman_ready\"} \
+pub const QUERY: &str = "{__name__=~\"conman_containers|conman_cpu_utilization|conman_ready|conman_units_reserved\"} \
 or label_replace(timestamp(conman_containers), \"edgeplane_stat\", \"sample_time\", \"\", \"\")";
 
 /// Percent-encodes a query-string value.
@@ -75,6 +75,7 @@ pub async fn round(base: &str, targets: &[Target], timeout: Duration, now_ms: u6
 #[derive(Default)]
 struct Values {
     containers: Option<f64>,
+    units: Option<f64>,
     cpu: Option<f64>,
     ready: Option<f64>,
     sample_time: Option<f64>,
@@ -109,6 +110,7 @@ pub fn map_answer(json: &serde_json::Value, targets: &[Target], now_ms: u64) -> 
         match (m["__name__"].as_str(), m["edgeplane_stat"].as_str()) {
             (_, Some("sample_time")) => slot.sample_time = Some(v),
             (Some("conman_containers"), _) => slot.containers = Some(v),
+            (Some("conman_units_reserved"), _) => slot.units = Some(v),
             (Some("conman_cpu_utilization"), _) => slot.cpu = Some(v),
             (Some("conman_ready"), _) => slot.ready = Some(v),
             _ => {}
@@ -126,7 +128,7 @@ pub fn map_answer(json: &serde_json::Value, targets: &[Target], now_ms: u64) -> 
                         .filter(|s| s.is_finite() && *s > 0.0)
                         .map(|s| ((s * 1000.0) as u64).min(now_ms))
                         .unwrap_or(now_ms);
-                    match reading(c, v.cpu.unwrap_or(0.0), v.ready.unwrap_or(1.0), at) {
+                    match reading(c, v.units, v.cpu.unwrap_or(0.0), v.ready.unwrap_or(1.0), at) {
                         Ok(r) => Outcome::Ok(r),
                         Err(e) => Outcome::Err(e),
                     }
@@ -165,6 +167,7 @@ mod tests {
             {"metric": {"__name__": "conman_containers", "instance": "127.0.0.1:7101", "job": "vms"}, "value": [1700000000.5, "12"]},
             {"metric": {"__name__": "conman_cpu_utilization", "instance": "127.0.0.1:7101"}, "value": [1700000000.5, "0.5"]},
             {"metric": {"__name__": "conman_ready", "instance": "127.0.0.1:7101"}, "value": [1700000000.5, "1"]},
+            {"metric": {"__name__": "conman_units_reserved", "instance": "127.0.0.1:7101"}, "value": [1700000000.5, "30"]},
             {"metric": {"instance": "127.0.0.1:7101", "edgeplane_stat": "sample_time"}, "value": [1700000000.5, "1699999998.25"]},
             {"metric": {"__name__": "conman_containers", "instance": "other:1", "vm": "vm-2"}, "value": [1700000000.5, "4"]},
             {"metric": {"__name__": "conman_containers", "instance": "10.0.0.9:1"}, "value": [1700000000.5, "99"]}
@@ -174,6 +177,7 @@ mod tests {
             out[0].1,
             Outcome::Ok(Reading {
                 containers: 12,
+                units: Some(30),
                 cpu: 0.5,
                 ready: true,
                 sampled_at_ms: 1_699_999_998_250

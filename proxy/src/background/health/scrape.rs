@@ -75,8 +75,9 @@ pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> Result<Bytes, &
     result
 }
 
-/// Reads `conman_containers` (required), `conman_cpu_utilization` and
-/// `conman_ready` (default 0.0 and ready) from a text exposition.
+/// Reads `conman_containers` (required), `conman_cpu_utilization`,
+/// `conman_ready` (default 0.0 and ready) and `conman_units_reserved`
+/// (optional: the container count stands in) from a text exposition.
 pub fn parse_exposition(text: &str, now_ms: u64) -> Result<Reading, &'static str> {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).map_err(|_| "parse")?;
@@ -91,17 +92,29 @@ pub fn parse_exposition(text: &str, now_ms: u64) -> Result<Reading, &'static str
     let containers = value("conman_containers").ok_or("missing")?.ok_or("invalid")?;
     let cpu = value("conman_cpu_utilization").unwrap_or(Some(0.0)).ok_or("invalid")?;
     let ready = value("conman_ready").unwrap_or(Some(1.0)).ok_or("invalid")?;
-    reading(containers, cpu, ready, now_ms)
+    let units = match value("conman_units_reserved") {
+        None => None,
+        Some(v) => Some(v.ok_or("invalid")?),
+    };
+    reading(containers, units, cpu, ready, now_ms)
 }
 
-/// Checks the three values and builds a reading.
-pub fn reading(containers: f64, cpu: f64, ready: f64, sampled_at_ms: u64) -> Result<Reading, &'static str> {
-    let sane = cpu.is_finite() && ready.is_finite() && (0.0..=1e7).contains(&containers);
+/// Checks the values and builds a reading.
+pub fn reading(
+    containers: f64,
+    units: Option<f64>,
+    cpu: f64,
+    ready: f64,
+    sampled_at_ms: u64,
+) -> Result<Reading, &'static str> {
+    let count = |v: f64| (0.0..=1e7).contains(&v);
+    let sane = cpu.is_finite() && ready.is_finite() && count(containers) && units.is_none_or(count);
     if !sane {
         return Err("invalid");
     }
     Ok(Reading {
         containers: containers as u32,
+        units: units.map(|u| u as u32),
         cpu: cpu.clamp(0.0, 1.0) as f32,
         ready: ready >= 0.5,
         sampled_at_ms,
@@ -121,6 +134,7 @@ mod tests {
             r,
             Reading {
                 containers: 17,
+                units: None,
                 cpu: 0.25,
                 ready: false,
                 sampled_at_ms: 99
@@ -128,6 +142,12 @@ mod tests {
         );
         let r = parse_exposition("conman_containers 3\n", 1).unwrap();
         assert!(r.ready && r.cpu == 0.0, "cpu and ready default");
+        let r = parse_exposition("conman_containers 3\nconman_units_reserved 40\n", 1).unwrap();
+        assert_eq!(r.units, Some(40));
+        assert_eq!(
+            parse_exposition("conman_containers 3\nconman_units_reserved -1\n", 1),
+            Err("invalid")
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use super::*;
 use crate::directory::{OwnedName, MAX_REGIONS};
 use crate::ring::{key_hash, Member};
 
+mod topology;
+
 const TABLES: [&str; 8] = [
     "regions",
     "clusters",
@@ -113,6 +115,9 @@ pub(super) struct Builder {
     /// A full load's directory names, sorted once in [`Builder::finish`]
     /// (a delta changes the table's directory in place instead).
     directory: Option<DirectoryBuilder>,
+    /// Largest VM capacity per region (index = region), for the repl size
+    /// check; computed on first use, dropped when a VM or cluster changes.
+    max_capacity: Option<Vec<u32>>,
 }
 
 impl Builder {
@@ -128,6 +133,7 @@ impl Builder {
             dirty_regions: BTreeSet::new(),
             dirty_clusters: BTreeSet::new(),
             directory: None,
+            max_capacity: None,
         }
     }
 
@@ -335,42 +341,6 @@ impl Builder {
         }
     }
 
-    fn delete_region(&mut self, name: String) -> Result<(), RowError> {
-        self.row(0, &name);
-        if let Some(i) = self.topo().by_region.remove(name.as_str()) {
-            self.topo().regions[i as usize].present = false;
-        }
-        Ok(())
-    }
-
-    fn delete_cluster(&mut self, name: String) -> Result<(), RowError> {
-        self.row(1, &name);
-        if let Some(i) = self.topo().by_cluster.remove(name.as_str()) {
-            let c = &mut self.topo().clusters[i as usize];
-            c.present = false;
-            c.weight = 0;
-            c.state = ClusterState::Draining;
-            let region = c.region;
-            self.dirty_regions.insert(region);
-            self.dirty_clusters.insert(i);
-        }
-        Ok(())
-    }
-
-    fn delete_vm(&mut self, id: String) -> Result<(), RowError> {
-        self.row(2, &id);
-        if let Some(i) = self.topo().by_vm.remove(id.as_str()) {
-            let topo = self.topo();
-            let vm = &mut topo.vms[i as usize];
-            vm.present = false;
-            vm.state = VmState::Down;
-            let c = vm.cluster;
-            topo.clusters[c as usize].vms.retain(|&v| v != i);
-            self.dirty_clusters.insert(c);
-        }
-        Ok(())
-    }
-
     fn delete_repl(&mut self, id: String) -> Result<(), RowError> {
         self.row(3, &id);
         let found = self.table.repl_by_id(&id).map(|r| (r.slug().to_string(), r.id_hash));
@@ -378,7 +348,7 @@ impl Builder {
             let slug_hash = self.table.repls.hash(&slug);
             self.table.ids.remove(id_hash, slug_hash);
             if let Some(old) = self.table.repls.remove(&slug) {
-                self.set_container(old.vm.get(), None);
+                self.set_container(old.vm.get(), None, old.size);
             }
         }
         Ok(())
@@ -386,11 +356,11 @@ impl Builder {
 
     fn delete_container(&mut self, repl_id: String) -> Result<(), RowError> {
         self.row(4, &repl_id);
-        if let Some(old) = self.table.repl_by_id(&repl_id).map(|r| r.vm.get()) {
+        if let Some((old, size)) = self.table.repl_by_id(&repl_id).map(|r| (r.vm.get(), r.size)) {
             self.update_repl(&repl_id, |r| {
                 r.vm = OptIdx::NONE;
             });
-            self.set_container(old, None);
+            self.set_container(old, None, size);
         }
         Ok(())
     }
@@ -427,127 +397,6 @@ impl Builder {
         Ok(())
     }
 
-    fn upsert_region(&mut self, r: RegionRow) -> Result<(), RowError> {
-        let row = self.row(0, &r.name);
-        row.check_id()?;
-        let edge = row.endpoint("edge_addr", &r.edge_addr)?;
-        let fresh = self.fresh;
-        let topo = self.topo();
-        let i = match topo.by_region.get(r.name.as_str()) {
-            Some(_) if fresh => return Err(row.err("duplicate", "duplicate region name")),
-            Some(&i) => {
-                topo.regions[i as usize].edge = edge;
-                i
-            }
-            None => {
-                let i = topo.regions.len() as Idx;
-                topo.regions.push(Region {
-                    name: r.name.as_str().into(),
-                    edge,
-                    present: true,
-                });
-                topo.by_region.insert(r.name.as_str().into(), i);
-                topo.rings.push(Arc::new(Ring::empty()));
-                i
-            }
-        };
-        topo.regions[i as usize].present = true;
-        if *self.table.local_region_name == *r.name {
-            self.table.local_region = i;
-        }
-        Ok(())
-    }
-
-    fn upsert_cluster(&mut self, c: ClusterRow) -> Result<(), RowError> {
-        let row = self.row(1, &c.name);
-        row.check_id()?;
-        let region = row.lookup(&self.table.topo.by_region, "region", &c.region)?;
-        if c.weight > MAX_CLUSTER_WEIGHT {
-            return Err(row.err(
-                "bad_value",
-                format!("weight {} is above {MAX_CLUSTER_WEIGHT}", c.weight),
-            ));
-        }
-        let fresh = self.fresh;
-        let topo = self.topo();
-        let i = match topo.by_cluster.get(c.name.as_str()) {
-            Some(_) if fresh => return Err(row.err("duplicate", "duplicate cluster name")),
-            Some(&i) => {
-                let old = topo.clusters[i as usize].region;
-                self.dirty_regions.insert(old);
-                i
-            }
-            None => {
-                let i = topo.clusters.len() as Idx;
-                topo.clusters.push(Cluster {
-                    name: c.name.as_str().into(),
-                    region,
-                    state: c.state,
-                    weight: c.weight,
-                    vms: Vec::new(),
-                    present: true,
-                });
-                topo.by_cluster.insert(c.name.as_str().into(), i);
-                i
-            }
-        };
-        let topo = self.topo();
-        let cl = &mut topo.clusters[i as usize];
-        cl.region = region;
-        cl.state = c.state;
-        cl.weight = c.weight;
-        cl.present = true;
-        self.dirty_regions.insert(region);
-        self.dirty_clusters.insert(i);
-        Ok(())
-    }
-
-    fn upsert_vm(&mut self, v: VmRow) -> Result<(), RowError> {
-        let row = self.row(2, &v.id);
-        row.check_id()?;
-        let cluster = row.lookup(&self.table.topo.by_cluster, "cluster", &v.cluster)?;
-        let endpoint = row.endpoint("addr", &v.addr)?;
-        let metrics_addr = v
-            .metrics_addr
-            .as_deref()
-            .map(|m| row.addr("metrics_addr", m))
-            .transpose()?;
-        let fresh = self.fresh;
-        let topo = self.topo();
-        let vm = Vm {
-            id: v.id.as_str().into(),
-            cluster,
-            endpoint,
-            metrics_addr,
-            state: v.state,
-            id_hash: key_hash(&v.id),
-            present: true,
-        };
-        match topo.by_vm.get(v.id.as_str()) {
-            Some(_) if fresh => return Err(row.err("duplicate", "duplicate vm id")),
-            Some(&i) => {
-                let old_cluster = topo.vms[i as usize].cluster;
-                if old_cluster != cluster {
-                    topo.clusters[old_cluster as usize].vms.retain(|&x| x != i);
-                    topo.clusters[cluster as usize].vms.push(i);
-                } else if !topo.vms[i as usize].present {
-                    topo.clusters[cluster as usize].vms.push(i);
-                }
-                topo.vms[i as usize] = vm;
-                self.dirty_clusters.insert(old_cluster);
-            }
-            None => {
-                let i = topo.vms.len() as Idx;
-                topo.vms.push(vm);
-                topo.by_vm.insert(v.id.as_str().into(), i);
-                topo.clusters[cluster as usize].vms.push(i);
-                Arc::make_mut(&mut self.table.load).containers.push(0);
-            }
-        }
-        self.dirty_clusters.insert(cluster);
-        Ok(())
-    }
-
     fn upsert_repl(&mut self, r: ReplRef<'_>) -> Result<(), RowError> {
         let row = self.row(3, r.id);
         row.check_id()?;
@@ -569,7 +418,20 @@ impl Builder {
         };
         let cluster = in_region("cluster", r.cluster)?;
         let transfer_to = in_region("transfer_to", r.transfer_to)?;
-        let existing = self.table.repl_by_id(r.id).map(|e| (e.slug().to_string(), e.vm));
+        let largest = self.largest_vm(region);
+        if r.size < 1 || r.size > largest.map_or(MAX_VM_CAPACITY, i64::from) {
+            let why = match largest {
+                _ if r.size < 1 => "it must be at least 1".to_string(),
+                Some(c) => format!("no VM of region {:?} holds more than {c}", r.region),
+                None => format!("the largest possible VM holds {MAX_VM_CAPACITY}"),
+            };
+            return Err(row.err("bad_value", format!("size {}: {why}", r.size)));
+        }
+        let size = r.size as u32;
+        let existing = self
+            .table
+            .repl_by_id(r.id)
+            .map(|e| (e.slug().to_string(), e.vm, e.size));
         if existing.is_some() && self.fresh {
             return Err(row.err("duplicate", "duplicate repl id"));
         }
@@ -584,8 +446,14 @@ impl Builder {
         let mut repl = Repl::new(r.id, r.slug, r.owner, region);
         repl.cluster = cluster;
         repl.transfer_to = transfer_to;
-        if let Some((old_slug, vm)) = existing {
+        repl.size = size;
+        if let Some((old_slug, vm, old_size)) = existing {
             repl.vm = vm;
+            if let Some(v) = vm.get().filter(|_| old_size != size) {
+                // A running repl resized: its VM holds the new size now.
+                self.set_container(Some(v), None, old_size);
+                self.set_container(None, Some(v), size);
+            }
             if old_slug != r.slug {
                 let old_hash = self.table.repls.hash(&old_slug);
                 self.table.repls.remove(&old_slug);
@@ -615,19 +483,22 @@ impl Builder {
         self.table.repls.update_hashed(slug_hash, |r| r.id() == id, f)
     }
 
-    /// Moves one container count from `old` to `new` and marks their clusters.
-    fn set_container(&mut self, old: Option<Idx>, new: Option<Idx>) {
+    /// Moves one container (of `size` units) from `old` to `new` and marks
+    /// their clusters.
+    fn set_container(&mut self, old: Option<Idx>, new: Option<Idx>, size: u32) {
         if old == new {
             return;
         }
         let load = Arc::make_mut(&mut self.table.load);
         if let Some(o) = old {
             load.containers[o as usize] = load.containers[o as usize].saturating_sub(1);
+            load.units[o as usize] = load.units[o as usize].saturating_sub(size);
             self.table.containers -= 1;
             self.dirty_clusters.insert(self.table.topo.vms[o as usize].cluster);
         }
         if let Some(n) = new {
             load.containers[n as usize] += 1;
+            load.units[n as usize] = load.units[n as usize].saturating_add(size);
             self.table.containers += 1;
             self.dirty_clusters.insert(self.table.topo.vms[n as usize].cluster);
         }
@@ -635,8 +506,8 @@ impl Builder {
 
     fn upsert_container(&mut self, c: ContainerRef<'_>) -> Result<(), RowError> {
         let row = self.row(4, c.repl_id);
-        let old = match self.table.repl_by_id(c.repl_id) {
-            Some(r) => r.vm.get(),
+        let (old, size) = match self.table.repl_by_id(c.repl_id) {
+            Some(r) => (r.vm.get(), r.size),
             None => return Err(row.err("dangling_reference", "repl does not exist")),
         };
         let vm = row.lookup(&self.table.topo.by_vm, "vm", c.vm_id)?;
@@ -649,7 +520,7 @@ impl Builder {
         self.update_repl(c.repl_id, |r| {
             r.vm = OptIdx::from(Some(vm));
         });
-        self.set_container(old, Some(vm));
+        self.set_container(old, Some(vm), size);
         Ok(())
     }
 
@@ -764,6 +635,8 @@ impl Builder {
                         vm: v,
                         containers: load.containers[v as usize],
                         id_hash: vm.id_hash,
+                        capacity: vm.capacity,
+                        units: load.units[v as usize],
                     })
                     .collect();
             }
