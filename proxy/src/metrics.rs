@@ -459,9 +459,9 @@ mod tests {
         m.vm_usable.with_label_values(&["c1"]).set(3);
         let text = String::from_utf8(m.render()).unwrap();
         let helps = text.lines().filter(|l| l.starts_with("# HELP edgeplane_")).count();
-        // Vectors without a labelled child yet are not rendered: 24 plain
+        // Vectors without a labelled child yet are not rendered: 27 plain
         // metrics plus the two vectors touched above.
-        assert_eq!(helps, 26, "{helps} metrics rendered:\n{text}");
+        assert_eq!(helps, 29, "{helps} metrics rendered:\n{text}");
         assert!(text.contains("edgeplane_config_last_reload_successful 1"));
         assert!(text.contains("edgeplane_requests_total{code=\"200\",kind=\"app\",outcome=\"proxied\"} 2"));
         assert!(text.contains("edgeplane_vm_usable{cluster=\"c1\"} 3"));

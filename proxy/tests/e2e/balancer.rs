@@ -274,8 +274,9 @@ async fn when_every_scrape_fails_the_edge_still_places_repls() {
 #[tokio::test]
 async fn the_policy_switches_at_runtime() {
     let mut c = Cluster::start(3, &health(5000, "")).await;
-    c.report(&[0, 1000, 1000]).await;
-    c.wait_reported(&[0, 1000, 1000]).await;
+    // Within each VM's capacity (100): every VM has room for round-robin.
+    c.report(&[0, 90, 90]).await;
+    c.wait_reported(&[0, 90, 90]).await;
     for _ in 0..6 {
         assert_eq!(c.new_repl().await, "vm-1", "least-loaded herds onto the empty VM");
     }

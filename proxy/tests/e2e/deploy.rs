@@ -29,7 +29,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let check = run(Command::new("promtool")
         .args(["check", "rules", "edgeplane-alerts.yml"])
         .current_dir(&dir));
-    assert!(check.contains("SUCCESS: 10 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 11 rules found"), "{check}");
     let test = run(Command::new("promtool")
         .args(["test", "rules", "edgeplane-alerts.test.yml"])
         .current_dir(&dir));

@@ -59,6 +59,9 @@ pub struct Member {
     pub cpu_fp: u32,
     /// Ledger count when the baseline was taken.
     pub mark: u32,
+    /// [`Member::load`] per reserved unit, x1024: precomputed so the hot
+    /// path multiplies and shifts instead of dividing.
+    pub load_scale: u64,
 }
 
 impl Member {
@@ -76,8 +79,12 @@ impl Member {
     /// times the units before it looks as loaded.
     #[inline]
     pub fn load(&self, ledger: &PlacementLedger) -> u64 {
-        self.reserved(ledger) * (CPU_ONE + self.cpu_fp) as u64 * LOAD_ONE
-            / (self.capacity.max(1) as u64 * CPU_ONE as u64)
+        (self.reserved(ledger) * self.load_scale) >> 10
+    }
+
+    /// The [`Member::load_scale`] of a VM of `capacity` units at `cpu_fp`.
+    pub fn load_scale(capacity: u32, cpu_fp: u32) -> u64 {
+        (((CPU_ONE + cpu_fp) as u64 * LOAD_ONE) << 10) / (capacity.max(1) as u64 * CPU_ONE as u64)
     }
 
     /// Whether a repl of `size` units fits in what is left of its capacity.
@@ -352,6 +359,7 @@ fn member_of(
                 capacity: c.capacity,
                 cpu_fp: cpu_fp(s.reading.cpu),
                 mark: s.ledger_mark,
+                load_scale: Member::load_scale(c.capacity, cpu_fp(s.reading.cpu)),
             },
             s.reading.cpu,
             Some(now.saturating_sub(s.reading.sampled_at_ms)),
@@ -371,6 +379,7 @@ fn member_of(
                     capacity: c.capacity,
                     cpu_fp: 0,
                     mark,
+                    load_scale: Member::load_scale(c.capacity, 0),
                 },
                 0.0,
                 None,

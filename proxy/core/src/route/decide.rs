@@ -468,7 +468,9 @@ fn pick_vm<E: Explain>(
         return Some((v, VmReason::Remembered));
     }
     let Some(choice) = ctx.balancer.choose(t, cluster, req.entropy, size) else {
-        explain_full(ctx, t, cluster, size, ex);
+        if !candidates.is_empty() {
+            explain_full(ctx, t, cluster, size, ex);
+        }
         return None;
     };
     let best = choice.vm;
