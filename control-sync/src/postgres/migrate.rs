@@ -7,6 +7,11 @@ use tokio_postgres::Client;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "placement", include_str!("../../migrations/0001_placement.sql")),
     (2, "sizes", include_str!("../../migrations/0002_sizes.sql")),
+    (
+        3,
+        "version per transaction",
+        include_str!("../../migrations/0003_version_per_transaction.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied; returns the versions applied now.

@@ -295,10 +295,7 @@ async fn apply(
         return Ok(MoveReport { moves, version: None });
     }
     write(&tx, &moves, to_cluster.is_some(), opts.tombstone_secs).await?;
-    let version: i64 = tx
-        .query_one("SELECT version FROM placement_version WHERE id = 1", &[])
-        .await?
-        .get(0);
+    let version: i64 = tx.query_one("SELECT edgeplane_current_version()", &[]).await?.get(0);
     tx.commit().await?;
     Ok(MoveReport {
         moves,
