@@ -117,10 +117,13 @@ fn check_tls_stages(json: &serde_json::Value, peer: &str) {
     for (t, alpn) in http.iter().zip(["h2", "http/1.1"]) {
         assert_eq!(t["load"]["protocol"], alpn, "{peer}: ALPN: {t}");
         assert!(t["load"]["done"].as_u64().unwrap() > 0, "{peer}: {t}");
-        assert_eq!(
-            t["load"]["status_2xx"], t["load"]["done"],
-            "{peer}: every answer a 200: {t}"
-        );
+        // Every request done succeeded with a 200. h2load counts a status
+        // when the response head arrives, so a response whose body was still
+        // on its way when the run's time was up adds a 2xx but not a "done".
+        let n = |k: &str| t["load"][k].as_u64().unwrap();
+        assert_eq!((n("failed"), n("errored")), (0, 0), "{peer}: {t}");
+        assert_eq!(n("succeeded"), n("done"), "{peer}: {t}");
+        assert!(n("status_2xx") >= n("succeeded"), "{peer}: every answer a 200: {t}");
         assert!(t["cpu_us_per_req"].as_f64().unwrap() > 0.0, "{peer}: {t}");
     }
     let hs = of("handshakes");

@@ -196,3 +196,66 @@ async fn moving_ten_thousand_repls_is_one_delta_and_no_request_fails() {
         "no full reload: {m}"
     );
 }
+
+#[tokio::test]
+async fn versions_stay_gap_free_and_in_commit_order_with_many_writers_and_savepoints() {
+    let db = PgDb::new(&crate::world(
+        dead_addr(),
+        dead_addr(),
+        dead_addr(),
+        dead_addr(),
+        dead_addr(),
+    ))
+    .await;
+    let before = db_version(&db).await;
+    // Four writers, each 40 transactions of 1-5 changes; every third one
+    // also makes a change in a savepoint it rolls back (first or last).
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = db.url.clone();
+            tokio::spawn(async move {
+                let c = crate::postgres::connect(&url).await;
+                for i in 0..40 {
+                    let n = i % 5 + 1;
+                    let mut sql = String::from("BEGIN;");
+                    if i % 3 == 0 {
+                        sql += &format!("SAVEPOINT s; INSERT INTO regions VALUES ('gone-{w}-{i}', '1.2.3.4:1'); ROLLBACK TO SAVEPOINT s;");
+                    }
+                    sql += &format!(
+                        "INSERT INTO regions SELECT 'w{w}-{i}-' || k, '1.2.3.4:1' FROM generate_series(1, {n}) k;"
+                    );
+                    if i % 3 == 1 {
+                        sql += &format!("SAVEPOINT s; UPDATE regions SET edge_addr = '9.9.9.9:9' WHERE name LIKE 'w{w}-{i}-%'; ROLLBACK TO SAVEPOINT s;");
+                    }
+                    sql += "COMMIT;";
+                    c.batch_execute(&sql).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let row = db
+        .client
+        .query_one(
+            &format!(
+                "SELECT count(*), min(version), max(version), (SELECT version FROM placement_version),
+                        (SELECT count(*) FROM (SELECT txid FROM placement_changes WHERE version > {before}
+                          GROUP BY txid HAVING max(version) - min(version) + 1 <> count(*)) t),
+                        count(*) FILTER (WHERE row->>'name' LIKE 'gone-%')
+                   FROM placement_changes WHERE version > {before}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (n, min, max, committed, split, gone): (i64, i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+    // 4 writers x (8 transactions of each size 1..=5) = 480 changes.
+    assert_eq!(n, 480);
+    assert_eq!((min, max), (before + 1, before + 480), "gap-free");
+    assert_eq!(committed, max, "placement_version holds the last committed version");
+    assert_eq!(split, 0, "each transaction's versions are contiguous");
+    assert_eq!(gone, 0, "rolled-back savepoints left no change rows");
+}
