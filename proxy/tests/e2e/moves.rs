@@ -6,15 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::dead_addr;
 use crate::harness::*;
-use crate::postgres::{pg_world, placectl, two_edges, vms, wait_served_by, PgDb};
+use crate::postgres::{pg_world, two_edges, vms, wait_served_by, PgDb};
 
 /// Runs placectl expecting it to fail; returns its stderr.
 fn placectl_fails(db: &PgDb, args: &[&str]) -> String {
-    let out = std::process::Command::new(placectl())
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    let out = db.placectl_output(args);
     assert!(
         !out.status.success(),
         "placectl {args:?} succeeded: {}",

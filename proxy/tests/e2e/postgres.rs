@@ -18,7 +18,7 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-pub(crate) fn placectl() -> std::path::PathBuf {
+fn placectl() -> std::path::PathBuf {
     edgeplane_bin().with_file_name("placectl")
 }
 
@@ -102,12 +102,17 @@ impl PgDb {
             .unwrap();
     }
 
-    pub(crate) fn placectl(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(placectl())
+    /// Runs placectl on this database, whatever its outcome.
+    pub(crate) fn placectl_output(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(placectl())
             .args(args)
             .env("DATABASE_URL", &self.url)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    pub(crate) fn placectl(&self, args: &[&str]) -> String {
+        let out = self.placectl_output(args);
         assert!(
             out.status.success(),
             "placectl {args:?}: {}",
