@@ -204,6 +204,19 @@ impl Edge {
         Edge::start_pg_with(dir, region, url, "", ready).await
     }
 
+    /// An edge on PostgreSQL with a `[tls]` listener (a self-signed
+    /// `*.repl.co` certificate, returned as DER), ready: the production path.
+    pub async fn start_pg_tls(region: &str, url: &str) -> (Edge, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let der = write_repl_co_cert(dir.path());
+        let placement = format!("source = \"postgres\"\npostgres_url = \"{url}\"\npoll_interval_ms = 200\n");
+        let opts = EdgeOpts {
+            tls: Some(TLS_SECTION),
+            ..EdgeOpts::default()
+        };
+        (Edge::start_in(dir, region, &placement, &opts, true).await, der)
+    }
+
     /// [`Edge::start_pg`] with more `[placement]` lines (`extra`).
     pub async fn start_pg_with(dir: tempfile::TempDir, region: &str, url: &str, extra: &str, ready: bool) -> Edge {
         let interval = if extra.contains("last_known_good_interval_ms") {
@@ -635,6 +648,17 @@ pub fn signal(pid: i32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
+/// Writes a self-signed `*.repl.co` certificate and key into `dir/certs`
+/// (what [`TLS_SECTION`] serves); returns the certificate as DER.
+fn write_repl_co_cert(dir: &Path) -> Vec<u8> {
+    let certs = dir.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
+    std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
+    std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
+    c.cert.der().to_vec()
+}
+
 /// The `[tls]` section of [`Edge::start_tls`]'s edges.
 pub const TLS_SECTION: &str = "listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\"";
 
@@ -644,17 +668,13 @@ impl Edge {
     /// returns it with the certificate (DER) a client must trust.
     pub async fn start_tls(region: &str, snapshot: &serde_json::Value, opts: EdgeOpts<'_>) -> (Edge, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        std::fs::create_dir(&certs).unwrap();
-        let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();
-        std::fs::write(certs.join("repl.co.key"), c.key_pair.serialize_pem()).unwrap();
-        std::fs::write(certs.join("repl.co.crt"), c.cert.pem()).unwrap();
+        let der = write_repl_co_cert(dir.path());
         let opts = EdgeOpts {
             tls: Some(TLS_SECTION),
             ..opts
         };
         let edge = Edge::start_opts(dir, region, snapshot, &opts).await;
-        (edge, c.cert.der().to_vec())
+        (edge, der)
     }
 }
 

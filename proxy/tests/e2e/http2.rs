@@ -34,7 +34,7 @@ async fn tls_edge(vm1: SocketAddr, vm2: SocketAddr, limits: &str) -> (Edge, Vec<
 }
 
 /// An HTTP/2 connection to `addr` (SNI `sni`), after checking ALPN chose h2.
-async fn h2_connect(
+pub(crate) async fn h2_connect(
     addr: SocketAddr,
     sni: &str,
     der: &[u8],
@@ -72,7 +72,7 @@ async fn h2_connect(
 }
 
 /// One request on `send`; status, response headers and body.
-async fn h2_get(
+pub(crate) async fn h2_get(
     send: &mut h2::client::SendRequest<Bytes>,
     authority: &str,
     path: &str,

@@ -135,3 +135,79 @@ async fn a_vm_that_does_not_report_units_is_placed_on_by_container_count() {
     assert_eq!(edge.get("small1.repl.co", "/", &[]).await.served_by(), Some("vm-b"));
     assert_eq!(edge.get("big0.repl.co", "/", &[]).await.status, 503);
 }
+
+/// The production path: sizes and capacities read from PostgreSQL (full
+/// load and deltas), requests over HTTPS with HTTP/2. VMs without a
+/// metrics address: the reserved units come from the table's containers.
+#[tokio::test]
+async fn sizes_from_postgres_over_https_h2_follow_deltas() {
+    use crate::http2::{h2_connect, h2_get};
+    use crate::postgres::{wait_metric, PgDb};
+    let (small, big) = (FakeVm::start("vm-small"), FakeVm::start("vm-big"));
+    let world = json!({
+        "regions": [{"name": "us-east1", "edge_addr": dead_addr().to_string()}],
+        "clusters": [{"name": "use1-a", "region": "us-east1", "state": "active"}],
+        "vms": [{"id": "vm-small", "cluster": "use1-a", "addr": small.http.to_string(), "state": "active", "capacity": 100},
+                {"id": "vm-big", "cluster": "use1-a", "addr": big.http.to_string(), "state": "active", "capacity": 400}],
+        "repls": [{"id": "run", "slug": "running", "region": "us-east1", "size": 300},
+                  {"id": "b0", "slug": "big0", "region": "us-east1", "size": 150},
+                  {"id": "s0", "slug": "small0", "region": "us-east1"},
+                  {"id": "s1", "slug": "small1", "region": "us-east1"}],
+        "containers": [{"repl_id": "run", "vm_id": "vm-big"}],
+    });
+    let db = PgDb::new(&world).await;
+    let (edge, der) = Edge::start_pg_tls("us-east1", &db.url).await;
+    let https = edge.https.expect("https listener");
+    // The probe places small0: vm-small (0/100) is emptier than vm-big (300/400).
+    let (mut send, _driver, _) = h2_connect(https, "small0.repl.co", &der).await;
+    let (status, headers, _) = h2_get(&mut send, "small0.repl.co", "/", &[]).await.unwrap();
+    assert_eq!((status, headers["x-served-by"].to_str().unwrap()), (200, "vm-small"));
+    // 150 fits neither 100 - 1 nor 400 - 300.
+    let (status, headers, _) = h2_get(&mut send, "big0.repl.co", "/", &[]).await.unwrap();
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
+    // The control plane grows the big VM: the delta carries the capacity.
+    db.client
+        .execute("UPDATE vms SET capacity = 500 WHERE id = 'vm-big'", &[])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, headers, _) = h2_get(&mut send, "big0.repl.co", "/", &[]).await.unwrap();
+        if status == 200 {
+            assert_eq!(headers["x-served-by"].to_str().unwrap(), "vm-big");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "big0 never placed after the capacity grew"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The database refuses a size below 1; the edge skips (and counts) one
+    // no VM of the region could ever hold, and keeps serving the rest.
+    let err = db
+        .client
+        .execute("UPDATE repls SET size = 0 WHERE id = 's1'", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("repls_size_positive"),
+        "{err:?}"
+    );
+    db.client
+        .execute("UPDATE repls SET size = 600 WHERE id = 's1'", &[])
+        .await
+        .unwrap();
+    wait_metric(
+        &edge,
+        "edgeplane_sync_rows_skipped_total",
+        &["table=\"repls\"", "reason=\"bad_value\""],
+        |v| v >= 1.0,
+        "the oversize row was not skipped",
+    )
+    .await;
+    let (status, _, _) = h2_get(&mut send, "small0.repl.co", "/", &[]).await.unwrap();
+    assert_eq!(status, 200);
+}

@@ -215,11 +215,29 @@ async fn websocket_over_tls_echoes_and_closes() {
     panic!("the TLS tunnel never closed");
 }
 
+/// One `GET /` for app1 on a new TLS connection made with `cfg`, checked
+/// to answer 200; returns the connection (for its handshake's details).
+async fn get_app1_over_tls(
+    addr: std::net::SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    tls
+}
+
 /// A returning client resumes its TLS session (a reconnecting WebSocket or
 /// a new tab skips the full handshake).
 #[tokio::test]
 async fn a_returning_client_resumes_its_tls_session() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let vm1 = FakeVm::start("vm-1");
     let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
     let (edge, der) = Edge::start_tls("us-east1", &snap, EdgeOpts::default()).await;
@@ -228,18 +246,7 @@ async fn a_returning_client_resumes_its_tls_session() {
     let cfg = tls_client_config(&der, &[b"http/1.1"]);
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
-        assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+        let tls = get_app1_over_tls(addr, cfg.clone()).await;
         kinds.push(tls.get_ref().1.handshake_kind());
     }
     assert_eq!(
@@ -303,7 +310,6 @@ async fn sigterm_closes_a_tls_websocket_with_1001() {
 #[tokio::test]
 async fn the_edge_prefers_aes_128_but_still_speaks_aes_256() {
     use rustls::CipherSuite as C;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let vm1 = FakeVm::start("vm-1");
     let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
     let (edge, der) = Edge::start_tls("us-east1", &snap, EdgeOpts::default()).await;
@@ -332,15 +338,7 @@ async fn the_edge_prefers_aes_128_but_still_speaks_aes_256() {
         (default_order, C::TLS13_AES_128_GCM_SHA256),
         (only_aes_256, C::TLS13_AES_256_GCM_SHA384),
     ] {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: app1.repl.co\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
-        assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+        let tls = get_app1_over_tls(addr, cfg).await;
         let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
         assert_eq!(suite, want);
     }
