@@ -31,7 +31,9 @@ for _ in $(seq 100); do
   curl -sf http://127.0.0.1:9901/readyz >/dev/null && curl -sf http://127.0.0.1:9902/readyz >/dev/null && break
   sleep 0.1
 done
-TOKEN=$($B/edgeplane token -c config/examples/edgeplane.toml r1)
+# A workspace session token, as the platform's web server mints it (the
+# edges hold only the public key).
+TOKEN=$($B/placectl token mint --key scripts/demo-web-server.secret --repl r1 --region us-east1 --ttl 1h)
 cat <<TXT
 
 edgeplane demo is up: edge us-east1 on 127.0.0.1:8080 (admin :9901),
@@ -49,6 +51,8 @@ Try:
   curl -i -H 'Host: app1.repl.co' http://127.0.0.1:8080/               # ...so vm-2 answers
   $B/edgeplane-bench ws --edge 127.0.0.1:8080 --host app1.repl.co hello-websocket
   $B/edgeplane-bench ws --edge 127.0.0.1:8080 --host edge.local --path "/__ws/r1?token=$TOKEN" hi-workspace
+  $B/edgeplane-bench ws --edge 127.0.0.1:8081 --host edge.local --path "/__ws/r1?token=$TOKEN" wrong-region  # one hop home
+  curl -s "http://127.0.0.1:9902/debug/route?host=edge.local&path=/__ws/r1%3Ftoken%3D$TOKEN"   # region from the token
   $B/edgeplane route -c config/examples/edgeplane.toml app2.repl.co    # explain a decision
   curl -s 'http://127.0.0.1:9901/debug/route?host=moved.repl.co'
   curl -s http://127.0.0.1:9901/metrics | grep ^edgeplane_

@@ -55,3 +55,14 @@ if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
   fi
   "$(dirname "$0")/services.sh"
 fi
+
+# Python test peers, in a virtualenv of the project's own (under the
+# target directory, so a clean clone starts without it): pyseto, an
+# independent PASETO implementation the workspace token tests check
+# tokens against.
+py="${CARGO_TARGET_DIR:-target}/py"
+if ! "$py/bin/python" -c 'import pyseto' 2>/dev/null; then
+  echo "setup: installing Python test peers into $py"
+  python3 -m venv "$py"
+  "$py/bin/pip" install -q --disable-pip-version-check pyseto
+fi

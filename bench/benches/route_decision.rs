@@ -25,7 +25,7 @@ fn ctx(t: &RoutingTable) -> RouteContext {
     let cx = RouteContext {
         suffixes: vec!["repl.co".into()],
         workspace_prefix: "/__ws/".into(),
-        workspace_key: None,
+        tokens: edgeplane_core::route::Verifier::default(),
         workspace_origins: Vec::new(),
         max_hops: 2,
         memory: std::sync::Arc::new(PickMemory::new(10_000)),

@@ -391,7 +391,12 @@ pub struct LimitsConfig {
 #[derive(Clone, PartialEq)]
 pub struct SecurityConfig {
     pub hop_secret: Vec<u8>,
+    /// The shared HMAC key of version 1 workspace tokens: set only while a
+    /// fleet migrates to version 2 (docs/contract.md §6).
     pub workspace_token_key: Option<Vec<u8>>,
+    /// Public keys of version 2 workspace tokens, in file order (several
+    /// during a rotation). Edges hold no key that can mint.
+    pub workspace_token_public_keys: Vec<edgeplane_token::PublicKey>,
     pub admin_token: Option<String>,
     /// Origins (`scheme://host[:port]`, lower-case) allowed to open
     /// workspace sessions from a browser. Empty: no Origin check.
@@ -406,6 +411,7 @@ impl std::fmt::Debug for SecurityConfig {
                 "workspace_token_key",
                 &self.workspace_token_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("workspace_token_public_keys", &self.workspace_token_public_keys)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("workspace_origins", &self.workspace_origins)
             .finish()

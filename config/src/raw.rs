@@ -114,6 +114,7 @@ pub struct RawLimits {
 pub struct RawSecurity {
     pub hop_secret_file: Option<String>,
     pub workspace_token_key_file: Option<String>,
+    pub workspace_token_public_keys_file: Option<String>,
     pub admin_token_file: Option<String>,
     pub workspace_origins: Option<Vec<String>>,
 }

@@ -17,7 +17,7 @@
 //!
 //! Start at [`plan`].
 
-use crate::Config;
+use crate::{Config, SecurityConfig};
 
 /// The keys a running edge cannot change, as they are named in the file
 /// (a section name means every key of it). `edgeplane serve --upgrade`
@@ -181,6 +181,21 @@ fn changed_keys(n: &mut Config, o: &Config, restart: &[&'static str]) -> Vec<Key
         }
     }
     let (ns, os) = (&n.security, &o.security);
+    if ns.workspace_token_public_keys != os.workspace_token_public_keys {
+        // Public: the key ids are shown, so a rotation can be followed.
+        let kids = |s: &SecurityConfig| {
+            s.workspace_token_public_keys
+                .iter()
+                .map(|k| k.kid())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        changed.push(KeyChange {
+            key: "security.workspace_token_public_keys_file (contents)".into(),
+            old: Some(kids(os)),
+            new: Some(kids(ns)),
+        });
+    }
     for (key, differs) in [
         ("security.hop_secret_file (contents)", ns.hop_secret != os.hop_secret),
         (

@@ -67,7 +67,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SnapshotCmd,
     },
-    /// Mint a workspace token for REPL with the configured key (testing).
+    /// Mint a version 1 workspace token for REPL with the configured HMAC
+    /// key (testing during the migration; version 2 tokens are minted by
+    /// the web server or `placectl token mint`, never by an edge).
     Token {
         #[arg(short, long)]
         config: PathBuf,
@@ -193,11 +195,15 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         Cmd::Token { config, repl, ttl } => {
             let cfg = load_config(&config)?;
             let Some(key) = &cfg.security.workspace_token_key else {
-                eprintln!("{}: security.workspace_token_key_file is not set", config.display());
+                eprintln!(
+                    "{}: security.workspace_token_key_file is not set: edges mint only version 1 tokens, \
+during a migration; mint version 2 with `placectl token mint --key SECRET`",
+                    config.display()
+                );
                 return Err(ExitCode::from(1));
             };
             let exp = now_ms() / 1000 + ttl;
-            println!("{}", route::signing::mint_token(key, &repl, exp));
+            println!("{}", edgeplane_token::v1::mint(key, &repl, exp));
             Ok(())
         }
     }
@@ -220,6 +226,17 @@ fn check(config: &Path) -> Result<(), ExitCode> {
         cfg.hosting.suffixes, cfg.hosting.workspace_path_prefix
     );
     println!("  placement: {:?}", cfg.placement.source);
+    let sec = &cfg.security;
+    let kids: Vec<&str> = sec.workspace_token_public_keys.iter().map(|k| k.kid()).collect();
+    println!(
+        "  workspace tokens: version 2 keys [{}]{}",
+        kids.join(", "),
+        match (kids.is_empty(), sec.workspace_token_key.is_some()) {
+            (_, true) => "; version 1 accepted (migration: remove workspace_token_key_file when done)",
+            (true, false) => "; no key: every workspace session is 401",
+            (false, false) => "",
+        }
+    );
     let (b, h) = (&cfg.balancer, &cfg.health);
     println!(
         "  balancer: {} over subsets of {} (rotating every {:?}), panic below {:.0} % usable",

@@ -13,6 +13,7 @@ use prometheus::{
 use edgeplane_control_sync::{RoutingTable, SyncErrorKind, TableHandle};
 
 use crate::balancer::{Balancer, HealthMap, Policy};
+use crate::route::{Refusal, TokenCheck, TokenVersion};
 
 /// Raises a counter to `total` (counters mirrored from the sync's atomics).
 fn mirror(c: &IntCounter, total: u64) {
@@ -69,6 +70,7 @@ pub struct Metrics {
     pub resolver_changes: IntCounter,
     pub replays: IntCounterVec,
     pub connect_retries: IntCounter,
+    pub workspace_tokens: TokenCounters,
     /// The log bridge's counters (process-wide: [`crate::logging`]).
     pub log_events: IntCounterVec,
     pub log_suppressed: IntCounterVec,
@@ -114,6 +116,41 @@ impl RequestCounters {
     /// The vector behind the handles (what is rendered).
     pub fn vec(&self) -> &IntCounterVec {
         &self.vec
+    }
+}
+
+/// `edgeplane_workspace_tokens_total{version,outcome}` with every label
+/// pair resolved (and exported at 0) from the start: a workspace request
+/// increments one atomic.
+pub struct TokenCounters {
+    /// `[version none, 1, 2][outcome valid, then Refusal::ALL]`.
+    cells: Vec<[IntCounter; 1 + Refusal::ALL.len()]>,
+}
+
+impl TokenCounters {
+    fn new(vec: &IntCounterVec) -> TokenCounters {
+        let cells = ["none", "1", "2"]
+            .into_iter()
+            .map(|v| {
+                std::array::from_fn(|i| {
+                    let outcome = if i == 0 { "valid" } else { Refusal::ALL[i - 1].as_str() };
+                    vec.with_label_values(&[v, outcome])
+                })
+            })
+            .collect();
+        TokenCounters { cells }
+    }
+
+    pub fn inc(&self, check: TokenCheck) {
+        let v = match check.version {
+            None => 0,
+            Some(TokenVersion::V1) => 1,
+            Some(TokenVersion::V2) => 2,
+        };
+        let o = check
+            .refusal
+            .map_or(0, |r| 1 + Refusal::ALL.iter().position(|x| *x == r).unwrap_or(0));
+        self.cells[v][o].inc();
     }
 }
 
@@ -338,6 +375,11 @@ impl Metrics {
                 "edgeplane_connect_retries_total",
                 "Requests for a repl being placed sent to another VM after a connect failure",
             ),
+            workspace_tokens: TokenCounters::new(&r.counters(
+                "edgeplane_workspace_tokens_total",
+                "Workspace tokens checked, by version (1, 2, none) and outcome (valid or why refused)",
+                &["version", "outcome"],
+            )),
             log_events: r.add(crate::logging::LOG_EVENTS.clone()),
             log_suppressed: r.add(crate::logging::LOG_SUPPRESSED.clone()),
             registry: r.0,
@@ -460,8 +502,10 @@ mod tests {
         let text = String::from_utf8(m.render()).unwrap();
         let helps = text.lines().filter(|l| l.starts_with("# HELP edgeplane_")).count();
         // Vectors without a labelled child yet are not rendered: 27 plain
-        // metrics plus the two vectors touched above.
-        assert_eq!(helps, 29, "{helps} metrics rendered:\n{text}");
+        // metrics, the workspace token vector (every pair resolved at 0)
+        // and the two vectors touched above.
+        assert_eq!(helps, 30, "{helps} metrics rendered:\n{text}");
+        assert!(text.contains("edgeplane_workspace_tokens_total{outcome=\"unknown_key\",version=\"2\"} 0"));
         assert!(text.contains("edgeplane_config_last_reload_successful 1"));
         assert!(text.contains("edgeplane_requests_total{code=\"200\",kind=\"app\",outcome=\"proxied\"} 2"));
         assert!(text.contains("edgeplane_vm_usable{cluster=\"c1\"} 3"));

@@ -257,6 +257,60 @@ mod tests {
     }
 
     #[test]
+    fn workspace_public_keys_are_read_with_comments_and_errors_name_the_keys_files_line() {
+        // A real key pair's public half (a test vector of this crate only).
+        const PUB: &str = "k4.public.q6rafYhWc2IvpiTQqrjKa-oPV7hL0yYfFvKyCPuWoLM";
+        let body = MINIMAL.replace(
+            "hop_secret_file = \"hop.secret\"\n",
+            "hop_secret_file = \"hop.secret\"\nworkspace_token_public_keys_file = \"ws.pub\"\n",
+        );
+        let (dir, path) = setup(&body);
+        let keys = dir.path().join("ws.pub");
+        std::fs::write(
+            &keys,
+            format!("# rotation 2026-12\n\n{PUB}  # the web server's\n{PUB}\n"),
+        )
+        .unwrap();
+        let c = crate::load(&path).unwrap();
+        assert_eq!(
+            c.security.workspace_token_public_keys.len(),
+            1,
+            "a repeated key counts once"
+        );
+        assert!(c.security.workspace_token_public_keys[0].kid().starts_with("k4.pid."));
+        assert!(c.security.workspace_token_key.is_none());
+
+        std::fs::write(&keys, format!("{PUB}\nk4.public.short\n")).unwrap();
+        let e = crate::load(&path).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.line),
+            (keys.display().to_string().as_str(), 2),
+            "{e}"
+        );
+        assert_eq!(e.key, "security.workspace_token_public_keys_file");
+        // A secret key where a public one belongs: refused, and not echoed.
+        let secret = "k4.secret.hWg0TyRnNNrMthkQJI98_5qldxLTDg8Ti_y_MJwwk96rqtp9iFZzYi-mJNCquMpr6g9XuEvTJh8W8rII-5agsw";
+        std::fs::write(&keys, format!("{secret}\n")).unwrap();
+        let e = crate::load(&path).unwrap_err();
+        assert!(
+            e.message.contains("secret key") && !e.to_string().contains(&secret[10..]),
+            "{e}"
+        );
+        // ...or in the version 1 key file.
+        std::fs::write(&keys, "").unwrap();
+        std::fs::write(dir.path().join("v1.key"), secret).unwrap();
+        let (_d2, p2) = setup(&body.replace(
+            "workspace_token_public_keys_file",
+            "workspace_token_key_file = \"v1.key\"\nworkspace_token_public_keys_file",
+        ));
+        std::fs::copy(dir.path().join("v1.key"), p2.with_file_name("v1.key")).unwrap();
+        std::fs::write(p2.with_file_name("ws.pub"), "").unwrap();
+        let e = crate::load(&p2).unwrap_err();
+        assert_eq!(e.key, "security.workspace_token_key_file", "{e}");
+        assert!(e.message.contains("public keys only"), "{e}");
+    }
+
+    #[test]
     fn short_secret_and_open_admin_are_rejected() {
         let (dir, path) = setup(MINIMAL);
         std::fs::write(dir.path().join("hop.secret"), "short\n").unwrap();

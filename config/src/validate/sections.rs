@@ -349,6 +349,17 @@ impl Checker<'_> {
             .workspace_token_key_file
             .map(|f| self.secret("security.workspace_token_key_file", &f))
             .transpose()?;
+        if workspace_token_key.as_ref().is_some_and(|k| k.starts_with(b"k4.")) {
+            return Err(self.err(
+                "security.workspace_token_key_file",
+                "holds a PASERK key: version 2 keys go in workspace_token_public_keys_file (public keys only); \
+this file is version 1's shared HMAC secret",
+            ));
+        }
+        let workspace_token_public_keys = match s.workspace_token_public_keys_file {
+            Some(f) => self.public_keys("security.workspace_token_public_keys_file", &f)?,
+            None => Vec::new(),
+        };
         let admin_token = match s.admin_token_file {
             Some(f) => Some(
                 String::from_utf8(self.secret("security.admin_token_file", &f)?)
@@ -373,9 +384,37 @@ impl Checker<'_> {
         Ok(SecurityConfig {
             hop_secret,
             workspace_token_key,
+            workspace_token_public_keys,
             admin_token,
             workspace_origins,
         })
+    }
+
+    /// A public keys file: one PASERK `k4.public.` key a line, `#`
+    /// comments and blank lines ignored. Errors point at the keys file's
+    /// own line. A file with no key is allowed (version 1 only, or a fleet
+    /// between keys), and says so nowhere else than `edgeplane check`.
+    fn public_keys(&self, key: &str, file: &str) -> Checked<Vec<edgeplane_token::PublicKey>> {
+        let path = self.path(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
+        let mut keys = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let k = edgeplane_token::PublicKey::from_paserk(line).map_err(|e| ConfigError {
+                file: path.display().to_string(),
+                line: i + 1,
+                key: key.to_string(),
+                message: e.to_string(),
+            })?;
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
     }
 
     /// A secret file's bytes, surrounding whitespace trimmed; at least 16.

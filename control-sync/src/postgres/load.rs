@@ -70,7 +70,49 @@ fn full_load_queries() -> Vec<(&'static str, String)> {
             "SELECT slug, region FROM repls WHERE region <> $1".into(),
         ),
         ("directory_domains", DIRECTORY_DOMAINS.into()),
+        ("recent_moves", RECENT_MOVES.into()),
     ]
+}
+
+/// The names of every repl with a live tombstone, in any region, with the
+/// tombstone's expiry (ms): what `edgeplane dns` gives the short TTL.
+const RECENT_MOVES: &str = "SELECT r.slug, NULL::text, (extract(epoch FROM t.expires_at) * 1000)::bigint
+       FROM tombstones t JOIN repls r ON r.id = t.repl_id WHERE t.expires_at > now()
+     UNION ALL
+     SELECT NULL, d.hostname, (extract(epoch FROM t.expires_at) * 1000)::bigint
+       FROM tombstones t JOIN custom_domains d ON d.repl_id = t.repl_id WHERE t.expires_at > now()";
+
+/// One row of [`RECENT_MOVES`] (or of [`moved_names_of`]) as a change.
+fn recent_move(slug: Option<&str>, host: Option<&str>, until_ms: i64) -> Option<Change> {
+    let name = match (slug, host) {
+        (Some(s), _) => OwnedName::Slug(s.to_string()),
+        (None, Some(h)) => OwnedName::Domain(h.trim_end_matches('.').to_ascii_lowercase()),
+        (None, None) => return None,
+    };
+    Some(Change::RecentMove { name, until_ms })
+}
+
+/// The names (slug, custom domains) of repls whose tombstones a delta
+/// wrote, each with its tombstone's expiry: `until` maps repl id to it.
+pub async fn moved_names_of(
+    client: &mut Client,
+    until: &std::collections::HashMap<String, i64>,
+) -> Result<Vec<Change>, LoadError> {
+    let ids: Vec<&str> = until.keys().map(String::as_str).collect();
+    let rows = client
+        .query(
+            "SELECT id, slug, NULL::text FROM repls WHERE id = ANY($1)
+             UNION ALL SELECT repl_id, NULL, hostname FROM custom_domains WHERE repl_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let until_ms = *until.get(r.get::<_, &str>(0))?;
+            recent_move(r.get(1), r.get(2), until_ms)
+        })
+        .collect())
 }
 
 /// Other regions' custom domains with their repl's home region.
@@ -206,6 +248,11 @@ pub async fn full_load(client: &mut Client, local_region: &str) -> Result<(Routi
                 "directory_domains" => {
                     let host = row.get::<_, &str>(0).trim_end_matches('.').to_ascii_lowercase();
                     builder.push_directory(Name::Domain(&host), row.get(1), &host)?
+                }
+                "recent_moves" => {
+                    if let Some(c) = recent_move(row.get(0), row.get(1), row.get(2)) {
+                        builder.push(c)?;
+                    }
                 }
                 _ => builder.push(to_change(table, &row))?,
             }

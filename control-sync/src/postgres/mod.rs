@@ -351,6 +351,7 @@ impl PgSync {
         }
         let changes = self.with_arriving_rows(client, changes).await?;
         let changes = self.with_directory_domains(client, changes).await?;
+        let changes = with_recent_moves(client, changes).await?;
         let last = rows.last().expect("non-empty");
         let newest_commit = rows.iter().map(|r| r.changed_at_ms).max().unwrap_or(0);
         let version = last.version;
@@ -480,6 +481,24 @@ pub fn spawn(opts: PgSyncOptions, handle: TableHandle, stop: Arc<AtomicBool>) ->
 
 /// Appends to `rows` (a full batch of one transaction) the rest of that
 /// transaction, batch by batch; the whole transaction is committed, so all
+/// Appends a [`Change::RecentMove`] for each name of every repl a batch
+/// wrote a tombstone for (in any region: `edgeplane dns` gives all of them
+/// the short TTL while the tombstone lives). Read by id, as the directory
+/// keeps no repl ids.
+async fn with_recent_moves(client: &mut Client, mut changes: Vec<Change>) -> Result<Vec<Change>, SyncError> {
+    let until: std::collections::HashMap<String, i64> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::UpsertTombstone(t) => Some((t.repl_id.clone(), crate::snapshot::parse_rfc3339_ms(&t.expires_at)?)),
+            _ => None,
+        })
+        .collect();
+    if !until.is_empty() {
+        changes.extend(load::moved_names_of(client, &until).await?);
+    }
+    Ok(changes)
+}
+
 /// of it is there. False when it exceeds [`MAX_TRANSACTION_ROWS`].
 async fn read_rest_of_transaction(client: &mut Client, rows: &mut Vec<load::ChangeRow>) -> Result<bool, LoadError> {
     let txid = rows.last().expect("a full batch").txid;

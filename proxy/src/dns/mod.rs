@@ -14,10 +14,10 @@
 //! - a known app: the IP of its home region's `edge_addr`, as A (IPv4) or
 //!   AAAA (IPv6); the other type gets an empty NOERROR answer;
 //! - TTL `[dns] ttl_seconds`, or `moved_ttl_seconds` while the app recently
-//!   moved (a live tombstone from this region, or a pending lazy transfer),
-//!   so resolvers come back soon; the directory knows no tombstones, so an
-//!   app that moved between two other regions gets the normal TTL (its
-//!   answer is already the new region);
+//!   moved (a live tombstone in any region, or a pending lazy transfer), so
+//!   resolvers come back soon: the table's recent moves name the apps of
+//!   every region by slug and custom domain, so a move between two other
+//!   regions gets the short TTL from this responder too;
 //! - the suffix itself: NOERROR, SOA in the authority section;
 //! - anything else: NXDOMAIN (with the SOA under a hosting suffix, for
 //!   negative caching, RFC 2308).
@@ -83,17 +83,22 @@ pub fn answer(
         }
     }
     let repl = slug.and_then(|s| t.repl_by_slug(s)).or_else(|| t.repl_by_domain(name));
+    // A move between any two regions (a live tombstone anywhere) counts:
+    // the sources name such apps by slug and custom domain.
+    let now = now_ms as i64;
+    let moved_anywhere =
+        slug.is_some_and(|s| t.recently_moved(Name::Slug(s), now)) || t.recently_moved(Name::Domain(name), now);
     let (home, moved) = match repl {
         Some(r) => {
-            let live_tomb = t.tombstones(r.id()).iter().any(|ts| ts.expires_at_ms > now_ms as i64);
-            (r.region, r.transfer_to.get().is_some() || live_tomb)
+            let live_tomb = t.tombstones(r.id()).iter().any(|ts| ts.expires_at_ms > now);
+            (r.region, r.transfer_to.get().is_some() || live_tomb || moved_anywhere)
         }
         None => {
             let elsewhere = slug
                 .and_then(|s| t.home_region(Name::Slug(s)))
                 .or_else(|| t.home_region(Name::Domain(name)));
             match elsewhere {
-                Some(region) => (region, false),
+                Some(region) => (region, moved_anywhere),
                 None => return Lookup::Unknown { zone },
             }
         }
@@ -385,8 +390,10 @@ mod tests {
                           {"id": "m", "slug": "moved", "region": "s"},
                           {"id": "t", "slug": "lazy", "region": "r", "transfer_to": "c"},
                           {"id": "x", "slug": "named", "region": "n"}],
-                "custom_domains": [{"hostname": "www.example.com", "repl_id": "b"}],
-                "tombstones": [{"repl_id": "m", "from_cluster": "c", "to_cluster": "d", "expires_at": "2030-01-01T00:00:00Z"}]}"#,
+                "custom_domains": [{"hostname": "www.example.com", "repl_id": "b"},
+                                   {"hostname": "shop.example.org", "repl_id": "x"}],
+                "tombstones": [{"repl_id": "m", "from_cluster": "c", "to_cluster": "d", "expires_at": "2030-01-01T00:00:00Z"},
+                               {"repl_id": "x", "from_cluster": "d", "to_cluster": "e", "expires_at": "2030-01-01T00:00:00Z"}]}"#,
         )
         .unwrap();
         RoutingTable::build(&s, "r", 3).unwrap()
@@ -431,6 +438,29 @@ mod tests {
         assert!(
             matches!(look("lazy.repl.co"), Lookup::App { ttl: 5, .. }),
             "pending transfer: short TTL"
+        );
+        // Moved between two other regions (s -> n): this region's table
+        // holds no tombstone of it, yet its names get the short TTL too.
+        assert!(
+            matches!(look("named.repl.co"), Lookup::App { ttl: 5, .. }),
+            "moved elsewhere: short TTL"
+        );
+        assert!(
+            matches!(look("shop.example.org"), Lookup::App { ttl: 5, .. }),
+            "its custom domain too"
+        );
+        let t = world();
+        let later = answer(
+            &t,
+            &["repl.co".into()],
+            &dns(),
+            &Names::default(),
+            "named.repl.co",
+            1_893_456_000_000,
+        );
+        assert!(
+            matches!(later, Lookup::App { ttl: 60, .. }),
+            "after the tombstone: {later:?}"
         );
         assert!(
             matches!(look("named.repl.co"), Lookup::App { ip: None, .. }),

@@ -25,7 +25,7 @@ use super::{Proxy, RequestCtx, DEBUG_HEADER, HOP_HEADER, REPLAY_SRC_HEADER};
 use crate::clock::{entropy, now_ms};
 use crate::route::host::canonical_host;
 use crate::route::signing::verify_hop;
-use crate::route::{self, Decision, ForwardReason, RouteRequest};
+use crate::route::{self, Decision, ForwardReason, RouteRequest, TokenSeen};
 
 /// Why a request is refused before routing, from its head alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +152,11 @@ impl Proxy {
             entropy: entropy(),
         };
         let table = self.table.load();
-        let decision = route::decide(&self.route.load(), &table, &rreq, self.names.as_ref(), &mut ());
+        let mut seen = TokenSeen::default();
+        let decision = route::decide(&self.route.load(), &table, &rreq, self.names.as_ref(), &mut seen);
+        if let Some(check) = seen.0 {
+            self.metrics.workspace_tokens.inc(check);
+        }
         ctx.table_version = table.version();
         ctx.sampled = access_log::sampled(&cfg.log, rreq.entropy);
         let debug = req

@@ -95,6 +95,10 @@ pub struct Proxy {
     pub recent_forwards: Arc<RecentForwards>,
     /// Port of the first HTTPS listener (for `tls.redirect_http`).
     pub https_port: Option<u16>,
+    /// `1.1 <instance_id>`: this edge's entry in the `Via` chain of every
+    /// request it sends upstream (RFC 9110 §7.6.3), so a VM sees which
+    /// edges a request crossed. Built once (the instance id is restart-only).
+    via: http::HeaderValue,
     request_seq: Arc<AtomicU64>,
 }
 
@@ -109,7 +113,10 @@ impl Proxy {
         recent_forwards: Arc<RecentForwards>,
         https_port: Option<u16>,
     ) -> Proxy {
+        let via = http::HeaderValue::from_str(&format!("1.1 {}", cfg.load().edge.instance_id))
+            .unwrap_or(http::HeaderValue::from_static("1.1 edgeplane"));
         Proxy {
+            via,
             cfg,
             route,
             table,

@@ -160,6 +160,9 @@ impl Proxy {
         if let Some(src) = &ctx.replay_src {
             upstream.insert_header(REPLAY_SRC_HEADER, src.as_str())?;
         }
+        // This edge joins the chain (after any `Via` the client or a peer
+        // edge sent): one more line, no copy of the others.
+        upstream.append_header(http::header::VIA, self.via.clone())?;
         Ok(())
     }
 

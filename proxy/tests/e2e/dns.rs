@@ -56,24 +56,14 @@ async fn ask(c: &Client, name: &str) -> Result<(IpAddr, u32), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_answers_follow_a_transfer_within_one_delta_over_udp_and_tcp() {
-    let b_edge: SocketAddr = "127.0.0.2:8443".parse().unwrap();
-    let w = world(
-        dead_addr(),
-        dead_addr(),
-        dead_addr(),
-        "127.0.0.1:8080".parse().unwrap(),
-        b_edge,
-    );
-    let db = PgDb::new(&w).await;
+/// `edgeplane dns` of us-east1 on `url`: the process and its address.
+fn start_dns(url: &str) -> (Proc, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hop.secret"), HOP_SECRET).unwrap();
     let toml = format!(
         "[edge]\nregion = \"us-east1\"\ninstance_id = \"dns-test\"\n\n[placement]\nsource = \"postgres\"\n\
-postgres_url = \"{}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n\n\
-[dns]\nlisten = \"127.0.0.1:0\"\nttl_seconds = 60\nmoved_ttl_seconds = 5\n",
-        db.url
+postgres_url = \"{url}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n\n\
+[dns]\nlisten = \"127.0.0.1:0\"\nttl_seconds = 60\nmoved_ttl_seconds = 5\n"
     );
     std::fs::write(dir.path().join("edge.toml"), toml).unwrap();
     let mut child = Command::new(edgeplane_bin())
@@ -87,7 +77,88 @@ postgres_url = \"{}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"\n\
             .and_then(|r| r.split(' ').next())
             .and_then(|a| a.parse().ok())
     })[0];
-    let _proc = Proc(child);
+    // The directory stays alive with the process (its files are in `dir`).
+    std::mem::forget(dir);
+    (Proc(child), addr)
+}
+
+/// Asks `name` until the answer is `want` (10 s).
+async fn wait_answer(c: &Client, name: &str, want: (IpAddr, u32)) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = ask(c, name).await;
+        if got == Ok(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name}: still {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An app that moves between two other regions gets the short TTL here
+/// too (from the delta, and from a full load of a responder started after
+/// the move), until its tombstone expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_between_two_other_regions_gets_the_short_ttl_from_every_region() {
+    let mut w = world(
+        dead_addr(),
+        dead_addr(),
+        dead_addr(),
+        "127.0.0.1:8080".parse().unwrap(),
+        "127.0.0.2:8443".parse().unwrap(),
+    );
+    w["regions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "eu-west1", "edge_addr": "127.0.0.3:8443"}));
+    w["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "euw1-a", "region": "eu-west1", "state": "active"}));
+    w["custom_domains"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"hostname": "shop.example.org", "repl_id": "r3"}));
+    let db = PgDb::new(&w).await;
+    let (_dns, addr) = start_dns(&db.url);
+    let udp = client(addr, false);
+    let (aps, euw) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    wait_answer(&udp, "app3.repl.co", (aps, 60)).await;
+    assert_eq!(ask(&udp, "shop.example.org").await, Ok((aps, 60)));
+
+    // ap-south1 -> eu-west1: neither is this responder's region.
+    let out = db.placectl(&["transfer", "r3", "--to", "euw1-a"]);
+    assert!(out.contains("region eu-west1"), "{out}");
+    wait_answer(&udp, "app3.repl.co", (euw, 5)).await;
+    wait_answer(&udp, "shop.example.org", (euw, 5)).await;
+
+    // A responder that starts now learns the move from its full load.
+    let (_late, late_addr) = start_dns(&db.url);
+    let late = client(late_addr, false);
+    wait_answer(&late, "app3.repl.co", (euw, 5)).await;
+    assert_eq!(ask(&late, "shop.example.org").await, Ok((euw, 5)));
+
+    // Once the tombstone is gone (expired and pruned here), the normal TTL.
+    db.client
+        .execute("UPDATE tombstones SET expires_at = now() - interval '1 second'", &[])
+        .await
+        .unwrap();
+    let (_after, after_addr) = start_dns(&db.url);
+    wait_answer(&client(after_addr, false), "app3.repl.co", (euw, 60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_follow_a_transfer_within_one_delta_over_udp_and_tcp() {
+    let b_edge: SocketAddr = "127.0.0.2:8443".parse().unwrap();
+    let w = world(
+        dead_addr(),
+        dead_addr(),
+        dead_addr(),
+        "127.0.0.1:8080".parse().unwrap(),
+        b_edge,
+    );
+    let db = PgDb::new(&w).await;
+    let (_proc, addr) = start_dns(&db.url);
     let (udp, tcp) = (client(addr, false), client(addr, true));
 
     // First answers once the full load is in.

@@ -13,7 +13,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const HOP_SECRET: &str = "test-hop-secret-0123456789";
+/// The version 1 (HMAC) key every test edge holds unless
+/// [`EdgeOpts::no_v1_key`]: the migration state.
 pub const WS_KEY: &str = "test-workspace-key-0123456789";
+
+/// The platform web server's version 2 signing key in these tests (one per
+/// test process). Edges get only its public half, as `ws.pub`.
+pub fn web_key() -> &'static edgeplane_token::SecretKey {
+    static KEY: std::sync::OnceLock<edgeplane_token::SecretKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| edgeplane_token::keygen().expect("key generation"))
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A version 2 workspace token for `repl` homed in `region`, signed by
+/// `key`, expiring at `exp` (Unix seconds).
+pub fn v2_token_by(key: &edgeplane_token::SecretKey, repl: &str, region: &str, exp: u64) -> String {
+    edgeplane_token::mint(
+        key,
+        &edgeplane_token::Claims {
+            repl,
+            region,
+            cluster: None,
+            expires_at: exp,
+        },
+    )
+    .unwrap()
+}
+
+/// A version 2 token from [`web_key`], valid for 10 minutes.
+pub fn v2_token(repl: &str, region: &str) -> String {
+    v2_token_by(web_key(), repl, region, unix_now() + 600)
+}
 
 pub fn bin(name: &str) -> PathBuf {
     let edge = PathBuf::from(env!("CARGO_BIN_EXE_edgeplane"));
@@ -28,6 +64,23 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub fn edgeplane_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_edgeplane"))
+}
+
+/// The Python of the test peers' virtualenv (`scripts/setup.sh` makes it
+/// under the target directory).
+pub fn python() -> PathBuf {
+    let target = edgeplane_bin()
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary sits in <target>/<profile>/")
+        .to_path_buf();
+    let p = target.join("py/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh (it installs the Python test peers)",
+        p.display()
+    );
+    p
 }
 
 /// A child process killed when dropped.
@@ -147,6 +200,9 @@ pub struct EdgeOpts<'a> {
     /// Run with `--log-format json` and `RUST_LOG=info`, stderr to
     /// `edge.log` in the edge's directory ([`Edge::log_lines`]).
     pub json_log: bool,
+    /// No version 1 key (`workspace_token_key_file` unset): the fleet has
+    /// finished migrating to version 2 tokens.
+    pub no_v1_key: bool,
 }
 
 impl Edge {
@@ -207,14 +263,25 @@ impl Edge {
     /// An edge on PostgreSQL with a `[tls]` listener (a self-signed
     /// `*.repl.co` certificate, returned as DER), ready: the production path.
     pub async fn start_pg_tls(region: &str, url: &str) -> (Edge, Vec<u8>) {
+        Edge::start_pg_tls_opts(region, url, EdgeOpts::default()).await
+    }
+
+    /// [`Edge::start_pg_tls`] with more options.
+    pub async fn start_pg_tls_opts(region: &str, url: &str, opts: EdgeOpts<'_>) -> (Edge, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let der = write_repl_co_cert(dir.path());
         let placement = format!("source = \"postgres\"\npostgres_url = \"{url}\"\npoll_interval_ms = 200\n");
         let opts = EdgeOpts {
             tls: Some(TLS_SECTION),
-            ..EdgeOpts::default()
+            ..opts
         };
         (Edge::start_in(dir, region, &placement, &opts, true).await, der)
+    }
+
+    /// An edge on PostgreSQL (no last-known-good file) with `opts`, ready.
+    pub async fn start_pg_opts(region: &str, url: &str, opts: &EdgeOpts<'_>) -> Edge {
+        let placement = format!("source = \"postgres\"\npostgres_url = \"{url}\"\npoll_interval_ms = 200\n");
+        Edge::start_in(tempfile::tempdir().unwrap(), region, &placement, opts, true).await
     }
 
     /// [`Edge::start_pg`] with more `[placement]` lines (`extra`).
@@ -252,6 +319,16 @@ impl Edge {
         let d = dir.path();
         std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
         std::fs::write(d.join("ws.key"), WS_KEY).unwrap();
+        std::fs::write(
+            d.join("ws.pub"),
+            format!("# the web server's key\n{}\n", web_key().public_key().to_paserk()),
+        )
+        .unwrap();
+        let v1 = if opts.no_v1_key {
+            ""
+        } else {
+            "workspace_token_key_file = \"ws.key\"\n"
+        };
         let grace = if opts.edge.contains("grace_period_ms") {
             ""
         } else {
@@ -262,7 +339,7 @@ impl Edge {
             "[edge]\nregion = \"{region}\"\ninstance_id = \"{region}-test\"\nlisten = [\"127.0.0.1:0\"]\n\
 admin_listen = \"127.0.0.1:0\"\nthreads = 2\npid_file = \"edge.pid\"\nupgrade_sock = \"edge.sock\"\n\
 {grace}{}\n\n[placement]\n{placement}\n{tls}\n[security]\nhop_secret_file = \"hop.secret\"\n\
-workspace_token_key_file = \"ws.key\"\n{}\n\n[limits]\n{}\n",
+workspace_token_public_keys_file = \"ws.pub\"\n{v1}{}\n\n[limits]\n{}\n",
             opts.edge, opts.security, opts.limits
         );
         std::fs::write(d.join("edge.toml"), toml).unwrap();

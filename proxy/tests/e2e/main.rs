@@ -29,6 +29,7 @@ mod sizes;
 mod status_page;
 mod tls;
 mod websocket;
+mod workspace;
 mod world_directory;
 
 use std::net::SocketAddr;

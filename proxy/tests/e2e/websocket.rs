@@ -37,7 +37,8 @@ async fn next_data(ws: &mut Ws) -> Message {
     }
 }
 
-async fn setup() -> (FakeVm, FakeVm, Edge) {
+/// One edge of us-east1 in the standard world, with vm-1 and vm-2 up.
+pub(crate) async fn setup() -> (FakeVm, FakeVm, Edge) {
     let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
     let edge = Edge::start(
         "us-east1",
@@ -108,7 +109,7 @@ async fn workspace_session_needs_a_valid_token() {
         .unwrap()
         .as_secs()
         + 60;
-    let token = edgeplane_proxy::route::signing::mint_token(WS_KEY.as_bytes(), "r1", exp);
+    let token = edgeplane_token::v1::mint(WS_KEY.as_bytes(), "r1", exp);
     let mut ws = connect(&edge, &format!("ws://edge.internal/__ws/r1?token={token}"))
         .await
         .unwrap();
@@ -117,7 +118,7 @@ async fn workspace_session_needs_a_valid_token() {
     drop(ws);
 
     let before = vm1.requests().await;
-    let wrong = edgeplane_proxy::route::signing::mint_token(WS_KEY.as_bytes(), "r2", exp);
+    let wrong = edgeplane_token::v1::mint(WS_KEY.as_bytes(), "r2", exp);
     for url in [
         "ws://edge.internal/__ws/r1".to_string(),
         format!("ws://edge.internal/__ws/r1?token={wrong}"),

@@ -46,7 +46,10 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
+mod moves;
 pub mod shard;
+
+pub use moves::{RecentMoves, MAX_RECENT_MOVES};
 
 use shard::{Bucket, Shard};
 

@@ -47,6 +47,13 @@ pub enum Change {
     /// A name leaves the world directory (a repl deleted or renamed, a
     /// custom domain deleted).
     DeleteDirectory(OwnedName),
+    /// An app by this name moved between regions: it has a live tombstone
+    /// (in any region) until `until_ms` (Unix ms). What `edgeplane dns`
+    /// gives the short TTL to ([`crate::directory::RecentMoves`]).
+    RecentMove {
+        name: OwnedName,
+        until_ms: i64,
+    },
 }
 
 /// A repl row borrowed from wherever it was read (a database row buffer),

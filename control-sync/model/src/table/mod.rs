@@ -40,7 +40,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::directory::{Directory, DirectoryBuilder, DirectoryDump, Name};
+use crate::directory::{Directory, DirectoryBuilder, DirectoryDump, Name, OwnedName, RecentMoves};
 use crate::ring::key_hash;
 use crate::ring::Ring;
 use crate::sharded::{HashIndex, ShardedMap};
@@ -147,6 +147,8 @@ pub struct RoutingTable {
     tombstones: ShardedMap<Tombstones>,
     /// Other regions' apps by name -> home region.
     directory: Directory,
+    /// Names of apps that moved between regions, while their tombstones live.
+    moves: RecentMoves,
     containers: usize,
     tombstone_count: usize,
 }
@@ -194,6 +196,7 @@ impl RoutingTable {
             domains: ShardedMap::with_expected(repls / 16),
             tombstones: ShardedMap::with_expected(repls / 64),
             directory: Directory::default(),
+            moves: RecentMoves::default(),
             containers: 0,
             tombstone_count: 0,
         }
@@ -277,6 +280,9 @@ impl RoutingTable {
             if ours(&b, &t.repl_id) {
                 b.push(Change::UpsertTombstone(t.clone()))?;
             }
+        }
+        for (name, until_ms) in moved_names(snap, &domains_of) {
+            b.push(Change::RecentMove { name, until_ms })?;
         }
         b.finish(version)
     }
@@ -385,6 +391,17 @@ impl RoutingTable {
         (region.present && r != self.local_region).then_some(r)
     }
     /// The world directory (counts and bytes for `/debug/snapshot`).
+    /// Whether the app called `name` moved between regions and its
+    /// tombstone (in any region) still lives at `now_ms`.
+    pub fn recently_moved(&self, name: Name<'_>, now_ms: i64) -> bool {
+        self.moves.contains(name, now_ms)
+    }
+
+    /// How many names [`RoutingTable::recently_moved`] knows.
+    pub fn recent_moves(&self) -> usize {
+        self.moves.len()
+    }
+
     pub fn directory(&self) -> &Directory {
         &self.directory
     }
@@ -620,6 +637,29 @@ impl RoutingTable {
 /// name: those are held whole even when homed elsewhere, since this region
 /// forwards them by tombstone. Lenient: only tombstones that will apply, so
 /// a written table read back keeps the same rows whole. Strict: every one,
+/// The names (slug and custom domains) of every repl of `snap` with a
+/// tombstone, whatever its region, with the tombstone's expiry: the moves
+/// [`RoutingTable::recently_moved`] answers. A time that does not parse is
+/// left to the tombstone row's own validation (or ignored for another
+/// region's tombstone, which this edge does not load).
+fn moved_names(snap: &Snapshot, domains_of: &HashMap<&str, Vec<&str>>) -> Vec<(OwnedName, i64)> {
+    let slugs: HashMap<&str, &str> = snap.repls.iter().map(|r| (r.id.as_str(), r.slug.as_str())).collect();
+    let mut out = Vec::new();
+    for t in &snap.tombstones {
+        let (Some(until), Some(slug)) = (parse_rfc3339_ms(&t.expires_at), slugs.get(t.repl_id.as_str())) else {
+            continue;
+        };
+        out.push((OwnedName::Slug(slug.to_string()), until));
+        for host in domains_of.get(t.repl_id.as_str()).into_iter().flatten() {
+            out.push((
+                OwnedName::Domain(host.trim_end_matches('.').to_ascii_lowercase()),
+                until,
+            ));
+        }
+    }
+    out
+}
+
 /// so a bad tombstone is still the load's error.
 fn tombstoned_from_region<'a>(snap: &'a Snapshot, local_region: &str, strictness: Strictness) -> HashSet<&'a str> {
     let local_clusters: HashSet<&str> = snap

@@ -624,3 +624,30 @@ fn reserved_units_follow_containers_resizes_and_deletes() {
     assert_eq!(dump.vms.iter().find(|v| v.id == "vm-2").unwrap().capacity, 400);
     assert_eq!(dump.repls.iter().find(|r| r.id == "r1").unwrap().size, 200);
 }
+
+#[test]
+fn recent_moves_come_from_every_regions_tombstones_and_deltas() {
+    // The file build: r4's tombstone (this region's) names its slug.
+    let t = build();
+    let until = crate::snapshot::parse_rfc3339_ms("2030-01-01T00:00:00Z").unwrap();
+    assert!(t.recently_moved(Name::Slug("moved"), until - 1));
+    assert!(!t.recently_moved(Name::Slug("moved"), until));
+    assert!(!t.recently_moved(Name::Slug("app1"), 0));
+    // A delta's move (any region's), for a name the edge holds nowhere.
+    let (t2, skipped) = t
+        .apply_for_edge(
+            vec![Change::RecentMove {
+                name: OwnedName::Slug("far-away".into()),
+                until_ms: 5_000,
+            }],
+            t.version() + 1,
+        )
+        .unwrap();
+    assert_eq!(skipped.total(), 0);
+    assert!(t2.recently_moved(Name::Slug("far-away"), 4_999));
+    assert!(
+        !t.recently_moved(Name::Slug("far-away"), 0),
+        "the published table is untouched"
+    );
+    assert!(t2.recently_moved(Name::Slug("moved"), until - 1), "earlier moves stay");
+}

@@ -8,7 +8,6 @@ use edgeplane_placement::table::{Endpoint, Idx, Repl, Resolve, RoutingTable};
 
 use super::host::{canonical_host, slug_of};
 use super::pick_memory::vm_fingerprint;
-use super::signing::{verify_token, TokenError};
 use super::*;
 use crate::balancer::{Fit, Mode, LOAD_ONE};
 
@@ -65,8 +64,11 @@ pub fn decide<E: Explain, R: Resolve + ?Sized>(
     let now_secs = req.now_ms / 1000;
 
     let (kind, repl) = if let Some(rest) = req.path.strip_prefix(ctx.workspace_prefix.as_str()) {
-        match workspace_repl(ctx, t, req, rest, now_secs, ex) {
-            Ok(r) => (Kind::Workspace, r),
+        match workspace_session(ctx, t, req, rest, now_secs, ex) {
+            Ok(Workspace::Here(r)) => (Kind::Workspace, r),
+            Ok(Workspace::Elsewhere(region)) => {
+                return forward_affinity(ctx, t, Kind::Workspace, region, req, names, ex);
+            }
             Err(reason) => return reject(Kind::Workspace, reason),
         }
     } else if let Some(slug) = slug_of(host, &ctx.suffixes) {
@@ -86,29 +88,69 @@ pub fn decide<E: Explain, R: Resolve + ?Sized>(
     route_repl(ctx, t, kind, repl, req, names, ex)
 }
 
+/// Where a workspace session goes, once its token checked out.
+enum Workspace<'t> {
+    /// A repl this edge's table holds (homed here, or elsewhere: its row
+    /// says where, and [`route_repl`] forwards it).
+    Here(&'t Repl),
+    /// A repl the table does not hold: the home region the token's signed
+    /// `region` claim names (another region: forwarded once).
+    Elsewhere(Idx),
+}
+
 /// A workspace session (`<prefix><repl id>/...`): a valid token for that
-/// repl, an allowed Origin, a repl this edge holds.
-fn workspace_repl<'t, E: Explain>(
+/// repl (checked before the repl is looked up, so nobody can probe which
+/// ids exist), an allowed Origin, then the repl: this edge's table when it
+/// holds it, else the home region its token names (docs/contract.md §2
+/// step 1). A repl unknown everywhere is a 404 at the edge of the region
+/// the token names.
+fn workspace_session<'t, E: Explain>(
     ctx: &RouteContext,
     t: &'t RoutingTable,
     req: &RouteRequest<'_>,
     rest: &str,
     now_secs: u64,
     ex: &mut E,
-) -> Result<&'t Repl, RejectReason> {
+) -> Result<Workspace<'t>, RejectReason> {
     let id = rest.split('/').next().unwrap_or("");
     ex.step(|| format!("path {:?}: workspace session for repl {id:?}", req.path));
     let token = req.query.and_then(token_param).or(req.bearer);
-    let checked = match (&ctx.workspace_key, token) {
-        (None, _) => Err(TokenError::NoKeyConfigured),
-        (_, None) => Err(TokenError::Missing),
-        (Some(key), Some(tok)) => verify_token(key, tok, id, now_secs),
+    let claimed_region = match ctx.tokens.verify(token, id, now_secs) {
+        Ok(session) => {
+            ex.token(TokenCheck {
+                version: Some(session.version),
+                refusal: None,
+            });
+            ex.step(|| match (&session.region, &session.kid) {
+                (Some(r), Some(kid)) => {
+                    format!("workspace token valid (version 2, key {kid}); claims home region {r:?}")
+                }
+                _ => "workspace token valid (version 1: names no home region)".into(),
+            });
+            session.region
+        }
+        Err(refused) if req.dry_run && refused.why == Refusal::Missing => {
+            ex.step(|| {
+                "no token given: a client would get 401; explaining the route of a valid token that names no region"
+                    .into()
+            });
+            None
+        }
+        Err(refused) => {
+            ex.token(TokenCheck {
+                version: refused.version,
+                refusal: Some(refused.why),
+            });
+            ex.step(|| {
+                let v = refused.version.map_or("of no known version", |v| match v {
+                    TokenVersion::V1 => "version 1",
+                    TokenVersion::V2 => "version 2",
+                });
+                format!("workspace token ({v}) refused: {} -> 401", refused.why.as_str())
+            });
+            return Err(RejectReason::BadToken);
+        }
     };
-    if let Err(e) = checked {
-        ex.step(|| format!("workspace token refused ({e:?}) -> 401"));
-        return Err(RejectReason::BadToken);
-    }
-    ex.step(|| "workspace token valid".into());
     if let (false, Some(origin)) = (ctx.workspace_origins.is_empty(), req.origin) {
         let allowed = ctx
             .workspace_origins
@@ -119,10 +161,37 @@ fn workspace_repl<'t, E: Explain>(
             return Err(RejectReason::BadOrigin);
         }
     }
-    t.repl_by_id(id).ok_or_else(|| {
-        ex.step(|| format!("repl {id:?} unknown -> 404"));
-        RejectReason::UnknownRepl
-    })
+    if let Some(r) = t.repl_by_id(id) {
+        ex.step(|| {
+            let home = &t.region(r.region).name;
+            let differs = claimed_region.as_deref().filter(|c| *c != home.as_ref());
+            match differs {
+                Some(c) => format!("this edge's table: home region {home:?} (the table wins over the token's {c:?})"),
+                None => format!("this edge's table: home region {home:?}"),
+            }
+        });
+        return Ok(Workspace::Here(r));
+    }
+    let claimed = match claimed_region {
+        None => Err("the token names no home region".to_string()),
+        Some(name) => match t.region_by_name(&name) {
+            None => Err(format!("the token's region {name:?} is not a region this edge knows")),
+            Some(r) if r == t.local_region() => Err("the token names this region as its home".into()),
+            Some(r) => Ok((r, name)),
+        },
+    };
+    match claimed {
+        Ok((region, name)) => {
+            ex.step(|| {
+                format!("repl {id:?} is not in this edge's table; home region {name:?} from the token's signed claim")
+            });
+            Ok(Workspace::Elsewhere(region))
+        }
+        Err(why) => {
+            ex.step(|| format!("repl {id:?} is not in this edge's table; {why} -> 404"));
+            Err(RejectReason::UnknownRepl)
+        }
+    }
 }
 
 /// A name this edge holds no repl for: another region's app (the world
@@ -166,6 +235,21 @@ fn elsewhere<E: Explain, R: Resolve + ?Sized>(
             home.name
         )
     });
+    forward_affinity(ctx, t, kind, region, req, names, ex)
+}
+
+/// Forwards by affinity to `region`'s edge, once: a request that was
+/// forwarded here already is never forwarded by affinity again (508), so
+/// edges that disagree about a home region cannot loop.
+fn forward_affinity<E: Explain, R: Resolve + ?Sized>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    kind: Kind,
+    region: Idx,
+    req: &RouteRequest<'_>,
+    names: &R,
+    ex: &mut E,
+) -> Decision {
     if req.hops > 0 {
         ex.step(|| "already forwarded once by affinity: not bouncing again -> 508".into());
         return Decision::Reject {
@@ -180,6 +264,7 @@ fn elsewhere<E: Explain, R: Resolve + ?Sized>(
             reason: RejectReason::ForwardLoop,
         };
     }
+    let home = t.region(region);
     ex.step(|| format!("forward (affinity) to region {:?} edge {}", home.name, home.edge));
     dial(&home.edge, names, kind, ex, |addr| Decision::Forward {
         kind,

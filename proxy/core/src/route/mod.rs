@@ -10,8 +10,10 @@
 //! a rejection with its status code.
 //!
 //! Order of steps: canonical host (400 on malformed or absolute-form
-//! mismatch) -> workspace path (token checked before anything else, 401) or
-//! slug / custom domain (404) -> regional affinity or tombstone forward
+//! mismatch) -> workspace path (token checked before anything else, 401;
+//! a repl this edge's table does not hold goes to the region the token's
+//! signed claim names) or slug / custom domain (404) -> regional affinity
+//! or tombstone forward
 //! (`max_hops`, 508) -> running container -> pinned cluster or ring, lazy
 //! transfer -> pick memory, else the subsetting balancer (503 when no active VM).
 //!
@@ -31,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use edgeplane_placement::table::{Idx, Resolve};
+pub use edgeplane_token::{Refusal, Verifier, Version as TokenVersion};
 
 use crate::balancer::{Balancer, BalancerParams};
 use pick_memory::PickMemory;
@@ -45,7 +48,8 @@ pub struct RouteContext {
     /// Lower-case hosting suffixes, longest first.
     pub suffixes: Vec<String>,
     pub workspace_prefix: String,
-    pub workspace_key: Option<Vec<u8>>,
+    /// Checks workspace tokens: v2 public keys, the v1 key while migrating.
+    pub tokens: Verifier,
     /// Browser origins allowed on workspace sessions (empty: not checked).
     pub workspace_origins: Vec<String>,
     pub max_hops: u8,
@@ -72,7 +76,10 @@ impl RouteContext {
         RouteContext {
             suffixes,
             workspace_prefix: cfg.hosting.workspace_path_prefix.clone(),
-            workspace_key: cfg.security.workspace_token_key.clone(),
+            tokens: Verifier::new(
+                cfg.security.workspace_token_public_keys.clone(),
+                cfg.security.workspace_token_key.clone(),
+            ),
             workspace_origins: cfg.security.workspace_origins.clone(),
             max_hops: cfg.limits.max_hops,
             memory,
@@ -278,10 +285,50 @@ impl Decision {
     }
 }
 
-/// Receives the steps of a decision. The hot path uses `()`, which ignores
-/// them without formatting anything.
+/// What the workspace token check of one request found: the token's
+/// version when it could be told, and why it was refused (`None`: valid).
+/// The glue counts it as `workspace_tokens_total{version,outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCheck {
+    pub version: Option<TokenVersion>,
+    pub refusal: Option<Refusal>,
+}
+
+impl TokenCheck {
+    /// The `version` label: `1`, `2`, or `none` (no token, or one of no
+    /// known format).
+    pub fn version_label(&self) -> &'static str {
+        self.version.map_or("none", TokenVersion::label)
+    }
+
+    /// The `outcome` label: `valid` or the refusal.
+    pub fn outcome_label(&self) -> &'static str {
+        self.refusal.map_or("valid", Refusal::as_str)
+    }
+}
+
+/// Receives what a decision found out: its steps, in words (only when
+/// explaining), and the token check of a workspace session. The hot path
+/// uses `()`, which ignores both without formatting anything, or a
+/// [`TokenSeen`] to count the token check.
 pub trait Explain {
     fn step(&mut self, f: impl FnOnce() -> String);
+    /// The workspace token was checked (once per workspace request).
+    #[inline(always)]
+    fn token(&mut self, _check: TokenCheck) {}
+}
+
+/// Keeps the token check and ignores the steps: what the request path
+/// passes to [`decide`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TokenSeen(pub Option<TokenCheck>);
+
+impl Explain for TokenSeen {
+    #[inline(always)]
+    fn step(&mut self, _f: impl FnOnce() -> String) {}
+    fn token(&mut self, check: TokenCheck) {
+        self.0 = Some(check);
+    }
 }
 
 impl Explain for () {
@@ -328,6 +375,28 @@ pub fn describe(d: &Decision, t: &edgeplane_placement::RoutingTable) -> String {
     }
 }
 
+/// `path_and_query` with the value of a `token=` query parameter replaced
+/// by `<redacted>`: a workspace token is a credential and never printed.
+pub fn redact_token(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.into();
+    };
+    if !query.split('&').any(|kv| kv.starts_with("token=")) {
+        return path_and_query.into();
+    }
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|kv| {
+            if kv.starts_with("token=") {
+                "token=<redacted>"
+            } else {
+                kv
+            }
+        })
+        .collect();
+    format!("{path}?{}", query.join("&")).into()
+}
+
 /// Explains the decision for `host` and `path` as numbered lines ending in
 /// `=> <where>`; used by `edgeplane route` and `/debug/route`. Changes no
 /// balancer state (dry run).
@@ -359,7 +428,8 @@ pub fn explain<R: Resolve + ?Sized>(
         "-".into()
     };
     let mut out = format!(
-        "route host={host} path={path_and_query} edge_region={region} table_version={}\n",
+        "route host={host} path={} edge_region={region} table_version={}\n",
+        redact_token(path_and_query),
         t.version()
     );
     for (i, s) in steps.iter().enumerate() {

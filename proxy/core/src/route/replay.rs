@@ -274,7 +274,7 @@ mod tests {
         let c = RouteContext {
             suffixes: vec!["repl.co".into()],
             workspace_prefix: "/__ws/".into(),
-            workspace_key: None,
+            tokens: crate::route::Verifier::default(),
             workspace_origins: Vec::new(),
             max_hops: 2,
             memory: std::sync::Arc::new(PickMemory::new(10_000)),

@@ -1,5 +1,6 @@
-//! Signed values the edge trusts: the edge-to-edge hop header and the
-//! workspace session token (docs/contract.md §6). Pure functions, time passed in.
+//! The edge-to-edge hop header (docs/contract.md §6), signed and verified
+//! with the hop secret every edge shares. Pure functions, time passed in.
+//! (Workspace session tokens are the `edgeplane-token` crate's.)
 //!
 //! Hop header `x-edgeplane-hop`: `v1;<origin region>;<hops>;<unix secs>;<sig>`
 //! where `sig` is unpadded base64url of HMAC-SHA256(hop secret,
@@ -8,11 +9,7 @@
 //! absent, so a client cannot forge one to skip affinity or reach a VM
 //! with internal headers.
 //!
-//! Workspace token: `base64url(payload).base64url(sig)` (unpadded), `sig` =
-//! HMAC-SHA256(key, the payload part as sent, i.e. its base64url text),
-//! payload JSON `{"repl": "<id>", "exp": <unix seconds>}`.
-//!
-//! Start at [`sign_hop`] / [`verify_hop`] and [`verify_token`].
+//! Start at [`sign_hop`] / [`verify_hop`].
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -74,56 +71,6 @@ pub fn verify_hop(secret: &[u8], value: &[u8], now_secs: u64, host: &str) -> Opt
     })
 }
 
-/// Why a workspace token was refused (all map to 401).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    Missing,
-    Malformed,
-    BadSignature,
-    Expired,
-    WrongRepl,
-    NoKeyConfigured,
-}
-
-#[derive(serde::Deserialize, serde::Serialize)]
-struct TokenPayload {
-    repl: String,
-    exp: u64,
-}
-
-/// Mints a workspace token (the control plane's job; here for tests and
-/// `edgeplane token`).
-pub fn mint_token(key: &[u8], repl: &str, exp_secs: u64) -> String {
-    let payload = B64.encode(
-        serde_json::to_vec(&TokenPayload {
-            repl: repl.into(),
-            exp: exp_secs,
-        })
-        .unwrap(),
-    );
-    let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
-    mac.update(payload.as_bytes());
-    format!("{payload}.{}", B64.encode(mac.finalize().into_bytes()))
-}
-
-/// Checks a workspace token for `repl` at `now_secs`.
-pub fn verify_token(key: &[u8], token: &str, repl: &str, now_secs: u64) -> Result<(), TokenError> {
-    let (payload_b64, sig_b64) = token.split_once('.').ok_or(TokenError::Malformed)?;
-    let sig = B64.decode(sig_b64).map_err(|_| TokenError::Malformed)?;
-    let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
-    mac.update(payload_b64.as_bytes());
-    mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-    let payload = B64.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
-    let p: TokenPayload = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-    if p.exp <= now_secs {
-        return Err(TokenError::Expired);
-    }
-    if p.repl != repl {
-        return Err(TokenError::WrongRepl);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,25 +99,5 @@ mod tests {
         assert_eq!(verify_hop(S, bumped.as_bytes(), 1000, "app1.repl.co"), None);
         assert_eq!(verify_hop(S, b"v1;x;1;1000;AAAA", 1000, "h"), None);
         assert_eq!(verify_hop(S, b"garbage", 1000, "h"), None);
-    }
-
-    #[test]
-    fn token_checks() {
-        let t = mint_token(S, "r1", 2000);
-        assert_eq!(verify_token(S, &t, "r1", 1999), Ok(()));
-        assert_eq!(verify_token(S, &t, "r1", 2000), Err(TokenError::Expired));
-        assert_eq!(verify_token(S, &t, "r2", 1000), Err(TokenError::WrongRepl));
-        assert_eq!(
-            verify_token(b"wrong-key-000000000", &t, "r1", 1000),
-            Err(TokenError::BadSignature)
-        );
-        assert_eq!(verify_token(S, "nodot", "r1", 1000), Err(TokenError::Malformed));
-        let (p, _) = t.split_once('.').unwrap();
-        let other = mint_token(S, "r9", 9999);
-        let (_, sig9) = other.split_once('.').unwrap();
-        assert_eq!(
-            verify_token(S, &format!("{p}.{sig9}"), "r1", 1000),
-            Err(TokenError::BadSignature)
-        );
     }
 }

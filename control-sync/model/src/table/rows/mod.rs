@@ -118,6 +118,8 @@ pub(super) struct Builder {
     /// Largest VM capacity per region (index = region), for the repl size
     /// check; computed on first use, dropped when a VM or cluster changes.
     max_capacity: Option<Vec<u32>>,
+    /// Recent moves this load or delta adds, merged once in [`Builder::finish`].
+    moves: Vec<(OwnedName, i64)>,
 }
 
 impl Builder {
@@ -134,6 +136,7 @@ impl Builder {
             dirty_clusters: BTreeSet::new(),
             directory: None,
             max_capacity: None,
+            moves: Vec::new(),
         }
     }
 
@@ -336,6 +339,16 @@ impl Builder {
                 self.push_directory(name.as_name(), &region, &key)
             }
             Change::DeleteDirectory(name) => self.delete_directory(name),
+            Change::RecentMove { name, until_ms } => {
+                let valid = match &name {
+                    OwnedName::Slug(s) => is_valid_slug(s),
+                    OwnedName::Domain(d) => is_valid_hostname(d),
+                };
+                if valid {
+                    self.moves.push((name, until_ms));
+                }
+                Ok(())
+            }
             Change::UpsertTombstone(t) => self.upsert_tombstone(t),
             Change::DeleteTombstone { repl_id, from_cluster } => self.delete_tombstone(repl_id, from_cluster),
         }
@@ -581,6 +594,9 @@ impl Builder {
 
     /// Rebuilds derived data for what changed and stamps the version.
     pub(super) fn finish(mut self, version: u64) -> (RoutingTable, Skipped) {
+        if !self.moves.is_empty() {
+            self.table.moves = self.table.moves.with(std::mem::take(&mut self.moves));
+        }
         if let Some(b) = self.directory.take() {
             let (dir, report) = b.finish();
             if report.conflicts > 0 {

@@ -6,10 +6,49 @@ use edgeplane_placement::{RoutingTable, Snapshot};
 use super::*;
 use crate::balancer::{Balancer, BalancerParams, HealthMap, Policy};
 use crate::route::pick_memory::PickMemory;
-use crate::route::signing::mint_token;
 
+/// The v1 (HMAC) key of the migration.
 const KEY: &[u8] = b"workspace-key-0123456789";
 const NOW: u64 = 1_800_000_000_000; // 2027-01-15
+
+/// The web server's v2 key (one per test process).
+fn web_key() -> &'static edgeplane_token::SecretKey {
+    static K: std::sync::OnceLock<edgeplane_token::SecretKey> = std::sync::OnceLock::new();
+    K.get_or_init(|| edgeplane_token::keygen().unwrap())
+}
+
+/// A v2 token for `repl`, claiming home `region`, valid for a minute.
+fn v2(repl: &str, region: &str) -> String {
+    v2_until(repl, region, NOW / 1000 + 60)
+}
+
+fn v2_until(repl: &str, region: &str, exp: u64) -> String {
+    edgeplane_token::mint(
+        web_key(),
+        &edgeplane_token::Claims {
+            repl,
+            region,
+            cluster: None,
+            expires_at: exp,
+        },
+    )
+    .unwrap()
+}
+
+fn v1(repl: &str, exp: u64) -> String {
+    edgeplane_token::v1::mint(KEY, repl, exp)
+}
+
+/// A workspace request for `path` carrying `token` as a bearer.
+fn ws<'a>(path: &'a str, token: &'a str) -> RouteRequest<'a> {
+    RouteRequest {
+        host: Some(b"edge.internal"),
+        path,
+        bearer: Some(token),
+        now_ms: NOW,
+        ..Default::default()
+    }
+}
 
 fn snapshot() -> Snapshot {
     serde_json::from_str(
@@ -49,7 +88,7 @@ fn ctx() -> RouteContext {
     RouteContext {
         suffixes: vec!["repl.co".into()],
         workspace_prefix: "/__ws/".into(),
-        workspace_key: Some(KEY.to_vec()),
+        tokens: Verifier::new(vec![web_key().public_key().clone()], Some(KEY.to_vec())),
         workspace_origins: Vec::new(),
         max_hops: 2,
         memory: std::sync::Arc::new(PickMemory::new(10_000)),
@@ -182,7 +221,7 @@ fn not_loaded_table_is_503() {
 #[test]
 fn workspace_needs_a_valid_token_before_anything_else() {
     let (c, t) = (ctx(), table());
-    let good = mint_token(KEY, "r1", NOW / 1000 + 60);
+    let good = v2("r1", "us-east1");
     let q = format!("a=b&token={good}");
     let mut r = RouteRequest {
         host: Some(b"edge.internal"),
@@ -191,66 +230,189 @@ fn workspace_needs_a_valid_token_before_anything_else() {
         now_ms: NOW,
         ..Default::default()
     };
-    let d = decide(&c, &t, &r, &(), &mut ());
+    let mut seen = TokenSeen::default();
+    let d = decide(&c, &t, &r, &(), &mut seen);
     assert_eq!(vm_id(&t, &d), "vm-3");
     assert_eq!(d.kind(), Kind::Workspace);
+    assert_eq!(
+        seen.0,
+        Some(TokenCheck {
+            version: Some(TokenVersion::V2),
+            refusal: None
+        })
+    );
 
     r.query = None;
+    let mut seen = TokenSeen::default();
     assert_eq!(
-        rejected(decide(&c, &t, &r, &(), &mut ())),
+        rejected(decide(&c, &t, &r, &(), &mut seen)),
         (RejectReason::BadToken, 401),
         "missing"
     );
-    let bearer = good.clone();
-    r.bearer = Some(&bearer);
+    assert_eq!(
+        seen.0.map(|s| (s.version_label(), s.outcome_label())),
+        Some(("none", "missing"))
+    );
+    r.bearer = Some(&good);
     assert_eq!(vm_id(&t, &decide(&c, &t, &r, &(), &mut ())), "vm-3", "bearer works too");
 
-    let expired = mint_token(KEY, "r1", NOW / 1000 - 1);
-    r.bearer = Some(&expired);
+    let legacy = v1("r1", NOW / 1000 + 60);
+    r.bearer = Some(&legacy);
+    let mut seen = TokenSeen::default();
     assert_eq!(
-        rejected(decide(&c, &t, &r, &(), &mut ())),
-        (RejectReason::BadToken, 401),
-        "expired"
+        vm_id(&t, &decide(&c, &t, &r, &(), &mut seen)),
+        "vm-3",
+        "v1 while migrating"
     );
-    let wrong_repl = mint_token(KEY, "r7", NOW / 1000 + 60);
-    r.bearer = Some(&wrong_repl);
     assert_eq!(
-        rejected(decide(&c, &t, &r, &(), &mut ())),
-        (RejectReason::BadToken, 401),
-        "other repl"
-    );
-    let wrong_key = mint_token(b"not-the-key-0000000000", "r1", NOW / 1000 + 60);
-    r.bearer = Some(&wrong_key);
-    assert_eq!(
-        rejected(decide(&c, &t, &r, &(), &mut ())),
-        (RejectReason::BadToken, 401),
-        "bad signature"
+        seen.0.map(|s| (s.version_label(), s.outcome_label())),
+        Some(("1", "valid"))
     );
 
-    // An unknown repl with a valid token for it is 404 (only after the token).
-    let ghost = mint_token(KEY, "ghost", NOW / 1000 + 60);
-    let mut r2 = RouteRequest {
-        host: Some(b"x"),
-        path: "/__ws/ghost/sub",
-        bearer: Some(&ghost),
-        now_ms: NOW,
-        ..Default::default()
-    };
-    assert_eq!(
-        rejected(decide(&c, &t, &r2, &(), &mut ())),
-        (RejectReason::UnknownRepl, 404)
-    );
-    let c2 = RouteContext {
-        workspace_key: None,
+    let other_key = edgeplane_token::keygen().unwrap();
+    let foreign = edgeplane_token::mint(
+        &other_key,
+        &edgeplane_token::Claims {
+            repl: "r1",
+            region: "us-east1",
+            cluster: None,
+            expires_at: NOW / 1000 + 60,
+        },
+    )
+    .unwrap();
+    for (tok, what, outcome) in [
+        (v2_until("r1", "us-east1", NOW / 1000 - 1), "expired", "expired"),
+        (v2("r7", "us-east1"), "other repl", "wrong_repl"),
+        (foreign, "a key this edge does not hold", "unknown_key"),
+        (v1("r1", NOW / 1000 - 1), "expired v1", "expired"),
+        (
+            edgeplane_token::v1::mint(b"not-the-key-0000000000", "r1", NOW / 1000 + 60),
+            "bad v1 signature",
+            "bad_signature",
+        ),
+        ("garbage".to_string(), "garbage", "malformed"),
+    ] {
+        let r = ws("/__ws/r1", &tok);
+        let mut seen = TokenSeen::default();
+        assert_eq!(
+            rejected(decide(&c, &t, &r, &(), &mut seen)),
+            (RejectReason::BadToken, 401),
+            "{what}"
+        );
+        assert_eq!(seen.0.map(|s| s.outcome_label()), Some(outcome), "{what}");
+    }
+
+    // A v1 token once the migration is over (no v1 key): 401, `disabled`.
+    let v2_only = RouteContext {
+        tokens: Verifier::new(vec![web_key().public_key().clone()], None),
         ..ctx()
     };
-    r2.path = "/__ws/r1";
-    r2.bearer = Some(&good);
+    let mut seen = TokenSeen::default();
     assert_eq!(
-        rejected(decide(&c2, &t, &r2, &(), &mut ())),
+        rejected(decide(&v2_only, &t, &ws("/__ws/r1", &legacy), &(), &mut seen)),
+        (RejectReason::BadToken, 401)
+    );
+    assert_eq!(
+        seen.0.map(|s| (s.version_label(), s.outcome_label())),
+        Some(("1", "disabled"))
+    );
+    let none = RouteContext {
+        tokens: Verifier::default(),
+        ..ctx()
+    };
+    assert_eq!(
+        rejected(decide(&none, &t, &ws("/__ws/r1", &good), &(), &mut ())),
         (RejectReason::BadToken, 401),
         "no key configured"
     );
+}
+
+#[test]
+fn a_workspace_session_for_a_repl_this_edge_does_not_hold_goes_to_the_region_its_token_names() {
+    let (c, t) = (ctx(), table());
+    // Not in the table; the token says ap-south1: one hop there.
+    let tok = v2("r-far", "ap-south1");
+    let d = decide(&c, &t, &ws("/__ws/r-far/shell", &tok), &(), &mut ());
+    match d {
+        Decision::Forward {
+            kind,
+            region,
+            hops,
+            reason,
+            ..
+        } => {
+            assert_eq!((kind, hops, reason), (Kind::Workspace, 1, ForwardReason::Affinity));
+            assert_eq!(&*t.region(region).name, "ap-south1");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Already forwarded once: never bounced again (the edges disagree).
+    let mut again = ws("/__ws/r-far", &tok);
+    again.hops = 1;
+    assert_eq!(
+        rejected(decide(&c, &t, &again, &(), &mut ())),
+        (RejectReason::ForwardLoop, 508)
+    );
+    // The token names this region (it is the home edge) and the table does
+    // not hold it: unknown everywhere, 404 here, no loop.
+    for region in ["us-east1", "mars-1"] {
+        let tok = v2("ghost", region);
+        let mut hop = ws("/__ws/ghost", &tok);
+        hop.hops = 1;
+        assert_eq!(
+            rejected(decide(&c, &t, &hop, &(), &mut ())),
+            (RejectReason::UnknownRepl, 404),
+            "{region}"
+        );
+    }
+    // A v1 token names no region: a repl the table lacks is 404.
+    let legacy = v1("r-far", NOW / 1000 + 60);
+    assert_eq!(
+        rejected(decide(&c, &t, &ws("/__ws/r-far", &legacy), &(), &mut ())),
+        (RejectReason::UnknownRepl, 404)
+    );
+    // The table wins over the token: r6 (held whole: it left this region,
+    // its tombstone has expired) lives in ap-south1 whatever the token
+    // claims, and is forwarded by its row.
+    let stale = v2("r6", "us-east1");
+    match decide(&c, &t, &ws("/__ws/r6", &stale), &(), &mut ()) {
+        Decision::Forward { region, reason, .. } => {
+            assert_eq!(reason, ForwardReason::Affinity);
+            assert_eq!(&*t.region(region).name, "ap-south1");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A repl that moved away: the tombstone sends the reconnecting editor
+    // to the new region, whatever its (older) token says.
+    let old = v2("r4", "us-east1");
+    match decide(&c, &t, &ws("/__ws/r4", &old), &(), &mut ()) {
+        Decision::Forward { reason, region, .. } => {
+            assert_eq!(reason, ForwardReason::Tombstone);
+            assert_eq!(&*t.region(region).name, "ap-south1");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn explaining_a_workspace_path_names_the_source_of_the_region() {
+    let (c, t) = (ctx(), table());
+    let far = v2("r-far", "ap-south1");
+    let out = explain(&c, &t, "edge.internal", &format!("/__ws/r-far?token={far}"), NOW, &());
+    assert!(out.contains("from the token's signed claim"), "{out}");
+    assert!(out.contains("=> forward to region ap-south1"), "{out}");
+    assert!(!out.contains(&far), "the token itself is never printed: {out}");
+    let here = v2("r6", "us-east1");
+    let out = explain(&c, &t, "edge.internal", &format!("/__ws/r6?token={here}"), NOW, &());
+    assert!(
+        out.contains("this edge's table: home region \"ap-south1\" (the table wins"),
+        "{out}"
+    );
+    // Without a token the explanation says what a client would get, then
+    // shows the route a valid token would take.
+    let out = explain(&c, &t, "edge.internal", "/__ws/r1", NOW, &());
+    assert!(out.contains("a client would get 401"), "{out}");
+    assert!(out.contains("=> vm vm-3"), "{out}");
 }
 
 #[test]
@@ -260,7 +422,7 @@ fn workspace_origin_allow_list_is_checked_after_the_token() {
         workspace_origins: vec!["https://replit.com".into()],
         ..ctx()
     };
-    let good = mint_token(KEY, "r1", NOW / 1000 + 60);
+    let good = v2("r1", "us-east1");
     let mut r = RouteRequest {
         host: Some(b"edge.internal"),
         path: "/__ws/r1",

@@ -15,6 +15,8 @@
 //!   publish it as one table version); see [`moves`].
 //! - `drain-vm ID`, `add-cluster NAME --region R`, `ls`.
 //! - `prune [--keep SECONDS]` trims the change log (run it periodically).
+//! - `token keygen | mint` (no database): workspace token keys and tokens;
+//!   see [`token`].
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ use edgeplane_control_sync::file_source::read_snapshot;
 use edgeplane_control_sync::postgres::migrate::migrate;
 use edgeplane_control_sync::postgres::moves::{self, MoveAction, MoveOptions, MoveReport, MoveTarget};
 use edgeplane_control_sync::snapshot::{ClusterState, Snapshot, VmState};
+
+mod token;
 
 #[derive(Parser)]
 #[command(name = "placectl", about = "edgeplane control-plane operations (PostgreSQL)")]
@@ -111,6 +115,12 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         keep: u64,
     },
+    /// Workspace session tokens (version 2): key pairs and tokens. Needs no
+    /// database.
+    Token {
+        #[command(subcommand)]
+        cmd: token::TokenCmd,
+    },
 }
 
 async fn connect(url: &str) -> Result<Client> {
@@ -142,8 +152,16 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let mut client = connect(&cli.database_url).await?;
     match cli.cmd {
+        Cmd::Token { cmd } => token::run(cmd),
+        cmd => run_on_database(&cli.database_url, cmd).await,
+    }
+}
+
+/// Every command but `token`: they all work on the placement store.
+async fn run_on_database(url: &str, cmd: Cmd) -> Result<()> {
+    let mut client = connect(url).await?;
+    match cmd {
         Cmd::Migrate => {
             let done = migrate(&mut client).await?;
             if done.is_empty() {
@@ -226,6 +244,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("cluster {name} added to {region}");
         }
         Cmd::Ls => ls(&client).await?,
+        Cmd::Token { cmd } => token::run(cmd)?,
         Cmd::Prune { keep } => {
             let secs = keep as f64;
             let n = client
