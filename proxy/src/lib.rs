@@ -28,5 +28,6 @@ pub mod logging;
 pub mod metrics;
 pub mod placement;
 pub mod server;
+pub mod shutdown;
 
 pub use edgeplane_core::{balancer, bits, route, ws_frames};

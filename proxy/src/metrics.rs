@@ -28,9 +28,9 @@ pub struct Metrics {
     pub requests: RequestCounters,
     pub duration: Histogram,
     pub tunnels_active: IntGauge,
-    pub forwards: IntCounterVec,
+    pub forwards: ForwardCounters,
     pub tombstone_hits: IntCounter,
-    pub upstream_errors: IntCounterVec,
+    pub upstream_errors: CounterSet,
     pub snapshot_version: IntGauge,
     pub snapshot_age: Gauge,
     pub sync_errors: IntCounterVec,
@@ -53,7 +53,7 @@ pub struct Metrics {
     pub stale_vms: IntGauge,
     pub connections_active: IntGauge,
     pub connections_refused: IntCounterVec,
-    pub client_timeouts: IntCounterVec,
+    pub client_timeouts: CounterSet,
     pub tls_handshake_errors: IntCounter,
     pub tls_certificates: IntGauge,
     pub tls_reload_errors: IntCounter,
@@ -68,7 +68,7 @@ pub struct Metrics {
     pub resolver_unresolved: IntGauge,
     pub resolver_errors: IntCounter,
     pub resolver_changes: IntCounter,
-    pub replays: IntCounterVec,
+    pub replays: CounterSet,
     pub connect_retries: IntCounter,
     pub workspace_tokens: TokenCounters,
     /// The log bridge's counters (process-wide: [`crate::logging`]).
@@ -114,6 +114,105 @@ impl RequestCounters {
     }
 
     /// The vector behind the handles (what is rendered).
+    pub fn vec(&self) -> &IntCounterVec {
+        &self.vec
+    }
+}
+
+/// The `reason` label values of `edgeplane_upstream_errors_total`: every
+/// VM-side [`Failure`]'s label (a pooled connection's race is counted in
+/// `log_events_total` instead) and `unresolved`.
+pub const UPSTREAM_ERROR_REASONS: &[&str] = &[
+    "connect_refused",
+    "connect_timeout",
+    "connect_error",
+    "connect_reset",
+    "timeout",
+    "upstream",
+    "mid_answer",
+    "unresolved",
+];
+
+const REPLAY_OUTCOMES: [&str; 5] = {
+    use crate::route::replay::ReplayOutcome as R;
+    [
+        R::ALL[0].as_str(),
+        R::ALL[1].as_str(),
+        R::ALL[2].as_str(),
+        R::ALL[3].as_str(),
+        R::ALL[4].as_str(),
+    ]
+};
+
+/// A counter vector with one label whose values are known: every handle
+/// resolved (and exported at 0) from the start, so counting one is a short
+/// scan of static names and one atomic add — no hashing, no lock, no
+/// allocation. A value outside the set still counts (through the vector).
+pub struct CounterSet {
+    vec: IntCounterVec,
+    cells: Vec<(&'static str, IntCounter)>,
+}
+
+impl CounterSet {
+    pub fn new(vec: IntCounterVec, labels: &[&'static str]) -> CounterSet {
+        let cells = labels.iter().map(|&l| (l, vec.with_label_values(&[l]))).collect();
+        CounterSet { vec, cells }
+    }
+
+    pub fn inc(&self, label: &str) {
+        match self.cells.iter().find(|(l, _)| *l == label) {
+            Some((_, c)) => c.inc(),
+            None => self.vec.with_label_values(&[label]).inc(),
+        }
+    }
+
+    pub fn get(&self, label: &str) -> u64 {
+        self.vec.with_label_values(&[label]).get()
+    }
+}
+
+/// `edgeplane_forwards_total{to_region,reason}` with the handles of every
+/// region seen kept in a lock-free map swapped whole when a new region
+/// first appears: a forward is a hash of the region's name and one atomic.
+pub struct ForwardCounters {
+    vec: IntCounterVec,
+    by_region: arc_swap::ArcSwap<std::collections::HashMap<Box<str>, [IntCounter; 3]>>,
+}
+
+impl ForwardCounters {
+    fn new(vec: IntCounterVec) -> ForwardCounters {
+        ForwardCounters {
+            vec,
+            by_region: arc_swap::ArcSwap::from_pointee(std::collections::HashMap::new()),
+        }
+    }
+
+    pub fn inc(&self, to_region: &str, reason: crate::route::ForwardReason) {
+        use crate::route::ForwardReason as F;
+        let i = match reason {
+            F::Affinity => 0,
+            F::Tombstone => 1,
+            F::Replay => 2,
+        };
+        if let Some(cells) = self.by_region.load().get(to_region) {
+            cells[i].inc();
+            return;
+        }
+        // First forward to this region: resolve its three handles once.
+        let cells = [F::Affinity, F::Tombstone, F::Replay].map(|r| self.vec.with_label_values(&[to_region, r.as_str()]));
+        cells[i].inc();
+        self.by_region.rcu(|m| {
+            let mut m = (**m).clone();
+            m.entry(to_region.into()).or_insert_with(|| cells.clone());
+            m
+        });
+    }
+
+    /// True until the first forward (the status page says so).
+    pub fn is_empty(&self) -> bool {
+        self.by_region.load().is_empty()
+    }
+
     pub fn vec(&self) -> &IntCounterVec {
         &self.vec
     }
@@ -199,19 +298,22 @@ impl Metrics {
                 ],
             ),
             tunnels_active: r.gauge("edgeplane_websocket_tunnels_active", "WebSocket tunnels open now"),
-            forwards: r.counters(
+            forwards: ForwardCounters::new(r.counters(
                 "edgeplane_forwards_total",
                 "Requests forwarded to another region's edge",
                 &["to_region", "reason"],
-            ),
+            )),
             tombstone_hits: r.counter(
                 "edgeplane_tombstone_hits_total",
                 "Requests forwarded because of a live tombstone",
             ),
-            upstream_errors: r.counters(
-                "edgeplane_upstream_errors_total",
-                "Failures talking to a VM or peer edge",
-                &["reason"],
+            upstream_errors: CounterSet::new(
+                r.counters(
+                    "edgeplane_upstream_errors_total",
+                    "Failures talking to a VM or peer edge",
+                    &["reason"],
+                ),
+                UPSTREAM_ERROR_REASONS,
             ),
             snapshot_version: r.gauge("edgeplane_snapshot_version", "Version of the placement table in use"),
             snapshot_age: r.seconds(
@@ -300,10 +402,13 @@ impl Metrics {
                 "Client connections refused at accept, by the limit that refused them",
                 &["reason"],
             ),
-            client_timeouts: r.counters(
-                "edgeplane_client_timeouts_total",
-                "Clients cut for slowness (408), by phase: head, body, tls_handshake",
-                &["phase"],
+            client_timeouts: CounterSet::new(
+                r.counters(
+                    "edgeplane_client_timeouts_total",
+                    "Clients cut for slowness (408), by phase: head, body, tls_handshake",
+                    &["phase"],
+                ),
+                &["head", "body", "tls_handshake"],
             ),
             tls_handshake_errors: r.counter(
                 "edgeplane_tls_handshake_errors_total",
@@ -365,11 +470,14 @@ impl Metrics {
                 "edgeplane_resolver_changes_total",
                 "Lookups whose answer differed from the address in use",
             ),
-            replays: r.counters(
-                "edgeplane_replays_total",
-                "x-edgeplane-replay answers from VMs, by what the edge did: replayed, or why not \
-                 (body_too_large, unknown_target, again, hop_limit)",
-                &["outcome"],
+            replays: CounterSet::new(
+                r.counters(
+                    "edgeplane_replays_total",
+                    "x-edgeplane-replay answers from VMs, by what the edge did: replayed, or why not \
+                     (body_too_large, unknown_target, again, hop_limit)",
+                    &["outcome"],
+                ),
+                &REPLAY_OUTCOMES,
             ),
             connect_retries: r.counter(
                 "edgeplane_connect_retries_total",
@@ -502,9 +610,10 @@ mod tests {
         let text = String::from_utf8(m.render()).unwrap();
         let helps = text.lines().filter(|l| l.starts_with("# HELP edgeplane_")).count();
         // Vectors without a labelled child yet are not rendered: 27 plain
-        // metrics, the workspace token vector (every pair resolved at 0)
-        // and the two vectors touched above.
-        assert_eq!(helps, 30, "{helps} metrics rendered:\n{text}");
+        // metrics, the vectors whose label values are known (workspace
+        // tokens, upstream errors, client timeouts, replays: every value
+        // resolved at 0) and the two vectors touched above.
+        assert_eq!(helps, 33, "{helps} metrics rendered:\n{text}");
         assert!(text.contains("edgeplane_workspace_tokens_total{outcome=\"unknown_key\",version=\"2\"} 0"));
         assert!(text.contains("edgeplane_config_last_reload_successful 1"));
         assert!(text.contains("edgeplane_requests_total{code=\"200\",kind=\"app\",outcome=\"proxied\"} 2"));

@@ -170,29 +170,27 @@ impl Proxy {
         if let Some(c) = crate::conn::conn_of(session) {
             c.expect_head();
         }
-        if ctx.tunnel && !ctx.tunnel_detached {
-            self.metrics.tunnels_active.dec();
-        }
+        let status = ctx.outcome.status();
         // Indices into REQUEST_KINDS and REQUEST_OUTCOMES.
-        let (kind, outcome) = match ctx.decision {
+        let (kind, outcome) = match ctx.decision().copied() {
             Some(d @ Decision::Vm { .. }) => (d.kind(), 0),
             Some(d @ Decision::Forward { .. }) => (d.kind(), 1),
             Some(d @ Decision::Reject { .. }) => (d.kind(), 2),
             None => (Kind::Unknown, 2),
         };
-        let outcome = if ctx.status >= 500 && outcome != 2 { 3 } else { outcome };
+        let outcome = if status >= 500 && outcome != 2 { 3 } else { outcome };
         let kind_i = match kind {
             Kind::App => 0,
             Kind::CustomDomain => 1,
             Kind::Workspace => 2,
             Kind::Unknown => 3,
         };
-        self.metrics.requests.inc(kind_i, outcome, ctx.status);
+        self.metrics.requests.inc(kind_i, outcome, status);
         let (kind, outcome) = (REQUEST_KINDS[kind_i], REQUEST_OUTCOMES[outcome]);
         let elapsed = ctx.start.elapsed();
         self.metrics.duration.observe(elapsed.as_secs_f64());
         let log_cfg = &self.cfg.load().log;
-        if ctx.sampled || (log_cfg.access_log_errors && is_error(ctx.status) && error_line_admitted(ctx.status)) {
+        if ctx.sampled || (log_cfg.access_log_errors && is_error(status) && error_line_admitted(status)) {
             self.write_access_log(session, ctx, kind, outcome, elapsed);
         }
     }
@@ -207,26 +205,27 @@ impl Proxy {
         elapsed: Duration,
     ) {
         let req = session.req_header();
-        let route = match &ctx.decision {
-            Some(d) => describe_for_log(d, &self.table.load(), ctx.table_version),
-            None => format!("{} before routing", ctx.status),
+        let status = ctx.outcome.status();
+        let route = match &ctx.route {
+            Some(r) => describe_for_log(&r.decision, &self.table.load(), r.table_version),
+            None => format!("{status} before routing"),
         };
         emit(&AccessEntry {
-            request_id: ctx.request_id.as_deref().unwrap_or("-"),
+            request_id: ctx.request_id.as_ref().map_or("-", |id| id.as_str()),
             client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
             method: req.method.as_str(),
             host: request_host(req)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .unwrap_or("-"),
             path: req.uri.path(),
-            status: ctx.status,
+            status,
             duration: elapsed,
             kind,
             outcome,
             route: &route,
-            table_version: ctx.table_version,
-            hops_in: ctx.hops_in,
-            websocket: ctx.tunnel,
+            table_version: ctx.route.as_ref().map_or(0, |r| r.table_version),
+            hops_in: ctx.hops_in(),
+            websocket: ctx.outcome == super::ctx::Outcome::Tunnel,
         });
     }
 }

@@ -108,7 +108,7 @@ impl ServerApp for EdgeApp {
                     }
                     Err(_) => {
                         self.metrics.tls_handshake_errors.inc();
-                        self.metrics.client_timeouts.with_label_values(&["tls_handshake"]).inc();
+                        self.metrics.client_timeouts.inc("tls_handshake");
                         return None;
                     }
                 };

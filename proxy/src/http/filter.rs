@@ -3,14 +3,15 @@
 //!    declared body over the limit (413);
 //! 2. [`drop_foreign_upgrade`]: upgrades other than WebSocket are served as
 //!    plain HTTP/1.1;
-//! 3. [`Proxy::route`]: the canonical host (computed once), the hop header,
-//!    the [`RouteRequest`] and the decision, with its metrics;
+//! 3. [`Proxy::route`]: the hop header, the [`RouteRequest`] (the head's
+//!    facts, read once into [`HeadFacts`]) and the decision, adopted with
+//!    its bookkeeping ([`Proxy::adopt`]);
 //! 4. [`Proxy::dispatch`]: answer a rejection, redirect to HTTPS, refuse an
-//!    upgrade past the tunnel cap, carry a WebSocket tunnel, or let Pingora
-//!    proxy the request.
+//!    upgrade past the tunnel cap, or hand the request to
+//!    [`super::forward`] (WebSocket upgrades included).
 //!
-//! Where it sits: [`super::Proxy`]'s `request_filter` hook calls
-//! [`Proxy::filter_request`]. Start there.
+//! Where it sits: [`super::serve`] calls [`Proxy::filter_request`] for
+//! each request. Start there.
 
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::Result;
@@ -19,13 +20,13 @@ use pingora_http::RequestHeader;
 use edgeplane_config::LimitsConfig;
 
 use super::access_log;
+use super::ctx::{DeclaredBody, HeadFacts, RequestCtx, Routed};
 use super::headers::{header_str, is_websocket_upgrade, request_host};
-use super::recent::ForwardEvent;
-use super::{Proxy, RequestCtx, DEBUG_HEADER, HOP_HEADER, REPLAY_SRC_HEADER};
+use super::upstream::Adoption;
+use super::{Proxy, DEBUG_HEADER, HOP_HEADER, REPLAY_SRC_HEADER};
 use crate::clock::{entropy, now_ms};
-use crate::route::host::canonical_host;
 use crate::route::signing::verify_hop;
-use crate::route::{self, Decision, ForwardReason, RouteRequest, TokenSeen};
+use crate::route::{self, Decision, RouteRequest, TokenSeen};
 
 /// Why a request is refused before routing, from its head alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub struct HeadRejection {
 /// caps: 431; two Host headers (RFC 9112 §3.2: they could route one way and
 /// be read by the app another): 400; a declared body over
 /// `limits.max_body_bytes`: 413.
-pub fn reject_by_head(req: &RequestHeader, limits: &LimitsConfig) -> Option<HeadRejection> {
+pub fn reject_by_head(req: &RequestHeader, facts: &HeadFacts, limits: &LimitsConfig) -> Option<HeadRejection> {
     let too_many = req.headers.len() > limits.max_headers;
     let too_big = !too_many && {
         let bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
@@ -57,8 +58,7 @@ pub fn reject_by_head(req: &RequestHeader, limits: &LimitsConfig) -> Option<Head
             close: true,
         });
     }
-    let declared_body = header_str(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-    if declared_body.is_some_and(|n| n > limits.max_body_bytes) {
+    if matches!(facts.body, DeclaredBody::Length(n) if n > limits.max_body_bytes) {
         return Some(HeadRejection {
             status: 413,
             close: true,
@@ -85,46 +85,46 @@ pub fn drop_foreign_upgrade(h: &mut RequestHeader) -> Result<()> {
     Ok(())
 }
 
+/// What the filter made of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filtered {
+    /// The edge answered it itself.
+    Answered,
+    /// It goes to its decision's VM or peer edge (a WebSocket upgrade
+    /// when `websocket`).
+    Proxy { websocket: bool },
+}
+
 impl Proxy {
-    /// The whole filter: Ok(true) when the edge answered (Pingora proxies
-    /// nothing), Ok(false) when Pingora proxies to the decided address.
-    pub(super) async fn filter_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.start = std::time::Instant::now();
-        match crate::conn::conn_of(session) {
-            Some(c) => {
-                c.head_done();
-                ctx.tls = c.is_tls();
-            }
-            // An HTTP/2 stream: its connection came through TLS (ALPN).
-            None => ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+    /// The whole filter (see the module docs).
+    pub(super) async fn filter_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Filtered> {
+        if let Some(c) = crate::conn::conn_of(session) {
+            c.head_done();
         }
         let limits = self.limits();
         session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
         // Each wait for the next piece of body is bounded (slow-body clients).
         session.set_read_timeout(Some(limits.body_timeout));
-        if let Some(r) = reject_by_head(session.req_header(), &limits) {
+        if let Some(r) = reject_by_head(session.req_header(), &ctx.head, &limits) {
             if r.close {
                 session.set_keepalive(None);
             }
             self.respond(session, ctx, r.status).await?;
-            return Ok(true);
+            return Ok(Filtered::Answered);
         }
         drop_foreign_upgrade(session.req_header_mut())?;
-        let routed = self.route(session, ctx);
-        self.dispatch(session, ctx, routed, &limits).await
+        let redirect_http = self.route(session, ctx);
+        self.dispatch(session, ctx, redirect_http, &limits).await
     }
 
-    /// Step 3: the decision for this request, with its metrics and the
-    /// per-request facts later steps need. The canonical host is computed
-    /// once, here, and handed to the decision.
-    fn route(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Routed {
+    /// Step 3: the decision for this request, adopted with its metrics.
+    /// Returns whether plain-HTTP requests are redirected to HTTPS.
+    fn route(&self, session: &ServerSession, ctx: &mut RequestCtx) -> bool {
         let req = session.req_header();
         let now = now_ms();
         // One config for the whole step (no await inside).
         let cfg = self.cfg.load();
-        let raw_host = request_host(req);
-        let canonical = raw_host.and_then(|h| canonical_host(h).ok());
-        let host = canonical.as_ref().map(|c| c.as_str());
+        let host = ctx.head.host();
         // A hop header counts only if it verifies for this request's host.
         let hops_in = match (req.headers.get(HOP_HEADER), host) {
             (Some(v), Some(h)) => verify_hop(&cfg.security.hop_secret, v.as_bytes(), now / 1000, h)
@@ -132,14 +132,8 @@ impl Proxy {
                 .unwrap_or(0),
             _ => 0,
         };
-        ctx.hops_in = hops_in;
-        if hops_in > 0 {
-            // A peer edge that replayed this request to our region: the VM
-            // here should know which VM asked (a client's copy never counts).
-            ctx.replay_src = header_str(req, REPLAY_SRC_HEADER).map(str::to_string);
-        }
         let rreq = RouteRequest {
-            host: raw_host,
+            host: request_host(req),
             canonical_host: host,
             authority: req.uri.authority().map(|a| a.as_str()),
             path: req.uri.path(),
@@ -157,7 +151,6 @@ impl Proxy {
         if let Some(check) = seen.0 {
             self.metrics.workspace_tokens.inc(check);
         }
-        ctx.table_version = table.version();
         ctx.sampled = access_log::sampled(&cfg.log, rreq.entropy);
         let debug = req
             .headers
@@ -166,85 +159,54 @@ impl Proxy {
         if debug {
             ctx.debug_route = Some(access_log::route_header(&cfg, &decision, &table));
         }
-        match decision {
-            Decision::Reject { reason, .. } => match reason {
-                route::RejectReason::Unresolved => {
-                    self.metrics.upstream_errors.with_label_values(&["unresolved"]).inc();
-                }
-                route::RejectReason::ClusterFull => self.metrics.balancer_cluster_full.inc(),
-                _ => {}
-            },
-            Decision::Forward { region, reason, .. } => {
-                let to = &table.region(region).name;
-                self.metrics.forwards.with_label_values(&[to, reason.as_str()]).inc();
-                if reason == ForwardReason::Tombstone {
-                    self.metrics.tombstone_hits.inc();
-                }
-                ctx.forward_host = host.map(str::to_string);
-                self.recent_forwards.record(ForwardEvent {
-                    at_ms: now,
-                    host: host.unwrap_or_default().to_string(),
-                    to_region: to.to_string(),
-                    reason: reason.as_str(),
-                });
-            }
-            Decision::Vm { transfer_from, vm, .. } => {
-                ctx.transfer_from = transfer_from.map(|c| table.cluster(c).name.clone());
-                ctx.vm_hash = Some(table.vm(vm).id_hash);
-                ctx.tried.push(vm);
-            }
-        }
-        ctx.decision = Some(decision);
-        Routed {
+        // A peer edge that replayed this request to our region: the VM here
+        // should know which VM asked (a client's copy never counts).
+        let replay_src = (hops_in > 0)
+            .then(|| header_str(req, REPLAY_SRC_HEADER).map(str::to_string))
+            .flatten();
+        ctx.route = Some(Routed {
             decision,
-            redirect_http: cfg.tls.as_ref().is_some_and(|t| t.redirect_http),
-        }
+            table_version: table.version(),
+            hops_in,
+            transfer_from: None,
+            vm_hash: None,
+            replay_src,
+        });
+        self.adopt(ctx, &table, decision, Adoption::Routed);
+        cfg.tls.as_ref().is_some_and(|t| t.redirect_http)
     }
 
-    /// Step 4: carry the decision out.
+    /// Step 4: carry the decision out, or hand it to the forward path.
     async fn dispatch(
         &self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
-        routed: Routed,
+        redirect_http: bool,
         limits: &LimitsConfig,
-    ) -> Result<bool> {
-        if let Decision::Reject { reason, .. } = routed.decision {
-            self.respond(session, ctx, reason.status()).await?;
-            return Ok(true);
+    ) -> Result<Filtered> {
+        if let Some(Decision::Reject { reason, .. }) = ctx.decision() {
+            let status = reason.status();
+            self.respond(session, ctx, status).await?;
+            return Ok(Filtered::Answered);
         }
-        if routed.redirect_http {
+        if redirect_http {
             let acme = session
                 .req_header()
                 .uri
                 .path()
                 .starts_with("/.well-known/acme-challenge/");
-            if !ctx.tls && ctx.hops_in == 0 && !acme {
-                return self.redirect_to_https(session, ctx).await.map(|_| true);
+            if !ctx.head.tls && ctx.hops_in() == 0 && !acme {
+                self.redirect_to_https(session, ctx).await?;
+                return Ok(Filtered::Answered);
             }
         }
-        if session.is_upgrade_req() && self.metrics.tunnels_active.get() as usize >= limits.max_tunnels {
+        let websocket = is_websocket_upgrade(session.req_header()) && session.as_http1().is_some();
+        if websocket && self.metrics.tunnels_active.get() as usize >= limits.max_tunnels {
             self.respond(session, ctx, 503).await?;
-            return Ok(true);
+            return Ok(Filtered::Answered);
         }
-        if is_websocket_upgrade(session.req_header()) {
-            if super::upgrade::plain_tcp_fd(session).is_some() {
-                self.tunnel_websocket(session, ctx).await?;
-                return Ok(true);
-            }
-            if ctx.tls && session.as_http1().is_some() {
-                self.tunnel_websocket_tls(session, ctx).await?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(Filtered::Proxy { websocket })
     }
-}
-
-/// What routing handed to dispatch.
-struct Routed {
-    decision: Decision,
-    redirect_http: bool,
 }
 
 #[cfg(test)]
@@ -282,6 +244,7 @@ mod tests {
     #[test]
     fn heads_are_refused_for_their_own_faults_only() {
         let l = limits();
+        let reject_by_head = |h: &RequestHeader, l: &LimitsConfig| super::reject_by_head(h, &HeadFacts::read(h, false, true), l);
         assert_eq!(reject_by_head(&head(&[("host", "a.repl.co")]), &l), None);
         let many: Vec<(String, String)> = (0..9).map(|i| (format!("x-{i}"), "v".into())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -1,342 +1,494 @@
-//! Proxying one request to the decided VM or peer edge over HTTP/1.1, with
-//! Pingora's HTTP/1 client codec on a connection from this thread's pool
-//! ([`super::pool`]).
+//! Proxying one request to the decided VM or peer edge over HTTP/1.1, on a
+//! connection of this thread's pool ([`super::client::pool`]) or a new one.
 //!
-//! One attempt: take or open a connection, write the edited head
-//! ([`Proxy::edit_upstream_request`]), send the body (held for a replay up
-//! to `limits.replay_body_bytes`), read the answer head, replay it if the
-//! VM asks ([`Proxy::answered`]), write it to the client, relay the body,
-//! give the connection back. What ends an attempt early decides the next
-//! one ([`Proxy::next_try`]): a connect failure or a fresh connection reset
-//! before any answer moves a repl being placed to another VM; a pooled
-//! connection the VM closed as it was reused is tried again on a new one
-//! (idempotent requests, body held); anything else is the edge's own
-//! 502/504 page, or — once the answer has started — a closed connection.
+//! One attempt ([`Proxy::exchange`]): write the head
+//! ([`Proxy::write_upstream_head`]); send the body while reading the
+//! answer — full duplex, so an answer that comes before the body is done (a
+//! 401 or 413 to an upload the VM will not take) reaches the client, and a
+//! VM streaming its answer to a streaming upload gets both flowing; follow
+//! a replay the answer asks for ([`Proxy::answered`]); hand a `101` to a
+//! WebSocket tunnel ([`super::tunnel`]); else relay the answer and give the
+//! connection back. What ends an attempt early is a [`Failed`], and its
+//! [`Failure`]'s retry ([`Proxy::next_try`]) decides the next: a repl
+//! being placed moves to another VM when nothing reached the one picked;
+//! a pooled connection the VM had closed is tried once more on a new one
+//! (idempotent requests whose body is held); anything else is the edge's
+//! own page, or — once the answer began — a closed connection.
+//!
+//! The body ([`super::ctx::Body`]) is read from the client once: chunks of
+//! up to `limits.replay_body_bytes` in all are held (shared `Bytes`, not
+//! copies), so a retry or a replay sends them again; a larger body is
+//! streamed and not kept.
 //!
 //! Where it sits: [`super::serve`] calls [`Proxy::proxy_request`] when the
-//! filter did not answer. WebSocket upgrades take [`super::upgrade`]
-//! instead (plain TCP and TLS), so a `101` here is a VM's error.
+//! filter did not answer; it tells serve how the client connection goes on.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
-use pingora_core::{Error, ErrorSource, ErrorType};
 
 use edgeplane_config::LimitsConfig;
 
-use super::headers::header_str;
-use super::{pool, Proxy, RequestCtx};
+use super::client::body::{chunk_head, Decoder, Framing, Piece, LAST_CHUNK};
+use super::client::{self, pool, Answer, Conn};
+use super::ctx::{Body, DeclaredBody, Outcome, RequestCtx, Routed};
+use super::failure::{Failed, Failure, Retry};
+use super::serve::Next;
+use super::tunnel::Opened;
+use super::Proxy;
 use crate::clock::now_ms;
-use crate::route::{self, Decision};
+
+/// Largest piece of an answer body handed to the client at once.
+const MAX_PIECE: usize = 64 * 1024;
 
 /// How an attempt that did not fail ended.
-enum Attempt {
-    /// The answer went to the client.
-    Done,
+enum Exchanged {
+    /// The answer went to the client; the client connection may carry
+    /// another request when `reusable`.
+    Relayed { reusable: bool },
     /// The VM asked for a replay; the decision now names the target.
     Replay,
-}
-
-/// Why an attempt failed.
-struct Failure {
-    e: Box<Error>,
-    /// No connection was made.
-    connect: bool,
-    /// The connection came from the pool.
-    reused: bool,
-    /// Some of the answer reached the client: nothing more can be said.
-    answer_started: bool,
-}
-
-impl Failure {
-    fn upstream(e: Box<Error>, reused: bool) -> Failure {
-        Failure {
-            e: e.into_up(),
-            connect: false,
-            reused,
-            answer_started: false,
-        }
-    }
-    fn client(e: Box<Error>, answer_started: bool) -> Failure {
-        Failure {
-            e: e.into_down(),
-            connect: false,
-            reused: false,
-            answer_started,
-        }
-    }
+    /// A WebSocket upgrade the VM accepted.
+    Upgraded(Opened),
 }
 
 /// What to do after a failed attempt.
 enum NextTry {
-    /// Try the (possibly new) decision again.
+    /// Try the (possibly new) decision again, on a new connection when `fresh`.
     Again { fresh: bool },
-    /// Give up: answer the failure.
     GiveUp,
+}
+
+/// The request body on its way to the VM during one attempt.
+struct Upload {
+    /// The client may still send body bytes (the first attempt, until the
+    /// end of the body).
+    reading: bool,
+    /// Chunked to the VM (a chunked or unframed client body).
+    chunked: bool,
+    /// The VM stopped taking the body (it answered early and closed).
+    vm_closed: bool,
 }
 
 impl Proxy {
     /// Proxies the request to its decision, trying again as the module docs
     /// say, and answers what could not be proxied.
-    pub(super) async fn proxy_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) {
+    pub(super) async fn proxy_request(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        websocket: bool,
+    ) -> Next {
         let limits = self.limits();
         let mut fresh = false;
         loop {
-            let addr = match ctx.decision {
-                Some(Decision::Vm { addr, .. }) | Some(Decision::Forward { addr, .. }) => addr,
-                _ => {
-                    let e = Error::explain(ErrorType::InternalError, "no routing decision");
-                    return self.give_up(session, ctx, &e).await;
-                }
+            let Some(addr) = ctx.route.as_ref().and_then(Routed::target) else {
+                return self.give_up(session, ctx, Failed::new(Failure::Internal, "no routing decision")).await;
             };
-            ctx.answered = false;
-            let failure = match self.attempt(session, ctx, addr, &limits, fresh).await {
-                Ok(Attempt::Done) => return,
-                Ok(Attempt::Replay) => {
+            let failed = match self.exchange(session, ctx, addr, &limits, fresh, websocket).await {
+                Ok(Exchanged::Relayed { reusable: true }) => return Next::Reuse,
+                Ok(Exchanged::Relayed { reusable: false }) => return Next::Close,
+                Ok(Exchanged::Replay) => {
                     fresh = false;
                     continue;
                 }
+                Ok(Exchanged::Upgraded(opened)) => return self.open_tunnel(session, ctx, opened, &limits),
                 Err(f) => f,
             };
-            if failure.answer_started {
-                // The client has part of an answer: closing is all that is left.
-                ctx.reusable = false;
-                log::debug!("proxying to {addr} failed mid-answer: {}", failure.e);
-                if failure.e.esource() == &ErrorSource::Upstream {
-                    self.metrics.upstream_errors.with_label_values(&["mid_answer"]).inc();
-                }
-                return;
+            if ctx.outcome != Outcome::Pending {
+                // Part of the answer went out: closing is all that is left.
+                self.note_failure(ctx, &failed);
+                ctx.outcome = Outcome::Cut;
+                return Next::Close;
             }
-            match self.next_try(session, ctx, &failure, &limits) {
+            match self.next_try(ctx, &failed) {
                 NextTry::Again { fresh: f } => fresh = f,
-                NextTry::GiveUp => return self.give_up(session, ctx, &failure.e).await,
+                NextTry::GiveUp => return self.give_up(session, ctx, failed).await,
             }
         }
     }
 
     /// The edge's own page for a request that could not be proxied; the
     /// connection closes after it.
-    async fn give_up(&self, session: &mut ServerSession, ctx: &mut RequestCtx, e: &Error) {
+    async fn give_up(&self, session: &mut ServerSession, ctx: &mut RequestCtx, failed: Failed) -> Next {
         session.set_keepalive(None);
-        ctx.reusable = false;
-        self.answer_failure(session, e, ctx).await;
+        self.answer_failure(session, ctx, &failed).await;
+        Next::Close
     }
 
     /// Decides what follows a failed attempt (see the module docs).
-    fn next_try(&self, session: &ServerSession, ctx: &mut RequestCtx, f: &Failure, limits: &LimitsConfig) -> NextTry {
-        if f.connect {
-            let reason = match f.e.etype() {
-                ErrorType::ConnectTimedout => "connect_timeout",
-                ErrorType::ConnectRefused => "connect_refused",
-                _ => "connect_error",
-            };
-            return match self.retry_elsewhere(session, ctx, reason) {
-                true => NextTry::Again { fresh: false },
-                false => NextTry::GiveUp,
-            };
-        }
-        let reset = f.e.esource() == &ErrorSource::Upstream
-            && matches!(
-                f.e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            );
-        if !reset || ctx.answered || !self.body_held(session, ctx, limits) {
-            return NextTry::GiveUp;
-        }
-        if f.reused {
-            // The VM closed a pooled connection as it was reused (the race
-            // every keep-alive pool has): once more on a new connection.
-            if session.req_header().method.is_idempotent() && !ctx.stale_retried {
-                ctx.stale_retried = true;
+    fn next_try(&self, ctx: &mut RequestCtx, f: &Failed) -> NextTry {
+        // Sent again only whole: untouched, or read and kept.
+        let held = matches!(ctx.body, Body::Held { .. } | Body::Unread) && ctx.outcome == Outcome::Pending;
+        match f.kind.retry() {
+            Retry::Elsewhere if held && self.retry_elsewhere(ctx, f) => NextTry::Again { fresh: false },
+            Retry::FreshConnection if held && ctx.head.idempotent && !ctx.tries.fresh_retried => {
+                ctx.tries.fresh_retried = true;
                 crate::logging::LOG_EVENTS.with_label_values(&["pool_reuse_race"]).inc();
-                return NextTry::Again { fresh: true };
+                log::debug!("{f}: once more on a new connection");
+                NextTry::Again { fresh: true }
             }
-            return NextTry::GiveUp;
+            _ => NextTry::GiveUp,
         }
-        // A VM that reset a fresh connection before answering: a repl being
-        // placed moves to another VM.
-        match self.retry_elsewhere(session, ctx, "connect_reset") {
-            true => NextTry::Again { fresh: false },
-            false => NextTry::GiveUp,
-        }
-    }
-
-    /// The request body is whole at the edge (none, or all of it held), so
-    /// the request can be sent again.
-    fn body_held(&self, session: &ServerSession, ctx: &RequestCtx, limits: &LimitsConfig) -> bool {
-        let declared = header_str(session.req_header(), "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-        let done = ctx.body_read || declared.is_none_or(|n| n == 0) && !is_chunked(session);
-        route::replay::body_replayable(
-            declared,
-            ctx.body_bytes,
-            done,
-            session.retry_buffer_truncated(),
-            limits.replay_body_bytes,
-        )
     }
 
     /// One attempt at `addr` (see the module docs).
-    async fn attempt(
+    async fn exchange(
         &self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
         addr: SocketAddr,
         limits: &LimitsConfig,
         fresh: bool,
-    ) -> Result<Attempt, Failure> {
-        let idempotent = session.req_header().method.is_idempotent();
-        let pooled = if fresh {
-            None
-        } else {
-            pool::take(addr, now_ms(), !idempotent)
+        websocket: bool,
+    ) -> Result<Exchanged, Failed> {
+        let pooled = (!fresh && !websocket)
+            .then(|| pool::take(addr, now_ms(), !ctx.head.idempotent))
+            .flatten();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => client::connect(addr, limits.upstream_connect_timeout).await?,
         };
-        let reused = pooled.is_some();
-        let stream = match pooled {
-            Some(s) => s,
-            None => connect(addr, limits.upstream_connect_timeout)
+        let mut up = Upload {
+            reading: matches!(ctx.body, Body::Unread) && ctx.head.body != DeclaredBody::None,
+            chunked: ctx.head.body.chunked_upstream(),
+            vm_closed: false,
+        };
+        if !up.reading && matches!(ctx.body, Body::Unread) {
+            ctx.body = Body::Held {
+                chunks: Vec::new(),
+                bytes: 0,
+            };
+        }
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        // The connection's own write buffer, kept with it in the pool.
+        let mut head = std::mem::take(&mut conn.wbuf);
+        self.write_upstream_head(session.req_header(), ctx, client_ip, websocket, &mut head);
+        let sent = self.send_held(&mut conn, ctx, &head, &up, limits).await;
+        conn.wbuf = head;
+        sent?;
+        if up.reading && ctx.head.expect_continue {
+            session
+                .write_continue_response()
                 .await
-                .map_err(|e| Failure {
-                    e: e.into_up(),
-                    connect: true,
-                    reused: false,
-                    answer_started: false,
-                })?,
-        };
-        let mut up = UpstreamSession::new(stream);
-        up.read_timeout = Some(limits.upstream_read_timeout);
-        up.write_timeout = Some(limits.upstream_read_timeout);
-
-        let mut head = Box::new(session.req_header().clone());
-        self.edit_upstream_request(session, &mut head, ctx)
-            .map_err(|e| Failure::client(e, false))?;
-        up.write_request_header(head)
-            .await
-            .map_err(|e| Failure::upstream(e, reused))?;
-        self.send_body(session, &mut up, ctx, reused).await?;
-
-        // The answer head (informational answers other than 101 are skipped).
-        loop {
-            up.read_response().await.map_err(|e| Failure::upstream(e, reused))?;
-            match up.get_status() {
-                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-                _ => break,
+                .map_err(|e| Failed::client(&e))?;
+        }
+        let mut answer = self.await_answer(session, ctx, &mut conn, &mut up, limits).await?;
+        if up.reading && answer.head.headers.contains_key(super::REPLAY_HEADER) {
+            // A replay asked before the body was all here: the rest is read
+            // and held (not sent to this VM) so that it can go where asked.
+            self.hold_rest(session, ctx, &mut up, limits).await?;
+        }
+        if self.answered(ctx, &mut answer.head) {
+            return Ok(Exchanged::Replay);
+        }
+        self.edit_response(&mut answer.head, ctx);
+        if answer.status == 101 {
+            if !websocket {
+                return Err(Failed::new(Failure::BadAnswer, "101 to a request that is not a WebSocket upgrade"));
             }
+            let head = super::headers::response_head_bytes(&answer.head);
+            return Ok(Exchanged::Upgraded(Opened { conn, head }));
         }
-        let Some(mut resp) = up.resp_header().map(|h| Box::new(h.clone())) else {
-            return Err(Failure::upstream(
-                Error::explain(ErrorType::InvalidHTTPHeader, "no answer head"),
-                reused,
-            ));
-        };
-        if self.answered(session, &mut resp, ctx) {
-            return Ok(Attempt::Replay);
+        if up.reading || websocket {
+            // The VM answered before the body ended (or refused an
+            // upgrade): the client connection closes after this answer.
+            session.set_keepalive(None);
         }
-        self.edit_response(&mut resp, ctx)
-            .map_err(|e| Failure::upstream(e, reused))?;
-        if resp.status.as_u16() == 101 {
-            // WebSocket upgrades take the tunnel paths; nothing else may
-            // switch protocols through the edge.
-            return Err(Failure::upstream(
-                Error::explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "101 to a request that is not a WebSocket upgrade",
-                ),
-                reused,
-            ));
-        }
-        session
-            .write_response_header(resp)
-            .await
-            .map_err(|e| Failure::client(e, true))?;
-        loop {
-            match up.read_body_bytes().await {
-                Ok(Some(b)) => session
-                    .write_response_body(b, false)
-                    .await
-                    .map_err(|e| Failure::client(e, true))?,
-                Ok(None) => break,
-                Err(e) => {
-                    let mut f = Failure::upstream(e, reused);
-                    f.answer_started = true;
-                    return Err(f);
-                }
-            }
-        }
-        session.finish_body().await.map_err(|e| Failure::client(e, true))?;
-        // Keep-alive as the VM's answer allows (HTTP/1.1 default, its
-        // `Connection`, a close-delimited body).
-        up.respect_keepalive();
-        if let Some(s) = up.reuse().await {
-            pool::give_back(addr, s, now_ms());
-        }
-        Ok(Attempt::Done)
+        self.relay_answer(session, ctx, conn, answer, &mut up, limits).await
     }
 
-    /// Sends the request body: read from the client on the first attempt
-    /// (counted against `limits.max_body_bytes`, kept for a replay), the
-    /// held copy on a later one.
-    async fn send_body(
+    /// Writes the head and, on a later attempt, the held body (one write
+    /// when it fits).
+    async fn send_held(
         &self,
-        session: &mut ServerSession,
-        up: &mut UpstreamSession,
-        ctx: &mut RequestCtx,
-        reused: bool,
-    ) -> Result<(), Failure> {
-        if ctx.body_read {
-            if let Some(held) = session.get_retry_buffer() {
-                up.write_body(&held).await.map_err(|e| Failure::upstream(e, reused))?;
-            }
-        } else if !session.is_body_done() {
-            session.enable_retry_buffering();
-            if header_str(session.req_header(), "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-                session
-                    .write_continue_response()
-                    .await
-                    .map_err(|e| Failure::client(e, false))?;
-            }
-            loop {
-                match session.read_request_body().await {
-                    Ok(Some(b)) => {
-                        self.count_body(Some(&b), ctx).map_err(|e| Failure::client(e, false))?;
-                        up.write_body(&b).await.map_err(|e| Failure::upstream(e, reused))?;
+        conn: &mut Conn,
+        ctx: &RequestCtx,
+        head: &[u8],
+        up: &Upload,
+        limits: &LimitsConfig,
+    ) -> Result<(), Failed> {
+        let timeout = limits.upstream_read_timeout;
+        let chunks: &[Bytes] = match &ctx.body {
+            Body::Held { chunks, .. } if !up.reading => chunks,
+            _ => &[],
+        };
+        if !up.chunked {
+            return match chunks {
+                [] => conn.write_all(&[head], timeout).await,
+                [one] => conn.write_all(&[head, one], timeout).await,
+                [first, rest @ ..] => {
+                    conn.write_all(&[head, first], timeout).await?;
+                    for c in rest {
+                        conn.write_all(&[c], timeout).await?;
                     }
-                    Ok(None) => break,
-                    Err(e) => return Err(Failure::client(e, false)),
+                    Ok(())
                 }
-            }
+            };
         }
-        ctx.body_read = true;
-        up.finish_body().await.map_err(|e| Failure::upstream(e, reused))?;
+        conn.write_all(&[head], timeout).await?;
+        if !up.reading {
+            for c in chunks {
+                write_chunk(conn, c, timeout).await?;
+            }
+            conn.write_all(&[LAST_CHUNK], timeout).await?;
+        }
         Ok(())
     }
-}
 
-fn is_chunked(session: &ServerSession) -> bool {
-    header_str(session.req_header(), "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-}
-
-/// A new connection to `addr`, within `timeout`.
-async fn connect(addr: SocketAddr, timeout: Duration) -> pingora_core::Result<Stream> {
-    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let etype = match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
-                _ => ErrorType::ConnectError,
+    /// Reads the answer head while the body (if it is still coming) goes
+    /// to the VM.
+    async fn await_answer(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        conn: &mut Conn,
+        up: &mut Upload,
+        limits: &LimitsConfig,
+    ) -> Result<Answer, Failed> {
+        loop {
+            if let Some(answer) = conn.take_answer(ctx.head.head_request)? {
+                return Ok(answer);
+            }
+            if conn.rbuf.len() >= client::MAX_ANSWER_HEAD {
+                return Err(Failed::new(Failure::BadAnswer, "answer head over 64 KiB"));
+            }
+            // The VM's silence is timed once the body is all out (a client
+            // uploading slowly is the client's body timeout's business).
+            let read_timeout = if up.reading && !up.vm_closed {
+                LONG_WAIT
+            } else {
+                limits.upstream_read_timeout
             };
-            return Err(Error::because(etype, format!("connecting to {addr}"), e));
+            tokio::select! {
+                biased;
+                n = conn.read_more(read_timeout, false) => {
+                    if n? == 0 {
+                        let kind = if conn.pooled { Failure::PooledConnectionClosed } else { Failure::ResetBeforeAnswer };
+                        let kind = if conn.rbuf.is_empty() { kind } else { Failure::BadAnswer };
+                        return Err(Failed::new(kind, format!("{} closed before answering", conn.addr)));
+                    }
+                }
+                piece = session.read_request_body(), if up.reading => {
+                    self.upload(ctx, conn, up, piece, limits).await?;
+                }
+            }
         }
-        Err(_) => {
-            return Error::e_explain(
-                ErrorType::ConnectTimedout,
-                format!("connecting to {addr}: no answer in {timeout:?}"),
-            )
+    }
+
+    /// Relays the answer body; the request body goes on to the VM while
+    /// it lasts. The connection goes back to the pool when both are whole.
+    async fn relay_answer(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        mut conn: Conn,
+        answer: Answer,
+        up: &mut Upload,
+        limits: &LimitsConfig,
+    ) -> Result<Exchanged, Failed> {
+        let status = answer.status;
+        let Answer {
+            head,
+            framing,
+            keep_alive,
+            ..
+        } = answer;
+        session
+            .write_response_header(Box::new(head))
+            .await
+            .map_err(|e| Failed::client(&e))?;
+        ctx.outcome = Outcome::Relayed(status);
+        let mut decoder = Decoder::new(framing);
+        loop {
+            match decoder.next(&mut conn.rbuf, MAX_PIECE) {
+                Ok(Piece::Data(b)) => {
+                    session
+                        .write_response_body(b, false)
+                        .await
+                        .map_err(|e| Failed::client(&e))?;
+                    continue;
+                }
+                Ok(Piece::Done) => break,
+                Ok(Piece::NeedMore) => {}
+                Err(e) => return Err(Failed::new(Failure::AnswerCutShort, format!("{}: {e}", conn.addr))),
+            }
+            let read_timeout = if up.reading && !up.vm_closed {
+                LONG_WAIT
+            } else {
+                limits.upstream_read_timeout
+            };
+            tokio::select! {
+                biased;
+                n = conn.read_more(read_timeout, true) => match n {
+                    Ok(0) => match decoder.eof() {
+                        Ok(()) => break,
+                        Err(e) => return Err(Failed::new(Failure::AnswerCutShort, format!("{}: {e}", conn.addr))),
+                    },
+                    Ok(_) => {}
+                    Err(f) => return Err(Failed::new(Failure::AnswerCutShort, f.detail)),
+                },
+                piece = session.read_request_body(), if up.reading => {
+                    self.upload(ctx, &mut conn, up, piece, limits).await?;
+                }
+            }
         }
-    };
-    let _ = tcp.set_nodelay(true);
-    Ok(Box::new(L4Stream::from(tcp)))
+        session.finish_body().await.map_err(|e| Failed::client(&e))?;
+        if up.reading {
+            // The answer is whole before the body: the rest stays unread.
+            ctx.body = Body::Abandoned { bytes: ctx.body.bytes() };
+            return Ok(Exchanged::Relayed { reusable: false });
+        }
+        if keep_alive && framing != Framing::UntilClose && !up.vm_closed {
+            pool::give_back(conn, now_ms());
+        }
+        Ok(Exchanged::Relayed { reusable: true })
+    }
+
+    /// One piece of the client's body (or its end): counted against
+    /// `limits.max_body_bytes`, held while it fits `limits.replay_body_bytes`,
+    /// and written to the VM (unless the VM stopped taking it).
+    async fn upload(
+        &self,
+        ctx: &mut RequestCtx,
+        conn: &mut Conn,
+        up: &mut Upload,
+        piece: pingora_core::Result<Option<Bytes>>,
+        limits: &LimitsConfig,
+    ) -> Result<(), Failed> {
+        self.upload_to(ctx, Some(conn), up, piece, limits).await
+    }
+
+    /// [`Proxy::upload`] to `conn` (None: hold only).
+    async fn upload_to(
+        &self,
+        ctx: &mut RequestCtx,
+        conn: Option<&mut Conn>,
+        up: &mut Upload,
+        piece: pingora_core::Result<Option<Bytes>>,
+        limits: &LimitsConfig,
+    ) -> Result<(), Failed> {
+        let timeout = limits.upstream_read_timeout;
+        let piece = piece.map_err(|e| Failed::client(&e))?;
+        let Some(b) = piece else {
+            up.reading = false;
+            ctx.body = match std::mem::take(&mut ctx.body) {
+                Body::Reading { kept: Some(chunks), bytes } => Body::Held { chunks, bytes },
+                Body::Reading { kept: None, bytes } => Body::Sent { bytes },
+                Body::Unread => Body::Held {
+                    chunks: Vec::new(),
+                    bytes: 0,
+                },
+                other => other,
+            };
+            if let (true, false, Some(conn)) = (up.chunked, up.vm_closed, conn) {
+                if conn.write_all(&[LAST_CHUNK], timeout).await.is_err() {
+                    up.vm_closed = true;
+                }
+            }
+            return Ok(());
+        };
+        let total = ctx.body.bytes() + b.len() as u64;
+        if total > limits.max_body_bytes {
+            return Err(Failed::new(
+                Failure::BodyTooLarge,
+                format!("request body over limits.max_body_bytes ({})", limits.max_body_bytes),
+            ));
+        }
+        // Kept while the whole body fits the replay limit (shared, not copied).
+        let fits = total <= limits.replay_body_bytes as u64;
+        ctx.body = match std::mem::take(&mut ctx.body) {
+            Body::Reading { kept: Some(mut chunks), .. } if fits => {
+                chunks.push(b.clone());
+                Body::Reading { kept: Some(chunks), bytes: total }
+            }
+            Body::Unread if fits => Body::Reading {
+                kept: Some(vec![b.clone()]),
+                bytes: total,
+            },
+            _ => Body::Reading { kept: None, bytes: total },
+        };
+        let Some(conn) = conn.filter(|_| !up.vm_closed && !b.is_empty()) else {
+            return Ok(());
+        };
+        let written = if up.chunked {
+            write_chunk(conn, &b, timeout).await
+        } else {
+            conn.write_all(&[&b], timeout).await
+        };
+        if let Err(f) = written {
+            // The VM stopped reading: its answer (if any) is read next.
+            log::debug!("the VM stopped taking the body: {f}");
+            up.vm_closed = true;
+        }
+        Ok(())
+    }
+
+    /// Reads the rest of the body without sending it, holding it while it
+    /// fits `limits.replay_body_bytes` (a replay then sends it whole).
+    async fn hold_rest(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        up: &mut Upload,
+        limits: &LimitsConfig,
+    ) -> Result<(), Failed> {
+        while up.reading && matches!(ctx.body, Body::Reading { kept: Some(_), .. }) {
+            let piece = session.read_request_body().await;
+            self.upload_to(ctx, None, up, piece, limits).await?;
+        }
+        Ok(())
+    }
+
+    /// The `101` goes to a tunnel of its own: on a plain listener now, on
+    /// a TLS one once the session hands the stream over ([`Next::HandOver`]).
+    fn open_tunnel(&self, session: &mut ServerSession, ctx: &mut RequestCtx, opened: Opened, limits: &LimitsConfig) -> Next {
+        if let Some(h) = ctx.route.as_ref().and_then(|r| r.vm_hash) {
+            self.route.load().balancer.outliers.success(h);
+        }
+        ctx.outcome = Outcome::Tunnel;
+        let conn = crate::conn::conn_of(session);
+        let grace = self.cfg.load().edge.grace_period;
+        let shutdown = conn
+            .and_then(|c| c.shutdown())
+            .map_or_else(crate::shutdown::Shutdown::never, |w| crate::shutdown::Shutdown::new(w.clone()));
+        let tunnel = super::tunnel::Tunnel {
+            opened,
+            idle_timeout: limits.tunnel_idle_timeout,
+            stop: super::tunnel::TunnelStop::new(shutdown, grace),
+            guard: super::tunnel::TunnelGuard::new(self.metrics.clone(), conn.and_then(|c| c.admission_guard())),
+        };
+        match super::serve::plain_tcp_fd(session).map(super::tunnel::client_socket) {
+            Some(Ok(client)) => {
+                super::tunnel::spawn(client, tunnel, &[]);
+                Next::Close
+            }
+            Some(Err(e)) => {
+                log::error!("a WebSocket tunnel could not take its client socket: {e}");
+                Next::Close
+            }
+            // TLS: Pingora gives the stream back only from a connection it
+            // could reuse; nothing was written through the session, so it can.
+            None => {
+                session.set_keepalive(Some(1));
+                Next::HandOver(Box::new(tunnel))
+            }
+        }
+    }
+}
+
+/// How long the VM may be silent while the client is still sending the
+/// body (the client's body timeout bounds that; this only keeps the timer
+/// finite).
+const LONG_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// One chunk of a chunked body: its size line, data and CRLF, in one write.
+async fn write_chunk(conn: &mut Conn, data: &[u8], timeout: std::time::Duration) -> Result<(), Failed> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut line = [0u8; 18];
+    let line = chunk_head(data.len(), &mut line);
+    conn.write_all(&[line, data, b"\r\n"], timeout).await
 }

@@ -3,7 +3,7 @@
 //! upgrade detection, head serialisation for tunnels. Pure functions over
 //! Pingora's header types.
 
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 /// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::http::tunnel`]).
 pub(super) fn is_websocket_upgrade(req: &RequestHeader) -> bool {
@@ -77,15 +77,16 @@ pub(super) fn strip_for_upstream(
             .any(|t| t.trim().eq_ignore_ascii_case(name))
 }
 
-/// Serialises a request head for the wire (origin-form target).
-pub(super) fn request_head_bytes(req: &RequestHeader) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(req.method.as_str().as_bytes());
+/// Serialises an answer head for the wire (a `101` relayed on a tunnel's
+/// own stream).
+pub(super) fn response_head_bytes(resp: &ResponseHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.status.as_str().as_bytes());
     out.push(b' ');
-    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in req.headers.iter() {
+    out.extend_from_slice(resp.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in resp.headers.iter() {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());

@@ -8,14 +8,18 @@
 //! Where it sits: [`EdgeApp`] (admission, TLS) hands each connection to
 //! Pingora's HTTP server, which hands each request to [`EdgeHttp`] (the
 //! edge as a Pingora `HttpServerApp`). Files by step:
-//! - [`serve`]: one request from head to reuse;
+//! - [`serve`]: one request from head to reuse (or hand-over to a tunnel);
+//! - [`ctx`]: the request's state as types (head facts, decision, body,
+//!   tries, outcome);
 //! - [`filter`]: the request filter as named steps (reject by head, route,
 //!   dispatch);
-//! - [`forward`] and [`pool`]: proxying to the VM over a connection from
-//!   this thread's pool, with retries and replays;
-//! - [`upstream`]: headers for the VM, retry after a connect failure,
-//!   replay, error classification;
-//! - [`upgrade`] and [`tunnel`]: WebSocket tunnels the edge carries itself;
+//! - [`forward`]: one attempt after another at the VM, full duplex;
+//! - [`client`] (and `client::pool`, `client::body`): the edge's HTTP/1.1
+//!   client to VMs and peer edges, its per-thread pool, body framing;
+//! - [`upstream`]: the head the VM gets, the decision adopted after a retry
+//!   or replay, the answer's edits, the failure answered;
+//! - [`failure`]: every failure with its status, label, log level, retry;
+//! - [`tunnel`]: WebSocket tunnels the edge carries itself (plain and TLS);
 //! - [`respond`] and [`error_page`]: the edge's own answers;
 //! - [`access_log`], [`recent`]: what a request leaves behind.
 //!
@@ -34,33 +38,32 @@
 
 pub mod access_log;
 mod app;
+pub mod client;
+pub mod ctx;
 pub mod error_page;
+pub mod failure;
 pub mod filter;
 mod forward;
 pub mod headers;
-pub mod pool;
 pub mod recent;
 mod respond;
 mod serve;
-mod tls_tunnel;
 pub mod tunnel;
-mod upgrade;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use edgeplane_config::Config;
-use edgeplane_control_sync::table::Idx;
 use edgeplane_control_sync::TableHandle;
 
 use crate::background::names::Names;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::route::{Decision, RouteContext};
+use crate::route::RouteContext;
+pub use ctx::RequestCtx;
 
 pub use app::EdgeApp;
 pub use recent::{ForwardEvent, RecentForwards};
@@ -98,7 +101,7 @@ pub struct Proxy {
     /// `1.1 <instance_id>`: this edge's entry in the `Via` chain of every
     /// request it sends upstream (RFC 9110 §7.6.3), so a VM sees which
     /// edges a request crossed. Built once (the instance id is restart-only).
-    via: http::HeaderValue,
+    via: Arc<str>,
     request_seq: Arc<AtomicU64>,
 }
 
@@ -113,8 +116,7 @@ impl Proxy {
         recent_forwards: Arc<RecentForwards>,
         https_port: Option<u16>,
     ) -> Proxy {
-        let via = http::HeaderValue::from_str(&format!("1.1 {}", cfg.load().edge.instance_id))
-            .unwrap_or(http::HeaderValue::from_static("1.1 edgeplane"));
+        let via = Arc::from(format!("1.1 {}", cfg.load().edge.instance_id));
         Proxy {
             via,
             cfg,
@@ -128,118 +130,14 @@ impl Proxy {
         }
     }
 
-    fn next_request_id(&self) -> String {
+    fn new_request_id(&self) -> ctx::RequestId {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{:x}-{n:x}", self.cfg.load().edge.instance_id, now_ms())
+        ctx::RequestId::new(&self.cfg.load().edge.instance_id, now_ms(), n)
     }
 
     /// The `[limits]` in use (a copy: no guard outlives the call).
     #[inline]
     pub fn limits(&self) -> edgeplane_config::LimitsConfig {
         self.cfg.load().limits
-    }
-}
-
-/// Per-request state (fields are the request path's own: its submodules
-/// read and write them).
-pub struct RequestCtx {
-    start: Instant,
-    decision: Option<Decision>,
-    /// Verified hop count of the incoming request (0 = from a client).
-    hops_in: u8,
-    /// Canonical host, kept only when it must be signed into a forward.
-    forward_host: Option<String>,
-    /// Name of the cluster a lazy transfer moves from.
-    transfer_from: Option<Box<str>>,
-    /// Id hash of the VM proxied to (outlier detection).
-    vm_hash: Option<u64>,
-    request_id: Option<String>,
-    status: u16,
-    tunnel: bool,
-    /// The client connection is TLS.
-    tls: bool,
-    /// Request body bytes seen (for `limits.max_body_bytes` on chunked bodies).
-    body_bytes: u64,
-    /// Version of the table the decision was made with.
-    table_version: u64,
-    /// This request is in the access-log sample.
-    sampled: bool,
-    /// `x-edgeplane-route` value, when the request carried the admin token
-    /// in `x-edgeplane-debug`.
-    debug_route: Option<String>,
-    /// VMs this request was sent to (a connect retry avoids them).
-    tried: Tried,
-    /// Connect retries made.
-    retries: u32,
-    /// The request was replayed once (a second replay header is ignored).
-    replayed: bool,
-    /// The request body was read from the client (a later attempt sends
-    /// the held copy).
-    body_read: bool,
-    /// A pooled connection failed as it was reused and the request went
-    /// again on a new one (once).
-    stale_retried: bool,
-    /// The client connection may carry another request after this one.
-    reusable: bool,
-    /// The tunnel runs as its own task after this request ends (it
-    /// decrements the tunnel gauge itself).
-    tunnel_detached: bool,
-    /// A TLS WebSocket upgrade the VM answered: the client's stream is
-    /// handed to it when the request ends ([`tls_tunnel`]).
-    handover: Option<Box<tls_tunnel::Handover>>,
-    /// `x-edgeplane-replay-src` of a replayed request.
-    replay_src: Option<String>,
-    /// The current attempt's upstream answered with a response head.
-    answered: bool,
-}
-
-/// The VMs one request tried, inline (at most `1 + MAX_CONNECT_RETRIES`
-/// plus a replay; further ones are not recorded).
-#[derive(Default)]
-pub struct Tried {
-    vms: [Idx; 12],
-    len: u8,
-}
-
-impl Tried {
-    fn push(&mut self, vm: Idx) {
-        if (self.len as usize) < self.vms.len() {
-            self.vms[self.len as usize] = vm;
-            self.len += 1;
-        }
-    }
-    fn as_slice(&self) -> &[Idx] {
-        &self.vms[..self.len as usize]
-    }
-}
-
-impl RequestCtx {
-    fn new() -> RequestCtx {
-        RequestCtx {
-            start: Instant::now(),
-            decision: None,
-            hops_in: 0,
-            forward_host: None,
-            transfer_from: None,
-            vm_hash: None,
-            request_id: None,
-            status: 0,
-            tunnel: false,
-            tls: false,
-            body_bytes: 0,
-            table_version: 0,
-            sampled: false,
-            debug_route: None,
-            tried: Tried::default(),
-            retries: 0,
-            replayed: false,
-            body_read: false,
-            stale_retried: false,
-            reusable: true,
-            tunnel_detached: false,
-            handover: None,
-            replay_src: None,
-            answered: false,
-        }
     }
 }

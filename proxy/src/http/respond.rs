@@ -6,26 +6,26 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 
+use super::ctx::Outcome;
 use super::{error_page, Proxy, RequestCtx, REQUEST_ID_HEADER, ROUTE_HEADER};
-use crate::route;
 
 impl Proxy {
     /// Writes one of the edge's own responses.
     pub(super) async fn respond(&self, session: &mut ServerSession, ctx: &mut RequestCtx, status: u16) -> Result<()> {
-        let id = ctx.request_id.get_or_insert_with(|| self.next_request_id()).clone();
-        let body = error_page::error_page(status, &id);
+        let id = *ctx.request_id.get_or_insert_with(|| self.new_request_id());
+        let body = error_page::error_page(status, id.as_str());
         let mut resp = ResponseHeader::build(status, Some(5))?;
         resp.insert_header("content-type", "text/html; charset=utf-8")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
-        resp.insert_header(REQUEST_ID_HEADER, id)?;
+        resp.insert_header(REQUEST_ID_HEADER, id.as_str())?;
         if let Some(r) = &ctx.debug_route {
             let _ = resp.insert_header(ROUTE_HEADER, r.as_str());
         }
         if status == 503 {
             resp.insert_header("retry-after", "5")?;
         }
-        ctx.status = status;
+        ctx.outcome = Outcome::Edge(status);
         session.write_response_header(Box::new(resp)).await?;
         session.write_response_body(Bytes::from(body), true).await?;
         Ok(())
@@ -33,23 +33,20 @@ impl Proxy {
 
     /// Answers a plain-HTTP request with 308 to the same URL on HTTPS.
     pub(super) async fn redirect_to_https(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
-        let req = session.req_header();
-        let host = super::headers::request_host(req)
-            .and_then(|h| route::host::canonical_host(h).ok())
-            .map(|c| c.as_str().to_string())
-            .unwrap_or_default();
-        let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let host = ctx.head.host().unwrap_or_default();
+        let target = session.req_header().uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let port = match self.https_port {
             Some(443) | None => String::new(),
             Some(p) => format!(":{p}"),
         };
-        let id = ctx.request_id.get_or_insert_with(|| self.next_request_id()).clone();
+        let location = format!("https://{host}{port}{target}");
+        let id = *ctx.request_id.get_or_insert_with(|| self.new_request_id());
         let mut resp = ResponseHeader::build(308, Some(4))?;
-        resp.insert_header("location", format!("https://{host}{port}{target}"))?;
+        resp.insert_header("location", location)?;
         resp.insert_header("content-length", "0")?;
         resp.insert_header("cache-control", "no-store")?;
-        resp.insert_header(REQUEST_ID_HEADER, id)?;
-        ctx.status = 308;
+        resp.insert_header(REQUEST_ID_HEADER, id.as_str())?;
+        ctx.outcome = Outcome::Edge(308);
         session.write_response_header(Box::new(resp)).await?;
         session.finish_body().await?;
         Ok(())

@@ -39,7 +39,21 @@ use tokio::sync::Notify;
 
 use edgeplane_config::LimitsConfig;
 
-use super::{Proxy, RequestCtx};
+use super::ctx::{HeadFacts, RequestCtx};
+use super::filter::Filtered;
+use super::tunnel::Tunnel;
+use super::Proxy;
+
+/// How the client connection goes on after a request.
+pub enum Next {
+    /// Ready for the next request (as far as the edge is concerned; the
+    /// codec's keep-alive rules still apply).
+    Reuse,
+    Close,
+    /// A WebSocket tunnel on a TLS connection: the stream leaves the HTTP
+    /// machinery for the tunnel's task once the session lets go of it.
+    HandOver(Box<Tunnel>),
+}
 
 /// The request path on Pingora's HTTP server (see the module docs).
 pub struct EdgeHttp {
@@ -124,25 +138,30 @@ impl HttpServerApp for EdgeHttp {
         if *shutdown.borrow() || self.stop.stopped() {
             session.set_keepalive(None);
         }
-        let mut ctx = RequestCtx::new();
-        self.proxy.serve(&mut session, &mut ctx).await;
+        let tls = match crate::conn::conn_of(&session) {
+            Some(c) => c.is_tls(),
+            // An HTTP/2 stream: its connection came through TLS (ALPN).
+            None => session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        };
+        let body_done = session.is_body_done();
+        let mut ctx = RequestCtx::new(HeadFacts::read(session.req_header(), tls, body_done));
+        let next = self.proxy.serve(&mut session, &mut ctx).await;
         self.proxy.finish(&session, &mut ctx);
-        if let Some(handover) = ctx.handover.take() {
-            // A TLS WebSocket: the stream leaves the HTTP machinery.
-            match session.finish().await {
-                Ok(Some(stream)) => {
-                    let (stream, prefix) = stream.into_parts();
-                    handover.run(stream, prefix);
+        let settings = match next {
+            Next::Close => return None,
+            Next::HandOver(tunnel) => {
+                match session.finish().await {
+                    Ok(Some(stream)) => {
+                        let (stream, prefix) = stream.into_parts();
+                        super::tunnel::spawn(stream, *tunnel, prefix.as_deref().unwrap_or_default());
+                    }
+                    Ok(None) | Err(_) => log::debug!("a TLS upgrade's stream could not be taken over"),
                 }
-                Ok(None) | Err(_) => log::debug!("a TLS upgrade's stream could not be taken over"),
+                return None;
             }
-            return None;
-        }
-        if !ctx.reusable {
-            return None;
-        }
-        // Keep-alive time and the requests left carry over to the next one.
-        let settings = HttpPersistentSettings::for_session(&session);
+            // Keep-alive time and the requests left carry over to the next one.
+            Next::Reuse => HttpPersistentSettings::for_session(&session),
+        };
         match session.finish().await {
             Ok(reused) => reused.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
             Err(e) => {
@@ -239,15 +258,36 @@ impl Proxy {
     /// One request, after its head was read: the filter answers it or the
     /// request is proxied. A failure to write the edge's own answer means
     /// the client went away (counted, the connection closes).
-    pub(super) async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx) {
+    pub(super) async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Next {
         match self.filter_request(session, ctx).await {
-            Ok(true) => {}
-            Ok(false) => self.proxy_request(session, ctx).await,
+            Ok(Filtered::Answered) => Next::Reuse,
+            Ok(Filtered::Proxy { websocket }) => self.proxy_request(session, ctx, websocket).await,
             Err(e) => {
                 crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
                 log::debug!("answering a request: {e}");
-                ctx.reusable = false;
+                ctx.outcome = super::ctx::Outcome::Cut;
+                Next::Close
             }
         }
     }
+}
+
+/// The client socket of a plain-TCP HTTP/1 session (None for TLS or
+/// HTTP/2, whose tunnels take the stream itself), lent for as long as the
+/// session.
+pub(super) fn plain_tcp_fd(session: &ServerSession) -> Option<std::os::fd::BorrowedFd<'_>> {
+    use std::os::fd::AsRawFd;
+    let fd = session
+        .stream()?
+        .as_any()
+        .downcast_ref::<crate::conn::ConnStream>()?
+        .inner()
+        .as_any()
+        .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()?
+        .as_raw_fd();
+    // SAFETY: the descriptor belongs to the session's stream, which owns it
+    // and keeps it open while the session lives; the borrow is tied to
+    // `session`'s lifetime, so it cannot outlive the descriptor.
+    #[allow(unsafe_code)]
+    Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
 }

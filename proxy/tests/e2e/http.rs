@@ -148,7 +148,7 @@ async fn dead_vm_is_a_clean_502() {
     assert!(r.body_str().contains("502"));
     let m = edge.metrics().await;
     assert!(
-        metric_with(&m, "edgeplane_upstream_errors_total", &[]).unwrap_or(0.0) >= 1.0,
+        metric_with(&m, "edgeplane_upstream_errors_total", &["reason=\"connect_refused\""]).unwrap_or(0.0) >= 1.0,
         "{m}"
     );
 }

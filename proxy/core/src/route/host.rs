@@ -16,6 +16,12 @@ pub struct HostBuf {
     len: usize,
 }
 
+impl std::fmt::Debug for HostBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
 impl HostBuf {
     #[inline]
     pub fn as_str(&self) -> &str {

@@ -9,7 +9,8 @@
 //! that VM; a VM the balancer picks in that cluster (or that cluster's
 //! region edge when it is another region's); that region's edge, with a
 //! signed hop. The edge replays at most once, and only a request whose body
-//! it holds whole ([`body_replayable`]); otherwise, or for an unknown
+//! it holds whole (the glue's call: none, or all of it held within
+//! `limits.replay_body_bytes`); otherwise, or for an unknown
 //! target, the client gets the VM's own answer (without the header).
 //!
 //! Retry ([`retry_elsewhere`]): when the connection to a VM picked for a
@@ -76,7 +77,7 @@ impl ReplayOutcome {
         ReplayOutcome::HopLimit,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             ReplayOutcome::Replayed => "replayed",
             ReplayOutcome::BodyTooLarge => "body_too_large",
@@ -84,27 +85,6 @@ impl ReplayOutcome {
             ReplayOutcome::Again => "again",
             ReplayOutcome::HopLimit => "hop_limit",
         }
-    }
-}
-
-/// Whether the edge holds the request body whole: none declared and none
-/// seen, or a declared (or, chunked, seen-to-the-end) size within `limit`,
-/// and Pingora's retry buffer kept all of it.
-pub fn body_replayable(
-    declared: Option<u64>,
-    seen: u64,
-    body_done: bool,
-    buffer_truncated: bool,
-    limit: usize,
-) -> bool {
-    let limit = limit as u64;
-    if buffer_truncated || seen > limit {
-        return false;
-    }
-    match declared {
-        Some(n) => n <= limit,
-        // Chunked (or no body): whole only once its end was read.
-        None => body_done || seen == 0,
     }
 }
 
@@ -356,27 +336,6 @@ mod tests {
         assert_eq!(
             replay(&c, &t, ReplayTarget::Cluster("q"), FIRST, &()),
             Err(ReplayOutcome::UnknownTarget)
-        );
-    }
-
-    #[test]
-    fn bodies_are_replayable_only_when_held_whole() {
-        assert!(body_replayable(None, 0, true, false, 65536), "no body");
-        assert!(body_replayable(Some(100), 100, true, false, 65536));
-        assert!(
-            body_replayable(Some(100), 10, false, false, 65536),
-            "declared size within the limit"
-        );
-        assert!(!body_replayable(Some(70_000), 0, false, false, 65536));
-        assert!(
-            !body_replayable(None, 10, false, false, 65536),
-            "chunked, not read to its end"
-        );
-        assert!(body_replayable(None, 10, true, false, 65536));
-        assert!(!body_replayable(None, 10, true, true, 65536), "retry buffer overflowed");
-        assert!(
-            !body_replayable(Some(10), 10, true, false, 0),
-            "replay of bodies turned off"
         );
     }
 

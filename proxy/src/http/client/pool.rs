@@ -25,16 +25,18 @@
 //!   [`IDLE_TIMEOUT`] is handed out, and a sweep closes those at most once a
 //!   second, so a VM that went away leaves nothing open for long.
 //!
+//! - A connection goes back only with nothing unread in its buffer (bytes
+//!   past an answer would be a desynchronised VM), and its buffer is cut
+//!   back to its first size when an answer grew it.
+//!
 //! Start at [`take`] and [`give_back`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use super::Conn;
 
 /// Idle connections kept per upstream address, per thread.
 pub const MAX_IDLE_PER_ADDR: usize = 64;
@@ -48,8 +50,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle at least this long: checked before it is handed out.
 pub const CHECK_AFTER: Duration = Duration::from_millis(250);
 
+/// A buffer grown past this by a big answer is given back to the
+/// allocator when its connection is pooled.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 struct Idle {
-    stream: Stream,
+    conn: Conn,
     since_ms: u64,
 }
 
@@ -67,7 +73,7 @@ thread_local! {
 /// An open idle connection to `addr` from this thread's pool, if any.
 /// `check` asks for the liveness check whatever the idle time (a request
 /// that may not be sent twice should not meet a connection the VM closed).
-pub fn take(addr: SocketAddr, now_ms: u64, check: bool) -> Option<Stream> {
+pub fn take(addr: SocketAddr, now_ms: u64, check: bool) -> Option<Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let p = &mut *p;
@@ -78,8 +84,10 @@ pub fn take(addr: SocketAddr, now_ms: u64, check: bool) -> Option<Stream> {
             if idle_ms >= IDLE_TIMEOUT.as_millis() as u64 {
                 continue;
             }
-            if (!check && idle_ms < CHECK_AFTER.as_millis() as u64) || still_open(&idle.stream) {
-                return Some(idle.stream);
+            if (!check && idle_ms < CHECK_AFTER.as_millis() as u64) || still_open(&idle.conn.io) {
+                let mut conn = idle.conn;
+                conn.pooled = true;
+                return Some(conn);
             }
         }
         None
@@ -87,8 +95,16 @@ pub fn take(addr: SocketAddr, now_ms: u64, check: bool) -> Option<Stream> {
 }
 
 /// Keeps a connection whose last answer was read whole, for the next request
-/// to `addr` on this thread (closed instead when the pool is full).
-pub fn give_back(addr: SocketAddr, stream: Stream, now_ms: u64) {
+/// to its address on this thread (closed instead when the pool is full, or
+/// when bytes past the answer are waiting in its buffer).
+pub fn give_back(mut conn: Conn, now_ms: u64) {
+    if !conn.rbuf.is_empty() {
+        return;
+    }
+    if conn.rbuf.capacity() > KEEP_BUFFER {
+        conn.rbuf = bytes::BytesMut::with_capacity(super::READ_BUFFER);
+    }
+    let addr = conn.addr;
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if now_ms.saturating_sub(p.last_sweep_ms) >= 1000 {
@@ -101,10 +117,7 @@ pub fn give_back(addr: SocketAddr, stream: Stream, now_ms: u64) {
         if list.len() >= MAX_IDLE_PER_ADDR {
             return;
         }
-        list.push(Idle {
-            stream,
-            since_ms: now_ms,
-        });
+        list.push(Idle { conn, since_ms: now_ms });
         p.total += 1;
     })
 }
@@ -131,17 +144,9 @@ impl Pool {
 }
 
 /// True when the socket is open and nothing is waiting to be read on it (an
-/// idle HTTP/1 connection the VM has not closed). Streams that are not a
-/// plain TCP socket are trusted.
-fn still_open(stream: &Stream) -> bool {
-    let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() else {
-        return true;
-    };
-    // SAFETY: the descriptor belongs to `stream`, which is borrowed for the
-    // whole call, so it stays open while the borrowed fd is used.
-    #[allow(unsafe_code)]
-    let fd = unsafe { BorrowedFd::borrow_raw(l4.as_raw_fd()) };
-    let sock = socket2::SockRef::from(&fd);
+/// idle HTTP/1 connection the VM has not closed).
+fn still_open(io: &tokio::net::TcpStream) -> bool {
+    let sock = socket2::SockRef::from(io);
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     match sock.peek(&mut buf) {
         // Closed (0) or an unexpected byte: not reusable.
@@ -155,30 +160,30 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    async fn pair() -> (Stream, tokio::net::TcpStream, SocketAddr) {
+    async fn pair() -> (Conn, tokio::net::TcpStream, SocketAddr) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let c = super::super::connect(addr, Duration::from_secs(1)).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        (Box::new(L4Stream::from(c)), s, addr)
+        (c, s, addr)
     }
 
     #[tokio::test]
     async fn an_open_connection_comes_back_and_a_closed_one_does_not() {
         let (c, server, addr) = pair().await;
-        give_back(addr, c, 1);
+        give_back(c, 1);
         assert_eq!(idle_on_this_thread(), 1);
         assert!(take(addr, 1000, false).is_some(), "open and quiet: reused");
         assert!(take(addr, 1000, false).is_none(), "handed out once");
 
         let (c, server2, addr2) = pair().await;
-        give_back(addr2, c, 1);
+        give_back(c, 1);
         drop(server2);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(take(addr2, 1000, false).is_none(), "the VM closed it while idle");
 
         let (c, mut server3, addr3) = pair().await;
-        give_back(addr3, c, 1);
+        give_back(c, 1);
         server3.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
@@ -187,12 +192,12 @@ mod tests {
         );
         // Used a moment ago: handed out without a check.
         let (c, server4, addr4) = pair().await;
-        give_back(addr4, c, 1);
+        give_back(c, 1);
         drop(server4);
         assert!(take(addr4, 2, false).is_some(), "no check within CHECK_AFTER");
         // ... unless the caller asks for one.
         let (c, server5, addr5) = pair().await;
-        give_back(addr5, c, 1);
+        give_back(c, 1);
         drop(server5);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(take(addr5, 2, true).is_none(), "checked on request: closed");
@@ -202,13 +207,13 @@ mod tests {
     #[tokio::test]
     async fn old_connections_are_closed_not_reused() {
         let (c, _server, addr) = pair().await;
-        give_back(addr, c, 1);
+        give_back(c, 1);
         assert!(take(addr, 1 + IDLE_TIMEOUT.as_millis() as u64, false).is_none());
         let (c, _server2, addr2) = pair().await;
-        give_back(addr2, c, 10);
-        let (c3, _server3, addr3) = pair().await;
+        give_back(c, 10);
+        let (c3, _server3, _addr3) = pair().await;
         // The sweep on a later give-back closes the old one.
-        give_back(addr3, c3, 20_000 + IDLE_TIMEOUT.as_millis() as u64);
+        give_back(c3, 20_000 + IDLE_TIMEOUT.as_millis() as u64);
         assert_eq!(idle_on_this_thread(), 1);
         assert!(take(addr2, 20_000, false).is_none());
     }
