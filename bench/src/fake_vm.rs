@@ -17,7 +17,11 @@
 //!   optional; `scrape` injects faults into `/metrics` only, the HTTP
 //!   listener keeps serving; `replay`, when not empty, makes the VM answer
 //!   every request and refuse every upgrade with 409 and
-//!   `x-edgeplane-replay: <value>`, as a VM that lost a placement race).
+//!   `x-edgeplane-replay: <value>`, as a VM that lost a placement race;
+//!   `"replay": null` or `""` stops that).
+//! - Two test paths: `/__fake/early?status=N` answers N at once without
+//!   reading the request body (and closes), `/__fake/echo-stream` streams
+//!   the request body back as it arrives.
 //!
 //! Both listeners may be given port 0; the bound addresses are printed as
 //! `fake-vm <id> listening http=<addr> metrics=<addr>`. Start at [`run`].
@@ -30,6 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -79,7 +84,18 @@ struct ControlBody {
     cpu: Option<f64>,
     ready: Option<bool>,
     scrape: Option<ScrapeMode>,
-    replay: Option<String>,
+    /// Absent: unchanged; `null` or `""`: no replay; a value: replay there.
+    #[serde(default, deserialize_with = "present")]
+    replay: Option<Option<String>>,
+}
+
+/// A field that may be absent (None), null (Some(None)) or set.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 struct State {
@@ -99,13 +115,18 @@ pub struct FakeVmOptions {
     pub cpu: f64,
 }
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A whole body.
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain")
-        .body(Full::new(body.into()))
+        .body(full(body.into()))
         .unwrap()
 }
 
@@ -147,7 +168,7 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
             .status(StatusCode::CONFLICT)
             .header("x-served-by", state.id.as_str())
             .header("x-edgeplane-replay", replay.as_str())
-            .body(Full::new(Bytes::from_static(b"elsewhere\n")))
+            .body(full(Bytes::from_static(b"elsewhere\n")))
             .unwrap());
     }
     if is_ws {
@@ -173,15 +194,38 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
             .header("upgrade", "websocket")
             .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
             .header("x-served-by", state.id.as_str())
-            .body(Full::new(Bytes::new()))
+            .body(full(Bytes::new()))
             .unwrap());
     }
 
+    // Test paths: an answer that does not wait for the body, and one that
+    // streams the body back as it arrives (full-duplex checks).
+    if req.uri().path() == "/__fake/early" {
+        let status = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("status="))
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::PAYLOAD_TOO_LARGE);
+        return Ok(Response::builder()
+            .status(status)
+            .header("x-served-by", state.id.as_str())
+            .header("connection", "close")
+            .body(full(Bytes::from_static(b"not reading that\n")))
+            .unwrap());
+    }
+    if req.uri().path() == "/__fake/echo-stream" {
+        return Ok(Response::builder()
+            .header("x-served-by", state.id.as_str())
+            .body(req.into_body().boxed())
+            .unwrap());
+    }
     if req.uri().path() == "/echo-page" {
         return Ok(Response::builder()
             .header("content-type", "text/html; charset=utf-8")
             .header("x-served-by", state.id.as_str())
-            .body(Full::new(Bytes::from(ECHO_PAGE.replace("{vm}", &state.id))))
+            .body(full(Bytes::from(ECHO_PAGE.replace("{vm}", &state.id))))
             .unwrap());
     }
     let method = req.method().to_string();
@@ -220,7 +264,7 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
         resp.status(StatusCode::CONFLICT)
             .header("x-edgeplane-replay", replay.as_str())
     };
-    Ok(resp.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+    Ok(resp.body(full(Bytes::from(body.to_string()))).unwrap())
 }
 
 async fn echo<S>(mut ws: WebSocketStream<S>)
@@ -291,7 +335,7 @@ fakevm_websockets_open {}\n{units}",
             );
             Ok(Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(body)))
+                .body(full(Bytes::from(body)))
                 .unwrap())
         }
         ("POST", "/control") => {
@@ -320,11 +364,11 @@ fakevm_websockets_open {}\n{units}",
                 r.scrape = v;
             }
             if let Some(v) = c.replay {
-                r.replay = v;
+                r.replay = v.unwrap_or_default();
             }
             Ok(Response::builder()
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(serde_json::to_string(&*r).unwrap())))
+                .body(full(Bytes::from(serde_json::to_string(&*r).unwrap())))
                 .unwrap())
         }
         _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
@@ -385,4 +429,19 @@ pub async fn run(opts: FakeVmOptions) -> std::io::Result<()> {
     let _ = std::io::stdout().flush();
     std::future::pending::<()>().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControlBody;
+
+    #[test]
+    fn replay_is_unchanged_when_absent_and_cleared_by_null_or_empty() {
+        let c: ControlBody = serde_json::from_str(r#"{"cpu": 0.5}"#).unwrap();
+        assert_eq!(c.replay, None, "absent: unchanged");
+        let c: ControlBody = serde_json::from_str(r#"{"replay": null}"#).unwrap();
+        assert_eq!(c.replay, Some(None), "null: no replay");
+        let c: ControlBody = serde_json::from_str(r#"{"replay": "vm=vm-2"}"#).unwrap();
+        assert_eq!(c.replay, Some(Some("vm=vm-2".into())));
+    }
 }

@@ -199,7 +199,8 @@ impl ForwardCounters {
             return;
         }
         // First forward to this region: resolve its three handles once.
-        let cells = [F::Affinity, F::Tombstone, F::Replay].map(|r| self.vec.with_label_values(&[to_region, r.as_str()]));
+        let cells =
+            [F::Affinity, F::Tombstone, F::Replay].map(|r| self.vec.with_label_values(&[to_region, r.as_str()]));
         cells[i].inc();
         self.by_region.rcu(|m| {
             let mut m = (**m).clone();

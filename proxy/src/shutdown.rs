@@ -20,7 +20,10 @@ pub struct Shutdown {
 
 impl Shutdown {
     pub fn new(rx: watch::Receiver<bool>) -> Shutdown {
-        Shutdown { seen: false, rx: Some(rx) }
+        Shutdown {
+            seen: false,
+            rx: Some(rx),
+        }
     }
 
     /// A handle that never fires (a process without graceful stops: tests,
@@ -83,10 +86,14 @@ mod tests {
         assert!(!h.is_shutdown());
         // Dropped waits lose nothing.
         for _ in 0..3 {
-            assert!(tokio::time::timeout(std::time::Duration::from_millis(5), h.recv()).await.is_err());
+            assert!(tokio::time::timeout(std::time::Duration::from_millis(5), h.recv())
+                .await
+                .is_err());
         }
         s.stop();
-        tokio::time::timeout(std::time::Duration::from_secs(1), h.recv()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), h.recv())
+            .await
+            .unwrap();
         assert!(h.is_shutdown());
         drop(s);
         h.recv().await;

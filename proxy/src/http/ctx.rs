@@ -59,7 +59,9 @@ impl HeadFacts {
     pub fn read(req: &RequestHeader, tls: bool, body_done: bool) -> HeadFacts {
         let host = request_host(req).and_then(|h| canonical_host(h).ok());
         let chunked = header_str(req, "transfer-encoding").is_some_and(|v| {
-            v.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+            v.rsplit(',')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
         });
         let length = header_str(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
         let body = match (chunked, length) {
@@ -137,9 +139,10 @@ impl Body {
     pub fn bytes(&self) -> u64 {
         match self {
             Body::Unread => 0,
-            Body::Reading { bytes, .. } | Body::Held { bytes, .. } | Body::Sent { bytes } | Body::Abandoned { bytes } => {
-                *bytes
-            }
+            Body::Reading { bytes, .. }
+            | Body::Held { bytes, .. }
+            | Body::Sent { bytes }
+            | Body::Abandoned { bytes } => *bytes,
         }
     }
 }
@@ -312,7 +315,10 @@ mod tests {
         let long = "e".repeat(63);
         let id = RequestId::new(&long, u64::MAX, u64::MAX);
         assert_eq!(id.as_str().len(), 63 + 2 + 32);
-        assert_eq!(RequestId::parse(b"peer-1-2").map(|i| i.as_str().to_string()).as_deref(), Some("peer-1-2"));
+        assert_eq!(
+            RequestId::parse(b"peer-1-2").map(|i| i.as_str().to_string()).as_deref(),
+            Some("peer-1-2")
+        );
         assert!(RequestId::parse(b"has space").is_none());
         assert!(RequestId::parse(&[b'x'; 101]).is_none());
         assert!(RequestId::parse(b"").is_none());
@@ -329,7 +335,11 @@ mod tests {
         assert_eq!(f.body, DeclaredBody::Length(12));
         assert!(f.expect_continue && !f.idempotent && !f.head_request);
         h.insert_header("transfer-encoding", "chunked").unwrap();
-        assert_eq!(HeadFacts::read(&h, false, false).body, DeclaredBody::Chunked, "chunked wins");
+        assert_eq!(
+            HeadFacts::read(&h, false, false).body,
+            DeclaredBody::Chunked,
+            "chunked wins"
+        );
         let mut h2 = RequestHeader::build("POST", b"/up", None).unwrap();
         h2.set_version(http::Version::HTTP_2);
         assert_eq!(HeadFacts::read(&h2, true, false).body, DeclaredBody::Unframed);

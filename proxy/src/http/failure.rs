@@ -189,7 +189,10 @@ impl Failure {
         if e.kind() == TimedOut {
             return Failure::AnswerTimeout;
         }
-        let reset = matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof);
+        let reset = matches!(
+            e.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        );
         match (reset, answered, pooled) {
             (true, false, true) => Failure::PooledConnectionClosed,
             (true, false, false) => Failure::ResetBeforeAnswer,
@@ -203,9 +206,7 @@ impl Failure {
         match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::ClientTimeout,
             ErrorType::HTTPStatus(413) => Failure::BodyTooLarge,
-            ErrorType::InvalidHTTPHeader | ErrorType::HTTPStatus(400) | ErrorType::H2Error => {
-                Failure::ClientMalformed
-            }
+            ErrorType::InvalidHTTPHeader | ErrorType::HTTPStatus(400) | ErrorType::H2Error => Failure::ClientMalformed,
             ErrorType::InternalError => Failure::Internal,
             _ => Failure::ClientGone,
         }
@@ -253,7 +254,13 @@ mod tests {
             (ConnectTimeout, 504, "connect_timeout", Fault::Vm, Elsewhere),
             (ConnectError, 502, "connect_error", Fault::Vm, Elsewhere),
             (ResetBeforeAnswer, 502, "connect_reset", Fault::Vm, Elsewhere),
-            (PooledConnectionClosed, 502, "pool_reuse_race", Fault::Vm, FreshConnection),
+            (
+                PooledConnectionClosed,
+                502,
+                "pool_reuse_race",
+                Fault::Vm,
+                FreshConnection,
+            ),
             (AnswerTimeout, 504, "timeout", Fault::Vm, No),
             (BadAnswer, 502, "upstream", Fault::Vm, No),
             (AnswerCutShort, 0, "mid_answer", Fault::Vm, No),

@@ -244,7 +244,8 @@ mod tests {
     #[test]
     fn heads_are_refused_for_their_own_faults_only() {
         let l = limits();
-        let reject_by_head = |h: &RequestHeader, l: &LimitsConfig| super::reject_by_head(h, &HeadFacts::read(h, false, true), l);
+        let reject_by_head =
+            |h: &RequestHeader, l: &LimitsConfig| super::reject_by_head(h, &HeadFacts::read(h, false, true), l);
         assert_eq!(reject_by_head(&head(&[("host", "a.repl.co")]), &l), None);
         let many: Vec<(String, String)> = (0..9).map(|i| (format!("x-{i}"), "v".into())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -56,7 +56,9 @@ enum Exchanged {
 /// What to do after a failed attempt.
 enum NextTry {
     /// Try the (possibly new) decision again, on a new connection when `fresh`.
-    Again { fresh: bool },
+    Again {
+        fresh: bool,
+    },
     GiveUp,
 }
 
@@ -84,7 +86,9 @@ impl Proxy {
         let mut fresh = false;
         loop {
             let Some(addr) = ctx.route.as_ref().and_then(Routed::target) else {
-                return self.give_up(session, ctx, Failed::new(Failure::Internal, "no routing decision")).await;
+                return self
+                    .give_up(session, ctx, Failed::new(Failure::Internal, "no routing decision"))
+                    .await;
             };
             let failed = match self.exchange(session, ctx, addr, &limits, fresh, websocket).await {
                 Ok(Exchanged::Relayed { reusable: true }) => return Next::Reuse,
@@ -186,15 +190,23 @@ impl Proxy {
         self.edit_response(&mut answer.head, ctx);
         if answer.status == 101 {
             if !websocket {
-                return Err(Failed::new(Failure::BadAnswer, "101 to a request that is not a WebSocket upgrade"));
+                return Err(Failed::new(
+                    Failure::BadAnswer,
+                    "101 to a request that is not a WebSocket upgrade",
+                ));
             }
             let head = super::headers::response_head_bytes(&answer.head);
             return Ok(Exchanged::Upgraded(Opened { conn, head }));
         }
-        if up.reading || websocket {
-            // The VM answered before the body ended (or refused an
-            // upgrade): the client connection closes after this answer.
+        // A refused upgrade closes the client connection; so does an answer
+        // that comes before the body ended when it refuses the request (the
+        // VM will not read the rest). A streaming answer to a streaming
+        // upload keeps it, if the body does end ([`Proxy::relay_answer`]).
+        if websocket || (up.reading && (answer.status >= 400 || !answer.keep_alive)) {
             session.set_keepalive(None);
+        } else if up.reading {
+            // Pingora would announce a close for any answer before the body.
+            session.set_close_on_response_before_downstream_finish(false);
         }
         self.relay_answer(session, ctx, conn, answer, &mut up, limits).await
     }
@@ -334,12 +346,17 @@ impl Proxy {
                 }
             }
         }
-        session.finish_body().await.map_err(|e| Failed::client(&e))?;
         if up.reading {
-            // The answer is whole before the body: the rest stays unread.
-            ctx.body = Body::Abandoned { bytes: ctx.body.bytes() };
+            // The answer is whole before the body: the rest stays unread,
+            // and the connection cannot carry another request.
+            session.set_keepalive(None);
+            session.finish_body().await.map_err(|e| Failed::client(&e))?;
+            ctx.body = Body::Abandoned {
+                bytes: ctx.body.bytes(),
+            };
             return Ok(Exchanged::Relayed { reusable: false });
         }
+        session.finish_body().await.map_err(|e| Failed::client(&e))?;
         if keep_alive && framing != Framing::UntilClose && !up.vm_closed {
             pool::give_back(conn, now_ms());
         }
@@ -374,7 +391,10 @@ impl Proxy {
         let Some(b) = piece else {
             up.reading = false;
             ctx.body = match std::mem::take(&mut ctx.body) {
-                Body::Reading { kept: Some(chunks), bytes } => Body::Held { chunks, bytes },
+                Body::Reading {
+                    kept: Some(chunks),
+                    bytes,
+                } => Body::Held { chunks, bytes },
                 Body::Reading { kept: None, bytes } => Body::Sent { bytes },
                 Body::Unread => Body::Held {
                     chunks: Vec::new(),
@@ -399,15 +419,23 @@ impl Proxy {
         // Kept while the whole body fits the replay limit (shared, not copied).
         let fits = total <= limits.replay_body_bytes as u64;
         ctx.body = match std::mem::take(&mut ctx.body) {
-            Body::Reading { kept: Some(mut chunks), .. } if fits => {
+            Body::Reading {
+                kept: Some(mut chunks), ..
+            } if fits => {
                 chunks.push(b.clone());
-                Body::Reading { kept: Some(chunks), bytes: total }
+                Body::Reading {
+                    kept: Some(chunks),
+                    bytes: total,
+                }
             }
             Body::Unread if fits => Body::Reading {
                 kept: Some(vec![b.clone()]),
                 bytes: total,
             },
-            _ => Body::Reading { kept: None, bytes: total },
+            _ => Body::Reading {
+                kept: None,
+                bytes: total,
+            },
         };
         let Some(conn) = conn.filter(|_| !up.vm_closed && !b.is_empty()) else {
             return Ok(());
@@ -443,7 +471,13 @@ impl Proxy {
 
     /// The `101` goes to a tunnel of its own: on a plain listener now, on
     /// a TLS one once the session hands the stream over ([`Next::HandOver`]).
-    fn open_tunnel(&self, session: &mut ServerSession, ctx: &mut RequestCtx, opened: Opened, limits: &LimitsConfig) -> Next {
+    fn open_tunnel(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        opened: Opened,
+        limits: &LimitsConfig,
+    ) -> Next {
         if let Some(h) = ctx.route.as_ref().and_then(|r| r.vm_hash) {
             self.route.load().balancer.outliers.success(h);
         }
@@ -452,7 +486,9 @@ impl Proxy {
         let grace = self.cfg.load().edge.grace_period;
         let shutdown = conn
             .and_then(|c| c.shutdown())
-            .map_or_else(crate::shutdown::Shutdown::never, |w| crate::shutdown::Shutdown::new(w.clone()));
+            .map_or_else(crate::shutdown::Shutdown::never, |w| {
+                crate::shutdown::Shutdown::new(w.clone())
+            });
         let tunnel = super::tunnel::Tunnel {
             opened,
             idle_timeout: limits.tunnel_idle_timeout,

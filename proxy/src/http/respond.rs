@@ -34,7 +34,12 @@ impl Proxy {
     /// Answers a plain-HTTP request with 308 to the same URL on HTTPS.
     pub(super) async fn redirect_to_https(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         let host = ctx.head.host().unwrap_or_default();
-        let target = session.req_header().uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let target = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let port = match self.https_port {
             Some(443) | None => String::new(),
             Some(p) => format!(":{p}"),

@@ -24,7 +24,9 @@ use super::ctx::{Body, Outcome, RequestCtx, RequestId, Routed};
 use super::failure::{Failed, Failure, Fault};
 use super::headers::{request_host, strip_for_upstream};
 use super::recent::ForwardEvent;
-use super::{Proxy, HOP_HEADER, REPLAY_HEADER, REPLAY_SRC_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, TRANSFER_FROM_HEADER};
+use super::{
+    Proxy, HOP_HEADER, REPLAY_HEADER, REPLAY_SRC_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, TRANSFER_FROM_HEADER,
+};
 use crate::clock::{entropy, now_ms};
 use crate::route::signing::sign_hop;
 use crate::route::{self, Decision, ForwardReason};
@@ -78,7 +80,10 @@ impl Proxy {
             if strip_for_upstream(n, &connection, websocket) {
                 continue;
             }
-            let ours = matches!(n, "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-request-id");
+            let ours = matches!(
+                n,
+                "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-request-id"
+            );
             if ours && (!trusted_peer || n == "x-request-id") {
                 if n == "x-request-id" && trusted_peer {
                     peer_id = RequestId::parse(value.as_bytes());
@@ -108,11 +113,7 @@ impl Proxy {
                 46 - w.len()
             };
             line(out, b"x-forwarded-for", &ip[..ip_len]);
-            line(
-                out,
-                b"x-forwarded-proto",
-                if ctx.head.tls { b"https" } else { b"http" },
-            );
+            line(out, b"x-forwarded-proto", if ctx.head.tls { b"https" } else { b"http" });
             if let Some(h) = request_host(req) {
                 line(out, b"x-forwarded-host", h);
             }
@@ -348,11 +349,14 @@ impl Proxy {
     pub(super) async fn answer_failure(&self, session: &mut ServerSession, ctx: &mut RequestCtx, f: &Failed) {
         self.note_failure(ctx, f);
         // A VM that failed a repl being placed should not stay its pick.
-        if let (Fault::Vm, Some(Decision::Vm {
-            repl_hash,
-            reason: route::VmReason::Picked | route::VmReason::Remembered,
-            ..
-        })) = (f.kind.fault(), ctx.decision())
+        if let (
+            Fault::Vm,
+            Some(Decision::Vm {
+                repl_hash,
+                reason: route::VmReason::Picked | route::VmReason::Remembered,
+                ..
+            }),
+        ) = (f.kind.fault(), ctx.decision())
         {
             self.route.load().memory.forget(*repl_hash);
         }

@@ -6,6 +6,7 @@
 mod balancer;
 mod deploy;
 mod dns;
+mod duplex;
 mod faults;
 mod harness;
 mod hostile;

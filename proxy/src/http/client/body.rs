@@ -132,7 +132,11 @@ impl Decoder {
                     }
                     let n = (left.min(buf.len() as u64) as usize).min(max);
                     let left = left - n as u64;
-                    self.state = if left == 0 { State::ChunkCrlf } else { State::ChunkData(left) };
+                    self.state = if left == 0 {
+                        State::ChunkCrlf
+                    } else {
+                        State::ChunkData(left)
+                    };
                     return Ok(Piece::Data(buf.split_to(n).freeze()));
                 }
                 State::ChunkCrlf => {
@@ -219,9 +223,9 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, BodyError> {
     if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(BodyError::ChunkLine);
     }
-    let size = digits
-        .iter()
-        .fold(0u64, |n, &d| (n << 4) | u64::from((d as char).to_digit(16).unwrap_or(0)));
+    let size = digits.iter().fold(0u64, |n, &d| {
+        (n << 4) | u64::from((d as char).to_digit(16).unwrap_or(0))
+    });
     Ok(Some((size, end + 2)))
 }
 
@@ -309,9 +313,15 @@ mod tests {
         ] {
             assert_eq!(all(Framing::Chunked, input, 1000).unwrap_err(), want, "{input:?}");
         }
-        assert_eq!(all(Framing::Length(9), b"short", 1000).unwrap_err(), BodyError::Truncated);
+        assert_eq!(
+            all(Framing::Length(9), b"short", 1000).unwrap_err(),
+            BodyError::Truncated
+        );
         let huge_trailers = [b"0\r\n".to_vec(), vec![b'x'; MAX_TRAILERS + 10]].concat();
-        assert_eq!(all(Framing::Chunked, &huge_trailers, 64).unwrap_err(), BodyError::Trailers);
+        assert_eq!(
+            all(Framing::Chunked, &huge_trailers, 64).unwrap_err(),
+            BodyError::Trailers
+        );
         // Refused once, refused for good.
         let mut d = Decoder::new(Framing::Chunked);
         let mut buf = BytesMut::from(&b"zz\r\n"[..]);

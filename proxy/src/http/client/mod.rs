@@ -45,7 +45,14 @@ pub(crate) const READ_BUFFER: usize = 8 * 1024;
 
 /// Hop-by-hop answer headers (RFC 9110 §7.6.1): the VM's connection is not
 /// the client's. `upgrade` passes only on a `101`.
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// One connection to a VM or peer edge.
 pub struct Conn {
@@ -64,7 +71,12 @@ pub struct Conn {
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Failed> {
     let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Failed::new(Failure::of_connect(&e), format!("connecting to {addr}: {e}"))),
+        Ok(Err(e)) => {
+            return Err(Failed::new(
+                Failure::of_connect(&e),
+                format!("connecting to {addr}: {e}"),
+            ))
+        }
         Err(_) => {
             return Err(Failed::new(
                 Failure::ConnectTimeout,
@@ -148,7 +160,12 @@ impl Conn {
         let len = match resp.parse(&self.rbuf) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(Failed::new(Failure::BadAnswer, format!("answer head from {}: {e}", self.addr))),
+            Err(e) => {
+                return Err(Failed::new(
+                    Failure::BadAnswer,
+                    format!("answer head from {}: {e}", self.addr),
+                ))
+            }
         };
         let answer = answer_of(&resp, head_request).map_err(|m| Failed::new(Failure::BadAnswer, m))?;
         bytes::Buf::advance(&mut self.rbuf, len);
@@ -174,9 +191,8 @@ pub async fn write_parts<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bufs: &[&[
         if first == last {
             return Ok(());
         }
-        let slices: [std::io::IoSlice<'_>; MAX_WRITE_PARTS] = std::array::from_fn(|i| {
-            std::io::IoSlice::new(if (first..last).contains(&i) { parts[i] } else { &[] })
-        });
+        let slices: [std::io::IoSlice<'_>; MAX_WRITE_PARTS] =
+            std::array::from_fn(|i| std::io::IoSlice::new(if (first..last).contains(&i) { parts[i] } else { &[] }));
         let mut n = w.write_vectored(&slices[first..last]).await?;
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
@@ -201,7 +217,9 @@ fn answer_of(resp: &httparse::Response<'_, '_>, head_request: bool) -> Result<An
     let mut close = http10;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
             match (v, content_length) {
                 (None, _) => return Err("unreadable content-length".into()),
                 (Some(a), Some(b)) if a != b => return Err("two content-lengths".into()),
@@ -242,7 +260,8 @@ fn answer_of(resp: &httparse::Response<'_, '_>, head_request: bool) -> Result<An
         if hop || stale_length {
             continue;
         }
-        head.append_header(h.name.to_string(), h.value).map_err(|e| e.to_string())?;
+        head.append_header(h.name.to_string(), h.value)
+            .map_err(|e| e.to_string())?;
     }
     let keep_alive = !close && framing != Framing::UntilClose && !(chunked && content_length.is_some());
     Ok(Answer {
@@ -272,14 +291,29 @@ mod tests {
     fn framing_and_reuse_follow_rfc_9112() {
         let a = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap();
         assert_eq!((a.framing, a.keep_alive), (Framing::Length(5), true));
-        let a = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", false).unwrap();
-        assert_eq!((a.framing, a.keep_alive), (Framing::Chunked, false), "CL with TE: chunked, no reuse");
+        let a = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.framing, a.keep_alive),
+            (Framing::Chunked, false),
+            "CL with TE: chunked, no reuse"
+        );
         assert!(a.head.headers.get("content-length").is_none());
         let a = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert_eq!((a.framing, a.keep_alive), (Framing::UntilClose, false));
-        let a = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", false).unwrap();
+        let a = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(!a.keep_alive);
-        assert!(a.head.headers.get("connection").is_none(), "hop-by-hop stays with the VM");
+        assert!(
+            a.head.headers.get("connection").is_none(),
+            "hop-by-hop stays with the VM"
+        );
         let a = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap();
         assert!(!a.keep_alive, "HTTP/1.0 closes");
         for (raw, head) in [
@@ -289,13 +323,20 @@ mod tests {
         ] {
             assert_eq!(parse(raw, head).unwrap().framing, Framing::None);
         }
-        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).is_err());
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            false
+        )
+        .is_err());
         assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", false).is_err());
         let a = parse(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             false,
         )
         .unwrap();
-        assert!(a.head.headers.get("upgrade").is_some(), "a 101 keeps its upgrade headers");
+        assert!(
+            a.head.headers.get("upgrade").is_some(),
+            "a 101 keeps its upgrade headers"
+        );
     }
 }

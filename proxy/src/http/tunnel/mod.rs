@@ -231,7 +231,10 @@ mod tests {
         stopper.stop();
         tokio::time::sleep(Duration::from_secs(4)).await;
         // Mid-delay: an echo round trip still works.
-        client_peer.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]).await.unwrap();
+        client_peer
+            .write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+            .await
+            .unwrap();
         let mut up = [0u8; 8];
         vm_peer.read_exact(&mut up).await.unwrap();
         vm_peer.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();

@@ -341,7 +341,11 @@ mod tests {
         let mut rest = vec![0u8; f.len() - 3 + 4];
         client_peer.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest[..f.len() - 3], &f[3..], "the frame went out whole");
-        assert_eq!(&rest[f.len() - 3..], &close_frame_to_client(1001), "then the close frame");
+        assert_eq!(
+            &rest[f.len() - 3..],
+            &close_frame_to_client(1001),
+            "then the close frame"
+        );
         let mut to_vm = [0u8; 8];
         vm_peer.read_exact(&mut to_vm).await.unwrap();
         assert_eq!(to_vm, close_frame_to_server(1001, [0, 0, 0, 0]));
