@@ -120,8 +120,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
 /// when a VM answers `x-edgeplane-replay` (fly-replay's limit is 1 MB; a
 /// body past this is streamed, and its request is not replayed).
 pub const DEFAULT_REPLAY_BODY_BYTES: usize = 64 * 1024;
-/// Largest `replay_body_bytes`: Pingora's request retry buffer holds 64 KiB.
-pub const MAX_REPLAY_BODY_BYTES: usize = 64 * 1024;
+/// Largest `replay_body_bytes` (fly-replay's limit): what one request may
+/// hold in memory while it waits to be sent again.
+pub const MAX_REPLAY_BODY_BYTES: usize = 1024 * 1024;
 /// Requests served on one client connection before the edge closes it
 /// (nginx `keepalive_requests`: 1000). Bounds per-connection memory growth
 /// and spreads long-lived clients over edges after a deploy.
@@ -144,6 +145,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20_000;
 /// WebSocket tunnels open at once; past it an upgrade gets 503.
 pub const DEFAULT_MAX_TUNNELS: usize = 40_000;
+/// HTTP/2 streams one connection may have open at once (nginx's default; a
+/// browser opens far fewer). More are refused with `REFUSED_STREAM`.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// HTTP/2 streams a client may open and reset before the edge accepted
+/// them (the "rapid reset" attack, CVE-2023-44487): past this the
+/// connection is closed with `ENHANCE_YOUR_CALM`.
+pub const DEFAULT_H2_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// HTTP/2 streams the edge may reset for a client's protocol errors on one
+/// connection before it closes the connection.
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 /// Share of requests written to the access log: 1 in 100. A busy edge
 /// serves tens of thousands of requests a second; the metrics count them
 /// all, the log shows examples with their routing decision.
@@ -385,6 +396,12 @@ pub struct LimitsConfig {
     pub max_tunnels: usize,
     /// Request bodies up to this size are held for a replay.
     pub replay_body_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// An HTTP/2 header list's largest size (HPACK-decoded); default
+    /// `max_header_bytes`.
+    pub h2_max_header_list_bytes: usize,
+    pub h2_max_pending_reset_streams: usize,
+    pub h2_max_local_error_resets: usize,
 }
 
 /// Secrets are held as bytes read from their files (whitespace trimmed).

@@ -107,6 +107,10 @@ pub struct RawLimits {
     pub max_connections_per_ip: Option<usize>,
     pub max_tunnels: Option<usize>,
     pub replay_body_bytes: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_header_list_bytes: Option<usize>,
+    pub h2_max_pending_reset_streams: Option<usize>,
+    pub h2_max_local_error_resets: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -311,6 +311,36 @@ mod tests {
     }
 
     #[test]
+    fn http2_limits_have_defaults_follow_the_header_cap_and_are_checked() {
+        let c = crate::load(&setup(MINIMAL).1).unwrap();
+        assert_eq!(
+            (
+                c.limits.h2_max_concurrent_streams,
+                c.limits.h2_max_header_list_bytes,
+                c.limits.h2_max_pending_reset_streams,
+                c.limits.h2_max_local_error_resets
+            ),
+            (
+                DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+                DEFAULT_MAX_HEADER_BYTES,
+                DEFAULT_H2_MAX_PENDING_RESET_STREAMS,
+                DEFAULT_H2_MAX_LOCAL_ERROR_RESETS
+            )
+        );
+        let c = crate::load(&setup(&format!("{MINIMAL}[limits]\nmax_header_bytes = 8192\n")).1).unwrap();
+        assert_eq!(c.limits.h2_max_header_list_bytes, 8192, "follows max_header_bytes");
+        for bad in [
+            "h2_max_concurrent_streams = 0",
+            "h2_max_header_list_bytes = 10",
+            "h2_max_pending_reset_streams = 0",
+        ] {
+            let (_d, path) = setup(&format!("{MINIMAL}[limits]\n{bad}\n"));
+            let e = crate::load(&path).unwrap_err();
+            assert_eq!(format!("limits.{}", bad.split(' ').next().unwrap()), e.key, "{e}");
+        }
+    }
+
+    #[test]
     fn short_secret_and_open_admin_are_rejected() {
         let (dir, path) = setup(MINIMAL);
         std::fs::write(dir.path().join("hop.secret"), "short\n").unwrap();
@@ -399,7 +429,7 @@ mod tests {
         let (_d, path) = setup(&format!("{MINIMAL}[balancer]\nconnect_retries = 9\n"));
         let e = crate::load(&path).unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("balancer.connect_retries", 10), "{e}");
-        let (_d, path) = setup(&format!("{MINIMAL}[limits]\nreplay_body_bytes = 1048576\n"));
+        let (_d, path) = setup(&format!("{MINIMAL}[limits]\nreplay_body_bytes = 1048577\n"));
         assert_eq!(crate::load(&path).unwrap_err().key, "limits.replay_body_bytes");
         let (_d, path) = setup(&format!(
             "{MINIMAL}[balancer]\nconnect_retries = 0\n[limits]\nreplay_body_bytes = 0\n"

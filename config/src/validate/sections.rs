@@ -290,12 +290,38 @@ impl Checker<'_> {
             max_connections_per_ip: l.max_connections_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
             max_tunnels: l.max_tunnels.unwrap_or(DEFAULT_MAX_TUNNELS),
             replay_body_bytes: l.replay_body_bytes.unwrap_or(DEFAULT_REPLAY_BODY_BYTES),
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
+            h2_max_header_list_bytes: l
+                .h2_max_header_list_bytes
+                .or(l.max_header_bytes)
+                .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+            h2_max_pending_reset_streams: l
+                .h2_max_pending_reset_streams
+                .unwrap_or(DEFAULT_H2_MAX_PENDING_RESET_STREAMS),
+            h2_max_local_error_resets: l.h2_max_local_error_resets.unwrap_or(DEFAULT_H2_MAX_LOCAL_ERROR_RESETS),
         };
         if limits.replay_body_bytes > MAX_REPLAY_BODY_BYTES {
             return Err(self.err(
                 "limits.replay_body_bytes",
-                format!("must be at most {MAX_REPLAY_BODY_BYTES} (the request retry buffer's size)"),
+                format!("must be at most {MAX_REPLAY_BODY_BYTES} (held in memory per request)"),
             ));
+        }
+        if !(1..=10_000).contains(&limits.h2_max_concurrent_streams) {
+            return Err(self.err("limits.h2_max_concurrent_streams", "must be between 1 and 10000"));
+        }
+        if !(1024..=1 << 20).contains(&limits.h2_max_header_list_bytes) {
+            return Err(self.err("limits.h2_max_header_list_bytes", "must be between 1024 and 1048576"));
+        }
+        for (key, n) in [
+            (
+                "limits.h2_max_pending_reset_streams",
+                limits.h2_max_pending_reset_streams,
+            ),
+            ("limits.h2_max_local_error_resets", limits.h2_max_local_error_resets),
+        ] {
+            if !(1..=100_000).contains(&n) {
+                return Err(self.err(key, "must be between 1 and 100000"));
+            }
         }
         if limits.max_header_bytes < 1024 {
             return Err(self.err("limits.max_header_bytes", "must be at least 1024"));

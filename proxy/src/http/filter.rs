@@ -230,6 +230,10 @@ mod tests {
             max_connections_per_ip: 10,
             max_tunnels: 10,
             replay_body_bytes: 64,
+            h2_max_concurrent_streams: 128,
+            h2_max_header_list_bytes: 1024,
+            h2_max_pending_reset_streams: 20,
+            h2_max_local_error_resets: 256,
         }
     }
 

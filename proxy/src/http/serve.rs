@@ -59,8 +59,6 @@ pub enum Next {
 pub struct EdgeHttp {
     pub proxy: Proxy,
     options: HttpServerOptions,
-    /// HTTP/2 limits (TLS listeners, by ALPN).
-    h2: H2Options,
     stop: Stop,
 }
 
@@ -73,30 +71,24 @@ impl EdgeHttp {
         // An HTTP/2 connection with no stream open closes like an idle
         // HTTP/1.1 keep-alive connection.
         options.h2_idle_timeout = Some(limits.keepalive_idle);
-        let mut h2 = H2Options::new();
-        h2.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESET_STREAMS)
-            .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS));
         EdgeHttp {
             proxy,
             options,
-            h2,
             stop: Stop::new(threads),
         }
     }
 }
 
-/// Streams one HTTP/2 connection may have open at once (nginx's default;
-/// a browser opens far fewer). More are refused with `REFUSED_STREAM`.
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
-/// Streams a client may open and reset before the edge has accepted them
-/// (the "rapid reset" attack, CVE-2023-44487): past this the connection is
-/// closed with `ENHANCE_YOUR_CALM`.
-pub const H2_MAX_PENDING_RESET_STREAMS: usize = 20;
-/// Streams the edge may reset for a client's protocol errors on one
-/// connection before it closes the connection.
-pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// The HTTP/2 limits of `[limits]` (read for every new connection, so a
+/// reload applies to the next one).
+pub fn h2_options(limits: &LimitsConfig) -> H2Options {
+    let mut h2 = H2Options::new();
+    h2.max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.h2_max_header_list_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(Some(limits.h2_max_local_error_resets));
+    h2
+}
 
 #[async_trait]
 impl HttpServerApp for EdgeHttp {
@@ -177,7 +169,7 @@ impl HttpServerApp for EdgeHttp {
     }
 
     fn h2_options(&self) -> Option<H2Options> {
-        Some(self.h2.clone())
+        Some(h2_options(&self.proxy.limits()))
     }
 
     /// The listeners stopped: connections waiting for their next request
