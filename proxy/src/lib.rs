@@ -12,12 +12,15 @@
 //! | [`placement`] | starting the placement sources (file, PostgreSQL, Redis, shadow) |
 //! | [`server`] | putting the process together, signals |
 //! | [`logging`] | the log bridge: Pingora noise counted at DEBUG, every call site rate-limited |
-//! | [`metrics`], [`clock`] | leaves every part uses |
+//! | [`metrics`], [`clock`], [`shutdown`] | leaves every part uses: counters, time and entropy, the stop handle |
+//! | [`alloc_count`] | the global allocator's optional allocation count (tests hold the request path to its budget) |
+//! | [`fuzzing`] | the fuzz targets' properties (the suite replays their corpus) |
 //!
 //! Start reading at `edgeplane_core::route` (what decides where a request
 //! goes), then [`http`] (how it is carried out), then [`server`].
 
 pub mod admin;
+pub mod alloc_count;
 pub mod background;
 pub mod clock;
 pub mod conn;

@@ -14,8 +14,11 @@ use edgeplane_proxy::clock::now_ms;
 use edgeplane_proxy::route::{self, RouteContext};
 use edgeplane_proxy::server::{self, ServeFlags};
 
+/// mimalloc, with the allocation count tests turn on
+/// (`EDGEPLANE_COUNT_ALLOCATIONS=1`, [`edgeplane_proxy::alloc_count`]).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: edgeplane_proxy::alloc_count::Counting<mimalloc::MiMalloc> =
+    edgeplane_proxy::alloc_count::Counting(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(name = "edgeplane", version, about = "edgeplane regional edge proxy")]
@@ -147,6 +150,7 @@ fn release_memory() {
 }
 
 fn main() -> ExitCode {
+    edgeplane_proxy::alloc_count::init_from_env();
     edgeplane_control_sync::set_release_memory(release_memory);
     let cli = Cli::parse();
     match run(cli) {

@@ -123,6 +123,14 @@ impl AdminApp {
             "/metrics" => self.metrics(now),
             "/debug/route" => self.debug_route(query, now),
             "/debug/snapshot" => json(self.snapshot_json(now)),
+            "/debug/allocations" => {
+                let (allocations, bytes) = crate::alloc_count::totals();
+                json(serde_json::json!({
+                    "counting": crate::alloc_count::enabled(),
+                    "allocations": allocations,
+                    "bytes": bytes,
+                }))
+            }
             "/debug/shadow" => json(self.shadow_json()),
             "/debug/config" => json(self.config_json()),
             "/balancer" => json(self.balancer_json(now)),

@@ -203,6 +203,8 @@ pub struct EdgeOpts<'a> {
     /// No version 1 key (`workspace_token_key_file` unset): the fleet has
     /// finished migrating to version 2 tokens.
     pub no_v1_key: bool,
+    /// Start with `EDGEPLANE_COUNT_ALLOCATIONS=1` (`/debug/allocations`).
+    pub count_allocations: bool,
 }
 
 impl Edge {
@@ -343,17 +345,31 @@ workspace_token_public_keys_file = \"ws.pub\"\n{v1}{}\n\n[limits]\n{}\n",
             opts.edge, opts.security, opts.limits
         );
         std::fs::write(d.join("edge.toml"), toml).unwrap();
+        let env: &[(&str, &str)] = if opts.count_allocations {
+            &[("EDGEPLANE_COUNT_ALLOCATIONS", "1")]
+        } else {
+            &[]
+        };
         let (child, map) = if opts.json_log {
             let log = std::fs::File::create(d.join("edge.log")).unwrap();
-            spawn_edge_with(
+            spawn_edge_env(
                 &d.join("edge.toml"),
                 &["--log-format", "json"],
                 opts.tls.is_some(),
                 "info",
                 log.into(),
+                env,
             )
         } else {
-            spawn_edge(&d.join("edge.toml"), false, opts.tls.is_some())
+            let level = std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into());
+            spawn_edge_env(
+                &d.join("edge.toml"),
+                &[],
+                opts.tls.is_some(),
+                &level,
+                Stdio::inherit(),
+                env,
+            )
         };
         let edge = Edge {
             proc: Proc(child),
@@ -483,11 +499,24 @@ pub fn spawn_edge_with(
     rust_log: &str,
     stderr: Stdio,
 ) -> (Child, HashMap<&'static str, SocketAddr>) {
+    spawn_edge_env(config, args, https, rust_log, stderr, &[])
+}
+
+/// [`spawn_edge_with`] with more environment variables.
+pub fn spawn_edge_env(
+    config: &Path,
+    args: &[&str],
+    https: bool,
+    rust_log: &str,
+    stderr: Stdio,
+    env: &[(&str, &str)],
+) -> (Child, HashMap<&'static str, SocketAddr>) {
     let mut child = Command::new(edgeplane_bin())
         .args(["serve", "-c"])
         .arg(config)
         .args(args)
         .env("RUST_LOG", rust_log)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()

@@ -167,8 +167,13 @@ impl Conn {
                 ))
             }
         };
-        let answer = answer_of(&resp, head_request).map_err(|m| Failed::new(Failure::BadAnswer, m))?;
-        bytes::Buf::advance(&mut self.rbuf, len);
+        // The head leaves the buffer as one shared piece its header values
+        // point into (no copy per value); parsed once more from there.
+        let raw = self.rbuf.split_to(len).freeze();
+        let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let _ = resp.parse(&raw);
+        let answer = answer_of(&resp, &raw, head_request).map_err(|m| Failed::new(Failure::BadAnswer, m))?;
         Ok(Some(answer))
     }
 }
@@ -209,7 +214,8 @@ pub async fn write_parts<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bufs: &[&[
 }
 
 /// The [`Answer`] a parsed head means (RFC 9112 §6.3 for its body).
-fn answer_of(resp: &httparse::Response<'_, '_>, head_request: bool) -> Result<Answer, String> {
+/// `raw` is the buffer `resp` was parsed from (values are shared slices of it).
+fn answer_of(resp: &httparse::Response<'_, '_>, raw: &bytes::Bytes, head_request: bool) -> Result<Answer, String> {
     let status = resp.code.ok_or("no status")?;
     let http10 = resp.version == Some(0);
     let mut content_length: Option<u64> = None;
@@ -252,7 +258,9 @@ fn answer_of(resp: &httparse::Response<'_, '_>, head_request: bool) -> Result<An
     } else {
         Framing::UntilClose
     };
-    let mut head = ResponseHeader::build(status, Some(resp.headers.len())).map_err(|e| e.to_string())?;
+    // No case map: names go to the client lower-case (HTTP/1.1 names are
+    // case-insensitive; HTTP/2 requires lower case).
+    let mut head = ResponseHeader::build_no_case(status, Some(resp.headers.len())).map_err(|e| e.to_string())?;
     for h in resp.headers.iter() {
         let hop = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) && !(status == 101 && is_upgrade(h.name));
         // With both, chunked decides the length (and the CL is dropped).
@@ -260,8 +268,9 @@ fn answer_of(resp: &httparse::Response<'_, '_>, head_request: bool) -> Result<An
         if hop || stale_length {
             continue;
         }
-        head.append_header(h.name.to_string(), h.value)
-            .map_err(|e| e.to_string())?;
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).map_err(|e| e.to_string())?;
+        head.append_header(name, value).map_err(|e| e.to_string())?;
     }
     let keep_alive = !close && framing != Framing::UntilClose && !(chunked && content_length.is_some());
     Ok(Answer {
@@ -281,10 +290,11 @@ mod tests {
     use super::*;
 
     fn parse(raw: &[u8], head_request: bool) -> Result<Answer, String> {
+        let raw = bytes::Bytes::copy_from_slice(raw);
         let mut h = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut h);
-        r.parse(raw).unwrap();
-        answer_of(&r, head_request)
+        r.parse(&raw).unwrap();
+        answer_of(&r, &raw, head_request)
     }
 
     #[test]
