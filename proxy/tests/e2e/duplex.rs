@@ -118,7 +118,7 @@ async fn a_streaming_answer_flows_while_the_body_streams() {
 
 /// One open tunnel of the stop test: its name and stream.
 enum Socket {
-    Plain(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>),
+    Plain(Box<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>),
     Tls(Box<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
 }
 
