@@ -187,9 +187,9 @@ async fn tunnels_keep_echoing_through_the_stop_delay_then_close_with_1001() {
     for _ in 0..10 {
         let tcp = tokio::net::TcpStream::connect(edge.proxy).await.unwrap();
         let req = "ws://app1.repl.co/shell".into_client_request().unwrap();
-        sockets.push(Socket::Plain(
+        sockets.push(Socket::Plain(Box::new(
             tokio_tungstenite::client_async(req, tcp).await.unwrap().0,
-        ));
+        )));
         let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
         let tls = tokio_rustls::TlsConnector::from(tls_client_config(&der, &[b"http/1.1"]))
