@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== cargo doc (private items too, so links to them are fine; other warnings are errors)"
+RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" cargo doc --workspace --no-deps --document-private-items --quiet
+
 echo "== build binaries (the end-to-end tests start them as processes)"
 cargo build --workspace --bins --quiet
 

@@ -1,7 +1,7 @@
 //! edgeplane configuration: TOML in, a typed and validated [`Config`] out.
 //!
 //! Flow: [`load`] reads the file, parses it into [`raw::RawConfig`] (serde,
-//! unknown keys rejected), then [`validate`] applies the `DEFAULT_*`
+//! unknown keys rejected), then [`validate()`] applies the `DEFAULT_*`
 //! constants, resolves relative paths against the config file's folder,
 //! reads secret files (content trimmed) and checks every value. Any failure
 //! is a [`ConfigError`] that prints as `file:line: key: message`, the form

@@ -2,7 +2,7 @@
 //!
 //! Every struct rejects unknown keys (`deny_unknown_fields`) so a typo is an
 //! error, not a silently ignored setting. Optional values stay `Option` here;
-//! defaults and cross-checks are applied by [`crate::validate`], which turns
+//! defaults and cross-checks are applied by [`crate::validate()`], which turns
 //! a [`RawConfig`] into a [`crate::Config`]. Start reading at [`RawConfig`].
 
 use serde::Deserialize;

@@ -120,7 +120,7 @@ impl RequestCounters {
 }
 
 /// The `reason` label values of `edgeplane_upstream_errors_total`: every
-/// VM-side [`Failure`]'s label (a pooled connection's race is counted in
+/// VM-side [`Failure`](crate::http::failure::Failure)'s label (a pooled connection's race is counted in
 /// `log_events_total` instead) and `unresolved`.
 pub const UPSTREAM_ERROR_REASONS: &[&str] = &[
     "connect_refused",

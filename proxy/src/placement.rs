@@ -106,7 +106,7 @@ pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement
                 redis_options(cfg, url, false),
                 shadow_handle,
                 Some(observer),
-                Arc::new(AtomicBool::new(false)),
+                runs_for_process_life(),
             );
             (primary, Some(control))
         }
@@ -116,7 +116,7 @@ pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement
         PlacementSource::File(path) => {
             let mut src = FileSource::new(path, &cfg.edge.region);
             src.load_into(&primary)?;
-            src.watch(primary, DEFAULT_WATCH_INTERVAL, Arc::new(AtomicBool::new(false)));
+            src.watch(primary, DEFAULT_WATCH_INTERVAL, runs_for_process_life());
         }
         PlacementSource::Postgres(url) => {
             let p = &cfg.placement;
@@ -131,13 +131,20 @@ pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement
                 query_timeout: p.query_timeout,
                 full_load_timeout: p.full_load_timeout,
             };
-            postgres::spawn(opts, primary, Arc::new(AtomicBool::new(false)));
+            postgres::spawn(opts, primary, runs_for_process_life());
         }
         PlacementSource::Redis(url) => {
             let mut opts = redis_options(cfg, url, true);
             opts.last_known_good = lkg;
-            redis_source::spawn(opts, primary, None, Arc::new(AtomicBool::new(false)));
+            redis_source::spawn(opts, primary, None, runs_for_process_life());
         }
     }
     Ok(Placement { table: serving, shadow })
+}
+
+/// The stop flag of a placement source that runs until the process exits:
+/// the edge serves from its table to the last request of a drain, so its
+/// sync never stops first (tools and tests stop theirs by setting it).
+fn runs_for_process_life() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
 }

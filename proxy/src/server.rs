@@ -18,7 +18,6 @@
 //! 1012; SIGINT exits at once. Start at [`run`].
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use pingora_core::listeners::ListenerConfig;
@@ -41,6 +40,7 @@ use crate::http::{EdgeApp, Proxy, RecentForwards};
 use crate::metrics::Metrics;
 use crate::placement::{load_placement, Placement};
 use crate::route::RouteContext;
+use crate::shutdown::Stopper;
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,9 @@ pub struct Parts {
     pub admin: AdminApp,
     /// Health samples the monitor publishes and the balancer reads.
     pub health: HealthHandle,
+    /// The process's graceful stop, as the background tasks see it (fired
+    /// by SIGTERM or SIGQUIT: health, names and certificate watching end).
+    pub stop: Arc<Stopper>,
 }
 
 impl Parts {
@@ -145,6 +148,7 @@ impl Parts {
             reloader,
             admin,
             health,
+            stop: Arc::new(Stopper::default()),
         }
     }
 
@@ -160,14 +164,14 @@ impl Parts {
             balancer,
             self.health.clone(),
             p.metrics.clone(),
-            Arc::new(AtomicBool::new(false)),
+            self.stop.handle(),
         );
         crate::background::names::spawn(
             p.cfg.load().resolver.clone(),
             p.table.clone(),
             p.names.clone(),
             p.metrics.clone(),
-            Arc::new(AtomicBool::new(false)),
+            self.stop.handle(),
         );
         if let Err(e) = self.reloader.clone().watch_sighup() {
             log::warn!("cannot watch SIGHUP, reload through the admin API only: {e}");
@@ -239,7 +243,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     }
     let https = tls_cfg
         .as_ref()
-        .map(|t| https_service(t, &tls_listen, app, &edge.metrics));
+        .map(|t| https_service(t, &tls_listen, app, &edge.metrics, parts.stop.handle()));
     let sync = edge.table.status_arc();
     let mut admin = Service::new("edgeplane admin".to_string(), parts.admin);
     admin.threads = Some(1);
@@ -251,7 +255,11 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         server.add_service(h);
     }
     server.add_service(admin);
-    let signals = StopSignals { sync, drain };
+    let signals = StopSignals {
+        sync,
+        drain,
+        stop: parts.stop.clone(),
+    };
     server.run(pingora_core::server::RunArgs {
         shutdown_signal: Box::new(signals),
     });
@@ -286,6 +294,7 @@ fn https_service(
     tls_listen: &[SocketAddr],
     app: impl Fn(Option<pingora_core::listeners::tls::Acceptor>) -> EdgeApp,
     metrics: &Arc<Metrics>,
+    stop: crate::shutdown::Shutdown,
 ) -> Service<EdgeApp> {
     let resolver = crate::conn::tls::SniResolver::new(Default::default());
     crate::conn::tls::reload(&t.certs_dir, &resolver, metrics);
@@ -294,7 +303,7 @@ fn https_service(
         t.reload_interval,
         resolver.clone(),
         metrics.clone(),
-        Arc::new(AtomicBool::new(false)),
+        stop,
     );
     let acceptor =
         pingora_core::listeners::tls::Acceptor::from_server_config(crate::conn::tls::server_config(resolver));
@@ -340,6 +349,7 @@ fn announce(listen: &[SocketAddr], tls_listen: &[SocketAddr], admin: SocketAddr,
 struct StopSignals {
     sync: Arc<edgeplane_control_sync::SyncStatus>,
     drain: Arc<crate::conn::Drain>,
+    stop: Arc<Stopper>,
 }
 
 #[async_trait::async_trait]
@@ -356,6 +366,7 @@ impl ShutdownSignalWatch for StopSignals {
         if let Err(e) = flushed {
             log::error!("last-known-good flush on stop failed: {e}");
         }
+        self.stop.stop();
         self.drain.exit_when_idle();
         signal
     }

@@ -3,7 +3,7 @@
 //! Sits between [`crate::raw`] (what the file says) and [`crate::Config`]
 //! (what the edge runs with). Each check reports the dotted key it is about;
 //! [`Locator`] finds that key's line in the original text so the error reads
-//! `file:line: key: message`. Start reading at [`validate`]; each section's
+//! `file:line: key: message`. Start reading at [`validate()`]; each section's
 //! checks are one function in [`sections`].
 
 use std::net::SocketAddr;

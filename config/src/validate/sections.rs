@@ -3,7 +3,7 @@
 //!
 //! Each function applies the section's `DEFAULT_*`s, resolves its paths
 //! against the config file's directory and checks its ranges. Rules that span
-//! sections live in [`super::validate`]. The order of functions is the order
+//! sections live in [`super::validate()`]. The order of functions is the order
 //! of sections in `config/examples/edgeplane.toml`.
 
 use std::time::Duration;

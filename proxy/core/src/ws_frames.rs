@@ -1,6 +1,6 @@
 //! WebSocket frame boundaries, so a tunnel can end politely.
 //!
-//! Tunnels relay bytes without parsing them ([`crate::tunnel`]). To send a
+//! Tunnels relay bytes without parsing them (the proxy's `http::tunnel`). To send a
 //! close frame when the edge stops or hands over to a new binary (SIGTERM:
 //! 1001 "going away"; SIGQUIT upgrade: 1012 "service restart"), a close
 //! frame must land between frames, never inside one. [`FrameCursor`]

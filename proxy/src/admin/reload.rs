@@ -1,4 +1,4 @@
-//! Live config reload for `edgeplane serve`: on SIGHUP ([`watch_sighup`])
+//! Live config reload for `edgeplane serve`: on SIGHUP ([`Reloader::watch_sighup`])
 //! and on `POST /config/reload` (admin listener), read the config file
 //! again, validate it, and swap it in whole.
 //!

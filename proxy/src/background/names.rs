@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +33,7 @@ use edgeplane_control_sync::table::Resolve;
 use edgeplane_control_sync::TableHandle;
 
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// The answers in use, shared with every request thread.
 #[derive(Default)]
@@ -247,16 +247,16 @@ pub fn spawn(
     table: TableHandle,
     names: Arc<Names>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 ) -> std::thread::JoinHandle<()> {
     edgeplane_control_sync::spawn_with_runtime("resolver", move || run(cfg, table, names, metrics, stop))
 }
 
-async fn run(cfg: ResolverConfig, table: TableHandle, names: Arc<Names>, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
+async fn run(cfg: ResolverConfig, table: TableHandle, names: Arc<Names>, metrics: Arc<Metrics>, mut stop: Shutdown) {
     let mut book = NameBook::default();
     let mut resolver_handle: Option<Resolver> = None;
     let mut seen_version = u64::MAX;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         let now = crate::clock::now_ms();
         let mut publish = false;
         let t = table.load_full();
@@ -300,7 +300,10 @@ async fn run(cfg: ResolverConfig, table: TableHandle, names: Arc<Names>, metrics
             names.publish(book.answers());
         }
         metrics.resolver_unresolved.set(book.unresolved() as i64);
-        tokio::time::sleep(TICK).await;
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.recv() => return,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Connection admission: the global and per-client-IP caps of `[limits]`
 //! (`max_connections`, `max_connections_per_ip`).
 //!
-//! Where it sits: [`crate::conn::EdgeApp`] asks [`Admission::admit`] once
+//! Where it sits: [`crate::http::EdgeApp`] asks [`Admission::admit`] once
 //! per accepted client connection, before any TLS handshake or HTTP parse;
 //! the returned [`Admitted`] guard lives inside the connection's stream and
 //! gives the slots back when the connection is dropped, however it ends.

@@ -3,7 +3,7 @@
 //! docs/contract.md §5 and §6): every connection starts with the balancer's
 //! header, whose source address is the client from then on.
 //!
-//! Where it sits: [`crate::http::EdgeApp::process_new`] calls [`accept`]
+//! Where it sits: `EdgeApp::process_new` ([`crate::http::EdgeApp`]) calls [`accept`]
 //! before admission (the per-IP caps count the real client) and before TLS
 //! (the header precedes the handshake). Parsing is the `ppp` crate's.
 //!

@@ -12,7 +12,7 @@
 //! - what later code asks of the connection: TLS or not, the shutdown watch
 //!   (WebSocket tunnels send close frames on it), a request counter.
 //!
-//! Head tracking: [`ConnStream::head_done`] (called from `request_filter`)
+//! Head tracking: [`ConnStream::head_done`] (called by the request filter)
 //! stops the clock; [`ConnStream::expect_head`] (called when a request ends)
 //! arms it again, and the next byte read starts it.
 //!

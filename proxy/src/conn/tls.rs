@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -316,13 +315,13 @@ pub fn spawn_watcher(
     interval: Duration,
     resolver: Arc<SniResolver>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    mut stop: crate::shutdown::Shutdown,
 ) {
     std::thread::Builder::new()
         .name("edgeplane-tls-watch".into())
         .spawn(move || {
             let mut seen = fingerprint(&dir);
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.is_shutdown() {
                 std::thread::sleep(interval);
                 let now = fingerprint(&dir);
                 if now != seen {

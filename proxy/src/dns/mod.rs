@@ -310,7 +310,8 @@ pub fn serve(cfg: Config) -> Result<(), DnsError> {
         placement.table.clone(),
         names.clone(),
         metrics,
-        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        // Resolves for the process's life (the responder exits at once).
+        crate::shutdown::Shutdown::never(),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.edge.threads.max(1))

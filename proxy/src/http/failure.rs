@@ -4,7 +4,7 @@
 //! request may be sent again — in one place, the way Pingora's own
 //! `ErrorType` carries its retry flag and linkerd2-proxy's errors carry
 //! their response. The request path ([`super::forward`],
-//! [`super::upgrade`]) makes a [`Failed`] where something goes wrong and
+//! [`super::tunnel`]) makes a [`Failed`] where something goes wrong and
 //! asks it; nothing else matches error strings.
 //!
 //! Start at [`Failure`].

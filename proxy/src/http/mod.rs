@@ -1,7 +1,7 @@
 //! The request path: what happens to one HTTP request (or WebSocket
 //! upgrade) between Pingora's parser and the VM. Thin glue around the pure
-//! core (`edgeplane_core::route`): turn the head into a [`RouteRequest`],
-//! ask [`route::decide`], carry out the [`Decision`] — proxy to a VM,
+//! core (`edgeplane_core::route`): turn the head into a [`RouteRequest`](crate::route::RouteRequest),
+//! ask [`decide`](crate::route::decide()), carry out the [`Decision`](crate::route::Decision) — proxy to a VM,
 //! forward to a peer edge with a signed hop header, or answer with a small
 //! page — and handle what comes back (replays, connect retries).
 //!

@@ -8,10 +8,10 @@
 //! modules, subrequests, a shared upstream pool with a lock, a `Notify` and
 //! a spawned idle watcher per release) cost more than the edge's whole own
 //! work, and its pool woke the other serving thread on every request
-//! (docs/architecture.md, "Why the request path is its own app", has the
-//! measurements). Everything the edge needs from Pingora stays: listeners,
-//! TLS, the HTTP/1 codecs (server and client), the server, upgrade and
-//! shutdown machinery.
+//! (docs/architecture.md, "Choices that shape the code", has the
+//! measurements). What the edge takes from Pingora: listeners, TLS, the
+//! HTTP/1 and HTTP/2 server codecs, the server, upgrade and shutdown
+//! machinery; the client side to VMs is its own ([`super::client`]).
 //!
 //! Invariants:
 //! - A connection is reused only after a complete answer (the codec's own

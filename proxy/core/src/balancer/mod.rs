@@ -3,7 +3,7 @@
 //! randomness come in as arguments, so the simulator
 //! (`edgeplane-bench sim`) runs exactly this code.
 //!
-//! Flow: the health monitor ([`crate::health`]) publishes a [`HealthMap`];
+//! Flow: the health monitor (the proxy's `background::health`) publishes a [`HealthMap`];
 //! the refresh thread calls [`Balancer::refresh`], which rebuilds the
 //! [`BalancerView`] ([`view::build`]: usability, ejection, panic mode,
 //! subsets with hysteresis) when the table, health, epoch or an outlier

@@ -2,7 +2,7 @@
 //! what went wrong since, merged round by round, and the rule that says
 //! whether a VM may get new repls.
 //!
-//! Where it sits: the health monitor ([`crate::health`]) scrapes VMs (or
+//! Where it sits: the health monitor (the proxy's `background::health`) scrapes VMs (or
 //! queries Prometheus) off the hot path, turns each round into
 //! [`Outcome`]s and calls [`HealthMap::next`]; the result is published
 //! whole and the view builder ([`super::view`]) reads it with

@@ -1,4 +1,4 @@
-//! [`decide`]: the steps of docs/contract.md §2 in order. See the parent module docs.
+//! [`decide()`]: the steps of docs/contract.md §2 in order. See the parent module docs.
 
 use edgeplane_placement::directory::Name;
 use edgeplane_placement::snapshot::VmState;

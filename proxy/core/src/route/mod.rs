@@ -3,7 +3,7 @@
 //!
 //! Where it sits: the proxy's request path (`edgeplane-proxy`'s `http`
 //! module) extracts a [`RouteRequest`] from the request head and calls
-//! [`decide`] with the
+//! [`decide()`] with the
 //! current [`RoutingTable`](edgeplane_placement::RoutingTable) (one ArcSwap load); `edgeplane route` and
 //! `/debug/route` call the same function with an [`Explain`] that records
 //! every step. The answer is a [`Decision`]: a VM, a peer region's edge, or
@@ -18,7 +18,7 @@
 //! transfer -> pick memory, else the subsetting balancer (503 when no active VM).
 //!
 //! Invariants: no allocation on the hosted-app path; explanations are
-//! closures that only run when explaining. Start at [`decide`].
+//! closures that only run when explaining. Start at [`decide()`].
 
 pub mod host;
 pub mod pick_memory;
@@ -319,7 +319,7 @@ pub trait Explain {
 }
 
 /// Keeps the token check and ignores the steps: what the request path
-/// passes to [`decide`].
+/// passes to [`decide()`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TokenSeen(pub Option<TokenCheck>);
 

@@ -1,6 +1,6 @@
 //! What happens after the first try of a request failed or was refused:
 //! VM-directed replay (`x-edgeplane-replay`) and the connect-failure retry
-//! of a repl being placed. Pure, like [`super::decide`]: the glue asks,
+//! of a repl being placed. Pure, like [`super::decide()`]: the glue asks,
 //! carries the answer out, and counts it.
 //!
 //! Replay (a placement race: the repl is elsewhere): a VM answers, with any

@@ -7,7 +7,7 @@
 //!   a reload applies), one health round over this region's active
 //!   VMs that have a `metrics_addr` ([`scrape`] or [`prometheus_api`]),
 //!   merged into a new [`HealthMap`] (pure merge in
-//!   [`crate::balancer::health`]) and published whole;
+//!   `crate::balancer::health`) and published whole;
 //! - every [`REFRESH_TICK`], [`Balancer::refresh`] rebuilds the balancer
 //!   view if the table, health, subset epoch or an outlier changed (so a
 //!   drained VM or a new table reaches the balancer within a tick).
@@ -20,7 +20,6 @@ pub mod prometheus_api;
 pub mod scrape;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ use crate::balancer::usability::Outcome;
 use crate::balancer::{Balancer, HealthMap};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// How often the balancer view is checked for a rebuild.
 pub const REFRESH_TICK: Duration = Duration::from_millis(100);
@@ -74,17 +74,18 @@ struct Monitor {
     balancer: Arc<Balancer>,
     health: HealthHandle,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 }
 
-/// Starts the monitor thread. It stops when `stop` is set.
+/// Starts the monitor thread. It stops when `stop` fires (the process's
+/// graceful stop).
 pub fn spawn(
     cfg: Arc<ArcSwap<Config>>,
     table: TableHandle,
     balancer: Arc<Balancer>,
     health: HealthHandle,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 ) {
     let m = Monitor {
         cfg,
@@ -102,10 +103,13 @@ pub fn spawn(
 impl Monitor {
     /// Rebuilds the balancer view when due (subset refresh, ejections
     /// expiring), independent of scrape rounds.
-    async fn refresh_loop(self) {
+    async fn refresh_loop(mut self) {
         let mut tick = tokio::time::interval(REFRESH_TICK);
-        while !self.stop.load(Ordering::Relaxed) {
-            tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.stop.recv() => return,
+            }
             let t = self.table.load_full();
             if self.balancer.refresh(&t, &self.health.load(), now_ms(), false) {
                 self.metrics.set_balancer_view(&t, &self.balancer);
@@ -115,13 +119,16 @@ impl Monitor {
 
     /// One health round per scrape interval: read every monitored VM, merge
     /// the outcomes into a new health map, publish it, rebuild the view.
-    async fn scrape_loop(self) {
+    async fn scrape_loop(mut self) {
         let mut first = true;
-        while !self.stop.load(Ordering::Relaxed) {
+        loop {
             // Read per round: a reload changes interval and timeouts.
             let hc = self.cfg.load().health.clone();
             if !first {
-                tokio::time::sleep(hc.scrape_interval).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(hc.scrape_interval) => {}
+                    _ = self.stop.recv() => return,
+                }
             }
             first = false;
             let t = self.table.load_full();
