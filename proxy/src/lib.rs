@@ -31,6 +31,7 @@ pub mod logging;
 pub mod metrics;
 pub mod placement;
 pub mod server;
+pub mod shared;
 pub mod shutdown;
 
 pub use edgeplane_core::{balancer, bits, route, ws_frames};

@@ -114,15 +114,15 @@ impl Parts {
         let recent = Arc::new(RecentForwards::default());
         let health = HealthHandle::default();
         let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
-        let proxy = Proxy::new(
-            cfg.clone(),
-            route.clone(),
-            placement.table.clone(),
-            names.clone(),
-            metrics.clone(),
-            recent.clone(),
-            https_port,
-        );
+        let shared = crate::shared::Shared {
+            cfg: cfg.clone(),
+            route: route.clone(),
+            table: placement.table,
+            names,
+            metrics: metrics.clone(),
+            recent_forwards: recent,
+        };
+        let proxy = Proxy::new(shared.clone(), https_port);
         let reloader = Arc::new(Reloader {
             cfg: cfg.clone(),
             route: route.clone(),
@@ -131,12 +131,7 @@ impl Parts {
             reloads: ReloadLog::default(),
         });
         let admin = AdminApp {
-            cfg,
-            route,
-            table: placement.table,
-            names,
-            metrics,
-            recent_forwards: recent,
+            shared,
             health: health.clone(),
             reloader: reloader.clone(),
             shadow: placement.shadow,
@@ -155,7 +150,7 @@ impl Parts {
     /// Starts the background threads: health monitor and balancer refresh,
     /// name resolution, SIGHUP reloads.
     pub fn start_background(&self) {
-        let p = &self.proxy;
+        let p = &self.proxy.shared;
         let balancer = p.route.load().balancer.clone();
         crate::background::health::refresh_now(&p.table.load(), &balancer, &self.health.load(), &p.metrics);
         crate::background::health::spawn(
@@ -216,9 +211,9 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         tls_listen.first().map(|a| a.port()),
     );
     parts.start_background();
-    let edge = &parts.proxy;
+    let edge = &parts.proxy.shared;
 
-    let limits = edge.limits();
+    let limits = parts.proxy.limits();
     let http = Arc::new(crate::http::EdgeHttp::new(
         parts.proxy.clone(),
         &limits,
@@ -320,7 +315,7 @@ fn https_service(
 }
 
 /// The lines tests and operators wait for: every listener, then the table.
-fn announce(listen: &[SocketAddr], tls_listen: &[SocketAddr], admin: SocketAddr, edge: &Proxy) {
+fn announce(listen: &[SocketAddr], tls_listen: &[SocketAddr], admin: SocketAddr, edge: &crate::shared::Shared) {
     for a in listen {
         println!("edgeplane: proxy listening on {a}");
     }

@@ -23,20 +23,13 @@ pub mod traffic;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use edgeplane_config::Config;
 use edgeplane_control_sync::shadow::ShadowControl;
 use edgeplane_control_sync::table::RoutingTable;
-use edgeplane_control_sync::TableHandle;
 
 use crate::background::health::HealthHandle;
-use crate::background::names::Names;
 use crate::balancer::{BalancerView, PlacementLedger};
 use crate::clock::now_ms;
 use crate::http::access_log::admin_token_matches;
-use crate::http::RecentForwards;
-use crate::metrics::Metrics;
-use crate::route::RouteContext;
 use reload::Reloader;
 use status_page::{ClusterModel, LastKnownGoodModel, StatusModel, VmModel};
 
@@ -45,12 +38,8 @@ use status_page::{ClusterModel, LastKnownGoodModel, StatusModel, VmModel};
 /// with the request path), the health samples, the config reloader and the
 /// shadow controls.
 pub struct AdminApp {
-    pub cfg: Arc<ArcSwap<Config>>,
-    pub route: Arc<ArcSwap<RouteContext>>,
-    pub table: TableHandle,
-    pub names: Arc<Names>,
-    pub metrics: Arc<Metrics>,
-    pub recent_forwards: Arc<RecentForwards>,
+    /// What it shares with the request path.
+    pub shared: crate::shared::Shared,
     pub health: HealthHandle,
     pub reloader: Arc<Reloader>,
     /// Shadow mode (`placement.shadow`): the comparison and the runtime
@@ -148,7 +137,7 @@ impl AdminApp {
 
     /// No token configured, or the request carries it as a bearer token.
     fn authorized(&self, authorization: Option<&str>) -> bool {
-        let cfg = self.cfg.load();
+        let cfg = self.shared.cfg.load();
         let token = cfg.security.admin_token.as_deref();
         token.is_none()
             || authorization
@@ -157,11 +146,11 @@ impl AdminApp {
     }
 
     fn readyz(&self) -> Response<Vec<u8>> {
-        if self.table.is_ready() {
+        if self.shared.table.is_ready() {
             resp(
                 StatusCode::OK,
                 "text/plain",
-                format!("ready version={}\n", self.table.load().version()),
+                format!("ready version={}\n", self.shared.table.load().version()),
             )
         } else {
             resp(
@@ -174,13 +163,18 @@ impl AdminApp {
 
     /// `/metrics`: gauges that mirror state are refreshed at scrape time.
     fn metrics(&self, now: u64) -> Response<Vec<u8>> {
-        self.metrics.refresh_from(&self.table, now);
-        self.metrics
-            .refresh_balancer(&self.route.load().balancer, &self.health.load(), now);
+        self.shared.metrics.refresh_from(&self.shared.table, now);
+        self.shared
+            .metrics
+            .refresh_balancer(&self.shared.route.load().balancer, &self.health.load(), now);
         if let Some(sh) = &self.shadow {
-            self.metrics.refresh_shadow(sh);
+            self.shared.metrics.refresh_shadow(sh);
         }
-        resp(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+        resp(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            self.shared.metrics.render(),
+        )
     }
 
     /// `/debug/route?host=&path=`: the decision for a request, explained.
@@ -193,25 +187,32 @@ impl AdminApp {
             );
         };
         let path = query_param(query, "path").unwrap_or_else(|| "/".into());
-        let table = self.table.load_full();
+        let table = self.shared.table.load_full();
         resp(
             StatusCode::OK,
             "text/plain; charset=utf-8",
-            crate::route::explain(&self.route.load(), &table, &host, &path, now, self.names.as_ref()),
+            crate::route::explain(
+                &self.shared.route.load(),
+                &table,
+                &host,
+                &path,
+                now,
+                self.shared.names.as_ref(),
+            ),
         )
     }
 
     /// `/debug/snapshot`: the table in use, its age and the last-known-good file.
     fn snapshot_json(&self, now: u64) -> serde_json::Value {
-        let table = self.table.load_full();
-        let published = self.table.published_at_ms();
+        let table = self.shared.table.load_full();
+        let published = self.shared.table.published_at_ms();
         serde_json::json!({
             "version": table.version(),
             "ready": table.is_loaded(),
             "published_at_ms": published,
             "age_seconds": if published == 0 { 0.0 } else { now.saturating_sub(published) as f64 / 1000.0 },
-            "rejected_loads": self.table.rejected(),
-            "deltas_applied": self.table.status().deltas(),
+            "rejected_loads": self.shared.table.rejected(),
+            "deltas_applied": self.shared.table.status().deltas(),
             "counts": table.counts(),
             "directory_bytes": table.directory().approx_bytes(),
             "last_known_good": self.last_known_good(now),
@@ -220,7 +221,7 @@ impl AdminApp {
 
     /// `/debug/config`: the file's keys, what needs a restart, the last reload.
     fn config_json(&self) -> serde_json::Value {
-        let cfg = self.cfg.load_full();
+        let cfg = self.shared.cfg.load_full();
         serde_json::json!({
             "file": cfg.path.display().to_string(),
             "keys": cfg.file_keys,
@@ -241,7 +242,7 @@ impl AdminApp {
         let want = query_param(query, "policy").unwrap_or_default();
         match crate::balancer::Policy::parse(&want) {
             Ok(p) => {
-                let balancer = self.route.load().balancer.clone();
+                let balancer = self.shared.route.load().balancer.clone();
                 let old = balancer.policy();
                 balancer.set_policy(p);
                 log::warn!(
@@ -335,7 +336,7 @@ impl AdminApp {
                 log::warn!("placement: serving source switched from {previous} to {want} via admin API");
                 json(
                     serde_json::json!({"serving": sh.switch.selected(), "previous": previous,
-                                        "version": self.table.load().version()}),
+                                        "version": self.shared.table.load().version()}),
                 )
             }
             Err(e @ edgeplane_control_sync::switch::SwitchError::Unknown(..)) => {
@@ -348,9 +349,9 @@ impl AdminApp {
     /// The balancer's state: what `/balancer` shows an operator.
     fn balancer_json(&self, now: u64) -> serde_json::Value {
         let e = self;
-        let b = e.route.load().balancer.clone();
-        let cfg = e.cfg.load();
-        let t = e.table.load_full();
+        let b = e.shared.route.load().balancer.clone();
+        let cfg = e.shared.cfg.load();
+        let t = e.shared.table.load_full();
         let view = b.view();
         let health = e.health.load();
         let (picks, panic_picks, fallback_picks) = b.pick_counts();
@@ -428,7 +429,7 @@ impl AdminApp {
     /// The last-known-good file: what this edge last wrote, and the file it
     /// started from while it still serves it (None: no file configured).
     fn last_known_good(&self, now: u64) -> Option<LastKnownGoodModel> {
-        let status = self.table.status();
+        let status = self.shared.table.status();
         let written = status.last_known_good_written();
         let restored = status.restored();
         if written.is_none() && restored.is_none() {
@@ -437,7 +438,7 @@ impl AdminApp {
         let age = |at: u64| (at > 0).then(|| now.saturating_sub(at) as f64 / 1000.0);
         let serving = restored
             .as_ref()
-            .is_some_and(|r| r.published_at_ms == self.table.published_at_ms());
+            .is_some_and(|r| r.published_at_ms == self.shared.table.published_at_ms());
         Some(LastKnownGoodModel {
             path: written
                 .as_ref()
@@ -454,17 +455,17 @@ impl AdminApp {
 
     fn status_model(&self, now: u64) -> StatusModel {
         let e = self;
-        let t = e.table.load_full();
+        let t = e.shared.table.load_full();
         let c = t.counts();
-        let published = e.table.published_at_ms();
-        let status = e.table.status();
-        let b = e.route.load().balancer.clone();
-        let cfg = e.cfg.load();
+        let published = e.shared.table.published_at_ms();
+        let status = e.shared.table.status();
+        let b = e.shared.route.load().balancer.clone();
+        let cfg = e.shared.cfg.load();
         let clusters = cluster_models(&t, &b.view(), &b.ledger);
         StatusModel {
             region: cfg.edge.region.clone(),
             instance: cfg.edge.instance_id.clone(),
-            ready: e.table.is_ready(),
+            ready: e.shared.table.is_ready(),
             version: t.version(),
             age_s: (published != 0).then(|| now.saturating_sub(published) as f64 / 1000.0),
             source: match &cfg.placement.source {
@@ -488,11 +489,11 @@ impl AdminApp {
             last_known_good: self.last_known_good(now),
             policy: b.policy().as_str().to_string(),
             clusters,
-            forwards: e.recent_forwards.latest(),
-            tombstone_hits: e.metrics.tombstone_hits.get(),
+            forwards: e.shared.recent_forwards.latest(),
+            tombstone_hits: e.shared.metrics.tombstone_hits.get(),
             now_ms: now,
             last_reload: e.reloader.last(),
-            traffic: e.traffic.observe(&e.metrics, now),
+            traffic: e.traffic.observe(&e.shared.metrics, now),
         }
     }
 }

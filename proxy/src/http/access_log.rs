@@ -185,11 +185,11 @@ impl Proxy {
             Kind::Workspace => 2,
             Kind::Unknown => 3,
         };
-        self.metrics.requests.inc(kind_i, outcome, status);
+        self.shared.metrics.requests.inc(kind_i, outcome, status);
         let (kind, outcome) = (REQUEST_KINDS[kind_i], REQUEST_OUTCOMES[outcome]);
         let elapsed = ctx.start.elapsed();
-        self.metrics.duration.observe(elapsed.as_secs_f64());
-        let log_cfg = &self.cfg.load().log;
+        self.shared.metrics.duration.observe(elapsed.as_secs_f64());
+        let log_cfg = &self.shared.cfg.load().log;
         if ctx.sampled || (log_cfg.access_log_errors && is_error(status) && error_line_admitted(status)) {
             self.write_access_log(session, ctx, kind, outcome, elapsed);
         }
@@ -207,7 +207,7 @@ impl Proxy {
         let req = session.req_header();
         let status = ctx.outcome.status();
         let route = match &ctx.route {
-            Some(r) => describe_for_log(&r.decision, &self.table.load(), r.table_version),
+            Some(r) => describe_for_log(&r.decision, &self.shared.table.load(), r.table_version),
             None => format!("{status} before routing"),
         };
         emit(&AccessEntry {

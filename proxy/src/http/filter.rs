@@ -123,7 +123,7 @@ impl Proxy {
         let req = session.req_header();
         let now = now_ms();
         // One config for the whole step (no await inside).
-        let cfg = self.cfg.load();
+        let cfg = self.shared.cfg.load();
         let host = ctx.head.host();
         // A hop header counts only if it verifies for this request's host.
         let hops_in = match (req.headers.get(HOP_HEADER), host) {
@@ -145,11 +145,17 @@ impl Proxy {
             dry_run: false,
             entropy: entropy(),
         };
-        let table = self.table.load();
+        let table = self.shared.table.load();
         let mut seen = TokenSeen::default();
-        let decision = route::decide(&self.route.load(), &table, &rreq, self.names.as_ref(), &mut seen);
+        let decision = route::decide(
+            &self.shared.route.load(),
+            &table,
+            &rreq,
+            self.shared.names.as_ref(),
+            &mut seen,
+        );
         if let Some(check) = seen.0 {
-            self.metrics.workspace_tokens.inc(check);
+            self.shared.metrics.workspace_tokens.inc(check);
         }
         ctx.sampled = access_log::sampled(&cfg.log, rreq.entropy);
         let debug = req
@@ -201,7 +207,7 @@ impl Proxy {
             }
         }
         let websocket = is_websocket_upgrade(session.req_header()) && session.as_http1().is_some();
-        if websocket && self.metrics.tunnels_active.get() as usize >= limits.max_tunnels {
+        if websocket && self.shared.metrics.tunnels_active.get() as usize >= limits.max_tunnels {
             self.respond(session, ctx, 503).await?;
             return Ok(Filtered::Answered);
         }

@@ -479,11 +479,11 @@ impl Proxy {
         limits: &LimitsConfig,
     ) -> Next {
         if let Some(h) = ctx.route.as_ref().and_then(|r| r.vm_hash) {
-            self.route.load().balancer.outliers.success(h);
+            self.shared.route.load().balancer.outliers.success(h);
         }
         ctx.outcome = Outcome::Tunnel;
         let conn = crate::conn::conn_of(session);
-        let grace = self.cfg.load().edge.grace_period;
+        let grace = self.shared.cfg.load().edge.grace_period;
         let shutdown = conn
             .and_then(|c| c.shutdown())
             .map_or_else(crate::shutdown::Shutdown::never, |w| {
@@ -493,7 +493,7 @@ impl Proxy {
             opened,
             idle_timeout: limits.tunnel_idle_timeout,
             stop: super::tunnel::TunnelStop::new(shutdown, grace),
-            guard: super::tunnel::TunnelGuard::new(self.metrics.clone(), conn.and_then(|c| c.admission_guard())),
+            guard: super::tunnel::TunnelGuard::new(self.shared.metrics.clone(), conn.and_then(|c| c.admission_guard())),
         };
         match super::serve::plain_tcp_fd(session).map(super::tunnel::client_socket) {
             Some(Ok(client)) => {

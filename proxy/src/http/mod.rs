@@ -54,15 +54,8 @@ pub mod upstream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use edgeplane_config::Config;
-use edgeplane_control_sync::TableHandle;
-
-use crate::background::names::Names;
 use crate::clock::now_ms;
-use crate::metrics::Metrics;
-use crate::route::RouteContext;
+use crate::shared::Shared;
 pub use ctx::RequestCtx;
 
 pub use app::EdgeApp;
@@ -83,21 +76,15 @@ pub const DEBUG_HEADER: &str = "x-edgeplane-debug";
 pub const ROUTE_HEADER: &str = "x-edgeplane-route";
 
 /// What the request path needs, shared by every request (cloning shares
-/// it). Built once by [`crate::server`], beside the admin API's state.
+/// it): the handles it has in common with the admin API ([`Shared`]) and
+/// its own. Built once by [`crate::server`].
 ///
 /// `cfg` and `route` are swapped whole by a config reload; a request loads
 /// each once per step and copies what it needs out, never holding a guard
 /// across an `.await`.
 #[derive(Clone)]
 pub struct Proxy {
-    pub cfg: Arc<ArcSwap<Config>>,
-    pub route: Arc<ArcSwap<RouteContext>>,
-    pub table: TableHandle,
-    /// Answers for VM and peer-edge endpoints given as names.
-    pub names: Arc<Names>,
-    pub metrics: Arc<Metrics>,
-    /// The latest forwards, for the status page.
-    pub recent_forwards: Arc<RecentForwards>,
+    pub shared: Shared,
     /// Port of the first HTTPS listener (for `tls.redirect_http`).
     pub https_port: Option<u16>,
     /// `1.1 <instance_id>`: this edge's entry in the `Via` chain of every
@@ -108,38 +95,24 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: Arc<ArcSwap<Config>>,
-        route: Arc<ArcSwap<RouteContext>>,
-        table: TableHandle,
-        names: Arc<Names>,
-        metrics: Arc<Metrics>,
-        recent_forwards: Arc<RecentForwards>,
-        https_port: Option<u16>,
-    ) -> Proxy {
-        let via = Arc::from(format!("1.1 {}", cfg.load().edge.instance_id));
+    pub fn new(shared: Shared, https_port: Option<u16>) -> Proxy {
+        let via = Arc::from(format!("1.1 {}", shared.cfg.load().edge.instance_id));
         Proxy {
-            via,
-            cfg,
-            route,
-            table,
-            names,
-            metrics,
-            recent_forwards,
+            shared,
             https_port,
+            via,
             request_seq: Arc::new(AtomicU64::new(0)),
         }
     }
 
     fn new_request_id(&self) -> ctx::RequestId {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        ctx::RequestId::new(&self.cfg.load().edge.instance_id, now_ms(), n)
+        ctx::RequestId::new(&self.shared.cfg.load().edge.instance_id, now_ms(), n)
     }
 
     /// The `[limits]` in use (a copy: no guard outlives the call).
     #[inline]
     pub fn limits(&self) -> edgeplane_config::LimitsConfig {
-        self.cfg.load().limits
+        self.shared.cfg.load().limits
     }
 }

@@ -131,7 +131,7 @@ impl Proxy {
         if let Some(r) = &ctx.route {
             match r.decision {
                 Decision::Forward { hops, .. } => {
-                    let cfg = self.cfg.load();
+                    let cfg = self.shared.cfg.load();
                     let host = ctx.head.host().unwrap_or("");
                     let v = sign_hop(&cfg.security.hop_secret, &cfg.edge.region, hops, now_ms() / 1000, host);
                     line(out, HOP_HEADER.as_bytes(), v.as_bytes());
@@ -180,12 +180,12 @@ impl Proxy {
             }
             Decision::Forward { region, reason, .. } => {
                 let to = &t.region(region).name;
-                self.metrics.forwards.inc(to, reason);
+                self.shared.metrics.forwards.inc(to, reason);
                 if reason == ForwardReason::Tombstone {
-                    self.metrics.tombstone_hits.inc();
+                    self.shared.metrics.tombstone_hits.inc();
                 }
                 if why != Adoption::Retry {
-                    self.recent_forwards.record(ForwardEvent {
+                    self.shared.recent_forwards.record(ForwardEvent {
                         at_ms: now_ms(),
                         host: ctx.head.host().unwrap_or_default().to_string(),
                         to_region: to.to_string(),
@@ -194,8 +194,8 @@ impl Proxy {
                 }
             }
             Decision::Reject { reason, .. } => match reason {
-                route::RejectReason::Unresolved => self.metrics.upstream_errors.inc("unresolved"),
-                route::RejectReason::ClusterFull => self.metrics.balancer_cluster_full.inc(),
+                route::RejectReason::Unresolved => self.shared.metrics.upstream_errors.inc("unresolved"),
+                route::RejectReason::ClusterFull => self.shared.metrics.balancer_cluster_full.inc(),
                 _ => {}
             },
         }
@@ -210,11 +210,11 @@ impl Proxy {
         let Some(failed) = ctx.decision().copied() else {
             return false;
         };
-        if ctx.tries.retries >= self.cfg.load().balancer.connect_retries {
+        if ctx.tries.retries >= self.shared.cfg.load().balancer.connect_retries {
             return false;
         }
-        let t = self.table.load();
-        let route = self.route.load();
+        let t = self.shared.table.load();
+        let route = self.shared.route.load();
         let Some(next) = route::replay::retry_elsewhere(
             &route,
             &t,
@@ -222,12 +222,12 @@ impl Proxy {
             ctx.tries.vms(),
             entropy(),
             now_ms(),
-            self.names.as_ref(),
+            self.shared.names.as_ref(),
         ) else {
             return false;
         };
         self.note_failure(ctx, f);
-        self.metrics.connect_retries.inc();
+        self.shared.metrics.connect_retries.inc();
         ctx.tries.retries += 1;
         log::debug!(
             "{} failed ({f}): retrying on {}",
@@ -253,8 +253,8 @@ impl Proxy {
         let Some(asked) = ctx.decision().copied() else {
             return Err(ReplayOutcome::UnknownTarget);
         };
-        let t = self.table.load();
-        let route = self.route.load();
+        let t = self.shared.table.load();
+        let route = self.shared.route.load();
         let (kind, repl_hash) = match asked {
             Decision::Vm { kind, repl_hash, .. } | Decision::Forward { kind, repl_hash, .. } => (kind, repl_hash),
             Decision::Reject { kind, .. } => (kind, 0),
@@ -265,7 +265,7 @@ impl Proxy {
             hops_in: ctx.hops_in(),
             entropy: entropy(),
         };
-        let next = replay(&route, &t, target, first, self.names.as_ref())?;
+        let next = replay(&route, &t, target, first, self.shared.names.as_ref())?;
         let src = replay_source(&t, &asked);
         ctx.tries.replayed = true;
         self.adopt(ctx, &t, next, Adoption::Replay);
@@ -286,7 +286,7 @@ impl Proxy {
             Ok(()) => route::replay::ReplayOutcome::Replayed,
             Err(o) => o,
         };
-        self.metrics.replays.inc(outcome.as_str());
+        self.shared.metrics.replays.inc(outcome.as_str());
         if outcome != route::replay::ReplayOutcome::Replayed {
             resp.remove_header(REPLAY_HEADER);
             return false;
@@ -302,7 +302,7 @@ impl Proxy {
             let _ = resp.insert_header(ROUTE_HEADER, r.as_str());
         }
         if let Some(h) = ctx.route.as_ref().and_then(|r| r.vm_hash) {
-            self.route.load().balancer.outliers.success(h);
+            self.shared.route.load().balancer.outliers.success(h);
         }
         if let Some(id) = &ctx.request_id {
             if !resp.headers.contains_key(REQUEST_ID_HEADER) {
@@ -320,23 +320,23 @@ impl Proxy {
         match f.kind.fault() {
             Fault::Vm => {
                 if f.kind != Failure::PooledConnectionClosed {
-                    self.metrics.upstream_errors.inc(f.kind.label());
+                    self.shared.metrics.upstream_errors.inc(f.kind.label());
                 }
                 if let (true, Some(h)) = (f.kind.unreachable(), ctx.route.as_ref().and_then(|r| r.vm_hash)) {
-                    self.route.load().balancer.outliers.failure(h);
+                    self.shared.route.load().balancer.outliers.failure(h);
                 }
             }
             Fault::Client => {
                 crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
                 if f.kind == Failure::ClientTimeout {
-                    self.metrics.client_timeouts.inc("body");
+                    self.shared.metrics.client_timeouts.inc("body");
                 }
             }
             Fault::Edge => {}
         }
         let to = ctx
             .decision()
-            .map(|d| route::describe(d, &self.table.load()))
+            .map(|d| route::describe(d, &self.shared.table.load()))
             .unwrap_or_default();
         match f.kind.level() {
             log::Level::Warn => log::warn!("request to {to} failed: {f}"),
@@ -359,7 +359,7 @@ impl Proxy {
             }),
         ) = (f.kind.fault(), ctx.decision())
         {
-            self.route.load().memory.forget(*repl_hash);
+            self.shared.route.load().memory.forget(*repl_hash);
         }
         let code = f.kind.status();
         if code == 0 {

@@ -250,28 +250,62 @@ fn forward_affinity<E: Explain, R: Resolve + ?Sized>(
     names: &R,
     ex: &mut E,
 ) -> Decision {
-    if req.hops > 0 {
+    let to = Forward {
+        kind,
+        region,
+        reason: ForwardReason::Affinity,
+        repl_hash: 0,
+    };
+    forward(ctx, t, to, req, names, ex)
+}
+
+/// Where a forward goes and why.
+#[derive(Clone, Copy)]
+struct Forward {
+    kind: Kind,
+    region: Idx,
+    reason: ForwardReason,
+    repl_hash: u64,
+}
+
+/// The forward itself: an affinity forward only from a client (a hopped
+/// request would bounce), any forward within `max_hops`, to the region's
+/// edge with the next hop count signed.
+fn forward<E: Explain, R: Resolve + ?Sized>(
+    ctx: &RouteContext,
+    t: &RoutingTable,
+    to: Forward,
+    req: &RouteRequest<'_>,
+    names: &R,
+    ex: &mut E,
+) -> Decision {
+    let loop_reject = Decision::Reject {
+        kind: to.kind,
+        reason: RejectReason::ForwardLoop,
+    };
+    if to.reason == ForwardReason::Affinity && req.hops > 0 {
         ex.step(|| "already forwarded once by affinity: not bouncing again -> 508".into());
-        return Decision::Reject {
-            kind,
-            reason: RejectReason::ForwardLoop,
-        };
+        return loop_reject;
     }
     if req.hops >= ctx.max_hops {
         ex.step(|| format!("{} forwards already (max_hops {}) -> 508", req.hops, ctx.max_hops));
-        return Decision::Reject {
-            kind,
-            reason: RejectReason::ForwardLoop,
-        };
+        return loop_reject;
     }
-    let home = t.region(region);
-    ex.step(|| format!("forward (affinity) to region {:?} edge {}", home.name, home.edge));
-    dial(&home.edge, names, kind, ex, |addr| Decision::Forward {
-        kind,
-        repl_hash: 0,
-        region,
+    let region = t.region(to.region);
+    ex.step(|| {
+        format!(
+            "forward ({}) to region {:?} edge {}",
+            to.reason.as_str(),
+            region.name,
+            region.edge
+        )
+    });
+    dial(&region.edge, names, to.kind, ex, |addr| Decision::Forward {
+        kind: to.kind,
+        repl_hash: to.repl_hash,
+        region: to.region,
         addr,
-        reason: ForwardReason::Affinity,
+        reason: to.reason,
         hops: req.hops + 1,
     })
 }
@@ -357,40 +391,16 @@ fn forward_home<E: Explain, R: Resolve + ?Sized>(
                     t.region(local).name
                 )
             });
-            if req.hops > 0 {
-                ex.step(|| "already forwarded once by affinity: not bouncing again -> 508".into());
-                return Decision::Reject {
-                    kind,
-                    reason: RejectReason::ForwardLoop,
-                };
-            }
             (r.region, ForwardReason::Affinity)
         }
     };
-    if req.hops >= ctx.max_hops {
-        ex.step(|| format!("{} forwards already (max_hops {}) -> 508", req.hops, ctx.max_hops));
-        return Decision::Reject {
-            kind,
-            reason: RejectReason::ForwardLoop,
-        };
-    }
-    let region = t.region(target);
-    ex.step(|| {
-        format!(
-            "forward ({}) to region {:?} edge {}",
-            reason.as_str(),
-            region.name,
-            region.edge
-        )
-    });
-    dial(&region.edge, names, kind, ex, |addr| Decision::Forward {
+    let to = Forward {
         kind,
-        repl_hash: r.id_hash,
         region: target,
-        addr,
         reason,
-        hops: req.hops + 1,
-    })
+        repl_hash: r.id_hash,
+    };
+    forward(ctx, t, to, req, names, ex)
 }
 
 /// Steps 4-5 for a repl homed here: its running container's VM, else a VM
