@@ -1,5 +1,10 @@
-//! `edgeplane-bench`: the fake conman VM and (later) load generators and the
-//! placement simulator. `anyhow` is used only here, in the binary's main.
+//! `edgeplane-bench`: the fake conman VM, the load generators, the
+//! placement simulator, the benchmarks that need a database or a process,
+//! and the comparison harness against nginx and HAProxy. Each subcommand is
+//! its arguments (clap) and a `run` that hands them to the library
+//! (`edgeplane_bench::*`); what they share is below ([`current_thread`],
+//! [`print_json`], [`results_dir`], [`command_line`], [`Database`],
+//! [`Span`]). `anyhow` is used only here, in the binary's main.
 
 use std::net::SocketAddr;
 
@@ -15,6 +20,64 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// A runtime for one subcommand's I/O (load generators run on one thread:
+/// the proxy under test gets the other core).
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// A result as one JSON line on stdout (what the harness reads).
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+/// Where results go: `--out DIR`, bench/results by default, `-` nowhere.
+fn results_dir(out: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    match out {
+        Some(p) if p.as_os_str() == "-" => None,
+        Some(p) => Some(p),
+        None => Some(edgeplane_bench::sync_bench::default_out_dir()),
+    }
+}
+
+/// The command line, as results record it.
+fn command_line() -> String {
+    format!(
+        "edgeplane-bench {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// The PostgreSQL server a benchmark may create its databases on.
+#[derive(clap::Args)]
+struct Database {
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+}
+
+/// A measured run: `--seconds` counted after `--warmup-ms` of warm-up.
+#[derive(clap::Args)]
+struct Span {
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+}
+
+impl Span {
+    fn warmup(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.warmup_ms)
+    }
+    fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds)
+    }
 }
 
 /// Where a WebSocket load generator opens its tunnels.
@@ -137,13 +200,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct SyncArgs {
-    /// A database URL whose server the benchmark may create databases on.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    db: Database,
     #[arg(long, default_value_t = 1_000_000)]
     repls: usize,
     /// Changes per second, comma separated.
@@ -159,7 +217,7 @@ struct SyncArgs {
 impl SyncArgs {
     fn run(self) -> anyhow::Result<()> {
         let SyncArgs {
-            database_url,
+            db,
             repls,
             rates,
             seconds,
@@ -167,7 +225,7 @@ impl SyncArgs {
         } = self;
         with_fake_vm(|vm_addr| {
             let opts = edgeplane_bench::sync_bench::SyncBenchOptions {
-                admin_url: database_url,
+                admin_url: db.database_url,
                 repls,
                 rates,
                 seconds,
@@ -180,12 +238,8 @@ impl SyncArgs {
 
 #[derive(clap::Args)]
 struct SyncWorldArgs {
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    db: Database,
     /// Repls in the world.
     #[arg(long, default_value_t = 10_000_000)]
     world: usize,
@@ -208,7 +262,7 @@ struct SyncWorldArgs {
 impl SyncWorldArgs {
     fn run(self) -> anyhow::Result<()> {
         let SyncWorldArgs {
-            database_url,
+            db,
             world,
             local,
             domains,
@@ -218,7 +272,7 @@ impl SyncWorldArgs {
         } = self;
         with_fake_vm(|vm_addr| {
             let opts = edgeplane_bench::world_bench::WorldBenchOptions {
-                admin_url: database_url,
+                admin_url: db.database_url,
                 world,
                 local,
                 domains,
@@ -284,23 +338,12 @@ impl SimArgs {
             .into_iter()
             .filter(|s| only.as_deref().is_none_or(|f| s.name.contains(f)))
             .collect();
-        let out = match out {
-            Some(p) if p.as_os_str() == "-" => None,
-            Some(p) => Some(p),
-            None => Some(edgeplane_bench::sync_bench::default_out_dir()),
-        };
-        let command: Vec<String> = std::env::args().skip(1).collect();
+        let out = results_dir(out);
         if sizes {
-            let command = format!("edgeplane-bench {}", command.join(" "));
-            sim::sizes_report::run_sizes(&o, out.as_deref(), &command)?;
+            sim::sizes_report::run_sizes(&o, out.as_deref(), &command_line())?;
             return Ok(());
         }
-        sim::report::run_all(
-            &o,
-            &scenarios,
-            out.as_deref(),
-            &format!("edgeplane-bench {}", command.join(" ")),
-        )?;
+        sim::report::run_all(&o, &scenarios, out.as_deref(), &command_line())?;
 
         Ok(())
     }
@@ -361,11 +404,7 @@ impl HttpLoadArgs {
             duration: std::time::Duration::from_secs(seconds),
             warmup: std::time::Duration::from_millis(warmup_ms),
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let r = rt.block_on(edgeplane_bench::load::http::run(o));
-        println!("{}", serde_json::to_string(&r)?);
-
-        Ok(())
+        print_json(&current_thread()?.block_on(edgeplane_bench::load::http::run(o)))
     }
 }
 
@@ -378,33 +417,22 @@ struct WsLoadArgs {
     /// Message size in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    #[arg(long, default_value_t = 1000)]
-    warmup_ms: u64,
+    #[command(flatten)]
+    span: Span,
 }
 
 impl WsLoadArgs {
     fn run(self) -> anyhow::Result<()> {
-        let WsLoadArgs {
-            to,
-            connections,
-            size,
-            seconds,
-            warmup_ms,
-        } = self;
-        let t = to.into_target()?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let r = rt.block_on(edgeplane_bench::load::ws::echo(
+        let (warmup, duration) = (self.span.warmup(), self.span.duration());
+        let t = self.to.into_target()?;
+        let r = current_thread()?.block_on(edgeplane_bench::load::ws::echo(
             t,
-            connections,
-            size,
-            std::time::Duration::from_millis(warmup_ms),
-            std::time::Duration::from_secs(seconds),
+            self.connections,
+            self.size,
+            warmup,
+            duration,
         ));
-        println!("{}", serde_json::to_string(&r)?);
-
-        Ok(())
+        print_json(&r)
     }
 }
 
@@ -424,28 +452,24 @@ struct TlsHandshakesArgs {
     resume: bool,
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    #[arg(long, default_value_t = 1000)]
-    warmup_ms: u64,
+    #[command(flatten)]
+    span: Span,
 }
 
 impl TlsHandshakesArgs {
     fn run(self) -> anyhow::Result<()> {
         use edgeplane_bench::load::tls;
         let cfg = tls::client_config(&self.tls_ca, &["http/1.1"], self.resume)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let r = rt.block_on(tls::handshakes(
+        let r = current_thread()?.block_on(tls::handshakes(
             self.target,
             self.host,
             cfg,
             self.resume,
             self.concurrency,
-            std::time::Duration::from_millis(self.warmup_ms),
-            std::time::Duration::from_secs(self.seconds),
+            self.span.warmup(),
+            self.span.duration(),
         ));
-        println!("{}", serde_json::to_string(&r)?);
-        Ok(())
+        print_json(&r)
     }
 }
 
@@ -468,8 +492,7 @@ impl WsIdleArgs {
         } = self;
         use edgeplane_bench::load::ws;
         let t = to.into_target()?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(async {
+        current_thread()?.block_on(async {
             let (open, failed) = ws::open_idle(&t, tunnels, concurrency).await;
             println!("{}", serde_json::json!({"opened": open.len(), "failed_open": failed}));
             let mut line = String::new();
@@ -569,15 +592,8 @@ impl CompareArgs {
             o.plain = st.iter().any(|s| s == "plain");
             o.tls = st.iter().any(|s| s == "tls");
         }
-        o.out = match out {
-            Some(p) if p.as_os_str() == "-" => None,
-            Some(p) => Some(p),
-            None => Some(edgeplane_bench::sync_bench::default_out_dir()),
-        };
-        o.command = format!(
-            "edgeplane-bench {}",
-            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-        );
+        o.out = results_dir(out);
+        o.command = command_line();
         let r = compare::run(&o)?;
         println!("{}", compare::report::markdown(&r));
 
@@ -647,15 +663,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             message,
         } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(ws_once(edge, &host, &path, &message))?;
+            current_thread()?.block_on(ws_once(edge, &host, &path, &message))?;
         }
         Cmd::Sync(a) => a.run()?,
         Cmd::SyncWorld(a) => a.run()?,
         Cmd::Sim(a) => a.run()?,
         Cmd::Backend { listen } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(edgeplane_bench::backend::serve(listen))?;
+            current_thread()?.block_on(edgeplane_bench::backend::serve(listen))?;
         }
         Cmd::HttpLoad(a) => a.run()?,
         Cmd::WsLoad(a) => a.run()?,
@@ -664,18 +678,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Ring { clusters, keys, out } => {
             use edgeplane_bench::ring_bench;
             let figs = ring_bench::run(&clusters, keys);
-            let command = format!(
-                "edgeplane-bench {}",
-                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-            );
+            let command = command_line();
             print!("{}", ring_bench::markdown(&figs, &command));
-            match out {
-                Some(p) if p.as_os_str() == "-" => {}
-                p => ring_bench::write(
-                    &p.unwrap_or_else(edgeplane_bench::sync_bench::default_out_dir),
-                    &figs,
-                    &command,
-                )?,
+            if let Some(dir) = results_dir(out) {
+                ring_bench::write(&dir, &figs, &command)?;
             }
         }
         Cmd::Compare(a) => a.run()?,

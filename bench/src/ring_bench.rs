@@ -176,70 +176,43 @@ drain: the first cluster (weight 200 when mixed) leaves. Ideal = the joining or 
 /// Bars of moved / ideal on add and on drain per (clusters, weights), with
 /// the 1.15 target line.
 pub fn svg(figs: &[RingFigures]) -> String {
-    let (w, h, left, top, bottom) = (720.0, 320.0, 50.0, 40.0, 70.0);
-    let max = figs
-        .iter()
-        .flat_map(|f| [f.add_ratio(), f.drain_ratio()])
-        .fold(1.2f64, f64::max);
-    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
-    let group = (w - left - 20.0) / figs.len().max(1) as f64;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-<text x=\"{left}\" y=\"20\" font-size=\"14\">Keys moved / ideal when a cluster joins or drains (target &lt;= 1.15)</text>\n"
-    );
-    let _ = writeln!(
-        s,
-        "<line x1=\"{left}\" x2=\"{}\" y1=\"{t:.1}\" y2=\"{t:.1}\" stroke=\"#e15759\" stroke-dasharray=\"4 3\"/>\
-<line x1=\"{left}\" x2=\"{}\" y1=\"{o:.1}\" y2=\"{o:.1}\" stroke=\"#999\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">1.0</text>",
-        w - 20.0,
-        w - 20.0,
-        left - 6.0,
-        y(1.0) + 4.0,
-        t = y(1.15),
-        o = y(1.0)
-    );
-    for (i, f) in figs.iter().enumerate() {
-        let gx = left + i as f64 * group;
-        for (k, (v, color)) in [(f.add_ratio(), "#4e79a7"), (f.drain_ratio(), "#f28e2b")]
+    use crate::chart::{bars, BarChart, Reference};
+    bars(&BarChart {
+        title: "Keys moved / ideal when a cluster joins or drains (target <= 1.15)",
+        groups: figs
             .iter()
-            .enumerate()
-        {
-            let x = gx + group * (0.15 + 0.35 * k as f64);
-            let _ = writeln!(
-                s,
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.2}</text>",
-                y(*v),
-                group * 0.3,
-                y(0.0) - y(*v),
-                x + group * 0.15,
-                y(*v) - 3.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} {}</text>",
-            gx + group / 2.0,
-            h - bottom + 16.0,
-            f.clusters,
-            if f.weighted { "mixed" } else { "equal" }
-        );
-    }
-    for (k, (name, color)) in [("cluster added", "#4e79a7"), ("cluster drained", "#f28e2b")]
-        .iter()
-        .enumerate()
-    {
-        let lx = left + k as f64 * 180.0;
-        let _ = writeln!(
-            s,
-            "<rect x=\"{lx}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
-            h - 24.0,
-            lx + 14.0,
-            h - 15.0
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+            .map(|f| format!("{} {}", f.clusters, if f.weighted { "mixed" } else { "equal" }))
+            .collect(),
+        series: vec![
+            (
+                "cluster added",
+                "#4e79a7",
+                figs.iter().map(|f| Some(f.add_ratio())).collect(),
+            ),
+            (
+                "cluster drained",
+                "#f28e2b",
+                figs.iter().map(|f| Some(f.drain_ratio())).collect(),
+            ),
+        ],
+        min_max: 1.2,
+        decimals: 2,
+        references: vec![
+            Reference {
+                value: 1.15,
+                label: "1.15",
+                color: "#e15759",
+                dashed: true,
+            },
+            Reference {
+                value: 1.0,
+                label: "1.0",
+                color: "#999",
+                dashed: false,
+            },
+        ],
+        grid: 0,
+    })
 }
 
 /// Writes ring.md, ring.json and ring_moves.svg into `dir`.

@@ -517,13 +517,10 @@ fn svg(runs: &[RateRun]) -> String {
     let (w, h, pad) = (640.0, 360.0, 50.0);
     let max_ms = (runs.iter().map(|r| r.publish_ms_max).fold(10.0, f64::max) * 1.2).min(200.0);
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
-<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Commit-to-publish latency (CDF), edgeplane postgres sync</text>\
-<line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"black\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"black\"/>\
+    let mut s = crate::chart::open(w, h, "Commit-to-publish latency (CDF), edgeplane postgres sync");
+    s += &format!(
+        "<line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"black\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"black\"/>\
 <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">milliseconds</text>",
-        w / 2.0,
         w / 2.0,
         h - 10.0,
         y0 = h - pad,
@@ -552,20 +549,13 @@ fn svg(runs: &[RateRun]) -> String {
     for (i, r) in runs.iter().enumerate() {
         let mut l = r.latencies_ms.clone();
         l.sort_by(f64::total_cmp);
-        let pts: Vec<String> = l
-            .iter()
-            .enumerate()
-            .map(|(j, v)| {
-                let x = pad + (w - pad - 20.0) * (v / max_ms).min(1.0);
-                let y = h - pad - (h - 2.0 * pad) * (j + 1) as f64 / l.len() as f64;
-                format!("{x:.1},{y:.1}")
-            })
-            .collect();
+        let points = l.iter().enumerate().map(|(j, v)| {
+            let x = pad + (w - pad - 20.0) * (v / max_ms).min(1.0);
+            let y = h - pad - (h - 2.0 * pad) * (j + 1) as f64 / l.len() as f64;
+            (x, y)
+        });
         let c = colors[i % colors.len()];
-        s += &format!(
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
-            pts.join(" ")
-        );
+        crate::chart::polyline(&mut s, points, c);
         s += &format!(
             "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{} changes/s: p50 {:.0} ms, p99 {:.0} ms</text>",
             w - 260.0,
@@ -575,7 +565,7 @@ fn svg(runs: &[RateRun]) -> String {
             r.publish_ms_p99
         );
     }
-    s + "</svg>\n"
+    crate::chart::close(s)
 }
 
 /// Creates database `db` afresh on the server of `admin_url`; returns a

@@ -484,7 +484,7 @@ impl<'a> Stage<'a> {
         for &c in &o.ws_connections {
             for &size in &o.ws_sizes {
                 for p in order {
-                    res.ws.push(self.websocket(p, round, c, size)?);
+                    res.ws.push(self.ws_echo(p, round, c, size, false)?);
                 }
             }
         }
@@ -495,12 +495,6 @@ impl<'a> Stage<'a> {
         let o = self.o;
         let mut sat = Vec::new();
         for p in order {
-            progress(&format!(
-                "round {}/{}: {} saturation",
-                round + 1,
-                o.rounds,
-                p.kind.as_str()
-            ));
             // Warm pools and caches; not measured.
             wrk::run(
                 &o.load_core,
@@ -509,8 +503,8 @@ impl<'a> Stage<'a> {
                 o.connections,
                 Duration::from_secs(1),
             )?;
-            let tree = p.proc.as_ref().map(|x| x.tree());
-            let before = tree.map(|t| t.sample());
+            let m = self.measure(p, round, "saturation");
+            let rss = m.tree;
             let w = wrk::run(
                 &o.load_core,
                 p.addr,
@@ -520,8 +514,8 @@ impl<'a> Stage<'a> {
             )?;
             sat.push(Saturation {
                 kind: p.kind,
-                cpu_us_per_req: cpu_per(before, tree, w.requests),
-                rss_bytes: tree.map(|t| t.sample().rss_bytes),
+                cpu_us_per_req: m.per(w.requests),
+                rss_bytes: rss.map(|t| t.sample().rss_bytes),
                 wrk: w,
             });
         }
@@ -530,14 +524,7 @@ impl<'a> Stage<'a> {
 
     fn fixed_rate(&self, p: &peers::Peer, sat: Saturation, round: usize, rate: f64) -> Result<HttpRun, CompareError> {
         let o = self.o;
-        progress(&format!(
-            "round {}/{}: {} at {rate} req/s",
-            round + 1,
-            o.rounds,
-            p.kind.as_str(),
-        ));
-        let tree = p.proc.as_ref().map(|x| x.tree());
-        let before = tree.map(|t| t.sample());
+        let m = self.measure(p, round, &format!("at {rate} req/s"));
         let args: Vec<String> = vec![
             "http-load".into(),
             "--target".into(),
@@ -559,46 +546,85 @@ impl<'a> Stage<'a> {
             round,
             saturation: sat.wrk,
             saturation_cpu_us_per_req: sat.cpu_us_per_req,
-            fixed_cpu_us_per_req: cpu_per(before, tree, fixed.answered_total),
+            fixed_cpu_us_per_req: m.per(fixed.answered_total),
             fixed,
             rss_bytes: sat.rss_bytes,
         })
     }
 
-    fn websocket(&self, p: &peers::Peer, round: usize, connections: usize, size: usize) -> Result<WsRun, CompareError> {
-        let o = self.o;
+    /// Announces one measured run of `p` and samples its CPU: the sample
+    /// to hand [`Measure::per`] once the run is done.
+    fn measure(&self, p: &peers::Peer, round: usize, what: &str) -> Measure {
         progress(&format!(
-            "round {}/{}: {} websocket {connections} x {size} B",
+            "round {}/{}: {} {what}",
             round + 1,
-            o.rounds,
+            self.o.rounds,
             p.kind.as_str()
         ));
         let tree = p.proc.as_ref().map(|x| x.tree());
-        let before = tree.map(|t| t.sample());
-        let echo: WsEchoResult = generator(
-            &o.load_core,
-            &[
-                "ws-load".into(),
-                "--target".into(),
-                p.addr.to_string(),
-                "--host".into(),
-                self.hosts[0].clone(),
-                "--connections".into(),
-                connections.to_string(),
-                "--size".into(),
-                size.to_string(),
-                "--seconds".into(),
-                o.ws_seconds.to_string(),
-                "--warmup-ms".into(),
-                o.warmup_ms.to_string(),
-            ],
-        )?;
+        Measure {
+            before: tree.map(|t| t.sample()),
+            tree,
+        }
+    }
+
+    /// `p`'s TLS listener.
+    fn tls_addr(p: &peers::Peer) -> Result<SocketAddr, CompareError> {
+        p.tls_addr
+            .ok_or_else(|| CompareError::Load(format!("{} has no TLS listener", p.kind.as_str())))
+    }
+
+    /// WebSocket echo through `p`, plain or over TLS (`wss`).
+    fn ws_echo(
+        &self,
+        p: &peers::Peer,
+        round: usize,
+        connections: usize,
+        size: usize,
+        tls: bool,
+    ) -> Result<WsRun, CompareError> {
+        let o = self.o;
+        let scheme = if tls { "wss" } else { "websocket" };
+        let addr = if tls { Self::tls_addr(p)? } else { p.addr };
+        let m = self.measure(p, round, &format!("{scheme} {connections} x {size} B"));
+        let mut args: Vec<String> = vec![
+            "ws-load".into(),
+            "--target".into(),
+            addr.to_string(),
+            "--host".into(),
+            self.hosts[0].clone(),
+            "--connections".into(),
+            connections.to_string(),
+            "--size".into(),
+            size.to_string(),
+            "--seconds".into(),
+            o.ws_seconds.to_string(),
+            "--warmup-ms".into(),
+            o.warmup_ms.to_string(),
+        ];
+        if tls {
+            args.extend(["--tls-ca".into(), self.certs.crt().display().to_string()]);
+        }
+        let echo: WsEchoResult = generator(&o.load_core, &args)?;
         Ok(WsRun {
             peer: p.kind,
             round,
-            tls: false,
-            cpu_us_per_round_trip: cpu_per(before, tree, echo.round_trips_total),
+            tls,
+            cpu_us_per_round_trip: m.per(echo.round_trips_total),
             echo,
         })
+    }
+}
+
+/// A proxy's CPU sampled at the start of a run ([`Stage::measure`]).
+struct Measure {
+    before: Option<procstat::Sample>,
+    tree: Option<ProcTree>,
+}
+
+impl Measure {
+    /// CPU-µs per unit of work since the start.
+    fn per(self, units: u64) -> Option<f64> {
+        cpu_per(self.before, self.tree, units)
     }
 }

@@ -493,68 +493,26 @@ pub fn tls_svg(r: &CompareResults) -> String {
     )
 }
 
+/// The peers' bars, one group per peer ([`crate::chart::bars`]).
 fn bar_chart(title: &str, series: &[Series], peers: &[PeerKind]) -> String {
-    let max = series
-        .iter()
-        .flat_map(|s| s.2.iter().map(|x| x.1))
-        .filter(|x| x.is_finite())
-        .fold(1.0f64, f64::max);
-    let (w, h, left, top, bottom) = (720.0, 340.0, 60.0, 40.0, 60.0);
-    let group = (w - left - 20.0) / peers.len().max(1) as f64;
-    let bar = group / (series.len() as f64 + 1.0);
-    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-<text x=\"{left}\" y=\"20\" font-size=\"14\">{title}</text>\n"
-    );
-    for t in 0..=4 {
-        let v = max * t as f64 / 4.0;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
-            w - 20.0,
-            left - 6.0,
-            y(v) + 4.0,
-            y = y(v)
-        );
-    }
-    for (gi, p) in peers.iter().enumerate() {
-        let gx = left + gi as f64 * group;
-        for (si, (_, color, vals)) in series.iter().enumerate() {
-            if let Some((_, v)) = vals.iter().find(|(q, v)| q == p && v.is_finite()) {
-                let x = gx + bar * (si as f64 + 0.5);
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.1}</text>",
-                    y(*v),
-                    bar * 0.9,
-                    y(0.0) - y(*v),
-                    x + bar * 0.45,
-                    y(*v) - 3.0
-                );
-            }
-        }
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            gx + group / 2.0,
-            h - bottom + 16.0,
-            p.as_str()
-        );
-    }
-    for (si, (name, color, _)) in series.iter().enumerate() {
-        let lx = left + si as f64 * 220.0;
-        let _ = writeln!(
-            s,
-            "<rect x=\"{lx}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
-            h - 24.0,
-            lx + 14.0,
-            h - 15.0
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    crate::chart::bars(&crate::chart::BarChart {
+        title,
+        groups: peers.iter().map(|p| p.as_str().to_string()).collect(),
+        series: series
+            .iter()
+            .map(|(name, color, vals)| {
+                let per_peer = peers
+                    .iter()
+                    .map(|p| vals.iter().find(|(q, v)| q == p && v.is_finite()).map(|(_, v)| *v))
+                    .collect();
+                (*name, *color, per_peer)
+            })
+            .collect(),
+        min_max: 1.0,
+        decimals: 1,
+        references: Vec::new(),
+        grid: 4,
+    })
 }
 
 /// Writes compare.md, compare.json, compare_cpu.svg (plain stages) and

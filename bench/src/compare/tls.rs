@@ -18,9 +18,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::h2load::{self, H2loadResult, TlsHttp};
-use super::{cpu_per, generator, peers, progress, CompareError, Stage, WsRun};
+use super::{generator, peers, CompareError, Stage};
 use crate::load::tls::HandshakeResult;
-use crate::load::ws::WsEchoResult;
 
 /// One peer's keep-alive request load over TLS in one round.
 #[derive(Debug, Clone, Serialize)]
@@ -50,20 +49,11 @@ impl Stage<'_> {
     /// h2load through `p`'s TLS listener: a 1 s warm-up, then the run.
     pub(super) fn tls_http(&self, p: &peers::Peer, round: usize, proto: TlsHttp) -> Result<TlsHttpRun, CompareError> {
         let o = self.o;
-        let addr = p
-            .tls_addr
-            .ok_or_else(|| CompareError::Load(format!("{} has no TLS listener", p.kind.as_str())))?;
-        progress(&format!(
-            "round {}/{}: {} {}",
-            round + 1,
-            o.rounds,
-            p.kind.as_str(),
-            proto.label()
-        ));
+        let addr = Self::tls_addr(p)?;
         let host = &self.hosts[0];
+        // A warm-up run first, then the measured one.
         h2load::run(&o.load_core, addr, host, proto, o.connections, Duration::from_secs(1))?;
-        let tree = p.proc.as_ref().map(|x| x.tree());
-        let before = tree.map(|t| t.sample());
+        let m = self.measure(p, round, proto.label());
         let load = h2load::run(
             &o.load_core,
             addr,
@@ -76,7 +66,7 @@ impl Stage<'_> {
             peer: p.kind,
             round,
             proto,
-            cpu_us_per_req: cpu_per(before, tree, load.done),
+            cpu_us_per_req: m.per(load.done),
             load,
         })
     }
@@ -84,18 +74,13 @@ impl Stage<'_> {
     /// New TLS connections through `p`, full or resumed.
     pub(super) fn handshakes(&self, p: &peers::Peer, round: usize, resume: bool) -> Result<HandshakeRun, CompareError> {
         let o = self.o;
-        let addr = p
-            .tls_addr
-            .ok_or_else(|| CompareError::Load(format!("{} has no TLS listener", p.kind.as_str())))?;
-        progress(&format!(
-            "round {}/{}: {} TLS connections ({})",
-            round + 1,
-            o.rounds,
-            p.kind.as_str(),
-            if resume { "resumed" } else { "full handshakes" }
-        ));
-        let tree = p.proc.as_ref().map(|x| x.tree());
-        let before = tree.map(|t| t.sample());
+        let addr = Self::tls_addr(p)?;
+        let what = if resume {
+            "TLS connections (resumed)"
+        } else {
+            "TLS connections (full handshakes)"
+        };
+        let m = self.measure(p, round, what);
         let mut args: Vec<String> = vec![
             "tls-handshakes".into(),
             "--target".into(),
@@ -118,57 +103,8 @@ impl Stage<'_> {
         Ok(HandshakeRun {
             peer: p.kind,
             round,
-            cpu_us_per_conn: cpu_per(before, tree, result.connections_total),
+            cpu_us_per_conn: m.per(result.connections_total),
             result,
-        })
-    }
-
-    /// WebSocket echo over TLS through `p`.
-    pub(super) fn wss(
-        &self,
-        p: &peers::Peer,
-        round: usize,
-        connections: usize,
-        size: usize,
-    ) -> Result<WsRun, CompareError> {
-        let o = self.o;
-        let addr = p
-            .tls_addr
-            .ok_or_else(|| CompareError::Load(format!("{} has no TLS listener", p.kind.as_str())))?;
-        progress(&format!(
-            "round {}/{}: {} wss {connections} x {size} B",
-            round + 1,
-            o.rounds,
-            p.kind.as_str()
-        ));
-        let tree = p.proc.as_ref().map(|x| x.tree());
-        let before = tree.map(|t| t.sample());
-        let echo: WsEchoResult = generator(
-            &o.load_core,
-            &[
-                "ws-load".into(),
-                "--target".into(),
-                addr.to_string(),
-                "--host".into(),
-                self.hosts[0].clone(),
-                "--tls-ca".into(),
-                self.certs.crt().display().to_string(),
-                "--connections".into(),
-                connections.to_string(),
-                "--size".into(),
-                size.to_string(),
-                "--seconds".into(),
-                o.ws_seconds.to_string(),
-                "--warmup-ms".into(),
-                o.warmup_ms.to_string(),
-            ],
-        )?;
-        Ok(WsRun {
-            peer: p.kind,
-            round,
-            tls: true,
-            cpu_us_per_round_trip: cpu_per(before, tree, echo.round_trips_total),
-            echo,
         })
     }
 
@@ -187,7 +123,7 @@ impl Stage<'_> {
         }
         for &c in &self.o.tls_ws_connections {
             for &size in &self.o.tls_ws_sizes {
-                res.ws.push(self.wss(p, round, c, size)?);
+                res.ws.push(self.ws_echo(p, round, c, size, true)?);
             }
         }
         Ok(())

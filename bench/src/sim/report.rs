@@ -7,6 +7,7 @@
 //! per scenario (no plotting dependency: plain SVG text).
 
 use super::ScenarioResult;
+use crate::chart::{self, esc};
 
 /// Percentiles of a set of numbers.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -117,10 +118,6 @@ pub fn markdown(rows: &[Summary]) -> String {
     s
 }
 
-pub(crate) fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
 /// One histogram per scenario, stacked, sharing the x axis: `values(r)`
 /// per VM, binned over `[0, x_max]` in `bins` bins (values above x_max
 /// land in the last bin, marked "+").
@@ -141,13 +138,7 @@ pub fn histogram_rows_svg(title: &str, x_label: &str, results: &[(&str, Vec<f64>
     let (w, row_h, left, top) = (760.0, 90.0, 250.0, 40.0);
     let plot_w = w - left - 20.0;
     let h = top + row_h * results.len() as f64 + 40.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
-<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}</text>",
-        w / 2.0,
-        esc(title)
-    );
+    let mut s = chart::open(w, h, title);
     for (row, (name, vals)) in results.iter().enumerate() {
         let mut counts = vec![0usize; bins];
         for v in vals.iter() {
@@ -198,12 +189,12 @@ pub fn histogram_rows_svg(title: &str, x_label: &str, results: &[(&str, Vec<f64>
         ));
     }
     s.push_str(&format!(
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text></svg>\n",
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
         left + plot_w / 2.0,
         axis_y + 32.0,
         esc(x_label)
     ));
-    s
+    chart::close(s)
 }
 
 /// Draws a progress bar on stderr: `sim [#####-----]  50% name`.

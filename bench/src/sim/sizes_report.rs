@@ -6,9 +6,10 @@
 
 use std::fmt::Write as _;
 
-use super::report::{esc, histogram_rows_svg, progress_bar};
+use super::report::{histogram_rows_svg, progress_bar};
 use super::sizes::{mixed_scenarios, run_hot_user, run_mixed, HotUser, HotUserResult, MixedResult, MixedSizes};
 use super::SimOptions;
+use crate::chart;
 
 /// The mixed-size table (GitHub markdown).
 pub fn mixed_markdown(rows: &[MixedResult]) -> String {
@@ -46,12 +47,10 @@ pub fn hot_user_svg(r: &HotUserResult, h: &HotUser, hours: f64) -> String {
     let y_max = r.hot_max.iter().copied().fold(1.2f64, f64::max).min(4.0);
     let x = |t: f64| left + pw * t / hours;
     let y = |v: f64| top + ph * (1.0 - v.min(y_max) / y_max);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" font-family=\"sans-serif\" font-size=\"12\">\
-<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}</text>",
-        w / 2.0,
-        esc("CPU per VM: the hot user's cluster, the cluster it moved to, the rest")
+    let mut s = chart::open(
+        w,
+        ht,
+        "CPU per VM: the hot user's cluster, the cluster it moved to, the rest",
     );
     for k in 0..=4 {
         let v = y_max * k as f64 / 4.0;
@@ -96,27 +95,16 @@ pub fn hot_user_svg(r: &HotUserResult, h: &HotUser, hours: f64) -> String {
         ("spare cluster (moved to), p99", &r.spare_p99, "#2e86c1"),
         ("other clusters, p99", &r.rest_p99, "#7f8c8d"),
     ];
-    for (i, (name, values, color)) in series.iter().enumerate() {
-        let pts: Vec<String> = r
-            .t_h
-            .iter()
-            .zip(values.iter())
-            .map(|(&t, &v)| format!("{:.1},{:.1}", x(t), y(v)))
-            .collect();
-        let _ = write!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" points=\"{}\"/>\
-<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-            pts.join(" "),
-            left + 10.0 + 180.0 * i as f64,
-            ht - 18.0,
-            left + 26.0 + 180.0 * i as f64,
-            ht - 13.0,
-            esc(name)
+    for (_, values, color) in &series {
+        chart::polyline(
+            &mut s,
+            r.t_h.iter().zip(values.iter()).map(|(&t, &v)| (x(t), y(v))),
+            color,
         );
     }
-    s.push_str("</svg>\n");
-    s
+    let names: Vec<(&str, &str)> = series.iter().map(|(name, _, color)| (*name, *color)).collect();
+    chart::legend(&mut s, &names, left + 10.0, ht - 13.0, 180.0);
+    chart::close(s)
 }
 
 /// Hot-cluster figures as the move starts, five minutes and an hour after.

@@ -73,6 +73,19 @@ struct Upload {
     vm_closed: bool,
 }
 
+impl Upload {
+    /// How long the VM may be silent: untimed while the client's body is
+    /// still going to it (a client uploading slowly is the client body
+    /// timeout's business), the upstream read timeout once it is all out.
+    fn vm_read_timeout(&self, limits: &LimitsConfig) -> std::time::Duration {
+        if self.reading && !self.vm_closed {
+            LONG_WAIT
+        } else {
+            limits.upstream_read_timeout
+        }
+    }
+}
+
 impl Proxy {
     /// Proxies the request to its decision, trying again as the module docs
     /// say, and answers what could not be proxied.
@@ -266,13 +279,7 @@ impl Proxy {
             if conn.rbuf.len() >= client::MAX_ANSWER_HEAD {
                 return Err(Failed::new(Failure::BadAnswer, "answer head over 64 KiB"));
             }
-            // The VM's silence is timed once the body is all out (a client
-            // uploading slowly is the client's body timeout's business).
-            let read_timeout = if up.reading && !up.vm_closed {
-                LONG_WAIT
-            } else {
-                limits.upstream_read_timeout
-            };
+            let read_timeout = up.vm_read_timeout(limits);
             tokio::select! {
                 biased;
                 n = conn.read_more(read_timeout, false) => {
@@ -326,11 +333,7 @@ impl Proxy {
                 Ok(Piece::NeedMore) => {}
                 Err(e) => return Err(Failed::new(Failure::AnswerCutShort, format!("{}: {e}", conn.addr))),
             }
-            let read_timeout = if up.reading && !up.vm_closed {
-                LONG_WAIT
-            } else {
-                limits.upstream_read_timeout
-            };
+            let read_timeout = up.vm_read_timeout(limits);
             tokio::select! {
                 biased;
                 n = conn.read_more(read_timeout, true) => match n {

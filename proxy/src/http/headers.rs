@@ -23,10 +23,11 @@ pub(super) fn is_websocket_upgrade(req: &RequestHeader) -> bool {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never passed to a VM or peer, in
-/// addition to those the client's `Connection` header names. `Upgrade` is
-/// kept (and `Connection: upgrade` set) only on WebSocket upgrades.
-/// `Transfer-Encoding` is Pingora's to re-frame, not dropped here.
-const HOP_BY_HOP: [&str; 8] = [
+/// addition to those the client's `Connection` header names, nor from a
+/// VM's answer to the client. `Upgrade` is kept (and `Connection: upgrade`
+/// set) only on WebSocket upgrades and their `101`. `Transfer-Encoding` is
+/// re-framed, not dropped here.
+pub(super) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -43,17 +43,6 @@ pub const MAX_ANSWER_HEADERS: usize = 128;
 /// Read buffer a connection starts with (grown when a head or body needs it).
 pub(crate) const READ_BUFFER: usize = 8 * 1024;
 
-/// Hop-by-hop answer headers (RFC 9110 §7.6.1): the VM's connection is not
-/// the client's. `upgrade` passes only on a `101`.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 /// One connection to a VM or peer edge.
 pub struct Conn {
     pub io: TcpStream,
@@ -262,7 +251,10 @@ fn answer_of(resp: &httparse::Response<'_, '_>, raw: &bytes::Bytes, head_request
     // case-insensitive; HTTP/2 requires lower case).
     let mut head = ResponseHeader::build_no_case(status, Some(resp.headers.len())).map_err(|e| e.to_string())?;
     for h in resp.headers.iter() {
-        let hop = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) && !(status == 101 && is_upgrade(h.name));
+        let hop = super::headers::HOP_BY_HOP
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n))
+            && !(status == 101 && is_upgrade(h.name));
         // With both, chunked decides the length (and the CL is dropped).
         let stale_length = chunked && h.name.eq_ignore_ascii_case("content-length");
         if hop || stale_length {
