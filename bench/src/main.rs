@@ -511,9 +511,14 @@ struct CompareArgs {
     /// Seconds-long run that only proves the harness works.
     #[arg(long)]
     smoke: bool,
-    /// Peers, comma separated (direct,edgeplane,pingora,nginx,haproxy).
+    /// Peers, comma separated (direct, edgeplane, edgeplane-shipped,
+    /// pingora, nginx, haproxy; edgeplane-before with --before).
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// An earlier edgeplane binary to run beside this one as peer
+    /// `edgeplane-before` (added after `edgeplane` unless --peers names it).
+    #[arg(long)]
+    before: Option<std::path::PathBuf>,
     #[arg(long)]
     rounds: Option<usize>,
     #[arg(long)]
@@ -552,6 +557,7 @@ impl CompareArgs {
         let CompareArgs {
             smoke,
             peers,
+            before,
             rounds,
             seconds,
             ws_seconds,
@@ -575,6 +581,20 @@ impl CompareArgs {
                 .iter()
                 .map(|s| PeerKind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown peer {s:?}")))
                 .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(bin) = before {
+            anyhow::ensure!(bin.is_file(), "--before: {} is not a file", bin.display());
+            if !o.peers.contains(&PeerKind::EdgeplaneBefore) {
+                let at = o
+                    .peers
+                    .iter()
+                    .position(|&p| p == PeerKind::Edgeplane)
+                    .map_or(0, |i| i + 1);
+                o.peers.insert(at, PeerKind::EdgeplaneBefore);
+            }
+            o.before_bin = Some(bin);
+        } else if o.peers.contains(&PeerKind::EdgeplaneBefore) {
+            anyhow::bail!("--peers edgeplane-before needs --before <binary>");
         }
         o.rounds = rounds.unwrap_or(o.rounds).max(1);
         o.http_seconds = seconds.unwrap_or(o.http_seconds);

@@ -56,6 +56,8 @@ pub enum CompareError {
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
     pub peers: Vec<PeerKind>,
+    /// The `edgeplane-before` peer's binary.
+    pub before_bin: Option<PathBuf>,
     pub rounds: usize,
     pub connections: usize,
     pub http_seconds: u64,
@@ -91,6 +93,7 @@ impl CompareOptions {
     pub fn full() -> CompareOptions {
         CompareOptions {
             peers: PeerKind::ALL.to_vec(),
+            before_bin: None,
             rounds: 3,
             connections: 64,
             http_seconds: 10,
@@ -342,6 +345,7 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
         core: &o.proxy_core,
         snapshot: &stage.snapshot,
         certs: &stage.certs,
+        before_bin: o.before_bin.as_deref(),
     };
     let mut running = Vec::new();
     for &k in &o.peers {
@@ -400,7 +404,11 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
     }
     drop(running);
     drop(backend);
-    for k in [PeerKind::Edgeplane, PeerKind::EdgeplaneShipped] {
+    for k in [
+        PeerKind::Edgeplane,
+        PeerKind::EdgeplaneShipped,
+        PeerKind::EdgeplaneBefore,
+    ] {
         if let Ok(log) = std::fs::read_to_string(dir.join(k.as_str()).join("edge.log")) {
             let errors = log.lines().filter(|l| l.contains(" ERROR ")).count();
             progress(&format!(

@@ -31,6 +31,11 @@ pub enum PeerKind {
     /// one core as every other peer.
     #[serde(rename = "edgeplane-shipped")]
     EdgeplaneShipped,
+    /// An earlier build of the edge (`--before <binary>`), configured as
+    /// `edgeplane` is: a change's before and after in one run, on the same
+    /// machine state. Not among the default peers.
+    #[serde(rename = "edgeplane-before")]
+    EdgeplaneBefore,
     Pingora,
     Nginx,
     Haproxy,
@@ -51,6 +56,7 @@ impl PeerKind {
             PeerKind::Direct => "direct",
             PeerKind::Edgeplane => "edgeplane",
             PeerKind::EdgeplaneShipped => "edgeplane-shipped",
+            PeerKind::EdgeplaneBefore => "edgeplane-before",
             PeerKind::Pingora => "pingora",
             PeerKind::Nginx => "nginx",
             PeerKind::Haproxy => "haproxy",
@@ -58,7 +64,10 @@ impl PeerKind {
     }
 
     pub fn parse(s: &str) -> Option<PeerKind> {
-        PeerKind::ALL.into_iter().find(|k| k.as_str() == s)
+        PeerKind::ALL
+            .into_iter()
+            .chain([PeerKind::EdgeplaneBefore])
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -135,6 +144,8 @@ pub struct PeerEnv<'a> {
     /// edgeplane's snapshot file (the synthetic world).
     pub snapshot: &'a Path,
     pub certs: &'a Certs,
+    /// The `edgeplane-before` binary, if that peer runs.
+    pub before_bin: Option<&'a Path>,
 }
 
 /// Directory of this executable: the workspace's other binaries are there.
@@ -313,8 +324,15 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
     let max_fds = crate::procstat::open_files_limit().saturating_sub(64).max(1024);
     let (proc_, addr, tls_addr) = match kind {
         PeerKind::Direct => (None, env.backend, None),
-        PeerKind::Edgeplane | PeerKind::EdgeplaneShipped => {
+        PeerKind::Edgeplane | PeerKind::EdgeplaneShipped | PeerKind::EdgeplaneBefore => {
             let shipped = kind == PeerKind::EdgeplaneShipped;
+            let program = match kind {
+                PeerKind::EdgeplaneBefore => env
+                    .before_bin
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| CompareError::Start("edgeplane-before: no --before binary".into()))?,
+                _ => bin_dir().join("edgeplane"),
+            };
             let d = dir.join(kind.as_str());
             std::fs::create_dir_all(&d)?;
             std::fs::write(d.join("hop.secret"), "bench-hop-secret-0123456789abcdef")?;
@@ -324,7 +342,7 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
             )?;
             let mut child = spawn_pinned(
                 env.core,
-                &bin_dir().join("edgeplane"),
+                &program,
                 &["serve".into(), "-c".into(), d.join("edge.toml").display().to_string()],
                 &d.join("edge.log"),
             )?;
@@ -401,4 +419,21 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
         tls_addr,
         proc: proc_,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--peers` names and the results' JSON names are the same, the
+    /// before peer included (it is not a default peer).
+    #[test]
+    fn every_peer_name_parses_back_and_is_its_json_name() {
+        for k in PeerKind::ALL.into_iter().chain([PeerKind::EdgeplaneBefore]) {
+            assert_eq!(PeerKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.as_str()));
+        }
+        assert!(!PeerKind::ALL.contains(&PeerKind::EdgeplaneBefore));
+        assert_eq!(PeerKind::parse("edgeplane-after"), None);
+    }
 }

@@ -68,8 +68,6 @@ pub const REPLAY_HEADER: &str = "x-edgeplane-replay";
 pub const REPLAY_SRC_HEADER: &str = "x-edgeplane-replay-src";
 pub const TRANSFER_FROM_HEADER: &str = "x-edgeplane-transfer-from";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The same as a header name (a static one: inserting it allocates nothing).
-pub const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 /// Request header carrying the admin token to ask for [`ROUTE_HEADER`].
 pub const DEBUG_HEADER: &str = "x-edgeplane-debug";
 /// Response header explaining the routing decision (debug requests only).

@@ -7,7 +7,7 @@ use pingora_core::Result;
 use pingora_http::ResponseHeader;
 
 use super::ctx::Outcome;
-use super::{error_page, Proxy, RequestCtx, REQUEST_ID_NAME, ROUTE_HEADER};
+use super::{error_page, Proxy, RequestCtx, REQUEST_ID_HEADER, ROUTE_HEADER};
 
 impl Proxy {
     /// Writes one of the edge's own responses.
@@ -18,7 +18,7 @@ impl Proxy {
         resp.insert_header("content-type", "text/html; charset=utf-8")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
-        resp.insert_header(REQUEST_ID_NAME, id.as_str())?;
+        resp.insert_header(REQUEST_ID_HEADER, id.as_str())?;
         if let Some(r) = &ctx.debug_route {
             let _ = resp.insert_header(ROUTE_HEADER, r.as_str());
         }
@@ -50,7 +50,7 @@ impl Proxy {
         resp.insert_header("location", location)?;
         resp.insert_header("content-length", "0")?;
         resp.insert_header("cache-control", "no-store")?;
-        resp.insert_header(REQUEST_ID_NAME, id.as_str())?;
+        resp.insert_header(REQUEST_ID_HEADER, id.as_str())?;
         ctx.outcome = Outcome::Edge(308);
         session.write_response_header(Box::new(resp)).await?;
         session.finish_body().await?;

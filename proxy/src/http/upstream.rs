@@ -25,8 +25,7 @@ use super::failure::{Failed, Failure, Fault};
 use super::headers::{request_host, strip_for_upstream};
 use super::recent::ForwardEvent;
 use super::{
-    Proxy, HOP_HEADER, REPLAY_HEADER, REPLAY_SRC_HEADER, REQUEST_ID_HEADER, REQUEST_ID_NAME, ROUTE_HEADER,
-    TRANSFER_FROM_HEADER,
+    Proxy, HOP_HEADER, REPLAY_HEADER, REPLAY_SRC_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, TRANSFER_FROM_HEADER,
 };
 use crate::clock::{entropy, now_ms};
 use crate::route::signing::sign_hop;
@@ -306,7 +305,7 @@ impl Proxy {
         }
         if let Some(id) = &ctx.request_id {
             if !resp.headers.contains_key(REQUEST_ID_HEADER) {
-                let _ = resp.insert_header(REQUEST_ID_NAME, id.as_str());
+                let _ = resp.insert_header(REQUEST_ID_HEADER, id.as_str());
             }
         }
     }

@@ -119,7 +119,7 @@ async fn a_streaming_answer_flows_while_the_body_streams() {
 /// One open tunnel of the stop test: its name and stream.
 enum Socket {
     Plain(Box<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>),
-    Tls(Box<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
+    Tls(Box<Wss>),
 }
 
 impl Socket {
@@ -190,16 +190,8 @@ async fn tunnels_keep_echoing_through_the_stop_delay_then_close_with_1001() {
         sockets.push(Socket::Plain(Box::new(
             tokio_tungstenite::client_async(req, tcp).await.unwrap().0,
         )));
-        let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(tls_client_config(&der, &[b"http/1.1"]))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let req = "wss://app1.repl.co/shell".into_client_request().unwrap();
-        sockets.push(Socket::Tls(Box::new(
-            tokio_tungstenite::client_async(req, tls).await.unwrap().0,
-        )));
+        let (wss, _) = wss_connect(https, &der, "app1.repl.co", "wss://app1.repl.co/shell").await;
+        sockets.push(Socket::Tls(Box::new(wss)));
     }
     let stopped = Instant::now();
     signal(edge.pid(), "-TERM");
@@ -220,6 +212,12 @@ async fn tunnels_keep_echoing_through_the_stop_delay_then_close_with_1001() {
             .map(|(_, (n, _))| n)
             .sum::<usize>()
     };
+    eprintln!(
+        "duplex: after SIGTERM, ws tunnels echoed {} times and wss {} (each within 100 ms), all 1001; last close {:?} after the signal",
+        echoed(false),
+        echoed(true),
+        stopped.elapsed()
+    );
     assert!(echoed(false) >= 5, "ws tunnels echoed during their delay: {results:?}");
     assert!(echoed(true) >= 5, "wss tunnels echoed during their delay: {results:?}");
     assert!(

@@ -799,6 +799,29 @@ pub fn tls_client_config(der: &[u8], alpn: &[&[u8]]) -> std::sync::Arc<rustls::C
     std::sync::Arc::new(cfg)
 }
 
+/// A WebSocket over TLS (HTTP/1.1 by ALPN).
+pub type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Opens `url` (`wss://…`) on `addr`, trusting exactly `der` for `sni`;
+/// returns the socket and the edge's `101`.
+pub async fn wss_connect(
+    addr: SocketAddr,
+    der: &[u8],
+    sni: &str,
+    url: &str,
+) -> (Wss, tokio_tungstenite::tungstenite::handshake::client::Response) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls_client_config(der, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: TLS: {e}"));
+    tokio_tungstenite::client_async(url.into_client_request().unwrap(), tls)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
 /// The code of the next close frame on `ws` (within 5 s); panics if the
 /// tunnel ends without one.
 pub async fn next_close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> u16

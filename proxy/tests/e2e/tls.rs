@@ -261,7 +261,7 @@ async fn a_returning_client_resumes_its_tls_session() {
 #[tokio::test]
 async fn sigterm_closes_a_tls_websocket_with_1001() {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    use tokio_tungstenite::tungstenite::Message;
     let vm1 = FakeVm::start("vm-1");
     let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
     let (mut edge, der) = Edge::start_tls(
@@ -274,14 +274,7 @@ async fn sigterm_closes_a_tls_websocket_with_1001() {
     )
     .await;
     let addr = edge.https.expect("https listener");
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(tls_client_config(&der, &[b"http/1.1"]))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let req = "wss://app1.repl.co/chat".into_client_request().unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    let (mut ws, _) = wss_connect(addr, &der, "app1.repl.co", "wss://app1.repl.co/chat").await;
     ws.send(Message::text("before")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
 

@@ -106,13 +106,7 @@ async fn ws_echo(addr: SocketAddr, url: &str) -> String {
 
 /// The same over TLS (SNI `sni`, trusting `der`).
 async fn wss_echo(addr: SocketAddr, der: &[u8], sni: &str, url: &str) -> String {
-    let cfg = tls_client_config(der, &[b"http/1.1"]);
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
-    let (ws, resp) = tokio_tungstenite::client_async(url.into_client_request().unwrap(), tls)
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let (ws, resp) = wss_connect(addr, der, sni, url).await;
     echo(ws).await;
     resp.headers()["x-served-by"].to_str().unwrap().to_string()
 }

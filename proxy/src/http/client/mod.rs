@@ -260,9 +260,12 @@ fn answer_of(resp: &httparse::Response<'_, '_>, raw: &bytes::Bytes, head_request
         if hop || stale_length {
             continue;
         }
-        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+        // The name goes in as a slice of the read buffer: Pingora makes the
+        // `HeaderName` from it (a copy only for a name `http` does not
+        // know); a `HeaderName` passed in would be titled and parsed again.
         let value = http::HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).map_err(|e| e.to_string())?;
-        head.append_header(name, value).map_err(|e| e.to_string())?;
+        head.append_header(raw.slice_ref(h.name.as_bytes()), value)
+            .map_err(|e| format!("header {:?}: {e}", h.name))?;
     }
     let keep_alive = !close && framing != Framing::UntilClose && !(chunked && content_length.is_some());
     Ok(Answer {
