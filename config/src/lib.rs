@@ -288,6 +288,18 @@ pub enum PlacementSource {
     Redis(String),
 }
 
+impl PlacementSource {
+    /// The `source` key's value (`file`, `postgres`, `redis`): the label
+    /// of `edgeplane_placement_serving`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PlacementSource::File(_) => "file",
+            PlacementSource::Postgres(_) => "postgres",
+            PlacementSource::Redis(_) => "redis",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacementConfig {
     pub source: PlacementSource,

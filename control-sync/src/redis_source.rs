@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::snapshot::{ClusterRow, ContainerRow, RegionRow, ReplRow, Snapshot, VmRow};
-use crate::table::{RoutingTable, RowError, Skipped, SnapshotError, Strictness};
+use crate::table::{RoutingTable, RowError, SkipReason, Skipped, SnapshotError, Strictness};
 use crate::{last_known_good, SyncErrorKind, TableHandle};
 
 /// `HGETALL`s sent per pipeline round trip.
@@ -178,7 +178,7 @@ fn rows<T: serde::de::DeserializeOwned>(
 ) -> Vec<(T, usize)> {
     let mut out = Vec::with_capacity(list.len());
     for (index, (id, h)) in list.iter().enumerate() {
-        let err = |reason: &'static str, message: String| RowError {
+        let err = |reason: SkipReason, message: String| RowError {
             table,
             index,
             key: id.clone(),
@@ -187,14 +187,14 @@ fn rows<T: serde::de::DeserializeOwned>(
         };
         if h.is_empty() {
             skipped.push(err(
-                "missing_hash",
+                SkipReason::MissingHash,
                 format!("in set {table:?} but its hash does not exist"),
             ));
             continue;
         }
         match serde_json::from_value::<T>(to_json(id, h)) {
             Ok(row) => out.push((row, index)),
-            Err(e) => skipped.push(err("bad_value", e.to_string())),
+            Err(e) => skipped.push(err(SkipReason::BadValue, e.to_string())),
         }
     }
     out

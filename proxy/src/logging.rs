@@ -42,6 +42,15 @@ pub static LOG_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("valid metric")
 });
 
+/// Every `event` value of [`LOG_EVENTS`] (each exported at 0 from the
+/// start): Pingora's lines that are a client's doing ([`NOT_OUR_FAULT`]),
+/// the request path's client faults, and pooled connections the VM closed
+/// as they were reused.
+pub const EVENTS: [&str; 4] = ["client_handshake", "client_read", "client_error", "pool_reuse_race"];
+
+/// Every `level` value of [`LOG_SUPPRESSED`].
+pub const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
 /// `edgeplane_log_suppressed_total{level}`: log lines left out by the
 /// per-call-site rate limit.
 pub static LOG_SUPPRESSED: LazyLock<IntCounterVec> = LazyLock::new(|| {

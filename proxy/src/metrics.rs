@@ -47,17 +47,17 @@ pub struct Metrics {
     pub balancer_cluster_full: IntCounter,
     pub balancer_over_capacity_picks: IntCounter,
     pub balancer_policy: IntGaugeVec,
-    pub scrape_errors: IntCounterVec,
+    pub scrape_errors: CounterSet,
     pub scrape_rounds: IntCounter,
     pub sample_age_max: Gauge,
     pub stale_vms: IntGauge,
     pub connections_active: IntGauge,
-    pub connections_refused: IntCounterVec,
+    pub connections_refused: CounterSet,
     pub client_timeouts: CounterSet,
     pub tls_handshake_errors: IntCounter,
     pub tls_certificates: IntGauge,
     pub tls_reload_errors: IntCounter,
-    pub config_reloads: IntCounterVec,
+    pub config_reloads: CounterSet,
     pub config_last_reload_ok: IntGauge,
     pub config_pending_restart: IntGauge,
     pub shadow_mismatches: IntCounterVec,
@@ -118,6 +118,9 @@ impl RequestCounters {
         &self.vec
     }
 }
+
+/// The `reason` label values of `edgeplane_connections_refused_total`.
+pub const CONNECTION_REFUSALS: [&str; 3] = ["max_connections", "max_connections_per_ip", "proxy_protocol"];
 
 /// The `reason` label values of `edgeplane_upstream_errors_total`: every
 /// VM-side [`Failure`](crate::http::failure::Failure)'s label (a pooled connection's race is counted in
@@ -380,10 +383,13 @@ impl Metrics {
                 "Panic-mode picks past a VM's capacity (no VM had room by what was known)",
             ),
             balancer_policy: r.gauges("edgeplane_balancer_policy", "1 for the policy in use", "policy"),
-            scrape_errors: r.counters(
-                "edgeplane_health_scrape_errors_total",
-                "VM health reads that failed, by reason; the last sample is kept",
-                &["reason"],
+            scrape_errors: CounterSet::new(
+                r.counters(
+                    "edgeplane_health_scrape_errors_total",
+                    "VM health reads that failed, by reason; the last sample is kept",
+                    &["reason"],
+                ),
+                &crate::balancer::usability::ScrapeError::ALL.map(|e| e.as_str()),
             ),
             scrape_rounds: r.counter("edgeplane_health_rounds_total", "Health rounds run"),
             sample_age_max: r.seconds(
@@ -398,10 +404,13 @@ impl Metrics {
                 "edgeplane_connections_active",
                 "Client connections open now (HTTP and HTTPS listeners)",
             ),
-            connections_refused: r.counters(
-                "edgeplane_connections_refused_total",
-                "Client connections refused at accept, by the limit that refused them",
-                &["reason"],
+            connections_refused: CounterSet::new(
+                r.counters(
+                    "edgeplane_connections_refused_total",
+                    "Client connections refused at accept, by the limit that refused them",
+                    &["reason"],
+                ),
+                &CONNECTION_REFUSALS,
             ),
             client_timeouts: CounterSet::new(
                 r.counters(
@@ -423,10 +432,13 @@ impl Metrics {
                 "edgeplane_tls_reload_errors_total",
                 "Certificate pairs that could not be loaded (skipped; the rest keep serving)",
             ),
-            config_reloads: r.counters(
-                "edgeplane_config_reloads_total",
-                "Config reloads (SIGHUP or admin API) by result: ok, error (old config kept)",
-                &["result"],
+            config_reloads: CounterSet::new(
+                r.counters(
+                    "edgeplane_config_reloads_total",
+                    "Config reloads (SIGHUP or admin API) by result: ok, error (old config kept)",
+                    &["result"],
+                ),
+                &["ok", "error"],
             ),
             config_last_reload_ok: r.gauge(
                 "edgeplane_config_last_reload_successful",
@@ -494,6 +506,23 @@ impl Metrics {
             registry: r.0,
         };
         m.config_last_reload_ok.set(1);
+        // Every known label value exported at 0 from the start, so that
+        // `rate()` and alerts see 0, not "no data".
+        for event in crate::logging::EVENTS {
+            m.log_events.with_label_values(&[event]);
+        }
+        for level in crate::logging::LEVELS {
+            m.log_suppressed.with_label_values(&[level]);
+        }
+        for table in edgeplane_control_sync::table::TABLES {
+            for reason in edgeplane_control_sync::table::SkipReason::ALL {
+                m.sync_rows_skipped.with_label_values(&[table, reason.as_str()]);
+            }
+        }
+        for field in edgeplane_control_sync::shadow::FIELDS {
+            m.shadow_mismatches.with_label_values(&[field]);
+            m.shadow_last_mismatches.with_label_values(&[field]);
+        }
         m
     }
 
@@ -610,14 +639,64 @@ mod tests {
         m.vm_usable.with_label_values(&["c1"]).set(3);
         let text = String::from_utf8(m.render()).unwrap();
         let helps = text.lines().filter(|l| l.starts_with("# HELP edgeplane_")).count();
-        // Vectors without a labelled child yet are not rendered: 27 plain
-        // metrics, the vectors whose label values are known (workspace
-        // tokens, upstream errors, client timeouts, replays: every value
-        // resolved at 0) and the two vectors touched above.
-        assert_eq!(helps, 33, "{helps} metrics rendered:\n{text}");
+        // Vectors without a labelled child yet are not rendered: only those
+        // whose label values are not known in advance (per cluster, per
+        // region, per status code; the two touched above are).
+        assert_eq!(helps, 41, "{helps} metrics rendered:\n{text}");
         assert!(text.contains("edgeplane_workspace_tokens_total{outcome=\"unknown_key\",version=\"2\"} 0"));
         assert!(text.contains("edgeplane_config_last_reload_successful 1"));
         assert!(text.contains("edgeplane_requests_total{code=\"200\",kind=\"app\",outcome=\"proxied\"} 2"));
         assert!(text.contains("edgeplane_vm_usable{cluster=\"c1\"} 3"));
+    }
+
+    /// What the runbook's alerts and dashboards query exists on a fresh
+    /// edge, at 0, for every label value the edge can emit: `rate()` shows
+    /// 0, not "no data".
+    #[test]
+    fn every_known_label_value_is_exported_at_zero_from_the_start() {
+        let text = String::from_utf8(Metrics::new().render()).unwrap();
+        let zero = |name: &str, labels: &str| {
+            let line = format!("{name}{{{labels}}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        };
+        for r in CONNECTION_REFUSALS {
+            zero("edgeplane_connections_refused_total", &format!("reason=\"{r}\""));
+        }
+        for r in UPSTREAM_ERROR_REASONS {
+            zero("edgeplane_upstream_errors_total", &format!("reason=\"{r}\""));
+        }
+        for r in REPLAY_OUTCOMES {
+            zero("edgeplane_replays_total", &format!("outcome=\"{r}\""));
+        }
+        for e in crate::logging::EVENTS {
+            zero("edgeplane_log_events_total", &format!("event=\"{e}\""));
+        }
+        for l in crate::logging::LEVELS {
+            zero("edgeplane_log_suppressed_total", &format!("level=\"{l}\""));
+        }
+        for r in crate::balancer::usability::ScrapeError::ALL {
+            zero(
+                "edgeplane_health_scrape_errors_total",
+                &format!("reason=\"{}\"", r.as_str()),
+            );
+        }
+        for t in edgeplane_control_sync::table::TABLES {
+            for r in edgeplane_control_sync::table::SkipReason::ALL {
+                zero(
+                    "edgeplane_sync_rows_skipped_total",
+                    &format!("reason=\"{}\",table=\"{t}\"", r.as_str()),
+                );
+            }
+        }
+        for f in edgeplane_control_sync::shadow::FIELDS {
+            zero("edgeplane_shadow_last_mismatches", &format!("field=\"{f}\""));
+            zero("edgeplane_shadow_mismatches_total", &format!("field=\"{f}\""));
+        }
+        for r in ["ok", "error"] {
+            zero("edgeplane_config_reloads_total", &format!("result=\"{r}\""));
+        }
+        for p in ["head", "body", "tls_handshake"] {
+            zero("edgeplane_client_timeouts_total", &format!("phase=\"{p}\""));
+        }
     }
 }

@@ -28,15 +28,6 @@ pub struct Placement {
     pub shadow: Option<ShadowControl>,
 }
 
-/// The name a placement source goes by in metrics and the admin API.
-pub fn source_name(s: &PlacementSource) -> &'static str {
-    match s {
-        PlacementSource::File(_) => "file",
-        PlacementSource::Postgres(_) => "postgres",
-        PlacementSource::Redis(_) => "redis",
-    }
-}
-
 fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
     let p = &cfg.placement;
     RedisSyncOptions {
@@ -82,7 +73,7 @@ pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement
         .last_known_good
         .clone()
         .map(|p| if dns { p.with_extension("dns.json") } else { p });
-    let primary_name = source_name(&cfg.placement.source);
+    let primary_name = cfg.placement.source.kind();
     let (primary, shadow) = match (&cfg.placement.shadow, &cfg.placement.redis_url) {
         (Some(_), Some(url)) if !dns => {
             let primary = TableHandle::with_status(serving.status_arc());

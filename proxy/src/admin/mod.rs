@@ -167,8 +167,18 @@ impl AdminApp {
         self.shared
             .metrics
             .refresh_balancer(&self.shared.route.load().balancer, &self.health.load(), now);
-        if let Some(sh) = &self.shadow {
-            self.shared.metrics.refresh_shadow(sh);
+        match &self.shadow {
+            Some(sh) => self.shared.metrics.refresh_shadow(sh),
+            // One source, always the one served: alerts tell file-sourced
+            // edges (no database to be connected to) by this.
+            None => {
+                let source = self.shared.cfg.load().placement.source.kind();
+                self.shared
+                    .metrics
+                    .placement_serving
+                    .with_label_values(&[source])
+                    .set(1);
+            }
         }
         resp(
             StatusCode::OK,
@@ -384,7 +394,7 @@ impl AdminApp {
                                 .map(|m| b.ledger.since(m.id_hash, m.mark)),
                             "sample_age_ms": s.sample_age_ms,
                             "scrape_errors_in_a_row": h.map(|h| h.consecutive_errors),
-                            "last_error": h.and_then(|h| h.last_error),
+                            "last_error": h.and_then(|h| h.last_error).map(|e| e.as_str()),
                         }))
                     })
                     .collect();
@@ -468,12 +478,7 @@ impl AdminApp {
             ready: e.shared.table.is_ready(),
             version: t.version(),
             age_s: (published != 0).then(|| now.saturating_sub(published) as f64 / 1000.0),
-            source: match &cfg.placement.source {
-                edgeplane_config::PlacementSource::File(_) => "file",
-                edgeplane_config::PlacementSource::Postgres(_) => "postgres",
-                edgeplane_config::PlacementSource::Redis(_) => "redis",
-            }
-            .to_string(),
+            source: cfg.placement.source.kind().to_string(),
             connected: status.connected(),
             lag_s: status.lag_us() as f64 / 1e6,
             sync_errors: SyncErrorKind::ALL

@@ -86,7 +86,7 @@ impl Reloader {
         let report = match edgeplane_config::load(&current.path) {
             Err(e) => {
                 log::error!("config reload ({trigger}) refused, still running the previous config: {e}");
-                edge.metrics.config_reloads.with_label_values(&["error"]).inc();
+                edge.metrics.config_reloads.inc("error");
                 edge.metrics.config_last_reload_ok.set(0);
                 ReloadReport {
                     at_ms: now_ms(),
@@ -114,7 +114,7 @@ impl Reloader {
                         current.path.display()
                     );
                 }
-                edge.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                edge.metrics.config_reloads.inc("ok");
                 edge.metrics.config_last_reload_ok.set(1);
                 edge.metrics.config_pending_restart.set(p.needs_restart.len() as i64);
                 ReloadReport {

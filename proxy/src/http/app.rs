@@ -65,10 +65,7 @@ impl ServerApp for EdgeApp {
             match crate::conn::proxy_protocol::accept(stream, header_timeout).await {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    self.metrics
-                        .connections_refused
-                        .with_label_values(&["proxy_protocol"])
-                        .inc();
+                    self.metrics.connections_refused.inc("proxy_protocol");
                     log::debug!("closing a connection without a valid PROXY header: {e}");
                     return None;
                 }
@@ -79,7 +76,7 @@ impl ServerApp for EdgeApp {
         let admitted = match self.admission.admit(peer_ip(&stream)) {
             Ok(a) => a,
             Err(r) => {
-                self.metrics.connections_refused.with_label_values(&[r.as_str()]).inc();
+                self.metrics.connections_refused.inc(r.as_str());
                 if self.tls.is_none() {
                     // Best effort, never waiting on a client we are refusing.
                     let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(r.response())).await;

@@ -118,3 +118,90 @@ fn systemd_unit_verifies() {
     let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
     assert!(out.trim().is_empty(), "systemd-analyze verify complained:\n{out}");
 }
+
+/// Label values the edge can emit, per metric and label: those a fresh
+/// edge exports at 0 (every enumerable one), plus the request counter's
+/// kinds and outcomes and the placement sources.
+fn emitted_label_values() -> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> {
+    use edgeplane_proxy::metrics::{Metrics, REQUEST_KINDS, REQUEST_OUTCOMES};
+    let mut out: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> = Default::default();
+    let text = String::from_utf8(Metrics::new().render()).unwrap();
+    for line in text.lines().filter(|l| l.starts_with("edgeplane_")) {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let labels = rest.split_once('}').map(|x| x.0).unwrap_or("");
+        for (k, v) in label_pairs(labels) {
+            out.entry((name.to_string(), k)).or_default().insert(v);
+        }
+    }
+    let mut add = |metric: &str, label: &str, values: &[&str]| {
+        out.entry((metric.into(), label.into()))
+            .or_default()
+            .extend(values.iter().map(|v| v.to_string()));
+    };
+    add("edgeplane_requests_total", "kind", &REQUEST_KINDS);
+    add("edgeplane_requests_total", "outcome", &REQUEST_OUTCOMES);
+    add("edgeplane_placement_serving", "source", &["file", "postgres", "redis"]);
+    out
+}
+
+/// `k="v"` pairs of a label set (exact matchers only).
+fn label_pairs(labels: &str) -> Vec<(String, String)> {
+    labels
+        .split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let v = v.trim().strip_prefix('"')?.strip_suffix('"')?;
+            (!k.trim().ends_with(['!', '~']) && !v.starts_with('~')).then(|| (k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Every exact label value the alerts, their unit tests and the dashboard
+/// use is one the edge emits (labels whose values are the operator's own —
+/// instance, job, cluster, to_region, code — aside), so a test cannot pass
+/// on series the edge never exports, nor an alert wait on one.
+#[test]
+fn alerts_their_tests_and_the_dashboard_use_only_label_values_the_edge_emits() {
+    let emitted = emitted_label_values();
+    let dash = std::fs::read_to_string(deploy_dir().join("grafana/edgeplane-dashboard.json")).unwrap();
+    let dash = dash.replace("\\\"", "\"");
+    let mut checked = 0;
+    for (file, text) in [
+        (
+            "edgeplane-alerts.yml",
+            std::fs::read_to_string(deploy_dir().join("prometheus/edgeplane-alerts.yml")).unwrap(),
+        ),
+        (
+            "edgeplane-alerts.test.yml",
+            std::fs::read_to_string(deploy_dir().join("prometheus/edgeplane-alerts.test.yml")).unwrap(),
+        ),
+        ("edgeplane-dashboard.json", dash),
+    ] {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("edgeplane_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            rest = &tail[end..];
+            let Some(labels) = rest.strip_prefix('{').and_then(|r| r.split_once('}')).map(|x| x.0) else {
+                continue;
+            };
+            for (k, v) in label_pairs(labels) {
+                if ["instance", "job", "cluster", "to_region", "code"].contains(&k.as_str()) {
+                    continue;
+                }
+                let known = emitted.get(&(name.to_string(), k.clone()));
+                assert!(
+                    known.is_some_and(|vals| vals.contains(&v)),
+                    "{file}: {name}{{{k}=\"{v}\"}}: the edge never emits that (it emits {known:?})"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} label values checked");
+}

@@ -110,10 +110,63 @@ pub struct RowError {
     /// Position of the row among the rows of its table in this load or delta.
     pub index: usize,
     pub key: String,
-    /// Short label for metrics: `duplicate`, `dangling_reference`,
-    /// `bad_address`, `bad_value`, `bad_time`.
-    pub reason: &'static str,
+    /// Why, as counted in `sync_rows_skipped_total{reason}`.
+    pub reason: SkipReason,
     pub message: String,
+}
+
+/// Why a row was skipped: the `reason` label of
+/// `edgeplane_sync_rows_skipped_total` (every value is exported at 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SkipReason {
+    /// A second row with the same key.
+    Duplicate,
+    /// A row naming a region, cluster, VM or repl that does not exist.
+    DanglingReference,
+    /// An address that is not `ip:port` (or `host:port` where allowed).
+    BadAddress,
+    /// A field out of its range or format.
+    BadValue,
+    /// A time that is not RFC 3339.
+    BadTime,
+    /// Two directory names with one hash and different home regions.
+    HashCollision,
+    /// More regions than the world directory can number.
+    TooManyRegions,
+    /// Redis: a set member without its hash.
+    MissingHash,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 8] = [
+        SkipReason::Duplicate,
+        SkipReason::DanglingReference,
+        SkipReason::BadAddress,
+        SkipReason::BadValue,
+        SkipReason::BadTime,
+        SkipReason::HashCollision,
+        SkipReason::TooManyRegions,
+        SkipReason::MissingHash,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Duplicate => "duplicate",
+            SkipReason::DanglingReference => "dangling_reference",
+            SkipReason::BadAddress => "bad_address",
+            SkipReason::BadValue => "bad_value",
+            SkipReason::BadTime => "bad_time",
+            SkipReason::HashCollision => "hash_collision",
+            SkipReason::TooManyRegions => "too_many_regions",
+            SkipReason::MissingHash => "missing_hash",
+        }
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Rows skipped by a lenient load or delta: counts by (table, reason) and
@@ -141,7 +194,7 @@ impl Skipped {
     }
     /// Records `n` skipped rows described by one example.
     pub fn push_n(&mut self, e: RowError, n: u64) {
-        *self.counts.entry((e.table, e.reason)).or_default() += n;
+        *self.counts.entry((e.table, e.reason.as_str())).or_default() += n;
         if self.examples.len() < MAX_SKIPPED_EXAMPLES {
             self.examples.push(e);
         }

@@ -34,6 +34,7 @@
 mod change;
 mod entities;
 mod rows;
+pub use rows::TABLES;
 #[cfg(test)]
 mod tests;
 
@@ -46,7 +47,7 @@ use crate::ring::Ring;
 use crate::sharded::{HashIndex, ShardedMap};
 use crate::snapshot::*;
 
-pub use change::{Change, ContainerRef, ReplRef, RowError, Skipped, Strictness, MAX_SKIPPED_EXAMPLES};
+pub use change::{Change, ContainerRef, ReplRef, RowError, SkipReason, Skipped, Strictness, MAX_SKIPPED_EXAMPLES};
 
 pub use entities::*;
 use entities::{Domain, Load, Tombstones};
@@ -691,7 +692,7 @@ fn unique_repls(snap: &Snapshot) -> Result<(), RowError> {
             table: "repls",
             index,
             key: r.id.clone(),
-            reason: "duplicate",
+            reason: SkipReason::Duplicate,
             message,
         };
         if !ids.insert(r.id.as_str()) {

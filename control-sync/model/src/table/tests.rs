@@ -141,7 +141,7 @@ fn lenient_build_skips_bad_rows_with_reasons() {
         size: 1,
     });
     let (t, skipped) = RoutingTable::build_with(&s, "us-east1", 1, Strictness::Lenient).unwrap();
-    let reasons: Vec<_> = skipped.examples.iter().map(|e| (e.table, e.reason)).collect();
+    let reasons: Vec<_> = skipped.examples.iter().map(|e| (e.table, e.reason.as_str())).collect();
     assert_eq!(reasons, vec![("vms", "bad_address"), ("repls", "duplicate")]);
     assert_eq!(skipped.counts.get(&("vms", "bad_address")), Some(&1));
     assert_eq!(skipped.total(), 2);
@@ -308,7 +308,7 @@ fn bad_delta_rows_are_skipped_in_lenient_mode() {
         )
         .unwrap();
     assert_eq!(
-        skipped.examples.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        skipped.examples.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
         vec!["dangling_reference", "duplicate"]
     );
     assert!(t2.repl_by_slug("ok").is_some());

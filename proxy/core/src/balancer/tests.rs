@@ -1,6 +1,6 @@
 //! Balancer unit tests over real routing tables built from snapshots.
 
-use super::usability::{Outcome, Reading, Usability};
+use super::usability::{Outcome, Reading, ScrapeError, Usability};
 use super::*;
 use crate::bits::splitmix64;
 use edgeplane_placement::snapshot::Snapshot;
@@ -60,7 +60,7 @@ fn round(t: &RoutingTable, prev: &HealthMap, b: &Balancer, containers: &[Option<
                 ready: true,
                 sampled_at_ms: now,
             }),
-            None => Outcome::Err("connect"),
+            None => Outcome::Err(ScrapeError::Connect),
         };
         (watched[i], o)
     });

@@ -45,7 +45,57 @@ pub struct Reading {
 pub enum Outcome {
     Ok(Reading),
     /// Why it failed (the `reason` label of the scrape error counter).
-    Err(&'static str),
+    Err(ScrapeError),
+}
+
+/// Why a VM's health could not be read: the `reason` label of
+/// `edgeplane_health_scrape_errors_total` and `/balancer`'s `last_error`
+/// (every value is exported at 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrapeError {
+    /// The metrics endpoint (or Prometheus) refused or could not be reached.
+    Connect,
+    /// No complete answer within `health.scrape_timeout_ms`.
+    Timeout,
+    /// An answer that is not a success: a non-2xx status, a broken HTTP
+    /// exchange, or Prometheus answering `"status": "error"`.
+    Status,
+    /// The body could not be read whole (cut, or over 1 MiB).
+    Body,
+    /// Not the Prometheus text format (or not JSON from Prometheus).
+    Parse,
+    /// The exposition lacks `conman_containers`.
+    Missing,
+    /// A value out of range (negative, NaN, absurdly large).
+    Invalid,
+    /// Prometheus has no `conman_containers` series for the VM.
+    Absent,
+}
+
+impl ScrapeError {
+    pub const ALL: [ScrapeError; 8] = [
+        ScrapeError::Connect,
+        ScrapeError::Timeout,
+        ScrapeError::Status,
+        ScrapeError::Body,
+        ScrapeError::Parse,
+        ScrapeError::Missing,
+        ScrapeError::Invalid,
+        ScrapeError::Absent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScrapeError::Connect => "connect",
+            ScrapeError::Timeout => "timeout",
+            ScrapeError::Status => "status",
+            ScrapeError::Body => "body",
+            ScrapeError::Parse => "parse",
+            ScrapeError::Missing => "missing",
+            ScrapeError::Invalid => "invalid",
+            ScrapeError::Absent => "absent",
+        }
+    }
 }
 
 /// A reading as kept, with the ledger mark taken at merge time.
@@ -63,7 +113,7 @@ pub struct VmHealth {
     pub watched_since_ms: u64,
     /// Failed rounds since the last good one.
     pub consecutive_errors: u32,
-    pub last_error: Option<&'static str>,
+    pub last_error: Option<ScrapeError>,
     /// Ledger marks taken at the last rounds (time, count), newest last:
     /// a sample taken before this round (Prometheus, a slow scrape) gets
     /// the mark of its own time, so placements made since it was taken
@@ -232,7 +282,12 @@ mod tests {
     fn failed_scrapes_keep_the_sample_until_stale() {
         let ledger = PlacementLedger::new();
         let h0 = HealthMap::default();
-        let h1 = h0.next([1, 2], [(1, ok(10, 1000)), (2, Outcome::Err("connect"))], &ledger, 1000);
+        let h1 = h0.next(
+            [1, 2],
+            [(1, ok(10, 1000)), (2, Outcome::Err(ScrapeError::Connect))],
+            &ledger,
+            1000,
+        );
         assert_eq!(usability(true, h1.vms.get(&1), 1000, 3000), Usability::Usable);
         assert_eq!(
             usability(true, h1.vms.get(&2), 1000, 3000),
@@ -241,13 +296,16 @@ mod tests {
         );
         let h2 = h1.next(
             [1, 2],
-            [(1, Outcome::Err("parse")), (2, Outcome::Err("connect"))],
+            [
+                (1, Outcome::Err(ScrapeError::Parse)),
+                (2, Outcome::Err(ScrapeError::Connect)),
+            ],
             &ledger,
             3500,
         );
         let v1 = &h2.vms[&1];
         assert_eq!(v1.sample.unwrap().reading.containers, 10, "last sample kept");
-        assert_eq!((v1.consecutive_errors, v1.last_error), (1, Some("parse")));
+        assert_eq!((v1.consecutive_errors, v1.last_error), (1, Some(ScrapeError::Parse)));
         assert_eq!(usability(true, Some(v1), 3500, 3000), Usability::Usable);
         assert_eq!(usability(true, Some(v1), 4001, 3000), Usability::Stale);
         assert_eq!(usability(true, h2.vms.get(&2), 4001, 3000), Usability::Stale);

@@ -140,7 +140,7 @@ impl Monitor {
             };
             for (_, o) in &outcomes {
                 if let Outcome::Err(reason) = o {
-                    self.metrics.scrape_errors.with_label_values(&[reason]).inc();
+                    self.metrics.scrape_errors.inc(reason.as_str());
                 }
             }
             self.metrics.scrape_rounds.inc();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::scrape::{http_get, reading};
 use super::Target;
-use crate::balancer::usability::Outcome;
+use crate::balancer::usability::{Outcome, ScrapeError};
 
 /// The query: the four conman series, and the timestamp of each VM's
 /// last `conman_containers` sample tagged `edgeplane_stat="sample_time"`
@@ -38,8 +38,8 @@ fn encode(s: &str) -> String {
 
 /// `http://host:port[/prefix]` -> (address, path prefix). Names are
 /// resolved here, off the request path.
-async fn endpoint(base: &str) -> Result<(std::net::SocketAddr, String), &'static str> {
-    let rest = base.strip_prefix("http://").ok_or("invalid")?;
+async fn endpoint(base: &str) -> Result<(std::net::SocketAddr, String), ScrapeError> {
+    let rest = base.strip_prefix("http://").ok_or(ScrapeError::Invalid)?;
     let (hostport, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_string()),
         None => (rest, String::new()),
@@ -51,9 +51,9 @@ async fn endpoint(base: &str) -> Result<(std::net::SocketAddr, String), &'static
     };
     let addr = tokio::net::lookup_host(hostport)
         .await
-        .map_err(|_| "connect")?
+        .map_err(|_| ScrapeError::Connect)?
         .next()
-        .ok_or("connect")?;
+        .ok_or(ScrapeError::Connect)?;
     Ok((addr, prefix))
 }
 
@@ -62,10 +62,10 @@ pub async fn round(base: &str, targets: &[Target], timeout: Duration, now_ms: u6
     let answer = tokio::time::timeout(timeout, async {
         let (addr, prefix) = endpoint(base).await?;
         let body = http_get(addr, &format!("{prefix}/api/v1/query?query={}", encode(QUERY))).await?;
-        serde_json::from_slice::<serde_json::Value>(&body).map_err(|_| "parse")
+        serde_json::from_slice::<serde_json::Value>(&body).map_err(|_| ScrapeError::Parse)
     })
     .await
-    .unwrap_or(Err("timeout"));
+    .unwrap_or(Err(ScrapeError::Timeout));
     match answer {
         Ok(json) => map_answer(&json, targets, now_ms),
         Err(reason) => targets.iter().map(|t| (t.id_hash, Outcome::Err(reason))).collect(),
@@ -85,7 +85,12 @@ struct Values {
 pub fn map_answer(json: &serde_json::Value, targets: &[Target], now_ms: u64) -> Vec<(u64, Outcome)> {
     let result = match (json["status"].as_str(), json["data"]["result"].as_array()) {
         (Some("success"), Some(r)) => r,
-        _ => return targets.iter().map(|t| (t.id_hash, Outcome::Err("status"))).collect(),
+        _ => {
+            return targets
+                .iter()
+                .map(|t| (t.id_hash, Outcome::Err(ScrapeError::Status)))
+                .collect()
+        }
     };
     let by_instance: HashMap<String, usize> = targets
         .iter()
@@ -121,7 +126,7 @@ pub fn map_answer(json: &serde_json::Value, targets: &[Target], now_ms: u64) -> 
         .zip(values)
         .map(|(t, v)| {
             let o = match v.containers {
-                None => Outcome::Err("absent"),
+                None => Outcome::Err(ScrapeError::Absent),
                 Some(c) => {
                     let at = v
                         .sample_time
@@ -184,11 +189,11 @@ mod tests {
             })
         );
         assert!(matches!(out[1].1, Outcome::Ok(Reading { containers: 4, .. })));
-        assert_eq!(out[2].1, Outcome::Err("absent"));
+        assert_eq!(out[2].1, Outcome::Err(ScrapeError::Absent));
         let bad = serde_json::json!({"status": "error", "error": "boom"});
         assert!(map_answer(&bad, &targets, 0)
             .iter()
-            .all(|(_, o)| *o == Outcome::Err("status")));
+            .all(|(_, o)| *o == Outcome::Err(ScrapeError::Status)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::Target;
-use crate::balancer::usability::{Outcome, Reading};
+use crate::balancer::usability::{Outcome, Reading, ScrapeError};
 
 /// Largest `/metrics` body read (a conman VM's is a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -30,7 +30,7 @@ pub async fn round(targets: &[Target], timeout: Duration, concurrency: usize, no
         let o = match tokio::time::timeout(timeout, scrape_one(t.metrics_addr, now_ms)).await {
             Ok(Ok(r)) => Outcome::Ok(r),
             Ok(Err(reason)) => Outcome::Err(reason),
-            Err(_) => Outcome::Err("timeout"),
+            Err(_) => Outcome::Err(ScrapeError::Timeout),
         };
         (t.id_hash, o)
     }))
@@ -39,35 +39,35 @@ pub async fn round(targets: &[Target], timeout: Duration, concurrency: usize, no
     .await
 }
 
-async fn scrape_one(addr: SocketAddr, now_ms: u64) -> Result<Reading, &'static str> {
+async fn scrape_one(addr: SocketAddr, now_ms: u64) -> Result<Reading, ScrapeError> {
     let body = http_get(addr, "/metrics").await?;
-    let text = std::str::from_utf8(&body).map_err(|_| "parse")?;
+    let text = std::str::from_utf8(&body).map_err(|_| ScrapeError::Parse)?;
     parse_exposition(text, now_ms)
 }
 
 /// One HTTP/1.1 GET on a fresh connection; the body, capped. Shared with
 /// the Prometheus source.
-pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> Result<Bytes, &'static str> {
-    let stream = TcpStream::connect(addr).await.map_err(|_| "connect")?;
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> Result<Bytes, ScrapeError> {
+    let stream = TcpStream::connect(addr).await.map_err(|_| ScrapeError::Connect)?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|_| "connect")?;
+        .map_err(|_| ScrapeError::Connect)?;
     let driver = tokio::spawn(conn);
     let req = http::Request::get(path_and_query)
         .header(http::header::HOST, addr.to_string())
         .header(http::header::USER_AGENT, "edgeplane-health")
         .body(Empty::<Bytes>::new())
-        .map_err(|_| "invalid")?;
+        .map_err(|_| ScrapeError::Invalid)?;
     let result = async {
-        let resp = sender.send_request(req).await.map_err(|_| "status")?;
+        let resp = sender.send_request(req).await.map_err(|_| ScrapeError::Status)?;
         if !resp.status().is_success() {
-            return Err("status");
+            return Err(ScrapeError::Status);
         }
         let body = Limited::new(resp.into_body(), MAX_BODY_BYTES)
             .collect()
             .await
-            .map_err(|_| "body")?;
+            .map_err(|_| ScrapeError::Body)?;
         Ok(body.to_bytes())
     }
     .await;
@@ -78,9 +78,9 @@ pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> Result<Bytes, &
 /// Reads `conman_containers` (required), `conman_cpu_utilization`,
 /// `conman_ready` (default 0.0 and ready) and `conman_units_reserved`
 /// (optional: the container count stands in) from a text exposition.
-pub fn parse_exposition(text: &str, now_ms: u64) -> Result<Reading, &'static str> {
+pub fn parse_exposition(text: &str, now_ms: u64) -> Result<Reading, ScrapeError> {
     let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).map_err(|_| "parse")?;
+    let scrape = prometheus_parse::Scrape::parse(lines).map_err(|_| ScrapeError::Parse)?;
     let value = |name: &str| {
         scrape.samples.iter().find(|s| s.metric == name).map(|s| match s.value {
             prometheus_parse::Value::Gauge(v)
@@ -89,12 +89,16 @@ pub fn parse_exposition(text: &str, now_ms: u64) -> Result<Reading, &'static str
             _ => None,
         })
     };
-    let containers = value("conman_containers").ok_or("missing")?.ok_or("invalid")?;
-    let cpu = value("conman_cpu_utilization").unwrap_or(Some(0.0)).ok_or("invalid")?;
-    let ready = value("conman_ready").unwrap_or(Some(1.0)).ok_or("invalid")?;
+    let containers = value("conman_containers")
+        .ok_or(ScrapeError::Missing)?
+        .ok_or(ScrapeError::Invalid)?;
+    let cpu = value("conman_cpu_utilization")
+        .unwrap_or(Some(0.0))
+        .ok_or(ScrapeError::Invalid)?;
+    let ready = value("conman_ready").unwrap_or(Some(1.0)).ok_or(ScrapeError::Invalid)?;
     let units = match value("conman_units_reserved") {
         None => None,
-        Some(v) => Some(v.ok_or("invalid")?),
+        Some(v) => Some(v.ok_or(ScrapeError::Invalid)?),
     };
     reading(containers, units, cpu, ready, now_ms)
 }
@@ -106,11 +110,11 @@ pub fn reading(
     cpu: f64,
     ready: f64,
     sampled_at_ms: u64,
-) -> Result<Reading, &'static str> {
+) -> Result<Reading, ScrapeError> {
     let count = |v: f64| (0.0..=1e7).contains(&v);
     let sane = cpu.is_finite() && ready.is_finite() && count(containers) && units.is_none_or(count);
     if !sane {
-        return Err("invalid");
+        return Err(ScrapeError::Invalid);
     }
     Ok(Reading {
         containers: containers as u32,
@@ -146,15 +150,18 @@ mod tests {
         assert_eq!(r.units, Some(40));
         assert_eq!(
             parse_exposition("conman_containers 3\nconman_units_reserved -1\n", 1),
-            Err("invalid")
+            Err(ScrapeError::Invalid)
         );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_zero() {
-        assert_eq!(parse_exposition("<html>oops</html>", 1), Err("missing"));
-        assert_eq!(parse_exposition("", 1), Err("missing"));
-        assert_eq!(parse_exposition("conman_containers NaN\n", 1), Err("invalid"));
-        assert_eq!(parse_exposition("conman_containers -4\n", 1), Err("invalid"));
+        assert_eq!(parse_exposition("<html>oops</html>", 1), Err(ScrapeError::Missing));
+        assert_eq!(parse_exposition("", 1), Err(ScrapeError::Missing));
+        assert_eq!(
+            parse_exposition("conman_containers NaN\n", 1),
+            Err(ScrapeError::Invalid)
+        );
+        assert_eq!(parse_exposition("conman_containers -4\n", 1), Err(ScrapeError::Invalid));
     }
 }

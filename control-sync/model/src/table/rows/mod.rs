@@ -21,7 +21,10 @@ use crate::ring::{key_hash, Member};
 
 mod topology;
 
-const TABLES: [&str; 8] = [
+/// The tables a skipped row can belong to: the `table` label of
+/// `edgeplane_sync_rows_skipped_total` (exported at 0 for each
+/// [`SkipReason`]).
+pub const TABLES: [&str; 8] = [
     "regions",
     "clusters",
     "vms",
@@ -39,7 +42,7 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    fn err(&self, reason: &'static str, message: impl Into<String>) -> RowError {
+    fn err(&self, reason: SkipReason, message: impl Into<String>) -> RowError {
         RowError {
             table: self.table,
             index: self.index,
@@ -53,21 +56,27 @@ impl Row<'_> {
     fn check_id(&self) -> Result<(), RowError> {
         let s = self.key;
         if s.is_empty() || s.len() > 128 || !s.bytes().all(|c| c.is_ascii_graphic()) {
-            return Err(self.err("bad_value", "id must be 1-128 printable characters"));
+            return Err(self.err(SkipReason::BadValue, "id must be 1-128 printable characters"));
         }
         Ok(())
     }
 
     fn lookup(&self, map: &HashMap<Box<str>, Idx>, field: &str, name: &str) -> Result<Idx, RowError> {
-        map.get(name)
-            .copied()
-            .ok_or_else(|| self.err("dangling_reference", format!("{field} {name:?} does not exist")))
+        map.get(name).copied().ok_or_else(|| {
+            self.err(
+                SkipReason::DanglingReference,
+                format!("{field} {name:?} does not exist"),
+            )
+        })
     }
 
     fn addr(&self, field: &str, v: &str) -> Result<SocketAddr, RowError> {
         match v.parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 => Ok(a),
-            _ => Err(self.err("bad_address", format!("{field} {v:?} is not an ip:port address"))),
+            _ => Err(self.err(
+                SkipReason::BadAddress,
+                format!("{field} {v:?} is not an ip:port address"),
+            )),
         }
     }
 
@@ -92,13 +101,13 @@ impl Row<'_> {
             }
         }
         Err(self.err(
-            "bad_address",
+            SkipReason::BadAddress,
             format!("{field} {v:?} is not an ip:port or host:port address"),
         ))
     }
 
     fn time(&self, field: &str, v: &str) -> Result<i64, RowError> {
-        parse_rfc3339_ms(v).ok_or_else(|| self.err("bad_time", format!("{field} {v:?} is not RFC 3339")))
+        parse_rfc3339_ms(v).ok_or_else(|| self.err(SkipReason::BadTime, format!("{field} {v:?} is not RFC 3339")))
     }
 }
 
@@ -182,12 +191,12 @@ impl Builder {
         };
         let row = self.row(table, key);
         if !valid {
-            return Err(row.err("bad_value", format!("{name:?} is not a valid name")));
+            return Err(row.err(SkipReason::BadValue, format!("{name:?} is not a valid name")));
         }
         let r = row.lookup(&self.table.topo.by_region, "region", region)? as usize;
         if r >= MAX_REGIONS {
             return Err(row.err(
-                "too_many_regions",
+                SkipReason::TooManyRegions,
                 format!("region {region:?} is past the directory's {MAX_REGIONS} regions"),
             ));
         }
@@ -230,7 +239,7 @@ impl Builder {
                         table: "directory",
                         index: 0,
                         key: "-".into(),
-                        reason: "dangling_reference",
+                        reason: SkipReason::DanglingReference,
                         message: format!("{dropped} names of regions that no longer exist were dropped"),
                     };
                     self.skipped.push_n(e, dropped as u64);
@@ -243,7 +252,7 @@ impl Builder {
                     table: "directory",
                     index: 0,
                     key: "-".into(),
-                    reason: "bad_value",
+                    reason: SkipReason::BadValue,
                     message,
                 };
                 self.settle(Err(e))
@@ -415,7 +424,7 @@ impl Builder {
         row.check_id()?;
         if !is_valid_slug(r.slug) {
             return Err(row.err(
-                "bad_value",
+                SkipReason::BadValue,
                 format!("slug {:?} is not a DNS label (a-z, 0-9, '-')", r.slug),
             ));
         }
@@ -425,7 +434,10 @@ impl Builder {
             let Some(name) = name else { return Ok(OptIdx::NONE) };
             let c = row.lookup(&topo.by_cluster, field, name)?;
             if topo.clusters[c as usize].region != region {
-                return Err(row.err("bad_value", format!("{field} {name:?} is not in region {:?}", r.region)));
+                return Err(row.err(
+                    SkipReason::BadValue,
+                    format!("{field} {name:?} is not in region {:?}", r.region),
+                ));
             }
             Ok(OptIdx::from(Some(c)))
         };
@@ -438,7 +450,7 @@ impl Builder {
                 Some(c) => format!("no VM of region {:?} holds more than {c}", r.region),
                 None => format!("the largest possible VM holds {MAX_VM_CAPACITY}"),
             };
-            return Err(row.err("bad_value", format!("size {}: {why}", r.size)));
+            return Err(row.err(SkipReason::BadValue, format!("size {}: {why}", r.size)));
         }
         let size = r.size as u32;
         let existing = self
@@ -446,12 +458,12 @@ impl Builder {
             .repl_by_id(r.id)
             .map(|e| (e.slug().to_string(), e.vm, e.size));
         if existing.is_some() && self.fresh {
-            return Err(row.err("duplicate", "duplicate repl id"));
+            return Err(row.err(SkipReason::Duplicate, "duplicate repl id"));
         }
         if let Some(other) = self.table.repls.get(r.slug) {
             if other.id() != r.id {
                 return Err(row.err(
-                    "duplicate",
+                    SkipReason::Duplicate,
                     format!("slug {:?} is already used by repl {:?}", r.slug, other.id()),
                 ));
             }
@@ -521,14 +533,17 @@ impl Builder {
         let row = self.row(4, c.repl_id);
         let (old, size) = match self.table.repl_by_id(c.repl_id) {
             Some(r) => (r.vm.get(), r.size),
-            None => return Err(row.err("dangling_reference", "repl does not exist")),
+            None => return Err(row.err(SkipReason::DanglingReference, "repl does not exist")),
         };
         let vm = row.lookup(&self.table.topo.by_vm, "vm", c.vm_id)?;
         if let Some(s) = c.started_at {
             row.time("started_at", s)?;
         }
         if old.is_some() && self.fresh {
-            return Err(row.err("duplicate", "repl already has a container (at most one per repl)"));
+            return Err(row.err(
+                SkipReason::Duplicate,
+                "repl already has a container (at most one per repl)",
+            ));
         }
         self.update_repl(c.repl_id, |r| {
             r.vm = OptIdx::from(Some(vm));
@@ -541,15 +556,20 @@ impl Builder {
         let row = self.row(5, &d.hostname);
         let host = d.hostname.trim_end_matches('.').to_ascii_lowercase();
         if !is_valid_hostname(&host) {
-            return Err(row.err("bad_value", "not a valid hostname"));
+            return Err(row.err(SkipReason::BadValue, "not a valid hostname"));
         }
         let repl_id = self
             .table
             .repl_by_id(&d.repl_id)
             .map(|r| Box::<str>::from(r.id()))
-            .ok_or_else(|| row.err("dangling_reference", format!("repl {:?} does not exist", d.repl_id)))?;
+            .ok_or_else(|| {
+                row.err(
+                    SkipReason::DanglingReference,
+                    format!("repl {:?} does not exist", d.repl_id),
+                )
+            })?;
         if self.fresh && self.table.domains.get(&host).is_some() {
-            return Err(row.err("duplicate", "duplicate hostname"));
+            return Err(row.err(SkipReason::Duplicate, "duplicate hostname"));
         }
         self.table.domains.insert(Domain {
             hostname: host.into(),
@@ -564,7 +584,7 @@ impl Builder {
             .table
             .repl_by_id(&ts.repl_id)
             .map(|r| Box::<str>::from(r.id()))
-            .ok_or_else(|| row.err("dangling_reference", "repl does not exist"))?;
+            .ok_or_else(|| row.err(SkipReason::DanglingReference, "repl does not exist"))?;
         let topo = &self.table.topo;
         let from_cluster = row.lookup(&topo.by_cluster, "from_cluster", &ts.from_cluster)?;
         let to_cluster = row.lookup(&topo.by_cluster, "to_cluster", &ts.to_cluster)?;
@@ -580,7 +600,10 @@ impl Builder {
         };
         match entry.list.iter_mut().find(|x| x.from_cluster == from_cluster) {
             Some(_) if self.fresh => {
-                return Err(row.err("duplicate", format!("duplicate tombstone from {:?}", ts.from_cluster)))
+                return Err(row.err(
+                    SkipReason::Duplicate,
+                    format!("duplicate tombstone from {:?}", ts.from_cluster),
+                ))
             }
             Some(x) => *x = t,
             None => {
@@ -607,7 +630,7 @@ impl Builder {
                         table: "directory",
                         index: 0,
                         key: "-".into(),
-                        reason: "hash_collision",
+                        reason: SkipReason::HashCollision,
                         message: format!(
                         "{} pairs of other regions' app names share their 68-bit hash with different home regions; \
                          one of each is forwarded to the other's region until the next full load",

@@ -57,7 +57,7 @@ impl Builder {
         let fresh = self.fresh;
         let topo = self.topo();
         let i = match topo.by_region.get(r.name.as_str()) {
-            Some(_) if fresh => return Err(row.err("duplicate", "duplicate region name")),
+            Some(_) if fresh => return Err(row.err(SkipReason::Duplicate, "duplicate region name")),
             Some(&i) => {
                 topo.regions[i as usize].edge = edge;
                 i
@@ -88,14 +88,14 @@ impl Builder {
         let region = row.lookup(&self.table.topo.by_region, "region", &c.region)?;
         if c.weight > MAX_CLUSTER_WEIGHT {
             return Err(row.err(
-                "bad_value",
+                SkipReason::BadValue,
                 format!("weight {} is above {MAX_CLUSTER_WEIGHT}", c.weight),
             ));
         }
         let fresh = self.fresh;
         let topo = self.topo();
         let i = match topo.by_cluster.get(c.name.as_str()) {
-            Some(_) if fresh => return Err(row.err("duplicate", "duplicate cluster name")),
+            Some(_) if fresh => return Err(row.err(SkipReason::Duplicate, "duplicate cluster name")),
             Some(&i) => {
                 let old = topo.clusters[i as usize].region;
                 self.dirty_regions.insert(old);
@@ -138,7 +138,7 @@ impl Builder {
             .transpose()?;
         if !(1..=MAX_VM_CAPACITY).contains(&v.capacity) {
             return Err(row.err(
-                "bad_value",
+                SkipReason::BadValue,
                 format!("capacity {} is not between 1 and {MAX_VM_CAPACITY}", v.capacity),
             ));
         }
@@ -156,7 +156,7 @@ impl Builder {
             present: true,
         };
         match topo.by_vm.get(v.id.as_str()) {
-            Some(_) if fresh => return Err(row.err("duplicate", "duplicate vm id")),
+            Some(_) if fresh => return Err(row.err(SkipReason::Duplicate, "duplicate vm id")),
             Some(&i) => {
                 let old_cluster = topo.vms[i as usize].cluster;
                 if old_cluster != cluster {
