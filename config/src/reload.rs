@@ -19,29 +19,90 @@
 
 use crate::{Config, SecurityConfig};
 
-/// The keys a running edge cannot change, as they are named in the file
-/// (a section name means every key of it). `edgeplane serve --upgrade`
-/// (SIGQUIT hand-over) applies them without dropping connections.
-pub const RESTART_ONLY: [&str; 18] = [
-    "edge.region",
-    "edge.instance_id",
-    "edge.listen",
-    "edge.admin_listen",
-    "edge.threads",
-    "edge.pid_file",
-    "edge.upgrade_sock",
-    "edge.grace_period_ms",
-    "edge.proxy_protocol",
-    "placement",
-    "health.source",
-    "limits.max_requests_per_connection",
-    "tls.listen",
-    "tls.certs_dir",
-    "tls.reload_interval_ms",
-    "tls",
-    "dns",
-    "resolver",
+/// One key (or section) a running edge cannot change: its name as in the
+/// file, and how a planned config gets the running value back.
+pub struct RestartOnly {
+    /// Dotted as in the file; a section name means every key of it.
+    pub key: &'static str,
+    /// Puts `old`'s value into `new`; true when they differed.
+    keep: fn(&mut Config, &Config) -> bool,
+}
+
+/// Keeps the running value: true when the new one differed.
+fn kept<T: PartialEq + Clone>(new: &mut T, old: &T) -> bool {
+    let differs = new != old;
+    if differs {
+        *new = old.clone();
+    }
+    differs
+}
+
+macro_rules! restart_only {
+    ($key:literal, $($field:ident).+) => {
+        RestartOnly {
+            key: $key,
+            keep: |n, o| kept(&mut n.$($field).+, &o.$($field).+),
+        }
+    };
+}
+
+/// Keeps one `[tls]` key when both files have the section.
+fn tls_key<T: PartialEq + Clone>(n: &mut Config, o: &Config, f: fn(&mut crate::TlsConfig) -> &mut T) -> bool {
+    match (&mut n.tls, &o.tls) {
+        (Some(nt), Some(ot)) => {
+            let mut ot = ot.clone();
+            kept(f(nt), f(&mut ot))
+        }
+        _ => false,
+    }
+}
+
+/// The keys a running edge cannot change, in the order the file has them:
+/// sockets, identity, the placement source, what the background tasks
+/// were started with. The one list: [`plan`] keeps exactly these,
+/// `/debug/config` shows it, and the suite checks that the example
+/// config's header and docs/operations.md name the same keys.
+/// `edgeplane serve --upgrade` applies them without dropping connections.
+pub const RESTART_ONLY: [RestartOnly; 18] = [
+    restart_only!("edge.region", edge.region),
+    restart_only!("edge.instance_id", edge.instance_id),
+    restart_only!("edge.listen", edge.listen),
+    restart_only!("edge.admin_listen", edge.admin_listen),
+    restart_only!("edge.threads", edge.threads),
+    restart_only!("edge.pid_file", edge.pid_file),
+    restart_only!("edge.upgrade_sock", edge.upgrade_sock),
+    restart_only!("edge.grace_period_ms", edge.grace_period),
+    restart_only!("edge.proxy_protocol", edge.proxy_protocol),
+    restart_only!("placement", placement),
+    restart_only!("health.source", health.source),
+    restart_only!("limits.max_requests_per_connection", limits.max_requests_per_connection),
+    RestartOnly {
+        key: "tls.listen",
+        keep: |n, o| tls_key(n, o, |t| &mut t.listen),
+    },
+    RestartOnly {
+        key: "tls.certs_dir",
+        keep: |n, o| tls_key(n, o, |t| &mut t.certs_dir),
+    },
+    RestartOnly {
+        key: "tls.reload_interval_ms",
+        keep: |n, o| tls_key(n, o, |t| &mut t.reload_interval),
+    },
+    RestartOnly {
+        key: "tls",
+        // Adding or removing the section (its keys are above).
+        keep: |n, o| n.tls.is_some() != o.tls.is_some() && kept(&mut n.tls, &o.tls),
+    },
+    // `edgeplane dns` reads these when it starts; `serve`'s resolver
+    // task too.
+    restart_only!("dns", dns),
+    restart_only!("resolver", resolver),
 ];
+
+/// The names of [`RESTART_ONLY`].
+pub fn restart_only_keys() -> impl Iterator<Item = &'static str> {
+    RESTART_ONLY.iter().map(|r| r.key)
+}
 
 /// One key whose value differs. `None` means the key is absent (its
 /// default applies).
@@ -70,14 +131,6 @@ pub struct ReloadPlan {
     pub needs_restart: Vec<&'static str>,
 }
 
-/// Keeps `old` in `new` when they differ, noting `name`.
-fn keep<T: PartialEq + Clone>(name: &'static str, new: &mut T, old: &T, out: &mut Vec<&'static str>) {
-    if new != old {
-        *new = old.clone();
-        out.push(name);
-    }
-}
-
 /// Plans a reload from `current` to `next` (see the module docs).
 pub fn plan(current: &Config, mut next: Config) -> ReloadPlan {
     let restart = keep_restart_only(&mut next, current);
@@ -92,63 +145,7 @@ pub fn plan(current: &Config, mut next: Config) -> ReloadPlan {
 /// Puts back the running value of every restart-only key that changed;
 /// returns those keys.
 fn keep_restart_only(n: &mut Config, o: &Config) -> Vec<&'static str> {
-    let mut restart = Vec::new();
-    keep("edge.region", &mut n.edge.region, &o.edge.region, &mut restart);
-    keep(
-        "edge.instance_id",
-        &mut n.edge.instance_id,
-        &o.edge.instance_id,
-        &mut restart,
-    );
-    keep("edge.listen", &mut n.edge.listen, &o.edge.listen, &mut restart);
-    keep(
-        "edge.admin_listen",
-        &mut n.edge.admin_listen,
-        &o.edge.admin_listen,
-        &mut restart,
-    );
-    keep("edge.threads", &mut n.edge.threads, &o.edge.threads, &mut restart);
-    keep(
-        "edge.proxy_protocol",
-        &mut n.edge.proxy_protocol,
-        &o.edge.proxy_protocol,
-        &mut restart,
-    );
-    keep("edge.pid_file", &mut n.edge.pid_file, &o.edge.pid_file, &mut restart);
-    keep(
-        "edge.upgrade_sock",
-        &mut n.edge.upgrade_sock,
-        &o.edge.upgrade_sock,
-        &mut restart,
-    );
-    keep(
-        "edge.grace_period_ms",
-        &mut n.edge.grace_period,
-        &o.edge.grace_period,
-        &mut restart,
-    );
-    keep("placement", &mut n.placement, &o.placement, &mut restart);
-    keep("health.source", &mut n.health.source, &o.health.source, &mut restart);
-    keep(
-        "limits.max_requests_per_connection",
-        &mut n.limits.max_requests_per_connection,
-        &o.limits.max_requests_per_connection,
-        &mut restart,
-    );
-    match (&mut n.tls, &o.tls) {
-        (Some(nt), Some(ot)) => {
-            keep("tls.listen", &mut nt.listen, &ot.listen, &mut restart);
-            keep("tls.certs_dir", &mut nt.certs_dir, &ot.certs_dir, &mut restart);
-            keep(
-                "tls.reload_interval_ms",
-                &mut nt.reload_interval,
-                &ot.reload_interval,
-                &mut restart,
-            );
-        }
-        (nt, ot) => keep("tls", nt, ot, &mut restart),
-    }
-    restart
+    RESTART_ONLY.iter().filter(|r| (r.keep)(n, o)).map(|r| r.key).collect()
 }
 
 /// The keys whose value the running edge now changes (file keys, and
@@ -290,9 +287,51 @@ mod tests {
         let p = plan(&old, new);
         assert_eq!(p.config, old, "nothing restart-only applied");
         for k in &p.needs_restart {
-            assert!(RESTART_ONLY.contains(k), "{k} missing from RESTART_ONLY");
+            assert!(restart_only_keys().any(|r| r == *k), "{k} missing from RESTART_ONLY");
         }
         assert_eq!(p.needs_restart.len(), 6);
+    }
+
+    #[test]
+    fn dns_and_resolver_keys_wait_for_a_restart() {
+        let old = cfg("");
+        let new = cfg("[dns]\nmoved_ttl_seconds = 9\n[resolver]\nretry_ms = 7000\n");
+        let p = plan(&old, new);
+        assert_eq!(p.needs_restart, ["dns", "resolver"]);
+        assert_eq!(
+            (p.config.dns, p.config.resolver),
+            (old.dns.clone(), old.resolver.clone())
+        );
+        assert!(p.changed.is_empty(), "{:?}", p.changed);
+    }
+
+    /// The example config's header and the runbook name exactly the keys
+    /// of [`RESTART_ONLY`].
+    #[test]
+    fn the_example_config_and_the_runbook_list_the_restart_only_keys() {
+        let want: std::collections::BTreeSet<&str> = restart_only_keys().collect();
+        let example = include_str!("../examples/edgeplane.toml");
+        let listed: std::collections::BTreeSet<&str> = example
+            .lines()
+            .skip_while(|l| !l.contains("config/src/reload.rs"))
+            .skip(1)
+            .take_while(|l| l.starts_with("#   "))
+            .flat_map(|l| l.trim_start_matches('#').split_whitespace())
+            .collect();
+        assert_eq!(listed, want, "config/examples/edgeplane.toml header");
+        let runbook = include_str!("../../docs/operations.md");
+        let para = runbook
+            .split("- **Restart-only keys**")
+            .nth(1)
+            .and_then(|p| p.split("A reload keeps").next())
+            .expect("the runbook's restart-only paragraph");
+        let named: std::collections::BTreeSet<&str> = para
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|k| !k.starts_with('/') && *k != "restart_only" && !k.contains(' '))
+            .collect();
+        assert_eq!(named, want, "docs/operations.md, Restart-only keys");
     }
 
     #[test]

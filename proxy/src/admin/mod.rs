@@ -235,7 +235,7 @@ impl AdminApp {
         serde_json::json!({
             "file": cfg.path.display().to_string(),
             "keys": cfg.file_keys,
-            "restart_only": edgeplane_config::reload::RESTART_ONLY,
+            "restart_only": edgeplane_config::reload::restart_only_keys().collect::<Vec<_>>(),
             "last_reload": self.reloader.last(),
         })
     }
