@@ -462,11 +462,23 @@ pub struct ConfigError {
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.display().to_string(),
-        line: 0,
+        // The file as a whole (there is no line to point at).
+        line: 1,
         key: "-".into(),
-        message: format!("cannot read file: {e}"),
+        message: format!("cannot read the config file: {e}"),
     })?;
     parse(path, &text)
+}
+
+impl Config {
+    /// An error about `key` of this config (dotted, as in the file), at
+    /// the key's line: for what only shows once the config is used (the
+    /// snapshot its `placement.file` names lacks its `edge.region`). Reads
+    /// the file again to find the line; a file gone since points at line 1.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        validate::locate(&self.path, &text, key, message.into())
+    }
 }
 
 /// Parses and validates `text` as if it were the file at `path`.
@@ -477,10 +489,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             file: path.display().to_string(),
             line,
             key: key_of_toml_error(text, &e),
-            message: e.message().trim().to_string(),
+            message: one_line(e.message()),
         }
     })?;
     validate(path, text, raw)
+}
+
+/// A message on one line: the TOML parser's second line ("expected `]`")
+/// joined to its first.
+fn one_line(message: &str) -> String {
+    message
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// 1-based line number of a byte offset.

@@ -133,7 +133,7 @@ fn load_table(cfg: &edgeplane_config::Config) -> Result<edgeplane_control_sync::
     edgeplane_proxy::placement::load_placement(cfg)
         .map(|p| p.table)
         .map_err(|e| {
-            eprintln!("{}: {e}", cfg.path.display());
+            eprintln!("{e}");
             ExitCode::from(1)
         })
 }
@@ -170,7 +170,10 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             init_logging(log_format);
             let cfg = load_config(&config)?;
             server::run(cfg, ServeFlags { upgrade, daemon }).map_err(|e| {
-                eprintln!("edgeplane: {e}");
+                match e {
+                    server::ServeError::Placement(located) => eprintln!("{located}"),
+                    other => eprintln!("edgeplane: {other}"),
+                }
                 ExitCode::from(1)
             })
         }
@@ -178,7 +181,10 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             init_logging(log_format);
             let cfg = load_config(&config)?;
             edgeplane_proxy::dns::serve(cfg).map_err(|e| {
-                eprintln!("edgeplane dns: {e}");
+                match e {
+                    edgeplane_proxy::dns::DnsError::Placement(located) => eprintln!("{located}"),
+                    other => eprintln!("edgeplane dns: {other}"),
+                }
                 ExitCode::from(1)
             })
         }

@@ -10,6 +10,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use edgeplane_config::ConfigError;
 use edgeplane_config::{Config, PlacementSource};
 use edgeplane_control_sync::file_source::{FileSource, DEFAULT_WATCH_INTERVAL};
 use edgeplane_control_sync::postgres::{self, PgSyncOptions};
@@ -50,7 +51,7 @@ fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
 /// handle, the Redis store is read into another beside it, and a
 /// [`SourceSwitch`] serves the primary's tables (until an operator switches);
 /// after every Redis round the two are compared ([`shadow::compare`]).
-pub fn load_placement(cfg: &Config) -> Result<Placement, SnapshotError> {
+pub fn load_placement(cfg: &Config) -> Result<Placement, ConfigError> {
     load_placement_for(cfg, PlacementUser::Edge)
 }
 
@@ -65,7 +66,7 @@ pub enum PlacementUser {
 }
 
 /// [`load_placement`] for `user`.
-pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement, SnapshotError> {
+pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement, ConfigError> {
     let serving = TableHandle::new();
     let dns = user == PlacementUser::Dns;
     let lkg = cfg
@@ -106,7 +107,7 @@ pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement
     match &cfg.placement.source {
         PlacementSource::File(path) => {
             let mut src = FileSource::new(path, &cfg.edge.region);
-            src.load_into(&primary)?;
+            src.load_into(&primary).map_err(|e| located(cfg, e))?;
             src.watch(primary, DEFAULT_WATCH_INTERVAL, runs_for_process_life());
         }
         PlacementSource::Postgres(url) => {
@@ -131,6 +132,32 @@ pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement
         }
     }
     Ok(Placement { table: serving, shadow })
+}
+
+/// A placement load error where the operator fixes it, as
+/// `file:line: key: message`: in the snapshot file (its line, the row), or
+/// in the config (`edge.region` a snapshot lacks, a `placement.file` that
+/// cannot be read).
+pub fn located(cfg: &Config, e: SnapshotError) -> ConfigError {
+    match e {
+        SnapshotError::At {
+            file,
+            line,
+            key,
+            message,
+        } => ConfigError {
+            file,
+            line,
+            key,
+            message,
+        },
+        SnapshotError::Io { path, message } => cfg.error_at("placement.file", format!("cannot read {path}: {message}")),
+        SnapshotError::UnknownLocalRegion(r) => cfg.error_at(
+            "edge.region",
+            format!("region {r:?} is not a region of the placement snapshot"),
+        ),
+        SnapshotError::Row(row) => cfg.error_at("placement", row.to_string()),
+    }
 }
 
 /// The stop flag of a placement source that runs until the process exits:

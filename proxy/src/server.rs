@@ -29,7 +29,6 @@ use pingora_core::services::listening::Service;
 use arc_swap::ArcSwap;
 
 use edgeplane_config::Config;
-use edgeplane_control_sync::SnapshotError;
 
 use crate::admin::reload::{ReloadLog, Reloader};
 use crate::admin::AdminApp;
@@ -45,8 +44,9 @@ use crate::shutdown::Stopper;
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("placement: {0}")]
-    Placement(#[from] SnapshotError),
+    /// Located (`file:line: key: message`).
+    #[error("{0}")]
+    Placement(#[from] edgeplane_config::ConfigError),
     #[error("cannot reserve a port for {addr}: {err}")]
     Port { addr: SocketAddr, err: std::io::Error },
 }

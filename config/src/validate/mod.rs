@@ -15,6 +15,15 @@ use crate::*;
 
 mod sections;
 
+/// `file:line: key: message` for `key` in `text` (see [`Locator`]).
+pub(crate) fn locate(path: &Path, text: &str, key: &str, message: String) -> ConfigError {
+    Locator {
+        file: path.display().to_string(),
+        text,
+    }
+    .err(key, message)
+}
+
 /// Finds the line of `section.key` in the TOML text (1-based). Falls back to
 /// the section header's line, then to line 1.
 struct Locator<'a> {

@@ -290,8 +290,9 @@ async fn serve_tcp(l: tokio::net::TcpListener, r: Arc<Responder>) {
 /// Why `edgeplane dns` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
+    /// Located (`file:line: key: message`).
     #[error("{0}")]
-    Placement(#[from] edgeplane_control_sync::SnapshotError),
+    Placement(#[from] edgeplane_config::ConfigError),
     #[error("cannot listen on {addr}: {err}")]
     Listen { addr: SocketAddr, err: std::io::Error },
     #[error("runtime: {0}")]

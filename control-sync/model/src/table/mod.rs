@@ -59,10 +59,17 @@ pub enum SnapshotError {
     Row(#[from] RowError),
     #[error("this edge's region {0:?} is not in the snapshot's regions")]
     UnknownLocalRegion(String),
-    #[error("snapshot is not valid: {0}")]
-    Decode(String),
     #[error("cannot read snapshot {path}: {message}")]
     Io { path: String, message: String },
+    /// An error located in the snapshot file it came from.
+    #[error("{file}:{line}: {key}: {message}")]
+    At {
+        file: String,
+        line: usize,
+        /// `-` for the file as a whole, `repls[3]` for a row.
+        key: String,
+        message: String,
+    },
 }
 
 /// A full load in progress; see [`RoutingTable::builder`].
