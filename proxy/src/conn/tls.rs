@@ -12,9 +12,12 @@
 //! `tls.reload_interval_ms` (names, sizes, modification times) and, on a
 //! change, builds a whole new store and swaps it into the [`SniResolver`]
 //! (ArcSwap: handshakes in flight keep the store they started with). A pair
-//! that fails to load is skipped with a log line and counted; if a reload
-//! finds no usable pair at all the previous store stays. Connections
-//! without SNI, or naming a host with no certificate, fail the handshake.
+//! that fails to load is logged and counted, and when the running store
+//! holds a pair from the same file (a replacement that is broken, or half
+//! written: the new `.crt` beside the old `.key`) that one keeps serving —
+//! a bad replacement never takes a name's certificate away; only removing
+//! the `.crt` does. Connections without SNI, or naming a host with no
+//! certificate, fail the handshake.
 //!
 //! Start at [`CertStore::load_dir`].
 
@@ -40,13 +43,41 @@ pub enum CertError {
     NoNames(PathBuf),
 }
 
+impl CertError {
+    /// The `.crt` file of the pair (None: the directory itself).
+    pub fn crt(&self) -> Option<&PathBuf> {
+        match self {
+            CertError::NoKey(p) | CertError::NoNames(p) => Some(p),
+            CertError::Load { path, .. } => path.extension().is_some_and(|e| e == "crt").then_some(path),
+        }
+    }
+}
+
 /// Certificates by name (built whole, then swapped in).
 #[derive(Default)]
 pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` is stored under `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    pairs: usize,
+    /// Each loaded pair by its `.crt` path: what a reload keeps when the
+    /// file's new contents do not load.
+    files: HashMap<PathBuf, Pair>,
+}
+
+/// One loaded pair: the names it covers and the key.
+#[derive(Clone)]
+struct Pair {
+    names: Vec<String>,
+    key: Arc<CertifiedKey>,
+}
+
+/// What [`CertStore::load_dir_keeping`] did with the pairs that failed.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Pairs that did not load, and why.
+    pub errors: Vec<CertError>,
+    /// Of those, the `.crt` files whose previous pair keeps serving.
+    pub kept: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -61,11 +92,21 @@ impl std::fmt::Debug for CertStore {
 impl CertStore {
     /// Certificate pairs loaded.
     pub fn len(&self) -> usize {
-        self.pairs
+        self.files.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs == 0
+        self.files.is_empty()
+    }
+
+    fn insert(&mut self, crt: PathBuf, pair: Pair) {
+        for n in &pair.names {
+            match n.strip_prefix("*.") {
+                Some(parent) => self.wildcard.insert(parent.to_string(), pair.key.clone()),
+                None => self.exact.insert(n.clone(), pair.key.clone()),
+            };
+        }
+        self.files.insert(crt, pair);
     }
 
     /// The certificate for an SNI name: exact, else wildcard one label up.
@@ -92,38 +133,48 @@ impl CertStore {
     /// Loads every `*.crt` with its `*.key` in `dir`. Returns the store and
     /// the pairs that were skipped.
     pub fn load_dir(dir: &Path) -> (CertStore, Vec<CertError>) {
+        let (store, report) = CertStore::load_dir_keeping(dir, &CertStore::default());
+        (store, report.errors)
+    }
+
+    /// [`CertStore::load_dir`], keeping `previous`'s pair for every `.crt`
+    /// whose new contents do not load (see the module docs).
+    pub fn load_dir_keeping(dir: &Path, previous: &CertStore) -> (CertStore, LoadReport) {
         let mut store = CertStore::default();
-        let mut errors = Vec::new();
+        let mut report = LoadReport::default();
         let mut crts: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "crt"))
                 .collect(),
             Err(e) => {
-                errors.push(CertError::Load {
+                report.errors.push(CertError::Load {
                     path: dir.to_path_buf(),
                     message: e.to_string(),
                 });
-                return (store, errors);
+                return (store, report);
             }
         };
         crts.sort();
         for crt in crts {
             match load_pair(&crt) {
-                Ok((names, key)) => {
-                    let key = Arc::new(key);
-                    for n in names {
-                        match n.strip_prefix("*.") {
-                            Some(parent) => store.wildcard.insert(parent.to_string(), key.clone()),
-                            None => store.exact.insert(n, key.clone()),
-                        };
+                Ok((names, key)) => store.insert(
+                    crt,
+                    Pair {
+                        names,
+                        key: Arc::new(key),
+                    },
+                ),
+                Err(e) => {
+                    if let Some(old) = previous.files.get(&crt) {
+                        store.insert(crt.clone(), old.clone());
+                        report.kept.push(crt);
                     }
-                    store.pairs += 1;
+                    report.errors.push(e);
                 }
-                Err(e) => errors.push(e),
             }
         }
-        (store, errors)
+        (store, report)
     }
 }
 
@@ -286,23 +337,33 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     v
 }
 
-/// Loads `dir` into `resolver` (logging and counting skipped pairs);
-/// keeps the old store when nothing loads. Returns whether it swapped.
+/// Loads `dir` into `resolver`: pairs that fail are logged and counted,
+/// and keep their previous certificate where there was one; the old store
+/// stays whole when nothing loads. Returns whether it swapped.
 pub fn reload(dir: &Path, resolver: &SniResolver, metrics: &Metrics) -> bool {
-    let (store, errors) = CertStore::load_dir(dir);
-    for e in &errors {
-        log::error!("tls: skipped certificate: {e}");
+    let previous = resolver.store();
+    let (store, report) = CertStore::load_dir_keeping(dir, &previous);
+    for e in &report.errors {
         metrics.tls_reload_errors.inc();
+        match e.crt().filter(|p| report.kept.contains(p)) {
+            Some(_) => log::error!("tls: {e}; the certificate loaded before from this file keeps serving"),
+            None => log::error!("tls: skipped certificate: {e}"),
+        }
     }
-    if store.is_empty() && !resolver.store().is_empty() {
+    if store.is_empty() && !previous.is_empty() {
         log::error!(
             "tls: {} holds no usable certificate; keeping the {} loaded before",
             dir.display(),
-            resolver.store().len()
+            previous.len()
         );
         return false;
     }
-    log::info!("tls: {} certificate(s) loaded from {}", store.len(), dir.display());
+    log::info!(
+        "tls: {} certificate(s) in use from {} ({} kept from before)",
+        store.len(),
+        dir.display(),
+        report.kept.len()
+    );
     metrics.tls_certificates.set(store.len() as i64);
     resolver.swap(store);
     true
@@ -386,6 +447,39 @@ mod tests {
         );
     }
 
+    /// Overwriting a live pair's key with garbage (or writing a new `.crt`
+    /// before its `.key`) keeps that pair's old certificate serving; the
+    /// other pairs reload; removing the files does remove the certificate.
+    #[test]
+    fn a_broken_replacement_keeps_the_certificate_it_was_to_replace() {
+        let d = tempfile::tempdir().unwrap();
+        write_pair(d.path(), "suffix", &["*.repl.co"]);
+        write_pair(d.path(), "custom", &["app.example"]);
+        let m = Metrics::new();
+        let (s, _) = CertStore::load_dir(d.path());
+        let r = SniResolver::new(s);
+        let before = r.store().lookup("x.repl.co").unwrap().clone();
+        std::fs::write(d.path().join("suffix.key"), "garbage").unwrap();
+        write_pair(d.path(), "custom", &["app.example", "www.app.example"]);
+        assert!(reload(d.path(), &r, &m));
+        let store = r.store();
+        assert!(
+            Arc::ptr_eq(store.lookup("x.repl.co").unwrap(), &before),
+            "the old wildcard serves"
+        );
+        assert!(
+            store.lookup("www.app.example").is_some(),
+            "the good replacement applies"
+        );
+        assert_eq!(store.len(), 2);
+        assert_eq!(m.tls_reload_errors.get(), 1);
+        assert_eq!(m.tls_certificates.get(), 2);
+        std::fs::remove_file(d.path().join("suffix.crt")).unwrap();
+        std::fs::remove_file(d.path().join("suffix.key")).unwrap();
+        assert!(reload(d.path(), &r, &m));
+        assert!(r.store().lookup("x.repl.co").is_none(), "removing the pair removes it");
+    }
+
     #[test]
     fn reload_keeps_the_old_store_when_nothing_loads() {
         let d = tempfile::tempdir().unwrap();
@@ -393,9 +487,10 @@ mod tests {
         let m = Metrics::new();
         let (s, _) = CertStore::load_dir(d.path());
         let r = SniResolver::new(s);
+        // The whole directory emptied (a botched deploy): nothing is swapped.
         std::fs::remove_file(d.path().join("good.key")).unwrap();
+        std::fs::remove_file(d.path().join("good.crt")).unwrap();
         assert!(!reload(d.path(), &r, &m));
         assert!(r.store().lookup("good.example").is_some());
-        assert_eq!(m.tls_reload_errors.get(), 1);
     }
 }
