@@ -33,5 +33,6 @@ pub mod placement;
 pub mod server;
 pub mod shared;
 pub mod shutdown;
+pub mod upgrade;
 
 pub use edgeplane_core::{balancer, bits, route, ws_frames};

@@ -149,6 +149,13 @@ const LOWER: &[(&str, log::Level)] = &[
     // `serve --upgrade` waiting for the old process to hand its listeners
     // over: the normal first second of an upgrade.
     ("No incoming socket transfer", log::Level::Info),
+    // An upgrade that found no one to hand over to, on either side: the
+    // edge says so itself in one line (crate::upgrade), so Pingora's
+    // retries and give-ups are detail.
+    ("Giving up reading socket", log::Level::Debug),
+    ("Bootstrap failed on error", log::Level::Debug),
+    ("server not ready, will try again", log::Level::Debug),
+    ("Max retry: ", log::Level::Debug),
 ];
 
 /// Pure: the level and counted event of a record from `target` at `level`
@@ -158,7 +165,7 @@ pub fn classify(target: &str, level: log::Level, msg: &str) -> Class {
     if level <= log::Level::Warn && target.starts_with("pingora") {
         if let Some((_, lower)) = LOWER.iter().find(|(p, _)| msg.starts_with(p)) {
             return Class {
-                level: level.max(*lower),
+                level: *lower,
                 event: None,
             };
         }

@@ -151,6 +151,7 @@ fn release_memory() {
 
 fn main() -> ExitCode {
     edgeplane_proxy::alloc_count::init_from_env();
+    edgeplane_proxy::upgrade::record_started_from();
     edgeplane_control_sync::set_release_memory(release_memory);
     let cli = Cli::parse();
     match run(cli) {
@@ -169,7 +170,19 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         } => {
             init_logging(log_format);
             let cfg = load_config(&config)?;
-            server::run(cfg, ServeFlags { upgrade, daemon }).map_err(|e| {
+            let log_format = match log_format {
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            };
+            server::run(
+                cfg,
+                ServeFlags {
+                    upgrade,
+                    daemon,
+                    log_format,
+                },
+            )
+            .map_err(|e| {
                 match e {
                     server::ServeError::Placement(located) => eprintln!("{located}"),
                     other => eprintln!("edgeplane: {other}"),

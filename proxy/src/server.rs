@@ -49,6 +49,8 @@ pub enum ServeError {
     Placement(#[from] edgeplane_config::ConfigError),
     #[error("cannot reserve a port for {addr}: {err}")]
     Port { addr: SocketAddr, err: std::io::Error },
+    #[error("--upgrade: {0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
 }
 
 /// Pingora flags that pass through `edgeplane serve`.
@@ -56,6 +58,8 @@ pub enum ServeError {
 pub struct ServeFlags {
     pub upgrade: bool,
     pub daemon: bool,
+    /// `--log-format`, passed on to a successor started by SIGUSR2.
+    pub log_format: &'static str,
 }
 
 /// `addr` with a port the OS chose when it has port 0 (the listener is
@@ -177,6 +181,20 @@ impl Parts {
 /// Runs the edge until it is told to stop. Never returns on success.
 pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(FAST_TIMER_MAX));
+    // Before anything binds or loads: which edge an upgrade takes over.
+    let take_over = if flags.upgrade {
+        match crate::upgrade::plan(&cfg.edge.pid_file, &cfg.edge.upgrade_sock)? {
+            crate::upgrade::Plan::TakeOver(t) => Some(t),
+            crate::upgrade::Plan::Delegated { old, new } => {
+                println!(
+                    "edgeplane: upgrade: pid {old} handed its listeners to pid {new} (started inside its service)"
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
     let placement = load_placement(&cfg)?;
     let mut held = Vec::new();
     let listen: Vec<SocketAddr> = cfg
@@ -202,6 +220,13 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     }
 
     let mut server = pingora_server(&cfg, &flags);
+    // Bootstrap is done: an upgrade holds the old process's listeners now.
+    if let Some(t) = take_over {
+        t.done();
+    }
+    let pid_file = cfg.edge.pid_file.clone();
+    let hand_over = crate::upgrade::HandOver::new(&cfg.edge.upgrade_sock, &cfg.edge.pid_file);
+    crate::upgrade::start_successor_on_sigusr2(cfg.path.clone(), vec!["--log-format".into(), flags.log_format.into()]);
 
     let tls_cfg = cfg.tls.clone();
     let parts = Parts::new(
@@ -250,14 +275,27 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         server.add_service(h);
     }
     server.add_service(admin);
+    server.add_service(hand_over.service());
+    // systemd first, then the pid file: a predecessor under systemd exits
+    // once the pid file names this process, and systemd must know the new
+    // main pid by then.
+    crate::upgrade::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    // A daemon's pid file is Pingora's to write (after the fork).
+    if !flags.daemon {
+        if let Err(e) = crate::upgrade::write_pid_file(&pid_file) {
+            log::warn!("cannot write the pid file {}: {e}", pid_file.display());
+        }
+    }
     let signals = StopSignals {
         sync,
         drain,
         stop: parts.stop.clone(),
+        hand_over: hand_over.clone(),
     };
     server.run(pingora_core::server::RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    hand_over.wait_for_successor(crate::upgrade::SUCCESSOR_WAIT);
     std::process::exit(0)
 }
 
@@ -345,15 +383,49 @@ struct StopSignals {
     sync: Arc<edgeplane_control_sync::SyncStatus>,
     drain: Arc<crate::conn::Drain>,
     stop: Arc<Stopper>,
+    hand_over: Arc<crate::upgrade::HandOver>,
 }
 
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for StopSignals {
     async fn recv(&self) -> ShutdownSignal {
-        let signal = UnixShutdownSignalWatch.recv().await;
-        if matches!(signal, ShutdownSignal::FastShutdown) {
-            log::info!("SIGINT: exiting now");
-            std::process::exit(0);
+        let mut signal = UnixShutdownSignalWatch.recv().await;
+        loop {
+            match signal {
+                ShutdownSignal::FastShutdown => {
+                    log::info!("SIGINT: exiting now");
+                    std::process::exit(0);
+                }
+                ShutdownSignal::GracefulUpgrade => {
+                    // The hand-over is this process's (crate::upgrade): on
+                    // success Pingora is told to stop at once, as for
+                    // SIGTERM, instead of accepting for 5 s more.
+                    // Under systemd the successor is the service's main
+                    // process once it says MAINPID=, so this one does not
+                    // say STOPPING (that would stop the unit).
+                    let h = self.hand_over.clone();
+                    match tokio::task::spawn_blocking(move || h.send()).await {
+                        Ok(Ok(())) => {
+                            log::info!("upgrade: listeners handed to the new process; no longer accepting, draining");
+                            signal = ShutdownSignal::GracefulTerminate;
+                            break;
+                        }
+                        Ok(Err(e)) => {
+                            crate::http::tunnel::UPGRADING.store(false, std::sync::atomic::Ordering::Release);
+                            log::warn!(
+                                "upgrade: SIGQUIT, but no new process took the listeners ({e}); still serving \
+                                 (start it with `edgeplane serve -c FILE --upgrade`)"
+                            );
+                        }
+                        Err(e) => log::error!("upgrade: hand-over task failed: {e}; still serving"),
+                    }
+                    signal = UnixShutdownSignalWatch.recv().await;
+                }
+                ShutdownSignal::GracefulTerminate => {
+                    crate::upgrade::notify_systemd("STOPPING=1");
+                    break;
+                }
+            }
         }
         let sync = self.sync.clone();
         let flushed =
@@ -362,7 +434,9 @@ impl ShutdownSignalWatch for StopSignals {
             log::error!("last-known-good flush on stop failed: {e}");
         }
         self.stop.stop();
-        self.drain.exit_when_idle();
+        let hand_over = self.hand_over.clone();
+        self.drain
+            .exit_when_idle(move || hand_over.wait_for_successor(crate::upgrade::SUCCESSOR_WAIT));
         signal
     }
 }

@@ -54,17 +54,18 @@ impl Drain {
     }
 
     /// Starts a thread that ends the process (exit code 0) once
-    /// [`Drain::is_idle`].
-    pub fn exit_when_idle(self: &Arc<Self>) {
+    /// [`Drain::is_idle`], after `before_exit` returns.
+    pub fn exit_when_idle(self: &Arc<Self>, before_exit: impl FnOnce() + Send + 'static) {
         let d = self.clone();
         let spawned = std::thread::Builder::new()
             .name("edgeplane-drain".into())
-            .spawn(move || loop {
-                if d.is_idle() {
-                    log::info!("drained: no connection left, exiting");
-                    std::process::exit(0);
+            .spawn(move || {
+                while !d.is_idle() {
+                    std::thread::sleep(POLL);
                 }
-                std::thread::sleep(POLL);
+                before_exit();
+                log::info!("drained: no connection left, exiting");
+                std::process::exit(0);
             });
         if let Err(e) = spawned {
             log::error!("cannot start the drain watcher ({e}); the grace period applies");

@@ -205,6 +205,8 @@ pub struct EdgeOpts<'a> {
     pub no_v1_key: bool,
     /// Start with `EDGEPLANE_COUNT_ALLOCATIONS=1` (`/debug/allocations`).
     pub count_allocations: bool,
+    /// More environment variables for the process.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Edge {
@@ -253,6 +255,29 @@ impl Edge {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("edge.toml")
+    }
+
+    /// Rewrites the config with the ports the OS chose, so that a new
+    /// process (`serve --upgrade`) finds the same addresses and takes
+    /// their sockets over.
+    pub fn pin_ports(&self) {
+        let cfg = self.config_path();
+        let mut text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replacen(
+                "listen = [\"127.0.0.1:0\"]",
+                &format!("listen = [\"{}\"]", self.proxy),
+                1,
+            )
+            .replace(
+                "admin_listen = \"127.0.0.1:0\"",
+                &format!("admin_listen = \"{}\"", self.admin),
+            );
+        if let Some(h) = self.https {
+            // The [tls] listener is the second `listen` line.
+            text = text.replacen("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{h}\"]"), 1);
+        }
+        std::fs::write(&cfg, text).unwrap();
     }
 
     /// Starts an edge of `region` syncing from PostgreSQL at `url`, with a
@@ -345,11 +370,11 @@ workspace_token_public_keys_file = \"ws.pub\"\n{v1}{}\n\n[limits]\n{}\n",
             opts.edge, opts.security, opts.limits
         );
         std::fs::write(d.join("edge.toml"), toml).unwrap();
-        let env: &[(&str, &str)] = if opts.count_allocations {
-            &[("EDGEPLANE_COUNT_ALLOCATIONS", "1")]
-        } else {
-            &[]
-        };
+        let mut env: Vec<(&str, &str)> = opts.env.to_vec();
+        if opts.count_allocations {
+            env.push(("EDGEPLANE_COUNT_ALLOCATIONS", "1"));
+        }
+        let env = env.as_slice();
         let (child, map) = if opts.json_log {
             let log = std::fs::File::create(d.join("edge.log")).unwrap();
             spawn_edge_env(
@@ -756,7 +781,7 @@ pub fn signal(pid: i32, sig: &str) {
 
 /// Writes a self-signed `*.repl.co` certificate and key into `dir/certs`
 /// (what [`TLS_SECTION`] serves); returns the certificate as DER.
-fn write_repl_co_cert(dir: &Path) -> Vec<u8> {
+pub fn write_repl_co_cert(dir: &Path) -> Vec<u8> {
     let certs = dir.join("certs");
     std::fs::create_dir(&certs).unwrap();
     let c = rcgen::generate_simple_self_signed(vec!["*.repl.co".to_string()]).unwrap();

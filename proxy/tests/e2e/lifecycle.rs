@@ -119,15 +119,8 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
     .await;
     // The new process must find the same addresses to take the sockets
     // over: pin the ports the OS chose for the first one.
+    edge.pin_ports();
     let cfg = edge.config_path();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{}\"]", edge.proxy))
-        .replace(
-            "admin_listen = \"127.0.0.1:0\"",
-            &format!("admin_listen = \"{}\"", edge.admin),
-        );
-    std::fs::write(&cfg, text).unwrap();
 
     let proxy = edge.proxy;
     let load = Load::start(proxy, "app1.repl.co", 4);
@@ -144,8 +137,8 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        signal(current.0.id() as i32, "-QUIT");
+        // One command: the new process finds the old one by its pid file
+        // and asks it to hand over (crate::upgrade).
         let addrs = tokio::task::spawn_blocking(move || {
             let a = read_lines(&mut next, 2, |l| {
                 l.strip_prefix("edgeplane: proxy listening on ")
@@ -172,9 +165,8 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
             load.failed.load(Ordering::Relaxed)
         );
     }
-    // Every old process finishes its drain and exits by itself while the
-    // load still runs (Pingora waits 5 s after handing sockets over, then
-    // the grace period).
+    // Every old process stops accepting as it hands over, finishes its
+    // drain and exits by itself while the load still runs.
     let deadline = Instant::now() + Duration::from_secs(20);
     for (i, p) in old.iter_mut().enumerate() {
         while p.0.try_wait().unwrap().is_none() {

@@ -27,6 +27,7 @@ mod proxy_protocol;
 mod redis_shadow;
 mod regions;
 mod resolver;
+mod runbook;
 mod sizes;
 mod status_page;
 mod tls;

@@ -50,7 +50,12 @@ fn https_get(addr: SocketAddr, sni: &str, trusted: &[Vec<u8>], path: &str) -> st
     Ok((out, cert))
 }
 
-async fn https(addr: SocketAddr, sni: &str, trusted: &[Vec<u8>], path: &str) -> std::io::Result<(Resp, Vec<u8>)> {
+pub(crate) async fn https(
+    addr: SocketAddr,
+    sni: &str,
+    trusted: &[Vec<u8>],
+    path: &str,
+) -> std::io::Result<(Resp, Vec<u8>)> {
     let (sni, trusted, path) = (sni.to_string(), trusted.to_vec(), path.to_string());
     tokio::task::spawn_blocking(move || {
         let (raw, cert) = https_get(addr, &sni, &trusted, &path)?;

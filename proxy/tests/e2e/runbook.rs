@@ -1,0 +1,512 @@
+//! docs/operations.md, executed: each procedure of the runbook that can run
+//! on one machine, done the way the runbook says, named after its section
+//! (`<section>::<what it checks>`), so the next drift between the runbook
+//! and the edge fails here.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::{dead_addr, world};
+
+/// Runs `edgeplane ARGS` to the end: (exit code, stdout, stderr).
+fn edgeplane(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(edgeplane_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pid_in(edge: &Edge) -> u32 {
+    std::fs::read_to_string(edge.dir.path().join("edge.pid"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Sends SIGINT to a process the test did not spawn when dropped.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        signal(self.0 as i32, "-INT");
+    }
+}
+
+/// Waits for `child` to exit within `secs`.
+async fn exits_within(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit within {secs} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// "Changing a running edge".
+mod changing_a_running_edge {
+    use super::*;
+
+    /// "Changing a running edge", new binary: `edgeplane serve -c FILE
+    /// --upgrade` beside the running edge is the whole procedure. Under load
+    /// (a new connection per request) no request fails, the pid file names the
+    /// new process, and the old one stops accepting as it hands over: its
+    /// access log has no request accepted after that moment beyond the few in
+    /// flight, and it exits by itself.
+    #[tokio::test]
+    async fn upgrade_is_one_command_under_load() {
+        let vm1 = FakeVm::start("vm-1");
+        let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+        let edge = Edge::start_opts(
+            tempfile::tempdir().unwrap(),
+            "us-east1",
+            &snap,
+            &EdgeOpts {
+                edge: "grace_period_ms = 5000",
+                limits: "[log]\naccess_log_sample = 1.0",
+                json_log: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        edge.pin_ports();
+        assert_eq!(
+            pid_in(&edge),
+            edge.pid() as u32,
+            "the foreground edge writes its pid file"
+        );
+        let load = Load::start(edge.proxy, "app1.repl.co", 4);
+        eventually("load flows", 10, || load.ok() > 50).await;
+
+        let mut new = Command::new(edgeplane_bin())
+            .args(["serve", "-c"])
+            .arg(edge.config_path())
+            .arg("--upgrade")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let new_pid = new.id();
+        let printed = tokio::task::spawn_blocking(move || {
+            let lines = read_lines(&mut new, 1, |l| {
+                l.strip_prefix("edgeplane: proxy listening on ").map(str::to_string)
+            });
+            (new, lines)
+        })
+        .await
+        .unwrap();
+        let (new, lines) = printed;
+        let new = Proc(new);
+        assert_eq!(lines[0], edge.proxy.to_string());
+        let mut old = edge.proc;
+        let status = exits_within(&mut old.0, 15, "the old edge").await;
+        assert!(status.success(), "the old edge exits 0 after its drain: {status}");
+        let before = load.ok();
+        eventually("the new edge serves", 10, || load.ok() > before + 50).await;
+        let (ok, failed) = load.stop().await;
+        println!("runbook upgrade: {ok} requests ok, {failed} failed");
+        assert_eq!(failed, 0, "requests failed during the upgrade");
+        let pid: u32 = std::fs::read_to_string(edge.dir.path().join("edge.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, new_pid, "the pid file names the new process");
+
+        // The old process's log: the hand-over, then only what was in flight.
+        let log = std::fs::read_to_string(edge.dir.path().join("edge.log")).unwrap();
+        let lines: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let handed = lines
+            .iter()
+            .position(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("upgrade: listeners handed to the new process"))
+            })
+            .expect("the old edge logs the hand-over");
+        let after = lines[handed..]
+            .iter()
+            .filter(|l| l["target"] == "edgeplane::access")
+            .count();
+        println!("runbook upgrade: the old edge served {after} requests after handing over");
+        assert!(
+            after <= 8,
+            "the old edge kept accepting after the hand-over: {after} requests"
+        );
+        drop(new);
+    }
+
+    /// "Changing a running edge", new binary, when there is nothing to take
+    /// over: one clear line and exit 1 at once (not Pingora's 5 s of retries
+    /// and two ERROR lines). And a running edge sent SIGQUIT with no new
+    /// process waiting keeps serving, saying so once.
+    #[tokio::test]
+    async fn upgrade_with_nothing_to_take_over_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm1 = FakeVm::start("vm-1");
+        let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+        let edge = Edge::start_opts(
+            dir,
+            "us-east1",
+            &snap,
+            &EdgeOpts {
+                json_log: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        // Another config beside it, with a pid file no edge wrote.
+        let other = edge.dir.path().join("other.toml");
+        std::fs::write(
+            &other,
+            std::fs::read_to_string(edge.config_path())
+                .unwrap()
+                .replace("pid_file = \"edge.pid\"", "pid_file = \"nobody.pid\""),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (code, _, stderr) = edgeplane(&["serve", "-c", "other.toml", "--upgrade"], edge.dir.path());
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(
+            lines[0].starts_with("edgeplane: --upgrade: no running edge to take over: ")
+                && lines[0].contains("nobody.pid"),
+            "{stderr}"
+        );
+
+        signal(edge.pid(), "-QUIT");
+        eventually("the refusal is logged", 15, || {
+            edge.log_lines().iter().any(|l| {
+                l["level"] == "WARN"
+                    && l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("upgrade: SIGQUIT, but no new process took the listeners"))
+            })
+        })
+        .await;
+        assert_eq!(edge.get("app1.repl.co", "/", &[]).await.status, 200, "still serving");
+        let errors: Vec<_> = edge.log_lines().into_iter().filter(|l| l["level"] == "ERROR").collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    /// "Changing a running edge" under systemd: the same command, run outside
+    /// the service (no NOTIFY_SOCKET), asks the service's edge (SIGUSR2) to
+    /// start the new binary inside it; that one takes over and tells systemd
+    /// (here: a socket the test reads, as systemd's notify socket) that it is
+    /// the main process now. Requests keep being answered.
+    #[tokio::test]
+    async fn upgrade_under_systemd_runs_inside_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let vm1 = FakeVm::start("vm-1");
+        let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+        let notify_env = notify_path.display().to_string();
+        let env = [("NOTIFY_SOCKET", notify_env.as_str())];
+        let edge = Edge::start_opts(
+            dir,
+            "us-east1",
+            &snap,
+            &EdgeOpts {
+                edge: "grace_period_ms = 3000",
+                env: &env,
+                ..Default::default()
+            },
+        )
+        .await;
+        edge.pin_ports();
+        let recv = |notify: &std::os::unix::net::UnixDatagram| {
+            let mut buf = [0u8; 512];
+            let n = notify.recv(&mut buf).expect("a notification");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let old_pid = edge.pid() as u32;
+        assert_eq!(
+            recv(&notify),
+            format!("MAINPID={old_pid}\nREADY=1"),
+            "the service's edge says it is ready"
+        );
+        let load = Load::start(edge.proxy, "app1.repl.co", 2);
+
+        let cfg = edge.config_path().display().to_string();
+        let (code, stdout, stderr) = tokio::task::spawn_blocking({
+            let dir = edge.dir.path().to_path_buf();
+            move || edgeplane(&["serve", "-c", &cfg, "--upgrade"], &dir)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let new_pid = pid_in(&edge);
+        assert_ne!(new_pid, old_pid);
+        // The successor is the old edge's child, not ours: stopped by pid,
+        // also when an assertion below fails.
+        let _successor = StopOnDrop(new_pid);
+        assert!(
+            stdout.contains(&format!("pid {old_pid} handed its listeners to pid {new_pid}")),
+            "{stdout}"
+        );
+        let said = recv(&notify);
+        assert_eq!(
+            said,
+            format!("MAINPID={new_pid}\nREADY=1"),
+            "the successor tells systemd"
+        );
+        // The old process does not say STOPPING (that would stop the unit).
+        notify.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(notify.recv(&mut buf).is_err(), "nothing more to systemd");
+        let mut old = edge.proc;
+        exits_within(&mut old.0, 15, "the old edge").await;
+        let before = load.ok();
+        eventually("the successor serves", 10, || load.ok() > before + 20).await;
+        let (ok, failed) = load.stop().await;
+        assert_eq!(failed, 0, "{ok} ok");
+    }
+
+    /// "Changing a running edge", certificates: a replacement pair that does
+    /// not load (its key overwritten with garbage) is counted and logged, and
+    /// the certificate it was meant to replace keeps serving: HTTPS for every
+    /// `*.repl.co` app still answers with the old certificate.
+    #[tokio::test]
+    async fn a_broken_replacement_certificate_keeps_the_old_one() {
+        let vm1 = FakeVm::start("vm-1");
+        let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+        let dir = tempfile::tempdir().unwrap();
+        let der = write_repl_co_cert(dir.path());
+        let edge = Edge::start_opts(
+            dir,
+            "us-east1",
+            &snap,
+            &EdgeOpts {
+                tls: Some("listen = [\"127.0.0.1:0\"]\ncerts_dir = \"certs\"\nreload_interval_ms = 100"),
+                ..Default::default()
+            },
+        )
+        .await;
+        let https = edge.https.unwrap();
+        let (r, cert) = crate::tls::https(https, "app1.repl.co", std::slice::from_ref(&der), "/")
+            .await
+            .unwrap();
+        assert_eq!((r.status, &cert), (200, &der));
+        std::fs::write(edge.dir.path().join("certs/repl.co.key"), "garbage\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric_with(&edge.metrics().await, "edgeplane_tls_reload_errors_total", &[]) != Some(1.0) {
+            assert!(Instant::now() < deadline, "the broken key was never counted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let metrics = edge.metrics().await;
+        assert_eq!(metric_with(&metrics, "edgeplane_tls_certificates", &[]), Some(1.0));
+        for host in ["app1.repl.co", "app2.repl.co"] {
+            let (r, cert) = crate::tls::https(https, host, std::slice::from_ref(&der), "/")
+                .await
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert!(
+                r.status == 200 || r.status == 404 || r.status == 502,
+                "{host}: {}",
+                r.status
+            );
+            assert_eq!(cert, der, "{host} is served the old certificate");
+        }
+    }
+
+    /// "Changing a running edge", restart-only keys: the edge's list
+    /// (`/debug/config`) is the config code's, and a reload that changes one
+    /// of them (`dns.moved_ttl_seconds`) names it and keeps the running value.
+    #[tokio::test]
+    async fn restart_only_keys_are_one_list() {
+        let vm1 = FakeVm::start("vm-1");
+        let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+        let edge = Edge::start("us-east1", &snap, "").await;
+        let cfg = get(edge.admin, "admin", "/debug/config", &[]).await.json();
+        let listed: Vec<&str> = cfg["restart_only"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let code: Vec<&str> = edgeplane_config::reload::restart_only_keys().collect();
+        assert_eq!(listed, code);
+        let path = edge.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\n[dns]\nmoved_ttl_seconds = 9\n")).unwrap();
+        let r = edge.admin_post("/config/reload").await;
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        let answer = r.json();
+        assert_eq!(answer["needs_restart"], serde_json::json!(["dns"]), "{answer}");
+        let metrics = edge.metrics().await;
+        assert_eq!(
+            metric_with(&metrics, "edgeplane_config_pending_restart_keys", &[]),
+            Some(1.0)
+        );
+    }
+}
+
+/// "Alerts".
+mod alerts {
+    use super::*;
+
+    /// "Alerts", sync and snapshot-age: a file-sourced edge has no database,
+    /// so neither sync alert may page for it. Its real /metrics, held for 30
+    /// minutes of an unchanged file, fire nothing in `promtool test rules`.
+    #[tokio::test]
+    async fn sync_alerts_do_not_page_for_a_file_sourced_edge() {
+        let vm1 = FakeVm::start("vm-1");
+        let snap = world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr());
+        let edge = Edge::start("us-east1", &snap, "").await;
+        let metrics = edge.metrics().await;
+        let series = |name: &str| -> Vec<(String, f64)> {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{')))
+                .map(|l| {
+                    let (s, v) = l.rsplit_once(' ').unwrap();
+                    (s.to_string(), v.parse().unwrap())
+                })
+                .collect()
+        };
+        let mut input = String::new();
+        for name in [
+            "edgeplane_sync_connected",
+            "edgeplane_placement_serving",
+            "edgeplane_snapshot_age_seconds",
+        ] {
+            let found = series(name);
+            assert!(!found.is_empty(), "a fresh file edge exports {name}");
+            for (s, v) in found {
+                // promtool wants the instance label a scrape would add.
+                let s = match s.split_once('{') {
+                    Some((n, rest)) => format!("{n}{{instance=\"file-edge\",{rest}"),
+                    None => format!("{s}{{instance=\"file-edge\"}}"),
+                };
+                let values = if name == "edgeplane_snapshot_age_seconds" {
+                    format!("{v}+60x40")
+                } else {
+                    format!("{v}x40")
+                };
+                input.push_str(&format!("      - series: '{s}'\n        values: '{values}'\n"));
+            }
+        }
+        assert!(input.contains("source=\"file\""), "{input}");
+        let rules =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/edgeplane-alerts.yml");
+        let mut test = format!(
+            "rule_files:\n  - {}\nevaluation_interval: 30s\ntests:\n  - interval: 1m\n    input_series:\n{input}",
+            rules.display()
+        );
+        test.push_str("    alert_rule_test:\n");
+        for alert in ["EdgeplaneSyncDisconnected", "EdgeplaneSnapshotOld"] {
+            test.push_str(&format!(
+                "      - eval_time: 30m\n        alertname: {alert}\n        exp_alerts: []\n"
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file-edge.test.yml"), test).unwrap();
+        let out = Command::new("promtool")
+            .args(["test", "rules", "file-edge.test.yml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool (scripts/setup.sh installs it)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
+    }
+
+    /// "Alerts", edge-down: an edge that does not start printed
+    /// `file:line: key: message` — one line, naming the file that holds the
+    /// error and its line — for every kind of bad input the runbook names.
+    #[test]
+    fn edge_down_every_start_error_is_file_line_key_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let good_snap =
+            serde_json::to_string_pretty(&world(dead_addr(), dead_addr(), dead_addr(), dead_addr(), dead_addr()))
+                .unwrap();
+        std::fs::write(d.join("snapshot.json"), &good_snap).unwrap();
+        std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
+        let config = |region: &str, file: &str| {
+            format!(
+                "[edge]\nregion = \"{region}\"\nlisten = [\"127.0.0.1:0\"]\n\n[placement]\nfile = \"{file}\"\n\n\
+                 [security]\nhop_secret_file = \"hop.secret\"\n"
+            )
+        };
+        std::fs::write(d.join("unknown-region.toml"), config("nowhere", "snapshot.json")).unwrap();
+        std::fs::write(d.join("no-snapshot.toml"), config("us-east1", "missing.json")).unwrap();
+        // A duplicate slug on the snapshot's line 14 or so: found by its row.
+        let mut bad: serde_json::Value = serde_json::from_str(&good_snap).unwrap();
+        let first_slug = bad["repls"][0]["slug"].clone();
+        bad["repls"][1]["slug"] = first_slug;
+        let bad_text = serde_json::to_string_pretty(&bad).unwrap();
+        std::fs::write(d.join("dup.json"), &bad_text).unwrap();
+        std::fs::write(d.join("dup-slug.toml"), config("us-east1", "dup.json")).unwrap();
+        std::fs::write(d.join("broken.json"), "{\"regions\": [\n  {\"name\": \"us-east1\",\n").unwrap();
+        std::fs::write(d.join("broken-json.toml"), config("us-east1", "broken.json")).unwrap();
+        std::fs::write(d.join("syntax.toml"), "[edge\nregion = \"us-east1\"\n").unwrap();
+        let repls_line = bad_text.lines().position(|l| l.contains("\"repls\"")).unwrap() + 1;
+        let second_row = bad_text
+            .lines()
+            .enumerate()
+            .skip(repls_line)
+            .filter(|(_, l)| l.trim() == "{")
+            .nth(1)
+            .map(|(i, _)| i + 1)
+            .unwrap();
+        for (args, want) in [
+            (
+                vec!["check", "-c", "nosuch.toml"],
+                "nosuch.toml:1: -: cannot read the config file".to_string(),
+            ),
+            (
+                vec!["check", "-c", "syntax.toml"],
+                "syntax.toml:1: edge: invalid table header".to_string(),
+            ),
+            (
+                vec!["check", "-c", "unknown-region.toml"],
+                "unknown-region.toml:2: edge.region: region \"nowhere\"".to_string(),
+            ),
+            (
+                vec!["check", "-c", "no-snapshot.toml"],
+                "no-snapshot.toml:6: placement.file: cannot read".to_string(),
+            ),
+            (
+                vec!["check", "-c", "dup-slug.toml"],
+                format!("dup.json:{second_row}: repls[1]: slug"),
+            ),
+            (
+                vec!["check", "-c", "broken-json.toml"],
+                "broken.json:3: -: EOF while parsing".to_string(),
+            ),
+            (
+                vec!["serve", "-c", "dup-slug.toml"],
+                format!("dup.json:{second_row}: repls[1]: slug"),
+            ),
+        ] {
+            let (code, _, stderr) = edgeplane(&args, d);
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            let last = stderr.lines().last().unwrap_or_default();
+            assert!(last.starts_with(&want), "{args:?}: want {want:?}..., got:\n{stderr}");
+            let lines_not_logs: Vec<_> = stderr.lines().filter(|l| !l.contains(" ERROR ")).collect();
+            assert_eq!(lines_not_logs.len(), 1, "{args:?}: one line:\n{stderr}");
+        }
+    }
+}
