@@ -44,6 +44,10 @@ pub struct MoveOptions {
     pub dry_run: bool,
     /// Tombstone lifetime: DNS TTL plus margin.
     pub tombstone_secs: u32,
+    /// Move even when the target has no room for every repl (those that
+    /// do not fit are then refused `cluster_full` by the edges as they
+    /// start).
+    pub force: bool,
 }
 
 /// What happens to one repl.
@@ -88,6 +92,42 @@ pub struct MoveReport {
     pub moves: Vec<PlannedMove>,
     /// `placement_version` after the commit (None: dry run).
     pub version: Option<i64>,
+    /// Target clusters without room for all the repls sent there (empty
+    /// unless a dry run or `force`: otherwise the move is refused).
+    pub short: Vec<Shortfall>,
+}
+
+/// A target cluster that cannot hold every repl a move sends it: the
+/// units its active VMs have free (capacity minus the sizes of the repls
+/// running there), what the move needs, and the repls that would not fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    pub cluster: String,
+    pub free_units: i64,
+    pub needed_units: i64,
+    /// Slugs (with their sizes) left over by a first-fit of the largest
+    /// repls first onto the VMs with most room.
+    pub not_fitting: Vec<(String, i64)>,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cluster {} has {} units free for {} needed; {} repls would not fit:",
+            self.cluster,
+            self.free_units,
+            self.needed_units,
+            self.not_fitting.len()
+        )?;
+        for (i, (slug, size)) in self.not_fitting.iter().enumerate() {
+            if i == 10 {
+                return write!(f, " and {} more", self.not_fitting.len() - 10);
+            }
+            write!(f, " {slug} (size {size})")?;
+        }
+        Ok(())
+    }
 }
 
 impl MoveReport {
@@ -109,8 +149,10 @@ pub enum MoveError {
     UnknownRegion(String),
     #[error("cluster {0:?} is draining: new repls are not placed there")]
     Draining(String),
-    #[error("region {0:?} has no active cluster")]
+    #[error("region {0:?} has no active cluster with an active VM")]
     NoActiveCluster(String),
+    #[error("{}; nothing moved (--force moves anyway)", .0.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "))]
+    NoRoom(Vec<Shortfall>),
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
 }
@@ -125,7 +167,11 @@ impl Rings {
     async fn load(tx: &Transaction<'_>) -> Result<Rings, MoveError> {
         let rows = tx
             .query(
-                "SELECT region, name, weight FROM clusters WHERE state = 'active' ORDER BY region, name",
+                // The edge's ring rule (a cluster takes new repls only once it has
+                // an active VM): see `takes_new_repls` in the placement table.
+                "SELECT region, name, weight FROM clusters c WHERE state = 'active' \
+                 AND EXISTS (SELECT 1 FROM vms WHERE vms.cluster = c.name AND vms.state = 'active') \
+                 ORDER BY region, name",
                 &[],
             )
             .await?;
@@ -167,9 +213,10 @@ struct Current {
     region: String,
     pinned: Option<String>,
     running_in: Option<String>,
+    size: i32,
 }
 
-const CURRENT: &str = "SELECT r.id, r.slug, r.region, r.cluster, v.cluster FROM repls r
+const CURRENT: &str = "SELECT r.id, r.slug, r.region, r.cluster, v.cluster, r.size FROM repls r
     LEFT JOIN containers c ON c.repl_id = r.id LEFT JOIN vms v ON v.id = c.vm_id";
 
 fn current(r: &tokio_postgres::Row) -> Current {
@@ -179,6 +226,7 @@ fn current(r: &tokio_postgres::Row) -> Current {
         region: r.get(2),
         pinned: r.get(3),
         running_in: r.get(4),
+        size: r.get(5),
     }
 }
 
@@ -290,9 +338,18 @@ async fn apply(
             action,
         });
     }
+    let short = shortfalls(&tx, repls, &moves).await?;
     if opts.dry_run {
         tx.rollback().await?;
-        return Ok(MoveReport { moves, version: None });
+        return Ok(MoveReport {
+            moves,
+            version: None,
+            short,
+        });
+    }
+    if !short.is_empty() && !opts.force {
+        tx.rollback().await?;
+        return Err(MoveError::NoRoom(short));
     }
     write(&tx, &moves, to_cluster.is_some(), opts.tombstone_secs).await?;
     let version: i64 = tx.query_one("SELECT edgeplane_current_version()", &[]).await?.get(0);
@@ -300,7 +357,97 @@ async fn apply(
     Ok(MoveReport {
         moves,
         version: Some(version),
+        short,
     })
+}
+
+/// The target clusters of `moves` that cannot hold what is sent there.
+async fn shortfalls(
+    tx: &Transaction<'_>,
+    repls: &[Current],
+    moves: &[PlannedMove],
+) -> Result<Vec<Shortfall>, MoveError> {
+    let mut sent: HashMap<&str, Vec<(String, i64)>> = HashMap::new();
+    for (r, m) in repls.iter().zip(moves) {
+        if m.action != MoveAction::AlreadyThere {
+            sent.entry(m.to.as_str())
+                .or_default()
+                .push((r.slug.clone(), r.size as i64));
+        }
+    }
+    if sent.is_empty() {
+        return Ok(Vec::new());
+    }
+    let targets: Vec<&str> = sent.keys().copied().collect();
+    // Free units per active VM of each target: capacity minus the sizes of
+    // the repls running there (what the edges' room check counts too).
+    let rows = tx
+        .query(
+            "SELECT v.cluster, v.capacity::bigint - COALESCE(
+                    (SELECT sum(r.size) FROM containers k JOIN repls r ON r.id = k.repl_id WHERE k.vm_id = v.id), 0)
+               FROM vms v WHERE v.state = 'active' AND v.cluster = ANY($1)",
+            &[&targets],
+        )
+        .await?;
+    let mut free: HashMap<String, Vec<i64>> = HashMap::new();
+    for row in &rows {
+        free.entry(row.get(0)).or_default().push(row.get::<_, i64>(1).max(0));
+    }
+    let mut short: Vec<Shortfall> = sent
+        .into_iter()
+        .filter_map(|(cluster, wanted)| {
+            let vms = free.remove(cluster).unwrap_or_default();
+            let free_units = vms.iter().sum();
+            let needed_units = wanted.iter().map(|(_, s)| s).sum();
+            let not_fitting = first_fit(vms, wanted);
+            (!not_fitting.is_empty()).then(|| Shortfall {
+                cluster: cluster.to_string(),
+                free_units,
+                needed_units,
+                not_fitting,
+            })
+        })
+        .collect();
+    short.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    Ok(short)
+}
+
+/// Places `wanted` (name, size) onto VMs with `free` units each, largest
+/// first, each on the VM with the most room (as the least-loaded balancer
+/// would); returns what does not fit, largest first.
+fn first_fit(mut free: Vec<i64>, mut wanted: Vec<(String, i64)>) -> Vec<(String, i64)> {
+    wanted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut left = Vec::new();
+    for (name, size) in wanted {
+        match free.iter_mut().max_by_key(|f| **f) {
+            Some(f) if *f >= size => *f -= size,
+            _ => left.push((name, size)),
+        }
+    }
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_fit;
+
+    fn names(v: &[(String, i64)]) -> Vec<&str> {
+        v.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn first_fit_places_the_largest_first_and_returns_the_rest() {
+        let want = |v: &[(&str, i64)]| v.iter().map(|(n, s)| (n.to_string(), *s)).collect::<Vec<_>>();
+        // 10 + 4 free: the 8 and the 4 fit, then only 2 units are left.
+        let left = first_fit(vec![10, 4], want(&[("a", 4), ("b", 8), ("c", 3)]));
+        assert_eq!(names(&left), ["c"]);
+        // Enough room in total but no VM holds the big one.
+        let left = first_fit(vec![5, 5, 5], want(&[("big", 6), ("s", 1)]));
+        assert_eq!(names(&left), ["big"]);
+        // No VM at all: nothing fits.
+        assert_eq!(first_fit(vec![], want(&[("a", 1)])).len(), 1);
+        assert!(first_fit(vec![3], want(&[("a", 1), ("b", 2)])).is_empty());
+    }
 }
 
 /// Writes the planned moves with one statement per kind of change.

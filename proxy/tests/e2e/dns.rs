@@ -126,8 +126,9 @@ async fn a_move_between_two_other_regions_gets_the_short_ttl_from_every_region()
     wait_answer(&udp, "app3.repl.co", (aps, 60)).await;
     assert_eq!(ask(&udp, "shop.example.org").await, Ok((aps, 60)));
 
-    // ap-south1 -> eu-west1: neither is this responder's region.
-    let out = db.placectl(&["transfer", "r3", "--to", "euw1-a"]);
+    // ap-south1 -> eu-west1: neither is this responder's region. The
+    // fixture's euw1-a has no VM (the names matter here, not the room).
+    let out = db.placectl(&["transfer", "r3", "--to", "euw1-a", "--force"]);
     assert!(out.contains("region eu-west1"), "{out}");
     wait_answer(&udp, "app3.repl.co", (euw, 5)).await;
     wait_answer(&udp, "shop.example.org", (euw, 5)).await;

@@ -7,7 +7,26 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::postgres::PgDb;
 use crate::{dead_addr, world};
+
+/// Health scrapes every 100 ms, so a VM's room is known at once.
+const HEALTH: &str = "\n[health]\nscrape_interval_ms = 100\nscrape_timeout_ms = 100\nstale_after_ms = 5000\n";
+
+/// Waits until `edge` serves the database's newest placement version.
+async fn wait_db_version(edge: &Edge, db: &PgDb) {
+    let want: i64 = db
+        .client
+        .query_one("SELECT version FROM placement_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(edge.admin, "admin", "/debug/snapshot", &[]).await.json()["version"] != want {
+        assert!(Instant::now() < deadline, "the edge never had version {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Runs `edgeplane ARGS` to the end: (exit code, stdout, stderr).
 fn edgeplane(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
@@ -508,5 +527,202 @@ mod alerts {
             let lines_not_logs: Vec<_> = stderr.lines().filter(|l| !l.contains(" ERROR ")).collect();
             assert_eq!(lines_not_logs.len(), 1, "{args:?}: one line:\n{stderr}");
         }
+    }
+
+    /// "Alerts", cluster-full, the relief it names: `placectl add-cluster`
+    /// gives a full region no VM-less cluster that would refuse its share
+    /// of new repls (`no_usable_vm`); the cluster takes repls once
+    /// `placectl add-vm` gives it a VM, and then new repls land there.
+    #[tokio::test]
+    async fn cluster_full_relief_is_add_cluster_then_add_vm() {
+        let (full, fresh) = (FakeVm::start("vm-full"), FakeVm::start("vm-new"));
+        full.control(serde_json::json!({"containers": 10, "units": 10})).await;
+        fresh.control(serde_json::json!({"containers": 0, "units": 0})).await;
+        let repls: Vec<_> = (0..16)
+            .map(|i| serde_json::json!({"id": format!("n{i}"), "slug": format!("new{i}"), "region": "us-east1"}))
+            .collect();
+        let seed = serde_json::json!({
+            "regions": [{"name": "us-east1", "edge_addr": dead_addr().to_string()}],
+            "clusters": [{"name": "use1-a", "region": "us-east1", "state": "active"}],
+            "vms": [{"id": "vm-full", "cluster": "use1-a", "addr": full.http.to_string(),
+                     "metrics_addr": full.metrics.to_string(), "state": "active", "capacity": 10}],
+            "repls": repls,
+        });
+        let db = PgDb::new(&seed).await;
+        let edge = Edge::start_pg_opts(
+            "us-east1",
+            &db.url,
+            &EdgeOpts {
+                limits: HEALTH,
+                ..Default::default()
+            },
+        )
+        .await;
+        let vm_of = |b: &serde_json::Value, id: &str| {
+            b["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["vms"].as_array().into_iter().flatten())
+                .find(|v| v["id"] == id)
+                .cloned()
+                .unwrap_or_default()
+        };
+        edge.wait_balancer("vm-full sampled full", |b| {
+            vm_of(b, "vm-full")["not_candidate"] == "full"
+        })
+        .await;
+        let route = |host: String| {
+            let admin = edge.admin;
+            async move {
+                get(admin, "admin", &format!("/debug/route?host={host}"), &[])
+                    .await
+                    .body_str()
+            }
+        };
+        for i in 0..16 {
+            assert_eq!(edge.get(&format!("new{i}.repl.co"), "/", &[]).await.status, 503);
+        }
+
+        let out = db.placectl(&["add-cluster", "use1-c", "--region", "us-east1"]);
+        assert!(
+            out.contains("cluster use1-c added to us-east1")
+                && out.contains("it takes no new repls until it has an active VM: placectl add-vm"),
+            "{out}"
+        );
+        wait_db_version(&edge, &db).await;
+        for i in 0..16 {
+            let text = route(format!("new{i}.repl.co")).await;
+            assert!(
+                text.contains("\"use1-a\" is full") && !text.contains("use1-c"),
+                "new{i} is still use1-a's, full, never the VM-less use1-c's:\n{text}"
+            );
+        }
+
+        let (addr, metrics) = (fresh.http.to_string(), fresh.metrics.to_string());
+        let out = db.placectl(&[
+            "add-vm",
+            "vm-new",
+            "--cluster",
+            "use1-c",
+            "--addr",
+            &addr,
+            "--metrics-addr",
+            &metrics,
+        ]);
+        assert!(
+            out.contains("vm vm-new (active, capacity 100) added to cluster use1-c in us-east1"),
+            "{out}"
+        );
+        edge.wait_balancer("vm-new sampled", |b| {
+            let v = vm_of(b, "vm-new");
+            v["units_source"] == "conman_units_reserved" && v["not_candidate"].is_null()
+        })
+        .await;
+        let mut landed = 0;
+        for i in 0..16 {
+            let r = edge.get(&format!("new{i}.repl.co"), "/", &[]).await;
+            match r.status {
+                200 => {
+                    assert_eq!(r.served_by(), Some("vm-new"), "new{i}");
+                    landed += 1;
+                }
+                503 => {
+                    let text = route(format!("new{i}.repl.co")).await;
+                    assert!(text.contains("\"use1-a\" is full"), "new{i}: {text}");
+                }
+                s => panic!("new{i}: {s}"),
+            }
+        }
+        assert!(landed >= 3, "use1-c took its share of the ring: {landed} of 16");
+        let m = edge.metrics().await;
+        assert!(metric_value(&m, "edgeplane_balancer_cluster_full_total").unwrap_or(0.0) >= 16.0);
+    }
+}
+
+/// "Database work".
+mod database_work {
+    use super::*;
+
+    /// "Moving a user off a hot cluster": `move-user` checks that the
+    /// target has room (its active VMs' capacity less the repls running
+    /// there) and says which repls would not fit, changing nothing; the
+    /// dry run says the same; `--force` moves anyway; after `add-vm` gives
+    /// the target room the same command moves without it.
+    #[tokio::test]
+    async fn moving_a_user_off_a_hot_cluster_checks_the_target_has_room() {
+        let repls: Vec<_> = (0..3)
+            .map(|i| {
+                serde_json::json!({"id": format!("h{i}"), "slug": format!("hot{i}"), "owner": "u1",
+                                   "region": "us-east1", "cluster": "use1-a", "size": 2})
+            })
+            .collect();
+        let seed = serde_json::json!({
+            "regions": [{"name": "us-east1", "edge_addr": dead_addr().to_string()}],
+            "clusters": [{"name": "use1-a", "region": "us-east1", "state": "active"},
+                         {"name": "use1-b", "region": "us-east1", "state": "active"}],
+            "vms": [{"id": "vm-a", "cluster": "use1-a", "addr": dead_addr().to_string(), "state": "active"},
+                    {"id": "vm-b", "cluster": "use1-b", "addr": dead_addr().to_string(), "state": "active",
+                     "capacity": 5},
+                    {"id": "vm-b2", "cluster": "use1-b", "addr": dead_addr().to_string(), "state": "draining",
+                     "capacity": 100}],
+            "repls": repls,
+            "containers": [{"repl_id": "h0", "vm_id": "vm-a"}],
+        });
+        let db = PgDb::new(&seed).await;
+        let version = || async {
+            db.client
+                .query_one("SELECT version FROM placement_version", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        };
+        let before = version().await;
+        let refused = db.placectl_output(&["move-user", "u1", "--to", "use1-b"]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success());
+        // Three repls of size 2 onto 5 free units (the draining VM does not count).
+        assert!(
+            stderr.contains("cluster use1-b has 5 units free for 6 needed; 1 repls would not fit: hot")
+                && stderr.contains("nothing moved (--force moves anyway)"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_eq!(version().await, before, "nothing changed");
+
+        let plan = db.placectl(&["move-user", "u1", "--to", "use1-b", "--dry-run"]);
+        assert!(
+            plan.contains("would not fit: cluster use1-b has 5 units free for 6 needed"),
+            "{plan}"
+        );
+        assert_eq!(version().await, before);
+
+        // Room: a second VM. The same command now moves without --force.
+        db.placectl(&[
+            "add-vm",
+            "vm-b3",
+            "--cluster",
+            "use1-b",
+            "--addr",
+            "127.0.0.1:9",
+            "--capacity",
+            "4",
+        ]);
+        let out = db.placectl(&["move-user", "u1", "--to", "use1-b"]);
+        assert!(out.contains("3 move in one transaction"), "{out}");
+        assert!(!out.contains("would not fit") && !out.contains("--force"), "{out}");
+
+        // Back to a cluster that is full on its own: --force moves, and says
+        // what will be refused.
+        db.client
+            .execute("UPDATE vms SET capacity = 1 WHERE id = 'vm-a'", &[])
+            .await
+            .unwrap();
+        let out = db.placectl(&["move-user", "u1", "--to", "use1-a", "--force"]);
+        assert!(
+            out.contains("moved with --force, but cluster use1-a has 1 units free for 6 needed; 3 repls would not fit"),
+            "{out}"
+        );
+        assert!(out.contains("3 move in one transaction"), "{out}");
     }
 }

@@ -287,6 +287,73 @@ fn cluster_and_vm_changes_rebuild_rings_and_candidates() {
     assert!(t3.candidates(t3.cluster_by_name("use1-b").unwrap()).is_empty());
     assert!(t3.vm_by_id("vm-4").is_none());
     assert_eq!(t3.counts().vms, 3);
+    assert_eq!(
+        t3.ring(local).member_ids(),
+        &[t3.cluster_by_name("use1-a").unwrap()],
+        "use1-b lost its only VM, and its share of the ring with it"
+    );
+}
+
+fn vm_row(id: &str, cluster: &str, state: VmState) -> VmRow {
+    VmRow {
+        id: id.into(),
+        cluster: cluster.into(),
+        addr: "127.0.0.1:7009".into(),
+        metrics_addr: None,
+        state,
+        capacity: 100,
+    }
+}
+
+/// `placectl add-cluster` without VMs: the new cluster is active with its
+/// weight but gets no repl from the ring (each would be refused
+/// `no_usable_vm`) until its first active VM arrives; a VM that is only
+/// draining or down does not count.
+#[test]
+fn a_cluster_takes_new_repls_only_once_it_has_an_active_vm() {
+    let t = build();
+    let local = t.local_region();
+    let a = t.cluster_by_name("use1-a").unwrap();
+    let new_cluster = Change::UpsertCluster(ClusterRow {
+        name: "use1-c".into(),
+        region: "us-east1".into(),
+        state: ClusterState::Active,
+        weight: 100,
+    });
+    let (t2, _) = t.apply([new_cluster], 8, Strictness::Strict).unwrap();
+    assert_eq!(t2.ring(local).member_ids(), &[a], "no VM, no share");
+    let (t3, _) = t2
+        .apply(
+            [Change::UpsertVm(vm_row("vm-9", "use1-c", VmState::Down))],
+            9,
+            Strictness::Strict,
+        )
+        .unwrap();
+    assert_eq!(t3.ring(local).member_ids(), &[a], "a down VM places nothing");
+    let (t4, _) = t3
+        .apply(
+            [Change::UpsertVm(vm_row("vm-9", "use1-c", VmState::Active))],
+            10,
+            Strictness::Strict,
+        )
+        .unwrap();
+    let c = t4.cluster_by_name("use1-c").unwrap();
+    assert_eq!(
+        t4.ring(local).member_ids().len(),
+        2,
+        "its first active VM puts it on the ring"
+    );
+    assert!(t4.ring(local).member_ids().contains(&c));
+    // A snapshot with the VM-less cluster builds the same ring as deltas do.
+    let mut snap = demo();
+    snap.clusters.push(ClusterRow {
+        name: "use1-c".into(),
+        region: "us-east1".into(),
+        state: ClusterState::Active,
+        weight: 100,
+    });
+    let full = RoutingTable::build(&snap, "us-east1", 8).unwrap();
+    assert_eq!(full.ring(full.local_region()).member_ids().len(), 1);
 }
 
 #[test]

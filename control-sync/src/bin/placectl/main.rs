@@ -13,7 +13,9 @@
 //! - `move-user OWNER (--to CLUSTER | --region REGION) [--lazy] [--dry-run]`
 //!   moves every repl of one owner the same way, in one transaction (edges
 //!   publish it as one table version); see [`moves`].
-//! - `drain-vm ID`, `add-cluster NAME --region R`, `ls`.
+//! - `add-cluster NAME --region R`, then `add-vm ID --cluster NAME --addr
+//!   HOST:PORT` (a cluster takes new repls only once it has an active VM),
+//!   `drain-vm ID`, `ls`.
 //! - `prune [--keep SECONDS]` trims the change log (run it periodically).
 //! - `token keygen | mint` (no database): workspace token keys and tokens;
 //!   see [`token`].
@@ -69,6 +71,9 @@ enum Cmd {
         /// Extra tombstone lifetime beyond the DNS TTL, seconds.
         #[arg(long, default_value_t = 300)]
         margin: u32,
+        /// Move even when the target has no room for it.
+        #[arg(long)]
+        force: bool,
     },
     /// Move every repl of one owner in one transaction (one tombstone
     /// each): the incident lever for one user's popular repls, and a user
@@ -94,6 +99,10 @@ enum Cmd {
         /// Extra tombstone lifetime beyond the DNS TTL, seconds.
         #[arg(long, default_value_t = 300)]
         margin: u32,
+        /// Move even when the target clusters have no room for every repl
+        /// (those that do not fit are refused `cluster_full` as they start).
+        #[arg(long)]
+        force: bool,
     },
     /// Stop placing new repls on a VM.
     DrainVm { id: String },
@@ -104,6 +113,24 @@ enum Cmd {
         region: String,
         #[arg(long, default_value_t = 100)]
         weight: i32,
+        #[arg(long, default_value = "active")]
+        state: String,
+    },
+    /// Add a VM to a cluster (or update it: same id). A cluster takes new
+    /// repls only once it has an active VM.
+    AddVm {
+        id: String,
+        #[arg(long)]
+        cluster: String,
+        /// Where the VM's HTTP and WebSocket traffic goes (HOST:PORT).
+        #[arg(long)]
+        addr: String,
+        /// conman's Prometheus endpoint (IP:PORT) for health scrapes.
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Size units the VM holds.
+        #[arg(long, default_value_t = 100)]
+        capacity: i32,
         #[arg(long, default_value = "active")]
         state: String,
     },
@@ -177,11 +204,13 @@ async fn run_on_database(url: &str, cmd: Cmd) -> Result<()> {
             lazy,
             dns_ttl,
             margin,
+            force,
         } => {
             let opts = MoveOptions {
                 lazy,
                 dry_run: false,
                 tombstone_secs: dns_ttl + margin,
+                force,
             };
             let r = moves::transfer(&mut client, &repl, &to, opts).await?;
             let m = &r.moves[0];
@@ -199,6 +228,7 @@ async fn run_on_database(url: &str, cmd: Cmd) -> Result<()> {
             dry_run,
             dns_ttl,
             margin,
+            force,
         } => {
             let target = match (to, region) {
                 (Some(c), None) => MoveTarget::Cluster(c),
@@ -209,6 +239,7 @@ async fn run_on_database(url: &str, cmd: Cmd) -> Result<()> {
                 lazy,
                 dry_run,
                 tombstone_secs: dns_ttl + margin,
+                force,
             };
             let started = std::time::Instant::now();
             let r = moves::move_user(&mut client, &owner, &target, opts).await?;
@@ -241,8 +272,28 @@ async fn run_on_database(url: &str, cmd: Cmd) -> Result<()> {
                 )
                 .await
                 .with_context(|| format!("adding cluster {name:?}"))?;
+            let has_vm: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM vms WHERE cluster = $1 AND state = 'active')",
+                    &[&name],
+                )
+                .await?
+                .get(0);
             println!("cluster {name} added to {region}");
+            if !has_vm {
+                println!(
+                    "it takes no new repls until it has an active VM: placectl add-vm ID --cluster {name} --addr HOST:PORT"
+                );
+            }
         }
+        Cmd::AddVm {
+            id,
+            cluster,
+            addr,
+            metrics_addr,
+            capacity,
+            state,
+        } => add_vm(&client, &id, &cluster, &addr, metrics_addr.as_deref(), capacity, &state).await?,
         Cmd::Ls => ls(&client).await?,
         Cmd::Token { cmd } => token::run(cmd)?,
         Cmd::Prune { keep } => {
@@ -553,6 +604,12 @@ fn print_moves(what: &str, r: &MoveReport, tombstone_secs: u32, dry_run: bool, e
     .filter(|&(_, n)| n > 0)
     .map(|(a, n)| format!("{n} {}", a.as_str()))
     .collect();
+    for s in &r.short {
+        match r.version {
+            None => println!("would not fit: {s}"),
+            Some(_) => println!("moved with --force, but {s}"),
+        }
+    }
     match r.version {
         None => println!("dry run: {what}: {} (nothing changed)", counts.join(", ")),
         Some(v) => println!(
@@ -560,6 +617,58 @@ fn print_moves(what: &str, r: &MoveReport, tombstone_secs: u32, dry_run: bool, e
             counts.join(", ")
         ),
     }
+}
+
+/// `add-vm`: checks what the edges would skip (an address without a
+/// port, a capacity out of range, an unknown cluster) before writing.
+async fn add_vm(
+    client: &Client,
+    id: &str,
+    cluster: &str,
+    addr: &str,
+    metrics_addr: Option<&str>,
+    capacity: i32,
+    state: &str,
+) -> Result<()> {
+    let port = addr.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p));
+    if port.and_then(|p| p.parse::<u16>().ok()).is_none_or(|p| p == 0) {
+        bail!("--addr {addr:?}: want HOST:PORT");
+    }
+    if let Some(m) = metrics_addr {
+        if m.parse::<std::net::SocketAddr>().is_err() {
+            bail!("--metrics-addr {m:?}: want IP:PORT");
+        }
+    }
+    let max = edgeplane_control_sync::snapshot::MAX_VM_CAPACITY;
+    if capacity < 1 || capacity as u64 > max as u64 {
+        bail!("--capacity {capacity}: want 1 to {max}");
+    }
+    let found = client
+        .query_opt("SELECT region, state FROM clusters WHERE name = $1", &[&cluster])
+        .await?;
+    let Some(row) = found else {
+        bail!("no cluster {cluster:?} (placectl add-cluster {cluster} --region R first)");
+    };
+    let (region, cluster_state): (String, String) = (row.get(0), row.get(1));
+    client
+        .execute(
+            "INSERT INTO vms (id, cluster, addr, metrics_addr, state, capacity) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET cluster = EXCLUDED.cluster, addr = EXCLUDED.addr,
+               metrics_addr = EXCLUDED.metrics_addr, state = EXCLUDED.state, capacity = EXCLUDED.capacity",
+            &[&id, &cluster, &addr, &metrics_addr, &state, &capacity],
+        )
+        .await
+        .with_context(|| format!("adding vm {id:?}"))?;
+    println!("vm {id} ({state}, capacity {capacity}) added to cluster {cluster} in {region}");
+    if metrics_addr.is_none() {
+        println!(
+            "no --metrics-addr: edges cannot scrape its health, and a VM without a good sample takes no new repls"
+        );
+    }
+    if cluster_state != "active" {
+        println!("cluster {cluster} is {cluster_state}: it takes no new repls");
+    }
+    Ok(())
 }
 
 async fn ls(client: &Client) -> Result<()> {

@@ -642,6 +642,19 @@ impl Builder {
             }
             self.table.directory = dir;
         }
+        // A VM change can put its cluster on its region's ring or take it
+        // off (its first active VM, or its last): rebuild that ring then.
+        for &c in &self.dirty_clusters {
+            let topo = &self.table.topo;
+            let cluster = &topo.clusters[c as usize];
+            let on_ring = topo
+                .rings
+                .get(cluster.region as usize)
+                .is_some_and(|r| r.member_ids().contains(&c));
+            if on_ring != takes_new_repls(topo, cluster) {
+                self.dirty_regions.insert(cluster.region);
+            }
+        }
         if !self.dirty_regions.is_empty() {
             let topo = Arc::make_mut(&mut self.table.topo);
             for &region in &self.dirty_regions {
@@ -649,7 +662,7 @@ impl Builder {
                     .clusters
                     .iter()
                     .enumerate()
-                    .filter(|(_, c)| c.present && c.region == region && c.state == ClusterState::Active && c.weight > 0)
+                    .filter(|(_, c)| c.region == region && takes_new_repls(topo, c))
                     .map(|(ci, c)| Member {
                         id: ci as Idx,
                         name: &c.name,
@@ -683,4 +696,20 @@ impl Builder {
         self.table.version = version.max(1);
         (self.table, self.skipped)
     }
+}
+
+/// Whether `cluster` is on its region's ring, i.e. is given new repls:
+/// present, `active`, weight > 0, and at least one present `active` VM. A
+/// cluster without one could place nothing (every repl the ring gave it
+/// would be refused `no_usable_vm`), so it takes no share until it has a
+/// VM; adding its first VM adds it, as adding a cluster does. The
+/// control plane's own ring (`placectl move-user`) applies the same rule.
+fn takes_new_repls(topo: &Topology, cluster: &Cluster) -> bool {
+    cluster.present
+        && cluster.state == ClusterState::Active
+        && cluster.weight > 0
+        && cluster.vms.iter().any(|&v| {
+            let vm = &topo.vms[v as usize];
+            vm.present && vm.state == VmState::Active
+        })
 }
