@@ -288,6 +288,34 @@ pub enum PlacementSource {
     Redis(String),
 }
 
+/// `url` with the password of its user part (`scheme://user:PASSWORD@host`)
+/// replaced by `***`, for anything an operator or a log sees.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+impl std::fmt::Display for PlacementSource {
+    /// `file PATH`, or the store and its URL without a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlacementSource::File(p) => write!(f, "file {}", p.display()),
+            PlacementSource::Postgres(u) | PlacementSource::Redis(u) => {
+                write!(f, "{} {}", self.kind(), redact_url(u))
+            }
+        }
+    }
+}
+
 impl PlacementSource {
     /// The `source` key's value (`file`, `postgres`, `redis`): the label
     /// of `edgeplane_placement_serving`.

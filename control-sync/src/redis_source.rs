@@ -292,6 +292,16 @@ impl RedisSync {
         }
     }
 
+    /// One read of the store for offline tools (`edgeplane route`,
+    /// `snapshot dump`): the table it builds, publishing nothing anywhere
+    /// else and writing no last-known-good file.
+    pub fn load_once(mut opts: RedisSyncOptions) -> Result<Arc<RoutingTable>, RedisSourceError> {
+        opts.last_known_good = None;
+        let handle = TableHandle::new();
+        RedisSync::new(opts, handle.clone()).round()?;
+        Ok(handle.load_full())
+    }
+
     /// One read of the store; `Ok(true)` when a new table was published.
     pub fn round(&mut self) -> Result<bool, RedisSourceError> {
         let store = {
@@ -355,7 +365,7 @@ impl RedisSync {
                         let t = self.handle.load();
                         log::info!(
                             "placement: redis {} read as version {} ({} repls)",
-                            self.opts.url,
+                            edgeplane_config::redact_url(&self.opts.url),
                             t.version(),
                             t.counts().repls
                         );

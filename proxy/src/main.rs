@@ -129,13 +129,21 @@ fn load_config(path: &Path) -> Result<edgeplane_config::Config, ExitCode> {
     })
 }
 
-fn load_table(cfg: &edgeplane_config::Config) -> Result<edgeplane_control_sync::TableHandle, ExitCode> {
-    edgeplane_proxy::placement::load_placement(cfg)
-        .map(|p| p.table)
-        .map_err(|e| {
+/// The placement for an offline command, read once; says on stderr where
+/// it came from (stdout stays the command's output).
+fn read_table(
+    cfg: &edgeplane_config::Config,
+) -> Result<std::sync::Arc<edgeplane_control_sync::RoutingTable>, ExitCode> {
+    match edgeplane_proxy::placement::read_placement_once(cfg) {
+        Ok(t) => {
+            eprintln!("placement: {}", t.origin);
+            Ok(t.table)
+        }
+        Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(1)
-        })
+            Err(ExitCode::from(1))
+        }
+    }
 }
 
 /// Hands memory a full load freed back to the system: mimalloc purges freed
@@ -204,12 +212,9 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         Cmd::Check { config } => check(&config),
         Cmd::Route { config, host, path } => {
             let cfg = load_config(&config)?;
-            let table = load_table(&cfg)?;
+            let table = read_table(&cfg)?;
             let ctx = RouteContext::from_config(&cfg);
-            print!(
-                "{}",
-                route::explain(&ctx, &table.load(), &host, &path, now_ms(), &LookUpNow)
-            );
+            print!("{}", route::explain(&ctx, &table, &host, &path, now_ms(), &LookUpNow));
             Ok(())
         }
         Cmd::Snapshot {
@@ -236,9 +241,13 @@ during a migration; mint version 2 with `placectl token mint --key SECRET`",
 /// then print what the edge would run with.
 fn check(config: &Path) -> Result<(), ExitCode> {
     let cfg = load_config(config)?;
-    let table = load_table(&cfg)?;
-    let t = table.load();
-    let c = t.counts();
+    // A snapshot file is part of what check validates; a store is not read
+    // (systemd runs check before every start, and an edge starts from its
+    // last-known-good file while the store is away).
+    let counts = match &cfg.placement.source {
+        edgeplane_config::PlacementSource::File(_) => Some(read_table(&cfg)?.counts()),
+        _ => None,
+    };
     println!("{}: ok", config.display());
     println!(
         "  edge: region {} instance {} listen {:?} admin {}",
@@ -248,7 +257,7 @@ fn check(config: &Path) -> Result<(), ExitCode> {
         "  hosting: suffixes {:?} workspace {}",
         cfg.hosting.suffixes, cfg.hosting.workspace_path_prefix
     );
-    println!("  placement: {:?}", cfg.placement.source);
+    println!("  placement: {}", cfg.placement.source);
     let sec = &cfg.security;
     let kids: Vec<&str> = sec.workspace_token_public_keys.iter().map(|k| k.kid()).collect();
     println!(
@@ -272,11 +281,18 @@ fn check(config: &Path) -> Result<(), ExitCode> {
         "  health: {:?} every {:?} (timeout {:?}, stale after {:?})",
         h.source, h.scrape_interval, h.scrape_timeout, h.stale_after
     );
-    println!(
-        "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones, \
-         {} names of other regions' apps",
-        c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones, c.directory
-    );
+    match counts {
+        Some(c) => println!(
+            "  snapshot: {} regions, {} clusters, {} vms, {} repls, {} containers, {} custom domains, {} tombstones, \
+             {} names of other regions' apps",
+            c.regions, c.clusters, c.vms, c.repls, c.containers, c.custom_domains, c.tombstones, c.directory
+        ),
+        None => println!(
+            "  snapshot: not read by check (placement.source = \"{}\"; `edgeplane snapshot dump -c {}` reads it)",
+            cfg.placement.source.kind(),
+            config.display()
+        ),
+    }
     Ok(())
 }
 
@@ -284,8 +300,8 @@ fn check(config: &Path) -> Result<(), ExitCode> {
 /// file or stdout.
 fn dump_snapshot(config: &Path, output: Option<&Path>) -> Result<(), ExitCode> {
     let cfg = load_config(config)?;
-    let table = load_table(&cfg)?;
-    let json = serde_json::to_string_pretty(&table.load().to_snapshot()).expect("snapshot serialises");
+    let table = read_table(&cfg)?;
+    let json = serde_json::to_string_pretty(&table.to_snapshot()).expect("snapshot serialises");
     match output {
         Some(p) => std::fs::write(p, json + "\n").map_err(|e| {
             eprintln!("{}: {e}", p.display());

@@ -5,8 +5,14 @@
 //! request reads (one atomic load) and, in shadow mode, the controls the
 //! admin API exposes.
 //!
+//! Offline commands (`edgeplane route`, `snapshot dump`) read the
+//! placement once instead, without starting anything:
+//! [`read_placement_once`] (the store, else its last-known-good file,
+//! saying which).
+//!
 //! Start at [`load_placement_for`].
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -17,7 +23,7 @@ use edgeplane_control_sync::postgres::{self, PgSyncOptions};
 use edgeplane_control_sync::redis_source::{self, RedisSyncOptions, RoundObserver};
 use edgeplane_control_sync::shadow::{self, ShadowControl, ShadowState};
 use edgeplane_control_sync::switch::SourceSwitch;
-use edgeplane_control_sync::{SnapshotError, TableHandle};
+use edgeplane_control_sync::{last_known_good, RoutingTable, SnapshotError, TableHandle};
 
 /// Longest a graceful stop waits for the last-known-good file to be written.
 pub const STOP_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -39,6 +45,96 @@ fn redis_options(cfg: &Config, url: &str, primary: bool) -> RedisSyncOptions {
         last_known_good: if primary { p.last_known_good.clone() } else { None },
         last_known_good_interval: p.last_known_good_interval,
         ..RedisSyncOptions::new(url, cfg.edge.region.clone())
+    }
+}
+
+fn pg_options(cfg: &Config, url: &str, last_known_good: Option<PathBuf>) -> PgSyncOptions {
+    let p = &cfg.placement;
+    PgSyncOptions {
+        url: url.to_string(),
+        local_region: cfg.edge.region.clone(),
+        poll_interval: p.poll_interval,
+        max_shrink_ratio: p.max_shrink_ratio,
+        last_known_good,
+        last_known_good_interval: p.last_known_good_interval,
+        connect_timeout: p.connect_timeout,
+        query_timeout: p.query_timeout,
+        full_load_timeout: p.full_load_timeout,
+    }
+}
+
+/// A table read once by an offline command, and where it came from (one
+/// line for the operator: the file, the store and its version, or the
+/// last-known-good file the store's absence fell back on).
+pub struct OfflineTable {
+    pub table: Arc<RoutingTable>,
+    pub origin: String,
+}
+
+/// Reads the configured placement once, starting no sync and writing no
+/// file: a snapshot file as the edge loads it; PostgreSQL or Redis with one
+/// full read, else (the store away) the last-known-good file, saying so.
+/// With neither there is nothing to show: an error at the store's key.
+pub fn read_placement_once(cfg: &Config) -> Result<OfflineTable, ConfigError> {
+    let (kind, key, read) = match &cfg.placement.source {
+        PlacementSource::File(path) => {
+            let mut src = FileSource::new(path, &cfg.edge.region);
+            let handle = TableHandle::new();
+            src.load_into(&handle).map_err(|e| located(cfg, e))?;
+            let table = handle.load_full();
+            let origin = format!("snapshot file {} (version {})", path.display(), table.version());
+            return Ok(OfflineTable { table, origin });
+        }
+        PlacementSource::Postgres(url) => (
+            "postgres",
+            "placement.postgres_url",
+            postgres::load_once(&pg_options(cfg, url, None))
+                .map(|(t, _)| Arc::new(t))
+                .map_err(|e| e.to_string()),
+        ),
+        PlacementSource::Redis(url) => (
+            "redis",
+            "placement.redis_url",
+            redis_source::RedisSync::load_once(redis_options(cfg, url, false)).map_err(|e| e.to_string()),
+        ),
+    };
+    let store_error = match read {
+        Ok(table) => {
+            let origin = format!("{kind} (version {})", table.version());
+            return Ok(OfflineTable { table, origin });
+        }
+        Err(e) => e,
+    };
+    let Some(lkg) = &cfg.placement.last_known_good else {
+        return Err(cfg.error_at(
+            key,
+            format!("cannot read the placement from {kind} ({store_error}), and placement.last_known_good is not set"),
+        ));
+    };
+    match last_known_good::read(lkg, &cfg.edge.region) {
+        Ok((table, _)) => {
+            let age = std::fs::metadata(lkg)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map_or(String::new(), |d| format!(", written {} s ago", d.as_secs()));
+            let origin = format!(
+                "last-known-good file {} (version {}{age}): {kind} is unreachable ({store_error})",
+                lkg.display(),
+                table.version()
+            );
+            Ok(OfflineTable {
+                table: Arc::new(table),
+                origin,
+            })
+        }
+        Err(e) => Err(cfg.error_at(
+            key,
+            format!(
+                "cannot read the placement from {kind} ({store_error}), nor the last-known-good file {} ({e})",
+                lkg.display()
+            ),
+        )),
     }
 }
 
@@ -111,19 +207,7 @@ pub fn load_placement_for(cfg: &Config, user: PlacementUser) -> Result<Placement
             src.watch(primary, DEFAULT_WATCH_INTERVAL, runs_for_process_life());
         }
         PlacementSource::Postgres(url) => {
-            let p = &cfg.placement;
-            let opts = PgSyncOptions {
-                url: url.clone(),
-                local_region: cfg.edge.region.clone(),
-                poll_interval: p.poll_interval,
-                max_shrink_ratio: p.max_shrink_ratio,
-                last_known_good: lkg,
-                last_known_good_interval: p.last_known_good_interval,
-                connect_timeout: p.connect_timeout,
-                query_timeout: p.query_timeout,
-                full_load_timeout: p.full_load_timeout,
-            };
-            postgres::spawn(opts, primary, runs_for_process_life());
+            postgres::spawn(pg_options(cfg, url, lkg), primary, runs_for_process_life());
         }
         PlacementSource::Redis(url) => {
             let mut opts = redis_options(cfg, url, true);

@@ -170,6 +170,9 @@ fn file_keys(text: &str) -> std::collections::BTreeMap<String, String> {
             };
             match v {
                 toml::Value::Table(inner) => walk(&key, inner, out),
+                toml::Value::String(url) if key.ends_with("_url") => {
+                    out.insert(key, toml::Value::String(crate::redact_url(url)).to_string());
+                }
                 v => {
                     out.insert(key, v.to_string());
                 }
@@ -207,6 +210,27 @@ mod tests {
         let path = dir.path().join("edge.toml");
         std::fs::write(&path, body).unwrap();
         (dir, path)
+    }
+
+    #[test]
+    fn store_passwords_never_reach_debug_config_or_check() {
+        assert_eq!(
+            crate::redact_url("postgres://edge:s3cret@db.internal:5432/placement?sslmode=require"),
+            "postgres://edge:***@db.internal:5432/placement?sslmode=require"
+        );
+        assert_eq!(crate::redact_url("redis://:pw@127.0.0.1/0"), "redis://:***@127.0.0.1/0");
+        for plain in [
+            "postgres://edge@db/placement",
+            "redis://127.0.0.1:6379",
+            "not a url",
+            "a://b/c@d:e",
+        ] {
+            assert_eq!(crate::redact_url(plain), plain);
+        }
+        let keys = file_keys("[placement]\npostgres_url = \"postgres://u:hunter2@h/d\"\n");
+        assert_eq!(keys["placement.postgres_url"], "\"postgres://u:***@h/d\"");
+        let source = crate::PlacementSource::Postgres("postgres://u:hunter2@h/d".into());
+        assert_eq!(source.to_string(), "postgres postgres://u:***@h/d");
     }
 
     const MINIMAL: &str = "[edge]\nregion = \"us-east1\"\n\n[placement]\nfile = \"snap.json\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n";

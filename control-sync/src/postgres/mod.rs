@@ -86,8 +86,9 @@ impl PgSyncOptions {
     }
 }
 
+/// Why a sync session (or [`load_once`]) failed.
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub enum SyncError {
     #[error("connect: {0}")]
     Connect(String),
     #[error("{0}")]
@@ -99,6 +100,45 @@ enum SyncError {
     /// The server stopped answering (hung, or a network path black-holed).
     #[error("{0} got no answer within {1:?}: connection treated as hung")]
     Timeout(&'static str, Duration),
+}
+
+/// Connects within `opts.connect_timeout`.
+async fn connect(
+    opts: &PgSyncOptions,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    SyncError,
+> {
+    match tokio::time::timeout(opts.connect_timeout, tokio_postgres::connect(&opts.url, NoTls)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(SyncError::Connect(e.to_string())),
+        Err(_) => Err(SyncError::Connect(format!(
+            "timed out after {:?}",
+            opts.connect_timeout
+        ))),
+    }
+}
+
+/// One full load, for offline tools (`edgeplane route`, `snapshot dump`):
+/// connects within `connect_timeout` and loads within `full_load_timeout`
+/// on a runtime of its own, publishing nothing; bad rows are skipped and
+/// returned, as the sync skips them.
+pub fn load_once(opts: &PgSyncOptions) -> Result<(RoutingTable, Skipped), SyncError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SyncError::Connect(format!("runtime: {e}")))?;
+    rt.block_on(async {
+        let (mut client, connection) = connect(opts).await?;
+        tokio::spawn(connection);
+        bounded(opts.full_load_timeout, "full load", async {
+            Ok(load::full_load(&mut client, &opts.local_region).await?)
+        })
+        .await
+    })
 }
 
 /// Runs `work`, or fails with [`SyncError::Timeout`] after `limit`.
@@ -207,14 +247,9 @@ impl PgSync {
     }
 
     async fn session(&mut self, backoff: &mut Backoff, stop: &AtomicBool) -> SyncError {
-        let connect = tokio::time::timeout(
-            self.opts.connect_timeout,
-            tokio_postgres::connect(&self.opts.url, NoTls),
-        );
-        let (mut client, mut connection) = match connect.await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return SyncError::Connect(e.to_string()),
-            Err(_) => return SyncError::Connect(format!("timed out after {:?}", self.opts.connect_timeout)),
+        let (mut client, mut connection) = match connect(&self.opts).await {
+            Ok(c) => c,
+            Err(e) => return e,
         };
         // Drive the connection; every notification (and the end) wakes the loop.
         let wake = Arc::new(Notify::new());
