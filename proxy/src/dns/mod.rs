@@ -42,6 +42,8 @@ use edgeplane_control_sync::{RoutingTable, TableHandle};
 
 use crate::background::names::Names;
 
+mod serve;
+
 /// Largest UDP answer without EDNS (RFC 1035).
 const UDP_PLAIN_MAX: usize = 512;
 /// The UDP payload size this responder advertises with EDNS.
@@ -207,7 +209,7 @@ fn answer_records(resp: &mut Message, q: &Query, lookup: Lookup, serial: u32, tt
 }
 
 /// Everything a query needs, shared by the UDP and TCP loops.
-struct Responder {
+pub(crate) struct Responder {
     table: TableHandle,
     names: Arc<Names>,
     suffixes: Vec<String>,
@@ -215,7 +217,7 @@ struct Responder {
 }
 
 impl Responder {
-    fn handle(&self, bytes: &[u8], max_udp: Option<usize>) -> Option<Vec<u8>> {
+    pub(crate) fn handle(&self, bytes: &[u8], max_udp: Option<usize>) -> Option<Vec<u8>> {
         let now = crate::clock::now_ms();
         let (out, rcode) = respond(
             bytes,
@@ -232,61 +234,6 @@ impl Responder {
     }
 }
 
-async fn serve_udp(sock: tokio::net::UdpSocket, r: Arc<Responder>) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                log::warn!("dns: udp receive: {e}");
-                continue;
-            }
-        };
-        if let Some(out) = r.handle(&buf[..n], Some(UDP_PLAIN_MAX)) {
-            let _ = sock.send_to(&out, peer).await;
-        }
-    }
-}
-
-async fn serve_tcp_conn(mut s: tokio::net::TcpStream, r: Arc<Responder>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, s.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-        match tokio::time::timeout(TCP_IDLE, s.read_exact(&mut msg)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        let Some(out) = r.handle(&msg, None) else {
-            return;
-        };
-        let mut framed = Vec::with_capacity(out.len() + 2);
-        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&out);
-        if s.write_all(&framed).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn serve_tcp(l: tokio::net::TcpListener, r: Arc<Responder>) {
-    loop {
-        match l.accept().await {
-            Ok((s, _)) => {
-                tokio::spawn(serve_tcp_conn(s, r.clone()));
-            }
-            Err(e) => {
-                log::warn!("dns: tcp accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// Why `edgeplane dns` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -299,9 +246,10 @@ pub enum DnsError {
     Runtime(std::io::Error),
 }
 
-/// Runs the responder until the process is stopped. Prints
-/// `edgeplane: dns listening on udp ADDR tcp ADDR` per listener (port 0
-/// gets a free port, the same for UDP and TCP).
+/// Runs the responder until the process is stopped ([`serve::run`]: the
+/// listeners and the signals). Prints `edgeplane: dns listening on udp
+/// ADDR tcp ADDR` per listener (port 0 gets a free port, the same for UDP
+/// and TCP).
 pub fn serve(cfg: Config) -> Result<(), DnsError> {
     let placement = crate::placement::load_placement_for(&cfg, crate::placement::PlacementUser::Dns)?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -326,55 +274,7 @@ pub fn serve(cfg: Config) -> Result<(), DnsError> {
         suffixes: cfg.hosting.suffixes.clone(),
         dns: cfg.dns.clone(),
     });
-    rt.block_on(async move {
-        let mut tasks = Vec::new();
-        for &want in &cfg.dns.listen {
-            let (udp, tcp) = bind_pair(want).await?;
-            let addr = udp.local_addr().map_err(|err| DnsError::Listen { addr: want, err })?;
-            println!("edgeplane: dns listening on udp {addr} tcp {addr}");
-            tasks.push(tokio::spawn(serve_udp(udp, responder.clone())));
-            tasks.push(tokio::spawn(serve_tcp(tcp, responder.clone())));
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        // SIGTERM: write the newest table to the last-known-good file, then
-        // exit (a DNS answer in flight is a single datagram; nothing to drain).
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DnsError::Runtime)?;
-        let serving = futures_util::future::join_all(tasks);
-        tokio::select! {
-            _ = serving => {}
-            _ = term.recv() => {
-                log::info!("dns: SIGTERM received, writing last-known-good and exiting");
-                let _ = tokio::task::spawn_blocking(move || {
-                    sync.flush_last_known_good(crate::placement::STOP_FLUSH_LIMIT)
-                })
-                .await;
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Binds UDP and TCP on the same address; for port 0, retries until the
-/// port the OS gave UDP is free for TCP too.
-async fn bind_pair(want: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener), DnsError> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = tokio::net::UdpSocket::bind(want)
-            .await
-            .map_err(|err| DnsError::Listen { addr: want, err })?;
-        let addr = udp.local_addr().map_err(|err| DnsError::Listen { addr: want, err })?;
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(err) if want.port() == 0 => last = Some(err),
-            Err(err) => return Err(DnsError::Listen { addr, err }),
-        }
-    }
-    Err(DnsError::Listen {
-        addr: want,
-        err: last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")),
-    })
+    rt.block_on(serve::run(&cfg, responder, sync))
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use crate::harness::*;
 use crate::postgres::PgDb;
 use crate::{dead_addr, world};
 
-type Client = hickory_resolver::Resolver<TokioRuntimeProvider>;
+pub(crate) type Client = hickory_resolver::Resolver<TokioRuntimeProvider>;
 
 /// A client that asks only `server`, only over `tcp` or only over UDP.
-fn client(server: SocketAddr, tcp: bool) -> Client {
+pub(crate) fn client(server: SocketAddr, tcp: bool) -> Client {
     let mut c = if tcp {
         ConnectionConfig::tcp()
     } else {
@@ -38,7 +38,7 @@ fn client(server: SocketAddr, tcp: bool) -> Client {
 }
 
 /// (address, ttl) of `name`'s A record, or the error text.
-async fn ask(c: &Client, name: &str) -> Result<(IpAddr, u32), String> {
+pub(crate) async fn ask(c: &Client, name: &str) -> Result<(IpAddr, u32), String> {
     let l = c
         .lookup(format!("{name}.").as_str(), RecordType::A)
         .await
@@ -59,17 +59,29 @@ async fn ask(c: &Client, name: &str) -> Result<(IpAddr, u32), String> {
 /// `edgeplane dns` of us-east1 on `url`: the process and its address.
 fn start_dns(url: &str) -> (Proc, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hop.secret"), HOP_SECRET).unwrap();
+    let started = start_dns_in(dir.path(), url, "");
+    // The directory stays alive with the process (its files are in `dir`).
+    std::mem::forget(dir);
+    started
+}
+
+/// `edgeplane dns` with its config, last-known-good file (`lkg.json`, so
+/// the responder's own is `lkg.dns.json`) and log (`dns.log`, at info) in
+/// `dir`; `placement` adds lines to `[placement]`.
+pub(crate) fn start_dns_in(dir: &std::path::Path, url: &str, placement: &str) -> (Proc, SocketAddr) {
+    std::fs::write(dir.join("hop.secret"), HOP_SECRET).unwrap();
     let toml = format!(
-        "[edge]\nregion = \"us-east1\"\ninstance_id = \"dns-test\"\n\n[placement]\nsource = \"postgres\"\n\
-postgres_url = \"{url}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"\n\n[security]\nhop_secret_file = \"hop.secret\"\n\n\
+        "[edge]\nregion = \"us-east1\"\ninstance_id = \"dns-test\"\ngrace_period_ms = 5000\n\n[placement]\nsource = \"postgres\"\n\
+postgres_url = \"{url}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"\n{placement}\n[security]\nhop_secret_file = \"hop.secret\"\n\n\
 [dns]\nlisten = \"127.0.0.1:0\"\nttl_seconds = 60\nmoved_ttl_seconds = 5\n"
     );
-    std::fs::write(dir.path().join("edge.toml"), toml).unwrap();
+    std::fs::write(dir.join("edge.toml"), toml).unwrap();
     let mut child = Command::new(edgeplane_bin())
         .args(["dns", "-c"])
-        .arg(dir.path().join("edge.toml"))
+        .arg(dir.join("edge.toml"))
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("dns.log")).unwrap())
         .spawn()
         .unwrap();
     let addr: SocketAddr = read_lines(&mut child, 1, |l| {
@@ -77,8 +89,6 @@ postgres_url = \"{url}\"\npoll_interval_ms = 100\nlast_known_good = \"lkg.json\"
             .and_then(|r| r.split(' ').next())
             .and_then(|a| a.parse().ok())
     })[0];
-    // The directory stays alive with the process (its files are in `dir`).
-    std::mem::forget(dir);
     (Proc(child), addr)
 }
 
