@@ -10,7 +10,8 @@
 //!   a text message `close-me` makes the VM close the socket itself (code
 //!   4000), so tests can check that a close from either side crosses the edge.
 //! - The metrics listener serves `/metrics` (`conman_containers`,
-//!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`, and
+//!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`,
+//!   `fakevm_bodies_whole_total` (requests whose body arrived whole), and
 //!   `conman_units_reserved` once `units` is set) and
 //!   takes `POST /control` with JSON `{"containers":N,"cpu":F,"ready":bool,
 //!   "units":N,"scrape":"ok"|"hang"|"garbage"|"error","replay":"vm=ID"}` (all fields
@@ -102,6 +103,8 @@ struct State {
     id: String,
     reported: Mutex<Reported>,
     requests: AtomicU64,
+    /// Requests whose body arrived whole (as its framing declared).
+    bodies_whole: AtomicU64,
     ws_open: AtomicU64,
 }
 
@@ -248,7 +251,10 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
             .or_insert(v);
     }
     let body_bytes = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes().len(),
+        Ok(b) => {
+            state.bodies_whole.fetch_add(1, Ordering::Relaxed);
+            b.to_bytes().len()
+        }
         Err(_) => 0,
     };
     let body = serde_json::json!({
@@ -325,12 +331,14 @@ async fn metrics_app(state: Arc<State>, req: Request<Incoming>) -> Result<Respon
 conman_containers {}\n# HELP conman_cpu_utilization CPU utilisation, 0 to 1.\n# TYPE conman_cpu_utilization gauge\n\
 conman_cpu_utilization {}\n# HELP conman_ready 1 when the VM takes new containers.\n# TYPE conman_ready gauge\n\
 conman_ready {}\n# HELP fakevm_requests_total HTTP requests and upgrades received.\n# TYPE fakevm_requests_total counter\n\
-fakevm_requests_total {}\n# HELP fakevm_websockets_open WebSocket connections open now.\n# TYPE fakevm_websockets_open gauge\n\
+fakevm_requests_total {}\n# HELP fakevm_bodies_whole_total Requests whose body arrived whole.\n\
+# TYPE fakevm_bodies_whole_total counter\nfakevm_bodies_whole_total {}\n# HELP fakevm_websockets_open WebSocket connections open now.\n# TYPE fakevm_websockets_open gauge\n\
 fakevm_websockets_open {}\n{units}",
                 r.containers,
                 r.cpu,
                 r.ready as u8,
                 state.requests.load(Ordering::Relaxed),
+                state.bodies_whole.load(Ordering::Relaxed),
                 state.ws_open.load(Ordering::Relaxed),
             );
             Ok(Response::builder()
@@ -413,6 +421,7 @@ pub async fn start(opts: FakeVmOptions) -> std::io::Result<(SocketAddr, SocketAd
             ready: true,
         }),
         requests: AtomicU64::new(0),
+        bodies_whole: AtomicU64::new(0),
         ws_open: AtomicU64::new(0),
     });
     tokio::spawn(serve_loop(metrics, state.clone(), metrics_app));

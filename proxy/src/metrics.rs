@@ -55,6 +55,7 @@ pub struct Metrics {
     pub connections_refused: CounterSet,
     pub client_timeouts: CounterSet,
     pub tls_handshake_errors: IntCounter,
+    pub http2_control_floods: IntCounter,
     pub tls_certificates: IntGauge,
     pub tls_reload_errors: IntCounter,
     pub config_reloads: CounterSet,
@@ -423,6 +424,10 @@ impl Metrics {
             tls_handshake_errors: r.counter(
                 "edgeplane_tls_handshake_errors_total",
                 "TLS handshakes that failed (no certificate for the SNI name, bad client hello, timeout)",
+            ),
+            http2_control_floods: r.counter(
+                "edgeplane_http2_control_floods_total",
+                "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM: over 1,000 PING or SETTINGS frames in 10 s",
             ),
             tls_certificates: r.gauge(
                 "edgeplane_tls_certificates",

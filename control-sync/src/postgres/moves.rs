@@ -427,29 +427,6 @@ fn first_fit(mut free: Vec<i64>, mut wanted: Vec<(String, i64)>) -> Vec<(String,
     left
 }
 
-#[cfg(test)]
-mod tests {
-    use super::first_fit;
-
-    fn names(v: &[(String, i64)]) -> Vec<&str> {
-        v.iter().map(|(n, _)| n.as_str()).collect()
-    }
-
-    #[test]
-    fn first_fit_places_the_largest_first_and_returns_the_rest() {
-        let want = |v: &[(&str, i64)]| v.iter().map(|(n, s)| (n.to_string(), *s)).collect::<Vec<_>>();
-        // 10 + 4 free: the 8 and the 4 fit, then only 2 units are left.
-        let left = first_fit(vec![10, 4], want(&[("a", 4), ("b", 8), ("c", 3)]));
-        assert_eq!(names(&left), ["c"]);
-        // Enough room in total but no VM holds the big one.
-        let left = first_fit(vec![5, 5, 5], want(&[("big", 6), ("s", 1)]));
-        assert_eq!(names(&left), ["big"]);
-        // No VM at all: nothing fits.
-        assert_eq!(first_fit(vec![], want(&[("a", 1)])).len(), 1);
-        assert!(first_fit(vec![3], want(&[("a", 1), ("b", 2)])).is_empty());
-    }
-}
-
 /// Writes the planned moves with one statement per kind of change.
 async fn write(tx: &Transaction<'_>, moves: &[PlannedMove], pin: bool, tombstone_secs: u32) -> Result<(), MoveError> {
     let of = |a: MoveAction| moves.iter().filter(move |m| m.action == a);
@@ -499,4 +476,27 @@ async fn write(tx: &Transaction<'_>, moves: &[PlannedMove], pin: bool, tombstone
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_fit;
+
+    fn names(v: &[(String, i64)]) -> Vec<&str> {
+        v.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn first_fit_places_the_largest_first_and_returns_the_rest() {
+        let want = |v: &[(&str, i64)]| v.iter().map(|(n, s)| (n.to_string(), *s)).collect::<Vec<_>>();
+        // 10 + 4 free: the 8 and the 4 fit, then only 2 units are left.
+        let left = first_fit(vec![10, 4], want(&[("a", 4), ("b", 8), ("c", 3)]));
+        assert_eq!(names(&left), ["c"]);
+        // Enough room in total but no VM holds the big one.
+        let left = first_fit(vec![5, 5, 5], want(&[("big", 6), ("s", 1)]));
+        assert_eq!(names(&left), ["big"]);
+        // No VM at all: nothing fits.
+        assert_eq!(first_fit(vec![], want(&[("a", 1)])).len(), 1);
+        assert!(first_fit(vec![3], want(&[("a", 1), ("b", 2)])).is_empty());
+    }
 }

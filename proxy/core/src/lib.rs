@@ -9,6 +9,7 @@
 //! - [`balancer`]: which VM a repl that is not running starts on (subsets,
 //!   policies, usability from health samples, passive ejection).
 //! - [`ws_frames`]: WebSocket frame boundaries, for closing tunnels cleanly.
+//! - [`h2_frames`]: HTTP/2 frame boundaries and the control-frame budget.
 //!
 //! Start reading at [`route::decide`], then [`balancer::Balancer::choose`].
 
@@ -16,5 +17,6 @@
 
 pub mod balancer;
 pub mod bits;
+pub mod h2_frames;
 pub mod route;
 pub mod ws_frames;

@@ -10,7 +10,13 @@
 //!   `408` is written (best effort) and the read fails, which makes Pingora
 //!   drop the connection;
 //! - what later code asks of the connection: TLS or not, the shutdown watch
-//!   (WebSocket tunnels send close frames on it), a request counter.
+//!   (WebSocket tunnels send close frames on it), a request counter;
+//! - on HTTP/2 connections, the control-frame budget
+//!   ([`edgeplane_core::h2_frames`]): both directions' frame headers are
+//!   followed, and a client sending PING or SETTINGS frames past the budget
+//!   gets GOAWAY `ENHANCE_YOUR_CALM` (written only at a frame boundary of
+//!   the server's side) and its connection's next read fails, which ends
+//!   it; counted in `edgeplane_http2_control_floods_total`.
 //!
 //! Head tracking: [`ConnStream::head_done`] (called by the request filter)
 //! stops the clock; [`ConnStream::expect_head`] (called when a request ends)
@@ -33,6 +39,8 @@ use pingora_core::protocols::{
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use edgeplane_core::h2_frames::{self, Budget, ControlBudget, FrameScanner};
 
 use super::admission::Admitted;
 
@@ -57,6 +65,35 @@ pub struct ConnStream {
     served: AtomicBool,
     deadline: Option<Pin<Box<Sleep>>>,
     shutdown: Option<ShutdownWatch>,
+    h2: Option<Box<H2Watch>>,
+}
+
+/// The control-frame watch of an HTTP/2 connection.
+struct H2Watch {
+    inbound: FrameScanner,
+    outbound: FrameScanner,
+    budget: ControlBudget,
+    /// Highest stream the client opened (GOAWAY's last-stream-id).
+    last_stream: u32,
+    flooded: bool,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl H2Watch {
+    /// Follows bytes read from the client; true once over the budget.
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        let now = crate::clock::now_ms();
+        let (budget, last_stream, flooded) = (&mut self.budget, &mut self.last_stream, &mut self.flooded);
+        self.inbound.feed(bytes, |h| {
+            if h.kind == h2_frames::TYPE_HEADERS {
+                *last_stream = (*last_stream).max(h.stream);
+            }
+            if h.asks_for_ack() && budget.control_frame(now) == Budget::Flood {
+                *flooded = true;
+            }
+        });
+        self.flooded
+    }
 }
 
 impl std::fmt::Debug for ConnStream {
@@ -86,6 +123,58 @@ impl ConnStream {
             served: AtomicBool::new(false),
             deadline: None,
             shutdown,
+            h2: None,
+        }
+    }
+
+    /// Watches this HTTP/2 connection's control frames (see the module docs).
+    pub fn watch_h2(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.h2 = Some(Box::new(H2Watch {
+            inbound: FrameScanner::client(),
+            outbound: FrameScanner::server(),
+            budget: ControlBudget::default(),
+            last_stream: 0,
+            flooded: false,
+            metrics,
+        }));
+    }
+
+    /// After a read of `fresh` bytes: the control-frame budget, if watched.
+    /// Over it: GOAWAY (at a frame boundary, if the socket takes it now),
+    /// counted, and an error for the codec.
+    fn check_h2(&mut self, cx: &mut Context<'_>, fresh: &[u8]) -> Option<std::io::Error> {
+        let w = self.h2.as_mut()?;
+        let first = !w.flooded;
+        if !w.read(fresh) {
+            return None;
+        }
+        if first {
+            w.metrics.http2_control_floods.inc();
+            log::debug!("http2: closing a connection over the control-frame budget (GOAWAY ENHANCE_YOUR_CALM)");
+            if w.outbound.at_boundary() {
+                let frame = h2_frames::goaway(w.last_stream, h2_frames::ENHANCE_YOUR_CALM);
+                let _ = Pin::new(&mut self.inner).poll_write(cx, &frame);
+                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            }
+        }
+        Some(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "HTTP/2 control-frame flood",
+        ))
+    }
+
+    /// Follows the first `n` bytes of what was written (HTTP/2 only).
+    fn wrote<'b>(&mut self, bufs: impl IntoIterator<Item = &'b [u8]>, mut n: usize) {
+        let Some(w) = self.h2.as_mut() else {
+            return;
+        };
+        for b in bufs {
+            let take = n.min(b.len());
+            w.outbound.feed(&b[..take], |_| {});
+            n -= take;
+            if n == 0 {
+                break;
+            }
         }
     }
 
@@ -160,8 +249,19 @@ impl AsyncRead for ConnStream {
                 }
             }
         }
+        if this.h2.as_ref().is_some_and(|w| w.flooded) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "HTTP/2 control-frame flood",
+            )));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.h2.is_some() && matches!(r, Poll::Ready(Ok(()))) {
+            if let Some(e) = this.check_h2(cx, &buf.filled()[before..]) {
+                return Poll::Ready(Err(e));
+            }
+        }
         if state == HEAD_ARMED && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if let Some(t) = this.head_timeout {
                 let at = Instant::now() + t;
@@ -178,7 +278,12 @@ impl AsyncRead for ConnStream {
 
 impl AsyncWrite for ConnStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.wrote([buf], n);
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -191,7 +296,12 @@ impl AsyncWrite for ConnStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), true) = (&r, this.h2.is_some()) {
+            this.wrote(bufs.iter().map(|b| &**b), *n);
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -113,7 +113,7 @@ impl ServerApp for EdgeApp {
                 // timed per connection (h2's own limits and idle timeout
                 // apply), and the connection is not waiting for a first one.
                 let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
-                let conn = ConnStream::new(
+                let mut conn = ConnStream::new(
                     Box::new(tls),
                     Some(admitted),
                     true,
@@ -122,6 +122,7 @@ impl ServerApp for EdgeApp {
                 );
                 if h2 {
                     conn.head_done();
+                    conn.watch_h2(self.metrics.clone());
                 }
                 Box::new(conn)
             }

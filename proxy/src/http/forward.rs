@@ -71,6 +71,15 @@ struct Upload {
     chunked: bool,
     /// The VM stopped taking the body (it answered early and closed).
     vm_closed: bool,
+    /// An HTTP/2 request's declared `content-length`: the piece that would
+    /// complete it is held back until the stream has ended
+    /// ([`Upload::tail`]), so a stream whose DATA runs past its length
+    /// (h2 refuses it as a stream error, RFC 9113 §8.1.1) never reaches
+    /// the VM as a whole request. HTTP/1.1 bodies are framed by the length
+    /// itself.
+    hold_at: Option<u64>,
+    /// The held-back last piece.
+    tail: Option<Bytes>,
 }
 
 impl Upload {
@@ -171,6 +180,11 @@ impl Proxy {
             reading: matches!(ctx.body, Body::Unread) && ctx.head.body != DeclaredBody::None,
             chunked: ctx.head.body.chunked_upstream(),
             vm_closed: false,
+            hold_at: match ctx.head.body {
+                DeclaredBody::Length(n) if n > 0 && session.is_http2() => Some(n),
+                _ => None,
+            },
+            tail: None,
         };
         if !up.reading && matches!(ctx.body, Body::Unread) {
             ctx.body = Body::Held {
@@ -405,11 +419,17 @@ impl Proxy {
                 },
                 other => other,
             };
-            if let (true, false, Some(conn)) = (up.chunked, up.vm_closed, conn) {
-                if conn.write_all(&[LAST_CHUNK], timeout).await.is_err() {
+            let last: &[u8] = match (&up.tail, up.chunked) {
+                (Some(tail), _) => tail,
+                (None, true) => LAST_CHUNK,
+                (None, false) => &[],
+            };
+            if let (false, false, Some(conn)) = (last.is_empty(), up.vm_closed, conn) {
+                if conn.write_all(&[last], timeout).await.is_err() {
                     up.vm_closed = true;
                 }
             }
+            up.tail = None;
             return Ok(());
         };
         let total = ctx.body.bytes() + b.len() as u64;
@@ -443,6 +463,10 @@ impl Proxy {
         let Some(conn) = conn.filter(|_| !up.vm_closed && !b.is_empty()) else {
             return Ok(());
         };
+        if up.hold_at == Some(total) {
+            up.tail = Some(b);
+            return Ok(());
+        }
         let written = if up.chunked {
             write_chunk(conn, &b, timeout).await
         } else {

@@ -170,8 +170,17 @@ impl FakeVm {
 
     /// `fakevm_requests_total` as the VM reports it.
     pub async fn requests(&self) -> u64 {
+        self.counter("fakevm_requests_total").await
+    }
+
+    /// Requests whose body reached the VM whole.
+    pub async fn bodies_whole(&self) -> u64 {
+        self.counter("fakevm_bodies_whole_total").await
+    }
+
+    async fn counter(&self, name: &str) -> u64 {
         let r = get(self.metrics, "vm", "/metrics", &[]).await;
-        metric_value(&r.body_str(), "fakevm_requests_total").expect("fakevm_requests_total") as u64
+        metric_value(&r.body_str(), name).unwrap_or_else(|| panic!("{name}")) as u64
     }
 }
 

@@ -250,3 +250,169 @@ async fn an_app_over_https_in_chromium_loads_over_h2_and_echoes_over_wss() {
     assert_eq!(png_size(&png).0, 900);
     println!("https echo page screenshot: {}", shot.display());
 }
+
+/// A raw HTTP/2 connection (TLS, ALPN h2): the preface and an empty
+/// SETTINGS are sent; frames are written and read by hand.
+async fn raw_h2(addr: SocketAddr, der: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let cfg = tls_client_config(der, &[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("app1.repl.co").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut hello = edgeplane_core::h2_frames::PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    tls.write_all(&hello).await.unwrap();
+    tls
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// Every frame the server sends until it closes (or `wait` passes):
+/// (type, flags, stream, payload).
+async fn frames_until_close(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    wait: Duration,
+) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let mut out = Vec::new();
+    let mut rest = &raw[..];
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        if rest.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        out.push((rest[3], rest[4], stream, rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    out
+}
+
+/// HPACK for `POST https://app1.repl.co/upload` with `content-length: N`
+/// (literal fields with indexed names, no Huffman, no table changes).
+fn post_head(content_length: &str) -> Vec<u8> {
+    let mut h = vec![0x83, 0x87]; // :method POST, :scheme https
+    for (name_index, value) in [(4u8, "/upload"), (1, "app1.repl.co")] {
+        h.extend([name_index, value.len() as u8]);
+        h.extend(value.as_bytes());
+    }
+    // content-length is static index 28: a 4-bit prefix of 15, then 13.
+    h.extend([0x0f, 28 - 15, content_length.len() as u8]);
+    h.extend(content_length.as_bytes());
+    h
+}
+
+/// RFC 9113 §8.1.1: a request whose DATA runs past its `content-length`
+/// is malformed, a stream error. The edge holds back the bytes that would
+/// complete the declared length until the stream ends, so the VM never
+/// gets such a request whole (before, it got the declared 5 bytes as a
+/// complete request and the rest was dropped). A short body never
+/// completes either. A request whose DATA matches still goes through.
+#[tokio::test]
+async fn http2_content_length_disagreeing_with_data_never_reaches_the_vm_whole() {
+    use tokio::io::AsyncWriteExt;
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let (edge, der) = tls_edge(vm1.http, vm2.http, "").await;
+    let addr = edge.https.expect("https listener");
+
+    for (what, declared, data) in [
+        ("longer than declared", "5", vec![&b"hello"[..], &b"world"[..]]),
+        ("shorter than declared", "10", vec![&b"hello"[..]]),
+    ] {
+        let whole_before = vm1.bodies_whole().await;
+        let mut tls = raw_h2(addr, &der).await;
+        let mut out = frame(0x1, 0x4, 1, &post_head(declared)); // HEADERS, END_HEADERS
+        for (i, d) in data.iter().enumerate() {
+            let end = if i + 1 == data.len() { 0x1 } else { 0 };
+            out.extend(frame(0x0, end, 1, d));
+        }
+        tls.write_all(&out).await.unwrap();
+        let frames = frames_until_close(&mut tls, Duration::from_secs(2)).await;
+        let reset = frames
+            .iter()
+            .any(|(t, _, s, p)| *t == 0x3 && *s == 1 && p[..] == [0, 0, 0, 1]);
+        assert!(reset, "{what}: stream 1 reset with PROTOCOL_ERROR: {frames:?}");
+        assert_eq!(
+            vm1.bodies_whole().await,
+            whole_before,
+            "{what}: the VM got a whole request"
+        );
+    }
+
+    // The same request with a body of its length: the VM gets it whole.
+    let (mut send, _driver, _) = h2_connect(addr, "app1.repl.co", &der).await;
+    let whole_before = vm1.bodies_whole().await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://app1.repl.co/upload")
+        .header("content-length", "10")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(Bytes::from_static(b"hello"), false).unwrap();
+    body.send_data(Bytes::from_static(b"world"), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(vm1.bodies_whole().await, whole_before + 1);
+    assert!(error_lines(&edge).is_empty(), "{:?}", error_lines(&edge));
+}
+
+/// A client that floods PING (or SETTINGS) frames and never reads the
+/// answers: past the budget (1,000 in 10 s) the edge sends GOAWAY
+/// ENHANCE_YOUR_CALM and closes the connection, counted. A client pinging
+/// at a sane rate on another connection is served as usual.
+#[tokio::test]
+async fn http2_ping_and_settings_floods_get_goaway_and_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
+    let (edge, der) = tls_edge(vm1.http, vm2.http, "").await;
+    let addr = edge.https.expect("https listener");
+    let (mut calm, _calm_driver, _) = h2_connect(addr, "app1.repl.co", &der).await;
+
+    for (what, kind, payload) in [("PING", 0x6u8, vec![7u8; 8]), ("SETTINGS", 0x4, vec![])] {
+        let mut tls = raw_h2(addr, &der).await;
+        let flood: Vec<u8> = (0..5_000).flat_map(|_| frame(kind, 0, 0, &payload)).collect();
+        // Written without reading a byte of the answers.
+        let written = tokio::time::timeout(Duration::from_secs(10), tls.write_all(&flood)).await;
+        let frames = frames_until_close(&mut tls, Duration::from_secs(5)).await;
+        let goaway = frames.iter().find(|(t, ..)| *t == 0x7);
+        assert!(
+            matches!(goaway, Some((_, _, 0, p)) if p.len() >= 8 && p[4..8] == [0, 0, 0, 0xb]),
+            "{what}: GOAWAY ENHANCE_YOUR_CALM (written: {written:?}), got {} frames, last {:?}",
+            frames.len(),
+            frames.last()
+        );
+        assert_eq!(
+            frames.last().map(|f| f.0),
+            Some(0x7),
+            "{what}: nothing after the GOAWAY"
+        );
+        let acks = frames.iter().filter(|(t, f, ..)| *t == kind && f & 1 == 1).count();
+        assert!(acks <= 1_001, "{what}: {acks} answered before the close");
+    }
+    let m = edge.metrics().await;
+    assert_eq!(
+        metric_value(&m, "edgeplane_http2_control_floods_total"),
+        Some(2.0),
+        "{m}"
+    );
+
+    assert_eq!(h2_get(&mut calm, "app1.repl.co", "/", &[]).await.unwrap().0, 200);
+    assert!(error_lines(&edge).is_empty(), "{:?}", error_lines(&edge));
+}
