@@ -435,7 +435,7 @@ impl Metrics {
             ),
             tls_reload_errors: r.counter(
                 "edgeplane_tls_reload_errors_total",
-                "Certificate pairs that could not be loaded (skipped; the rest keep serving)",
+                "Certificate pairs that could not be loaded (the pair loaded before from the same file keeps serving)",
             ),
             config_reloads: CounterSet::new(
                 r.counters(

@@ -67,6 +67,8 @@ pub enum UpgradeError {
     NoSuccessor { pid: u32, secs: u64 },
     #[error("cannot signal pid {pid}: {err}")]
     Signal { pid: u32, err: std::io::Error },
+    #[error("cannot tell whether pid {pid} runs under systemd ({err}): run the upgrade as root or as the edge's user")]
+    NotPermitted { pid: u32, err: std::io::Error },
 }
 
 /// The pid a pid file names, if it is a live `edgeplane serve`.
@@ -95,8 +97,11 @@ pub fn running_edge(pid_file: &Path) -> Result<u32, UpgradeError> {
 /// Writes this process's pid to `path` (a temporary file renamed over it,
 /// so a reader never sees half of it).
 pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("pid.tmp");
     std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    // Readable by every operator (the unit's umask is 0077), as pid files are.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
     std::fs::rename(&tmp, path)
 }
 
@@ -116,12 +121,13 @@ fn signal(pid: u32, sig: libc::c_int) -> Result<(), UpgradeError> {
 }
 
 /// Whether `pid`'s environment has `NOTIFY_SOCKET` (it runs as a systemd
-/// notify service). Unreadable (another user's process, without root)
-/// counts as no.
-fn runs_under_systemd(pid: u32) -> bool {
+/// notify service). Another user's process, without root, cannot be told:
+/// an error, since guessing "no" would start the new edge outside the
+/// service.
+fn runs_under_systemd(pid: u32) -> Result<bool, UpgradeError> {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|&b| b == 0).any(|v| v.starts_with(b"NOTIFY_SOCKET=")))
-        .unwrap_or(false)
+        .map_err(|err| UpgradeError::NotPermitted { pid, err })
 }
 
 /// What `serve --upgrade` does, decided before anything binds.
@@ -137,7 +143,7 @@ pub enum Plan {
 pub fn plan(pid_file: &Path, upgrade_sock: &Path) -> Result<Plan, UpgradeError> {
     let old = running_edge(pid_file)?;
     let inside_service = std::env::var_os("NOTIFY_SOCKET").is_some();
-    if runs_under_systemd(old) && !inside_service {
+    if !inside_service && runs_under_systemd(old)? {
         signal(old, libc::SIGUSR2)?;
         let deadline = Instant::now() + MANAGED_WAIT;
         while Instant::now() < deadline {
