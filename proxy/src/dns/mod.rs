@@ -26,7 +26,7 @@
 //! FORMERR for garbage with a readable id, NOTIMP for other opcodes, EDNS
 //! echoed, TC set when a UDP answer would not fit. UDP and TCP (length
 //! prefixed, 10 s idle limit) on every `[dns] listen` address. Start at
-//! [`answer`], then [`serve`].
+//! [`answer`], then [`serve()`] and its [`mod@serve`] module.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -36,24 +36,31 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(test.contains("SUCCESS"), "{test}");
 }
 
-/// `edgeplane_*` names in `text`, with histogram suffixes removed.
-fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
+/// Each `edgeplane_*` name in `text`, with the text right after it.
+fn metric_mentions(text: &str) -> impl Iterator<Item = (&str, &str)> {
     let mut rest = text;
-    while let Some(i) = rest.find("edgeplane_") {
+    std::iter::from_fn(move || {
+        let i = rest.find("edgeplane_")?;
         let tail = &rest[i..];
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
-        let name = &tail[..end];
-        let base = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .unwrap_or(name);
-        out.insert(base.to_string());
         rest = &tail[end..];
-    }
-    out
+        Some((&tail[..end], rest))
+    })
+}
+
+/// `edgeplane_*` names in `text`, with histogram suffixes removed.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    metric_mentions(text)
+        .map(|(name, _)| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name)
+                .to_string()
+        })
+        .collect()
 }
 
 #[test]
@@ -179,14 +186,7 @@ fn alerts_their_tests_and_the_dashboard_use_only_label_values_the_edge_emits() {
         ),
         ("edgeplane-dashboard.json", dash),
     ] {
-        let mut rest = text.as_str();
-        while let Some(i) = rest.find("edgeplane_") {
-            let tail = &rest[i..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            let name = &tail[..end];
-            rest = &tail[end..];
+        for (name, rest) in metric_mentions(&text) {
             let Some(labels) = rest.strip_prefix('{').and_then(|r| r.split_once('}')).map(|x| x.0) else {
                 continue;
             };

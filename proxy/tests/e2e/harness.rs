@@ -779,6 +779,20 @@ impl Load {
 }
 
 /// Sends `sig` (as `kill` spells it: "-TERM", "-STOP", ...) to `pid`.
+/// `edgeplane serve -c CONFIG --upgrade` (stdout piped: its ports and the
+/// hand-over line), beside the edge it is to take over from.
+pub fn spawn_upgrade(config: &Path) -> Child {
+    Command::new(edgeplane_bin())
+        .args(["serve", "-c"])
+        .arg(config)
+        .arg("--upgrade")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
 pub fn signal(pid: i32, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])

@@ -5,7 +5,6 @@
 //! in a row, without a refused or failed request.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -128,15 +127,7 @@ async fn five_binary_upgrades_under_load_lose_no_request() {
     let mut old = Vec::new();
     for round in 1..=5 {
         let before = load.ok();
-        let mut next = Command::new(edgeplane_bin())
-            .args(["serve", "-c"])
-            .arg(&cfg)
-            .arg("--upgrade")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut next = spawn_upgrade(&cfg);
         // One command: the new process finds the old one by its pid file
         // and asks it to hand over (crate::upgrade).
         let addrs = tokio::task::spawn_blocking(move || {

@@ -19,14 +19,6 @@ fn placectl_fails(db: &PgDb, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-async fn db_version(db: &PgDb) -> i64 {
-    db.client
-        .query_one("SELECT version FROM placement_version", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// The "placement version V" a placectl move printed.
 fn printed_version(out: &str) -> u64 {
     out.rsplit("placement version ")
@@ -51,7 +43,7 @@ async fn owned_world() -> ((FakeVm, FakeVm, FakeVm), PgDb, Edge, Edge) {
 #[tokio::test]
 async fn move_user_is_one_version_with_tombstones_and_its_refusals_change_nothing() {
     let (_vms, db, a, _b) = owned_world().await;
-    let before = db_version(&db).await;
+    let before = db.version().await;
 
     let plan = db.placectl(&["move-user", "u1", "--to", "use1-b", "--dry-run"]);
     assert!(
@@ -79,7 +71,7 @@ async fn move_user_is_one_version_with_tombstones_and_its_refusals_change_nothin
     let before = before + 1;
     let err = placectl_fails(&db, &["move-user", "u1", "--to", "aps1-a"]);
     assert!(err.contains("cluster \"aps1-a\" is draining"), "{err}");
-    assert_eq!(db_version(&db).await, before, "dry run and refusals wrote nothing");
+    assert_eq!(db.version().await, before, "dry run and refusals wrote nothing");
 
     let snap = wait_snapshot(&a, |s| s["version"] == before).await;
     let deltas = snap["deltas_applied"].as_u64().unwrap();
@@ -158,7 +150,7 @@ async fn moving_ten_thousand_repls_is_one_delta_and_no_request_fails() {
         )
         .await
         .unwrap();
-    let before = db_version(&db).await;
+    let before = db.version().await;
     let snap = wait_snapshot(&a, |s| s["version"] == before).await;
     let deltas = snap["deltas_applied"].as_u64().unwrap();
     wait_served_by(&a, "hot1.repl.co", "vm-1").await;
@@ -205,7 +197,7 @@ async fn versions_stay_gap_free_and_in_commit_order_with_many_writers_and_savepo
         dead_addr(),
     ))
     .await;
-    let before = db_version(&db).await;
+    let before = db.version().await;
     // Four writers, each 40 transactions of 1-5 changes; every third one
     // also makes a change in a savepoint it rolls back (first or last).
     let writers: Vec<_> = (0..4)

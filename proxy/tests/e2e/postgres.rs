@@ -102,6 +102,15 @@ impl PgDb {
             .unwrap();
     }
 
+    /// The store's `placement_version` now.
+    pub(crate) async fn version(&self) -> i64 {
+        self.client
+            .query_one("SELECT version FROM placement_version", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Runs placectl on this database, whatever its outcome.
     pub(crate) fn placectl_output(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(placectl())

@@ -3,7 +3,7 @@
 //! (`<section>::<what it checks>`), so the next drift between the runbook
 //! and the edge fails here.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -15,12 +15,7 @@ const HEALTH: &str = "\n[health]\nscrape_interval_ms = 100\nscrape_timeout_ms = 
 
 /// Waits until `edge` serves the database's newest placement version.
 async fn wait_db_version(edge: &Edge, db: &PgDb) {
-    let want: i64 = db
-        .client
-        .query_one("SELECT version FROM placement_version", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let want = db.version().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(edge.admin, "admin", "/debug/snapshot", &[]).await.json()["version"] != want {
         assert!(Instant::now() < deadline, "the edge never had version {want}");
@@ -107,15 +102,7 @@ mod changing_a_running_edge {
         let load = Load::start(edge.proxy, "app1.repl.co", 4);
         eventually("load flows", 10, || load.ok() > 50).await;
 
-        let mut new = Command::new(edgeplane_bin())
-            .args(["serve", "-c"])
-            .arg(edge.config_path())
-            .arg("--upgrade")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut new = spawn_upgrade(&edge.config_path());
         let new_pid = new.id();
         let printed = tokio::task::spawn_blocking(move || {
             let lines = read_lines(&mut new, 1, |l| {
@@ -670,14 +657,7 @@ mod database_work {
             "containers": [{"repl_id": "h0", "vm_id": "vm-a"}],
         });
         let db = PgDb::new(&seed).await;
-        let version = || async {
-            db.client
-                .query_one("SELECT version FROM placement_version", &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-        };
-        let before = version().await;
+        let before = db.version().await;
         let refused = db.placectl_output(&["move-user", "u1", "--to", "use1-b"]);
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success());
@@ -688,14 +668,14 @@ mod database_work {
             "{stderr}"
         );
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert_eq!(version().await, before, "nothing changed");
+        assert_eq!(db.version().await, before, "nothing changed");
 
         let plan = db.placectl(&["move-user", "u1", "--to", "use1-b", "--dry-run"]);
         assert!(
             plan.contains("would not fit: cluster use1-b has 5 units free for 6 needed"),
             "{plan}"
         );
-        assert_eq!(version().await, before);
+        assert_eq!(db.version().await, before);
 
         // Room: a second VM. The same command now moves without --force.
         db.placectl(&[
@@ -742,12 +722,7 @@ mod first_look {
         let db = PgDb::new(&world(vm1.http, dead_addr(), dead_addr(), dead_addr(), dead_addr())).await;
         let edge = Edge::start_pg(tempfile::tempdir().unwrap(), "us-east1", &db.url, true).await;
         let dir = edge.dir.path();
-        let version: i64 = db
-            .client
-            .query_one("SELECT version FROM placement_version", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let version = db.version().await;
 
         let (code, out, err) = edgeplane(&["route", "-c", "edge.toml", "app1.repl.co"], dir);
         assert_eq!(code, 0, "{err}");
@@ -862,12 +837,7 @@ mod names_and_dns {
             )
             .await
             .unwrap();
-        let want: i64 = db
-            .client
-            .query_one("SELECT version FROM placement_version", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let want = db.version().await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while ask(&udp, "app1.repl.co").await.map(|(ip, _)| ip.to_string()) != Ok("127.0.0.9".into()) {
             assert!(Instant::now() < deadline, "the change never reached the responder");
