@@ -647,7 +647,7 @@ mod tests {
         // Vectors without a labelled child yet are not rendered: only those
         // whose label values are not known in advance (per cluster, per
         // region, per status code; the two touched above are).
-        assert_eq!(helps, 41, "{helps} metrics rendered:\n{text}");
+        assert_eq!(helps, 42, "{helps} metrics rendered:\n{text}");
         assert!(text.contains("edgeplane_workspace_tokens_total{outcome=\"unknown_key\",version=\"2\"} 0"));
         assert!(text.contains("edgeplane_config_last_reload_successful 1"));
         assert!(text.contains("edgeplane_requests_total{code=\"200\",kind=\"app\",outcome=\"proxied\"} 2"));

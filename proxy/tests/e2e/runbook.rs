@@ -581,8 +581,8 @@ mod alerts {
         for i in 0..16 {
             let text = route(format!("new{i}.repl.co")).await;
             assert!(
-                text.contains("\"use1-a\" is full") && !text.contains("use1-c"),
-                "new{i} is still use1-a's, full, never the VM-less use1-c's:\n{text}"
+                text.contains("-> cluster \"use1-a\"") && !text.contains("use1-c"),
+                "the ring gives new{i} to use1-a, never to the VM-less use1-c:\n{text}"
             );
         }
 
@@ -616,7 +616,11 @@ mod alerts {
                 }
                 503 => {
                     let text = route(format!("new{i}.repl.co")).await;
-                    assert!(text.contains("\"use1-a\" is full"), "new{i}: {text}");
+                    // The ring's other cluster, full: refused for room, not for VMs.
+                    assert!(
+                        text.contains("-> cluster \"use1-a\"") && !text.contains("has no active VM"),
+                        "new{i}: {text}"
+                    );
                 }
                 s => panic!("new{i}: {s}"),
             }
