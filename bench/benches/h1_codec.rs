@@ -197,7 +197,10 @@ where
 }
 
 fn codecs(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!(
         "allocations per request: pingora_session {:.1}, hyper_http1 {:.1}, httparse_loop {:.1}",
         allocations_per_request(&rt, serve_pingora),
