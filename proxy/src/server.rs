@@ -253,6 +253,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         cfg: edge.cfg.clone(),
         metrics: edge.metrics.clone(),
         proxy_protocol: edge.cfg.load().edge.proxy_protocol,
+        rebind: edge.cfg.load().edge.threads > 1,
     };
     let mut proxy = Service::new("edgeplane proxy".to_string(), app(None));
     for a in &listen {

@@ -1,4 +1,5 @@
-//! Client connections below HTTP: the PROXY protocol header from an L4
+//! Client connections below HTTP: the accepted socket moved to the
+//! serving thread's reactor ([`rebind`]), the PROXY protocol header from an L4
 //! balancer ([`proxy_protocol`]), admission caps ([`admission`]), the
 //! stream wrapper that adds a head deadline and a shutdown watch
 //! ([`stream`]), and the TLS certificate store ([`tls`]).
@@ -9,6 +10,7 @@
 pub mod admission;
 pub mod drain;
 pub mod proxy_protocol;
+pub mod rebind;
 pub mod stream;
 pub mod tls;
 

@@ -22,6 +22,11 @@
 //! stops the clock; [`ConnStream::expect_head`] (called when a request ends)
 //! arms it again, and the next byte read starts it.
 //!
+//! - for a socket moved to the serving thread ([`super::rebind`]), the
+//!   write coalescing Pingora's listener stream had ([`WRITE_BUFFER`]
+//!   bytes, flushed on `poll_flush` or when full), so a response head and
+//!   a short body still leave in one send.
+//!
 //! All other traits delegate to the wrapped stream. Start at
 //! [`ConnStream::new`].
 
@@ -43,6 +48,10 @@ use tokio::time::{Instant, Sleep};
 use edgeplane_core::h2_frames::{self, Budget, ControlBudget, FrameScanner};
 
 use super::admission::Admitted;
+
+/// Write coalescing of a re-registered socket: Pingora's listener default
+/// (`DEFAULT_L4_WRITE_BUFFER_SIZE`, one Ethernet MSS).
+pub const WRITE_BUFFER: usize = 1460;
 
 const HEAD_IDLE: u8 = 0;
 const HEAD_ARMED: u8 = 1;
@@ -66,6 +75,8 @@ pub struct ConnStream {
     deadline: Option<Pin<Box<Sleep>>>,
     shutdown: Option<ShutdownWatch>,
     h2: Option<Box<H2Watch>>,
+    /// Bytes written but not yet sent (None: writes go straight through).
+    wbuf: Option<Vec<u8>>,
 }
 
 /// The control-frame watch of an HTTP/2 connection.
@@ -124,7 +135,43 @@ impl ConnStream {
             deadline: None,
             shutdown,
             h2: None,
+            wbuf: None,
         }
+    }
+
+    /// Coalesces small writes until a flush, as Pingora's listener stream
+    /// did for the socket before [`super::rebind`] took it over.
+    pub fn coalesce_writes(mut self) -> ConnStream {
+        self.wbuf = Some(Vec::new());
+        self
+    }
+
+    /// Sends what [`ConnStream::coalesce_writes`] holds; Ready once empty.
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(buf) = self.wbuf.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut sent = 0;
+        let mut result = Poll::Ready(Ok(()));
+        while sent < buf.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &buf[sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    result = Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    break;
+                }
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => {
+                    result = Poll::Ready(Err(e));
+                    break;
+                }
+                Poll::Pending => {
+                    result = Poll::Pending;
+                    break;
+                }
+            }
+        }
+        buf.drain(..sent);
+        result
     }
 
     /// Watches this HTTP/2 connection's control frames (see the module docs).
@@ -231,6 +278,18 @@ impl ConnStream {
     }
 }
 
+impl Drop for ConnStream {
+    /// Sends what is still held, if the socket takes it now (as Pingora's
+    /// own stream does on drop): a response head written before the VM
+    /// failed mid-body still reaches the client.
+    fn drop(&mut self) {
+        if self.wbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let _ = self.poll_send_buffered(&mut cx);
+        }
+    }
+}
+
 impl AsyncRead for ConnStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
@@ -279,6 +338,15 @@ impl AsyncRead for ConnStream {
 impl AsyncWrite for ConnStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(held) = this.wbuf.as_ref() {
+            if held.len() + buf.len() > WRITE_BUFFER {
+                std::task::ready!(this.poll_send_buffered(cx))?;
+            }
+            if buf.len() < WRITE_BUFFER {
+                this.wbuf.as_mut().expect("checked").extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             this.wrote([buf], n);
@@ -286,10 +354,14 @@ impl AsyncWrite for ConnStream {
         r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_send_buffered(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_send_buffered(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -297,6 +369,19 @@ impl AsyncWrite for ConnStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(held) = this.wbuf.as_ref() {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            if held.len() + total > WRITE_BUFFER {
+                std::task::ready!(this.poll_send_buffered(cx))?;
+            }
+            if total < WRITE_BUFFER {
+                let held = this.wbuf.as_mut().expect("checked");
+                for b in bufs {
+                    held.extend_from_slice(b);
+                }
+                return Poll::Ready(Ok(total));
+            }
+        }
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let (Poll::Ready(Ok(n)), true) = (&r, this.h2.is_some()) {
             this.wrote(bufs.iter().map(|b| &**b), *n);

@@ -50,6 +50,9 @@ pub struct EdgeApp {
     /// Every connection starts with a PROXY protocol header
     /// (`edge.proxy_protocol`, fixed at start).
     pub proxy_protocol: bool,
+    /// Move each accepted socket to the serving thread's reactor
+    /// ([`crate::conn::rebind`]): `edge.threads` > 1.
+    pub rebind: bool,
 }
 
 fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
@@ -60,6 +63,11 @@ fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
 #[async_trait]
 impl ServerApp for EdgeApp {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let stream = if self.rebind {
+            crate::conn::rebind::to_this_thread(stream)?
+        } else {
+            stream
+        };
         let header_timeout = self.cfg.load().limits.header_timeout;
         let mut stream = if self.proxy_protocol {
             match crate::conn::proxy_protocol::accept(stream, header_timeout).await {
@@ -86,16 +94,19 @@ impl ServerApp for EdgeApp {
         };
         self.metrics.connections_active.inc();
         let _count = ActiveGuard(&self.metrics);
+        // A socket moved off Pingora's listener stream gets its write
+        // coalescing back here (crate::conn::rebind).
+        let coalesce = |c: ConnStream| if self.rebind { c.coalesce_writes() } else { c };
         let conn: Stream = match &self.tls {
-            None => Box::new(ConnStream::new(
+            None => Box::new(coalesce(ConnStream::new(
                 stream,
                 Some(admitted),
                 false,
                 Some(header_timeout),
                 Some(shutdown.clone()),
-            )),
+            ))),
             Some(acceptor) => {
-                let raw = ConnStream::new(stream, None, false, None, None);
+                let raw = coalesce(ConnStream::new(stream, None, false, None, None));
                 let tls = match tokio::time::timeout(header_timeout, acceptor.tls_handshake(raw)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
