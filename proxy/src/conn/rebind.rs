@@ -65,3 +65,66 @@ pub fn to_this_thread(stream: Stream) -> Option<Stream> {
     l4.set_socket_digest(digest);
     Some(Box::new(l4))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Accepted on one runtime, served on another that never polls the
+    /// first's reactor: without the re-registration the reads below would
+    /// never wake. The peer address survives.
+    #[test]
+    fn a_socket_accepted_on_one_runtime_is_served_by_another_with_its_peer() {
+        let (accepting, serving) = (runtime(), runtime());
+        let listener = accepting
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            // After the serving side waits: its read must be woken by a
+            // readiness event, not by one the accepting reactor cached.
+            std::thread::sleep(Duration::from_millis(300));
+            c.write_all(b"ping").unwrap();
+            let mut got = [0u8; 4];
+            c.read_exact(&mut got).unwrap();
+            (c.local_addr().unwrap(), got)
+        });
+        let (tcp, peer) = accepting.block_on(listener.accept()).unwrap();
+        let mut l4 = L4Stream::from(tcp);
+        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+        let _ = digest
+            .peer_addr
+            .set(Some(pingora_core::protocols::l4::socket::SocketAddr::Inet(peer)));
+        l4.set_socket_digest(digest);
+        let stream: Stream = Box::new(l4);
+
+        serving.block_on(async {
+            let mut s = to_this_thread(stream).expect("registered here");
+            let seen = s.get_socket_digest().and_then(|d| d.peer_addr().cloned());
+            assert_eq!(seen.and_then(|a| a.as_inet().copied()), Some(peer));
+            let mut buf = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+                .await
+                .expect("the read woke on this runtime")
+                .unwrap();
+            assert_eq!(&buf, b"ping");
+            s.write_all(b"pong").await.unwrap();
+            s.flush().await.unwrap();
+        });
+        let (client_addr, got) = client.join().unwrap();
+        assert_eq!((client_addr, &got), (peer, b"pong"));
+    }
+}
