@@ -2,7 +2,7 @@
 # A/B of two edgeplane binaries with threads = 2 (as shipped), pinned to
 # core 0, load on core 1: CPU per request at a fixed rate and saturation.
 set -euo pipefail
-cd /tmp/xt
+cd "${XT:-/tmp/xt}"
 LOAD=/work/main/target/release/edgeplane-bench
 cpu() { awk '{print $14+$15+$16+$17}' /proc/$1/stat; }
 for round in 3 4; do
