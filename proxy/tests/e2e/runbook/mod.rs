@@ -67,8 +67,8 @@ async fn exits_within(child: &mut std::process::Child, secs: u64, what: &str) ->
     }
 }
 
-mod changing_a_running_edge;
 mod alerts;
+mod changing_a_running_edge;
 mod database_work;
 mod first_look;
 mod names_and_dns;
