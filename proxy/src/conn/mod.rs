@@ -14,14 +14,12 @@ pub mod rebind;
 pub mod stream;
 pub mod tls;
 
-use pingora_core::protocols::http::ServerSession;
-
 pub use admission::{Admission, Refusal};
 pub use drain::Drain;
 pub use stream::ConnStream;
 
-/// The connection a session runs on (None for HTTP/2 streams, which Pingora
-/// builds itself).
-pub fn conn_of(session: &ServerSession) -> Option<&ConnStream> {
+/// The connection a Pingora session runs on (None for HTTP/2 streams,
+/// which Pingora builds itself).
+pub fn conn_of(session: &pingora_core::protocols::http::ServerSession) -> Option<&ConnStream> {
     session.stream()?.as_any().downcast_ref::<ConnStream>()
 }

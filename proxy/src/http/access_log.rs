@@ -29,7 +29,7 @@ use std::time::Duration;
 use edgeplane_config::{Config, LogConfig};
 use edgeplane_control_sync::RoutingTable;
 
-use pingora_core::protocols::http::ServerSession;
+use super::downstream::Downstream;
 
 use super::headers::request_host;
 use super::{Proxy, RequestCtx};
@@ -166,8 +166,8 @@ fn error_line_admitted(status: u16) -> bool {
 impl Proxy {
     /// The request's last step (Pingora's `logging`): tunnel gauge, request
     /// counter and duration, and the access-log line when sampled or failed.
-    pub(super) fn finish(&self, session: &ServerSession, ctx: &mut RequestCtx) {
-        if let Some(c) = crate::conn::conn_of(session) {
+    pub(super) fn finish<D: Downstream>(&self, session: &D, ctx: &mut RequestCtx) {
+        if let Some(c) = session.conn() {
             c.expect_head();
         }
         let status = ctx.outcome.status();
@@ -196,9 +196,9 @@ impl Proxy {
     }
 
     /// Writes the access-log line of a finished request.
-    fn write_access_log(
+    fn write_access_log<D: Downstream>(
         &self,
-        session: &ServerSession,
+        session: &D,
         ctx: &RequestCtx,
         kind: &str,
         outcome: &str,

@@ -97,14 +97,14 @@ impl ServerApp for EdgeApp {
         // A socket moved off Pingora's listener stream gets its write
         // coalescing back here (crate::conn::rebind).
         let coalesce = |c: ConnStream| if self.rebind { c.coalesce_writes() } else { c };
-        let conn: Stream = match &self.tls {
-            None => Box::new(coalesce(ConnStream::new(
+        let conn = match &self.tls {
+            None => coalesce(ConnStream::new(
                 stream,
                 Some(admitted),
                 false,
                 Some(header_timeout),
                 Some(shutdown.clone()),
-            ))),
+            )),
             Some(acceptor) => {
                 let raw = coalesce(ConnStream::new(stream, None, false, None, None));
                 let tls = match tokio::time::timeout(header_timeout, acceptor.tls_handshake(raw)).await {
@@ -120,25 +120,27 @@ impl ServerApp for EdgeApp {
                         return None;
                     }
                 };
-                // HTTP/2 carries many requests at once: its heads are not
-                // timed per connection (h2's own limits and idle timeout
-                // apply), and the connection is not waiting for a first one.
-                let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
-                let mut conn = ConnStream::new(
+                if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
+                    // HTTP/2 carries many requests at once: its heads are
+                    // not timed per connection (h2's own limits and idle
+                    // timeout apply), and it is not waiting for a first one.
+                    let mut conn = ConnStream::new(Box::new(tls), Some(admitted), true, None, Some(shutdown.clone()));
+                    conn.head_done();
+                    conn.watch_h2(self.metrics.clone());
+                    let conn: Stream = Box::new(conn);
+                    return ServerApp::process_new(&self.http, conn, shutdown).await;
+                }
+                ConnStream::new(
                     Box::new(tls),
                     Some(admitted),
                     true,
-                    (!h2).then_some(header_timeout),
+                    Some(header_timeout),
                     Some(shutdown.clone()),
-                );
-                if h2 {
-                    conn.head_done();
-                    conn.watch_h2(self.metrics.clone());
-                }
-                Box::new(conn)
+                )
             }
         };
-        ServerApp::process_new(&self.http, conn, shutdown).await
+        self.http.serve_h1(conn, shutdown).await;
+        None
     }
 
     /// Runs when the listeners stop (graceful stop or upgrade). Pingora's

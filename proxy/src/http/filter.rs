@@ -13,7 +13,7 @@
 //! Where it sits: [`super::serve`] calls [`Proxy::filter_request`] for
 //! each request. Start there.
 
-use pingora_core::protocols::http::ServerSession;
+use super::downstream::Downstream;
 use pingora_core::Result;
 use pingora_http::RequestHeader;
 
@@ -97,14 +97,18 @@ pub enum Filtered {
 
 impl Proxy {
     /// The whole filter (see the module docs).
-    pub(super) async fn filter_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Filtered> {
-        if let Some(c) = crate::conn::conn_of(session) {
+    pub(super) async fn filter_request<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut RequestCtx,
+    ) -> Result<Filtered> {
+        if let Some(c) = session.conn() {
             c.head_done();
         }
         let limits = self.limits();
         session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
         // Each wait for the next piece of body is bounded (slow-body clients).
-        session.set_read_timeout(Some(limits.body_timeout));
+        session.set_read_timeout(limits.body_timeout);
         if let Some(r) = reject_by_head(session.req_header(), &ctx.head, &limits) {
             if r.close {
                 session.set_keepalive(None);
@@ -119,7 +123,7 @@ impl Proxy {
 
     /// Step 3: the decision for this request, adopted with its metrics.
     /// Returns whether plain-HTTP requests are redirected to HTTPS.
-    fn route(&self, session: &ServerSession, ctx: &mut RequestCtx) -> bool {
+    fn route<D: Downstream>(&self, session: &D, ctx: &mut RequestCtx) -> bool {
         let req = session.req_header();
         let now = now_ms();
         // One config for the whole step (no await inside).
@@ -183,9 +187,9 @@ impl Proxy {
     }
 
     /// Step 4: carry the decision out, or hand it to the forward path.
-    async fn dispatch(
+    async fn dispatch<D: Downstream>(
         &self,
-        session: &mut ServerSession,
+        session: &mut D,
         ctx: &mut RequestCtx,
         redirect_http: bool,
         limits: &LimitsConfig,
@@ -206,7 +210,7 @@ impl Proxy {
                 return Ok(Filtered::Answered);
             }
         }
-        let websocket = is_websocket_upgrade(session.req_header()) && session.as_http1().is_some();
+        let websocket = is_websocket_upgrade(session.req_header()) && session.can_upgrade();
         if websocket && self.shared.metrics.tunnels_active.get() as usize >= limits.max_tunnels {
             self.respond(session, ctx, 503).await?;
             return Ok(Filtered::Answered);

@@ -25,8 +25,8 @@
 
 use std::net::SocketAddr;
 
+use super::downstream::Downstream;
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
 
 use edgeplane_config::LimitsConfig;
 
@@ -98,9 +98,9 @@ impl Upload {
 impl Proxy {
     /// Proxies the request to its decision, trying again as the module docs
     /// say, and answers what could not be proxied.
-    pub(super) async fn proxy_request(
+    pub(super) async fn proxy_request<D: Downstream>(
         &self,
-        session: &mut ServerSession,
+        session: &mut D,
         ctx: &mut RequestCtx,
         websocket: bool,
     ) -> Next {
@@ -137,7 +137,7 @@ impl Proxy {
 
     /// The edge's own page for a request that could not be proxied; the
     /// connection closes after it.
-    async fn give_up(&self, session: &mut ServerSession, ctx: &mut RequestCtx, failed: Failed) -> Next {
+    async fn give_up<D: Downstream>(&self, session: &mut D, ctx: &mut RequestCtx, failed: Failed) -> Next {
         session.set_keepalive(None);
         self.answer_failure(session, ctx, &failed).await;
         Next::Close
@@ -160,9 +160,9 @@ impl Proxy {
     }
 
     /// One attempt at `addr` (see the module docs).
-    async fn exchange(
+    async fn exchange<D: Downstream>(
         &self,
-        session: &mut ServerSession,
+        session: &mut D,
         ctx: &mut RequestCtx,
         addr: SocketAddr,
         limits: &LimitsConfig,
@@ -278,9 +278,9 @@ impl Proxy {
 
     /// Reads the answer head while the body (if it is still coming) goes
     /// to the VM.
-    async fn await_answer(
+    async fn await_answer<D: Downstream>(
         &self,
-        session: &mut ServerSession,
+        session: &mut D,
         ctx: &mut RequestCtx,
         conn: &mut Conn,
         up: &mut Upload,
@@ -312,9 +312,9 @@ impl Proxy {
 
     /// Relays the answer body; the request body goes on to the VM while
     /// it lasts. The connection goes back to the pool when both are whole.
-    async fn relay_answer(
+    async fn relay_answer<D: Downstream>(
         &self,
-        session: &mut ServerSession,
+        session: &mut D,
         ctx: &mut RequestCtx,
         mut conn: Conn,
         answer: Answer,
@@ -482,9 +482,9 @@ impl Proxy {
 
     /// Reads the rest of the body without sending it, holding it while it
     /// fits `limits.replay_body_bytes` (a replay then sends it whole).
-    async fn hold_rest(
+    async fn hold_rest<D: Downstream>(
         &self,
-        session: &mut ServerSession,
+        session: &mut D,
         ctx: &mut RequestCtx,
         up: &mut Upload,
         limits: &LimitsConfig,
@@ -498,9 +498,9 @@ impl Proxy {
 
     /// The `101` goes to a tunnel of its own: on a plain listener now, on
     /// a TLS one once the session hands the stream over ([`Next::HandOver`]).
-    fn open_tunnel(
+    fn open_tunnel<D: Downstream>(
         &self,
-        session: &mut ServerSession,
+        session: &mut D,
         ctx: &mut RequestCtx,
         opened: Opened,
         limits: &LimitsConfig,
@@ -509,7 +509,7 @@ impl Proxy {
             self.shared.route.load().balancer.outliers.success(h);
         }
         ctx.outcome = Outcome::Tunnel;
-        let conn = crate::conn::conn_of(session);
+        let conn = session.conn();
         let grace = self.shared.cfg.load().edge.grace_period;
         let shutdown = conn
             .and_then(|c| c.shutdown())
@@ -522,7 +522,7 @@ impl Proxy {
             stop: super::tunnel::TunnelStop::new(shutdown, grace),
             guard: super::tunnel::TunnelGuard::new(self.shared.metrics.clone(), conn.and_then(|c| c.admission_guard())),
         };
-        match super::serve::plain_tcp_fd(session).map(super::tunnel::client_socket) {
+        match session.plain_tcp_fd().map(super::tunnel::client_socket) {
             Some(Ok(client)) => {
                 super::tunnel::spawn(client, tunnel, &[]);
                 Next::Close

@@ -1,8 +1,8 @@
 //! The edge's own answers: a small branded error page with the request id
 //! (and `Retry-After` on 503), and the 308 to HTTPS.
 
+use super::downstream::Downstream;
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 
@@ -11,7 +11,12 @@ use super::{error_page, Proxy, RequestCtx, REQUEST_ID_HEADER, ROUTE_HEADER};
 
 impl Proxy {
     /// Writes one of the edge's own responses.
-    pub(super) async fn respond(&self, session: &mut ServerSession, ctx: &mut RequestCtx, status: u16) -> Result<()> {
+    pub(super) async fn respond<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut RequestCtx,
+        status: u16,
+    ) -> Result<()> {
         let id = *ctx.request_id.get_or_insert_with(|| self.new_request_id());
         let body = error_page::error_page(status, id.as_str());
         let mut resp = ResponseHeader::build(status, Some(5))?;
@@ -32,7 +37,7 @@ impl Proxy {
     }
 
     /// Answers a plain-HTTP request with 308 to the same URL on HTTPS.
-    pub(super) async fn redirect_to_https(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
+    pub(super) async fn redirect_to_https<D: Downstream>(&self, session: &mut D, ctx: &mut RequestCtx) -> Result<()> {
         let host = ctx.head.host().unwrap_or_default();
         let target = session
             .req_header()

@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 use edgeplane_config::LimitsConfig;
 
 use super::ctx::{HeadFacts, RequestCtx};
+use super::downstream::Downstream;
 use super::filter::Filtered;
 use super::tunnel::Tunnel;
 use super::Proxy;
@@ -59,7 +60,7 @@ pub enum Next {
 pub struct EdgeHttp {
     pub proxy: Proxy,
     options: HttpServerOptions,
-    stop: Stop,
+    pub(super) stop: Stop,
 }
 
 impl EdgeHttp {
@@ -127,18 +128,13 @@ impl HttpServerApp for EdgeHttp {
             refuse_head(session, &ErrorType::HTTPStatus(405)).await;
             return None;
         }
-        if *shutdown.borrow() || self.stop.stopped() {
-            session.set_keepalive(None);
-        }
         let tls = match crate::conn::conn_of(&session) {
             Some(c) => c.is_tls(),
             // An HTTP/2 stream: its connection came through TLS (ALPN).
             None => session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         };
         let body_done = session.is_body_done();
-        let mut ctx = RequestCtx::new(HeadFacts::read(session.req_header(), tls, body_done));
-        let next = self.proxy.serve(&mut session, &mut ctx).await;
-        self.proxy.finish(&session, &mut ctx);
+        let next = self.handle(&mut session, tls, body_done, shutdown).await;
         let settings = match next {
             Next::Close => return None,
             Next::HandOver(tunnel) => {
@@ -179,6 +175,26 @@ impl HttpServerApp for EdgeHttp {
     }
 }
 
+impl EdgeHttp {
+    /// One request whose head was read, on either codec: the request path
+    /// and its last step. `body_done`: the request has no body left to read.
+    pub(super) async fn handle<D: Downstream>(
+        &self,
+        session: &mut D,
+        tls: bool,
+        body_done: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Next {
+        if *shutdown.borrow() || self.stop.stopped() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx::new(HeadFacts::read(session.req_header(), tls, body_done));
+        let next = self.proxy.serve(session, &mut ctx).await;
+        self.proxy.finish(session, &mut ctx);
+        next
+    }
+}
+
 /// Answers a head the edge will not serve (400 for a malformed one, or the
 /// status in `etype`) and closes. The client's fault: counted, at debug.
 async fn refuse_head(mut session: ServerSession, etype: &ErrorType) {
@@ -204,7 +220,7 @@ async fn refuse_head(mut session: ServerSession, etype: &ErrorType) {
 /// The listeners' stop, as waiting sessions see it: a flag, and one
 /// `Notify` per serving thread so that waiting never shares a lock across
 /// threads.
-struct Stop {
+pub(super) struct Stop {
     stopped: AtomicBool,
     shards: Box<[Notify]>,
 }
@@ -224,7 +240,7 @@ impl Stop {
         }
     }
 
-    fn stopped(&self) -> bool {
+    pub(super) fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
 
@@ -236,7 +252,7 @@ impl Stop {
     }
 
     /// Resolves once [`Stop::stop`] was called.
-    async fn wait(&self) {
+    pub(super) async fn wait(&self) {
         let shard = &self.shards[SHARD.with(|s| *s) % self.shards.len()];
         let notified = shard.notified();
         if self.stopped() {
@@ -250,7 +266,7 @@ impl Proxy {
     /// One request, after its head was read: the filter answers it or the
     /// request is proxied. A failure to write the edge's own answer means
     /// the client went away (counted, the connection closes).
-    pub(super) async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Next {
+    pub(super) async fn serve<D: Downstream>(&self, session: &mut D, ctx: &mut RequestCtx) -> Next {
         match self.filter_request(session, ctx).await {
             Ok(Filtered::Answered) => Next::Reuse,
             Ok(Filtered::Proxy { websocket }) => self.proxy_request(session, ctx, websocket).await,
@@ -262,24 +278,4 @@ impl Proxy {
             }
         }
     }
-}
-
-/// The client socket of a plain-TCP HTTP/1 session (None for TLS or
-/// HTTP/2, whose tunnels take the stream itself), lent for as long as the
-/// session.
-pub(super) fn plain_tcp_fd(session: &ServerSession) -> Option<std::os::fd::BorrowedFd<'_>> {
-    use std::os::fd::AsRawFd;
-    let fd = session
-        .stream()?
-        .as_any()
-        .downcast_ref::<crate::conn::ConnStream>()?
-        .inner()
-        .as_any()
-        .downcast_ref::<pingora_core::protocols::l4::stream::Stream>()?
-        .as_raw_fd();
-    // SAFETY: the descriptor belongs to the session's stream, which owns it
-    // and keeps it open while the session lives; the borrow is tied to
-    // `session`'s lifetime, so it cannot outlive the descriptor.
-    #[allow(unsafe_code)]
-    Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
 }

@@ -15,7 +15,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 
-use pingora_core::protocols::http::ServerSession;
+use super::downstream::Downstream;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use edgeplane_control_sync::RoutingTable;
@@ -346,7 +346,7 @@ impl Proxy {
 
     /// The request failed for good: counted, logged, and the edge's own
     /// page when anything can still be answered.
-    pub(super) async fn answer_failure(&self, session: &mut ServerSession, ctx: &mut RequestCtx, f: &Failed) {
+    pub(super) async fn answer_failure<D: Downstream>(&self, session: &mut D, ctx: &mut RequestCtx, f: &Failed) {
         self.note_failure(ctx, f);
         // A VM that failed a repl being placed should not stay its pick.
         if let (
