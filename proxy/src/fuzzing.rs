@@ -16,6 +16,9 @@
 //!   without panicking, and that table survives the last-known-good round
 //!   trip row for row.
 //! - [`change_row`]: any PostgreSQL change row decodes or is refused.
+//! - [`h1_request`]: the HTTP/1.1 codec reads any bytes the same in any
+//!   pieces, never takes a request with two framings, and a request it
+//!   takes, written again plainly, reads back as the same request.
 
 use edgeplane_control_sync::postgres::decode::decode;
 use edgeplane_control_sync::table::Strictness;
@@ -31,11 +34,12 @@ pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as `cargo fuzz run <name>` and the corpus
 /// directories spell them.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("host", host),
     ("token", token),
     ("snapshot", snapshot),
     ("change_row", change_row),
+    ("h1_request", h1_request),
 ];
 
 /// Host canonicalisation (`route::host`).
@@ -192,6 +196,57 @@ pub fn change_row(data: &[u8]) {
     let row = parts.next();
     let old = parts.next();
     let _ = decode(1, tbl, op, row, old);
+}
+
+/// The HTTP/1.1 codec's reading of a client's bytes
+/// (`http::h1::offline`). Input: two bytes of read sizes, then the bytes.
+pub fn h1_request(data: &[u8]) {
+    use crate::http::h1::offline::{first_request, Reading};
+    let (sizes, bytes) = data.split_at(data.len().min(2));
+    let reads: Vec<usize> = sizes.iter().map(|&b| usize::from(b % 64) + 1).collect();
+    let whole = first_request(bytes, &[]);
+    let pieces = first_request(bytes, &reads);
+    assert_eq!(whole, pieces, "read in pieces of {reads:?}, {bytes:?} reads otherwise");
+    let Reading::Message {
+        method,
+        target,
+        headers,
+        body,
+        consumed,
+    } = whole
+    else {
+        return;
+    };
+    assert!(consumed <= bytes.len());
+    let framing = |h: &(String, Vec<u8>)| h.0 == "content-length" || h.0 == "transfer-encoding";
+    assert!(
+        headers.iter().filter(|h| framing(h)).count() <= 1,
+        "two framings taken: {headers:?}"
+    );
+    // Written again plainly (one length), it reads as the same request.
+    let mut again = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
+    let kept: Vec<_> = headers.into_iter().filter(|h| !framing(h)).collect();
+    for (k, v) in &kept {
+        again.extend_from_slice(k.as_bytes());
+        again.extend_from_slice(b": ");
+        again.extend_from_slice(v);
+        again.extend_from_slice(b"\r\n");
+    }
+    again.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    again.extend_from_slice(&body);
+    match first_request(&again, &[]) {
+        Reading::Message {
+            method: m2,
+            target: t2,
+            headers: h2,
+            body: b2,
+            ..
+        } => {
+            let h2: Vec<_> = h2.into_iter().filter(|h| !framing(h)).collect();
+            assert_eq!((m2, t2, h2, b2), (method, target, kept, body), "rewritten: {again:?}");
+        }
+        other => panic!("a request taken once is refused written plainly ({other:?}): {again:?}"),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The Pingora `ServerApp` on every proxy listener: connection admission,
-//! the TLS handshake on HTTPS listeners, then Pingora's HTTP server running
-//! [`super::EdgeHttp`] for each request.
+//! the TLS handshake on HTTPS listeners, then the edge's own HTTP/1.1 loop
+//! ([`super::h1`]) or, for ALPN `h2`, Pingora's HTTP/2 server, each running
+//! [`super::EdgeHttp`] for every request.
 //!
 //! For each accepted connection it takes an admission slot
 //! ([`crate::conn::admission`]: global and per-IP caps; a refused

@@ -1,13 +1,16 @@
 //! The request path: what happens to one HTTP request (or WebSocket
-//! upgrade) between Pingora's parser and the VM. Thin glue around the pure
+//! upgrade) between the client's codec and the VM. Thin glue around the pure
 //! core (`edgeplane_core::route`): turn the head into a [`RouteRequest`](crate::route::RouteRequest),
 //! ask [`decide`](crate::route::decide()), carry out the [`Decision`](crate::route::Decision) — proxy to a VM,
 //! forward to a peer edge with a signed hop header, or answer with a small
 //! page — and handle what comes back (replays, connect retries).
 //!
-//! Where it sits: [`EdgeApp`] (admission, TLS) hands each connection to
-//! Pingora's HTTP server, which hands each request to [`EdgeHttp`] (the
-//! edge as a Pingora `HttpServerApp`). Files by step:
+//! Where it sits: [`EdgeApp`] (admission, TLS) hands each HTTP/1.1
+//! connection to the edge's own loop ([`h1`]) and each HTTP/2 one to
+//! Pingora's HTTP/2 server; both hand each request to [`EdgeHttp`]
+//! through the [`downstream::Downstream`] seam. Files by step:
+//! - [`h1`]: the HTTP/1.1 connection: heads parsed in place, bodies in,
+//!   answers out, buffers kept for the connection's life;
 //! - [`serve`]: one request from head to reuse (or hand-over to a tunnel);
 //! - [`ctx`]: the request's state as types (head facts, decision, body,
 //!   tries, outcome);
@@ -29,8 +32,8 @@
 //! - `x-forwarded-for/-proto/-host` are overwritten with what this edge saw,
 //!   except on a request from a peer edge whose hop header verified, where
 //!   the first edge's values are kept.
-//! - Keep-alive idle is bounded (Pingora's default after the first request
-//!   is forever), header count and bytes are capped (431).
+//! - Keep-alive idle is bounded (the first request's wait too), header
+//!   count and bytes are capped (431).
 //! - No DNS and no lock on this path: endpoints are resolved in the
 //!   background and answered from memory, the table is one ArcSwap load.
 //!

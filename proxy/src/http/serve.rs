@@ -1,8 +1,10 @@
-//! [`EdgeHttp`]: the edge as a Pingora `HttpServerApp`. Pingora's listener,
-//! TLS and HTTP/1 codec hand it one parsed-on-demand session per request;
-//! it reads the head, runs the request path ([`super::filter`], then
-//! [`super::forward`]) and the last step ([`super::access_log`]), and gives
-//! the connection back for the next request when that is safe.
+//! [`EdgeHttp`]: the request path's entry. [`EdgeHttp::handle`] runs one
+//! request whose head was read — the request path ([`super::filter`], then
+//! [`super::forward`]) and its last step ([`super::access_log`]) — on
+//! either codec: the edge's own HTTP/1.1 loop ([`super::h1`], which calls
+//! it per request) or Pingora's HTTP/2 session, for which `EdgeHttp` is a
+//! Pingora `HttpServerApp` ([`EdgeHttp::process_new_http`], one call per
+//! stream).
 //!
 //! Why not `pingora-proxy`'s `ProxyHttp`: its generic state machine (cache,
 //! modules, subrequests, a shared upstream pool with a lock, a `Notify` and
@@ -10,21 +12,20 @@
 //! work, and its pool woke the other serving thread on every request
 //! (docs/architecture.md, "Choices that shape the code", has the
 //! measurements). What the edge takes from Pingora: listeners, TLS, the
-//! HTTP/1 and HTTP/2 server codecs, the server, upgrade and shutdown
-//! machinery; the client side to VMs is its own ([`super::client`]).
+//! HTTP/2 server codec, the server, upgrade and shutdown machinery.
 //!
 //! Invariants:
 //! - A connection is reused only after a complete answer (the codec's own
 //!   keep-alive rules, `limits.max_requests_per_connection`); every failure
 //!   closes it.
-//! - A keep-alive connection waiting for its next request is dropped when
-//!   the listeners stop ([`EdgeHttp::http_cleanup`]); one never served yet
-//!   gets `FRESH_CONNECTION_GRACE` for its first request; one in the middle
-//!   of a request finishes it with `connection: close`.
+//! - Once a stop began (a graceful stop or upgrade) a request is answered
+//!   with `connection: close`; connections waiting for a request are
+//!   dropped when the listeners stop ([`EdgeHttp::http_cleanup`], the
+//!   shared [`Stop`]).
 //! - A malformed head gets 400 and a `CONNECT` 405; both are the client's
 //!   fault: counted, logged at debug.
 //!
-//! Start at [`EdgeHttp::process_new_http`].
+//! Start at [`EdgeHttp::handle`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -419,28 +419,8 @@ fn differential_extra() -> Vec<(&'static str, Vec<u8>)> {
 /// What llhttp (Node's HTTP parser, strict) made of each request: the first
 /// message whole (with its body length), or not.
 fn llhttp_first_messages(corpus: &[(&str, Vec<u8>)]) -> Vec<Option<u64>> {
-    use std::io::Write;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/js/llhttp.js");
-    let hex: Vec<String> = corpus
-        .iter()
-        .map(|(_, b)| b.iter().map(|x| format!("{x:02x}")).collect())
-        .collect();
-    let mut child = std::process::Command::new("node")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node (scripts/setup.sh installs nodejs)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(&hex).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let parsed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    parsed
+    let bytes: Vec<&[u8]> = corpus.iter().map(|(_, b)| b.as_slice()).collect();
+    crate::differential::llhttp(&bytes)
         .iter()
         .map(|r| {
             let first = &r["messages"][0];

@@ -6,6 +6,7 @@
 mod allocations;
 mod balancer;
 mod deploy;
+mod differential;
 mod dns;
 mod duplex;
 mod faults;

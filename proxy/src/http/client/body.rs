@@ -156,7 +156,7 @@ impl Decoder {
                         }
                         return Ok(Piece::NeedMore);
                     };
-                    if bad_line(&buf[..end]) {
+                    if end > 0 && !field_line(&buf[..end]) {
                         return self.fail(BodyError::Trailers);
                     }
                     let seen = seen + end + 2;
@@ -199,6 +199,64 @@ fn bad_line(line: &[u8]) -> bool {
     line.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
 }
 
+/// RFC 9110 §5.6.2 `tchar`.
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Takes a token off the front of `s`; None when there is none.
+fn token(s: &[u8]) -> Option<&[u8]> {
+    let n = s.iter().position(|&b| !tchar(b)).unwrap_or(s.len());
+    (n > 0).then(|| &s[n..])
+}
+
+/// Takes a quoted-string (RFC 9110 §5.6.4) off the front of `s`.
+fn quoted(s: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    if s.first() != Some(&b'"') {
+        return None;
+    }
+    while i < s.len() {
+        match s[i] {
+            b'"' => return Some(&s[i + 1..]),
+            b'\\' if i + 1 < s.len() && (s[i + 1] == b'\t' || s[i + 1] >= 0x20) && s[i + 1] != 0x7f => i += 2,
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Chunk extensions after the first `;`: `name[=value]` separated by `;`,
+/// names tokens, values tokens or quoted strings.
+fn extensions(mut s: &[u8]) -> bool {
+    loop {
+        let Some(rest) = token(s) else { return false };
+        s = rest;
+        if let Some(v) = s.strip_prefix(b"=") {
+            let Some(rest) = token(v).or_else(|| quoted(v)) else {
+                return false;
+            };
+            s = rest;
+        }
+        match s.split_first() {
+            None => return true,
+            Some((b';', rest)) => s = rest,
+            Some(_) => return false,
+        }
+    }
+}
+
+/// A trailer field line: a token name, `:`, a value of visible
+/// characters, spaces and tabs (RFC 9110 §5.5).
+fn field_line(line: &[u8]) -> bool {
+    let Some(rest) = token(line) else { return false };
+    let Some(value) = rest.strip_prefix(b":") else {
+        return false;
+    };
+    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// A chunk-size line at the start of `buf`: (size, bytes the line takes),
 /// None when it is not complete yet.
 fn chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, BodyError> {
@@ -214,12 +272,13 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, BodyError> {
     if bad_line(line) {
         return Err(BodyError::ChunkLine);
     }
-    // size [BWS ; extensions]: the extensions are ignored (RFC 9112 §7.1.1).
-    let (digits, has_ext) = match line.iter().position(|&b| b == b';') {
-        Some(i) => (&line[..i], true),
-        None => (line, false),
+    // size [; extensions]: the extensions are checked, then ignored (RFC
+    // 9112 §7.1.1; no whitespace around them, as llhttp's strict mode).
+    let digits = match line.iter().position(|&b| b == b';') {
+        Some(i) if extensions(&line[i + 1..]) => &line[..i],
+        Some(_) => return Err(BodyError::ChunkLine),
+        None => line,
     };
-    let digits = if has_ext { digits.trim_ascii_end() } else { digits };
     if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(BodyError::ChunkLine);
     }

@@ -40,8 +40,12 @@ use crate::http::downstream::Downstream;
 
 /// Largest body piece handed to the request path.
 const MAX_PIECE: usize = 64 * 1024;
-/// The read buffer grows by this much when it is nearly full.
-pub(super) const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer's room for heads (grown by this much when nearly full):
+/// what an idle keep-alive connection holds, so kept small (Pingora's and
+/// nginx's first head buffer is the same order, 4 KiB and 1 KiB).
+pub(super) const HEAD_CHUNK: usize = 4 * 1024;
+/// Room made for each read of a request body.
+const BODY_CHUNK: usize = 16 * 1024;
 /// An answer body piece this small is copied behind the held head (one
 /// write); a larger one goes out beside it (a vectored write).
 const COPY_BEHIND_HEAD: usize = 4 * 1024;
@@ -86,7 +90,7 @@ impl H1Conn {
         let digest = io.get_socket_digest();
         H1Conn {
             io,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            rbuf: BytesMut::with_capacity(HEAD_CHUNK),
             wbuf: Vec::with_capacity(1024),
             req: RequestHeader::build_no_case(Method::GET, b"/", Some(16)).expect("a static head"),
             scratch: HeadScratch::default(),
@@ -117,15 +121,7 @@ impl H1Conn {
         self.client_keepalive = keep;
         self.keepalive = keep.then_some(idle_secs);
         self.close_on_early_answer = true;
-        let framing = if self.req.headers.contains_key(TRANSFER_ENCODING) {
-            Framing::Chunked
-        } else {
-            match self.req.headers.get(CONTENT_LENGTH).map(|v| parse_length(v.as_bytes())) {
-                Some(Some(n)) => Framing::Length(n),
-                _ => Framing::None,
-            }
-        };
-        self.body = Decoder::new(framing);
+        self.body = Decoder::new(super::head::body_framing(&self.req));
         self.writer = Writer::NotStarted;
     }
 
@@ -285,7 +281,7 @@ impl Downstream for H1Conn {
                 Err(e) => return Err(body_error(e)),
             }
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(READ_CHUNK);
+                self.rbuf.reserve(BODY_CHUNK);
             }
             let t = self.read_timeout;
             match tokio::time::timeout(t, self.io.read_buf(&mut self.rbuf)).await {

@@ -10,7 +10,8 @@
 //! (`hostile::a_second_parser…` holds the two side by side). Refused with
 //! 400 and a closed connection:
 //! - a line ending in a bare LF (RFC 9112 §2.2 allows it; llhttp does not);
-//! - a method that is not upper-case letters, `-` or `_` (`get`);
+//! - a method that is not upper-case letters, `-` or `_` (`get`); one
+//!   that is but is not registered ([`METHODS`]) is 501;
 //! - a request line that does not split in three on single spaces (a space
 //!   in the target);
 //! - `Transfer-Encoding` together with `Content-Length` (RFC 9112 §6.1
@@ -18,7 +19,9 @@
 //! - `Transfer-Encoding` not ending in `chunked`, twice, or on HTTP/1.0
 //!   (a coding before `chunked`, which the edge does not decode, is 501);
 //! - `Content-Length` that is not one run of digits in one header;
-//! - an absolute-form target whose authority contradicts `Host`.
+//! - a request target in none of RFC 9112 §3.2's forms (`f/a`, `*` but
+//!   for `OPTIONS`, a scheme other than http and https), or an
+//!   absolute-form target whose authority contradicts `Host`.
 //!
 //! Over `max_head` bytes (or 256 headers) without an end: 431.
 //!
@@ -32,6 +35,48 @@ use pingora_http::RequestHeader;
 /// Most headers one head may have (as Pingora's codec).
 pub const MAX_HEADERS: usize = 256;
 
+/// The methods served: the registered ones llhttp knows (RFC 9110 and the
+/// IANA registry: WebDAV, CalDAV, UPnP's `M-SEARCH`, `PURGE`, `QUERY`).
+/// Another method is 501 (RFC 9110 §9.1), so where the two parsers could
+/// disagree on a method, the edge refuses.
+pub const METHODS: [&str; 35] = [
+    "DELETE",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "COPY",
+    "LOCK",
+    "MKCOL",
+    "MOVE",
+    "PROPFIND",
+    "PROPPATCH",
+    "SEARCH",
+    "UNLOCK",
+    "BIND",
+    "REBIND",
+    "UNBIND",
+    "ACL",
+    "REPORT",
+    "MKACTIVITY",
+    "CHECKOUT",
+    "MERGE",
+    "M-SEARCH",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PATCH",
+    "PURGE",
+    "MKCALENDAR",
+    "LINK",
+    "UNLINK",
+    "SOURCE",
+    "QUERY",
+];
+
 /// Why a head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
@@ -42,6 +87,9 @@ pub enum HeadError {
     /// A transfer coding other than chunked (RFC 9112 §6.1: 501).
     #[error("transfer coding not implemented")]
     UnknownCoding,
+    /// A method outside [`METHODS`] (RFC 9110 §9.1: 501).
+    #[error("method not implemented")]
+    UnknownMethod,
 }
 
 impl HeadError {
@@ -50,7 +98,7 @@ impl HeadError {
         match self {
             HeadError::Malformed(_) => 400,
             HeadError::TooLarge => 431,
-            HeadError::UnknownCoding => 501,
+            HeadError::UnknownCoding | HeadError::UnknownMethod => 501,
         }
     }
 }
@@ -109,12 +157,16 @@ pub fn parse(
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
         return Err(HeadError::Malformed("method not in upper case"));
     }
+    if !METHODS.contains(&method) {
+        return Err(HeadError::UnknownMethod);
+    }
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
         _ => return Err(HeadError::Malformed("version")),
     };
+    check_target(&method, parsed.path.unwrap_or_default().as_bytes())?;
     let base = buf.as_ptr() as usize;
     let target = range(base, parsed.path.unwrap_or_default().as_bytes());
     scratch.spans.clear();
@@ -122,12 +174,44 @@ pub fn parse(
         name: range(base, h.name.as_bytes()),
         value: range(base, h.value),
     }));
+    // httparse drops the whitespace after a value; after the coding that
+    // frames the body, llhttp refuses it, and so does the edge.
+    let padded_coding = scratch.spans.iter().any(|s| {
+        buf[s.name.0..s.name.1].eq_ignore_ascii_case(b"transfer-encoding") && buf.get(s.value.1) != Some(&b'\r')
+    });
+    if padded_coding {
+        return Err(HeadError::Malformed("whitespace after Transfer-Encoding"));
+    }
     let head = buf.split_to(len).freeze();
     fill(req, &head, method, version, target, &scratch.spans)?;
     check_framing(req)?;
     pingora_core::protocols::http::authority::validate_request_authority(req)
         .map_err(|_| HeadError::Malformed("authority contradicts Host"))?;
     Ok(Parsed::Complete(len))
+}
+
+/// The request target is in one of RFC 9112 §3.2's forms: origin-form
+/// (`/...`), absolute-form with an `http` or `https` scheme, `*` for
+/// `OPTIONS`, or (for `CONNECT`, answered 405 later) anything.
+fn check_target(method: &Method, target: &[u8]) -> Result<(), HeadError> {
+    let absolute = |scheme: &[u8]| {
+        target.len() > scheme.len() + 3
+            && target[..scheme.len()].eq_ignore_ascii_case(scheme)
+            && target[scheme.len()..].starts_with(b"://")
+    };
+    // No fragment: `#` is in no form of a request target.
+    let ok = !target.contains(&b'#')
+        && match target.first() {
+            Some(b'/') => true,
+            Some(b'*') => target.len() == 1 && *method == Method::OPTIONS,
+            Some(_) => *method == Method::CONNECT || absolute(b"http") || absolute(b"https"),
+            None => false,
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(HeadError::Malformed("request target in no form of RFC 9112 §3.2"))
+    }
 }
 
 /// Every line of the head ends in CRLF.
@@ -172,6 +256,23 @@ fn fill(
     Ok(())
 }
 
+/// How the body of a head that [`parse`] took is framed (its rules
+/// leave one reading).
+pub fn body_framing(req: &RequestHeader) -> crate::http::client::body::Framing {
+    use crate::http::client::body::Framing;
+    if req.headers.contains_key(TRANSFER_ENCODING) {
+        return Framing::Chunked;
+    }
+    match req
+        .headers
+        .get(CONTENT_LENGTH)
+        .map(|v| std::str::from_utf8(v.as_bytes()).map(str::parse))
+    {
+        Some(Ok(Ok(n))) => Framing::Length(n),
+        _ => Framing::None,
+    }
+}
+
 /// The body framing rules of the module docs.
 fn check_framing(req: &RequestHeader) -> Result<(), HeadError> {
     let mut te = req.headers.get_all(TRANSFER_ENCODING).iter();
@@ -182,20 +283,16 @@ fn check_framing(req: &RequestHeader) -> Result<(), HeadError> {
             if te.next().is_some() || req.version != Version::HTTP_11 {
                 return Err(HeadError::Malformed("Transfer-Encoding"));
             }
-            let last = v
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            if !last.eq_ignore_ascii_case(b"chunked") {
-                // Not chunked last: the body's end is unknown (RFC 9112 §6.3).
-                return Err(HeadError::Malformed("Transfer-Encoding not ending in chunked"));
+            if v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                return Ok(());
             }
-            if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            let last = v.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+            if last.first() == Some(&b' ') && last[1..].eq_ignore_ascii_case(b"chunked") {
+                // A coding before chunked, which the edge does not decode.
                 return Err(HeadError::UnknownCoding);
             }
-            Ok(())
+            // Not exactly chunked last: the body's end is unknown (RFC 9112 §6.3).
+            Err(HeadError::Malformed("Transfer-Encoding other than chunked"))
         }
         (None, Some(v)) => {
             let b = v.as_bytes();
@@ -278,6 +375,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
@@ -285,6 +383,10 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
             b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n",
             b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+            b"GET f/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
         ];
         for raw in bad {
             let r = run(raw).0;
@@ -300,6 +402,8 @@ mod tests {
     fn a_coding_the_edge_does_not_decode_is_501() {
         let r = run(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").0;
         assert_eq!(r.map_err(HeadError::status), Err(501));
+        let r = run(b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n").0;
+        assert_eq!(r.map_err(HeadError::status), Err(501));
     }
 
     #[test]
@@ -307,7 +411,7 @@ mod tests {
         let good: &[&[u8]] = &[
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-            b"M-SEARCH * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET http://a.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nX: caf\xc3\xa9\r\n\r\n",
         ];

@@ -23,12 +23,15 @@
 //!   at once, and one never served after `FRESH_CONNECTION_GRACE`; a
 //!   request in progress finishes with `connection: close`;
 //! - pipelined requests are served in order (the bytes after a request
-//!   stay in the read buffer for the next head).
+//!   stay in the read buffer for the next head);
+//! - a connection that closes with a request body still unread lingers
+//!   ([`linger`]), so the answer is not lost to a reset.
 //!
 //! Start at [`EdgeHttp::serve_h1`].
 
 pub mod conn;
 pub mod head;
+pub mod offline;
 
 use std::sync::Arc;
 
@@ -37,13 +40,37 @@ use tokio::io::AsyncReadExt;
 
 use super::serve::{EdgeHttp, Next};
 use crate::conn::ConnStream;
-use conn::{H1Conn, READ_CHUNK};
+use conn::{H1Conn, HEAD_CHUNK};
 use head::Parsed;
 
 /// Head bytes read past `limits.max_header_bytes` (which counts header
 /// lines only) before the edge gives up on a head: room for the request
 /// line and the line ends.
 pub const HEAD_SLACK: usize = 16 * 1024;
+
+/// Longest a closing connection keeps reading a body nobody will read.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most bytes read and dropped while lingering.
+pub const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes a connection whose client may still be sending a body the edge
+/// will not read (it answered first): closing at once would make the
+/// kernel answer those bytes with a reset, which can destroy the answer
+/// before the client reads it. Half-close, then read and drop what comes
+/// for at most [`LINGER`] and [`LINGER_BYTES`] (nginx's lingering close).
+async fn linger(io: &mut ConnStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = io.shutdown().await;
+    let until = tokio::time::Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(until, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => break,
+        }
+    }
+}
 
 /// How waiting for a head ended.
 enum Wait {
@@ -87,6 +114,8 @@ impl EdgeHttp {
                     super::tunnel::spawn(c.io, *tunnel, &prefix);
                     return;
                 }
+                // A body the edge did not read may still be on its way.
+                _ if !c.body_done() => return linger(&mut c.io).await,
                 // A complete answer on a connection that ends: closed
                 // cleanly (TLS close_notify, then FIN).
                 Next::Reuse => {
@@ -116,7 +145,7 @@ impl EdgeHttp {
                 }
             }
             if c.rbuf.capacity() - c.rbuf.len() < 1024 {
-                c.rbuf.reserve(READ_CHUNK);
+                c.rbuf.reserve(HEAD_CHUNK);
             }
             let read = if c.rbuf.is_empty() {
                 // Between requests: idle time is bounded, and a stop ends
