@@ -1,7 +1,7 @@
 //! [`Downstream`]: what the request path asks of the client side of one
 //! request — its head, its body, the answer written back and how the
 //! connection goes on — whichever codec carries it. Two implement it:
-//! the edge's own HTTP/1.1 connection ([`super::h1::H1Conn`], plain and TLS
+//! the edge's own HTTP/1.1 connection ([`super::h1::conn::H1Conn`], plain and TLS
 //! listeners) and Pingora's `ServerSession` (HTTP/2 streams).
 //!
 //! Where it sits: between the codecs and the request path
