@@ -25,6 +25,7 @@ use pingora_core::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::conn::ConnStream;
+use crate::http::client::AnswerHead;
 
 /// The client side of one request (see the module docs).
 pub trait Downstream: Send {
@@ -52,6 +53,12 @@ pub trait Downstream: Send {
     /// `100 Continue` (for `Expect: 100-continue`).
     fn write_continue_response(&mut self) -> impl Future<Output = Result<()>> + Send;
     fn write_response_header(&mut self, head: Box<ResponseHeader>) -> impl Future<Output = Result<()>> + Send;
+    /// A VM's answer head, with the lines the edge adds (`extra`).
+    fn write_answer_head(
+        &mut self,
+        head: &AnswerHead,
+        extra: &[(&str, &[u8])],
+    ) -> impl Future<Output = Result<()>> + Send;
     fn write_response_body(&mut self, data: Bytes, end: bool) -> impl Future<Output = Result<()>> + Send;
     /// The answer is complete.
     fn finish_body(&mut self) -> impl Future<Output = Result<()>> + Send;
@@ -109,6 +116,11 @@ impl Downstream for ServerSession {
 
     async fn write_response_header(&mut self, head: Box<ResponseHeader>) -> Result<()> {
         ServerSession::write_response_header(self, head).await
+    }
+
+    async fn write_answer_head(&mut self, head: &AnswerHead, extra: &[(&str, &[u8])]) -> Result<()> {
+        let head = head.to_response_header(extra)?;
+        ServerSession::write_response_header(self, Box::new(head)).await
     }
 
     async fn write_response_body(&mut self, data: Bytes, end: bool) -> Result<()> {

@@ -206,7 +206,7 @@ impl Proxy {
                 .map_err(|e| Failed::client(&e))?;
         }
         let mut answer = self.await_answer(session, ctx, &mut conn, &mut up, limits).await?;
-        if up.reading && answer.head.headers.contains_key(super::REPLAY_HEADER) {
+        if up.reading && answer.head.contains(super::REPLAY_HEADER) {
             // A replay asked before the body was all here: the rest is read
             // and held (not sent to this VM) so that it can go where asked.
             self.hold_rest(session, ctx, &mut up, limits).await?;
@@ -222,7 +222,9 @@ impl Proxy {
                     "101 to a request that is not a WebSocket upgrade",
                 ));
             }
-            let head = super::headers::response_head_bytes(&answer.head);
+            let head = answer
+                .head
+                .to_bytes(super::upstream::answer_extras(ctx, &answer.head).as_slice());
             return Ok(Exchanged::Upgraded(Opened { conn, head }));
         }
         // A refused upgrade closes the client connection; so does an answer
@@ -328,8 +330,9 @@ impl Proxy {
             keep_alive,
             ..
         } = answer;
+        let extras = super::upstream::answer_extras(ctx, &head);
         session
-            .write_response_header(Box::new(head))
+            .write_answer_head(&head, extras.as_slice())
             .await
             .map_err(|e| Failed::client(&e))?;
         ctx.outcome = Outcome::Relayed(status);

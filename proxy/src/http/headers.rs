@@ -1,9 +1,9 @@
 //! Request-head helpers of the proxy glue ([`super`]): which headers never
 //! reach a VM (internal, hop-by-hop per RFC 9110, spoofable), WebSocket
-//! upgrade detection, head serialisation for tunnels. Pure functions over
+//! upgrade detection. Pure functions over
 //! Pingora's header types.
 
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 /// A plain HTTP/1.1 WebSocket upgrade request (carried by [`crate::http::tunnel`]).
 pub(super) fn is_websocket_upgrade(req: &RequestHeader) -> bool {
@@ -76,25 +76,6 @@ pub(super) fn strip_for_upstream(
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(name))
-}
-
-/// Serialises an answer head for the wire (a `101` relayed on a tunnel's
-/// own stream).
-pub(super) fn response_head_bytes(resp: &ResponseHeader) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (k, v) in resp.headers.iter() {
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The request's host as the client named it: the `Host` header, else the

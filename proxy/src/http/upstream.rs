@@ -16,10 +16,11 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use super::downstream::Downstream;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 use edgeplane_control_sync::RoutingTable;
 
+use super::client::AnswerHead;
 use super::ctx::{Body, Outcome, RequestCtx, RequestId, Routed};
 use super::failure::{Failed, Failure, Fault};
 use super::headers::{request_host, strip_for_upstream};
@@ -47,6 +48,39 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The lines the edge adds to a VM's answer: the debug route (asked for
+/// with the admin token) and the request id, unless the VM set one.
+/// Borrowed from the request's context, never copied.
+pub(super) struct Extras<'a> {
+    items: [(&'static str, &'a [u8]); 2],
+    len: usize,
+}
+
+impl<'a> Extras<'a> {
+    pub(super) fn as_slice(&self) -> &[(&'static str, &'a [u8])] {
+        &self.items[..self.len]
+    }
+}
+
+/// [`Extras`] for `resp` (after [`Proxy::edit_response`]).
+pub(super) fn answer_extras<'a>(ctx: &'a RequestCtx, resp: &AnswerHead) -> Extras<'a> {
+    let mut e = Extras {
+        items: [("", &[]); 2],
+        len: 0,
+    };
+    if let Some(r) = &ctx.debug_route {
+        e.items[e.len] = (ROUTE_HEADER, r.as_bytes());
+        e.len += 1;
+    }
+    if let Some(id) = &ctx.request_id {
+        if !resp.contains(REQUEST_ID_HEADER) {
+            e.items[e.len] = (REQUEST_ID_HEADER, id.as_str().as_bytes());
+            e.len += 1;
+        }
+    }
+    e
 }
 
 impl Proxy {
@@ -277,8 +311,8 @@ impl Proxy {
     /// An answer head arrived: true when it asks for a replay that may be
     /// made (the decision now names the target; the answer is dropped).
     /// Otherwise the client gets the VM's own answer, without the header.
-    pub(super) fn answered(&self, ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> bool {
-        let Some(value) = resp.headers.get(REPLAY_HEADER).map(|v| v.as_bytes().to_vec()) else {
+    pub(super) fn answered(&self, ctx: &mut RequestCtx, resp: &mut AnswerHead) -> bool {
+        let Some(value) = resp.get(REPLAY_HEADER).map(<[u8]>::to_vec) else {
             return false;
         };
         let outcome = match self.plan_replay(ctx, &value) {
@@ -287,26 +321,20 @@ impl Proxy {
         };
         self.shared.metrics.replays.inc(outcome.as_str());
         if outcome != route::replay::ReplayOutcome::Replayed {
-            resp.remove_header(REPLAY_HEADER);
+            resp.remove(REPLAY_HEADER);
             return false;
         }
         true
     }
 
-    /// The VM's answer head on its way to the client.
-    pub(super) fn edit_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
-        resp.remove_header(REPLAY_HEADER);
-        resp.remove_header(ROUTE_HEADER);
-        if let Some(r) = &ctx.debug_route {
-            let _ = resp.insert_header(ROUTE_HEADER, r.as_str());
-        }
+    /// The VM's answer head on its way to the client: the edge's own
+    /// headers a VM may not set are dropped (the ones the edge adds come
+    /// from [`answer_extras`]); the VM answered, so it counts as a success.
+    pub(super) fn edit_response(&self, resp: &mut AnswerHead, ctx: &RequestCtx) {
+        resp.remove(REPLAY_HEADER);
+        resp.remove(ROUTE_HEADER);
         if let Some(h) = ctx.route.as_ref().and_then(|r| r.vm_hash) {
             self.shared.route.load().balancer.outliers.success(h);
-        }
-        if let Some(id) = &ctx.request_id {
-            if !resp.headers.contains_key(REQUEST_ID_HEADER) {
-                let _ = resp.insert_header(REQUEST_ID_HEADER, id.as_str());
-            }
         }
     }
 

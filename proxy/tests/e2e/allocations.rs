@@ -14,7 +14,7 @@ use crate::{dead_addr, world};
 /// What docs/request-path.md lists for a proxied keep-alive HTTP/1.1
 /// request, rounded up for background noise (the file source's poll, the
 /// admin request that reads the count).
-pub const BUDGET_PER_REQUEST: f64 = 9.0;
+pub const BUDGET_PER_REQUEST: f64 = 3.0;
 
 async fn allocations(edge: &Edge) -> u64 {
     let v = get(edge.admin, "admin", "/debug/allocations", &[]).await.json();

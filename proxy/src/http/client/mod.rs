@@ -1,7 +1,8 @@
 //! The edge's HTTP/1.1 client to VMs and peer edges: one [`Conn`] per TCP
 //! connection, with one read buffer it keeps for its whole life (pooled
 //! with it between requests), the answer head parsed in place with
-//! `httparse`, bodies taken out of that buffer without copying
+//! `httparse` into an [`AnswerHead`] (the head's bytes and its lines'
+//! offsets, [`answer`]), bodies taken out of that buffer without copying
 //! ([`body::Decoder`]).
 //!
 //! Why its own and not Pingora's client session: the request path sends the
@@ -22,6 +23,7 @@
 //!
 //! Start at [`Conn::take_answer`].
 
+pub mod answer;
 pub mod body;
 pub mod pool;
 
@@ -29,11 +31,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pingora_http::ResponseHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::failure::{Failed, Failure};
+pub use answer::AnswerHead;
 use body::Framing;
 
 /// Largest answer head accepted from a VM.
@@ -88,7 +90,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Failed
 pub struct Answer {
     pub status: u16,
     /// The head as the client will get it: hop-by-hop headers dropped.
-    pub head: ResponseHeader,
+    pub head: AnswerHead,
     pub framing: Framing,
     /// The connection may carry another request after this answer's body.
     pub keep_alive: bool,
@@ -247,9 +249,8 @@ fn answer_of(resp: &httparse::Response<'_, '_>, raw: &bytes::Bytes, head_request
     } else {
         Framing::UntilClose
     };
-    // No case map: names go to the client lower-case (HTTP/1.1 names are
-    // case-insensitive; HTTP/2 requires lower case).
-    let mut head = ResponseHeader::build_no_case(status, Some(resp.headers.len())).map_err(|e| e.to_string())?;
+    let status_code = http::StatusCode::from_u16(status).map_err(|e| e.to_string())?;
+    let mut head = AnswerHead::new(raw.clone(), status_code);
     for h in resp.headers.iter() {
         let hop = super::headers::HOP_BY_HOP
             .iter()
@@ -260,12 +261,9 @@ fn answer_of(resp: &httparse::Response<'_, '_>, raw: &bytes::Bytes, head_request
         if hop || stale_length {
             continue;
         }
-        // The name goes in as a slice of the read buffer: Pingora makes the
-        // `HeaderName` from it (a copy only for a name `http` does not
-        // know); a `HeaderName` passed in would be titled and parsed again.
-        let value = http::HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).map_err(|e| e.to_string())?;
-        head.append_header(raw.slice_ref(h.name.as_bytes()), value)
-            .map_err(|e| format!("header {:?}: {e}", h.name))?;
+        // httparse checked the value's bytes; the line stays a slice of
+        // the head (no header map, no copy).
+        head.keep(h.name.as_bytes(), h.value);
     }
     let keep_alive = !close && framing != Framing::UntilClose && !(chunked && content_length.is_some());
     Ok(Answer {
@@ -306,7 +304,7 @@ mod tests {
             (Framing::Chunked, false),
             "CL with TE: chunked, no reuse"
         );
-        assert!(a.head.headers.get("content-length").is_none());
+        assert!(a.head.get("content-length").is_none());
         let a = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert_eq!((a.framing, a.keep_alive), (Framing::UntilClose, false));
         let a = parse(
@@ -315,10 +313,7 @@ mod tests {
         )
         .unwrap();
         assert!(!a.keep_alive);
-        assert!(
-            a.head.headers.get("connection").is_none(),
-            "hop-by-hop stays with the VM"
-        );
+        assert!(a.head.get("connection").is_none(), "hop-by-hop stays with the VM");
         let a = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap();
         assert!(!a.keep_alive, "HTTP/1.0 closes");
         for (raw, head) in [
@@ -339,9 +334,6 @@ mod tests {
             false,
         )
         .unwrap();
-        assert!(
-            a.head.headers.get("upgrade").is_some(),
-            "a 101 keeps its upgrade headers"
-        );
+        assert!(a.head.get("upgrade").is_some(), "a 101 keeps its upgrade headers");
     }
 }

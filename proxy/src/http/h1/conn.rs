@@ -34,8 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::head::HeadScratch;
 use crate::conn::ConnStream;
+use crate::http::client::answer::write_status_line;
 use crate::http::client::body::{chunk_head, BodyError, Decoder, Framing, Piece, LAST_CHUNK};
-use crate::http::client::write_parts;
+use crate::http::client::{write_parts, AnswerHead};
 use crate::http::downstream::Downstream;
 
 /// Largest body piece handed to the request path.
@@ -210,24 +211,81 @@ fn parse_length(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// The answer head's body framing (see the module docs).
-fn writer_for(head: &ResponseHeader, head_request: bool) -> Writer {
-    let status = head.status.as_u16();
+/// The answer head's body framing (see the module docs), from its status
+/// and its `transfer-encoding` and `content-length` values.
+fn writer_for(status: u16, te: Option<&[u8]>, cl: Option<&[u8]>, head_request: bool) -> Writer {
     if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         return Writer::Empty;
     }
-    let chunked = head.headers.get(TRANSFER_ENCODING).is_some_and(|v| {
-        v.as_bytes()
-            .rsplit(|&b| b == b',')
+    let chunked = te.is_some_and(|v| {
+        v.rsplit(|&b| b == b',')
             .next()
             .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
     });
     if chunked {
         return Writer::Chunked;
     }
-    match head.headers.get(CONTENT_LENGTH).map(|v| parse_length(v.as_bytes())) {
+    match cl.map(parse_length) {
         Some(Some(n)) => Writer::Length(n),
         _ => Writer::UntilClose,
+    }
+}
+
+fn writer_of(head: &ResponseHeader, head_request: bool) -> Writer {
+    let get = |n| head.headers.get(n).map(http::HeaderValue::as_bytes);
+    writer_for(
+        head.status.as_u16(),
+        get(TRANSFER_ENCODING),
+        get(CONTENT_LENGTH),
+        head_request,
+    )
+}
+
+impl H1Conn {
+    /// What every answer head does before its lines are written: the
+    /// keep-alive decision and the body's framing. False for a head that
+    /// is not to be written (a second one).
+    fn begin_answer(&mut self, status: u16, writer: Writer) -> bool {
+        if self.writer != Writer::NotStarted {
+            log::debug!("a second answer head ({status}) for one request: dropped");
+            return false;
+        }
+        if (100..200).contains(&status) && status != 101 {
+            return true;
+        }
+        if self.close_on_early_answer && !self.body.is_done() {
+            self.keepalive = None;
+        }
+        if writer == Writer::UntilClose || status == 101 {
+            self.keepalive = None;
+        }
+        self.writer = writer;
+        true
+    }
+
+    /// After the lines: the edge's `date` and `connection`, the blank
+    /// line, and the head sent now unless it waits for the first body piece.
+    async fn end_answer(&mut self, status: u16) -> Result<()> {
+        if !(100..200).contains(&status) || status == 101 {
+            self.wbuf.extend_from_slice(b"date: ");
+            self.wbuf
+                .extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
+            self.wbuf.extend_from_slice(if self.will_keepalive() {
+                b"\r\nconnection: keep-alive\r\n"
+            } else {
+                b"\r\nconnection: close\r\n"
+            });
+        }
+        self.wbuf.extend_from_slice(b"\r\n");
+        // Held for the first body piece when the length is known; sent now
+        // otherwise (a streamed answer's head should not wait for its body).
+        if !matches!(self.writer, Writer::Length(n) if n > 0) {
+            self.send_held().await?;
+        }
+        if self.writer == Writer::Empty || self.writer == Writer::Length(0) {
+            self.writer = Writer::Done;
+        }
+        Ok(())
     }
 }
 
@@ -302,44 +360,41 @@ impl Downstream for H1Conn {
 
     async fn write_response_header(&mut self, mut head: Box<ResponseHeader>) -> Result<()> {
         let status = head.status.as_u16();
-        if self.writer != Writer::NotStarted {
-            log::debug!("a second answer head ({status}) for one request: dropped");
+        if !self.begin_answer(status, writer_of(&head, self.req.method == Method::HEAD)) {
             return Ok(());
-        }
-        let informational = (100..200).contains(&status) && status != 101;
-        if !informational {
-            if self.close_on_early_answer && !self.body.is_done() {
-                self.keepalive = None;
-            }
-            let writer = writer_for(&head, self.req.method == Method::HEAD);
-            if writer == Writer::UntilClose || status == 101 {
-                self.keepalive = None;
-            }
-            self.writer = writer;
         }
         head.remove_header(&CONNECTION);
         head.remove_header(&DATE);
-        encode_head(&head, &mut self.wbuf);
-        if !informational {
-            self.wbuf.extend_from_slice(b"date: ");
-            self.wbuf
-                .extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
-            self.wbuf.extend_from_slice(if self.will_keepalive() {
-                b"\r\nconnection: keep-alive\r\n"
-            } else {
-                b"\r\nconnection: close\r\n"
-            });
+        write_status_line(head.status, &mut self.wbuf);
+        head.header_to_h1_wire(&mut self.wbuf);
+        self.end_answer(status).await
+    }
+
+    async fn write_answer_head(&mut self, head: &AnswerHead, extra: &[(&str, &[u8])]) -> Result<()> {
+        let status = head.status.as_u16();
+        let writer = writer_for(
+            status,
+            head.get("transfer-encoding"),
+            head.get("content-length"),
+            self.req.method == Method::HEAD,
+        );
+        if !self.begin_answer(status, writer) {
+            return Ok(());
         }
-        self.wbuf.extend_from_slice(b"\r\n");
-        // Held for the first body piece when the length is known; sent now
-        // otherwise (a streamed answer's head should not wait for its body).
-        if !matches!(self.writer, Writer::Length(n) if n > 0) {
-            self.send_held().await?;
+        write_status_line(head.status, &mut self.wbuf);
+        // The VM's lines as it cased them, but its `date` (the edge's own
+        // goes out; `connection` never reaches here).
+        for (n, v) in head.iter().filter(|(n, _)| !n.eq_ignore_ascii_case(b"date")) {
+            for part in [n, b": ", v, b"\r\n"] {
+                self.wbuf.extend_from_slice(part);
+            }
         }
-        if self.writer == Writer::Empty || self.writer == Writer::Length(0) {
-            self.writer = Writer::Done;
+        for (n, v) in extra {
+            for part in [n.as_bytes(), b": ", v, b"\r\n"] {
+                self.wbuf.extend_from_slice(part);
+            }
         }
-        Ok(())
+        self.end_answer(status).await
     }
 
     async fn write_response_body(&mut self, data: Bytes, end: bool) -> Result<()> {
@@ -395,19 +450,6 @@ fn body_error(e: BodyError) -> Box<Error> {
     Error::explain(ErrorType::InvalidHTTPHeader, format!("request body: {e}"))
 }
 
-/// The status line (always HTTP/1.1: the edge's own version) and the
-/// head's headers, names as the VM cased them.
-fn encode_head(head: &ResponseHeader, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(head.status.as_str().as_bytes());
-    out.push(b' ');
-    if let Some(reason) = head.get_reason_phrase() {
-        out.extend_from_slice(reason.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    head.header_to_h1_wire(out);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,23 +465,16 @@ mod tests {
     #[test]
     fn the_answer_body_is_framed_as_its_head_says() {
         assert_eq!(
-            writer_for(&head(200, &[("content-length", "5")]), false),
+            writer_of(&head(200, &[("content-length", "5")]), false),
             Writer::Length(5)
         );
-        assert_eq!(writer_for(&head(200, &[("content-length", "5")]), true), Writer::Empty);
-        assert_eq!(writer_for(&head(204, &[]), false), Writer::Empty);
-        assert_eq!(writer_for(&head(304, &[("content-length", "5")]), false), Writer::Empty);
+        assert_eq!(writer_of(&head(200, &[("content-length", "5")]), true), Writer::Empty);
+        assert_eq!(writer_of(&head(204, &[]), false), Writer::Empty);
+        assert_eq!(writer_of(&head(304, &[("content-length", "5")]), false), Writer::Empty);
         assert_eq!(
-            writer_for(&head(200, &[("transfer-encoding", "gzip, chunked")]), false),
+            writer_of(&head(200, &[("transfer-encoding", "gzip, chunked")]), false),
             Writer::Chunked
         );
-        assert_eq!(writer_for(&head(200, &[]), false), Writer::UntilClose);
-    }
-
-    #[test]
-    fn the_head_keeps_the_vms_header_case() {
-        let mut out = Vec::new();
-        encode_head(&head(404, &[("X-Thing", "1")]), &mut out);
-        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nX-Thing: 1\r\n");
+        assert_eq!(writer_of(&head(200, &[]), false), Writer::UntilClose);
     }
 }
