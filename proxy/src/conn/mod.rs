@@ -5,7 +5,7 @@
 //! ([`stream`]), and the TLS certificate store ([`tls`]).
 //!
 //! Where it sits: the request path's `EdgeApp` (in `http`) admits each connection and wraps it in a [`ConnStream`]; request hooks
-//! reach it through [`conn_of`]. Start at [`stream`].
+//! reach it through `Downstream::conn` (`http/downstream.rs`). Start at [`stream`].
 
 pub mod admission;
 pub mod drain;
@@ -17,9 +17,3 @@ pub mod tls;
 pub use admission::{Admission, Refusal};
 pub use drain::Drain;
 pub use stream::ConnStream;
-
-/// The connection a Pingora session runs on (None for HTTP/2 streams,
-/// which Pingora builds itself).
-pub fn conn_of(session: &pingora_core::protocols::http::ServerSession) -> Option<&ConnStream> {
-    session.stream()?.as_any().downcast_ref::<ConnStream>()
-}

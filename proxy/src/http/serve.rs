@@ -99,23 +99,14 @@ impl HttpServerApp for EdgeHttp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // A connection that has not been served yet was accepted before the
-        // listeners stopped and its first request may still be on its way
-        // (a busy machine polls a new connection late): it gets
-        // FRESH_CONNECTION_GRACE after the stop; an idle keep-alive one is
-        // dropped at once.
-        let fresh = crate::conn::conn_of(&session).is_some_and(|c| !c.served());
-        let stopped = async {
-            self.stop.wait().await;
-            if fresh {
-                tokio::time::sleep(super::app::FRESH_CONNECTION_GRACE).await;
-            }
-        };
+        // Only HTTP/2 streams come here (HTTP/1.1 connections run the
+        // edge's own loop, `super::h1`, with its fresh-connection grace);
+        // a stream waiting for its head is dropped when the listeners stop.
         let read = tokio::select! {
             // Biased: a head already on its way is read before a stop is seen.
             biased;
             r = session.read_request() => r,
-            _ = stopped => return None,
+            _ = self.stop.wait() => return None,
         };
         match read {
             Ok(true) => {}
@@ -129,11 +120,8 @@ impl HttpServerApp for EdgeHttp {
             refuse_head(session, &ErrorType::HTTPStatus(405)).await;
             return None;
         }
-        let tls = match crate::conn::conn_of(&session) {
-            Some(c) => c.is_tls(),
-            // An HTTP/2 stream: its connection came through TLS (ALPN).
-            None => session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        };
+        // An HTTP/2 stream: its connection came through TLS (ALPN).
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let body_done = session.is_body_done();
         let next = self.handle(&mut session, tls, body_done, shutdown).await;
         let settings = match next {
