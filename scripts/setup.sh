@@ -12,9 +12,10 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # The balancer test runs a real Prometheus server (the `prometheus` health source).
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 # The comparison harness's smoke run (bench/tests/compare_smoke.rs) puts
-# nginx and HAProxy beside edgeplane and loads them with wrk.
+# nginx, HAProxy and Caddy beside edgeplane and loads them with wrk.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 # ... and over TLS (HTTP/2 and HTTP/1.1) with h2load.
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)

@@ -1,6 +1,6 @@
 //! `edgeplane-bench`: the fake conman VM, the load generators, the
 //! placement simulator, the benchmarks that need a database or a process,
-//! and the comparison harness against nginx and HAProxy. Each subcommand is
+//! and the comparison harness against nginx, HAProxy and Caddy. Each subcommand is
 //! its arguments (clap) and a `run` that hands them to the library
 //! (`edgeplane_bench::*`); what they share is below ([`current_thread`],
 //! [`print_json`], [`results_dir`], [`command_line`], [`Database`],
@@ -182,10 +182,10 @@ enum Cmd {
     /// New TLS connections back to back (handshake, one request, close),
     /// full or resumed; prints one JSON line.
     TlsHandshakes(TlsHandshakesArgs),
-    /// edgeplane vs a bare Pingora pass-through vs nginx vs HAProxy (and no
+    /// edgeplane vs a bare Pingora pass-through vs nginx vs HAProxy vs Caddy (and no
     /// proxy): HTTP saturation and fixed-rate runs, WebSocket echo, idle
     /// tunnels; over TLS HTTP/2, HTTP/1.1, handshakes, wss echo and idle
-    /// wss tunnels. Installs nginx/haproxy/wrk/h2load if absent. Writes
+    /// wss tunnels. Installs nginx/haproxy/caddy/wrk/h2load if absent. Writes
     /// bench/results/compare.{md,json} and compare_cpu.svg.
     Compare(CompareArgs),
     /// Write a synthetic placement snapshot (JSON) for load runs.
@@ -512,7 +512,7 @@ struct CompareArgs {
     #[arg(long)]
     smoke: bool,
     /// Peers, comma separated (direct, edgeplane, edgeplane-shipped,
-    /// pingora, nginx, haproxy; edgeplane-before with --before).
+    /// pingora, nginx, haproxy, caddy; edgeplane-before with --before).
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
     /// An earlier edgeplane binary to run beside this one as peer

@@ -1,6 +1,6 @@
 //! The comparison harness in smoke mode: seconds, every peer, no timing
 //! assertions. Proves that `edgeplane-bench compare` still starts the
-//! backend and all six peers, drives wrk, the open-loop generator, the
+//! backend and all seven peers, drives wrk, the open-loop generator, the
 //! WebSocket echo and idle-tunnel generators through each, then the TLS
 //! stages (h2load over HTTP/2 and HTTP/1.1, new TLS connections full and
 //! resumed, wss echo and idle wss tunnels) through every proxy, and writes
@@ -28,6 +28,7 @@ fn compare_smoke_runs_every_peer_end_to_end() {
         "pingora",
         "nginx",
         "haproxy",
+        "caddy",
     ];
     for peer in peers {
         let http: Vec<_> = json["http"]

@@ -1,7 +1,7 @@
 //! `edgeplane-bench compare`: edgeplane side by side with the proxies its
 //! users would otherwise pick, on the same machine, in the same run.
 //!
-//! Flow ([`run`]): install nginx/haproxy/wrk if absent → start the fast
+//! Flow ([`run`]): install nginx/haproxy/caddy/wrk if absent → start the fast
 //! backend ([`crate::backend`]) on the load core → write a synthetic world
 //! (1M repls by default, every VM pointing at the backend) → start every
 //! peer ([`peers`]) pinned to the proxy core → for each round, in an order
@@ -327,7 +327,11 @@ pub fn run(o: &CompareOptions) -> Result<CompareResults, CompareError> {
     if o.tls {
         need.push(("h2load", "nghttp2-client"));
     }
-    for (k, tool) in [(PeerKind::Nginx, "nginx"), (PeerKind::Haproxy, "haproxy")] {
+    for (k, tool) in [
+        (PeerKind::Nginx, "nginx"),
+        (PeerKind::Haproxy, "haproxy"),
+        (PeerKind::Caddy, "caddy"),
+    ] {
         if o.peers.contains(&k) {
             need.push((tool, tool));
         }

@@ -1,13 +1,16 @@
 //! The processes a comparison starts: the fast backend, and each proxy under
 //! test (edgeplane with a realistic table, the bare Pingora pass-through,
-//! nginx, HAProxy), all pinned with `taskset` and all pointed at the same
+//! nginx, HAProxy, Caddy), all pinned with `taskset` and all pointed at the same
 //! backend. "direct" is no proxy at all (the load goes to the backend).
 //!
 //! Every peer but `direct` also listens for TLS (HTTP/2 and HTTP/1.1 by
 //! ALPN, wss) with the run's one self-signed `*.repl.co` certificate
 //! ([`write_certs`]): edgeplane's `[tls]` listener, nginx's `listen ... ssl
-//! http2`, HAProxy's `bind ... ssl alpn h2,http/1.1`, the pass-through's
-//! Pingora TLS listener with h2 enabled.
+//! http2`, HAProxy's `bind ... ssl alpn h2,http/1.1`, Caddy's second
+//! server with the certificate loaded from files (h1 and h2, no HTTP/3,
+//! no automatic HTTPS), the pass-through's Pingora TLS listener with h2
+//! enabled. Caddy runs with `GOMAXPROCS=1`: one scheduler thread, as
+//! nginx and HAProxy run one worker.
 //!
 //! Configs are written into the run's work directory and kept there (the
 //! harness prints where) so a surprising number can be re-run by hand.
@@ -39,16 +42,18 @@ pub enum PeerKind {
     Pingora,
     Nginx,
     Haproxy,
+    Caddy,
 }
 
 impl PeerKind {
-    pub const ALL: [PeerKind; 6] = [
+    pub const ALL: [PeerKind; 7] = [
         PeerKind::Direct,
         PeerKind::Edgeplane,
         PeerKind::EdgeplaneShipped,
         PeerKind::Pingora,
         PeerKind::Nginx,
         PeerKind::Haproxy,
+        PeerKind::Caddy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +65,7 @@ impl PeerKind {
             PeerKind::Pingora => "pingora",
             PeerKind::Nginx => "nginx",
             PeerKind::Haproxy => "haproxy",
+            PeerKind::Caddy => "caddy",
         }
     }
 
@@ -208,6 +214,17 @@ pub fn free_ports() -> Result<[SocketAddr; 2], CompareError> {
 
 /// Starts `cmd` pinned to `core`, with stdout piped and stderr to `log`.
 pub fn spawn_pinned(core: &str, program: &Path, args: &[String], log: &Path) -> Result<Child, CompareError> {
+    spawn_pinned_env(core, program, args, &[], log)
+}
+
+/// [`spawn_pinned`] with extra environment variables.
+pub fn spawn_pinned_env(
+    core: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+) -> Result<Child, CompareError> {
     let err = std::fs::File::create(log)?;
     Command::new("taskset")
         .arg("-c")
@@ -215,6 +232,7 @@ pub fn spawn_pinned(core: &str, program: &Path, args: &[String], log: &Path) -> 
         .arg(program)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(err)
@@ -292,6 +310,49 @@ fn haproxy_conf(listen: [SocketAddr; 2], backend: SocketAddr, certs: &Certs) -> 
   timeout tunnel 1h\n  timeout http-keep-alive 60s\n\nfrontend fe\n  bind {listen}\n  bind {tls} ssl crt {pem} alpn h2,http/1.1\n  default_backend be\n\n\
 backend be\n  http-reuse always\n  server s1 {backend}\n"
     )
+}
+
+/// Caddy's JSON config: a plain server and a TLS server (h1 and h2 by
+/// ALPN, the run's certificate for every name), both a `reverse_proxy` to
+/// the backend with 128 idle connections kept; no admin endpoint, no
+/// automatic HTTPS, no access log.
+fn caddy_conf(listen: [SocketAddr; 2], backend: SocketAddr, certs: &Certs) -> String {
+    let [listen, tls] = listen;
+    let proxy = serde_json::json!([{ "handle": [{
+        "handler": "reverse_proxy",
+        "upstreams": [{ "dial": backend.to_string() }],
+        "transport": { "protocol": "http", "keep_alive": { "max_idle_conns_per_host": 128 } },
+    }]}]);
+    serde_json::json!({
+        "admin": { "disabled": true },
+        "logging": { "logs": { "default": { "level": "ERROR" } } },
+        "apps": {
+            "http": { "servers": {
+                "plain": {
+                    "listen": [listen.to_string()],
+                    "automatic_https": { "disable": true },
+                    "protocols": ["h1"],
+                    "routes": proxy,
+                },
+                "tls": {
+                    "listen": [tls.to_string()],
+                    "automatic_https": { "disable": true },
+                    "protocols": ["h1", "h2"],
+                    "tls_connection_policies": [{
+                        "certificate_selection": { "any_tag": ["bench"] },
+                        "alpn": ["h2", "http/1.1"],
+                    }],
+                    "routes": proxy,
+                },
+            }},
+            "tls": { "certificates": { "load_files": [{
+                "certificate": certs.crt().display().to_string(),
+                "key": certs.key().display().to_string(),
+                "tags": ["bench"],
+            }]}},
+        },
+    })
+    .to_string()
 }
 
 /// Requests a keep-alive connection may carry before the proxy closes it,
@@ -409,6 +470,27 @@ pub fn start(kind: PeerKind, env: &PeerEnv) -> Result<Peer, CompareError> {
                 &haproxy,
                 &["-f".into(), conf.display().to_string(), "-db".into()],
                 &dir.join("haproxy.log"),
+            )?;
+            (Some(Proc { child, addr }), addr, Some(tls))
+        }
+        PeerKind::Caddy => {
+            let [addr, tls] = free_ports()?;
+            let conf = dir.join("caddy.json");
+            std::fs::write(&conf, caddy_conf([addr, tls], env.backend, env.certs))?;
+            let caddy = find_program("caddy").ok_or(CompareError::Tools("caddy".into()))?;
+            let home = dir.join("caddy-home");
+            std::fs::create_dir_all(&home)?;
+            let child = spawn_pinned_env(
+                env.core,
+                &caddy,
+                &["run".into(), "--config".into(), conf.display().to_string()],
+                &[
+                    ("GOMAXPROCS", "1".into()),
+                    ("HOME", home.display().to_string()),
+                    ("XDG_DATA_HOME", home.display().to_string()),
+                    ("XDG_CONFIG_HOME", home.display().to_string()),
+                ],
+                &dir.join("caddy.log"),
             )?;
             (Some(Proc { child, addr }), addr, Some(tls))
         }
