@@ -30,7 +30,6 @@
 //! All other traits delegate to the wrapped stream. Start at
 //! [`ConnStream::new`].
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -43,11 +42,11 @@ use pingora_core::protocols::{
 };
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
 use edgeplane_core::h2_frames::{self, Budget, ControlBudget, FrameScanner};
 
 use super::admission::Admitted;
+use super::deadline::LazyDeadline;
 
 /// Write coalescing of a re-registered socket: Pingora's listener default
 /// (`DEFAULT_L4_WRITE_BUFFER_SIZE`, one Ethernet MSS).
@@ -72,7 +71,9 @@ pub struct ConnStream {
     head: AtomicU8,
     /// A request head has been read (the connection is no longer fresh).
     served: AtomicBool,
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// The head clock (created with the first head; see [`LazyDeadline`]
+    /// for why it is not a fresh timer per request).
+    deadline: Option<LazyDeadline>,
     shutdown: Option<ShutdownWatch>,
     h2: Option<Box<H2Watch>>,
     /// Bytes written but not yet sent (None: writes go straight through).
@@ -298,7 +299,7 @@ impl AsyncRead for ConnStream {
             if let Some(d) = this.deadline.as_mut() {
                 // Checked before reading too: a client sending a byte every
                 // second never leaves the read pending.
-                if d.as_mut().poll(cx).is_ready() {
+                if d.poll_expired(cx).is_ready() {
                     this.head.store(HEAD_IDLE, Ordering::Relaxed);
                     this.answer_timeout(cx);
                     return Poll::Ready(Err(std::io::Error::new(
@@ -323,11 +324,7 @@ impl AsyncRead for ConnStream {
         }
         if state == HEAD_ARMED && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if let Some(t) = this.head_timeout {
-                let at = Instant::now() + t;
-                match this.deadline.as_mut() {
-                    Some(d) => d.as_mut().reset(at),
-                    None => this.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-                }
+                this.deadline.get_or_insert_with(LazyDeadline::new).arm_after(t);
                 this.head.store(HEAD_RUNNING, Ordering::Relaxed);
             }
         }

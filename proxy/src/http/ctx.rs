@@ -58,12 +58,12 @@ impl HeadFacts {
     /// The facts of `req`; `body_done` says the stream already ended (HTTP/2).
     pub fn read(req: &RequestHeader, tls: bool, body_done: bool) -> HeadFacts {
         let host = request_host(req).and_then(|h| canonical_host(h).ok());
-        let chunked = header_str(req, "transfer-encoding").is_some_and(|v| {
+        let chunked = header_str(req, http::header::TRANSFER_ENCODING).is_some_and(|v| {
             v.rsplit(',')
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
         });
-        let length = header_str(req, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let length = header_str(req, http::header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
         let body = match (chunked, length) {
             (true, _) => DeclaredBody::Chunked,
             (false, Some(0)) => DeclaredBody::None,
@@ -77,7 +77,8 @@ impl HeadFacts {
             body,
             idempotent: req.method.is_idempotent(),
             head_request: req.method == http::Method::HEAD,
-            expect_continue: header_str(req, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
+            expect_continue: header_str(req, http::header::EXPECT)
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
         }
     }
 
@@ -221,8 +222,14 @@ impl RequestId {
             buf: [0; RequestId::MAX],
             len: 0,
         };
+        // `{instance}-{now_ms:x}-{seq:x}` without core::fmt (per request).
         let mut w = Writer(&mut id);
-        let _ = std::fmt::write(&mut w, format_args!("{instance}-{now_ms:x}-{seq:x}"));
+        w.push(instance.as_bytes());
+        w.push(b"-");
+        let mut digits = [0; 16];
+        w.push(edgeplane_core::bits::hex(now_ms, &mut digits));
+        w.push(b"-");
+        w.push(edgeplane_core::bits::hex(seq, &mut digits));
         id
     }
 
@@ -250,15 +257,15 @@ impl std::fmt::Debug for RequestId {
     }
 }
 
+/// Appends to a [`RequestId`], cutting at [`RequestId::MAX`] bytes.
 struct Writer<'a>(&'a mut RequestId);
 
-impl std::fmt::Write for Writer<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+impl Writer<'_> {
+    fn push(&mut self, bytes: &[u8]) {
         let at = self.0.len as usize;
-        let n = s.len().min(RequestId::MAX - at);
-        self.0.buf[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
+        let n = bytes.len().min(RequestId::MAX - at);
+        self.0.buf[at..at + n].copy_from_slice(&bytes[..n]);
         self.0.len += n as u8;
-        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@ use super::access_log;
 use super::ctx::{DeclaredBody, HeadFacts, RequestCtx, Routed};
 use super::headers::{header_str, is_websocket_upgrade, request_host};
 use super::upstream::Adoption;
-use super::{Proxy, DEBUG_HEADER, HOP_HEADER, REPLAY_SRC_HEADER};
+use super::{Proxy, DEBUG_NAME, HOP_NAME, HTTP2_SETTINGS, REPLAY_SRC_NAME};
 use crate::clock::{entropy, now_ms};
 use crate::route::signing::verify_hop;
 use crate::route::{self, Decision, RouteRequest, TokenSeen};
@@ -74,7 +74,7 @@ pub fn drop_foreign_upgrade(h: &mut RequestHeader) -> Result<()> {
         return Ok(());
     }
     h.remove_header(&http::header::UPGRADE);
-    h.remove_header("http2-settings");
+    h.remove_header(&HTTP2_SETTINGS);
     if let Some(c) = h.headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()) {
         if c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
             h.insert_header(http::header::CONNECTION, "close")?;
@@ -130,7 +130,7 @@ impl Proxy {
         let cfg = self.shared.cfg.load();
         let host = ctx.head.host();
         // A hop header counts only if it verifies for this request's host.
-        let hops_in = match (req.headers.get(HOP_HEADER), host) {
+        let hops_in = match (req.headers.get(&HOP_NAME), host) {
             (Some(v), Some(h)) => verify_hop(&cfg.security.hop_secret, v.as_bytes(), now / 1000, h)
                 .map(|hop| hop.hops)
                 .unwrap_or(0),
@@ -142,7 +142,7 @@ impl Proxy {
             authority: req.uri.authority().map(|a| a.as_str()),
             path: req.uri.path(),
             query: req.uri.query(),
-            bearer: header_str(req, "authorization").and_then(|a| a.strip_prefix("Bearer ")),
+            bearer: header_str(req, http::header::AUTHORIZATION).and_then(|a| a.strip_prefix("Bearer ")),
             origin: req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes()),
             hops: hops_in,
             now_ms: now,
@@ -164,7 +164,7 @@ impl Proxy {
         ctx.sampled = access_log::sampled(&cfg.log, rreq.entropy);
         let debug = req
             .headers
-            .get(DEBUG_HEADER)
+            .get(&DEBUG_NAME)
             .is_some_and(|v| access_log::admin_token_matches(cfg.security.admin_token.as_deref(), v.as_bytes()));
         if debug {
             ctx.debug_route = Some(access_log::route_header(&cfg, &decision, &table));
@@ -172,7 +172,7 @@ impl Proxy {
         // A peer edge that replayed this request to our region: the VM here
         // should know which VM asked (a client's copy never counts).
         let replay_src = (hops_in > 0)
-            .then(|| header_str(req, REPLAY_SRC_HEADER).map(str::to_string))
+            .then(|| header_str(req, &REPLAY_SRC_NAME).map(str::to_string))
             .flatten();
         ctx.route = Some(Routed {
             decision,

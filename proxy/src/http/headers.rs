@@ -88,6 +88,8 @@ pub(super) fn request_host(req: &RequestHeader) -> Option<&[u8]> {
     }
 }
 
-pub(super) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+/// The value of `name` as text. Pass an `http::HeaderName` (a constant),
+/// not a `&str`: a string name is parsed and checked on every lookup.
+pub(super) fn header_str(req: &RequestHeader, name: impl http::header::AsHeaderName) -> Option<&str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }

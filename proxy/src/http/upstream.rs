@@ -140,13 +140,15 @@ impl Proxy {
             }
         }
         if !trusted_peer {
-            let mut ip = [0u8; 46];
-            let ip_len = {
-                let mut w = &mut ip[..];
-                let _ = client_ip.map(|a| write!(w, "{a}"));
-                46 - w.len()
-            };
-            line(out, b"x-forwarded-for", &ip[..ip_len]);
+            out.extend_from_slice(b"x-forwarded-for: ");
+            match client_ip {
+                Some(IpAddr::V4(a)) => edgeplane_core::bits::push_ipv4(out, a.octets()),
+                Some(a) => {
+                    let _ = write!(out, "{a}");
+                }
+                None => {}
+            }
+            out.extend_from_slice(b"\r\n");
             line(out, b"x-forwarded-proto", if ctx.head.tls { b"https" } else { b"http" });
             if let Some(h) = request_host(req) {
                 line(out, b"x-forwarded-host", h);

@@ -26,6 +26,9 @@ struct Line {
 #[derive(Debug)]
 pub struct AnswerHead {
     raw: Bytes,
+    /// Where the head's bytes started when its lines were kept (the read
+    /// buffer it was parsed in, which becomes `raw` without a copy).
+    base: usize,
     pub status: http::StatusCode,
     lines: SmallVec<[Line; 16]>,
 }
@@ -33,15 +36,36 @@ pub struct AnswerHead {
 impl AnswerHead {
     pub fn new(raw: Bytes, status: http::StatusCode) -> AnswerHead {
         AnswerHead {
+            base: raw.as_ptr() as usize,
             raw,
             status,
             lines: SmallVec::new(),
         }
     }
 
+    /// A head still in the buffer starting at `head` (parsed there once):
+    /// lines are kept as slices of it, and [`AnswerHead::attach`] gives it
+    /// its bytes when they leave the buffer.
+    pub fn parsed_in(head: &[u8], status: http::StatusCode) -> AnswerHead {
+        AnswerHead {
+            raw: Bytes::new(),
+            base: head.as_ptr() as usize,
+            status,
+            lines: SmallVec::new(),
+        }
+    }
+
+    /// The head's bytes: the same bytes [`AnswerHead::parsed_in`] was
+    /// given, now out of the read buffer.
+    pub fn attach(&mut self, raw: Bytes) {
+        debug_assert_eq!(raw.as_ptr() as usize, self.base, "the head's own bytes");
+        debug_assert!(self.lines.iter().all(|l| l.value.1 as usize <= raw.len()));
+        self.raw = raw;
+    }
+
     /// Keeps the line whose name and value are these slices of the head.
     pub fn keep(&mut self, name: &[u8], value: &[u8]) {
-        let base = self.raw.as_ptr() as usize;
+        let base = self.base;
         let at = |s: &[u8]| {
             let start = (s.as_ptr() as usize).saturating_sub(base) as u32;
             (start, start + s.len() as u32)

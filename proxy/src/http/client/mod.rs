@@ -35,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::failure::{Failed, Failure};
+use crate::conn::deadline::LazyDeadline;
 pub use answer::AnswerHead;
 use body::Framing;
 
@@ -56,6 +57,9 @@ pub struct Conn {
     /// It came from the pool (a reset before any answer is then the
     /// pool's race, not the VM failing).
     pub pooled: bool,
+    /// The bound of the read or write in progress (one timer for the
+    /// connection's life: [`LazyDeadline`]).
+    deadline: LazyDeadline,
 }
 
 /// A new connection to `addr`, within `timeout`.
@@ -82,6 +86,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Failed
         wbuf: Vec::with_capacity(1024),
         addr,
         pooled: false,
+        deadline: LazyDeadline::new(),
     })
 }
 
@@ -114,7 +119,11 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_BUFFER);
         }
-        match tokio::time::timeout(read_timeout, self.io.read_buf(&mut self.rbuf)).await {
+        match self
+            .deadline
+            .within(read_timeout, self.io.read_buf(&mut self.rbuf))
+            .await
+        {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(Failed::new(
                 Failure::of_vm_io(&e, answered || !self.rbuf.is_empty(), self.pooled),
@@ -131,7 +140,7 @@ impl Conn {
     /// when the socket takes it all), within `timeout`. No allocation.
     pub async fn write_all(&mut self, bufs: &[&[u8]], timeout: Duration) -> Result<(), Failed> {
         let (addr, pooled) = (self.addr, self.pooled);
-        match tokio::time::timeout(timeout, write_parts(&mut self.io, bufs)).await {
+        match self.deadline.within(timeout, write_parts(&mut self.io, bufs)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failed::new(
                 Failure::of_vm_io(&e, false, pooled),
@@ -158,13 +167,11 @@ impl Conn {
                 ))
             }
         };
-        // The head leaves the buffer as one shared piece its header values
-        // point into (no copy per value); parsed once more from there.
-        let raw = self.rbuf.split_to(len).freeze();
-        let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let _ = resp.parse(&raw);
-        let answer = answer_of(&resp, &raw, head_request).map_err(|m| Failed::new(Failure::BadAnswer, m))?;
+        // Lines are kept as offsets into the buffer; the head then leaves
+        // it as one shared piece (no copy, no second parse).
+        let mut answer =
+            answer_of(&resp, &self.rbuf[..len], head_request).map_err(|m| Failed::new(Failure::BadAnswer, m))?;
+        answer.head.attach(self.rbuf.split_to(len).freeze());
         Ok(Some(answer))
     }
 }
@@ -205,8 +212,9 @@ pub async fn write_parts<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bufs: &[&[
 }
 
 /// The [`Answer`] a parsed head means (RFC 9112 §6.3 for its body).
-/// `raw` is the buffer `resp` was parsed from (values are shared slices of it).
-fn answer_of(resp: &httparse::Response<'_, '_>, raw: &bytes::Bytes, head_request: bool) -> Result<Answer, String> {
+/// `bytes` are the head's bytes `resp` was parsed from (its values are
+/// slices of it); the caller attaches them to the answer's head.
+fn answer_of(resp: &httparse::Response<'_, '_>, bytes: &[u8], head_request: bool) -> Result<Answer, String> {
     let status = resp.code.ok_or("no status")?;
     let http10 = resp.version == Some(0);
     let mut content_length: Option<u64> = None;
@@ -250,7 +258,7 @@ fn answer_of(resp: &httparse::Response<'_, '_>, raw: &bytes::Bytes, head_request
         Framing::UntilClose
     };
     let status_code = http::StatusCode::from_u16(status).map_err(|e| e.to_string())?;
-    let mut head = AnswerHead::new(raw.clone(), status_code);
+    let mut head = AnswerHead::parsed_in(bytes, status_code);
     for h in resp.headers.iter() {
         let hop = super::headers::HOP_BY_HOP
             .iter()
@@ -286,8 +294,13 @@ mod tests {
         let raw = bytes::Bytes::copy_from_slice(raw);
         let mut h = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut h);
-        r.parse(&raw).unwrap();
-        answer_of(&r, &raw, head_request)
+        let len = match r.parse(&raw).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => raw.len(),
+        };
+        let mut a = answer_of(&r, &raw[..len], head_request)?;
+        a.head.attach(raw.slice(..len));
+        Ok(a)
     }
 
     #[test]

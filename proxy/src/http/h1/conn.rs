@@ -33,6 +33,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::head::HeadScratch;
+use crate::conn::deadline::LazyDeadline;
 use crate::conn::ConnStream;
 use crate::http::client::answer::write_status_line;
 use crate::http::client::body::{chunk_head, BodyError, Decoder, Framing, Piece, LAST_CHUNK};
@@ -81,6 +82,10 @@ pub struct H1Conn {
     /// The client's own word on keep-alive (the edge never overrides a close).
     client_keepalive: bool,
     read_timeout: Duration,
+    /// The bound of the wait in progress: for the next head between
+    /// requests, or for a piece of a request body (one timer for the
+    /// connection's life, not one per wait).
+    pub(super) wait: LazyDeadline,
     close_on_early_answer: bool,
     body: Decoder,
     writer: Writer,
@@ -100,6 +105,7 @@ impl H1Conn {
             keepalive: None,
             client_keepalive: false,
             read_timeout: Duration::from_secs(60),
+            wait: LazyDeadline::new(),
             close_on_early_answer: true,
             body: Decoder::new(Framing::None),
             writer: Writer::Done,
@@ -342,7 +348,7 @@ impl Downstream for H1Conn {
                 self.rbuf.reserve(BODY_CHUNK);
             }
             let t = self.read_timeout;
-            match tokio::time::timeout(t, self.io.read_buf(&mut self.rbuf)).await {
+            match self.wait.within(t, self.io.read_buf(&mut self.rbuf)).await {
                 Ok(Ok(0)) => {
                     let e = self.body.eof().err().unwrap_or(BodyError::Truncated);
                     return Err(Error::explain(ErrorType::ConnectionClosed, e.to_string()));

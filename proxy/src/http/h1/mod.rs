@@ -164,7 +164,7 @@ impl EdgeHttp {
                 tokio::select! {
                     // Biased: a head already on its way is read before a stop is seen.
                     biased;
-                    r = tokio::time::timeout(idle, c.io.read_buf(&mut c.rbuf)) => match r {
+                    r = c.wait.within(idle, c.io.read_buf(&mut c.rbuf)) => match r {
                         Ok(r) => r,
                         Err(_) => return Wait::Closed,
                     },
