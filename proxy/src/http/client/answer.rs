@@ -31,6 +31,24 @@ pub struct AnswerHead {
     base: usize,
     pub status: http::StatusCode,
     lines: SmallVec<[Line; 16]>,
+    /// Bit i: a kept line is named `LOOKED_UP[i]`.
+    has: u8,
+}
+
+/// Names the edge looks for in every answer (and takes out or adds):
+/// whether a head has each is noted as its lines are kept, so the usual
+/// answer, with none of them, is never scanned for them.
+const LOOKED_UP: [&str; 3] = [
+    crate::http::REPLAY_HEADER,
+    crate::http::ROUTE_HEADER,
+    crate::http::REQUEST_ID_HEADER,
+];
+
+fn looked_up(name: &[u8]) -> Option<u8> {
+    LOOKED_UP
+        .iter()
+        .position(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        .map(|i| 1 << i)
 }
 
 impl AnswerHead {
@@ -40,6 +58,7 @@ impl AnswerHead {
             raw,
             status,
             lines: SmallVec::new(),
+            has: 0,
         }
     }
 
@@ -52,6 +71,7 @@ impl AnswerHead {
             base: head.as_ptr() as usize,
             status,
             lines: SmallVec::new(),
+            has: 0,
         }
     }
 
@@ -65,6 +85,7 @@ impl AnswerHead {
 
     /// Keeps the line whose name and value are these slices of the head.
     pub fn keep(&mut self, name: &[u8], value: &[u8]) {
+        self.has |= looked_up(name).unwrap_or(0);
         let base = self.base;
         let at = |s: &[u8]| {
             let start = (s.as_ptr() as usize).saturating_sub(base) as u32;
@@ -91,6 +112,9 @@ impl AnswerHead {
 
     /// The first value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
+        if looked_up(name.as_bytes()).is_some_and(|bit| self.has & bit == 0) {
+            return None;
+        }
         self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
@@ -102,6 +126,12 @@ impl AnswerHead {
 
     /// Drops every line named `name`.
     pub fn remove(&mut self, name: &str) {
+        if let Some(bit) = looked_up(name.as_bytes()) {
+            if self.has & bit == 0 {
+                return;
+            }
+            self.has &= !bit;
+        }
         let raw = &self.raw;
         self.lines
             .retain(|l| !raw[l.name.0 as usize..l.name.1 as usize].eq_ignore_ascii_case(name.as_bytes()));
@@ -163,6 +193,9 @@ mod tests {
         h.keep(&raw[17..28], &raw[30..34]);
         h.keep(&raw[36..54], &raw[56..60]);
         assert_eq!(h.get("x-served-by"), Some(&b"vm-1"[..]));
+        // A name the edge looks for in every answer, noted as it was kept.
+        assert_eq!(h.get("X-Edgeplane-Replay"), Some(&b"vm=b"[..]));
+        assert!(!h.contains("x-request-id") && !h.contains("x-edgeplane-route"));
         h.remove("X-EDGEPLANE-REPLAY");
         assert!(!h.contains("x-edgeplane-replay"));
         assert_eq!(

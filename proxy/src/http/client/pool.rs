@@ -61,7 +61,9 @@ struct Idle {
 
 #[derive(Default)]
 struct Pool {
-    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    /// foldhash, not SipHash: the keys are VM addresses from the control
+    /// plane, not a client's choice, and the lookup runs twice per request.
+    by_addr: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
     total: usize,
     last_sweep_ms: u64,
 }
