@@ -31,7 +31,7 @@ use edgeplane_control_sync::RoutingTable;
 
 use super::downstream::Downstream;
 
-use super::headers::request_host;
+use super::headers::{request_host, RequestHead};
 use super::{Proxy, RequestCtx};
 use crate::metrics::{REQUEST_KINDS, REQUEST_OUTCOMES};
 use crate::route::{describe, Decision, Kind};
@@ -204,7 +204,8 @@ impl Proxy {
         outcome: &str,
         elapsed: Duration,
     ) {
-        let req = session.req_header();
+        let head = session.head();
+        let req = head.req();
         let status = ctx.outcome.status();
         let route = match &ctx.route {
             Some(r) => describe_for_log(&r.decision, &self.shared.table.load(), r.table_version),
@@ -214,7 +215,7 @@ impl Proxy {
             request_id: ctx.request_id.as_ref().map_or("-", |id| id.as_str()),
             client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
             method: req.method.as_str(),
-            host: request_host(req)
+            host: request_host(head)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .unwrap_or("-"),
             path: req.uri.path(),

@@ -12,12 +12,10 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use pingora_http::RequestHeader;
-
 use edgeplane_control_sync::table::Idx;
 use edgeplane_core::route::host::{canonical_host, HostBuf};
 
-use super::headers::{header_str, request_host};
+use super::headers::{header_str, request_host, Known, RequestHead};
 use crate::route::Decision;
 
 /// What the head says, read once.
@@ -56,14 +54,15 @@ impl DeclaredBody {
 
 impl HeadFacts {
     /// The facts of `req`; `body_done` says the stream already ended (HTTP/2).
-    pub fn read(req: &RequestHeader, tls: bool, body_done: bool) -> HeadFacts {
-        let host = request_host(req).and_then(|h| canonical_host(h).ok());
-        let chunked = header_str(req, http::header::TRANSFER_ENCODING).is_some_and(|v| {
+    pub fn read(head: &impl RequestHead, tls: bool, body_done: bool) -> HeadFacts {
+        let req = head.req();
+        let host = request_host(head).and_then(|h| canonical_host(h).ok());
+        let chunked = header_str(head, Known::TransferEncoding).is_some_and(|v| {
             v.rsplit(',')
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
         });
-        let length = header_str(req, http::header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+        let length = header_str(head, Known::ContentLength).and_then(|v| v.trim().parse::<u64>().ok());
         let body = match (chunked, length) {
             (true, _) => DeclaredBody::Chunked,
             (false, Some(0)) => DeclaredBody::None,
@@ -77,8 +76,7 @@ impl HeadFacts {
             body,
             idempotent: req.method.is_idempotent(),
             head_request: req.method == http::Method::HEAD,
-            expect_continue: header_str(req, http::header::EXPECT)
-                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
+            expect_continue: header_str(head, Known::Expect).is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
         }
     }
 
@@ -333,6 +331,7 @@ mod tests {
 
     #[test]
     fn the_head_is_read_once_for_framing_and_host() {
+        use pingora_http::RequestHeader;
         let mut h = RequestHeader::build("POST", b"/up", None).unwrap();
         h.insert_header("host", "App1.Repl.Co.:8080").unwrap();
         h.insert_header("content-length", "12").unwrap();

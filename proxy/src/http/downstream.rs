@@ -26,11 +26,17 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::conn::ConnStream;
 use crate::http::client::AnswerHead;
+use crate::http::headers::RequestHead;
 
 /// The client side of one request (see the module docs).
 pub trait Downstream: Send {
-    fn req_header(&self) -> &RequestHeader;
-    fn req_header_mut(&mut self) -> &mut RequestHeader;
+    /// The request head as its codec parsed it.
+    type Head: RequestHead + Sync;
+    fn head(&self) -> &Self::Head;
+    /// Method, target, version and headers in order.
+    fn req_header(&self) -> &RequestHeader {
+        self.head().req()
+    }
     /// The client connection (None for an HTTP/2 stream).
     fn conn(&self) -> Option<&ConnStream>;
     fn client_addr(&self) -> Option<&SocketAddr>;
@@ -65,12 +71,10 @@ pub trait Downstream: Send {
 }
 
 impl Downstream for ServerSession {
-    fn req_header(&self) -> &RequestHeader {
-        ServerSession::req_header(self)
-    }
+    type Head = RequestHeader;
 
-    fn req_header_mut(&mut self) -> &mut RequestHeader {
-        ServerSession::req_header_mut(self)
+    fn head(&self) -> &RequestHeader {
+        ServerSession::req_header(self)
     }
 
     fn conn(&self) -> Option<&ConnStream> {

@@ -1,29 +1,29 @@
 //! The request filter as a short sequence of named steps:
 //! 1. [`reject_by_head`] (pure): header caps (431), one Host (400), a
 //!    declared body over the limit (413);
-//! 2. [`drop_foreign_upgrade`]: upgrades other than WebSocket are served as
-//!    plain HTTP/1.1;
-//! 3. [`Proxy::route`]: the hop header, the [`RouteRequest`] (the head's
+//! 2. [`Proxy::route`]: the hop header, the [`RouteRequest`] (the head's
 //!    facts, read once into [`HeadFacts`]) and the decision, adopted with
 //!    its bookkeeping ([`Proxy::adopt`]);
-//! 4. [`Proxy::dispatch`]: answer a rejection, redirect to HTTPS, refuse an
+//! 3. [`Proxy::dispatch`]: answer a rejection, redirect to HTTPS, refuse an
 //!    upgrade past the tunnel cap, or hand the request to
-//!    [`super::forward`] (WebSocket upgrades included).
+//!    [`super::forward`] (WebSocket upgrades included). Upgrades other
+//!    than WebSocket (h2c, anything else) are served as plain HTTP/1.1:
+//!    their `Upgrade`, `Connection` and `HTTP2-Settings` are hop-by-hop,
+//!    so no VM sees them ([`super::headers::strip_for_upstream`]).
 //!
 //! Where it sits: [`super::serve`] calls [`Proxy::filter_request`] for
 //! each request. Start there.
 
 use super::downstream::Downstream;
 use pingora_core::Result;
-use pingora_http::RequestHeader;
 
 use edgeplane_config::LimitsConfig;
 
 use super::access_log;
 use super::ctx::{DeclaredBody, HeadFacts, RequestCtx, Routed};
-use super::headers::{header_str, is_websocket_upgrade, request_host};
+use super::headers::{header_str, is_websocket_upgrade, request_host, Known, RequestHead};
 use super::upstream::Adoption;
-use super::{Proxy, DEBUG_NAME, HOP_NAME, HTTP2_SETTINGS, REPLAY_SRC_NAME};
+use super::Proxy;
 use crate::clock::{entropy, now_ms};
 use crate::route::signing::verify_hop;
 use crate::route::{self, Decision, RouteRequest, TokenSeen};
@@ -40,19 +40,19 @@ pub struct HeadRejection {
 /// caps: 431; two Host headers (RFC 9112 §3.2: they could route one way and
 /// be read by the app another): 400; a declared body over
 /// `limits.max_body_bytes`: 413.
-pub fn reject_by_head(req: &RequestHeader, facts: &HeadFacts, limits: &LimitsConfig) -> Option<HeadRejection> {
-    let too_many = req.headers.len() > limits.max_headers;
-    let too_big = !too_many && {
-        let bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-        bytes > limits.max_header_bytes
-    };
+pub fn reject_by_head(head: &impl RequestHead, facts: &HeadFacts, limits: &LimitsConfig) -> Option<HeadRejection> {
+    let (lines, bytes) = head
+        .lines()
+        .fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len() + 4));
+    let too_many = lines > limits.max_headers;
+    let too_big = !too_many && bytes > limits.max_header_bytes;
     if too_many || too_big {
         return Some(HeadRejection {
             status: 431,
             close: false,
         });
     }
-    if req.headers.get_all(http::header::HOST).iter().nth(1).is_some() {
+    if head.count(Known::Host) > 1 {
         return Some(HeadRejection {
             status: 400,
             close: true,
@@ -65,24 +65,6 @@ pub fn reject_by_head(req: &RequestHeader, facts: &HeadFacts, limits: &LimitsCon
         });
     }
     None
-}
-
-/// Step 2: upgrades other than WebSocket (h2c, anything else) are served
-/// as plain HTTP/1.1: no other protocol is tunnelled to a VM.
-pub fn drop_foreign_upgrade(h: &mut RequestHeader) -> Result<()> {
-    if !h.headers.contains_key(http::header::UPGRADE) || is_websocket_upgrade(h) {
-        return Ok(());
-    }
-    h.remove_header(&http::header::UPGRADE);
-    h.remove_header(&HTTP2_SETTINGS);
-    if let Some(c) = h.headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()) {
-        if c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
-            h.insert_header(http::header::CONNECTION, "close")?;
-        } else {
-            h.remove_header(&http::header::CONNECTION);
-        }
-    }
-    Ok(())
 }
 
 /// What the filter made of a request.
@@ -109,41 +91,41 @@ impl Proxy {
         session.set_keepalive(Some(limits.keepalive_idle.as_secs().max(1)));
         // Each wait for the next piece of body is bounded (slow-body clients).
         session.set_read_timeout(limits.body_timeout);
-        if let Some(r) = reject_by_head(session.req_header(), &ctx.head, &limits) {
+        if let Some(r) = reject_by_head(session.head(), &ctx.head, &limits) {
             if r.close {
                 session.set_keepalive(None);
             }
             self.respond(session, ctx, r.status).await?;
             return Ok(Filtered::Answered);
         }
-        drop_foreign_upgrade(session.req_header_mut())?;
         let redirect_http = self.route(session, ctx);
         self.dispatch(session, ctx, redirect_http, &limits).await
     }
 
-    /// Step 3: the decision for this request, adopted with its metrics.
+    /// Step 2: the decision for this request, adopted with its metrics.
     /// Returns whether plain-HTTP requests are redirected to HTTPS.
     fn route<D: Downstream>(&self, session: &D, ctx: &mut RequestCtx) -> bool {
-        let req = session.req_header();
+        let head = session.head();
+        let req = head.req();
         let now = now_ms();
         // One config for the whole step (no await inside).
         let cfg = self.shared.cfg.load();
         let host = ctx.head.host();
         // A hop header counts only if it verifies for this request's host.
-        let hops_in = match (req.headers.get(&HOP_NAME), host) {
-            (Some(v), Some(h)) => verify_hop(&cfg.security.hop_secret, v.as_bytes(), now / 1000, h)
+        let hops_in = match (head.get(Known::Hop), host) {
+            (Some(v), Some(h)) => verify_hop(&cfg.security.hop_secret, v, now / 1000, h)
                 .map(|hop| hop.hops)
                 .unwrap_or(0),
             _ => 0,
         };
         let rreq = RouteRequest {
-            host: request_host(req),
+            host: request_host(head),
             canonical_host: host,
             authority: req.uri.authority().map(|a| a.as_str()),
             path: req.uri.path(),
             query: req.uri.query(),
-            bearer: header_str(req, http::header::AUTHORIZATION).and_then(|a| a.strip_prefix("Bearer ")),
-            origin: req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes()),
+            bearer: header_str(head, Known::Authorization).and_then(|a| a.strip_prefix("Bearer ")),
+            origin: head.get(Known::Origin),
             hops: hops_in,
             now_ms: now,
             dry_run: false,
@@ -162,17 +144,16 @@ impl Proxy {
             self.shared.metrics.workspace_tokens.inc(check);
         }
         ctx.sampled = access_log::sampled(&cfg.log, rreq.entropy);
-        let debug = req
-            .headers
-            .get(&DEBUG_NAME)
-            .is_some_and(|v| access_log::admin_token_matches(cfg.security.admin_token.as_deref(), v.as_bytes()));
+        let debug = head
+            .get(Known::Debug)
+            .is_some_and(|v| access_log::admin_token_matches(cfg.security.admin_token.as_deref(), v));
         if debug {
             ctx.debug_route = Some(access_log::route_header(&cfg, &decision, &table));
         }
         // A peer edge that replayed this request to our region: the VM here
         // should know which VM asked (a client's copy never counts).
         let replay_src = (hops_in > 0)
-            .then(|| header_str(req, &REPLAY_SRC_NAME).map(str::to_string))
+            .then(|| header_str(head, Known::ReplaySrc).map(str::to_string))
             .flatten();
         ctx.route = Some(Routed {
             decision,
@@ -186,7 +167,7 @@ impl Proxy {
         cfg.tls.as_ref().is_some_and(|t| t.redirect_http)
     }
 
-    /// Step 4: carry the decision out, or hand it to the forward path.
+    /// Step 3: carry the decision out, or hand it to the forward path.
     async fn dispatch<D: Downstream>(
         &self,
         session: &mut D,
@@ -210,7 +191,7 @@ impl Proxy {
                 return Ok(Filtered::Answered);
             }
         }
-        let websocket = is_websocket_upgrade(session.req_header()) && session.can_upgrade();
+        let websocket = is_websocket_upgrade(session.head()) && session.can_upgrade();
         if websocket && self.shared.metrics.tunnels_active.get() as usize >= limits.max_tunnels {
             self.respond(session, ctx, 503).await?;
             return Ok(Filtered::Answered);
@@ -246,6 +227,8 @@ mod tests {
             h2_max_local_error_resets: 256,
         }
     }
+
+    use pingora_http::RequestHeader;
 
     fn head(headers: &[(&str, &str)]) -> RequestHeader {
         let mut h = RequestHeader::build("GET", b"/", None).unwrap();
@@ -284,23 +267,5 @@ mod tests {
             })
         );
         assert_eq!(reject_by_head(&head(&[("content-length", "1000")]), &l), None);
-    }
-
-    #[test]
-    fn only_websocket_upgrades_survive() {
-        let mut h = head(&[
-            ("upgrade", "h2c"),
-            ("connection", "Upgrade, HTTP2-Settings"),
-            ("http2-settings", "x"),
-        ]);
-        drop_foreign_upgrade(&mut h).unwrap();
-        assert!(h.headers.get("upgrade").is_none() && h.headers.get("http2-settings").is_none());
-        assert!(h.headers.get("connection").is_none());
-        let mut h = head(&[("upgrade", "h2c"), ("connection", "close, upgrade")]);
-        drop_foreign_upgrade(&mut h).unwrap();
-        assert_eq!(h.headers.get("connection").unwrap(), "close");
-        let mut h = head(&[("upgrade", "websocket"), ("connection", "Upgrade")]);
-        drop_foreign_upgrade(&mut h).unwrap();
-        assert_eq!(h.headers.get("upgrade").unwrap(), "websocket", "kept");
     }
 }

@@ -195,7 +195,7 @@ impl Proxy {
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         // The connection's own write buffer, kept with it in the pool.
         let mut head = std::mem::take(&mut conn.wbuf);
-        self.write_upstream_head(session.req_header(), ctx, client_ip, websocket, &mut head);
+        self.write_upstream_head(session.head(), ctx, client_ip, websocket, &mut head);
         let sent = self.send_held(&mut conn, ctx, &head, &up, limits).await;
         conn.wbuf = head;
         sent?;

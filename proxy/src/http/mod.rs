@@ -78,13 +78,6 @@ pub const DEBUG_HEADER: &str = "x-edgeplane-debug";
 /// Response header explaining the routing decision (debug requests only).
 pub const ROUTE_HEADER: &str = "x-edgeplane-route";
 
-// The names the request path looks up in every request, as header names:
-// a `&str` name is parsed and checked on each lookup.
-pub(crate) static HOP_NAME: http::HeaderName = http::HeaderName::from_static(HOP_HEADER);
-pub(crate) static REPLAY_SRC_NAME: http::HeaderName = http::HeaderName::from_static(REPLAY_SRC_HEADER);
-pub(crate) static DEBUG_NAME: http::HeaderName = http::HeaderName::from_static(DEBUG_HEADER);
-pub(crate) static HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
-
 /// What the request path needs, shared by every request (cloning shares
 /// it): the handles it has in common with the admin API ([`Shared`]) and
 /// its own. Built once by [`crate::server`].

@@ -177,7 +177,7 @@ impl EdgeHttp {
         if *shutdown.borrow() || self.stop.stopped() {
             session.set_keepalive(None);
         }
-        let mut ctx = RequestCtx::new(HeadFacts::read(session.req_header(), tls, body_done));
+        let mut ctx = RequestCtx::new(HeadFacts::read(session.head(), tls, body_done));
         let next = self.proxy.serve(session, &mut ctx).await;
         self.proxy.finish(session, &mut ctx);
         next

@@ -16,14 +16,13 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use super::downstream::Downstream;
-use pingora_http::RequestHeader;
 
 use edgeplane_control_sync::RoutingTable;
 
 use super::client::AnswerHead;
 use super::ctx::{Body, Outcome, RequestCtx, RequestId, Routed};
 use super::failure::{Failed, Failure, Fault};
-use super::headers::{request_host, strip_for_upstream};
+use super::headers::{request_host, strip_for_upstream, Known, RequestHead};
 use super::recent::ForwardEvent;
 use super::{
     Proxy, HOP_HEADER, REPLAY_HEADER, REPLAY_SRC_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, TRANSFER_FROM_HEADER,
@@ -93,12 +92,13 @@ impl Proxy {
     /// decision needs; `Via`.
     pub(super) fn write_upstream_head(
         &self,
-        req: &RequestHeader,
+        head: &impl RequestHead,
         ctx: &mut RequestCtx,
         client_ip: Option<IpAddr>,
         websocket: bool,
         out: &mut Vec<u8>,
     ) {
+        let req = head.req();
         out.clear();
         out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
@@ -106,34 +106,32 @@ impl Proxy {
         out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let trusted_peer = ctx.hops_in() > 0;
-        let connection = req.headers.get_all(http::header::CONNECTION);
         let chunked_client = ctx.head.body == super::ctx::DeclaredBody::Chunked;
         let mut peer_id = None;
-        for (name, value) in req.headers.iter() {
-            let n = name.as_str();
-            if strip_for_upstream(n, &connection, websocket) {
+        for (n, value) in head.lines() {
+            if strip_for_upstream(n, head, websocket) {
                 continue;
             }
             let ours = matches!(
                 n,
-                "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-request-id"
+                b"x-forwarded-for" | b"x-forwarded-proto" | b"x-forwarded-host" | b"x-request-id"
             );
-            if ours && (!trusted_peer || n == "x-request-id") {
-                if n == "x-request-id" && trusted_peer {
-                    peer_id = RequestId::parse(value.as_bytes());
+            if ours && (!trusted_peer || n == b"x-request-id") {
+                if n == b"x-request-id" && trusted_peer {
+                    peer_id = RequestId::parse(value);
                 }
                 continue;
             }
             // With both, the body is chunked (and the length must not reach the VM).
-            if chunked_client && n == "content-length" {
+            if chunked_client && n == b"content-length" {
                 continue;
             }
-            line(out, n.as_bytes(), value.as_bytes());
+            line(out, n, value);
         }
         if websocket {
             out.extend_from_slice(b"connection: upgrade\r\n");
         }
-        if !req.headers.contains_key(http::header::HOST) {
+        if head.get(Known::Host).is_none() {
             // HTTP/2: the authority is the host.
             if let Some(a) = req.uri.authority() {
                 line(out, b"host", a.as_str().as_bytes());
@@ -150,7 +148,7 @@ impl Proxy {
             }
             out.extend_from_slice(b"\r\n");
             line(out, b"x-forwarded-proto", if ctx.head.tls { b"https" } else { b"http" });
-            if let Some(h) = request_host(req) {
+            if let Some(h) = request_host(head) {
                 line(out, b"x-forwarded-host", h);
             }
         }

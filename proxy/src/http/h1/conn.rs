@@ -1,8 +1,8 @@
 //! [`H1Conn`]: one HTTP/1.1 client connection with the buffers it keeps for
 //! its whole life — the read buffer (heads parsed in place, body pieces
 //! split off it), the write buffer (the answer head, held until the first
-//! body piece so both leave in one write), the request header (its map's
-//! capacity reused) — and the [`Downstream`] the request path drives.
+//! body piece so both leave in one write), the request head ([`H1Head`]:
+//! its map's capacity and its offsets reused) — and the [`Downstream`] the request path drives.
 //!
 //! Per request it holds: the keep-alive decision (RFC 9112 §9.3: HTTP/1.1
 //! unless `Connection: close`, HTTP/1.0 only with `keep-alive`), the
@@ -29,16 +29,17 @@ use http::{Method, Version};
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::{Error, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::head::HeadScratch;
+use super::head::H1Head;
 use crate::conn::deadline::LazyDeadline;
 use crate::conn::ConnStream;
 use crate::http::client::answer::write_status_line;
 use crate::http::client::body::{chunk_head, BodyError, Decoder, Framing, Piece, LAST_CHUNK};
 use crate::http::client::{write_parts, AnswerHead};
 use crate::http::downstream::Downstream;
+use crate::http::headers::{Known, RequestHead};
 
 /// Largest body piece handed to the request path.
 const MAX_PIECE: usize = 64 * 1024;
@@ -73,8 +74,7 @@ pub struct H1Conn {
     pub(super) io: ConnStream,
     pub(super) rbuf: BytesMut,
     wbuf: Vec<u8>,
-    pub(super) req: RequestHeader,
-    pub(super) scratch: HeadScratch,
+    pub(super) head: H1Head,
     digest: Option<Arc<SocketDigest>>,
     /// Requests this connection may still carry after the current one.
     pub(super) reuses_left: u32,
@@ -98,8 +98,7 @@ impl H1Conn {
             io,
             rbuf: BytesMut::with_capacity(HEAD_CHUNK),
             wbuf: Vec::with_capacity(1024),
-            req: RequestHeader::build_no_case(Method::GET, b"/", Some(16)).expect("a static head"),
-            scratch: HeadScratch::default(),
+            head: H1Head::default(),
             digest,
             reuses_left: max_requests.saturating_sub(1),
             keepalive: None,
@@ -112,23 +111,23 @@ impl H1Conn {
         }
     }
 
-    /// A head was parsed into `req`: this request's state starts.
+    /// A head was parsed into `head`: this request's state starts.
     pub(super) fn start_request(&mut self, idle_secs: u64) {
-        let connection = self.req.headers.get(CONNECTION).map(|v| v.as_bytes());
+        let connection = self.head.get(Known::Connection);
         let has = |token: &[u8]| {
             connection.is_some_and(|v| {
                 v.split(|&b| b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
             })
         };
-        let keep = match self.req.version {
+        let keep = match self.head.req.version {
             Version::HTTP_11 => !has(b"close"),
             _ => has(b"keep-alive") && !has(b"close"),
         };
         self.client_keepalive = keep;
         self.keepalive = keep.then_some(idle_secs);
         self.close_on_early_answer = true;
-        self.body = Decoder::new(super::head::body_framing(&self.req));
+        self.body = Decoder::new(super::head::body_framing(&self.head));
         self.writer = Writer::NotStarted;
     }
 
@@ -296,12 +295,10 @@ impl H1Conn {
 }
 
 impl Downstream for H1Conn {
-    fn req_header(&self) -> &RequestHeader {
-        &self.req
-    }
+    type Head = H1Head;
 
-    fn req_header_mut(&mut self) -> &mut RequestHeader {
-        &mut self.req
+    fn head(&self) -> &H1Head {
+        &self.head
     }
 
     fn conn(&self) -> Option<&ConnStream> {
@@ -366,7 +363,7 @@ impl Downstream for H1Conn {
 
     async fn write_response_header(&mut self, mut head: Box<ResponseHeader>) -> Result<()> {
         let status = head.status.as_u16();
-        if !self.begin_answer(status, writer_of(&head, self.req.method == Method::HEAD)) {
+        if !self.begin_answer(status, writer_of(&head, self.head.req.method == Method::HEAD)) {
             return Ok(());
         }
         head.remove_header(&CONNECTION);
@@ -382,7 +379,7 @@ impl Downstream for H1Conn {
             status,
             head.get("transfer-encoding"),
             head.get("content-length"),
-            self.req.method == Method::HEAD,
+            self.head.req.method == Method::HEAD,
         );
         if !self.begin_answer(status, writer) {
             return Ok(());

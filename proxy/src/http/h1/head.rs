@@ -1,8 +1,10 @@
 //! A request head, parsed in place (pure: no I/O). [`parse`] runs `httparse`
 //! over the connection's read buffer, applies the edge's own framing rules
-//! on top, and fills the connection's one `RequestHeader` (kept across its
+//! on top, and fills the connection's one [`H1Head`] (kept across its
 //! requests: its header map's capacity is reused) with values that are
-//! slices of the head's bytes, not copies.
+//! slices of the head's bytes, not copies, and an index of where the
+//! headers the request path reads by name are ([`Known`]), so those
+//! lookups cost no hash.
 //!
 //! The rules are strict where two readers of the same bytes could disagree
 //! about where a request ends or what it is (request smuggling): where a
@@ -28,9 +30,10 @@
 //! Start at [`parse`].
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderName, HeaderValue, Method, Version};
+use http::{HeaderValue, Method, Version};
 use pingora_http::RequestHeader;
+
+use crate::http::headers::{Known, RequestHead};
 
 /// Most headers one head may have (as Pingora's codec).
 pub const MAX_HEADERS: usize = 256;
@@ -103,18 +106,100 @@ impl HeadError {
     }
 }
 
-/// Where a header's name and value are in the head (offsets).
+/// Where a header's name and value are in the head (offsets), and which
+/// [`Known`] name it is.
 #[derive(Debug, Clone, Copy)]
-pub struct Span {
+struct Span {
     name: (usize, usize),
     value: (usize, usize),
+    known: Option<Known>,
 }
 
-/// The connection's reusable parse state: the header offsets of the last
-/// head (their capacity is kept).
-#[derive(Debug, Default)]
-pub struct HeadScratch {
+/// Marks a [`Known`] name the head does not have in [`H1Head`]'s index.
+const ABSENT: u16 = u16::MAX;
+
+/// The connection's request head, kept across its requests (the offsets'
+/// capacity reused): the head's bytes, where each header line is in them
+/// (names made lower case in place) and where each [`Known`] name is, so
+/// a lookup by name is an index; method, target and version in `req`,
+/// whose header map stays empty (no header is hashed, none copied).
+#[derive(Debug)]
+pub struct H1Head {
+    pub req: RequestHeader,
+    bytes: Bytes,
     spans: Vec<Span>,
+    /// Per [`Known`]: the span of its first line ([`ABSENT`]: none).
+    first: [u16; Known::COUNT],
+    /// Per [`Known`]: how many lines.
+    count: [u8; Known::COUNT],
+}
+
+impl Default for H1Head {
+    fn default() -> H1Head {
+        H1Head {
+            req: RequestHeader::build_no_case(Method::GET, b"/", Some(16)).expect("a static head"),
+            bytes: Bytes::new(),
+            spans: Vec::new(),
+            first: [ABSENT; Known::COUNT],
+            count: [0; Known::COUNT],
+        }
+    }
+}
+
+impl H1Head {
+    fn value(&self, s: &Span) -> &[u8] {
+        &self.bytes[s.value.0..s.value.1]
+    }
+
+    /// Notes where the [`Known`] names are (after `spans` was filled).
+    fn index(&mut self) {
+        self.first = [ABSENT; Known::COUNT];
+        self.count = [0; Known::COUNT];
+        for (i, s) in self.spans.iter().enumerate() {
+            if let Some(k) = s.known {
+                let k = k as usize;
+                if self.count[k] == 0 {
+                    // At most MAX_HEADERS spans: the index fits.
+                    self.first[k] = i as u16;
+                }
+                self.count[k] = self.count[k].saturating_add(1);
+            }
+        }
+    }
+}
+
+impl RequestHead for H1Head {
+    fn req(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|s| (&self.bytes[s.name.0..s.name.1], self.value(s)))
+    }
+
+    #[inline]
+    fn get(&self, k: Known) -> Option<&[u8]> {
+        let i = self.first[k as usize];
+        (i != ABSENT).then(|| self.value(&self.spans[usize::from(i)]))
+    }
+
+    #[inline]
+    fn count(&self, k: Known) -> usize {
+        usize::from(self.count[k as usize])
+    }
+
+    fn all(&self, k: Known) -> impl Iterator<Item = &[u8]> {
+        let from = match self.first[k as usize] {
+            ABSENT => self.spans.len(),
+            i => usize::from(i),
+        };
+        self.spans[from..]
+            .iter()
+            .filter(move |s| s.known == Some(k))
+            .map(|s| self.value(s))
+    }
 }
 
 /// What [`parse`] found.
@@ -133,13 +218,8 @@ fn range(base: usize, s: &[u8]) -> (usize, usize) {
 
 /// Parses the head at the start of `buf`. On [`Parsed::Complete`] the head
 /// is split off `buf` (what follows stays: body or the next request) and
-/// `req` holds it. `max_head`: most head bytes accepted.
-pub fn parse(
-    buf: &mut BytesMut,
-    req: &mut RequestHeader,
-    scratch: &mut HeadScratch,
-    max_head: usize,
-) -> Result<Parsed, HeadError> {
+/// `head` holds it. `max_head`: most head bytes accepted.
+pub fn parse(buf: &mut BytesMut, head: &mut H1Head, max_head: usize) -> Result<Parsed, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -169,24 +249,33 @@ pub fn parse(
     check_target(&method, parsed.path.unwrap_or_default().as_bytes())?;
     let base = buf.as_ptr() as usize;
     let target = range(base, parsed.path.unwrap_or_default().as_bytes());
-    scratch.spans.clear();
-    scratch.spans.extend(parsed.headers.iter().map(|h| Span {
+    head.spans.clear();
+    head.spans.extend(parsed.headers.iter().map(|h| Span {
         name: range(base, h.name.as_bytes()),
         value: range(base, h.value),
+        known: None,
     }));
+    // Names in lower case in place (as a header map keeps them, and as the
+    // VM gets them), then which are the ones the request path reads.
+    for s in head.spans.iter_mut() {
+        let name = &mut buf[s.name.0..s.name.1];
+        name.make_ascii_lowercase();
+        s.known = Known::of(name);
+    }
     // httparse drops the whitespace after a value; after the coding that
     // frames the body, llhttp refuses it, and so does the edge.
-    let padded_coding = scratch.spans.iter().any(|s| {
-        buf[s.name.0..s.name.1].eq_ignore_ascii_case(b"transfer-encoding") && buf.get(s.value.1) != Some(&b'\r')
-    });
+    let padded_coding = head
+        .spans
+        .iter()
+        .any(|s| s.known == Some(Known::TransferEncoding) && buf.get(s.value.1) != Some(&b'\r'));
     if padded_coding {
         return Err(HeadError::Malformed("whitespace after Transfer-Encoding"));
     }
-    let head = buf.split_to(len).freeze();
-    fill(req, &head, method, version, target, &scratch.spans)?;
-    check_framing(req)?;
-    pingora_core::protocols::http::authority::validate_request_authority(req)
-        .map_err(|_| HeadError::Malformed("authority contradicts Host"))?;
+    head.bytes = buf.split_to(len).freeze();
+    head.index();
+    fill(head, method, version, target)?;
+    check_framing(head)?;
+    check_authority(head, target)?;
     Ok(Parsed::Complete(len))
 }
 
@@ -226,47 +315,67 @@ fn check_line_ends(head: &[u8]) -> Result<(), HeadError> {
     Ok(())
 }
 
-/// `req` becomes the head in `head` (its old headers dropped, the map's
-/// capacity kept).
-fn fill(
-    req: &mut RequestHeader,
-    head: &Bytes,
-    method: Method,
-    version: Version,
-    target: (usize, usize),
-    spans: &[Span],
-) -> Result<(), HeadError> {
-    // The map (and its capacity) moves to the new head; no allocation.
-    let blank = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts: http::request::Parts = std::mem::replace(req, blank).into();
-    parts.headers.clear();
-    parts.method = method;
-    parts.version = version;
-    for s in spans {
-        let name =
-            HeaderName::from_bytes(&head[s.name.0..s.name.1]).map_err(|_| HeadError::Malformed("header name"))?;
-        // httparse checked the value's bytes (no CTL but tab).
-        let value = HeaderValue::from_maybe_shared(head.slice(s.value.0..s.value.1))
-            .map_err(|_| HeadError::Malformed("header value"))?;
-        parts.headers.append(name, value);
+/// `head.req` becomes the request line of `head.bytes` (its header map
+/// stays empty).
+fn fill(head: &mut H1Head, method: Method, version: Version, target: (usize, usize)) -> Result<(), HeadError> {
+    let req = &mut head.req;
+    req.set_method(method);
+    req.set_version(version);
+    req.set_raw_path(&head.bytes[target.0..target.1])
+        .map_err(|_| HeadError::Malformed("request target"))
+}
+
+/// The authority checked as Pingora checks it (the target's against
+/// `Host`, no userinfo, one `Host`). For an origin-form target (`/...`,
+/// the usual one) that check comes to one `Host` without a `@` (no
+/// authority in the target to compare: Pingora's `raw_target_authority`
+/// says none, the `Uri` has none), done here on the index; any other form
+/// goes through Pingora's own check ([`pingora_check_authority`]).
+fn check_authority(head: &mut H1Head, target: (usize, usize)) -> Result<(), HeadError> {
+    let origin_form = head.bytes.get(target.0) == Some(&b'/') && head.req.method != Method::CONNECT;
+    if !origin_form {
+        return pingora_check_authority(head);
     }
-    *req = RequestHeader::from(parts);
-    req.set_raw_path(&head[target.0..target.1])
-        .map_err(|_| HeadError::Malformed("request target"))?;
+    let userinfo = head.get(Known::Host).is_some_and(|h| h.contains(&b'@'));
+    if head.count(Known::Host) > 1 || userinfo {
+        return Err(HeadError::Malformed("authority contradicts Host"));
+    }
     Ok(())
+}
+
+/// Pingora's `validate_request_authority` on this head. It reads `Host`
+/// from the header map: the lines are put there for it, and the map is
+/// empty again after it (its capacity kept).
+fn pingora_check_authority(head: &mut H1Head) -> Result<(), HeadError> {
+    let req = &mut head.req;
+    let mut checked = Ok(());
+    for s in head.spans.iter().filter(|s| s.known == Some(Known::Host)) {
+        // httparse checked the value's bytes (no CTL but tab).
+        let host = HeaderValue::from_maybe_shared(head.bytes.slice(s.value.0..s.value.1));
+        let appended = host.map(|v| req.append_header(http::header::HOST, v).is_ok());
+        if !matches!(appended, Ok(true)) {
+            checked = Err(HeadError::Malformed("Host"));
+            break;
+        }
+    }
+    if checked.is_ok() {
+        checked = pingora_core::protocols::http::authority::validate_request_authority(req)
+            .map_err(|_| HeadError::Malformed("authority contradicts Host"));
+    }
+    req.remove_header(&http::header::HOST);
+    checked
 }
 
 /// How the body of a head that [`parse`] took is framed (its rules
 /// leave one reading).
-pub fn body_framing(req: &RequestHeader) -> crate::http::client::body::Framing {
+pub fn body_framing(head: &H1Head) -> crate::http::client::body::Framing {
     use crate::http::client::body::Framing;
-    if req.headers.contains_key(TRANSFER_ENCODING) {
+    if head.get(Known::TransferEncoding).is_some() {
         return Framing::Chunked;
     }
-    match req
-        .headers
-        .get(CONTENT_LENGTH)
-        .map(|v| std::str::from_utf8(v.as_bytes()).map(str::parse))
+    match head
+        .get(Known::ContentLength)
+        .map(|v| std::str::from_utf8(v).map(str::parse))
     {
         Some(Ok(Ok(n))) => Framing::Length(n),
         _ => Framing::None,
@@ -274,19 +383,18 @@ pub fn body_framing(req: &RequestHeader) -> crate::http::client::body::Framing {
 }
 
 /// The body framing rules of the module docs.
-fn check_framing(req: &RequestHeader) -> Result<(), HeadError> {
-    let mut te = req.headers.get_all(TRANSFER_ENCODING).iter();
-    let mut cl = req.headers.get_all(CONTENT_LENGTH).iter();
-    match (te.next(), cl.next()) {
+fn check_framing(head: &H1Head) -> Result<(), HeadError> {
+    let (te, cl) = (Known::TransferEncoding, Known::ContentLength);
+    match (head.get(te), head.get(cl)) {
         (Some(_), Some(_)) => Err(HeadError::Malformed("Transfer-Encoding with Content-Length")),
         (Some(v), None) => {
-            if te.next().is_some() || req.version != Version::HTTP_11 {
+            if head.count(te) > 1 || head.req.version != Version::HTTP_11 {
                 return Err(HeadError::Malformed("Transfer-Encoding"));
             }
-            if v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            if v.eq_ignore_ascii_case(b"chunked") {
                 return Ok(());
             }
-            let last = v.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+            let last = v.rsplit(|&b| b == b',').next().unwrap_or_default();
             if last.first() == Some(&b' ') && last[1..].eq_ignore_ascii_case(b"chunked") {
                 // A coding before chunked, which the edge does not decode.
                 return Err(HeadError::UnknownCoding);
@@ -294,9 +402,8 @@ fn check_framing(req: &RequestHeader) -> Result<(), HeadError> {
             // Not exactly chunked last: the body's end is unknown (RFC 9112 §6.3).
             Err(HeadError::Malformed("Transfer-Encoding other than chunked"))
         }
-        (None, Some(v)) => {
-            let b = v.as_bytes();
-            if cl.next().is_some() || b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        (None, Some(b)) => {
+            if head.count(cl) > 1 || b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
                 return Err(HeadError::Malformed("Content-Length"));
             }
             Ok(())
@@ -309,26 +416,35 @@ fn check_framing(req: &RequestHeader) -> Result<(), HeadError> {
 mod tests {
     use super::*;
 
-    fn run(raw: &[u8]) -> (Result<Parsed, HeadError>, RequestHeader, BytesMut) {
+    fn run(raw: &[u8]) -> (Result<Parsed, HeadError>, H1Head, BytesMut) {
         let mut buf = BytesMut::from(raw);
-        let mut req = RequestHeader::build_no_case("GET", b"/", None).unwrap();
-        let mut scratch = HeadScratch::default();
-        let r = parse(&mut buf, &mut req, &mut scratch, 8192);
-        (r, req, buf)
+        let mut head = H1Head::default();
+        let r = parse(&mut buf, &mut head, 8192);
+        (r, head, buf)
     }
 
     #[test]
     fn a_head_is_taken_off_the_buffer_and_what_follows_stays() {
         let raw = b"POST /a?b=1 HTTP/1.1\r\nHost: x.repl.co\r\nContent-Length: 3\r\nX-Y: z\r\n\r\nabcGET";
-        let (r, req, rest) = run(raw);
+        let (r, head, rest) = run(raw);
         assert_eq!(r, Ok(Parsed::Complete(raw.len() - 6)));
         assert_eq!(&rest[..], b"abcGET");
+        let req = &head.req;
         assert_eq!(req.method, Method::POST);
         assert_eq!(req.uri.path(), "/a");
         assert_eq!(req.uri.query(), Some("b=1"));
-        assert_eq!(req.headers["host"], "x.repl.co");
-        assert_eq!(req.headers["x-y"], "z");
         assert_eq!(req.version, Version::HTTP_11);
+        let lines: Vec<_> = head.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"host"[..], &b"x.repl.co"[..]),
+                (b"content-length", b"3"),
+                (b"x-y", b"z")
+            ],
+            "in order, names in lower case, values as sent"
+        );
+        assert!(req.headers.is_empty(), "no header map");
     }
 
     #[test]
@@ -342,25 +458,55 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_header_keeps_nothing_of_the_last_request() {
-        let mut req = RequestHeader::build_no_case("GET", b"/", None).unwrap();
-        let mut scratch = HeadScratch::default();
-        let mut buf =
-            BytesMut::from(&b"GET /1 HTTP/1.1\r\nHost: a\r\nCookie: c\r\n\r\nHEAD /2 HTTP/1.0\r\nHost: b\r\n\r\n"[..]);
-        assert!(matches!(
-            parse(&mut buf, &mut req, &mut scratch, 8192),
-            Ok(Parsed::Complete(_))
-        ));
-        assert_eq!(req.headers["cookie"], "c");
-        assert!(matches!(
-            parse(&mut buf, &mut req, &mut scratch, 8192),
-            Ok(Parsed::Complete(_))
-        ));
+    fn a_reused_head_keeps_nothing_of_the_last_request() {
+        let mut head = H1Head::default();
+        let mut buf = BytesMut::from(
+            &b"GET /1 HTTP/1.1\r\nHost: a\r\nCookie: c\r\nOrigin: o\r\n\r\nHEAD /2 HTTP/1.0\r\nHost: b\r\n\r\n"[..],
+        );
+        assert!(matches!(parse(&mut buf, &mut head, 8192), Ok(Parsed::Complete(_))));
+        assert!(head.lines().any(|l| l == (&b"cookie"[..], &b"c"[..])));
+        assert_eq!(head.get(Known::Origin), Some(&b"o"[..]));
+        assert!(matches!(parse(&mut buf, &mut head, 8192), Ok(Parsed::Complete(_))));
+        let req = &head.req;
         assert_eq!(req.method, Method::HEAD);
         assert_eq!(req.uri.path(), "/2");
         assert_eq!(req.version, Version::HTTP_10);
-        assert_eq!(req.headers.len(), 1);
+        assert_eq!(head.lines().count(), 1);
+        assert_eq!(head.get(Known::Host), Some(&b"b"[..]));
+        assert_eq!(head.get(Known::Origin), None, "the last request's index is gone");
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn the_index_reads_as_the_header_map_does() {
+        let raw = b"POST /a HTTP/1.1\r\nHOST: x.repl.co\r\nConnection: keep-alive\r\nX-Other: 1\r\n\
+connection: Upgrade\r\nContent-Length: 3\r\nX-EdgePlane-Hop: h\r\nAuthorization: Bearer t\r\n\r\nabc";
+        let (r, head, _) = run(raw);
+        assert!(matches!(r, Ok(Parsed::Complete(_))), "{r:?}");
+        let all = [
+            Known::Host,
+            Known::ContentLength,
+            Known::TransferEncoding,
+            Known::Connection,
+            Known::Upgrade,
+            Known::Expect,
+            Known::Authorization,
+            Known::Origin,
+            Known::Hop,
+            Known::Debug,
+            Known::ReplaySrc,
+        ];
+        let mut map = RequestHeader::build("POST", b"/a", None).unwrap();
+        for (k, v) in head.lines() {
+            map.append_header(String::from_utf8(k.to_vec()).unwrap(), v).unwrap();
+        }
+        for k in all {
+            assert_eq!(head.get(k), map.get(k), "{k:?}");
+            assert_eq!(head.count(k), map.count(k), "{k:?}");
+            assert_eq!(head.all(k).collect::<Vec<_>>(), map.all(k).collect::<Vec<_>>(), "{k:?}");
+        }
+        assert_eq!(head.count(Known::Connection), 2);
+        assert_eq!(body_framing(&head), crate::http::client::body::Framing::Length(3));
     }
 
     #[test]
@@ -422,6 +568,30 @@ mod tests {
                 "{}: {r:?}",
                 String::from_utf8_lossy(raw)
             );
+        }
+    }
+
+    #[test]
+    fn the_origin_form_shortcut_agrees_with_pingoras_check() {
+        let heads: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a.repl.co\r\n\r\n",
+            b"GET /x HTTP/1.1\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: a.repl.co\r\nHost: b.repl.co\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: a.repl.co\r\nHost: a.repl.co\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: u@a.repl.co\r\n\r\n",
+            b"GET /x?y=@ HTTP/1.1\r\nHost: a.repl.co:8080\r\n\r\n",
+            b"GET //a.repl.co/x HTTP/1.1\r\nHost: b.repl.co\r\n\r\n",
+        ];
+        for raw in heads {
+            let mut buf = BytesMut::from(*raw);
+            let mut head = H1Head::default();
+            let ours = parse(&mut buf, &mut head, 8192).map(|_| ());
+            // The same head through Pingora's check.
+            let mut buf = BytesMut::from(*raw);
+            let mut other = H1Head::default();
+            let _ = parse(&mut buf, &mut other, 8192);
+            let theirs = pingora_check_authority(&mut other);
+            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(raw));
         }
     }
 }

@@ -74,7 +74,7 @@ async fn linger(io: &mut ConnStream) {
 
 /// How waiting for a head ended.
 enum Wait {
-    /// A head is in the connection's request header.
+    /// A head is in the connection's request head.
     Head,
     /// Nothing more on this connection (closed, idle, timed out, stopped).
     Closed,
@@ -101,7 +101,7 @@ impl EdgeHttp {
             }
             fresh = false;
             c.start_request(limits.keepalive_idle.as_secs().max(1));
-            if c.req.method == http::Method::CONNECT {
+            if c.head.req.method == http::Method::CONNECT {
                 crate::logging::LOG_EVENTS.with_label_values(&["client_error"]).inc();
                 c.refuse(405).await;
                 return;
@@ -129,12 +129,12 @@ impl EdgeHttp {
         }
     }
 
-    /// Reads until a whole head is parsed into `c.req`.
+    /// Reads until a whole head is parsed into `c.head`.
     async fn wait_for_head(&self, c: &mut H1Conn, fresh: bool, limits: &edgeplane_config::LimitsConfig) -> Wait {
         let max_head = limits.max_header_bytes + HEAD_SLACK;
         loop {
             if !c.rbuf.is_empty() {
-                match head::parse(&mut c.rbuf, &mut c.req, &mut c.scratch, max_head) {
+                match head::parse(&mut c.rbuf, &mut c.head, max_head) {
                     Ok(Parsed::Complete(_)) => return Wait::Head,
                     Ok(Parsed::Partial) => {}
                     Err(e) => {

@@ -5,11 +5,10 @@
 //! the differential test against llhttp (`hostile.rs`), which hold the
 //! codec's reading, not a copy of it.
 
-use bytes::BytesMut;
-use pingora_http::RequestHeader;
-
-use super::head::{self, HeadScratch, Parsed};
+use super::head::{self, H1Head, Parsed};
 use crate::http::client::body::{Decoder, Piece};
+use crate::http::headers::RequestHead;
+use bytes::BytesMut;
 
 /// Head bytes accepted in an offline reading (the default
 /// `limits.max_header_bytes` plus [`super::HEAD_SLACK`]).
@@ -44,11 +43,10 @@ pub fn first_request(bytes: &[u8], reads: &[usize]) -> Reading {
         n: 0,
     };
     let mut buf = BytesMut::new();
-    let mut req = RequestHeader::build_no_case("GET", b"/", None).expect("a static head");
-    let mut scratch = HeadScratch::default();
+    let mut head = H1Head::default();
     loop {
         if !buf.is_empty() {
-            match head::parse(&mut buf, &mut req, &mut scratch, MAX_HEAD) {
+            match head::parse(&mut buf, &mut head, MAX_HEAD) {
                 Ok(Parsed::Complete(_)) => break,
                 Ok(Parsed::Partial) => {}
                 Err(e) => return Reading::Refused(e.status()),
@@ -58,7 +56,7 @@ pub fn first_request(bytes: &[u8], reads: &[usize]) -> Reading {
             return Reading::Incomplete;
         }
     }
-    let mut decoder = Decoder::new(head::body_framing(&req));
+    let mut decoder = Decoder::new(head::body_framing(&head));
     let mut body = Vec::new();
     loop {
         match decoder.next(&mut buf, 64 * 1024) {
@@ -72,13 +70,13 @@ pub fn first_request(bytes: &[u8], reads: &[usize]) -> Reading {
             Err(_) => return Reading::Refused(400),
         }
     }
+    let req = &head.req;
     Reading::Message {
         method: req.method.to_string(),
         target: String::from_utf8_lossy(req.raw_path()).into_owned(),
-        headers: req
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        headers: head
+            .lines()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
             .collect(),
         body,
         consumed: feed.at - buf.len(),
