@@ -11,7 +11,9 @@
 //!   4000), so tests can check that a close from either side crosses the edge.
 //! - The metrics listener serves `/metrics` (`conman_containers`,
 //!   `conman_cpu_utilization`, `conman_ready`, `fakevm_requests_total`,
-//!   `fakevm_bodies_whole_total` (requests whose body arrived whole), and
+//!   `fakevm_bodies_whole_total` (requests whose body arrived whole),
+//!   `fakevm_connections_total` (connections accepted on the HTTP
+//!   listener: how many a proxy opened, so a test sees it reuse them), and
 //!   `conman_units_reserved` once `units` is set) and
 //!   takes `POST /control` with JSON `{"containers":N,"cpu":F,"ready":bool,
 //!   "units":N,"scrape":"ok"|"hang"|"garbage"|"error","replay":"vm=ID"}` (all fields
@@ -20,9 +22,10 @@
 //!   every request and refuse every upgrade with 409 and
 //!   `x-edgeplane-replay: <value>`, as a VM that lost a placement race;
 //!   `"replay": null` or `""` stops that).
-//! - Two test paths: `/__fake/early?status=N` answers N at once without
+//! - Test paths: `/__fake/early?status=N` answers N at once without
 //!   reading the request body (and closes), `/__fake/echo-stream` streams
-//!   the request body back as it arrives.
+//!   the request body back as it arrives, `/__fake/slow?ms=N` answers 200
+//!   after N ms (at most 10 s: requests held in flight).
 //!
 //! Both listeners may be given port 0; the bound addresses are printed as
 //! `fake-vm <id> listening http=<addr> metrics=<addr>`. Start at [`run`].
@@ -106,6 +109,8 @@ struct State {
     /// Requests whose body arrived whole (as its framing declared).
     bodies_whole: AtomicU64,
     ws_open: AtomicU64,
+    /// Connections accepted on the HTTP listener.
+    connections: AtomicU64,
 }
 
 /// Options of `edgeplane-bench fake-vm`.
@@ -216,6 +221,20 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
             .header("x-served-by", state.id.as_str())
             .header("connection", "close")
             .body(full(Bytes::from_static(b"not reading that\n")))
+            .unwrap());
+    }
+    if req.uri().path() == "/__fake/slow" {
+        let ms = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(100)
+            .min(10_000);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        return Ok(Response::builder()
+            .header("x-served-by", state.id.as_str())
+            .body(full(Bytes::from_static(b"slow\n")))
             .unwrap());
     }
     if req.uri().path() == "/__fake/echo-stream" {
@@ -332,13 +351,15 @@ conman_containers {}\n# HELP conman_cpu_utilization CPU utilisation, 0 to 1.\n# 
 conman_cpu_utilization {}\n# HELP conman_ready 1 when the VM takes new containers.\n# TYPE conman_ready gauge\n\
 conman_ready {}\n# HELP fakevm_requests_total HTTP requests and upgrades received.\n# TYPE fakevm_requests_total counter\n\
 fakevm_requests_total {}\n# HELP fakevm_bodies_whole_total Requests whose body arrived whole.\n\
-# TYPE fakevm_bodies_whole_total counter\nfakevm_bodies_whole_total {}\n# HELP fakevm_websockets_open WebSocket connections open now.\n# TYPE fakevm_websockets_open gauge\n\
+# TYPE fakevm_bodies_whole_total counter\nfakevm_bodies_whole_total {}\n# HELP fakevm_connections_total Connections accepted.\n\
+# TYPE fakevm_connections_total counter\nfakevm_connections_total {}\n# HELP fakevm_websockets_open WebSocket connections open now.\n# TYPE fakevm_websockets_open gauge\n\
 fakevm_websockets_open {}\n{units}",
                 r.containers,
                 r.cpu,
                 r.ready as u8,
                 state.requests.load(Ordering::Relaxed),
                 state.bodies_whole.load(Ordering::Relaxed),
+                state.connections.load(Ordering::Relaxed),
                 state.ws_open.load(Ordering::Relaxed),
             );
             Ok(Response::builder()
@@ -383,7 +404,8 @@ fakevm_websockets_open {}\n{units}",
     }
 }
 
-async fn serve_loop<F, Fut>(listener: TcpListener, state: Arc<State>, f: F)
+/// Serves `listener`; `counted`: its connections are `fakevm_connections_total`.
+async fn serve_loop<F, Fut>(listener: TcpListener, state: Arc<State>, f: F, counted: bool)
 where
     F: Fn(Arc<State>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
@@ -392,6 +414,9 @@ where
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        if counted {
+            state.connections.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = stream.set_nodelay(true);
         let st = state.clone();
         tokio::spawn(async move {
@@ -423,9 +448,10 @@ pub async fn start(opts: FakeVmOptions) -> std::io::Result<(SocketAddr, SocketAd
         requests: AtomicU64::new(0),
         bodies_whole: AtomicU64::new(0),
         ws_open: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
     });
-    tokio::spawn(serve_loop(metrics, state.clone(), metrics_app));
-    tokio::spawn(serve_loop(http, state, app));
+    tokio::spawn(serve_loop(metrics, state.clone(), metrics_app, false));
+    tokio::spawn(serve_loop(http, state, app, true));
     Ok(addrs)
 }
 

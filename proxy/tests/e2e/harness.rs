@@ -178,6 +178,11 @@ impl FakeVm {
         self.counter("fakevm_bodies_whole_total").await
     }
 
+    /// Connections the VM accepted (from the edge's upstream pool).
+    pub async fn connections(&self) -> u64 {
+        self.counter("fakevm_connections_total").await
+    }
+
     async fn counter(&self, name: &str) -> u64 {
         let r = get(self.metrics, "vm", "/metrics", &[]).await;
         metric_value(&r.body_str(), name).unwrap_or_else(|| panic!("{name}")) as u64

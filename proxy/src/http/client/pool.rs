@@ -38,10 +38,18 @@ use std::time::Duration;
 
 use super::Conn;
 
-/// Idle connections kept per upstream address, per thread.
-pub const MAX_IDLE_PER_ADDR: usize = 64;
-/// Idle connections kept in all, per thread.
-pub const MAX_IDLE_PER_THREAD: usize = 1024;
+/// Idle connections kept per upstream address, per thread. It has to be
+/// above the most requests one thread has in flight to one VM: every
+/// answer past it closes its connection, and the next request opens one
+/// (a connect, and a TIME_WAIT socket left behind). At 64, 640 HTTP/2
+/// streams to one app on one thread opened a connection for most requests
+/// and cost 38 CPU-µs each instead of 13 (bench/results/h1-own/README.md,
+/// "HTTP/2 with many streams"). nginx's `keepalive` is the same cap,
+/// HAProxy keeps idle server connections without one.
+pub const MAX_IDLE_PER_ADDR: usize = 1024;
+/// Idle connections kept in all, per thread (each holds its 8 KiB read
+/// buffer and about 1 KiB of write buffer: at most about 40 MiB).
+pub const MAX_IDLE_PER_THREAD: usize = 4096;
 /// An idle connection older than this is closed, not reused (VMs' own
 /// keep-alive timeouts are commonly 5-60 s; a reused one that the VM closed
 /// meanwhile is caught by the liveness check or retried).
