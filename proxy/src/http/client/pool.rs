@@ -23,7 +23,11 @@
 //! - At most [`MAX_IDLE_PER_ADDR`] idle connections per address and
 //!   [`MAX_IDLE_PER_THREAD`] in all per thread; none older than
 //!   [`IDLE_TIMEOUT`] is handed out, and a sweep closes those at most once a
-//!   second, so a VM that went away leaves nothing open for long.
+//!   second, so a VM that went away leaves nothing open for long: on a
+//!   give-back under traffic, and from one sweeper task per thread while
+//!   the thread's pool holds any ([`SWEEP_EVERY`]), so a burst followed
+//!   by silence does not keep its connections (and their descriptors)
+//!   open until the VMs close them.
 //!
 //! - A connection goes back only with nothing unread in its buffer (bytes
 //!   past an answer would be a desynchronised VM), and its buffer is cut
@@ -55,6 +59,10 @@ pub const MAX_IDLE_PER_THREAD: usize = 4096;
 /// meanwhile is caught by the liveness check or retried).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often a thread's sweeper closes connections idle past
+/// [`IDLE_TIMEOUT`] when no give-back did.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Idle at least this long: checked before it is handed out.
 pub const CHECK_AFTER: Duration = Duration::from_millis(250);
 
@@ -74,6 +82,8 @@ struct Pool {
     by_addr: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
     total: usize,
     last_sweep_ms: u64,
+    /// This thread's sweeper task is running.
+    sweeper: bool,
 }
 
 thread_local! {
@@ -129,7 +139,35 @@ pub fn give_back(mut conn: Conn, now_ms: u64) {
         }
         list.push(Idle { conn, since_ms: now_ms });
         p.total += 1;
+        if !p.sweeper {
+            p.sweeper = spawn_sweeper();
+        }
     })
+}
+
+/// Starts this thread's sweeper (false outside a runtime). It runs on the
+/// thread that spawns it (the edge's runtimes do not steal work, a test's
+/// is single-threaded) and ends once the pool is empty; the next give-back
+/// starts another.
+fn spawn_sweeper() -> bool {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    rt.spawn(async {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            let left = POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                p.sweep(crate::clock::now_ms());
+                p.sweeper = p.total > 0;
+                p.total
+            });
+            if left == 0 {
+                return;
+            }
+        }
+    });
+    true
 }
 
 /// Idle connections this thread holds (for tests and the status page).
@@ -212,6 +250,23 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(take(addr5, 2, true).is_none(), "checked on request: closed");
         drop(server);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_without_traffic() {
+        use tokio::io::AsyncReadExt;
+        let (c, mut server, _addr) = pair().await;
+        // Given back almost IDLE_TIMEOUT ago, and no request after it.
+        let since = crate::clock::now_ms() - IDLE_TIMEOUT.as_millis() as u64 + 500;
+        give_back(c, since);
+        assert_eq!(idle_on_this_thread(), 1);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), server.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0))), "the sweeper closed it: {read:?}");
+        assert_eq!(idle_on_this_thread(), 0);
+        // The sweeper ended with the pool empty; the next give-back starts one.
+        tokio::time::sleep(SWEEP_EVERY * 2).await;
+        assert!(!POOL.with(|p| p.borrow().sweeper));
     }
 
     #[tokio::test]
