@@ -209,11 +209,7 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
     // Test paths: an answer that does not wait for the body, and one that
     // streams the body back as it arrives (full-duplex checks).
     if req.uri().path() == "/__fake/early" {
-        let status = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("status="))
-            .and_then(|s| s.parse::<u16>().ok())
+        let status = query_number::<u16>(&req, "status")
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::PAYLOAD_TOO_LARGE);
         return Ok(Response::builder()
@@ -224,13 +220,7 @@ async fn app(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
             .unwrap());
     }
     if req.uri().path() == "/__fake/slow" {
-        let ms = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("ms="))
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(100)
-            .min(10_000);
+        let ms = query_number::<u64>(&req, "ms").unwrap_or(100).min(10_000);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         return Ok(Response::builder()
             .header("x-served-by", state.id.as_str())
@@ -402,6 +392,12 @@ fakevm_websockets_open {}\n{units}",
         }
         _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
     }
+}
+
+/// A test path's one `?key=N` parameter.
+fn query_number<T: std::str::FromStr>(req: &Request<Incoming>, key: &str) -> Option<T> {
+    let q = req.uri().query()?;
+    q.strip_prefix(key)?.strip_prefix('=')?.parse().ok()
 }
 
 /// Serves `listener`; `counted`: its connections are `fakevm_connections_total`.
