@@ -151,20 +151,14 @@ impl H1Head {
         &self.bytes[s.value.0..s.value.1]
     }
 
-    /// Notes where the [`Known`] names are (after `spans` was filled).
-    fn index(&mut self) {
-        self.first = [ABSENT; Known::COUNT];
-        self.count = [0; Known::COUNT];
-        for (i, s) in self.spans.iter().enumerate() {
-            if let Some(k) = s.known {
-                let k = k as usize;
-                if self.count[k] == 0 {
-                    // At most MAX_HEADERS spans: the index fits.
-                    self.first[k] = i as u16;
-                }
-                self.count[k] = self.count[k].saturating_add(1);
-            }
+    /// Notes that span `i` is a `k` line (spans noted in order).
+    fn note(&mut self, i: usize, k: Known) {
+        let k = k as usize;
+        if self.count[k] == 0 {
+            // At most MAX_HEADERS spans: the index fits.
+            self.first[k] = i as u16;
         }
+        self.count[k] = self.count[k].saturating_add(1);
     }
 }
 
@@ -257,10 +251,16 @@ pub fn parse(buf: &mut BytesMut, head: &mut H1Head, max_head: usize) -> Result<P
     }));
     // Names in lower case in place (as a header map keeps them, and as the
     // VM gets them), then which are the ones the request path reads.
-    for s in head.spans.iter_mut() {
-        let name = &mut buf[s.name.0..s.name.1];
+    head.first = [ABSENT; Known::COUNT];
+    head.count = [0; Known::COUNT];
+    for i in 0..head.spans.len() {
+        let (from, to) = head.spans[i].name;
+        let name = &mut buf[from..to];
         name.make_ascii_lowercase();
-        s.known = Known::of(name);
+        head.spans[i].known = Known::of(name);
+        if let Some(k) = head.spans[i].known {
+            head.note(i, k);
+        }
     }
     // httparse drops the whitespace after a value; after the coding that
     // frames the body, llhttp refuses it, and so does the edge.
@@ -272,7 +272,6 @@ pub fn parse(buf: &mut BytesMut, head: &mut H1Head, max_head: usize) -> Result<P
         return Err(HeadError::Malformed("whitespace after Transfer-Encoding"));
     }
     head.bytes = buf.split_to(len).freeze();
-    head.index();
     fill(head, method, version, target)?;
     check_framing(head)?;
     check_authority(head, target)?;
