@@ -25,6 +25,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 # The status page test opens the admin page in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# The ACME tests run a real CA: Debian's pebble (with pebble-challtestsrv).
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # Node's llhttp: the second HTTP/1 parser of the differential test (hostile.rs).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then

@@ -183,6 +183,10 @@ pub const DEFAULT_RESOLVER_RETRY: Duration = Duration::from_secs(2);
 pub const DEFAULT_RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the TLS certificate directory is checked for changes.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// `tls.cert_cache_entries`: parsed certificates kept (a few KiB each).
+pub const DEFAULT_CERT_CACHE_ENTRIES: usize = 10_000;
+/// `tls.cert_miss_ttl_ms`: how long a miss is remembered.
+pub const DEFAULT_CERT_MISS_TTL: Duration = Duration::from_secs(30);
 
 /// A validated edge configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +252,17 @@ pub struct TlsConfig {
     /// HTTP-01 challenges under `/.well-known/acme-challenge/`).
     pub redirect_http: bool,
     pub reload_interval: Duration,
+    /// Control-plane certificates kept parsed in memory (an LRU; default
+    /// [`DEFAULT_CERT_CACHE_ENTRIES`]).
+    pub cert_cache_entries: usize,
+    /// Where fetched certificates are kept on disk (their keys sealed as in
+    /// the database) for a restart without the database. Default: a
+    /// `certs` directory beside `placement.last_known_good`; none without it.
+    pub cert_cache_dir: Option<PathBuf>,
+    /// A name without a certificate (or whose fetch failed) is not asked
+    /// about again for this long (default [`DEFAULT_CERT_MISS_TTL`]),
+    /// unless the index learns of its certificate first.
+    pub cert_miss_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -458,6 +473,10 @@ pub struct SecurityConfig {
     /// Origins (`scheme://host[:port]`, lower-case) allowed to open
     /// workspace sessions from a browser. Empty: no Origin check.
     pub workspace_origins: Vec<String>,
+    /// The fleet certificate key (`security.cert_seal_key_file`): opens
+    /// the private keys of control-plane certificates. None: the edge
+    /// serves only `tls.certs_dir`.
+    pub cert_seal_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -471,6 +490,7 @@ impl std::fmt::Debug for SecurityConfig {
             .field("workspace_token_public_keys", &self.workspace_token_public_keys)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("workspace_origins", &self.workspace_origins)
+            .field("cert_seal_key_file", &self.cert_seal_key_file)
             .finish()
     }
 }

@@ -121,6 +121,7 @@ pub struct RawSecurity {
     pub workspace_token_public_keys_file: Option<String>,
     pub admin_token_file: Option<String>,
     pub workspace_origins: Option<Vec<String>>,
+    pub cert_seal_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +131,9 @@ pub struct RawTls {
     pub certs_dir: Option<String>,
     pub redirect_http: Option<bool>,
     pub reload_interval_ms: Option<u64>,
+    pub cert_cache_entries: Option<usize>,
+    pub cert_cache_dir: Option<String>,
+    pub cert_miss_ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,6 +14,7 @@
 //! Nothing here knows Pingora; the proxy crate reads tables through
 //! [`TableHandle`]. Start reading at [`table`], then [`postgres`].
 
+pub mod certs;
 pub mod file_source;
 pub mod last_known_good;
 pub mod postgres;

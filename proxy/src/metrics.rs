@@ -58,6 +58,12 @@ pub struct Metrics {
     pub http2_control_floods: IntCounter,
     pub tls_certificates: IntGauge,
     pub tls_reload_errors: IntCounter,
+    /// `edgeplane_tls_handshakes_total{cert,outcome}` (certificate
+    /// selection, counted by the resolver: see crate::conn::certs).
+    pub tls_handshakes: IntCounterVec,
+    pub certs_cached: IntGauge,
+    pub cert_fetches: CounterSet,
+    pub acme_challenges_served: IntCounter,
     pub config_reloads: CounterSet,
     pub config_last_reload_ok: IntGauge,
     pub config_pending_restart: IntGauge,
@@ -436,6 +442,33 @@ impl Metrics {
             tls_reload_errors: r.counter(
                 "edgeplane_tls_reload_errors_total",
                 "Certificate pairs that could not be loaded (the pair loaded before from the same file keeps serving)",
+            ),
+            tls_handshakes: {
+                let v = r.counters(
+                    "edgeplane_tls_handshakes_total",
+                    "TLS handshakes by the certificate chosen (override: tls.certs_dir, custom: the control plane's, wildcard, acme: a TLS-ALPN-01 challenge, none) and outcome (served, not_issued: a custom domain without a certificate yet, unknown_name)",
+                    &["cert", "outcome"],
+                );
+                for (c, o) in crate::conn::certs::HANDSHAKE_LABELS {
+                    v.with_label_values(&[c, o]);
+                }
+                v
+            },
+            certs_cached: r.gauge(
+                "edgeplane_certs_cached",
+                "Control-plane certificates held parsed in memory (tls.cert_cache_entries at most)",
+            ),
+            cert_fetches: CounterSet::new(
+                r.counters(
+                    "edgeplane_cert_fetches_total",
+                    "Certificate fetches from the control plane by outcome (ok, missing, bad: refused, the previous copy keeps serving; error: the database)",
+                    &["outcome"],
+                ),
+                &crate::conn::certs::FETCH_OUTCOMES,
+            ),
+            acme_challenges_served: r.counter(
+                "edgeplane_acme_challenges_served_total",
+                "ACME HTTP-01 challenge answers given (200)",
             ),
             config_reloads: CounterSet::new(
                 r.counters(

@@ -51,6 +51,8 @@ pub enum ServeError {
     Port { addr: SocketAddr, err: std::io::Error },
     #[error("--upgrade: {0}")]
     Upgrade(#[from] crate::upgrade::UpgradeError),
+    #[error("security.cert_seal_key_file: {0}")]
+    SealKey(#[from] edgeplane_control_sync::certs::SealError),
 }
 
 /// Pingora flags that pass through `edgeplane serve`.
@@ -245,17 +247,19 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
         server.configuration.threads,
     ));
     let drain = crate::conn::Drain::new(1 + usize::from(tls_cfg.is_some()), parts.admission.clone());
-    let app = |tls| EdgeApp {
+    let custom = custom_certs(&edge.cfg.load(), edge)?;
+    let app = |tls, sni| EdgeApp {
         http: http.clone(),
         admission: parts.admission.clone(),
         drain: drain.clone(),
         tls,
+        sni,
         cfg: edge.cfg.clone(),
         metrics: edge.metrics.clone(),
         proxy_protocol: edge.cfg.load().edge.proxy_protocol,
         rebind: edge.cfg.load().edge.threads > 1,
     };
-    let mut proxy = Service::new("edgeplane proxy".to_string(), app(None));
+    let mut proxy = Service::new("edgeplane proxy".to_string(), app(None, None));
     for a in &listen {
         proxy.add_listener(ListenerConfig::tcp(a.to_string()).l4_buffer(L4BufferSettings {
             read: Some(DOWNSTREAM_READ_BUFFER),
@@ -264,7 +268,7 @@ pub fn run(cfg: Config, flags: ServeFlags) -> Result<(), ServeError> {
     }
     let https = tls_cfg
         .as_ref()
-        .map(|t| https_service(t, &tls_listen, app, &edge.metrics, parts.stop.handle()));
+        .map(|t| https_service(t, &tls_listen, app, custom, &edge.metrics, parts.stop.handle()));
     let sync = edge.table.status_arc();
     let mut admin = Service::new("edgeplane admin".to_string(), parts.admin);
     admin.threads = Some(1);
@@ -326,11 +330,15 @@ fn pingora_server(cfg: &Config, flags: &ServeFlags) -> Server {
 fn https_service(
     t: &edgeplane_config::TlsConfig,
     tls_listen: &[SocketAddr],
-    app: impl Fn(Option<pingora_core::listeners::tls::Acceptor>) -> EdgeApp,
+    app: impl Fn(Option<pingora_core::listeners::tls::Acceptor>, Option<Arc<crate::conn::tls::SniResolver>>) -> EdgeApp,
+    custom: Option<Arc<crate::conn::certs::CustomCerts>>,
     metrics: &Arc<Metrics>,
     stop: crate::shutdown::Shutdown,
 ) -> Service<EdgeApp> {
     let resolver = crate::conn::tls::SniResolver::new(Default::default());
+    if let Some(c) = custom {
+        resolver.set_custom(c);
+    }
     crate::conn::tls::reload(&t.certs_dir, &resolver, metrics);
     crate::conn::tls::spawn_watcher(
         t.certs_dir.clone(),
@@ -339,9 +347,10 @@ fn https_service(
         metrics.clone(),
         stop,
     );
+    let sni = resolver.has_custom().then(|| resolver.clone());
     let acceptor =
         pingora_core::listeners::tls::Acceptor::from_server_config(crate::conn::tls::server_config(resolver));
-    let mut svc = Service::new("edgeplane https".to_string(), app(Some(acceptor)));
+    let mut svc = Service::new("edgeplane https".to_string(), app(Some(acceptor), sni));
     for a in tls_listen {
         // rustls keeps its own record buffer: Pingora's 64 KiB read buffer
         // in front of it would stay allocated for every idle wss tunnel.
@@ -351,6 +360,40 @@ fn https_service(
         }));
     }
     svc
+}
+
+/// The control plane's certificates, when the edge has the fleet
+/// certificate key, TLS listeners and the PostgreSQL source.
+fn custom_certs(
+    cfg: &edgeplane_config::Config,
+    edge: &crate::shared::Shared,
+) -> Result<Option<Arc<crate::conn::certs::CustomCerts>>, ServeError> {
+    let (Some(t), Some(key_file)) = (&cfg.tls, &cfg.security.cert_seal_key_file) else {
+        return Ok(None);
+    };
+    let edgeplane_config::PlacementSource::Postgres(url) = &cfg.placement.source else {
+        log::warn!(
+            "security.cert_seal_key_file is set but placement.source is not postgres: only tls.certs_dir is served"
+        );
+        return Ok(None);
+    };
+    let seal = edgeplane_control_sync::certs::SealKey::from_file(key_file)?;
+    let disk = t.cert_cache_dir.clone().or_else(|| {
+        let lkg = cfg.placement.last_known_good.as_ref()?;
+        Some(lkg.with_file_name(format!(
+            "{}.certs",
+            lkg.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+        )))
+    });
+    Ok(Some(crate::conn::certs::CustomCerts::start(
+        url.clone(),
+        edge.table.clone(),
+        seal,
+        t.cert_cache_entries,
+        t.cert_miss_ttl,
+        disk,
+        edge.metrics.clone(),
+    )))
 }
 
 /// The lines tests and operators wait for: every listener, then the table.

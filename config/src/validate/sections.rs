@@ -407,12 +407,22 @@ this file is version 1's shared HMAC secret",
             }
             workspace_origins.push(lower);
         }
+        let cert_seal_key_file = match s.cert_seal_key_file.as_deref() {
+            None => None,
+            Some(f) => {
+                let p = self.path(f);
+                std::fs::metadata(&p)
+                    .map_err(|e| self.err("security.cert_seal_key_file", format!("{}: {e}", p.display())))?;
+                Some(p)
+            }
+        };
         Ok(SecurityConfig {
             hop_secret,
             workspace_token_key,
             workspace_token_public_keys,
             admin_token,
             workspace_origins,
+            cert_seal_key_file,
         })
     }
 
@@ -520,11 +530,22 @@ this file is version 1's shared HMAC secret",
         if reload_interval < Duration::from_millis(100) {
             return Err(self.err("tls.reload_interval_ms", "must be at least 100"));
         }
+        let cert_cache_entries = t.cert_cache_entries.unwrap_or(DEFAULT_CERT_CACHE_ENTRIES);
+        if cert_cache_entries == 0 {
+            return Err(self.err("tls.cert_cache_entries", "must be at least 1"));
+        }
+        let cert_miss_ttl = ms(t.cert_miss_ttl_ms, DEFAULT_CERT_MISS_TTL);
+        if cert_miss_ttl < Duration::from_millis(100) {
+            return Err(self.err("tls.cert_miss_ttl_ms", "must be at least 100"));
+        }
         Ok(TlsConfig {
             listen,
             certs_dir,
             redirect_http: t.redirect_http.unwrap_or(false),
             reload_interval,
+            cert_cache_entries,
+            cert_cache_dir: t.cert_cache_dir.as_deref().map(|d| self.path(d)),
+            cert_miss_ttl,
         })
     }
 }

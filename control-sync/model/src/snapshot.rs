@@ -144,6 +144,31 @@ pub struct CustomDomainRow {
     pub repl_id: String,
 }
 
+/// A certificate as the delta stream and the full load carry it: which
+/// hostname has one, at which revision (never the PEM or the key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateRow {
+    pub hostname: String,
+    pub revision: i64,
+}
+
+/// An ACME challenge edges answer for the CA (`kind`: `http-01` or
+/// `tls-alpn-01`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcmeChallengeRow {
+    pub token: String,
+    pub key_authorization: String,
+    pub hostname: String,
+    #[serde(default = "http_01")]
+    pub kind: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+fn http_01() -> String {
+    "http-01".into()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TombstoneRow {
     pub repl_id: String,

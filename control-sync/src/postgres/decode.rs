@@ -47,7 +47,8 @@ fn key(tbl: &str, v: &Value) -> Result<String, String> {
         "regions" | "clusters" => field(v, "name")?,
         "vms" | "repls" => field(v, "id")?,
         "containers" => field(v, "repl_id")?,
-        "custom_domains" => field(v, "hostname")?,
+        "custom_domains" | "certificates" => field(v, "hostname")?,
+        "acme_challenges" => field(v, "token")?,
         "tombstones" => format!("{}\u{0}{}", field(v, "repl_id")?, field(v, "from_cluster")?),
         other => return Err(format!("unknown table {other:?}")),
     })
@@ -61,6 +62,8 @@ fn delete(tbl: &str, v: &Value) -> Result<Change, String> {
         "repls" => Change::DeleteRepl(field(v, "id")?),
         "containers" => Change::DeleteContainer(field(v, "repl_id")?),
         "custom_domains" => Change::DeleteDomain(field(v, "hostname")?),
+        "certificates" => Change::DeleteCertificate(field(v, "hostname")?),
+        "acme_challenges" => Change::DeleteChallenge(field(v, "token")?),
         "tombstones" => Change::DeleteTombstone {
             repl_id: field(v, "repl_id")?,
             from_cluster: field(v, "from_cluster")?,
@@ -78,6 +81,8 @@ fn upsert(tbl: &str, v: &Value) -> Result<Change, String> {
         "containers" => Change::UpsertContainer(parse::<ContainerRow>(v)?),
         "custom_domains" => Change::UpsertDomain(parse::<CustomDomainRow>(v)?),
         "tombstones" => Change::UpsertTombstone(parse::<TombstoneRow>(v)?),
+        "certificates" => Change::UpsertCertificate(parse::<CertificateRow>(v)?),
+        "acme_challenges" => Change::UpsertChallenge(parse::<AcmeChallengeRow>(v)?),
         other => return Err(format!("unknown table {other:?}")),
     })
 }

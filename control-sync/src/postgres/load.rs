@@ -71,6 +71,15 @@ fn full_load_queries() -> Vec<(&'static str, String)> {
         ),
         ("directory_domains", DIRECTORY_DOMAINS.into()),
         ("recent_moves", RECENT_MOVES.into()),
+        // Every edge terminates TLS for every custom domain in the world
+        // (the app may be homed elsewhere): the whole index, names only.
+        ("certificates", "SELECT hostname, revision FROM certificates".into()),
+        (
+            "acme_challenges",
+            "SELECT token, key_authorization, hostname, kind, to_json(expires_at)#>>'{}'
+               FROM acme_challenges WHERE expires_at > now()"
+                .into(),
+        ),
     ]
 }
 
@@ -164,6 +173,17 @@ fn to_change(table: &str, r: &Row) -> Change {
         "custom_domains" => Change::UpsertDomain(CustomDomainRow {
             hostname: r.get(0),
             repl_id: r.get(1),
+        }),
+        "certificates" => Change::UpsertCertificate(CertificateRow {
+            hostname: r.get(0),
+            revision: r.get(1),
+        }),
+        "acme_challenges" => Change::UpsertChallenge(AcmeChallengeRow {
+            token: r.get(0),
+            key_authorization: r.get(1),
+            hostname: r.get(2),
+            kind: r.get(3),
+            expires_at: r.get(4),
         }),
         _ => Change::UpsertTombstone(TombstoneRow {
             repl_id: r.get(0),

@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "version per transaction",
         include_str!("../../migrations/0003_version_per_transaction.sql"),
     ),
+    (
+        4,
+        "certificates",
+        include_str!("../../migrations/0004_certificates.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied; returns the versions applied now.

@@ -9,6 +9,7 @@
 //! reach it through `Downstream::conn` (`http/downstream.rs`). Start at [`stream`].
 
 pub mod admission;
+pub mod certs;
 pub mod deadline;
 pub mod drain;
 pub mod proxy_protocol;

@@ -111,22 +111,22 @@ impl CertStore {
 
     /// The certificate for an SNI name: exact, else wildcard one label up.
     pub fn lookup(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
-        let name = sni.trim_end_matches('.');
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
-        if let Some(c) = self.exact.get(name) {
-            return Some(c);
-        }
+        let name = normalize(sni);
+        self.exact(&name).or_else(|| self.wildcard_for(&name))
+    }
+
+    /// The exact entry for a normalized name.
+    pub fn exact(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        self.exact.get(name)
+    }
+
+    /// The wildcard one label up of a normalized name (never `*.com`).
+    pub fn wildcard_for(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
         let (_, parent) = name.split_once('.')?;
         if parent.contains('.') {
             self.wildcard.get(parent)
         } else {
-            None // never `*.com`
+            None
         }
     }
 
@@ -178,6 +178,16 @@ impl CertStore {
     }
 }
 
+/// An SNI name as the stores key it: lower case, no trailing dot.
+pub fn normalize(sni: &str) -> std::borrow::Cow<'_, str> {
+    let name = sni.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    }
+}
+
 /// Reads one pair and the DNS names its leaf certificate covers.
 fn load_pair(crt: &Path) -> Result<(Vec<String>, CertifiedKey), CertError> {
     let key_path = crt.with_extension("key");
@@ -188,59 +198,80 @@ fn load_pair(crt: &Path) -> Result<(Vec<String>, CertifiedKey), CertError> {
         path: crt.to_path_buf(),
         message,
     };
-    let (certs, key) =
-        pingora_rustls::load_certs_and_key_files(&crt.display().to_string(), &key_path.display().to_string())
-            .map_err(|e| load_err(e.to_string()))?
-            .ok_or_else(|| load_err("no certificate or no private key in the PEM files".into()))?;
-    let leaf = certs.first().ok_or_else(|| load_err("no certificate".into()))?;
-    let names = dns_names(leaf.as_ref()).map_err(load_err)?;
-    if names.is_empty() {
-        return Err(CertError::NoNames(crt.to_path_buf()));
+    let chain = std::fs::read(crt).map_err(|e| load_err(e.to_string()))?;
+    let key = std::fs::read(&key_path).map_err(|e| load_err(format!("{}: {e}", key_path.display())))?;
+    match certified_key(&chain, &key) {
+        Ok((names, _)) if names.is_empty() => Err(CertError::NoNames(crt.to_path_buf())),
+        Ok(pair) => Ok(pair),
+        Err(message) => Err(load_err(message)),
     }
+}
+
+/// Parses a PEM chain and its PEM private key into what rustls serves,
+/// with the DNS names of the leaf; the key must belong to the leaf.
+pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<(Vec<String>, CertifiedKey), String> {
+    let (names, ck) = unchecked_certified_key(chain_pem, key_pem)?;
+    ck.keys_match()
+        .map_err(|e| format!("key does not match certificate: {e}"))?;
+    Ok((names, ck))
+}
+
+/// [`certified_key`] without the key check (which parses the leaf with
+/// webpki: a TLS-ALPN-01 certificate's critical acmeIdentifier extension
+/// is unknown to it). Only for certificates the edge made itself.
+pub fn unchecked_certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<(Vec<String>, CertifiedKey), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate PEM: {e}"))?;
+    let leaf = certs
+        .first()
+        .ok_or("no certificate or no private key in the PEM files")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| "no certificate or no private key in the PEM files".to_string())?;
+    let names = dns_names(leaf.as_ref())?;
     pingora_rustls::install_default_crypto_provider();
-    let provider = CryptoProvider::get_default().ok_or_else(|| load_err("no TLS crypto provider".into()))?;
+    let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider")?;
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| load_err(format!("private key: {e}")))?;
-    let ck = CertifiedKey::new(certs, signing);
-    ck.keys_match()
-        .map_err(|e| load_err(format!("key does not match certificate: {e}")))?;
-    Ok((names, ck))
+        .map_err(|e| format!("private key: {e}"))?;
+    Ok((names, CertifiedKey::new(certs, signing)))
 }
 
 /// DNS names of a DER certificate: its SANs, else its common name.
 fn dns_names(der: &[u8]) -> Result<Vec<String>, String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for g in &san.value.general_names {
-            if let GeneralName::DNSName(n) = g {
-                names.push(n.trim_end_matches('.').to_ascii_lowercase());
-            }
-        }
-    }
-    if names.is_empty() {
-        for cn in cert.subject().iter_common_name() {
-            if let Ok(s) = cn.as_str() {
-                names.push(s.trim_end_matches('.').to_ascii_lowercase());
-            }
-        }
-    }
-    Ok(names)
+    Ok(edgeplane_control_sync::certs::pem::dns_names(&cert))
 }
 
-/// The rustls certificate resolver over a swappable [`CertStore`].
-#[derive(Debug)]
+/// The rustls certificate resolver over a swappable [`CertStore`] (the
+/// `tls.certs_dir` files) and, when configured, the control plane's
+/// certificates ([`super::certs::CustomCerts`]).
+#[derive(Default)]
 pub struct SniResolver {
     store: ArcSwap<CertStore>,
+    custom: std::sync::OnceLock<Arc<super::certs::CustomCerts>>,
 }
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("store", &self.store.load())
+            .finish()
+    }
+}
+
+/// ALPN of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl SniResolver {
     pub fn new(store: CertStore) -> Arc<SniResolver> {
         Arc::new(SniResolver {
             store: ArcSwap::from_pointee(store),
+            custom: Default::default(),
         })
     }
 
@@ -251,12 +282,46 @@ impl SniResolver {
     pub fn store(&self) -> Arc<CertStore> {
         self.store.load_full()
     }
+
+    /// Adds the control plane's certificates (once, at start).
+    pub fn set_custom(&self, custom: Arc<super::certs::CustomCerts>) {
+        let _ = self.custom.set(custom);
+    }
+
+    pub fn has_custom(&self) -> bool {
+        self.custom.get().is_some()
+    }
+
+    /// Before a handshake for `sni`: fetches its control-plane certificate
+    /// when one exists and is not in memory (see `CustomCerts::prepare`).
+    pub async fn prepare(&self, sni: &str) {
+        if let Some(c) = self.custom.get() {
+            let overridden = self.store.load().exact(&normalize(sni)).is_some();
+            c.prepare(sni, overridden).await;
+        }
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?;
-        self.store.load().lookup(name).cloned()
+        let name = normalize(hello.server_name()?);
+        let custom = self.custom.get();
+        if let Some(c) = custom {
+            if hello.alpn().is_some_and(|mut a| a.any(|p| p == ACME_TLS_ALPN)) {
+                return c.acme_certificate(&name);
+            }
+        }
+        let store = self.store.load();
+        if let Some(k) = store.exact(&name) {
+            return Some(k.clone());
+        }
+        match custom {
+            Some(c) => match c.resolve(&name, store.wildcard_for(&name)) {
+                super::certs::Chosen::Key(k) => Some(k),
+                _ => None,
+            },
+            None => store.wildcard_for(&name).cloned(),
+        }
     }
 }
 
@@ -308,7 +373,9 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Arc<pingora_rustls::ServerCo
         .with_cert_resolver(resolver);
     // The edge's order, not the client's (see `edge_cipher_suites`).
     cfg.ignore_client_order = true;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // acme-tls/1 last: only a CA validating TLS-ALPN-01 asks for it, and
+    // only on such a connection is it chosen (the edge then closes it).
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     // Resumption: a returning client (a reconnecting WebSocket, a new tab)
     // skips the full handshake, about 460 µs of this edge's CPU (bench/
     // results/tls/). TLS 1.3 tickets are encrypted with keys this process

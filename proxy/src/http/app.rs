@@ -45,6 +45,10 @@ pub struct EdgeApp {
     pub drain: Arc<Drain>,
     /// Some on HTTPS listeners.
     pub tls: Option<Acceptor>,
+    /// Some on HTTPS listeners that serve control-plane certificates: the
+    /// ClientHello's name is read first so its certificate can be fetched
+    /// before the handshake ([`crate::conn::certs`]).
+    pub sni: Option<Arc<crate::conn::tls::SniResolver>>,
     /// The running config (`limits.header_timeout_ms` is read per connection).
     pub cfg: Arc<arc_swap::ArcSwap<edgeplane_config::Config>>,
     pub metrics: Arc<Metrics>,
@@ -107,8 +111,15 @@ impl ServerApp for EdgeApp {
                 Some(shutdown.clone()),
             )),
             Some(acceptor) => {
-                let raw = coalesce(ConnStream::new(stream, None, false, None, None));
-                let tls = match tokio::time::timeout(header_timeout, acceptor.tls_handshake(raw)).await {
+                let handshake = async {
+                    let stream = match &self.sni {
+                        Some(sni) => prepare_certificate(stream, sni).await,
+                        None => stream,
+                    };
+                    let raw = coalesce(ConnStream::new(stream, None, false, None, None));
+                    acceptor.tls_handshake(raw).await
+                };
+                let tls = match tokio::time::timeout(header_timeout, handshake).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         self.metrics.tls_handshake_errors.inc();
@@ -121,6 +132,11 @@ impl ServerApp for EdgeApp {
                         return None;
                     }
                 };
+                if matches!(tls.selected_alpn_proto(), Some(ALPN::Custom(_))) {
+                    // acme-tls/1: the CA has read the challenge certificate
+                    // (RFC 8737 §3: nothing is served on it).
+                    return None;
+                }
                 if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
                     // HTTP/2 carries many requests at once: its heads are
                     // not timed per connection (h2's own limits and idle
@@ -166,6 +182,22 @@ impl ServerApp for EdgeApp {
         ServerApp::cleanup(self.http.as_ref()).await;
         self.drain.listener_stopped();
     }
+}
+
+/// Reads the ClientHello's SNI name (putting the bytes back) and has the
+/// resolver fetch that name's control-plane certificate if it needs to.
+async fn prepare_certificate(stream: Stream, sni: &crate::conn::tls::SniResolver) -> Stream {
+    use pingora_core::protocols::l4::stream::Stream as L4Stream;
+    if !stream.as_any().is::<L4Stream>() {
+        return stream;
+    }
+    let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
+        unreachable!("checked just above")
+    };
+    if let Some(name) = crate::conn::certs::peek_sni(&mut l4).await {
+        sni.prepare(&name).await;
+    }
+    l4
 }
 
 /// Keeps `edgeplane_connections_active` in step with the connection's life.

@@ -28,6 +28,10 @@ use crate::clock::{entropy, now_ms};
 use crate::route::signing::verify_hop;
 use crate::route::{self, Decision, RouteRequest, TokenSeen};
 
+/// HTTP-01 challenges (RFC 8555 §8.3), answered on the plain listeners
+/// for any host before any app routing (docs/contract.md §2).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
 /// Why a request is refused before routing, from its head alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadRejection {
@@ -97,6 +101,14 @@ impl Proxy {
             }
             self.respond(session, ctx, r.status).await?;
             return Ok(Filtered::Answered);
+        }
+        if !ctx.head.tls {
+            let path = session.head().req().uri.path();
+            if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
+                let token = token.to_string();
+                self.answer_acme_challenge(session, ctx, &token).await?;
+                return Ok(Filtered::Answered);
+            }
         }
         let redirect_http = self.route(session, ctx);
         self.dispatch(session, ctx, redirect_http, &limits).await

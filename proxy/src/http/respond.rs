@@ -36,6 +36,30 @@ impl Proxy {
         Ok(())
     }
 
+    /// Answers an ACME HTTP-01 challenge from the fleet's challenge table
+    /// (the routing table's copy): the key authorization, else 404.
+    pub(super) async fn answer_acme_challenge<D: Downstream>(
+        &self,
+        session: &mut D,
+        ctx: &mut RequestCtx,
+        token: &str,
+    ) -> Result<()> {
+        let table = self.shared.table.load_full();
+        let Some(c) = table.acme_challenge(token, crate::clock::now_ms() as i64) else {
+            return self.respond(session, ctx, 404).await;
+        };
+        self.shared.metrics.acme_challenges_served.inc();
+        let body = Bytes::copy_from_slice(c.key_authorization.as_bytes());
+        let mut resp = ResponseHeader::build(200, Some(3))?;
+        resp.insert_header("content-type", "application/octet-stream")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        ctx.outcome = Outcome::Edge(200);
+        session.write_response_header(Box::new(resp)).await?;
+        session.write_response_body(body, true).await?;
+        Ok(())
+    }
+
     /// Answers a plain-HTTP request with 308 to the same URL on HTTPS.
     pub(super) async fn redirect_to_https<D: Downstream>(&self, session: &mut D, ctx: &mut RequestCtx) -> Result<()> {
         let host = ctx.head.host().unwrap_or_default();

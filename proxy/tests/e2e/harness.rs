@@ -356,7 +356,13 @@ impl Edge {
         try_request(self.admin, "POST", "admin", path, &[], b"").await.unwrap()
     }
 
-    async fn start_in(dir: tempfile::TempDir, region: &str, placement: &str, opts: &EdgeOpts<'_>, ready: bool) -> Edge {
+    pub(crate) async fn start_in(
+        dir: tempfile::TempDir,
+        region: &str,
+        placement: &str,
+        opts: &EdgeOpts<'_>,
+        ready: bool,
+    ) -> Edge {
         let d = dir.path();
         std::fs::write(d.join("hop.secret"), HOP_SECRET).unwrap();
         std::fs::write(d.join("ws.key"), WS_KEY).unwrap();

@@ -3,6 +3,7 @@
 //! WebSocket clients. One test binary for the crate (`cargo test` builds
 //! it once). Needs `cargo build --workspace --bins` first (for the fake VM).
 
+mod acme;
 mod allocations;
 mod balancer;
 mod deploy;

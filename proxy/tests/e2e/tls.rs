@@ -158,8 +158,12 @@ async fn plain_http_redirects_to_https_except_acme_challenges() {
         Some(format!("https://app1.repl.co:{port}/a?b=1").as_str())
     );
     assert_eq!(vm1.requests().await, 0);
+    // ACME HTTP-01 is the edge's own (from the fleet's challenge table,
+    // tests/e2e/acme.rs): an unknown token is a 404, not a redirect, and
+    // never reaches the app.
     let r = edge.get("app1.repl.co", "/.well-known/acme-challenge/tok", &[]).await;
-    assert_eq!((r.status, r.served_by()), (200, Some("vm-1")));
+    assert_eq!((r.status, r.served_by()), (404, None));
+    assert_eq!(vm1.requests().await, 0);
     // Unknown hosts are still 404, not redirected.
     assert_eq!(edge.get("nope.repl.co", "/", &[]).await.status, 404);
 }

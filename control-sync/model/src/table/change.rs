@@ -54,6 +54,13 @@ pub enum Change {
         name: OwnedName,
         until_ms: i64,
     },
+    /// A hostname has a certificate in the control plane at this revision
+    /// ([`crate::table::TlsIndex`]).
+    UpsertCertificate(CertificateRow),
+    DeleteCertificate(String),
+    UpsertChallenge(AcmeChallengeRow),
+    /// By token.
+    DeleteChallenge(String),
 }
 
 /// A repl row borrowed from wherever it was read (a database row buffer),

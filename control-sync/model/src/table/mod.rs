@@ -34,7 +34,9 @@
 mod change;
 mod entities;
 mod rows;
+mod tls_index;
 pub use rows::TABLES;
+pub use tls_index::{is_valid_cert_name, Challenge, ChallengeKind, TlsIndex};
 #[cfg(test)]
 mod tests;
 
@@ -138,6 +140,10 @@ pub struct TableCounts {
     /// Names (slugs and custom domains) of other regions' apps in the
     /// world directory.
     pub directory: usize,
+    /// Hostnames with a certificate in the control plane.
+    pub certificates: usize,
+    /// Live and expired ACME challenges held.
+    pub acme_challenges: usize,
 }
 
 /// The immutable routing table. See the module docs.
@@ -157,6 +163,8 @@ pub struct RoutingTable {
     directory: Directory,
     /// Names of apps that moved between regions, while their tombstones live.
     moves: RecentMoves,
+    /// Certificate names and ACME challenges ([`TlsIndex`]).
+    tls: Arc<TlsIndex>,
     containers: usize,
     tombstone_count: usize,
 }
@@ -205,6 +213,7 @@ impl RoutingTable {
             tombstones: ShardedMap::with_expected(repls / 64),
             directory: Directory::default(),
             moves: RecentMoves::default(),
+            tls: Arc::default(),
             containers: 0,
             tombstone_count: 0,
         }
@@ -358,7 +367,25 @@ impl RoutingTable {
             custom_domains: self.domains.len(),
             tombstones: self.tombstone_count,
             directory: self.directory.len(),
+            certificates: self.tls.certificates(),
+            acme_challenges: self.tls.challenges(),
         }
+    }
+
+    /// Certificate names and ACME challenges.
+    pub fn tls(&self) -> &TlsIndex {
+        &self.tls
+    }
+
+    /// The revision of `host`'s certificate in the control plane (`host`
+    /// lower case, no trailing dot).
+    pub fn cert_revision(&self, host: &str) -> Option<u64> {
+        self.tls.cert_revision(host)
+    }
+
+    /// The live HTTP-01 challenge for `token` at `now_ms`.
+    pub fn acme_challenge(&self, token: &str, now_ms: i64) -> Option<&Challenge> {
+        self.tls.challenge(token, ChallengeKind::Http01, now_ms)
     }
     pub fn local_region(&self) -> Idx {
         self.local_region

@@ -34,6 +34,7 @@ use edgeplane_control_sync::postgres::migrate::migrate;
 use edgeplane_control_sync::postgres::moves::{self, MoveAction, MoveOptions, MoveReport, MoveTarget};
 use edgeplane_control_sync::snapshot::{ClusterState, Snapshot, VmState};
 
+mod certs;
 mod token;
 
 #[derive(Parser)]
@@ -147,6 +148,11 @@ enum Cmd {
     Token {
         #[command(subcommand)]
         cmd: token::TokenCmd,
+    },
+    /// Certificates for custom domains: the issuer and its tables.
+    Certs {
+        #[command(subcommand)]
+        cmd: certs::CertsCmd,
     },
 }
 
@@ -295,6 +301,7 @@ async fn run_on_database(url: &str, cmd: Cmd) -> Result<()> {
             state,
         } => add_vm(&client, &id, &cluster, &addr, metrics_addr.as_deref(), capacity, &state).await?,
         Cmd::Ls => ls(&client).await?,
+        Cmd::Certs { cmd } => certs::run(url, &client, cmd).await?,
         Cmd::Token { cmd } => token::run(cmd)?,
         Cmd::Prune { keep } => {
             let secs = keep as f64;

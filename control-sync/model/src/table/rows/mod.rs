@@ -24,7 +24,7 @@ mod topology;
 /// The tables a skipped row can belong to: the `table` label of
 /// `edgeplane_sync_rows_skipped_total` (exported at 0 for each
 /// [`SkipReason`]).
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 10] = [
     "regions",
     "clusters",
     "vms",
@@ -33,6 +33,8 @@ pub const TABLES: [&str; 8] = [
     "custom_domains",
     "tombstones",
     "directory",
+    "certificates",
+    "acme_challenges",
 ];
 
 struct Row<'a> {
@@ -118,7 +120,7 @@ pub(super) struct Builder {
     /// Ignore rows that are not this edge's (database deltas).
     only_local: bool,
     skipped: Skipped,
-    counters: [usize; 8],
+    counters: [usize; 10],
     dirty_regions: BTreeSet<Idx>,
     dirty_clusters: BTreeSet<Idx>,
     /// A full load's directory names, sorted once in [`Builder::finish`]
@@ -140,7 +142,7 @@ impl Builder {
             fresh,
             only_local: false,
             skipped: Skipped::default(),
-            counters: [0; 8],
+            counters: [0; 10],
             dirty_regions: BTreeSet::new(),
             dirty_clusters: BTreeSet::new(),
             directory: None,
@@ -360,7 +362,63 @@ impl Builder {
             }
             Change::UpsertTombstone(t) => self.upsert_tombstone(t),
             Change::DeleteTombstone { repl_id, from_cluster } => self.delete_tombstone(repl_id, from_cluster),
+            Change::UpsertCertificate(c) => self.upsert_certificate(c),
+            Change::DeleteCertificate(host) => {
+                self.row(8, &host);
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                Arc::make_mut(&mut self.table.tls).certs.remove(host.as_str());
+                Ok(())
+            }
+            Change::UpsertChallenge(c) => self.upsert_challenge(c),
+            Change::DeleteChallenge(token) => {
+                self.row(9, &token);
+                Arc::make_mut(&mut self.table.tls).challenges.remove(token.as_str());
+                Ok(())
+            }
         }
+    }
+
+    fn upsert_certificate(&mut self, c: CertificateRow) -> Result<(), RowError> {
+        let row = self.row(8, &c.hostname);
+        let host = c.hostname.trim_end_matches('.').to_ascii_lowercase();
+        if !is_valid_cert_name(&host) {
+            return Err(row.err(SkipReason::BadValue, "not a valid certificate name"));
+        }
+        let revision = u64::try_from(c.revision).map_err(|_| row.err(SkipReason::BadValue, "negative revision"))?;
+        Arc::make_mut(&mut self.table.tls).certs.insert(host.into(), revision);
+        Ok(())
+    }
+
+    fn upsert_challenge(&mut self, c: AcmeChallengeRow) -> Result<(), RowError> {
+        let row = self.row(9, &c.token);
+        // Tokens are base64url (RFC 8555 §8.1: at least 128 bits).
+        let token_ok = (16..=128).contains(&c.token.len())
+            && c.token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !token_ok {
+            return Err(row.err(SkipReason::BadValue, "token is not 16-128 base64url characters"));
+        }
+        let kind = ChallengeKind::parse(&c.kind)
+            .ok_or_else(|| row.err(SkipReason::BadValue, format!("unknown challenge kind {:?}", c.kind)))?;
+        let host = c.hostname.trim_end_matches('.').to_ascii_lowercase();
+        if !is_valid_hostname(&host) {
+            return Err(row.err(SkipReason::BadValue, "not a valid hostname"));
+        }
+        if c.key_authorization.is_empty() || c.key_authorization.len() > 512 || !c.key_authorization.is_ascii() {
+            return Err(row.err(SkipReason::BadValue, "key authorization is not 1-512 ASCII characters"));
+        }
+        let expires_at_ms = row.time("expires_at", &c.expires_at)?;
+        Arc::make_mut(&mut self.table.tls).challenges.insert(
+            c.token.into(),
+            Challenge {
+                key_authorization: c.key_authorization.into(),
+                hostname: host.into(),
+                kind,
+                expires_at_ms,
+            },
+        );
+        Ok(())
     }
 
     fn delete_repl(&mut self, id: String) -> Result<(), RowError> {

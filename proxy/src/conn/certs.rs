@@ -1,0 +1,497 @@
+//! Control-plane certificates on the edge: custom domains' certificates
+//! fetched from PostgreSQL on the first handshake that needs one, kept
+//! parsed in memory and sealed on disk, and the TLS-ALPN-01 challenge
+//! certificate.
+//!
+//! Where it sits: [`crate::http::EdgeApp`] calls [`CustomCerts::prepare`]
+//! with the ClientHello's SNI name ([`peek_sni`]) before the handshake;
+//! rustls's resolver ([`super::tls::SniResolver`]) then finds the
+//! certificate with [`CustomCerts::resolve`] without waiting on anything.
+//! Order of choice: `tls.certs_dir`'s exact name (the operator's
+//! override), the control plane's exact name, `tls.certs_dir`'s wildcard,
+//! the control plane's wildcard.
+//!
+//! Invariants:
+//! - The database is asked only about names the routing table's index
+//!   ([`edgeplane_control_sync::table::TlsIndex`]) says have a certificate,
+//!   at most once per name per `tls.cert_miss_ttl_ms` when the fetch fails,
+//!   and never by two handshakes at once (the fetcher joins them). A name
+//!   not in the index is never fetched: a permitted custom domain without a
+//!   certificate wakes the issuer (NOTIFY, once per miss TTL) and its
+//!   handshake fails at once, counted `not_issued`.
+//! - A fetched copy that does not open or parse is refused and counted;
+//!   the copy held before keeps serving.
+//! - Fetches run on their own thread and runtime with their own
+//!   connection; a handshake waits on its own name only (bounded by the
+//!   handshake's deadline), never on another's.
+//! - The disk cache holds rows exactly as the database does (keys sealed):
+//!   a restart without the database serves every name served before.
+//!
+//! Start at [`CustomCerts::prepare`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_rustls::sign::CertifiedKey;
+use tokio::sync::{mpsc, oneshot};
+
+use edgeplane_control_sync::certs::store::{self, StoredCert};
+use edgeplane_control_sync::certs::SealKey;
+use edgeplane_control_sync::directory::Name;
+use edgeplane_control_sync::TableHandle;
+
+use crate::metrics::Metrics;
+
+/// The (cert, outcome) label pairs of `edgeplane_tls_handshakes_total`.
+pub const HANDSHAKE_LABELS: [(&str, &str); 6] = [
+    ("override", "served"),
+    ("custom", "served"),
+    ("wildcard", "served"),
+    ("acme", "served"),
+    ("custom", "not_issued"),
+    ("none", "unknown_name"),
+];
+/// The outcome labels of `edgeplane_cert_fetches_total`.
+pub const FETCH_OUTCOMES: [&str; 4] = ["ok", "missing", "bad", "error"];
+/// Fetches waiting for the fetcher thread at most (more fail at once).
+const FETCH_QUEUE: usize = 1024;
+
+/// A parsed certificate and the revision it was fetched at.
+#[derive(Clone)]
+struct Cached {
+    revision: u64,
+    key: Arc<CertifiedKey>,
+}
+
+/// A fetch's answer: the row (None: the control plane has none), or why
+/// the database could not say.
+type Fetched = Result<Option<StoredCert>, String>;
+
+/// What the fetcher is asked.
+enum Job {
+    Fetch {
+        name: String,
+        reply: oneshot::Sender<Fetched>,
+    },
+    /// A permitted custom domain without a certificate: wake the issuer.
+    Wake(String),
+}
+
+/// See the module docs.
+pub struct CustomCerts {
+    table: TableHandle,
+    seal: SealKey,
+    cache: quick_cache::sync::Cache<Box<str>, Cached>,
+    /// Name -> (until, unix ms; the index revision the miss was for).
+    misses: quick_cache::sync::Cache<Box<str>, (u64, Option<u64>)>,
+    miss_ttl: Duration,
+    jobs: mpsc::Sender<Job>,
+    disk: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    /// TLS-ALPN-01 challenge certificates by token (a handful).
+    acme: quick_cache::sync::Cache<Box<str>, Arc<CertifiedKey>>,
+}
+
+/// What [`CustomCerts::resolve`] chose.
+pub enum Chosen {
+    Key(Arc<CertifiedKey>),
+    /// A permitted custom domain whose certificate is not issued (or not
+    /// fetched) yet.
+    NotIssued,
+    Unknown,
+}
+
+impl CustomCerts {
+    /// Starts the fetcher thread and loads the disk cache.
+    pub fn start(
+        database_url: String,
+        table: TableHandle,
+        seal: SealKey,
+        entries: usize,
+        miss_ttl: Duration,
+        disk: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<CustomCerts> {
+        let (tx, rx) = mpsc::channel(FETCH_QUEUE);
+        std::thread::Builder::new()
+            .name("edgeplane-certs".into())
+            .spawn(move || fetcher(database_url, rx))
+            .expect("spawn the certificate fetcher");
+        let certs = Arc::new(CustomCerts {
+            table,
+            seal,
+            cache: quick_cache::sync::Cache::new(entries),
+            misses: quick_cache::sync::Cache::new(entries),
+            miss_ttl,
+            jobs: tx,
+            disk,
+            metrics,
+            acme: quick_cache::sync::Cache::new(64),
+        });
+        certs.load_disk();
+        certs
+    }
+
+    /// Makes sure the certificate for `sni` is in memory if the control
+    /// plane has one (fetching it, once, if not), before the handshake.
+    pub async fn prepare(&self, sni: &str, overridden: bool) {
+        if overridden {
+            return;
+        }
+        let name = sni.trim_end_matches('.').to_ascii_lowercase();
+        let table = self.table.load_full();
+        let wildcard = name.split_once('.').map(|(_, p)| format!("*.{p}"));
+        let wanted = match table.cert_revision(&name) {
+            Some(r) => Some((name.clone(), r)),
+            None => wildcard.and_then(|w| table.cert_revision(&w).map(|r| (w, r))),
+        };
+        let Some((key, revision)) = wanted else {
+            if self.cache.get(name.as_str()).is_none() && permitted(&table, &name) && self.miss_expired(&name, None) {
+                // Ask the issuer once per miss TTL; the handshake fails now.
+                let _ = self.jobs.try_send(Job::Wake(name));
+            }
+            return;
+        };
+        if self.cache.get(key.as_str()).is_some_and(|c| c.revision >= revision) {
+            return;
+        }
+        if !self.miss_expired(&key, Some(revision)) {
+            return;
+        }
+        self.fetch(&key).await;
+    }
+
+    /// Whether `name`'s remembered miss (for this index revision) is over;
+    /// if so, a new one is remembered now.
+    fn miss_expired(&self, name: &str, revision: Option<u64>) -> bool {
+        let now = crate::clock::now_ms();
+        if let Some((until, rev)) = self.misses.get(name) {
+            if until > now && rev == revision {
+                return false;
+            }
+        }
+        self.misses
+            .insert(name.into(), (now + self.miss_ttl.as_millis() as u64, revision));
+        true
+    }
+
+    /// Fetches `name` through the fetcher and keeps it when it is good.
+    async fn fetch(&self, name: &str) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Fetch {
+            name: name.to_string(),
+            reply,
+        };
+        if self.jobs.try_send(job).is_err() {
+            self.metrics.cert_fetches.inc("error");
+            return;
+        }
+        match answer.await {
+            Ok(Ok(Some(row))) => match self.open(&row) {
+                Ok(c) => {
+                    self.metrics.cert_fetches.inc("ok");
+                    self.misses.remove(name);
+                    self.write_disk(&row);
+                    self.cache.insert(name.into(), c);
+                    self.metrics.certs_cached.set(self.cache.len() as i64);
+                }
+                Err(e) => {
+                    self.metrics.cert_fetches.inc("bad");
+                    log::warn!("tls: the control plane's certificate for {name} is refused: {e}");
+                }
+            },
+            Ok(Ok(None)) => self.metrics.cert_fetches.inc("missing"),
+            Ok(Err(e)) => {
+                self.metrics.cert_fetches.inc("error");
+                log::debug!("tls: fetching the certificate for {name}: {e}");
+            }
+            Err(_) => self.metrics.cert_fetches.inc("error"),
+        }
+    }
+
+    /// Opens a row's key and parses the pair; refuses an expired one.
+    fn open(&self, row: &StoredCert) -> Result<Cached, String> {
+        let key = self
+            .seal
+            .open(&row.hostname, &row.key_sealed)
+            .map_err(|e| e.to_string())?;
+        if row.not_after <= (crate::clock::now_ms() / 1000) as i64 {
+            return Err(format!("it expired at {} (Unix s)", row.not_after));
+        }
+        let (_, ck) = super::tls::certified_key(row.chain_pem.as_bytes(), &key)?;
+        Ok(Cached {
+            revision: row.revision,
+            key: Arc::new(ck),
+        })
+    }
+
+    /// The certificate for `name` (lower case) held in memory: exact, else
+    /// the wildcard one label up. `dir_wildcard`: the override directory
+    /// has a wildcard for it (which wins over the control plane's).
+    pub fn resolve(&self, name: &str, dir_wildcard: Option<&Arc<CertifiedKey>>) -> Chosen {
+        if let Some(c) = self.cache.get(name) {
+            self.metrics
+                .tls_handshakes
+                .with_label_values(&["custom", "served"])
+                .inc();
+            return Chosen::Key(c.key);
+        }
+        if let Some(k) = dir_wildcard {
+            self.metrics
+                .tls_handshakes
+                .with_label_values(&["override", "served"])
+                .inc();
+            return Chosen::Key(k.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(c) = self.cache.get(format!("*.{parent}").as_str()) {
+                self.metrics
+                    .tls_handshakes
+                    .with_label_values(&["wildcard", "served"])
+                    .inc();
+                return Chosen::Key(c.key);
+            }
+        }
+        let table = self.table.load();
+        if table.cert_revision(name).is_some() || permitted(&table, name) {
+            self.metrics
+                .tls_handshakes
+                .with_label_values(&["custom", "not_issued"])
+                .inc();
+            Chosen::NotIssued
+        } else {
+            self.metrics
+                .tls_handshakes
+                .with_label_values(&["none", "unknown_name"])
+                .inc();
+            Chosen::Unknown
+        }
+    }
+
+    /// The TLS-ALPN-01 challenge certificate for `name` (RFC 8737), when
+    /// the issuer published one.
+    pub fn acme_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let table = self.table.load();
+        let c = table.tls().alpn_challenge(name, crate::clock::now_ms() as i64)?;
+        let token = c.key_authorization.split('.').next().unwrap_or_default();
+        if let Some(k) = self.acme.get(token) {
+            return Some(k);
+        }
+        let k = Arc::new(alpn_certificate(name, &c.key_authorization).ok()?);
+        self.acme.insert(token.into(), k.clone());
+        self.metrics.tls_handshakes.with_label_values(&["acme", "served"]).inc();
+        Some(k)
+    }
+
+    /// The file of `name` in the disk cache (`*` is not a hostname byte).
+    fn disk_file(dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{}.json", name.replace('*', "_")))
+    }
+
+    /// Keeps a fetched row on disk (written whole, then renamed).
+    fn write_disk(&self, row: &StoredCert) {
+        let Some(dir) = &self.disk else { return };
+        use base64::Engine;
+        let doc = serde_json::json!({
+            "hostname": row.hostname,
+            "revision": row.revision,
+            "not_after": row.not_after,
+            "chain_pem": row.chain_pem,
+            "key_sealed": base64::engine::general_purpose::STANDARD.encode(&row.key_sealed),
+        });
+        let path = Self::disk_file(dir, &row.hostname);
+        let tmp = path.with_extension("json.tmp");
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, doc.to_string()))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            log::warn!("tls: could not keep {} in the disk cache: {e}", path.display());
+        }
+    }
+
+    /// Loads every disk cache entry that opens; skips (and says) the rest.
+    fn load_disk(&self) {
+        let Some(dir) = &self.disk else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let (mut loaded, mut skipped) = (0, 0);
+        for e in rd.filter_map(|e| e.ok()) {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            match read_disk_entry(&path).and_then(|row| self.open(&row).map(|c| (row.hostname, c))) {
+                Ok((name, c)) => {
+                    self.cache.insert(name.into(), c);
+                    loaded += 1;
+                }
+                Err(e) => {
+                    skipped += 1;
+                    log::warn!("tls: skipped {} from the certificate disk cache: {e}", path.display());
+                }
+            }
+        }
+        self.metrics.certs_cached.set(self.cache.len() as i64);
+        if loaded + skipped > 0 {
+            log::info!(
+                "tls: {loaded} certificate(s) from the disk cache {} ({skipped} skipped)",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// One disk cache file.
+fn read_disk_entry(path: &Path) -> Result<StoredCert, String> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let s = |k: &str| v[k].as_str().map(str::to_string).ok_or(format!("no {k}"));
+    Ok(StoredCert {
+        hostname: s("hostname")?,
+        chain_pem: s("chain_pem")?,
+        key_sealed: base64::engine::general_purpose::STANDARD
+            .decode(s("key_sealed")?)
+            .map_err(|e| e.to_string())?,
+        revision: v["revision"].as_u64().ok_or("no revision")?,
+        not_after: v["not_after"].as_i64().ok_or("no not_after")?,
+    })
+}
+
+/// Whether `name` is a custom domain the platform knows (here, or homed in
+/// another region): the permission to ask the issuer.
+fn permitted(table: &edgeplane_control_sync::RoutingTable, name: &str) -> bool {
+    table.repl_by_domain(name).is_some() || table.home_region(Name::Domain(name)).is_some()
+}
+
+/// The self-signed certificate RFC 8737 asks for: `name` as its only SAN
+/// and the SHA-256 of the key authorization in a critical acmeIdentifier.
+fn alpn_certificate(name: &str, key_authorization: &str) -> Result<CertifiedKey, String> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key_authorization.as_bytes());
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    super::tls::unchecked_certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).map(|(_, k)| k)
+}
+
+/// The fetcher thread: one connection (made again after a failure), jobs
+/// answered in order, concurrent asks for one name joined.
+fn fetcher(url: String, mut jobs: mpsc::Receiver<Job>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("certificate fetcher runtime");
+    rt.block_on(async move {
+        let mut client: Option<tokio_postgres::Client> = None;
+        let mut waiting: HashMap<String, Vec<oneshot::Sender<Fetched>>> = HashMap::new();
+        while let Some(job) = jobs.recv().await {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = connect(&url).await;
+            }
+            match job {
+                Job::Wake(name) => {
+                    if let Some(c) = &client {
+                        let _ = store::wake_issuer(c, &name).await;
+                    }
+                }
+                Job::Fetch { name, reply } => {
+                    waiting.entry(name.clone()).or_default().push(reply);
+                    // Join every ask for this name already queued.
+                    while let Ok(j) = jobs.try_recv() {
+                        match j {
+                            Job::Fetch { name: n, reply } => waiting.entry(n).or_default().push(reply),
+                            Job::Wake(n) => {
+                                if let Some(c) = &client {
+                                    let _ = store::wake_issuer(c, &n).await;
+                                }
+                            }
+                        }
+                    }
+                    for (n, replies) in waiting.drain() {
+                        let answer = match &client {
+                            Some(c) => store::fetch(c, &n).await.map_err(|e| e.to_string()),
+                            None => Err("no database connection".to_string()),
+                        };
+                        for r in replies {
+                            let _ = r.send(answer.clone());
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+    let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    match tokio::time::timeout(Duration::from_secs(2), connecting).await {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(conn);
+            Some(client)
+        }
+        Ok(Err(e)) => {
+            log::debug!("tls: certificate fetcher: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Reads the SNI name of the ClientHello at the start of `stream` without
+/// consuming it: the bytes read are put back (Pingora's `rewind`) for the
+/// handshake. None when the hello names no server or is not TLS.
+pub async fn peek_sni(stream: &mut pingora_core::protocols::l4::stream::Stream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut seen = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let name = loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            break None;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        let mut rd = &chunk[..n];
+        while !rd.is_empty() {
+            if acceptor.read_tls(&mut rd).is_err() {
+                stream.rewind(&seen);
+                return None;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted.client_hello().server_name().map(str::to_string),
+            Ok(None) if seen.len() < 16 * 1024 => continue,
+            _ => break None,
+        }
+    };
+    stream.rewind(&seen);
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alpn_certificate_carries_the_key_authorization_digest() {
+        use sha2::Digest;
+        let k = alpn_certificate("www.example.com", "token.thumb").unwrap();
+        let der = k.cert[0].as_ref();
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier");
+        assert!(ext.critical);
+        let digest = sha2::Sha256::digest(b"token.thumb");
+        assert_eq!(&ext.value[2..], digest.as_slice(), "an OCTET STRING of the digest");
+        assert_eq!(
+            edgeplane_control_sync::certs::pem::dns_names(&cert),
+            vec!["www.example.com"]
+        );
+    }
+}
