@@ -59,10 +59,17 @@ CREATE TABLE acme_account (
     created_at          timestamptz NOT NULL DEFAULT now()
 );
 
+-- A new revision only when what an edge serves changes (the chain or the
+-- key): the issuer's bookkeeping (renew_after) sends nothing to edges.
 CREATE FUNCTION edgeplane_cert_revision() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.revision := nextval('certificates_revision');
-    NEW.updated_at := now();
+    IF TG_OP = 'INSERT' OR NEW.chain_pem IS DISTINCT FROM OLD.chain_pem
+       OR NEW.key_sealed IS DISTINCT FROM OLD.key_sealed THEN
+        NEW.revision := nextval('certificates_revision');
+        NEW.updated_at := now();
+    ELSE
+        NEW.revision := OLD.revision;
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -92,7 +99,10 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER certificates_changes AFTER INSERT OR UPDATE OR DELETE ON certificates
+CREATE TRIGGER certificates_changes AFTER INSERT OR DELETE ON certificates
     FOR EACH ROW EXECUTE FUNCTION edgeplane_record_cert_change();
+CREATE TRIGGER certificates_revised AFTER UPDATE ON certificates
+    FOR EACH ROW WHEN (OLD.revision IS DISTINCT FROM NEW.revision OR OLD.hostname IS DISTINCT FROM NEW.hostname)
+    EXECUTE FUNCTION edgeplane_record_cert_change();
 CREATE TRIGGER acme_challenges_changes AFTER INSERT OR UPDATE OR DELETE ON acme_challenges
     FOR EACH ROW EXECUTE FUNCTION edgeplane_record_change();

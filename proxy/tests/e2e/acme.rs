@@ -146,9 +146,16 @@ pub(crate) async fn cert_edge(region: &str, url: &str, tls_extra: &str) -> Edge 
     let dir = tempfile::tempdir().unwrap();
     write_repl_co_cert(dir.path());
     std::fs::write(dir.path().join("seal.key"), format!("{SEAL_KEY}\n")).unwrap();
+    cert_edge_in(dir, region, url, tls_extra).await
+}
+
+/// [`cert_edge`] in a directory made by it before (a restart: the same
+/// last-known-good file and certificate disk cache).
+pub(crate) async fn cert_edge_in(dir: tempfile::TempDir, region: &str, url: &str, tls_extra: &str) -> Edge {
     let tls = format!("{TLS_SECTION}\ncert_miss_ttl_ms = 500\n{tls_extra}");
     let placement = format!(
-        "source = \"postgres\"\npostgres_url = \"{url}\"\npoll_interval_ms = 200\nlast_known_good = \"lkg.json\"\n"
+        "source = \"postgres\"\npostgres_url = \"{url}\"\npoll_interval_ms = 200\n\
+         connect_timeout_ms = 1000\nlast_known_good = \"lkg.json\"\nlast_known_good_interval_ms = 100\n"
     );
     let opts = EdgeOpts {
         tls: Some(&tls),
@@ -158,23 +165,44 @@ pub(crate) async fn cert_edge(region: &str, url: &str, tls_extra: &str) -> Edge 
     Edge::start_in(dir, region, &placement, &opts, true).await
 }
 
-/// `placectl certs run` against `pebble`, on `db`.
-pub(crate) fn issuer(db: &PgDb, pebble: &Pebble, extra: &[&str]) -> Proc {
-    let key = pebble.dir.path().join("seal.key");
-    std::fs::write(&key, SEAL_KEY).unwrap();
+/// The fleet key, for tests that run placectl themselves.
+pub(crate) fn write_seal_key(dir: &Path) -> PathBuf {
+    let p = dir.join("seal.key");
+    std::fs::write(&p, SEAL_KEY).unwrap();
+    p
+}
+
+/// `placectl certs run` against `pebble`, on `db`, logging to
+/// `issuer-NAME.log` in pebble's directory; `extra` may set any flag.
+pub(crate) fn issuer(db: &PgDb, pebble: &Pebble, name: &str, extra: &[&str]) -> Proc {
+    let key = write_seal_key(pebble.dir.path());
+    let defaults = [
+        ("--propagation-ms", "200"),
+        ("--poll-secs", "1"),
+        ("--retry-base-secs", "1"),
+    ];
+    let args: Vec<&str> = defaults
+        .iter()
+        .filter(|(flag, _)| !extra.contains(flag))
+        .flat_map(|(flag, value)| [*flag, *value])
+        .collect();
     let child = Command::new(edgeplane_bin().with_file_name("placectl"))
         .args(["certs", "run", "--acme-directory", &pebble.directory])
         .args(["--acme-root", &pebble.tls_root.display().to_string()])
         .args(["--seal-key-file", &key.display().to_string()])
-        .args(["--propagation-ms", "200", "--poll-secs", "1", "--retry-base-secs", "1"])
+        .args(&args)
         .args(extra)
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(pebble.dir.path().join(format!("issuer-{}.log", extra.join("")))).unwrap())
+        .stderr(std::fs::File::create(issuer_log(pebble, name)).unwrap())
         .spawn()
         .unwrap();
     Proc(child)
+}
+
+fn issuer_log(pebble: &Pebble, name: &str) -> PathBuf {
+    pebble.dir.path().join(format!("issuer-{name}.log"))
 }
 
 /// A GET over TLS to `addr` with SNI and Host `host`, trusting `root_pem`:
@@ -280,8 +308,8 @@ async fn issued_and_served_everywhere(challenge: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(not_issued >= 1.0, "the directory's domain never counted as not issued");
-    let _issuer = issuer(&f.db, &pebble, &["--challenge", challenge]);
-    let log = pebble.dir.path().join(format!("issuer---challenge{challenge}.log"));
+    let _issuer = issuer(&f.db, &pebble, challenge, &["--challenge", challenge]);
+    let log = issuer_log(&pebble, challenge);
     let first = wait_for_certificate(&f.db, host, &pebble, &log, 0).await;
     // Every edge serves it from the next handshake, without a restart: B
     // (another region) forwards the request to A, whose VM answers.
@@ -334,14 +362,38 @@ async fn issued_and_served_everywhere(challenge: &str) {
         Some(2.0),
         "{m}"
     );
-    // No orders beyond the two, no challenge left behind.
+    // No challenge of the name left behind.
     let left: i64 =
         f.db.client
-            .query_one("SELECT count(*) FROM acme_challenges", &[])
+            .query_one("SELECT count(*) FROM acme_challenges WHERE hostname = $1", &[&host])
             .await
             .unwrap()
             .get(0);
     assert_eq!(left, 0);
+    if challenge == "http-01" {
+        // A domain removed from custom_domains is never renewed.
+        f.db.client
+            .execute("DELETE FROM custom_domains WHERE hostname = $1", &[&host])
+            .await
+            .unwrap();
+        f.db.client
+            .execute(
+                "UPDATE certificates SET renew_after = now() WHERE hostname = $1",
+                &[&host],
+            )
+            .await
+            .unwrap();
+        f.db.client
+            .execute("SELECT pg_notify('edgeplane_certs_wanted', $1)", &[&host])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            certificate_revision(&f.db, host).await,
+            Some(renewed),
+            "renewed after its removal"
+        );
+    }
 }
 
 /// Requests until `edge` has fetched `n` certificates (a handshake needs
@@ -367,4 +419,74 @@ async fn a_custom_domain_is_issued_by_http_01_and_served_by_every_edge() {
 #[tokio::test]
 async fn a_custom_domain_is_issued_by_tls_alpn_01() {
     issued_and_served_everywhere("tls-alpn-01").await;
+}
+
+/// Two issuers: one holds the lease and orders; killed in the middle of an
+/// order (its challenge published, the CA not yet told), the other takes
+/// the lease over, requeues the orphaned order and finishes it. One
+/// certificate per name, and no order ever ran on both.
+#[tokio::test]
+async fn a_second_issuer_takes_over_an_order_the_first_left_mid_way() {
+    let f = fleet().await;
+    let pebble = Pebble::start(f.a.proxy.port(), f.a.https.unwrap().port()).await;
+    // The first stays mid-order for 30 s (the challenge is published, the
+    // CA is told only after the "propagation" wait).
+    let first = issuer(&f.db, &pebble, "first", &["--propagation-ms", "30000"]);
+    let log1 = issuer_log(&pebble, "first");
+    eventually("the first issuer holds the lease", 20, || {
+        std::fs::read_to_string(&log1)
+            .unwrap_or_default()
+            .contains("holding the issuer lease")
+    })
+    .await;
+    let _second = issuer(&f.db, &pebble, "second", &[]);
+    let log2 = issuer_log(&pebble, "second");
+    let host = "www.example.test";
+    f.db.client
+        .execute(
+            "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
+            &[&host],
+        )
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let n: i64 =
+            f.db.client
+                .query_one("SELECT count(*) FROM acme_challenges WHERE hostname = $1", &[&host])
+                .await
+                .unwrap()
+                .get(0);
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pending: String =
+        f.db.client
+            .query_one("SELECT state FROM cert_orders WHERE hostname = $1", &[&host])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(pending, "pending");
+    let second_log = std::fs::read_to_string(&log2).unwrap();
+    assert!(
+        second_log.contains("waiting for the issuer lease") && !second_log.contains("holding"),
+        "{second_log}"
+    );
+    drop(first); // SIGKILL: its session ends, and the lease with it
+    wait_for_certificate(&f.db, host, &pebble, &log2, 0).await;
+    let second_log = std::fs::read_to_string(&log2).unwrap();
+    assert!(second_log.contains("orphaned order(s) requeued"), "{second_log}");
+    assert!(
+        second_log.contains(&format!("{host}: new certificate stored")),
+        "{second_log}"
+    );
+    let rows: i64 =
+        f.db.client
+            .query_one("SELECT count(*) FROM certificates WHERE hostname = $1", &[&host])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(rows, 1);
+    assert!(!std::fs::read_to_string(&log1).unwrap().contains("certificate stored"));
 }

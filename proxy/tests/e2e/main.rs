@@ -6,6 +6,7 @@
 mod acme;
 mod allocations;
 mod balancer;
+mod certs;
 mod deploy;
 mod differential;
 mod dns;

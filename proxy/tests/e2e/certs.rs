@@ -1,0 +1,280 @@
+//! Control-plane certificates on real edges without a CA: uploaded with
+//! `placectl certs upload`, fetched on the first handshake, kept on disk
+//! across a restart while the database is away, bad uploads and keys that
+//! do not open refused with the previous certificate still serving, and an
+//! SNI flood that never reaches the database.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::acme::{cert_edge, cert_edge_in, https_get, write_seal_key};
+use crate::harness::*;
+use crate::pg_server::PrivatePg;
+use crate::postgres::PgDb;
+use crate::{dead_addr, world};
+
+/// A self-signed pair for `host`: (chain PEM, key PEM).
+fn pair(host: &str) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    (c.cert.pem(), c.key_pair.serialize_pem())
+}
+
+/// `placectl certs upload` of `(chain, key)` for `host`, sealed with the
+/// fleet key (or with `other_key`).
+fn upload(db: &PgDb, host: &str, pem: &(String, String), other_key: bool) -> std::process::Output {
+    let d = tempfile::tempdir().unwrap();
+    let key = if other_key {
+        let p = d.path().join("other.key");
+        std::fs::write(&p, "00".repeat(32)).unwrap();
+        p
+    } else {
+        write_seal_key(d.path())
+    };
+    std::fs::write(d.path().join("c.pem"), &pem.0).unwrap();
+    std::fs::write(d.path().join("k.pem"), &pem.1).unwrap();
+    let arg = |n: &str| d.path().join(n).display().to_string();
+    db.placectl_output(&[
+        "certs",
+        "upload",
+        host,
+        &arg("c.pem"),
+        &arg("k.pem"),
+        "--seal-key-file",
+        &key.display().to_string(),
+    ])
+}
+
+fn uploaded(db: &PgDb, host: &str, pem: &(String, String)) {
+    let out = upload(db, host, pem, false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Retries a GET over TLS until it answers 200 (the delta has to arrive).
+async fn served(edge: &Edge, host: &str, root: &str) {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match https_get(edge.https.unwrap(), host, root.as_bytes()).await {
+            Ok(r) if r.starts_with("HTTP/1.1 200") => return,
+            other => last = format!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{host} never served over TLS: {last}");
+}
+
+fn fetches(metrics: &str, outcome: &str) -> f64 {
+    metric_with(
+        metrics,
+        "edgeplane_cert_fetches_total",
+        &[&format!("outcome=\"{outcome}\"")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_restart_without_the_database_serves_every_certificate_served_before() {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let mut pg = PrivatePg::start().await;
+    let db = PgDb::new_on(
+        &pg.admin_url(),
+        &world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr()),
+    )
+    .await;
+    let edge = cert_edge("us-east1", &db.url, "").await;
+    let www = pair("www.example.com");
+    uploaded(&db, "www.example.com", &www);
+    served(&edge, "www.example.com", &www.0).await;
+    let Edge { proc, dir, .. } = edge;
+    drop(proc);
+    assert!(
+        std::fs::read_dir(dir.path().join("lkg.json.certs")).unwrap().count() == 1,
+        "the fetched certificate is on disk"
+    );
+    pg.kill();
+    // Started while the database is away: the last-known-good table routes
+    // and the disk cache's certificate handshakes.
+    let edge = cert_edge_in(dir, "us-east1", &db.url, "").await;
+    let r = https_get(edge.https.unwrap(), "www.example.com", www.0.as_bytes()).await;
+    assert!(r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200")), "{r:?}");
+    assert_eq!(metric_value(&edge.metrics().await, "edgeplane_certs_cached"), Some(1.0));
+    // The database returns: a new domain works within one interval.
+    pg.run().await;
+    let db2 = crate::postgres::connect(&db.url).await;
+    db2.execute(
+        "INSERT INTO custom_domains (hostname, repl_id) VALUES ('shop.example.com', 'r1')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let shop = pair("shop.example.com");
+    uploaded(&db, "shop.example.com", &shop);
+    served(&edge, "shop.example.com", &shop.0).await;
+}
+
+#[tokio::test]
+async fn bad_certificates_are_refused_and_the_previous_one_keeps_serving() {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
+    let edge = cert_edge("us-east1", &db.url, "").await;
+    let good = pair("www.example.com");
+    uploaded(&db, "www.example.com", &good);
+    served(&edge, "www.example.com", &good.0).await;
+    // Each refused by placectl with the reason; nothing is stored.
+    let other = pair("www.example.com");
+    let expired = {
+        let mut p = rcgen::CertificateParams::new(vec!["www.example.com".to_string()]).unwrap();
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let k = rcgen::KeyPair::generate().unwrap();
+        (p.self_signed(&k).unwrap().pem(), k.serialize_pem())
+    };
+    let cases = [
+        (("not a pem".to_string(), good.1.clone()), "no PEM certificate"),
+        ((good.0.clone(), other.1.clone()), "does not belong"),
+        (expired, "expired"),
+        (pair("api.example.com"), "does not name www.example.com"),
+    ];
+    for (pem, why) in &cases {
+        let out = upload(&db, "www.example.com", pem, false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{why}: {err}");
+    }
+    let out = upload(&db, "nobody.example.org", &pair("nobody.example.org"), false);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in custom_domains"));
+    // A key sealed with another fleet key: the edge refuses the new copy,
+    // counts it, and the one it had keeps serving.
+    let replacement = pair("www.example.com");
+    assert!(upload(&db, "www.example.com", &replacement, true).status.success());
+    let mut bad = 0.0;
+    for _ in 0..100 {
+        let r = https_get(edge.https.unwrap(), "www.example.com", good.0.as_bytes()).await;
+        assert!(r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200")), "{r:?}");
+        bad = fetches(&edge.metrics().await, "bad");
+        if bad >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bad, 1.0, "the sealed key that does not open is counted");
+    // Within the miss interval the edge does not ask again.
+    for _ in 0..5 {
+        let _ = https_get(edge.https.unwrap(), "www.example.com", good.0.as_bytes()).await;
+    }
+    assert_eq!(fetches(&edge.metrics().await, "bad"), 1.0);
+}
+
+/// 10,000 handshakes for random names under the hosting suffix (served by
+/// the wildcard) and outside every table: no certificate fetch, no wake of
+/// the issuer, no order; a real custom domain keeps handshaking meanwhile.
+#[tokio::test]
+async fn an_sni_flood_never_reaches_the_database() {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
+    let edge = cert_edge("us-east1", &db.url, "").await;
+    let www = pair("www.example.com");
+    uploaded(&db, "www.example.com", &www);
+    served(&edge, "www.example.com", &www.0).await;
+    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut wakes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut m = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(msg)) = m.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN edgeplane_certs_wanted").await.unwrap();
+    let addr = edge.https.unwrap();
+    let flood = |i: usize| async move {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let name = if i % 2 == 0 {
+            format!("r{i:x}q.repl.co")
+        } else {
+            format!("x{i:x}.nowhere-{i}.example")
+        };
+        let cfg = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let sni = rustls::pki_types::ServerName::try_from(name).unwrap();
+        connector.connect(sni, tcp).await.is_ok()
+    };
+    let started = std::time::Instant::now();
+    let results: Vec<bool> = futures_util::stream::iter(0..10_000)
+        .map(flood)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let ok = results.iter().filter(|&&b| b).count();
+    assert_eq!(
+        ok, 5_000,
+        "every suffix name handshakes on the wildcard, no other name does"
+    );
+    // A real custom domain right after (and its certificate still cached).
+    let r = https_get(addr, "www.example.com", www.0.as_bytes()).await;
+    assert!(r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200")), "{r:?}");
+    let m = edge.metrics().await;
+    for o in ["ok", "missing", "bad", "error"] {
+        assert_eq!(fetches(&m, o), if o == "ok" { 1.0 } else { 0.0 }, "fetches {o}: {m}");
+    }
+    assert_eq!(
+        metric_with(
+            &m,
+            "edgeplane_tls_handshakes_total",
+            &["cert=\"none\"", "outcome=\"unknown_name\""]
+        ),
+        Some(5_000.0)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(wakes.try_recv().is_err(), "no name of the flood woke the issuer");
+    let orders: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM cert_orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, 0);
+    eprintln!("10,000 flood handshakes in {:?}", started.elapsed());
+}
+
+/// Accepts any server certificate (the flood only counts handshakes).
+#[derive(Debug)]
+struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
