@@ -189,7 +189,7 @@ async fn an_sni_flood_never_reaches_the_database() {
     let addr = edge.https.unwrap();
     let flood = |i: usize| async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let name = if i % 2 == 0 {
+        let name = if i.is_multiple_of(2) {
             format!("r{i:x}q.repl.co")
         } else {
             format!("x{i:x}.nowhere-{i}.example")
