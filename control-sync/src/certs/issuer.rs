@@ -69,6 +69,7 @@ pub struct IssuerOptions {
     pub poll: Duration,
     /// First backoff of a failing hostname (doubling to [`MAX_BACKOFF`]).
     pub retry_base: Duration,
+    pub metrics: Arc<super::metrics::IssuerMetrics>,
 }
 
 /// At most `per_minute` starts in any sliding minute. Time is passed in.
@@ -188,6 +189,15 @@ async fn due(client: &Client, limit: i64) -> Result<Vec<Work>, tokio_postgres::E
         .collect())
 }
 
+/// Orders in flight: a pass starts new ones beside them (a slow order
+/// never holds up a new domain), never a second one for a hostname.
+struct Orders {
+    cap: RateCap,
+    /// Each task returns its hostname.
+    running: tokio::task::JoinSet<String>,
+    in_flight: std::collections::HashSet<String>,
+}
+
 /// The issuer. See the module docs.
 pub struct Issuer {
     opts: IssuerOptions,
@@ -243,17 +253,27 @@ impl Issuer {
             )
             .await?;
         log::info!("certs: holding the issuer lease ({requeued} orphaned order(s) requeued)");
+        self.opts.metrics.lease_held.set(1);
         client
             .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN edgeplane_placement"))
             .await?;
         let account = self.account(&client).await?;
-        let mut cap = RateCap::new(self.opts.orders_per_minute);
+        let mut orders = Orders {
+            cap: RateCap::new(self.opts.orders_per_minute),
+            running: tokio::task::JoinSet::new(),
+            in_flight: Default::default(),
+        };
         loop {
-            self.pass(&client, &account, &mut cap).await?;
+            self.pass(&client, &account, &mut orders).await?;
             tokio::select! {
                 _ = stop.notified() => return Ok(()),
                 _ = lost.notified() => return Err(IssueError::Order("database connection lost".into())),
                 _ = wake.notified() => {}
+                Some(done) = orders.running.join_next() => {
+                    if let Ok(host) = done {
+                        orders.in_flight.remove(&host);
+                    }
+                }
                 _ = tokio::time::sleep(self.opts.poll) => {}
             }
         }
@@ -306,29 +326,59 @@ impl Issuer {
         Ok(account)
     }
 
-    /// One pass: clears expired challenges, then starts as many due orders
-    /// as the cap allows and waits for them.
-    async fn pass(&self, client: &Arc<Client>, account: &Account, cap: &mut RateCap) -> Result<(), IssueError> {
+    /// One pass: clears expired challenges, updates the gauges, then starts
+    /// as many due orders as the cap and [`ORDER_CONCURRENCY`] allow.
+    async fn pass(&self, client: &Arc<Client>, account: &Account, orders: &mut Orders) -> Result<(), IssueError> {
         client
             .execute("DELETE FROM acme_challenges WHERE expires_at <= now()", &[])
             .await?;
-        let room = cap.room(unix_ms());
+        self.gauges(client).await?;
+        let free = ORDER_CONCURRENCY.saturating_sub(orders.running.len()) as u32;
+        let room = orders.cap.room(unix_ms()).min(free);
         if room == 0 {
             return Ok(());
         }
-        let work = due(client, i64::from(room)).await?;
-        let mut running = tokio::task::JoinSet::new();
+        let work = due(client, i64::from(room) + orders.in_flight.len() as i64).await?;
         for w in work {
-            if !cap.try_take(unix_ms()) {
+            if orders.in_flight.contains(&w.hostname) {
+                continue;
+            }
+            if orders.running.len() >= ORDER_CONCURRENCY || !orders.cap.try_take(unix_ms()) {
                 break;
             }
-            while running.len() >= ORDER_CONCURRENCY {
-                running.join_next().await;
-            }
+            orders.in_flight.insert(w.hostname.clone());
             let (client, account, opts) = (client.clone(), account.clone(), self.opts.clone());
-            running.spawn(async move { one_order(&client, &account, &opts, w).await });
+            orders.running.spawn(async move {
+                let host = w.hostname.clone();
+                one_order(&client, &account, &opts, w).await;
+                host
+            });
         }
-        while running.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Expiring certificates and hostnames in backoff, for the gauges.
+    async fn gauges(&self, client: &Client) -> Result<(), IssueError> {
+        let m = &self.opts.metrics;
+        for (within, days) in super::metrics::EXPIRING_WITHIN {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM certificates c JOIN custom_domains d ON d.hostname = c.hostname
+                      WHERE c.not_after < now() + $1::int * interval '1 day'",
+                    &[&days],
+                )
+                .await?
+                .get(0);
+            m.expiring.with_label_values(&[within]).set(n);
+        }
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM cert_orders WHERE state = 'failed' AND next_try_at > now()",
+                &[],
+            )
+            .await?
+            .get(0);
+        m.backoff_hosts.set(n);
         Ok(())
     }
 }
@@ -354,6 +404,8 @@ async fn one_order(client: &Client, account: &Account, opts: &IssuerOptions, w: 
     let _ = client
         .execute("DELETE FROM acme_challenges WHERE hostname = $1", &[&w.hostname])
         .await;
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    opts.metrics.orders.with_label_values(&[kind, outcome]).inc();
     match result {
         Ok(revision) => {
             log::info!("certs: {}: {kind} certificate stored (revision {revision})", w.hostname);

@@ -13,6 +13,7 @@
 //! Start at [`issuer::Issuer::run`].
 
 pub mod issuer;
+pub mod metrics;
 pub mod pem;
 pub mod seal;
 pub mod store;

@@ -308,7 +308,13 @@ async fn issued_and_served_everywhere(challenge: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(not_issued >= 1.0, "the directory's domain never counted as not issued");
-    let _issuer = issuer(&f.db, &pebble, challenge, &["--challenge", challenge]);
+    let metrics_at = free_addr();
+    let _issuer = issuer(
+        &f.db,
+        &pebble,
+        challenge,
+        &["--challenge", challenge, "--metrics-listen", &metrics_at.to_string()],
+    );
     let log = issuer_log(&pebble, challenge);
     let first = wait_for_certificate(&f.db, host, &pebble, &log, 0).await;
     // Every edge serves it from the next handshake, without a restart: B
@@ -362,6 +368,20 @@ async fn issued_and_served_everywhere(challenge: &str) {
         Some(2.0),
         "{m}"
     );
+    // The issuer's metrics say what it did.
+    let m = get(metrics_at, "issuer", "/metrics", &[]).await.body_str();
+    assert_eq!(metric_value(&m, "edgeplane_acme_lease_held"), Some(1.0), "{m}");
+    assert!(metric_with(&m, "edgeplane_acme_orders_total", &["kind=\"new\"", "outcome=\"ok\""]).unwrap() >= 1.0);
+    assert_eq!(
+        metric_with(
+            &m,
+            "edgeplane_acme_orders_total",
+            &["kind=\"renewal\"", "outcome=\"ok\""]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(metric_with(&m, "edgeplane_certs_expiring", &["within=\"14d\""]).is_some());
     // No challenge of the name left behind.
     let left: i64 =
         f.db.client

@@ -29,7 +29,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let check = run(Command::new("promtool")
         .args(["check", "rules", "edgeplane-alerts.yml"])
         .current_dir(&dir));
-    assert!(check.contains("SUCCESS: 11 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 12 rules found"), "{check}");
     let test = run(Command::new("promtool")
         .args(["test", "rules", "edgeplane-alerts.test.yml"])
         .current_dir(&dir));
@@ -65,7 +65,11 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn alerts_and_dashboard_only_query_metrics_the_edge_exports() {
-    let exported = metric_names(include_str!("../../src/metrics.rs"));
+    // The edge's metrics, and the certificate issuer's (placectl).
+    let exported = metric_names(concat!(
+        include_str!("../../src/metrics.rs"),
+        include_str!("../../../control-sync/src/certs/metrics.rs")
+    ));
     assert!(exported.len() > 20, "{exported:?}");
     let alerts = std::fs::read_to_string(deploy_dir().join("prometheus/edgeplane-alerts.yml")).unwrap();
     let dash: serde_json::Value =
@@ -126,13 +130,15 @@ fn systemd_unit_verifies() {
     assert!(out.trim().is_empty(), "systemd-analyze verify complained:\n{out}");
 }
 
-/// Label values the edge can emit, per metric and label: those a fresh
-/// edge exports at 0 (every enumerable one), plus the request counter's
+/// Label values the edge (and the issuer) can emit, per metric and label:
+/// those a fresh edge exports at 0 (every enumerable one), plus the request counter's
 /// kinds and outcomes and the placement sources.
 fn emitted_label_values() -> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> {
     use edgeplane_proxy::metrics::{Metrics, REQUEST_KINDS, REQUEST_OUTCOMES};
     let mut out: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> = Default::default();
-    let text = String::from_utf8(Metrics::new().render()).unwrap();
+    // The edge's, and the certificate issuer's (placectl certs run).
+    let mut text = String::from_utf8(Metrics::new().render()).unwrap();
+    text.push_str(&String::from_utf8(edgeplane_control_sync::certs::metrics::IssuerMetrics::new().render()).unwrap());
     for line in text.lines().filter(|l| l.starts_with("edgeplane_")) {
         let Some((name, rest)) = line.split_once('{') else {
             continue;

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use tokio_postgres::Client;
 
 use edgeplane_control_sync::certs::issuer::{Issuer, IssuerOptions};
+use edgeplane_control_sync::certs::metrics::{self, IssuerMetrics};
 use edgeplane_control_sync::certs::{store, SealKey};
 use edgeplane_control_sync::table::ChallengeKind;
 
@@ -47,6 +48,9 @@ pub enum CertsCmd {
         /// First backoff of a failing hostname, seconds (doubles up to a day).
         #[arg(long, default_value_t = 60)]
         retry_base_secs: u64,
+        /// Serve the issuer's Prometheus metrics on ADDR (`/metrics`).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// List certificates and orders.
     Ls {
@@ -94,10 +98,19 @@ pub async fn run(url: &str, client: &Client, cmd: CertsCmd) -> Result<()> {
             propagation_ms,
             poll_secs,
             retry_base_secs,
+            metrics_listen,
         } => {
             let Some(challenge) = ChallengeKind::parse(&challenge) else {
                 bail!("--challenge {challenge:?}: expected http-01 or tls-alpn-01");
             };
+            let metrics = IssuerMetrics::new();
+            if let Some(addr) = metrics_listen {
+                let l = metrics::listen(addr)
+                    .await
+                    .with_context(|| format!("--metrics-listen {addr}"))?;
+                println!("placectl: issuer metrics on {}", l.local_addr()?);
+                tokio::spawn(metrics::serve(l, metrics.clone()));
+            }
             let opts = IssuerOptions {
                 database_url: url.to_string(),
                 acme_directory,
@@ -109,6 +122,7 @@ pub async fn run(url: &str, client: &Client, cmd: CertsCmd) -> Result<()> {
                 propagation: Duration::from_millis(propagation_ms),
                 poll: Duration::from_secs(poll_secs.max(1)),
                 retry_base: Duration::from_secs(retry_base_secs.max(1)),
+                metrics,
             };
             let stop = Arc::new(tokio::sync::Notify::new());
             let s = stop.clone();
