@@ -84,6 +84,9 @@ pub struct CustomCerts {
     table: TableHandle,
     seal: SealKey,
     cache: quick_cache::sync::Cache<Box<str>, Cached>,
+    /// The control plane's wildcard certificates by the suffix under the
+    /// `*.`: always loaded ([`CustomCerts::warm_wildcards`]), never evicted.
+    wildcards: arc_swap::ArcSwap<HashMap<Box<str>, Cached>>,
     /// Name -> (until, unix ms; the index revision the miss was for).
     misses: quick_cache::sync::Cache<Box<str>, (u64, Option<u64>)>,
     miss_ttl: Duration,
@@ -123,6 +126,7 @@ impl CustomCerts {
             table,
             seal,
             cache: quick_cache::sync::Cache::new(entries),
+            wildcards: Default::default(),
             misses: quick_cache::sync::Cache::new(entries),
             miss_ttl,
             jobs: tx,
@@ -131,7 +135,67 @@ impl CustomCerts {
             acme: quick_cache::sync::Cache::new(64),
         });
         certs.load_disk();
+        let warm = certs.clone();
+        std::thread::Builder::new()
+            .name("edgeplane-certs-warm".into())
+            .spawn(move || warm.warm_wildcards())
+            .expect("spawn the wildcard loader");
         certs
+    }
+
+    /// Keeps every wildcard certificate of the index loaded: checks once a
+    /// second, fetches the ones missing or older than the index.
+    fn warm_wildcards(self: Arc<Self>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("wildcard loader runtime");
+        rt.block_on(async move {
+            let mut seen = u64::MAX;
+            loop {
+                let table = self.table.load_full();
+                if table.version() != seen {
+                    let due: Vec<String> = table
+                        .tls()
+                        .wildcard_certs()
+                        .filter(|(name, rev)| self.cached(name).is_none_or(|c| c.revision < *rev))
+                        .map(|(name, _)| name.to_string())
+                        .collect();
+                    let mut all_loaded = true;
+                    for name in due {
+                        all_loaded &= self.fetch(&name).await;
+                    }
+                    if all_loaded {
+                        seen = table.version();
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// The copy in memory of a certificate name (`*.x` from the pinned
+    /// wildcards).
+    fn cached(&self, name: &str) -> Option<Cached> {
+        match name.strip_prefix("*.") {
+            Some(parent) => self.wildcards.load().get(parent).cloned(),
+            None => self.cache.get(name),
+        }
+    }
+
+    /// Keeps a good copy: a wildcard among the pinned ones, any other name
+    /// in the LRU.
+    fn keep(&self, name: &str, c: Cached) {
+        if let Some(parent) = name.strip_prefix("*.") {
+            self.wildcards.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.insert(parent.into(), c.clone());
+                m
+            });
+        } else {
+            self.cache.insert(name.into(), c);
+            self.metrics.certs_cached.set(self.cache.len() as i64);
+        }
     }
 
     /// Makes sure the certificate for `sni` is in memory if the control
@@ -154,7 +218,7 @@ impl CustomCerts {
             }
             return;
         };
-        if self.cache.get(key.as_str()).is_some_and(|c| c.revision >= revision) {
+        if self.cached(&key).is_some_and(|c| c.revision >= revision) {
             return;
         }
         if !self.miss_expired(&key, Some(revision)) {
@@ -177,8 +241,9 @@ impl CustomCerts {
         true
     }
 
-    /// Fetches `name` through the fetcher and keeps it when it is good.
-    async fn fetch(&self, name: &str) {
+    /// Fetches `name` through the fetcher and keeps it when it is good;
+    /// returns whether it did.
+    async fn fetch(&self, name: &str) -> bool {
         let (reply, answer) = oneshot::channel();
         let job = Job::Fetch {
             name: name.to_string(),
@@ -186,7 +251,7 @@ impl CustomCerts {
         };
         if self.jobs.try_send(job).is_err() {
             self.metrics.cert_fetches.inc("error");
-            return;
+            return false;
         }
         match answer.await {
             Ok(Ok(Some(row))) => match self.open(&row) {
@@ -194,8 +259,8 @@ impl CustomCerts {
                     self.metrics.cert_fetches.inc("ok");
                     self.misses.remove(name);
                     self.write_disk(&row);
-                    self.cache.insert(name.into(), c);
-                    self.metrics.certs_cached.set(self.cache.len() as i64);
+                    self.keep(name, c);
+                    return true;
                 }
                 Err(e) => {
                     self.metrics.cert_fetches.inc("bad");
@@ -209,6 +274,7 @@ impl CustomCerts {
             }
             Err(_) => self.metrics.cert_fetches.inc("error"),
         }
+        false
     }
 
     /// Opens a row's key and parses the pair; refuses an expired one.
@@ -246,7 +312,7 @@ impl CustomCerts {
             return Chosen::Key(k.clone());
         }
         if let Some((_, parent)) = name.split_once('.') {
-            if let Some(c) = self.cache.get(format!("*.{parent}").as_str()) {
+            if let Some(c) = self.wildcards.load().get(parent).cloned() {
                 self.metrics
                     .tls_handshakes
                     .with_label_values(&["wildcard", "served"])
@@ -323,7 +389,7 @@ impl CustomCerts {
             }
             match read_disk_entry(&path).and_then(|row| self.open(&row).map(|c| (row.hostname, c))) {
                 Ok((name, c)) => {
-                    self.cache.insert(name.into(), c);
+                    self.keep(&name, c);
                     loaded += 1;
                 }
                 Err(e) => {

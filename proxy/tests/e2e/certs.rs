@@ -278,3 +278,48 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             .supported_schemes()
     }
 }
+
+/// A wildcard certificate uploaded for a suffix is loaded by every edge
+/// before any handshake asks for it (and then serves any one label under
+/// it), and is never evicted.
+#[tokio::test]
+async fn wildcards_from_the_control_plane_are_loaded_before_any_handshake() {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
+    let edge = cert_edge("us-east1", &db.url, "cert_cache_entries = 1\n").await;
+    let wild = pair("*.example.net");
+    uploaded(&db, "*.example.net", &wild);
+    let mut loaded = false;
+    for _ in 0..100 {
+        if fetches(&edge.metrics().await, "ok") == 1.0 {
+            loaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(loaded, "the wildcard was not loaded ahead of handshakes");
+    // Two exact names through an LRU of one entry: the wildcard stays.
+    for host in ["www.example.com", "shop.example.com"] {
+        if host != "www.example.com" {
+            db.client
+                .execute(
+                    "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
+                    &[&host],
+                )
+                .await
+                .unwrap();
+        }
+        let p = pair(host);
+        uploaded(&db, host, &p);
+        served(&edge, host, &p.0).await;
+    }
+    for name in ["a.example.net", "b.example.net"] {
+        let r = https_get(edge.https.unwrap(), name, wild.0.as_bytes()).await;
+        // The app is unknown (404), but the handshake used the wildcard.
+        assert!(r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 404")), "{name}: {r:?}");
+    }
+    assert!(https_get(edge.https.unwrap(), "a.b.example.net", wild.0.as_bytes())
+        .await
+        .is_err());
+    assert_eq!(fetches(&edge.metrics().await, "ok"), 3.0, "no wildcard fetched twice");
+}

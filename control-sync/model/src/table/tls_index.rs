@@ -59,6 +59,9 @@ pub struct Challenge {
 pub struct TlsIndex {
     /// Hostname (or `*.<suffix>`) -> certificate revision.
     pub(super) certs: HashMap<Box<str>, u64>,
+    /// The `*.<suffix>` entries of `certs` again (a handful): what an edge
+    /// keeps loaded at all times.
+    pub(super) wildcards: HashMap<Box<str>, u64>,
     /// Token -> challenge.
     pub(super) challenges: HashMap<Box<str>, Challenge>,
 }
@@ -92,10 +95,21 @@ impl TlsIndex {
             .find(|c| c.kind == ChallengeKind::TlsAlpn01 && c.expires_at_ms > now_ms && &*c.hostname == host)
     }
 
-    /// Every certificate name with its revision (the edge's disk cache
-    /// checks its entries against it).
-    pub fn cert_names(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.certs.iter().map(|(k, v)| (&**k, *v))
+    /// The wildcard certificates (`*.<suffix>`) with their revisions.
+    pub fn wildcard_certs(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.wildcards.iter().map(|(k, v)| (&**k, *v))
+    }
+
+    pub(super) fn insert_cert(&mut self, name: String, revision: u64) {
+        if name.starts_with("*.") {
+            self.wildcards.insert(name.as_str().into(), revision);
+        }
+        self.certs.insert(name.into(), revision);
+    }
+
+    pub(super) fn remove_cert(&mut self, name: &str) {
+        self.wildcards.remove(name);
+        self.certs.remove(name);
     }
 }
 

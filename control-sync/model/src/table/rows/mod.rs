@@ -366,7 +366,7 @@ impl Builder {
             Change::DeleteCertificate(host) => {
                 self.row(8, &host);
                 let host = host.trim_end_matches('.').to_ascii_lowercase();
-                Arc::make_mut(&mut self.table.tls).certs.remove(host.as_str());
+                Arc::make_mut(&mut self.table.tls).remove_cert(&host);
                 Ok(())
             }
             Change::UpsertChallenge(c) => self.upsert_challenge(c),
@@ -385,7 +385,7 @@ impl Builder {
             return Err(row.err(SkipReason::BadValue, "not a valid certificate name"));
         }
         let revision = u64::try_from(c.revision).map_err(|_| row.err(SkipReason::BadValue, "negative revision"))?;
-        Arc::make_mut(&mut self.table.tls).certs.insert(host.into(), revision);
+        Arc::make_mut(&mut self.table.tls).insert_cert(host, revision);
         Ok(())
     }
 
