@@ -63,7 +63,7 @@ fn tls_key<T: PartialEq + Clone>(n: &mut Config, o: &Config, f: fn(&mut crate::T
 /// `/debug/config` shows it, and the suite checks that the example
 /// config's header and docs/operations.md name the same keys.
 /// `edgeplane serve --upgrade` applies them without dropping connections.
-pub const RESTART_ONLY: [RestartOnly; 18] = [
+pub const RESTART_ONLY: [RestartOnly; 22] = [
     restart_only!("edge.region", edge.region),
     restart_only!("edge.instance_id", edge.instance_id),
     restart_only!("edge.listen", edge.listen),
@@ -88,6 +88,21 @@ pub const RESTART_ONLY: [RestartOnly; 18] = [
         key: "tls.reload_interval_ms",
         keep: |n, o| tls_key(n, o, |t| &mut t.reload_interval),
     },
+    // The control plane's certificates: their cache and fetcher are
+    // built at start.
+    RestartOnly {
+        key: "tls.cert_cache_entries",
+        keep: |n, o| tls_key(n, o, |t| &mut t.cert_cache_entries),
+    },
+    RestartOnly {
+        key: "tls.cert_cache_dir",
+        keep: |n, o| tls_key(n, o, |t| &mut t.cert_cache_dir),
+    },
+    RestartOnly {
+        key: "tls.cert_miss_ttl_ms",
+        keep: |n, o| tls_key(n, o, |t| &mut t.cert_miss_ttl),
+    },
+    restart_only!("security.cert_seal_key_file", security.cert_seal_key_file),
     RestartOnly {
         key: "tls",
         // Adding or removing the section (its keys are above).
