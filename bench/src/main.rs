@@ -112,6 +112,19 @@ impl WsTargetArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Simulate the certificate issuer's renewals (docs/certificates.md):
+    /// N certificates issued at once, renewed over DAYS with the issuer's
+    /// cap and jitter, the lease failing over and an outage midway.
+    CertRenewals {
+        #[arg(long, default_value_t = 10_000)]
+        certificates: usize,
+        #[arg(long, default_value_t = 60)]
+        orders_per_minute: u32,
+        #[arg(long, default_value_t = 90)]
+        lifetime_days: u32,
+        #[arg(long, default_value_t = 200)]
+        days: u32,
+    },
     /// Run a fake conman VM: HTTP echo, WebSocket echo, Prometheus metrics.
     FakeVm {
         #[arg(long)]
@@ -658,6 +671,32 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::CertRenewals {
+            certificates,
+            orders_per_minute,
+            lifetime_days,
+            days,
+        } => {
+            use edgeplane_control_sync::certs::renewal_sim::{simulate, SimConfig};
+            let cfg = SimConfig {
+                certificates,
+                orders_per_minute,
+                lifetime_days,
+                days,
+                ..SimConfig::default()
+            };
+            let r = simulate(&cfg);
+            println!("{cfg:#?}");
+            println!("orders: {} (issuer A {}, issuer B {})", r.orders, r.by_issuer[0], r.by_issuer[1]);
+            println!("most orders started in one minute: {} (cap {orders_per_minute})", r.max_orders_in_a_minute);
+            println!("orders for a name already in flight: {}", r.duplicate_orders);
+            println!("certificates past not_after before their renewal started: {}", r.expired);
+            println!("longest wait past renew_after: {} min", r.max_wait_minutes);
+            println!("orders per day (day: orders, days without orders left out):");
+            for (d, n) in r.per_day.iter().enumerate().filter(|(_, n)| **n > 0) {
+                println!("  {d:>3}: {n}");
+            }
+        }
         Cmd::FakeVm {
             id,
             listen,

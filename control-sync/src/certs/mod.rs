@@ -15,6 +15,7 @@
 pub mod issuer;
 pub mod metrics;
 pub mod pem;
+pub mod renewal_sim;
 pub mod seal;
 pub mod store;
 

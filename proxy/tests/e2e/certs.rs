@@ -187,21 +187,13 @@ async fn an_sni_flood_never_reaches_the_database() {
     });
     listener.batch_execute("LISTEN edgeplane_certs_wanted").await.unwrap();
     let addr = edge.https.unwrap();
-    let flood = |i: usize| async move {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    let flood = |i: usize| {
         let name = if i.is_multiple_of(2) {
             format!("r{i:x}q.repl.co")
         } else {
             format!("x{i:x}.nowhere-{i}.example")
         };
-        let cfg = rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let sni = rustls::pki_types::ServerName::try_from(name).unwrap();
-        connector.connect(sni, tcp).await.is_ok()
+        async move { any_handshake(addr, &name).await }
     };
     let started = std::time::Instant::now();
     let results: Vec<bool> = futures_util::stream::iter(0..10_000)
@@ -239,6 +231,20 @@ async fn an_sni_flood_never_reaches_the_database() {
         .get(0);
     assert_eq!(orders, 0);
     eprintln!("10,000 flood handshakes in {:?}", started.elapsed());
+}
+
+/// A TLS handshake for SNI `name` that accepts any certificate: whether
+/// the edge had one to present.
+pub(crate) async fn any_handshake(addr: std::net::SocketAddr, name: &str) -> bool {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    connector.connect(sni, tcp).await.is_ok()
 }
 
 /// Accepts any server certificate (the flood only counts handshakes).

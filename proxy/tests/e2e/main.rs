@@ -7,6 +7,7 @@ mod acme;
 mod allocations;
 mod balancer;
 mod certs;
+mod certs_bench;
 mod deploy;
 mod differential;
 mod dns;
