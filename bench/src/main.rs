@@ -687,10 +687,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = simulate(&cfg);
             println!("{cfg:#?}");
-            println!("orders: {} (issuer A {}, issuer B {})", r.orders, r.by_issuer[0], r.by_issuer[1]);
-            println!("most orders started in one minute: {} (cap {orders_per_minute})", r.max_orders_in_a_minute);
+            println!(
+                "orders: {} (issuer A {}, issuer B {})",
+                r.orders, r.by_issuer[0], r.by_issuer[1]
+            );
+            println!(
+                "most orders started in one minute: {} (cap {orders_per_minute})",
+                r.max_orders_in_a_minute
+            );
             println!("orders for a name already in flight: {}", r.duplicate_orders);
-            println!("certificates past not_after before their renewal started: {}", r.expired);
+            println!(
+                "certificates past not_after before their renewal started: {}",
+                r.expired
+            );
             println!("longest wait past renew_after: {} min", r.max_wait_minutes);
             println!("orders per day (day: orders, days without orders left out):");
             for (d, n) in r.per_day.iter().enumerate().filter(|(_, n)| **n > 0) {

@@ -156,7 +156,10 @@ mod tests {
         assert!(r.max_orders_in_a_minute <= 60, "{r:?}");
         assert_eq!(r.duplicate_orders, 0);
         assert_eq!(r.expired, 0, "{r:?}");
-        assert!(r.by_issuer[0] > 0 && r.by_issuer[1] > 0, "both issuers held the lease: {r:?}");
+        assert!(
+            r.by_issuer[0] > 0 && r.by_issuer[1] > 0,
+            "both issuers held the lease: {r:?}"
+        );
         // About three renewals per certificate in 100 days of 30-day ones.
         assert!(r.orders >= 30_000, "{r:?}");
     }

@@ -361,7 +361,9 @@ async fn issued_and_served_everywhere(challenge: &str) {
         .unwrap();
     let renewed = wait_for_certificate(&f.db, host, &pebble, &log, first).await;
     assert!(renewed > first);
+    // Every edge moves to the renewed certificate (a second fetch each).
     eventually_async(&f.b, host, &root, 2).await;
+    eventually_async(&f.a, host, &root, 2).await;
     let m = f.b.metrics().await;
     assert_eq!(
         metric_with(&m, "edgeplane_cert_fetches_total", &["outcome=\"ok\""]),

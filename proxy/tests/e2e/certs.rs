@@ -329,3 +329,63 @@ async fn wildcards_from_the_control_plane_are_loaded_before_any_handshake() {
         .is_err());
     assert_eq!(fetches(&edge.metrics().await, "ok"), 3.0, "no wildcard fetched twice");
 }
+
+/// `tls.certs_dir`'s exact name wins over the control plane's (the
+/// operator's override), and HTTP/2 connections get the same certificates
+/// as HTTP/1.1 (one resolver for every ALPN).
+#[tokio::test]
+async fn the_override_directory_wins_and_http2_gets_the_same_certificates() {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
+    let edge = cert_edge("us-east1", &db.url, "").await;
+    let from_db = pair("www.example.com");
+    uploaded(&db, "www.example.com", &from_db);
+    served(&edge, "www.example.com", &from_db.0).await;
+    // HTTP/2 by ALPN, same certificate.
+    let h2 = alpn_handshake(edge.https.unwrap(), "www.example.com", &from_db.0, b"h2").await;
+    assert_eq!(h2.as_deref(), Ok(&b"h2"[..]));
+    // The operator drops a pair for the same name into certs_dir.
+    let over = pair("www.example.com");
+    let certs = edge.dir.path().join("certs");
+    std::fs::write(certs.join("www.example.com.key"), &over.1).unwrap();
+    std::fs::write(certs.join("www.example.com.crt"), &over.0).unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if alpn_handshake(edge.https.unwrap(), "www.example.com", &over.0, b"h2")
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the override directory's certificate never served");
+    let r = https_get(edge.https.unwrap(), "www.example.com", from_db.0.as_bytes()).await;
+    assert!(r.is_err(), "the database's certificate still served: {r:?}");
+}
+
+/// A handshake offering one ALPN protocol, trusting `root_pem`: the
+/// protocol the edge chose.
+async fn alpn_handshake(
+    addr: std::net::SocketAddr,
+    host: &str,
+    root_pem: &str,
+    alpn: &[u8],
+) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let sni = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let tls = connector.connect(sni, tcp).await.map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec())
+}

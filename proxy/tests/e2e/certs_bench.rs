@@ -69,7 +69,10 @@ async fn time_to_first_https_answer() {
         let host = format!("site{i}.example.test");
         let t = Instant::now();
         db.client
-            .execute("INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')", &[&host])
+            .execute(
+                "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
+                &[&host],
+            )
             .await
             .unwrap();
         loop {
@@ -222,17 +225,30 @@ async fn handshakes_with_200k_certificates() {
     };
     line(summary("full handshake, cached custom certificate", cached.clone()));
     line(summary("full handshake, wildcard certificate     ", wild.clone()));
-    line(format!("  p99 ratio custom / wildcard: {:.2}", p99(&cached) / p99(&wild)));
-    line(summary("resumed handshake, cached custom certificate", cached_r.clone()));
+    line(format!(
+        "  p99 ratio custom / wildcard: {:.2}",
+        p99(&cached) / p99(&wild)
+    ));
+    line(summary(
+        "resumed handshake, cached custom certificate",
+        cached_r.clone(),
+    ));
     line(summary("resumed handshake, wildcard certificate     ", wild_r.clone()));
-    line(format!("  p99 ratio custom / wildcard: {:.2}", p99(&cached_r) / p99(&wild_r)));
+    line(format!(
+        "  p99 ratio custom / wildcard: {:.2}",
+        p99(&cached_r) / p99(&wild_r)
+    ));
     // 10,000 certificates fetched and cached: memory per cached certificate.
     let before = rss_kib(edge.pid());
     let started = Instant::now();
     let names: Vec<String> = (0..10_000).map(|i| format!("c{i}.example.org")).collect();
     let any = futures_util::stream::iter(names.iter().map(|n| crate::certs::any_handshake(addr, n)));
     use futures_util::StreamExt;
-    let ok = any.buffer_unordered(16).filter(|ok| std::future::ready(*ok)).count().await;
+    let ok = any
+        .buffer_unordered(16)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
     let m = edge.metrics().await;
     let after = rss_kib(edge.pid());
     line(format!(
