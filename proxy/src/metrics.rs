@@ -680,11 +680,13 @@ mod tests {
         // Vectors without a labelled child yet are not rendered: only those
         // whose label values are not known in advance (per cluster, per
         // region, per status code; the two touched above are).
-        assert_eq!(helps, 42, "{helps} metrics rendered:\n{text}");
+        assert_eq!(helps, 46, "{helps} metrics rendered:\n{text}");
         assert!(text.contains("edgeplane_workspace_tokens_total{outcome=\"unknown_key\",version=\"2\"} 0"));
         assert!(text.contains("edgeplane_config_last_reload_successful 1"));
         assert!(text.contains("edgeplane_requests_total{code=\"200\",kind=\"app\",outcome=\"proxied\"} 2"));
         assert!(text.contains("edgeplane_vm_usable{cluster=\"c1\"} 3"));
+        assert!(text.contains("edgeplane_tls_handshakes_total{cert=\"custom\",outcome=\"not_issued\"} 0"));
+        assert!(text.contains("edgeplane_cert_fetches_total{outcome=\"bad\"} 0"));
     }
 
     /// What the runbook's alerts and dashboards query exists on a fresh
