@@ -281,49 +281,8 @@ impl Issuer {
 
     /// The ACME account: restored from the database, else created there.
     async fn account(&self, client: &Client) -> Result<Account, IssueError> {
-        let builder = || match &self.opts.acme_root {
-            Some(root) => Account::builder_with_root(root),
-            None => Account::builder(),
-        };
-        let aad = format!("acme-account {}", self.opts.acme_directory);
-        let row = client
-            .query_opt(
-                "SELECT credentials_sealed FROM acme_account WHERE directory = $1",
-                &[&self.opts.acme_directory],
-            )
-            .await?;
-        if let Some(r) = row {
-            let plain = self
-                .opts
-                .seal
-                .open(&aad, r.get(0))
-                .map_err(|e| IssueError::Order(format!("the stored ACME account: {e}")))?;
-            let creds: AccountCredentials = serde_json::from_slice(&plain)
-                .map_err(|e| IssueError::Order(format!("the stored ACME account does not parse: {e}")))?;
-            return Ok(builder()?.from_credentials(creds).await?);
-        }
-        let contact: Vec<&str> = self.opts.contact.iter().map(String::as_str).collect();
-        let (account, creds) = builder()?
-            .create(
-                &NewAccount {
-                    contact: &contact,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                self.opts.acme_directory.clone(),
-                None,
-            )
-            .await?;
-        let plain = serde_json::to_vec(&creds).map_err(|e| IssueError::Order(e.to_string()))?;
-        client
-            .execute(
-                "INSERT INTO acme_account (directory, credentials_sealed) VALUES ($1, $2)
-                 ON CONFLICT (directory) DO NOTHING",
-                &[&self.opts.acme_directory, &self.opts.seal.seal(&aad, &plain)],
-            )
-            .await?;
-        log::info!("certs: created an ACME account at {}", self.opts.acme_directory);
-        Ok(account)
+        let o = &self.opts;
+        account(client, &o.acme_directory, o.acme_root.as_deref(), &o.contact, &o.seal).await
     }
 
     /// One pass: clears expired challenges, updates the gauges, then starts
@@ -381,6 +340,78 @@ impl Issuer {
         m.backoff_hosts.set(n);
         Ok(())
     }
+}
+
+/// The fleet's ACME account at `directory`: restored from `acme_account`
+/// (opened with the fleet key), else created at the CA and stored sealed.
+pub async fn account(
+    client: &Client,
+    directory: &str,
+    acme_root: Option<&std::path::Path>,
+    contact: &[String],
+    seal: &SealKey,
+) -> Result<Account, IssueError> {
+    let builder = || match acme_root {
+        Some(root) => Account::builder_with_root(root),
+        None => Account::builder(),
+    };
+    let aad = format!("acme-account {directory}");
+    let row = client
+        .query_opt(
+            "SELECT credentials_sealed FROM acme_account WHERE directory = $1",
+            &[&directory],
+        )
+        .await?;
+    if let Some(r) = row {
+        let plain = seal
+            .open(&aad, r.get(0))
+            .map_err(|e| IssueError::Order(format!("the stored ACME account: {e}")))?;
+        let creds: AccountCredentials = serde_json::from_slice(&plain)
+            .map_err(|e| IssueError::Order(format!("the stored ACME account does not parse: {e}")))?;
+        return Ok(builder()?.from_credentials(creds).await?);
+    }
+    let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, creds) = builder()?
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            directory.to_string(),
+            None,
+        )
+        .await?;
+    let plain = serde_json::to_vec(&creds).map_err(|e| IssueError::Order(e.to_string()))?;
+    client
+        .execute(
+            "INSERT INTO acme_account (directory, credentials_sealed) VALUES ($1, $2)
+             ON CONFLICT (directory) DO NOTHING",
+            &[&directory, &seal.seal(&aad, &plain)],
+        )
+        .await?;
+    log::info!("certs: created an ACME account at {directory}");
+    Ok(account)
+}
+
+/// Revokes `host`'s stored certificate at the CA (RFC 8555 §7.6), as the
+/// account that ordered it. The row stays: the caller removes it.
+pub async fn revoke_at_ca(client: &Client, account: &Account, host: &str) -> Result<(), IssueError> {
+    let row = store::fetch(client, host)
+        .await?
+        .ok_or_else(|| IssueError::Order(format!("{host}: no certificate")))?;
+    let ders = super::pem::chain_ders(&row.chain_pem).map_err(|source| store::StoreError::Pair {
+        host: host.to_string(),
+        source,
+    })?;
+    let leaf = rustls::pki_types::CertificateDer::from(ders[0].clone());
+    account
+        .revoke(&instant_acme::RevocationRequest {
+            certificate: &leaf,
+            reason: None,
+        })
+        .await?;
+    Ok(())
 }
 
 /// Runs one hostname's order and records how it ended.

@@ -77,6 +77,9 @@ enum Job {
     },
     /// A permitted custom domain without a certificate: wake the issuer.
     Wake(String),
+    /// Remove a disk cache file (the certificate left the control plane):
+    /// file I/O stays off the handshake path.
+    Forget(PathBuf),
 }
 
 /// See the module docs.
@@ -155,6 +158,7 @@ impl CustomCerts {
             loop {
                 let table = self.table.load_full();
                 if table.version() != seen {
+                    self.prune_wildcards(&table);
                     let due: Vec<String> = table
                         .tls()
                         .wildcard_certs()
@@ -172,6 +176,37 @@ impl CustomCerts {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+    }
+
+    /// Drops the pinned wildcards the index no longer has (an empty index
+    /// is a start without the database: nothing is dropped then).
+    fn prune_wildcards(&self, table: &edgeplane_control_sync::RoutingTable) {
+        if table.tls().certificates() == 0 {
+            return;
+        }
+        let gone: Vec<Box<str>> = self
+            .wildcards
+            .load()
+            .keys()
+            .filter(|parent| table.cert_revision(&format!("*.{parent}")).is_none())
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.wildcards.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            for g in &gone {
+                m.remove(g);
+            }
+            m
+        });
+        for g in gone {
+            if let Some(dir) = &self.disk {
+                let _ = std::fs::remove_file(Self::disk_file(dir, &format!("*.{g}")));
+            }
+            log::info!("tls: *.{g}: the control plane no longer has its certificate; not served any more");
+        }
     }
 
     /// The copy in memory of a certificate name (`*.x` from the pinned
@@ -297,43 +332,52 @@ impl CustomCerts {
     /// the wildcard one label up. `dir_wildcard`: the override directory
     /// has a wildcard for it (which wins over the control plane's).
     pub fn resolve(&self, name: &str, dir_wildcard: Option<&Arc<CertifiedKey>>) -> Chosen {
+        let table = self.table.load();
+        let count = |cert: &str, outcome: &str| {
+            self.metrics.tls_handshakes.with_label_values(&[cert, outcome]).inc();
+        };
         if let Some(c) = self.cache.get(name) {
-            self.metrics
-                .tls_handshakes
-                .with_label_values(&["custom", "served"])
-                .inc();
-            return Chosen::Key(c.key);
+            if self.still_issued(&table, name) {
+                count("custom", "served");
+                return Chosen::Key(c.key);
+            }
+            self.forget(name);
         }
         if let Some(k) = dir_wildcard {
-            self.metrics
-                .tls_handshakes
-                .with_label_values(&["override", "served"])
-                .inc();
+            count("override", "served");
             return Chosen::Key(k.clone());
         }
         if let Some((_, parent)) = name.split_once('.') {
             if let Some(c) = self.wildcards.load().get(parent).cloned() {
-                self.metrics
-                    .tls_handshakes
-                    .with_label_values(&["wildcard", "served"])
-                    .inc();
+                count("wildcard", "served");
                 return Chosen::Key(c.key);
             }
         }
-        let table = self.table.load();
         if table.cert_revision(name).is_some() || permitted(&table, name) {
-            self.metrics
-                .tls_handshakes
-                .with_label_values(&["custom", "not_issued"])
-                .inc();
+            count("custom", "not_issued");
             Chosen::NotIssued
         } else {
-            self.metrics
-                .tls_handshakes
-                .with_label_values(&["none", "unknown_name"])
-                .inc();
+            count("none", "unknown_name");
             Chosen::Unknown
         }
+    }
+
+    /// Whether a copy held of `name` may serve: the index still has the
+    /// name, or the index is empty (a start from the last-known-good file
+    /// while the database is away: the disk cache is all there is).
+    fn still_issued(&self, table: &edgeplane_control_sync::RoutingTable, name: &str) -> bool {
+        table.cert_revision(name).is_some() || table.tls().certificates() == 0
+    }
+
+    /// Drops a certificate the control plane no longer has (revoked,
+    /// removed): from memory and from the disk cache.
+    fn forget(&self, name: &str) {
+        self.cache.remove(name);
+        self.metrics.certs_cached.set(self.cache.len() as i64);
+        if let Some(dir) = &self.disk {
+            let _ = self.jobs.try_send(Job::Forget(Self::disk_file(dir, name)));
+        }
+        log::info!("tls: {name}: the control plane no longer has its certificate; not served any more");
     }
 
     /// The TLS-ALPN-01 challenge certificate for `name` (RFC 8737), when
@@ -451,44 +495,78 @@ fn fetcher(url: String, mut jobs: mpsc::Receiver<Job>) {
         .build()
         .expect("certificate fetcher runtime");
     rt.block_on(async move {
-        let mut client: Option<tokio_postgres::Client> = None;
+        let mut db = Db { url, client: None };
         let mut waiting: HashMap<String, Vec<oneshot::Sender<Fetched>>> = HashMap::new();
         while let Some(job) = jobs.recv().await {
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = connect(&url).await;
+            // Every ask already queued joins this round: one query per name.
+            let mut round = vec![job];
+            while let Ok(j) = jobs.try_recv() {
+                round.push(j);
             }
-            match job {
-                Job::Wake(name) => {
-                    if let Some(c) = &client {
-                        let _ = store::wake_issuer(c, &name).await;
+            let mut wakes = Vec::new();
+            for job in round {
+                match job {
+                    Job::Forget(file) => {
+                        let _ = std::fs::remove_file(file);
                     }
+                    Job::Wake(name) => wakes.push(name),
+                    Job::Fetch { name, reply } => waiting.entry(name).or_default().push(reply),
                 }
-                Job::Fetch { name, reply } => {
-                    waiting.entry(name.clone()).or_default().push(reply);
-                    // Join every ask for this name already queued.
-                    while let Ok(j) = jobs.try_recv() {
-                        match j {
-                            Job::Fetch { name: n, reply } => waiting.entry(n).or_default().push(reply),
-                            Job::Wake(n) => {
-                                if let Some(c) = &client {
-                                    let _ = store::wake_issuer(c, &n).await;
-                                }
-                            }
-                        }
-                    }
-                    for (n, replies) in waiting.drain() {
-                        let answer = match &client {
-                            Some(c) => store::fetch(c, &n).await.map_err(|e| e.to_string()),
-                            None => Err("no database connection".to_string()),
-                        };
-                        for r in replies {
-                            let _ = r.send(answer.clone());
-                        }
-                    }
+            }
+            if wakes.is_empty() && waiting.is_empty() {
+                continue;
+            }
+            // One connection attempt a round: a database that is away
+            // costs the round one connect timeout, not one per name.
+            let client = db.client().await;
+            let mut hung = false;
+            for name in wakes {
+                if let Some(c) = client {
+                    hung |= tokio::time::timeout(QUERY_TIMEOUT, store::wake_issuer(c, &name))
+                        .await
+                        .is_err();
                 }
+            }
+            for (name, replies) in waiting.drain() {
+                let answer = match client {
+                    _ if hung => Err("the database did not answer".to_string()),
+                    Some(c) => match tokio::time::timeout(QUERY_TIMEOUT, store::fetch(c, &name)).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => {
+                            hung = true;
+                            Err(format!("no answer within {QUERY_TIMEOUT:?}"))
+                        }
+                    },
+                    None => Err("no database connection".to_string()),
+                };
+                for r in replies {
+                    let _ = r.send(answer.clone());
+                }
+            }
+            if hung {
+                // A hung server: connect afresh next round.
+                db.client = None;
             }
         }
     });
+}
+
+/// The longest a fetch (or a wake) waits for the database.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The fetcher's connection, made (again) when a job needs it.
+struct Db {
+    url: String,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Db {
+    async fn client(&mut self) -> Option<&tokio_postgres::Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = connect(&self.url).await;
+        }
+        self.client.as_ref()
+    }
 }
 
 async fn connect(url: &str) -> Option<tokio_postgres::Client> {

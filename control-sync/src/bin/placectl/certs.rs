@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use tokio_postgres::Client;
 
-use edgeplane_control_sync::certs::issuer::{Issuer, IssuerOptions};
+use edgeplane_control_sync::certs::issuer::{self, Issuer, IssuerOptions};
 use edgeplane_control_sync::certs::metrics::{self, IssuerMetrics};
 use edgeplane_control_sync::certs::{store, SealKey};
 use edgeplane_control_sync::table::ChallengeKind;
@@ -71,7 +71,17 @@ pub enum CertsCmd {
     },
     /// Remove HOST's certificate from the control plane (edges stop
     /// serving it; a domain still in custom_domains is ordered again).
-    Revoke { host: String },
+    /// With --acme-directory, revoke it at the CA first (a key compromise).
+    Revoke {
+        host: String,
+        /// The CA's ACME directory: revoke there too, as the fleet's account.
+        #[arg(long, requires = "seal_key_file")]
+        acme_directory: Option<String>,
+        #[arg(long)]
+        acme_root: Option<PathBuf>,
+        #[arg(long)]
+        seal_key_file: Option<PathBuf>,
+    },
 }
 
 fn unix_now() -> i64 {
@@ -183,8 +193,21 @@ pub async fn run(url: &str, client: &Client, cmd: CertsCmd) -> Result<()> {
                 store::store(client, &seal, &host, &chain_pem, &key_pem, "uploaded", None, unix_now()).await?;
             println!("{host}: stored (revision {revision}); every edge serves it from its next handshake");
         }
-        CertsCmd::Revoke { host } => {
+        CertsCmd::Revoke {
+            host,
+            acme_directory,
+            acme_root,
+            seal_key_file,
+        } => {
             let host = hostname(&host);
+            if let (Some(directory), Some(key)) = (acme_directory, seal_key_file) {
+                let seal = SealKey::from_file(&key)?;
+                let account = issuer::account(client, &directory, acme_root.as_deref(), &[], &seal).await?;
+                issuer::revoke_at_ca(client, &account, &host)
+                    .await
+                    .with_context(|| format!("{host}: revoking at the CA (nothing was removed)"))?;
+                println!("{host}: revoked at {directory}");
+            }
             if store::revoke(client, &host).await? {
                 println!("{host}: certificate removed");
             } else {
