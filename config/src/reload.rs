@@ -46,6 +46,16 @@ macro_rules! restart_only {
     };
 }
 
+/// A `[tls]` key kept by [`tls_key`].
+macro_rules! restart_only_tls {
+    ($key:literal, $field:ident) => {
+        RestartOnly {
+            key: $key,
+            keep: |n, o| tls_key(n, o, |t| &mut t.$field),
+        }
+    };
+}
+
 /// Keeps one `[tls]` key when both files have the section.
 fn tls_key<T: PartialEq + Clone>(n: &mut Config, o: &Config, f: fn(&mut crate::TlsConfig) -> &mut T) -> bool {
     match (&mut n.tls, &o.tls) {
@@ -76,32 +86,14 @@ pub const RESTART_ONLY: [RestartOnly; 22] = [
     restart_only!("placement", placement),
     restart_only!("health.source", health.source),
     restart_only!("limits.max_requests_per_connection", limits.max_requests_per_connection),
-    RestartOnly {
-        key: "tls.listen",
-        keep: |n, o| tls_key(n, o, |t| &mut t.listen),
-    },
-    RestartOnly {
-        key: "tls.certs_dir",
-        keep: |n, o| tls_key(n, o, |t| &mut t.certs_dir),
-    },
-    RestartOnly {
-        key: "tls.reload_interval_ms",
-        keep: |n, o| tls_key(n, o, |t| &mut t.reload_interval),
-    },
+    restart_only_tls!("tls.listen", listen),
+    restart_only_tls!("tls.certs_dir", certs_dir),
+    restart_only_tls!("tls.reload_interval_ms", reload_interval),
     // The control plane's certificates: their cache and fetcher are
     // built at start.
-    RestartOnly {
-        key: "tls.cert_cache_entries",
-        keep: |n, o| tls_key(n, o, |t| &mut t.cert_cache_entries),
-    },
-    RestartOnly {
-        key: "tls.cert_cache_dir",
-        keep: |n, o| tls_key(n, o, |t| &mut t.cert_cache_dir),
-    },
-    RestartOnly {
-        key: "tls.cert_miss_ttl_ms",
-        keep: |n, o| tls_key(n, o, |t| &mut t.cert_miss_ttl),
-    },
+    restart_only_tls!("tls.cert_cache_entries", cert_cache_entries),
+    restart_only_tls!("tls.cert_cache_dir", cert_cache_dir),
+    restart_only_tls!("tls.cert_miss_ttl_ms", cert_miss_ttl),
     restart_only!("security.cert_seal_key_file", security.cert_seal_key_file),
     RestartOnly {
         key: "tls",

@@ -205,9 +205,9 @@ fn issuer_log(pebble: &Pebble, name: &str) -> PathBuf {
     pebble.dir.path().join(format!("issuer-{name}.log"))
 }
 
-/// A GET over TLS to `addr` with SNI and Host `host`, trusting `root_pem`:
-/// the status line, or the TLS error.
-pub(crate) async fn https_get(addr: SocketAddr, host: &str, root_pem: &[u8]) -> Result<String, String> {
+/// A TLS client trusting the PEM certificates of `root_pem`, offering
+/// `alpn`.
+pub(crate) fn client_trusting(root_pem: &[u8], alpn: &[u8]) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
@@ -217,8 +217,14 @@ pub(crate) async fn https_get(addr: SocketAddr, host: &str, root_pem: &[u8]) -> 
     let mut cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg
+}
+
+/// A GET over TLS to `addr` with SNI and Host `host`, trusting `root_pem`:
+/// the status line, or the TLS error.
+pub(crate) async fn https_get(addr: SocketAddr, host: &str, root_pem: &[u8]) -> Result<String, String> {
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_trusting(root_pem, b"http/1.1")));
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
     let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
@@ -229,6 +235,32 @@ pub(crate) async fn https_get(addr: SocketAddr, host: &str, root_pem: &[u8]) -> 
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
     Ok(text)
+}
+
+/// Adds `host` to `custom_domains` (for the world's repl r1).
+pub(crate) async fn add_domain(db: &PgDb, host: &str) {
+    db.client
+        .execute(
+            "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
+            &[&host],
+        )
+        .await
+        .unwrap();
+}
+
+/// Makes `host`'s certificate due for renewal now and wakes the issuer.
+async fn make_due(db: &PgDb, host: &str) {
+    db.client
+        .execute(
+            "UPDATE certificates SET renew_after = now() WHERE hostname = $1",
+            &[&host],
+        )
+        .await
+        .unwrap();
+    db.client
+        .execute("SELECT pg_notify('edgeplane_certs_wanted', $1)", &[&host])
+        .await
+        .unwrap();
 }
 
 async fn certificate_revision(db: &PgDb, host: &str) -> Option<i64> {
@@ -282,13 +314,7 @@ async fn issued_and_served_everywhere(challenge: &str) {
     let pebble = Pebble::start(f.a.proxy.port(), f.a.https.unwrap().port()).await;
     let host = "www.example.test";
     let root = pebble.issuing_root();
-    f.db.client
-        .execute(
-            "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
-            &[&host],
-        )
-        .await
-        .unwrap();
+    add_domain(&f.db, host).await;
     // Before the issuer runs: a permitted name with no certificate fails
     // the handshake at once, counted as not issued (B knows the domain
     // from the world directory once its delta arrives).
@@ -348,17 +374,7 @@ async fn issued_and_served_everywhere(challenge: &str) {
         );
     }
     // Renewal: the issuer renews what is due; every edge moves to the new one.
-    f.db.client
-        .execute(
-            "UPDATE certificates SET renew_after = now() WHERE hostname = $1",
-            &[&host],
-        )
-        .await
-        .unwrap();
-    f.db.client
-        .execute("SELECT pg_notify('edgeplane_certs_wanted', $1)", &[&host])
-        .await
-        .unwrap();
+    make_due(&f.db, host).await;
     let renewed = wait_for_certificate(&f.db, host, &pebble, &log, first).await;
     assert!(renewed > first);
     // Every edge moves to the renewed certificate (a second fetch each).
@@ -398,17 +414,7 @@ async fn issued_and_served_everywhere(challenge: &str) {
             .execute("DELETE FROM custom_domains WHERE hostname = $1", &[&host])
             .await
             .unwrap();
-        f.db.client
-            .execute(
-                "UPDATE certificates SET renew_after = now() WHERE hostname = $1",
-                &[&host],
-            )
-            .await
-            .unwrap();
-        f.db.client
-            .execute("SELECT pg_notify('edgeplane_certs_wanted', $1)", &[&host])
-            .await
-            .unwrap();
+        make_due(&f.db, host).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(
             certificate_revision(&f.db, host).await,
@@ -464,13 +470,7 @@ async fn a_second_issuer_takes_over_an_order_the_first_left_mid_way() {
     let _second = issuer(&f.db, &pebble, "second", &[]);
     let log2 = issuer_log(&pebble, "second");
     let host = "www.example.test";
-    f.db.client
-        .execute(
-            "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
-            &[&host],
-        )
-        .await
-        .unwrap();
+    add_domain(&f.db, host).await;
     for _ in 0..200 {
         let n: i64 =
             f.db.client

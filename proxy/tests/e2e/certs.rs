@@ -307,13 +307,7 @@ async fn wildcards_from_the_control_plane_are_loaded_before_any_handshake() {
     // Two exact names through an LRU of one entry: the wildcard stays.
     for host in ["www.example.com", "shop.example.com"] {
         if host != "www.example.com" {
-            db.client
-                .execute(
-                    "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
-                    &[&host],
-                )
-                .await
-                .unwrap();
+            crate::acme::add_domain(&db, host).await;
         }
         let p = pair(host);
         uploaded(&db, host, &p);
@@ -373,16 +367,7 @@ async fn alpn_handshake(
     root_pem: &str,
     alpn: &[u8],
 ) -> Result<Vec<u8>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let cfg = crate::acme::client_trusting(root_pem.as_bytes(), alpn);
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let sni = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
