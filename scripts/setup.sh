@@ -61,6 +61,15 @@ if [ "${EDGEPLANE_SKIP_SERVICES:-0}" != 1 ]; then
   "$(dirname "$0")/services.sh"
 fi
 
+# A third-party HTTP request smuggling scanner (smugglex, from crates.io,
+# pinned), under the target directory like the Python peers: the suite
+# runs its every check against the edge (proxy/tests/e2e/scanner.rs).
+tools="${CARGO_TARGET_DIR:-target}/tools"
+if ! "$tools/bin/smugglex" --version 2>/dev/null | grep -q "0.4.0"; then
+  echo "setup: installing smugglex 0.4.0 into $tools"
+  cargo install --quiet --locked --root "$tools" smugglex --version 0.4.0
+fi
+
 # Python test peers, in a virtualenv of the project's own (under the
 # target directory, so a clean clone starts without it): pyseto, an
 # independent PASETO implementation the workspace token tests check

@@ -32,6 +32,7 @@ mod redis_shadow;
 mod regions;
 mod resolver;
 mod runbook;
+mod scanner;
 mod sizes;
 mod status_page;
 mod tls;
