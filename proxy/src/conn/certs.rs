@@ -73,7 +73,9 @@ type Fetched = Result<Option<StoredCert>, String>;
 enum Job {
     Fetch {
         name: String,
-        reply: oneshot::Sender<Fetched>,
+        /// The answer, and whether this ask was the one the query was made
+        /// for (the others joined it: only that one is counted).
+        reply: oneshot::Sender<(Fetched, bool)>,
     },
     /// A permitted custom domain without a certificate: wake the issuer.
     Wake(String),
@@ -247,33 +249,33 @@ impl CustomCerts {
             None => wildcard.and_then(|w| table.cert_revision(&w).map(|r| (w, r))),
         };
         let Some((key, revision)) = wanted else {
-            if self.cache.get(name.as_str()).is_none() && permitted(&table, &name) && self.miss_expired(&name, None) {
+            if self.cache.get(name.as_str()).is_none() && permitted(&table, &name) && !self.missed(&name, None) {
                 // Ask the issuer once per miss TTL; the handshake fails now.
+                self.remember_miss(&name, None);
                 let _ = self.jobs.try_send(Job::Wake(name));
             }
             return;
         };
-        if self.cached(&key).is_some_and(|c| c.revision >= revision) {
+        if self.cached(&key).is_some_and(|c| c.revision >= revision) || self.missed(&key, Some(revision)) {
             return;
         }
-        if !self.miss_expired(&key, Some(revision)) {
-            return;
+        // Concurrent handshakes for the name (a browser opens several) all
+        // wait here; the fetcher asks the database once for them.
+        if !self.fetch(&key).await {
+            self.remember_miss(&key, Some(revision));
         }
-        self.fetch(&key).await;
     }
 
-    /// Whether `name`'s remembered miss (for this index revision) is over;
-    /// if so, a new one is remembered now.
-    fn miss_expired(&self, name: &str, revision: Option<u64>) -> bool {
-        let now = crate::clock::now_ms();
-        if let Some((until, rev)) = self.misses.get(name) {
-            if until > now && rev == revision {
-                return false;
-            }
-        }
+    /// Whether `name` (at this index revision) missed within the miss TTL.
+    fn missed(&self, name: &str, revision: Option<u64>) -> bool {
         self.misses
-            .insert(name.into(), (now + self.miss_ttl.as_millis() as u64, revision));
-        true
+            .get(name)
+            .is_some_and(|(until, rev)| until > crate::clock::now_ms() && rev == revision)
+    }
+
+    fn remember_miss(&self, name: &str, revision: Option<u64>) {
+        let until = crate::clock::now_ms() + self.miss_ttl.as_millis() as u64;
+        self.misses.insert(name.into(), (until, revision));
     }
 
     /// Fetches `name` through the fetcher and keeps it when it is good;
@@ -288,8 +290,20 @@ impl CustomCerts {
             self.metrics.cert_fetches.inc("error");
             return false;
         }
-        match answer.await {
-            Ok(Ok(Some(row))) => match self.open(&row) {
+        let Ok((answer, asked)) = answer.await else {
+            self.metrics.cert_fetches.inc("error");
+            return false;
+        };
+        // A joined ask parses the same row for itself (the first may not
+        // have kept its copy yet); only the first is counted and written.
+        if !asked {
+            return match answer {
+                Ok(Some(row)) => self.open(&row).map(|c| self.keep(name, c)).is_ok(),
+                _ => false,
+            };
+        }
+        match answer {
+            Ok(Some(row)) => match self.open(&row) {
                 Ok(c) => {
                     self.metrics.cert_fetches.inc("ok");
                     self.misses.remove(name);
@@ -302,12 +316,11 @@ impl CustomCerts {
                     log::warn!("tls: the control plane's certificate for {name} is refused: {e}");
                 }
             },
-            Ok(Ok(None)) => self.metrics.cert_fetches.inc("missing"),
-            Ok(Err(e)) => {
+            Ok(None) => self.metrics.cert_fetches.inc("missing"),
+            Err(e) => {
                 self.metrics.cert_fetches.inc("error");
                 log::debug!("tls: fetching the certificate for {name}: {e}");
             }
-            Err(_) => self.metrics.cert_fetches.inc("error"),
         }
         false
     }
@@ -496,7 +509,10 @@ fn fetcher(url: String, mut jobs: mpsc::Receiver<Job>) {
         .expect("certificate fetcher runtime");
     rt.block_on(async move {
         let mut db = Db { url, client: None };
-        let mut waiting: HashMap<String, Vec<oneshot::Sender<Fetched>>> = HashMap::new();
+        let mut waiting: HashMap<String, Vec<oneshot::Sender<(Fetched, bool)>>> = HashMap::new();
+        // Answers of the last [`JOIN_WINDOW`]: a handshake that asks while
+        // the query for its name is running gets that query's answer.
+        let mut recent: HashMap<String, (std::time::Instant, Fetched)> = HashMap::new();
         while let Some(job) = jobs.recv().await {
             // Every ask already queued joins this round: one query per name.
             let mut round = vec![job];
@@ -510,9 +526,15 @@ fn fetcher(url: String, mut jobs: mpsc::Receiver<Job>) {
                         let _ = std::fs::remove_file(file);
                     }
                     Job::Wake(name) => wakes.push(name),
-                    Job::Fetch { name, reply } => waiting.entry(name).or_default().push(reply),
+                    Job::Fetch { name, reply } => match recent.get(&name) {
+                        Some((at, answer)) if at.elapsed() < JOIN_WINDOW => {
+                            let _ = reply.send((answer.clone(), false));
+                        }
+                        _ => waiting.entry(name).or_default().push(reply),
+                    },
                 }
             }
+            recent.retain(|_, (at, _)| at.elapsed() < JOIN_WINDOW);
             if wakes.is_empty() && waiting.is_empty() {
                 continue;
             }
@@ -539,9 +561,10 @@ fn fetcher(url: String, mut jobs: mpsc::Receiver<Job>) {
                     },
                     None => Err("no database connection".to_string()),
                 };
-                for r in replies {
-                    let _ = r.send(answer.clone());
+                for (i, r) in replies.into_iter().enumerate() {
+                    let _ = r.send((answer.clone(), i == 0));
                 }
+                recent.insert(name, (std::time::Instant::now(), answer));
             }
             if hung {
                 // A hung server: connect afresh next round.
@@ -550,6 +573,9 @@ fn fetcher(url: String, mut jobs: mpsc::Receiver<Job>) {
         }
     });
 }
+
+/// How long a fetch's answer also answers later asks for the same name.
+const JOIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// The longest a fetch (or a wake) waits for the database.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);

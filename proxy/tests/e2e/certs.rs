@@ -374,3 +374,27 @@ async fn alpn_handshake(
     let tls = connector.connect(sni, tcp).await.map_err(|e| e.to_string())?;
     Ok(tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec())
 }
+
+/// A browser opens several connections at once: every first handshake of
+/// an uncached name succeeds, and the database is asked once.
+#[tokio::test]
+async fn concurrent_first_handshakes_share_one_fetch() {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
+    let edge = cert_edge("us-east1", &db.url, "").await;
+    let www = pair("www.example.com");
+    uploaded(&db, "www.example.com", &www);
+    // Wait for the index to hold the name (no handshake yet).
+    wait_snapshot(&edge, |s| s["counts"]["certificates"] == 1).await;
+    let addr = edge.https.unwrap();
+    let all =
+        futures_util::future::join_all((0..8).map(|_| https_get(addr, "www.example.com", www.0.as_bytes()))).await;
+    for r in &all {
+        assert!(r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200")), "{r:?}");
+    }
+    assert_eq!(
+        fetches(&edge.metrics().await, "ok"),
+        1.0,
+        "one database question for eight handshakes"
+    );
+}
