@@ -15,15 +15,21 @@
 //! - The database is asked only about names the routing table's index
 //!   ([`edgeplane_control_sync::table::TlsIndex`]) says have a certificate,
 //!   at most once per name per `tls.cert_miss_ttl_ms` when the fetch fails,
-//!   and never by two handshakes at once (the fetcher joins them). A name
+//!   and once for all the handshakes that want a name at the same time
+//!   (the fetcher joins them, and answers asks that come within a second
+//!   of a query with its answer). A name
 //!   not in the index is never fetched: a permitted custom domain without a
 //!   certificate wakes the issuer (NOTIFY, once per miss TTL) and its
 //!   handshake fails at once, counted `not_issued`.
 //! - A fetched copy that does not open or parse is refused and counted;
 //!   the copy held before keeps serving.
 //! - Fetches run on their own thread and runtime with their own
-//!   connection; a handshake waits on its own name only (bounded by the
-//!   handshake's deadline), never on another's.
+//!   connection, each query bounded (2 s); a handshake waits for its
+//!   fetcher round only, bounded by the handshake's deadline. Handshakes
+//!   for names in memory (and the override directory's) never wait.
+//! - A copy whose name left the index (revoked, removed) is dropped from
+//!   memory and disk at its next handshake; with an empty index (a start
+//!   from the last-known-good file) every copy held serves.
 //! - The disk cache holds rows exactly as the database does (keys sealed):
 //!   a restart without the database serves every name served before.
 //!
