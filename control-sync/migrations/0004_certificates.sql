@@ -106,3 +106,15 @@ CREATE TRIGGER certificates_revised AFTER UPDATE ON certificates
     EXECUTE FUNCTION edgeplane_record_cert_change();
 CREATE TRIGGER acme_challenges_changes AFTER INSERT OR UPDATE OR DELETE ON acme_challenges
     FOR EACH ROW EXECUTE FUNCTION edgeplane_record_change();
+
+-- A new custom domain wakes the issuer (placectl certs run) at once; it
+-- listens to this channel only, not to every placement change.
+CREATE FUNCTION edgeplane_wake_issuer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('edgeplane_certs_wanted', NEW.hostname);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER custom_domains_wake_issuer AFTER INSERT ON custom_domains
+    FOR EACH ROW EXECUTE FUNCTION edgeplane_wake_issuer();

@@ -49,6 +49,8 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(600);
 /// Orders run at once.
 pub const ORDER_CONCURRENCY: usize = 8;
+/// Passes start at most this often, however often the issuer is woken.
+pub const MIN_PASS_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest backoff of a failing hostname.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
@@ -254,9 +256,7 @@ impl Issuer {
             .await?;
         log::info!("certs: holding the issuer lease ({requeued} orphaned order(s) requeued)");
         self.opts.metrics.lease_held.set(1);
-        client
-            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN edgeplane_placement"))
-            .await?;
+        client.batch_execute(&format!("LISTEN {WAKE_CHANNEL}")).await?;
         let account = self.account(&client).await?;
         let mut orders = Orders {
             cap: RateCap::new(self.opts.orders_per_minute),
@@ -264,6 +264,7 @@ impl Issuer {
             in_flight: Default::default(),
         };
         loop {
+            let started = tokio::time::Instant::now();
             self.pass(&client, &account, &mut orders).await?;
             tokio::select! {
                 _ = stop.notified() => return Ok(()),
@@ -276,6 +277,9 @@ impl Issuer {
                 }
                 _ = tokio::time::sleep(self.opts.poll) => {}
             }
+            // A burst of wakes (a bulk import of domains) costs one pass
+            // per MIN_PASS_INTERVAL, not one per notification.
+            tokio::time::sleep_until(started + MIN_PASS_INTERVAL).await;
         }
     }
 
