@@ -515,6 +515,8 @@ fn fetcher(url: String, mut jobs: mpsc::Receiver<Job>) {
         .expect("certificate fetcher runtime");
     rt.block_on(async move {
         let mut db = Db { url, client: None };
+        // Connected ahead of the first handshake that needs it.
+        let _ = db.client().await;
         let mut waiting: HashMap<String, Vec<oneshot::Sender<(Fetched, bool)>>> = HashMap::new();
         // Answers of the last [`JOIN_WINDOW`]: a handshake that asks while
         // the query for its name is running gets that query's answer.
