@@ -598,3 +598,53 @@ async fn a_failing_domain_backs_off_with_its_reason_kept() {
     let out = db.placectl_output(&["certs", "request", "nowhere.example.org"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in custom_domains"));
 }
+
+/// The database restarts under a running issuer (its session, and the
+/// lease, end): the issuer connects again, takes the lease back, and a
+/// domain added after the restart gets its certificate.
+#[tokio::test]
+async fn the_issuer_survives_a_database_restart() {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let mut pg = crate::pg_server::PrivatePg::start().await;
+    let db = PgDb::new_on(
+        &pg.admin_url(),
+        &world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr()),
+    )
+    .await;
+    let edge = cert_edge("us-east1", &db.url, "").await;
+    let pebble = Pebble::start(edge.proxy.port(), edge.https.unwrap().port()).await;
+    let _issuer = issuer(&db, &pebble, "restart", &[]);
+    let log = issuer_log(&pebble, "restart");
+    eventually("the issuer holds the lease", 20, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("holding the issuer lease")
+    })
+    .await;
+    pg.kill();
+    pg.run().await;
+    let c = crate::postgres::connect(&db.url).await;
+    let host = "after.example.test";
+    c.execute(
+        "INSERT INTO custom_domains (hostname, repl_id) VALUES ($1, 'r1')",
+        &[&host],
+    )
+    .await
+    .unwrap();
+    let mut issued = false;
+    for _ in 0..600 {
+        if c.query_opt("SELECT 1 FROM certificates WHERE hostname = $1", &[&host])
+            .await
+            .unwrap()
+            .is_some()
+        {
+            issued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(issued, "no certificate after the restart:\n{text}");
+    assert!(text.contains("connecting again"), "{text}");
+    assert_eq!(text.matches("holding the issuer lease").count(), 2, "{text}");
+}

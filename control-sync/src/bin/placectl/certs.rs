@@ -145,7 +145,28 @@ pub async fn run(url: &str, client: &Client, cmd: CertsCmd) -> Result<()> {
                 }
                 s.notify_one();
             });
-            Issuer::new(opts).run(stop).await?;
+            // The database going away (a restart, a failover) ends the
+            // session and the lease with it: connect again and wait for
+            // the lease like any other instance, backing off to 30 s.
+            let issuer = Issuer::new(opts);
+            let mut wait = Duration::from_secs(1);
+            loop {
+                let started = std::time::Instant::now();
+                match issuer.run(stop.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        if started.elapsed() > Duration::from_secs(60) {
+                            wait = Duration::from_secs(1);
+                        }
+                        log::warn!("certs: {e}; connecting again in {} s", wait.as_secs());
+                        tokio::select! {
+                            _ = stop.notified() => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
         }
         CertsCmd::Ls { json } => {
             let rows = store::list(client).await?;
