@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use tokio_postgres::Client;
 
 use edgeplane_control_sync::certs::issuer::{self, Issuer, IssuerOptions};
@@ -19,39 +19,7 @@ use edgeplane_control_sync::table::ChallengeKind;
 pub enum CertsCmd {
     /// Run the issuer: order and renew certificates for every custom
     /// domain (one instance holds the lease; others wait to take over).
-    Run {
-        /// The ACME directory URL.
-        #[arg(long)]
-        acme_directory: String,
-        /// The CA's TLS root (PEM), for a private or test CA.
-        #[arg(long)]
-        acme_root: Option<PathBuf>,
-        /// Account contact (mailto:...); repeatable.
-        #[arg(long)]
-        contact: Vec<String>,
-        /// The fleet certificate key (the edges' security.cert_seal_key_file).
-        #[arg(long)]
-        seal_key_file: PathBuf,
-        /// Orders started per minute at most (new and renewals together).
-        #[arg(long, default_value_t = 60)]
-        orders_per_minute: u32,
-        /// The challenge the CA validates: http-01 or tls-alpn-01.
-        #[arg(long, default_value = "http-01")]
-        challenge: String,
-        /// Milliseconds between publishing a challenge and telling the CA
-        /// (the delta stream's time to reach every edge).
-        #[arg(long, default_value_t = 1000)]
-        propagation_ms: u64,
-        /// Seconds between passes when nothing wakes the issuer.
-        #[arg(long, default_value_t = 30)]
-        poll_secs: u64,
-        /// First backoff of a failing hostname, seconds (doubles up to a day).
-        #[arg(long, default_value_t = 60)]
-        retry_base_secs: u64,
-        /// Serve the issuer's Prometheus metrics on ADDR (`/metrics`).
-        #[arg(long)]
-        metrics_listen: Option<std::net::SocketAddr>,
-    },
+    Run(RunArgs),
     /// List certificates and orders.
     Ls {
         #[arg(long)]
@@ -84,6 +52,42 @@ pub enum CertsCmd {
     },
 }
 
+/// `placectl certs run`'s flags.
+#[derive(Args)]
+pub struct RunArgs {
+    /// The ACME directory URL.
+    #[arg(long)]
+    acme_directory: String,
+    /// The CA's TLS root (PEM), for a private or test CA.
+    #[arg(long)]
+    acme_root: Option<PathBuf>,
+    /// Account contact (mailto:...); repeatable.
+    #[arg(long)]
+    contact: Vec<String>,
+    /// The fleet certificate key (the edges' security.cert_seal_key_file).
+    #[arg(long)]
+    seal_key_file: PathBuf,
+    /// Orders started per minute at most (new and renewals together).
+    #[arg(long, default_value_t = 60)]
+    orders_per_minute: u32,
+    /// The challenge the CA validates: http-01 or tls-alpn-01.
+    #[arg(long, default_value = "http-01")]
+    challenge: String,
+    /// Milliseconds between publishing a challenge and telling the CA
+    /// (the delta stream's time to reach every edge).
+    #[arg(long, default_value_t = 1000)]
+    propagation_ms: u64,
+    /// Seconds between passes when nothing wakes the issuer.
+    #[arg(long, default_value_t = 30)]
+    poll_secs: u64,
+    /// First backoff of a failing hostname, seconds (doubles up to a day).
+    #[arg(long, default_value_t = 60)]
+    retry_base_secs: u64,
+    /// Serve the issuer's Prometheus metrics on ADDR (`/metrics`).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -98,76 +102,7 @@ fn hostname(h: &str) -> String {
 
 pub async fn run(url: &str, client: &Client, cmd: CertsCmd) -> Result<()> {
     match cmd {
-        CertsCmd::Run {
-            acme_directory,
-            acme_root,
-            contact,
-            seal_key_file,
-            orders_per_minute,
-            challenge,
-            propagation_ms,
-            poll_secs,
-            retry_base_secs,
-            metrics_listen,
-        } => {
-            let Some(challenge) = ChallengeKind::parse(&challenge) else {
-                bail!("--challenge {challenge:?}: expected http-01 or tls-alpn-01");
-            };
-            let metrics = IssuerMetrics::new();
-            if let Some(addr) = metrics_listen {
-                let l = metrics::listen(addr)
-                    .await
-                    .with_context(|| format!("--metrics-listen {addr}"))?;
-                println!("placectl: issuer metrics on {}", l.local_addr()?);
-                tokio::spawn(metrics::serve(l, metrics.clone()));
-            }
-            let opts = IssuerOptions {
-                database_url: url.to_string(),
-                acme_directory,
-                acme_root,
-                contact,
-                seal: SealKey::from_file(&seal_key_file)?,
-                orders_per_minute,
-                challenge,
-                propagation: Duration::from_millis(propagation_ms),
-                poll: Duration::from_secs(poll_secs.max(1)),
-                retry_base: Duration::from_secs(retry_base_secs.max(1)),
-                metrics,
-            };
-            let stop = Arc::new(tokio::sync::Notify::new());
-            let s = stop.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                s.notify_one();
-            });
-            // The database going away (a restart, a failover) ends the
-            // session and the lease with it: connect again and wait for
-            // the lease like any other instance, backing off to 30 s.
-            let issuer = Issuer::new(opts);
-            let mut wait = Duration::from_secs(1);
-            loop {
-                let started = std::time::Instant::now();
-                match issuer.run(stop.clone()).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        if started.elapsed() > Duration::from_secs(60) {
-                            wait = Duration::from_secs(1);
-                        }
-                        log::warn!("certs: {e}; connecting again in {} s", wait.as_secs());
-                        tokio::select! {
-                            _ = stop.notified() => break,
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
-        }
+        CertsCmd::Run(args) => run_issuer(url, args).await?,
         CertsCmd::Ls { json } => {
             let rows = store::list(client).await?;
             if json {
@@ -233,6 +168,81 @@ pub async fn run(url: &str, client: &Client, cmd: CertsCmd) -> Result<()> {
                 println!("{host}: certificate removed");
             } else {
                 bail!("{host}: no certificate");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `placectl certs run`: the issuer until SIGTERM or Ctrl-C, connecting
+/// again whenever the database goes away.
+async fn run_issuer(url: &str, args: RunArgs) -> Result<()> {
+    let RunArgs {
+        acme_directory,
+        acme_root,
+        contact,
+        seal_key_file,
+        orders_per_minute,
+        challenge,
+        propagation_ms,
+        poll_secs,
+        retry_base_secs,
+        metrics_listen,
+    } = args;
+    let Some(challenge) = ChallengeKind::parse(&challenge) else {
+        bail!("--challenge {challenge:?}: expected http-01 or tls-alpn-01");
+    };
+    let metrics = IssuerMetrics::new();
+    if let Some(addr) = metrics_listen {
+        let l = metrics::listen(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        println!("placectl: issuer metrics on {}", l.local_addr()?);
+        tokio::spawn(metrics::serve(l, metrics.clone()));
+    }
+    let opts = IssuerOptions {
+        database_url: url.to_string(),
+        acme_directory,
+        acme_root,
+        contact,
+        seal: SealKey::from_file(&seal_key_file)?,
+        orders_per_minute,
+        challenge,
+        propagation: Duration::from_millis(propagation_ms),
+        poll: Duration::from_secs(poll_secs.max(1)),
+        retry_base: Duration::from_secs(retry_base_secs.max(1)),
+        metrics,
+    };
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        s.notify_one();
+    });
+    // The database going away (a restart, a failover) ends the
+    // session and the lease with it: connect again and wait for
+    // the lease like any other instance, backing off to 30 s.
+    let issuer = Issuer::new(opts);
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        match issuer.run(stop.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    wait = Duration::from_secs(1);
+                }
+                log::warn!("certs: {e}; connecting again in {} s", wait.as_secs());
+                tokio::select! {
+                    _ = stop.notified() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
     }
