@@ -14,6 +14,15 @@ use crate::pg_server::PrivatePg;
 use crate::postgres::PgDb;
 use crate::{dead_addr, world};
 
+/// Three fake VMs, a database seeded with the test world, and one edge of
+/// us-east1 on it with the fleet key (`tls_extra`: more `[tls]` lines).
+async fn one_edge(tls_extra: &str) -> ((FakeVm, FakeVm, FakeVm), PgDb, Edge) {
+    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
+    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
+    let edge = cert_edge("us-east1", &db.url, tls_extra).await;
+    ((vm1, vm2, vm3), db, edge)
+}
+
 /// A self-signed pair for `host`: (chain PEM, key PEM).
 fn pair(host: &str) -> (String, String) {
     let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
@@ -114,9 +123,7 @@ async fn a_restart_without_the_database_serves_every_certificate_served_before()
 
 #[tokio::test]
 async fn bad_certificates_are_refused_and_the_previous_one_keeps_serving() {
-    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
-    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
-    let edge = cert_edge("us-east1", &db.url, "").await;
+    let (_vms, db, edge) = one_edge("").await;
     let good = pair("www.example.com");
     uploaded(&db, "www.example.com", &good);
     served(&edge, "www.example.com", &good.0).await;
@@ -169,9 +176,7 @@ async fn bad_certificates_are_refused_and_the_previous_one_keeps_serving() {
 /// the issuer, no order; a real custom domain keeps handshaking meanwhile.
 #[tokio::test]
 async fn an_sni_flood_never_reaches_the_database() {
-    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
-    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
-    let edge = cert_edge("us-east1", &db.url, "").await;
+    let (_vms, db, edge) = one_edge("").await;
     let www = pair("www.example.com");
     uploaded(&db, "www.example.com", &www);
     served(&edge, "www.example.com", &www.0).await;
@@ -290,9 +295,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 /// it), and is never evicted.
 #[tokio::test]
 async fn wildcards_from_the_control_plane_are_loaded_before_any_handshake() {
-    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
-    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
-    let edge = cert_edge("us-east1", &db.url, "cert_cache_entries = 1\n").await;
+    let (_vms, db, edge) = one_edge("cert_cache_entries = 1\n").await;
     let wild = pair("*.example.net");
     uploaded(&db, "*.example.net", &wild);
     let mut loaded = false;
@@ -329,9 +332,7 @@ async fn wildcards_from_the_control_plane_are_loaded_before_any_handshake() {
 /// as HTTP/1.1 (one resolver for every ALPN).
 #[tokio::test]
 async fn the_override_directory_wins_and_http2_gets_the_same_certificates() {
-    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
-    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
-    let edge = cert_edge("us-east1", &db.url, "").await;
+    let (_vms, db, edge) = one_edge("").await;
     let from_db = pair("www.example.com");
     uploaded(&db, "www.example.com", &from_db);
     served(&edge, "www.example.com", &from_db.0).await;
@@ -379,9 +380,7 @@ async fn alpn_handshake(
 /// an uncached name succeeds, and the database is asked once.
 #[tokio::test]
 async fn concurrent_first_handshakes_share_one_fetch() {
-    let (vm1, vm2, vm3) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"), FakeVm::start("vm-3"));
-    let db = PgDb::new(&world(vm1.http, vm2.http, vm3.http, dead_addr(), dead_addr())).await;
-    let edge = cert_edge("us-east1", &db.url, "").await;
+    let (_vms, db, edge) = one_edge("").await;
     let www = pair("www.example.com");
     uploaded(&db, "www.example.com", &www);
     // Wait for the index to hold the name (no handshake yet).
