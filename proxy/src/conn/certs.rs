@@ -352,9 +352,7 @@ impl CustomCerts {
     /// has a wildcard for it (which wins over the control plane's).
     pub fn resolve(&self, name: &str, dir_wildcard: Option<&Arc<CertifiedKey>>) -> Chosen {
         let table = self.table.load();
-        let count = |cert: &str, outcome: &str| {
-            self.metrics.tls_handshakes.with_label_values(&[cert, outcome]).inc();
-        };
+        let count = |cert: &str, outcome: &str| self.count_handshake(cert, outcome);
         if let Some(c) = self.cache.get(name) {
             if self.still_issued(&table, name) {
                 count("custom", "served");
@@ -381,6 +379,11 @@ impl CustomCerts {
         }
     }
 
+    /// Counts one certificate choice in `edgeplane_tls_handshakes_total`.
+    pub fn count_handshake(&self, cert: &str, outcome: &str) {
+        self.metrics.tls_handshakes.with_label_values(&[cert, outcome]).inc();
+    }
+
     /// Whether a copy held of `name` may serve: the index still has the
     /// name, or the index is empty (a start from the last-known-good file
     /// while the database is away: the disk cache is all there is).
@@ -405,12 +408,15 @@ impl CustomCerts {
         let table = self.table.load();
         let c = table.tls().alpn_challenge(name, crate::clock::now_ms() as i64)?;
         let token = c.key_authorization.split('.').next().unwrap_or_default();
-        if let Some(k) = self.acme.get(token) {
-            return Some(k);
-        }
-        let k = Arc::new(alpn_certificate(name, &c.key_authorization).ok()?);
-        self.acme.insert(token.into(), k.clone());
-        self.metrics.tls_handshakes.with_label_values(&["acme", "served"]).inc();
+        let k = match self.acme.get(token) {
+            Some(k) => k,
+            None => {
+                let k = Arc::new(alpn_certificate(name, &c.key_authorization).ok()?);
+                self.acme.insert(token.into(), k.clone());
+                k
+            }
+        };
+        self.count_handshake("acme", "served");
         Some(k)
     }
 

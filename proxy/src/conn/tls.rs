@@ -313,6 +313,9 @@ impl ResolvesServerCert for SniResolver {
         }
         let store = self.store.load();
         if let Some(k) = store.exact(&name) {
+            if let Some(c) = custom {
+                c.count_handshake("override", "served");
+            }
             return Some(k.clone());
         }
         match custom {

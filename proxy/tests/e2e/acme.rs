@@ -366,6 +366,18 @@ async fn issued_and_served_everywhere(challenge: &str) {
         Some(1.0),
         "{m}"
     );
+    if challenge == "tls-alpn-01" {
+        let m = f.a.metrics().await;
+        let acme = metric_with(
+            &m,
+            "edgeplane_tls_handshakes_total",
+            &["cert=\"acme\"", "outcome=\"served\""],
+        );
+        assert!(
+            acme.unwrap_or(0.0) >= 1.0,
+            "the CA's acme-tls/1 handshakes are counted: {m}"
+        );
+    }
     if challenge == "http-01" {
         let m = f.a.metrics().await;
         assert!(
