@@ -176,6 +176,7 @@ async fn bad_certificates_are_refused_and_the_previous_one_keeps_serving() {
 /// the issuer, no order; a real custom domain keeps handshaking meanwhile.
 #[tokio::test]
 async fn an_sni_flood_never_reaches_the_database() {
+    let _alone = CPU_HEAVY.lock().await;
     let (_vms, db, edge) = one_edge("").await;
     let www = pair("www.example.com");
     uploaded(&db, "www.example.com", &www);

@@ -51,6 +51,13 @@ pub fn v2_token(repl: &str, region: &str) -> String {
     v2_token_by(web_key(), repl, region, unix_now() + 600)
 }
 
+/// Held by the tests that load both cores for seconds (the SNI flood, the
+/// smuggling scanner) and by those that judge timing under their own load
+/// (binary upgrades under load): the suite runs tests two at a time, and a
+/// flood beside an upgrade starved the upgrade's handover into losing
+/// requests on the 2-core machine.
+pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub fn bin(name: &str) -> PathBuf {
     let edge = PathBuf::from(env!("CARGO_BIN_EXE_edgeplane"));
     let p = edge.with_file_name(name);

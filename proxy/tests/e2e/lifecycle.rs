@@ -103,6 +103,7 @@ async fn sigterm_finishes_requests_in_flight_and_closes_tunnels_with_1001() {
 
 #[tokio::test]
 async fn five_binary_upgrades_under_load_lose_no_request() {
+    let _alone = CPU_HEAVY.lock().await;
     let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
     let snap = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
     let dir = tempfile::tempdir().unwrap();

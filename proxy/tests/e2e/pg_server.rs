@@ -263,6 +263,7 @@ async fn catches_up_and_lost_nothing(edge: &Edge, client: &tokio_postgres::Clien
 
 #[tokio::test]
 async fn postgres_killed_and_restarted_under_load_loses_no_request() {
+    let _alone = CPU_HEAVY.lock().await;
     let (mut pg, _vms, db, edge) = edge_on_private_pg("").await;
     let load = Load::start(edge.proxy, "app1.repl.co", 4);
     load_goes_on(&load, 20, "load before the crash").await;

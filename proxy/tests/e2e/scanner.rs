@@ -73,6 +73,7 @@ fn assert_clean(report: &serde_json::Value, checks: &[&str]) -> usize {
 
 #[tokio::test]
 async fn a_third_party_smuggling_scanner_finds_nothing() {
+    let _alone = CPU_HEAVY.lock().await;
     let (vm1, vm2) = (FakeVm::start("vm-1"), FakeVm::start("vm-2"));
     let snap = world(vm1.http, vm2.http, dead_addr(), dead_addr(), dead_addr());
     // The scanner sends the URL's host as SNI: `localhost` gets a
