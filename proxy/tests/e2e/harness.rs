@@ -73,21 +73,26 @@ pub fn edgeplane_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_edgeplane"))
 }
 
-/// The Python of the test peers' virtualenv (`scripts/setup.sh` makes it
-/// under the target directory).
-pub fn python() -> PathBuf {
+/// A test peer `scripts/setup.sh` installs under the target directory
+/// (`rel` below it; `what` names it in the message when it is missing).
+pub fn setup_tool(rel: &str, what: &str) -> PathBuf {
     let target = edgeplane_bin()
         .parent()
         .and_then(Path::parent)
         .expect("the binary sits in <target>/<profile>/")
         .to_path_buf();
-    let p = target.join("py/bin/python");
+    let p = target.join(rel);
     assert!(
         p.exists(),
-        "{} is missing: run scripts/setup.sh (it installs the Python test peers)",
+        "{} is missing: run scripts/setup.sh (it installs {what})",
         p.display()
     );
     p
+}
+
+/// The Python of the test peers' virtualenv.
+pub fn python() -> PathBuf {
+    setup_tool("py/bin/python", "the Python test peers")
 }
 
 /// A child process killed when dropped.

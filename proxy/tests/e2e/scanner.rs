@@ -19,18 +19,7 @@ use crate::harness::*;
 use crate::{dead_addr, world};
 
 fn smugglex() -> PathBuf {
-    let target = edgeplane_bin()
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("the binary sits in <target>/<profile>/")
-        .to_path_buf();
-    let p = target.join("tools/bin/smugglex");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup.sh (it installs smugglex)",
-        p.display()
-    );
-    p
+    setup_tool("tools/bin/smugglex", "smugglex")
 }
 
 /// Every check smugglex 0.4.0 has, opt-in ones included.
